@@ -1,0 +1,132 @@
+//! The client: one connection to a server, with its own handlers for calls the server
+//! pushes back over the same connection.
+
+use std::net::ToSocketAddrs;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::connection::{handshake, next_connection_id, Connection, Setup};
+use crate::error::Error;
+use crate::handler::{InFlight, Router};
+use crate::server::resolve;
+use crate::transport::Transport;
+
+/// How long [`ClientBuilder::connect`] waits for TCP and the handshake by default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sets up a [`Client`]: its transport, the handlers the server may call, and settings.
+pub struct ClientBuilder {
+    transport: Arc<dyn Transport>,
+    router: Router,
+    config: Config,
+    connect_timeout: Duration,
+}
+
+impl ClientBuilder {
+    /// A client on `transport` with no handlers and default settings.
+    pub fn new(transport: Arc<dyn Transport>) -> Self {
+        Self {
+            transport,
+            router: Router::new(),
+            config: Config::default(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+
+    /// Handlers the server can call on this client (server push).
+    pub fn router(mut self, router: Router) -> Self {
+        self.router = router;
+        self
+    }
+
+    /// Connection settings.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// How long to wait for the TCP connection and the protocol handshake.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The transport this builder connects with.
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.transport
+    }
+
+    /// Connects to `addr` and completes the handshake.
+    pub async fn connect(self, addr: impl ToSocketAddrs) -> Result<Client, Error> {
+        let addr = resolve(addr)?;
+        let runtime = self.transport.runtime();
+        let attempt = async {
+            let io = self.transport.connect(addr).await?;
+            let peer = io.peer_addr();
+            let (mut read, mut write) = io.into_halves();
+            handshake(&mut read, &mut write).await?;
+            Ok::<_, Error>((peer, read, write))
+        };
+        let timeout = runtime.sleep(self.connect_timeout);
+        let (peer, read, write) = futures_lite::future::or(attempt, async {
+            timeout.await;
+            Err(Error::Timeout)
+        })
+        .await?;
+        let setup = Setup {
+            id: next_connection_id(),
+            runtime,
+            router: Arc::new(self.router),
+            config: Arc::new(self.config),
+            in_flight: Arc::new(InFlight::default()),
+            on_close: None,
+        };
+        Ok(Client {
+            inner: Arc::new(ClientInner(Connection::start(setup, peer, read, write))),
+        })
+    }
+}
+
+/// A connection to a server. Derefs to [`Connection`] for calls and sends.
+/// Cheap to clone; the connection closes when the last clone is dropped.
+///
+/// ```no_run
+/// # async fn demo(transport: std::sync::Arc<dyn zserver_core::Transport>) -> Result<(), zserver_core::Error> {
+/// let client = zserver_core::Client::builder(transport).connect("127.0.0.1:7000").await?;
+/// let answer = client.console("hello", "world").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner(Connection);
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        self.0.begin_close();
+    }
+}
+
+impl Client {
+    /// A builder for a client on `transport`.
+    pub fn builder(transport: Arc<dyn Transport>) -> ClientBuilder {
+        ClientBuilder::new(transport)
+    }
+
+    /// The underlying connection.
+    pub fn connection(&self) -> &Connection {
+        &self.inner.0
+    }
+}
+
+impl Deref for Client {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.inner.0
+    }
+}

@@ -1,0 +1,38 @@
+//! Per-connection settings, shared by servers and clients.
+
+use std::time::Duration;
+
+use crate::frame::DEFAULT_MAX_FRAME;
+
+/// How a connection behaves. Start from [`Config::default`] and change what you need.
+///
+/// ```
+/// let mut config = zserver_core::Config::default();
+/// config.max_frame = 1 << 20;
+/// config.sequential = true;
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Largest frame (header + payload) accepted from the peer or sent to it, in bytes.
+    /// A peer announcing a larger one is disconnected before anything is allocated.
+    pub max_frame: usize,
+    /// Bytes queued for sending above which calls and sends wait (back-pressure).
+    pub max_pending_write: usize,
+    /// Run this side's handlers one at a time, in arrival order, each finishing before the
+    /// next starts. Off by default: handlers run concurrently (started in arrival order).
+    pub sequential: bool,
+    /// How long [`Server::shutdown`](crate::Server::shutdown) waits for calls in flight.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_frame: DEFAULT_MAX_FRAME,
+            max_pending_write: 8 * 1024 * 1024,
+            sequential: false,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}

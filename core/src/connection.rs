@@ -1,0 +1,716 @@
+//! One live connection: the reader and writer tasks that drive the framing and the
+//! request table, and the [`Connection`] handle that makes calls over it.
+//!
+//! Both ends are the same: each side can call the handlers the other registered.
+//! Writes are coalesced: frames are encoded into one shared buffer under a short lock and
+//! the writer task sends everything queued in one write.
+
+use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use atomic_waker::AtomicWaker;
+use bytes::{Bytes, BytesMut};
+use event_listener::Event;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::frame::{self, Frame, FrameDecoder, Header, Kind, PREAMBLE_LEN};
+use crate::handler::{Context as HandlerContext, InFlight, Responder, Router};
+use crate::request::{CallResult, Callback, RequestTable, Wake};
+use crate::runtime::{BoxFuture, Runtime};
+use crate::stats::{Counters, Stats};
+use crate::transport::{BoxRead, BoxWrite};
+
+/// Smallest read the reader asks the socket for.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Write buffers larger than this are freed after use instead of kept for the next batch.
+const KEEP_WRITE_CAPACITY: usize = 64 * 1024;
+
+/// Handler futures queued for a sequential connection before the reader waits.
+const SEQUENTIAL_QUEUE: usize = 256;
+
+/// Called once when a connection ends, with its id and final counters.
+pub(crate) type OnClose = Box<dyn FnOnce(u64, Stats) + Send>;
+
+/// Everything a new connection needs from its server or client.
+pub(crate) struct Setup {
+    pub id: u64,
+    pub runtime: Arc<dyn Runtime>,
+    pub router: Arc<Router>,
+    pub config: Arc<Config>,
+    pub in_flight: Arc<InFlight>,
+    pub on_close: Option<OnClose>,
+}
+
+struct Outbox {
+    buf: BytesMut,
+    /// Flush what is queued, then close.
+    closing: bool,
+}
+
+struct Shared {
+    id: u64,
+    peer: SocketAddr,
+    runtime: Arc<dyn Runtime>,
+    router: Arc<Router>,
+    config: Arc<Config>,
+    in_flight: Arc<InFlight>,
+    outbox: Mutex<Outbox>,
+    writer_waker: AtomicWaker,
+    write_space: Event,
+    table: Mutex<RequestTable>,
+    counters: Counters,
+    closed: AtomicBool,
+    closed_event: Event,
+    refusing_calls: AtomicBool,
+    peer_going_away: AtomicBool,
+    sequential: Option<async_channel::Sender<BoxFuture<'static, ()>>>,
+    on_close: Mutex<Option<OnClose>>,
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section here leaves its state valid.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A handle to one connection. Cheap to clone; every clone refers to the same connection.
+///
+/// Calls may be made from any task and any number may be in flight at once: replies are
+/// matched by request id and may arrive in any order.
+#[derive(Clone)]
+pub struct Connection {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.shared.id)
+            .field("peer", &self.shared.peer)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// A process-wide unique id for a new connection.
+pub(crate) fn next_connection_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Exchanges preambles: writes ours, reads and checks the peer's.
+pub(crate) async fn handshake(read: &mut BoxRead, write: &mut BoxWrite) -> Result<(), Error> {
+    write.write_all(&frame::preamble()).await?;
+    let mut theirs = [0u8; PREAMBLE_LEN];
+    read.read_exact(&mut theirs).await?;
+    frame::check_preamble(&theirs)?;
+    Ok(())
+}
+
+impl Connection {
+    /// Starts the reader and writer tasks of a connection whose handshake is done.
+    pub(crate) fn start(setup: Setup, peer: SocketAddr, read: BoxRead, write: BoxWrite) -> Self {
+        let sequential = setup.config.sequential.then(|| {
+            let (tx, rx) = async_channel::bounded::<BoxFuture<'static, ()>>(SEQUENTIAL_QUEUE);
+            setup.runtime.spawn(Box::pin(async move {
+                while let Ok(task) = rx.recv().await {
+                    task.await;
+                }
+            }));
+            tx
+        });
+        let shared = Arc::new(Shared {
+            id: setup.id,
+            peer,
+            runtime: setup.runtime,
+            router: setup.router,
+            config: setup.config,
+            in_flight: setup.in_flight,
+            outbox: Mutex::new(Outbox {
+                buf: BytesMut::new(),
+                closing: false,
+            }),
+            writer_waker: AtomicWaker::new(),
+            write_space: Event::new(),
+            table: Mutex::new(RequestTable::new()),
+            counters: Counters::default(),
+            closed: AtomicBool::new(false),
+            closed_event: Event::new(),
+            refusing_calls: AtomicBool::new(false),
+            peer_going_away: AtomicBool::new(false),
+            sequential,
+            on_close: Mutex::new(setup.on_close),
+        });
+        let conn = Connection { shared };
+        conn.shared
+            .runtime
+            .spawn(Box::pin(conn.clone().run_writer(write)));
+        conn.shared
+            .runtime
+            .spawn(Box::pin(conn.clone().run_reader(read)));
+        conn
+    }
+
+    /// This connection's id, unique within the process.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.shared.peer
+    }
+
+    /// A snapshot of this connection's counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Whether the connection has closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the peer announced that it is shutting down.
+    pub fn peer_going_away(&self) -> bool {
+        self.shared.peer_going_away.load(Ordering::Acquire)
+    }
+
+    /// Calls awaiting a reply on this connection.
+    pub fn calls_in_flight(&self) -> usize {
+        lock(&self.shared.table).in_flight()
+    }
+
+    /// Completes when the connection has closed.
+    pub async fn closed(&self) {
+        loop {
+            if self.is_closed() {
+                return;
+            }
+            let listener = self.shared.closed_event.listen();
+            if self.is_closed() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Closes gracefully: frames already queued are sent, then the connection closes.
+    /// Calls still waiting for a reply fail with [`Error::Closed`].
+    pub async fn close(&self) {
+        self.begin_close();
+        self.closed().await;
+    }
+
+    /// Starts a graceful close without waiting for it.
+    pub(crate) fn begin_close(&self) {
+        lock(&self.shared.outbox).closing = true;
+        self.shared.writer_waker.wake();
+    }
+
+    pub(crate) fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.shared.runtime
+    }
+
+    // ----- calls -----------------------------------------------------------------------
+
+    /// Calls `command` with a raw payload and waits for the reply.
+    pub async fn call_bytes(&self, command: &str, payload: impl AsRef<[u8]>) -> CallResult {
+        self.wait_for_space().await;
+        let id = self.start_call(command, payload.as_ref(), None)?;
+        CallFuture::new(self, id).await
+    }
+
+    /// Like [`call_bytes`](Self::call_bytes), failing with [`Error::Timeout`] if no reply
+    /// arrives within `timeout`.
+    pub async fn call_bytes_timeout(
+        &self,
+        command: &str,
+        payload: impl AsRef<[u8]>,
+        timeout: Duration,
+    ) -> CallResult {
+        let deadline = self.shared.runtime.now() + timeout;
+        self.wait_for_space().await;
+        let id = self.start_call(command, payload.as_ref(), Some(deadline))?;
+        self.await_with_deadline(CallFuture::new(self, id), deadline)
+            .await
+    }
+
+    /// Calls a console command: text in, text out.
+    pub async fn console(&self, command: &str, text: &str) -> Result<String, Error> {
+        decode_text(self.call_bytes(command, text).await?)
+    }
+
+    /// Like [`console`](Self::console), with a time-out.
+    pub async fn console_timeout(
+        &self,
+        command: &str,
+        text: &str,
+        timeout: Duration,
+    ) -> Result<String, Error> {
+        decode_text(self.call_bytes_timeout(command, text, timeout).await?)
+    }
+
+    /// Calls a typed command: `value` is sent as postcard and the reply decoded as `R`.
+    pub async fn call<T, R>(&self, command: &str, value: &T) -> Result<R, Error>
+    where
+        T: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let payload = postcard::to_allocvec(value)?;
+        decode_value(&self.call_bytes(command, payload).await?)
+    }
+
+    /// Like [`call`](Self::call), with a time-out.
+    pub async fn call_timeout<T, R>(
+        &self,
+        command: &str,
+        value: &T,
+        timeout: Duration,
+    ) -> Result<R, Error>
+    where
+        T: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let payload = postcard::to_allocvec(value)?;
+        decode_value(&self.call_bytes_timeout(command, payload, timeout).await?)
+    }
+
+    /// Calls `command` and runs `callback` with the result when it arrives (on the
+    /// connection's reader task: keep it short). Returns at once; no back-pressure wait.
+    pub fn call_bytes_with(
+        &self,
+        command: &str,
+        payload: impl AsRef<[u8]>,
+        callback: impl FnOnce(CallResult) + Send + 'static,
+    ) -> Result<(), Error> {
+        let id = lock(&self.shared.table).start_callback(Box::new(callback) as Callback, None)?;
+        self.send_call_frame(id, command, payload.as_ref())
+    }
+
+    /// Console command with a callback; see [`call_bytes_with`](Self::call_bytes_with).
+    pub fn console_with(
+        &self,
+        command: &str,
+        text: &str,
+        callback: impl FnOnce(Result<String, Error>) + Send + 'static,
+    ) -> Result<(), Error> {
+        self.call_bytes_with(command, text, move |r| callback(r.and_then(decode_text)))
+    }
+
+    /// Typed call with a callback; see [`call_bytes_with`](Self::call_bytes_with).
+    pub fn call_with<T, R>(
+        &self,
+        command: &str,
+        value: &T,
+        callback: impl FnOnce(Result<R, Error>) + Send + 'static,
+    ) -> Result<(), Error>
+    where
+        T: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let payload = postcard::to_allocvec(value)?;
+        self.call_bytes_with(command, payload, move |r| {
+            callback(r.and_then(|b| decode_value(&b)))
+        })
+    }
+
+    /// Sends a one-way message: the peer runs the handler and no reply comes back.
+    /// Sends from one task arrive in the order they were made.
+    pub async fn send_bytes(&self, command: &str, payload: impl AsRef<[u8]>) -> Result<(), Error> {
+        self.wait_for_space().await;
+        self.send_now(command, payload.as_ref())
+    }
+
+    /// Sends a one-way serde value (postcard).
+    pub async fn send<T: Serialize + ?Sized>(&self, command: &str, value: &T) -> Result<(), Error> {
+        let payload = postcard::to_allocvec(value)?;
+        self.send_bytes(command, payload).await
+    }
+
+    /// Queues a one-way message without waiting for buffer space.
+    pub(crate) fn send_now(&self, command: &str, payload: &[u8]) -> Result<(), Error> {
+        let header = Header {
+            kind: Kind::Send,
+            flags: 0,
+            id: 0,
+            command,
+        };
+        self.enqueue(&header, payload)?;
+        Counters::bump(&self.shared.counters.calls_out, 1);
+        Ok(())
+    }
+
+    /// Measures one round trip with a ping frame.
+    pub async fn ping(&self) -> Result<Duration, Error> {
+        let start = Instant::now();
+        let id = lock(&self.shared.table).start(None)?;
+        let header = Header {
+            kind: Kind::Ping,
+            flags: 0,
+            id,
+            command: "",
+        };
+        if let Err(e) = self.enqueue(&header, &[]) {
+            lock(&self.shared.table).cancel(id);
+            return Err(e);
+        }
+        CallFuture::new(self, id).await?;
+        Ok(start.elapsed())
+    }
+
+    // ----- internals -------------------------------------------------------------------
+
+    fn start_call(
+        &self,
+        command: &str,
+        payload: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<u64, Error> {
+        let id = lock(&self.shared.table).start(deadline)?;
+        self.send_call_frame(id, command, payload)?;
+        Ok(id)
+    }
+
+    fn send_call_frame(&self, id: u64, command: &str, payload: &[u8]) -> Result<(), Error> {
+        let header = Header {
+            kind: Kind::Call,
+            flags: 0,
+            id,
+            command,
+        };
+        if let Err(e) = self.enqueue(&header, payload) {
+            lock(&self.shared.table).cancel(id);
+            return Err(e);
+        }
+        Counters::bump(&self.shared.counters.calls_out, 1);
+        Ok(())
+    }
+
+    async fn await_with_deadline(&self, call: CallFuture<'_>, deadline: Instant) -> CallResult {
+        let mut call = call;
+        loop {
+            let remaining = deadline.saturating_duration_since(self.shared.runtime.now());
+            let sleep = self.shared.runtime.sleep(remaining);
+            let reply = poll_fn(|cx| Pin::new(&mut call).poll(cx).map(Some));
+            let woke = futures_lite::future::or(reply, async {
+                sleep.await;
+                None
+            })
+            .await;
+            match woke {
+                Some(result) => return result,
+                None => {
+                    let now = self.shared.runtime.now();
+                    let wakes = lock(&self.shared.table).expire(now);
+                    wakes.into_iter().for_each(Wake::fire);
+                }
+            }
+        }
+    }
+
+    /// Encodes one frame into the outbox and wakes the writer.
+    fn enqueue(&self, header: &Header<'_>, payload: &[u8]) -> Result<(), Error> {
+        {
+            let mut out = lock(&self.shared.outbox);
+            if out.closing || self.is_closed() {
+                return Err(Error::Closed);
+            }
+            frame::encode(&mut out.buf, header, payload, self.shared.config.max_frame)?;
+        }
+        Counters::bump(&self.shared.counters.frames_out, 1);
+        self.shared.writer_waker.wake();
+        Ok(())
+    }
+
+    /// Waits while more than `max_pending_write` bytes are queued (back-pressure).
+    async fn wait_for_space(&self) {
+        let limit = self.shared.config.max_pending_write;
+        let full = || !self.is_closed() && lock(&self.shared.outbox).buf.len() >= limit;
+        while full() {
+            let listener = self.shared.write_space.listen();
+            if !full() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    pub(crate) fn reply(&self, id: u64, payload: &[u8]) {
+        let header = Header {
+            kind: Kind::Reply,
+            flags: 0,
+            id,
+            command: "",
+        };
+        if let Err(e) = self.enqueue(&header, payload) {
+            if matches!(e, Error::Encode(_)) {
+                // The reply itself is unsendable (too large): tell the caller why.
+                self.reply_error(id, &e);
+            }
+        }
+    }
+
+    pub(crate) fn reply_error(&self, id: u64, err: &Error) {
+        let header = Header {
+            kind: Kind::Error,
+            flags: 0,
+            id,
+            command: err.code().as_str(),
+        };
+        let message = err.wire_message();
+        let max = self.shared.config.max_frame.saturating_sub(64);
+        let message = truncate_utf8(&message, max);
+        if self.enqueue(&header, message.as_bytes()).is_ok() {
+            Counters::bump(&self.shared.counters.errors_out, 1);
+        }
+    }
+
+    /// Refuses new incoming calls from now on and tells the peer so.
+    pub(crate) fn go_away(&self) {
+        self.shared.refusing_calls.store(true, Ordering::Release);
+        let header = Header {
+            kind: Kind::GoAway,
+            flags: 0,
+            id: 0,
+            command: "",
+        };
+        let _ = self.enqueue(&header, &[]);
+    }
+
+    /// Closes at once: pending calls fail, queued frames are dropped, both tasks end.
+    pub(crate) fn shut(&self, error: Error) {
+        let s = &self.shared;
+        if s.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let wakes = lock(&s.table).close(error);
+        wakes.into_iter().for_each(Wake::fire);
+        lock(&s.outbox).closing = true;
+        s.writer_waker.wake();
+        s.write_space.notify(usize::MAX);
+        s.closed_event.notify(usize::MAX);
+        if let Some(on_close) = lock(&s.on_close).take() {
+            on_close(s.id, s.counters.snapshot());
+        }
+    }
+
+    async fn run_reader(self, mut read: BoxRead) {
+        let result = futures_lite::future::or(self.read_loop(&mut read), async {
+            self.closed().await;
+            Ok(())
+        })
+        .await;
+        if let Err(e) = &result {
+            tracing::debug!(conn = self.id(), peer = %self.peer_addr(), error = %e, "connection failed");
+            Counters::bump(&self.shared.counters.errors_in, 1);
+        }
+        self.shut(result.err().unwrap_or(Error::Closed));
+    }
+
+    async fn read_loop(&self, read: &mut BoxRead) -> Result<(), Error> {
+        let decoder = FrameDecoder::new(self.shared.config.max_frame);
+        let mut buf = BytesMut::new();
+        loop {
+            while let Some(frame) = decoder.decode(&mut buf)? {
+                Counters::bump(&self.shared.counters.frames_in, 1);
+                self.dispatch(frame).await;
+            }
+            let start = buf.len();
+            let want = decoder.bytes_wanted(&buf).max(READ_CHUNK);
+            buf.resize(start + want, 0);
+            let n = read.read(&mut buf[start..]).await?;
+            buf.truncate(start + n);
+            if n == 0 {
+                return if start == 0 {
+                    Ok(())
+                } else {
+                    Err(Error::Protocol(format!(
+                        "connection closed inside a frame ({start} bytes unread)"
+                    )))
+                };
+            }
+            Counters::bump(&self.shared.counters.bytes_in, n as u64);
+        }
+    }
+
+    async fn dispatch(&self, frame: Frame) {
+        match frame.kind {
+            Kind::Call | Kind::Send => self.dispatch_request(frame).await,
+            Kind::Reply => self.complete(frame.id, Ok(frame.payload)),
+            Kind::Error => {
+                Counters::bump(&self.shared.counters.errors_in, 1);
+                let message = String::from_utf8_lossy(&frame.payload).into_owned();
+                self.complete(frame.id, Err(Error::from_wire(frame.command(), message)));
+            }
+            Kind::Ping => {
+                let header = Header {
+                    kind: Kind::Pong,
+                    flags: 0,
+                    id: frame.id,
+                    command: "",
+                };
+                let _ = self.enqueue(&header, &[]);
+            }
+            Kind::Pong => self.complete(frame.id, Ok(Bytes::new())),
+            Kind::GoAway => self.shared.peer_going_away.store(true, Ordering::Release),
+        }
+    }
+
+    fn complete(&self, id: u64, result: CallResult) {
+        let wake = lock(&self.shared.table).complete(id, result);
+        if let Some(wake) = wake {
+            wake.fire();
+        }
+    }
+
+    async fn dispatch_request(&self, frame: Frame) {
+        Counters::bump(&self.shared.counters.calls_in, 1);
+        let is_call = frame.kind == Kind::Call;
+        if is_call && self.shared.refusing_calls.load(Ordering::Acquire) {
+            self.reply_error(frame.id, &Error::ShuttingDown);
+            return;
+        }
+        let Some(handler) = self.shared.router.get(frame.command()) else {
+            if is_call {
+                self.reply_error(frame.id, &Error::UnknownCommand(frame.command().to_owned()));
+            } else {
+                Counters::bump(&self.shared.counters.errors_in, 1);
+            }
+            return;
+        };
+        let responder = if is_call {
+            Responder::new(self.clone(), frame.id, &self.shared.in_flight)
+        } else {
+            Responder::one_way()
+        };
+        let Some(mut work) =
+            handler.invoke(HandlerContext::new(self.clone()), frame.payload, responder)
+        else {
+            return;
+        };
+        if let Some(queue) = &self.shared.sequential {
+            // Waits only when the queue is full: back-pressure on a slow sequential peer.
+            let _ = queue.send(work).await;
+            return;
+        }
+        // Most handlers finish at once: poll inline and spawn only if the handler waits.
+        // The spawned task polls again with its own waker, as the future contract requires.
+        let mut cx = Context::from_waker(Waker::noop());
+        if work.as_mut().poll(&mut cx).is_pending() {
+            self.shared.runtime.spawn(work);
+        }
+    }
+
+    async fn run_writer(self, mut write: BoxWrite) {
+        let result = futures_lite::future::or(self.write_loop(&mut write), async {
+            self.closed().await;
+            Ok(())
+        })
+        .await;
+        if let Err(e) = &result {
+            tracing::debug!(conn = self.id(), error = %e, "write failed");
+        }
+        self.shut(result.err().unwrap_or(Error::Closed));
+    }
+
+    async fn write_loop(&self, write: &mut BoxWrite) -> Result<(), Error> {
+        let mut batch = BytesMut::new();
+        loop {
+            let closing = poll_fn(|cx| self.take_batch(&mut batch, cx)).await;
+            if batch.is_empty() {
+                if closing {
+                    write.close().await?;
+                    return Ok(());
+                }
+                continue;
+            }
+            write.write_all(&batch).await?;
+            Counters::bump(&self.shared.counters.bytes_out, batch.len() as u64);
+            batch.clear();
+            if batch.capacity() > KEEP_WRITE_CAPACITY {
+                batch = BytesMut::new();
+            }
+            self.shared.write_space.notify(usize::MAX);
+        }
+    }
+
+    /// Swaps the queued bytes into `batch`; returns whether the connection is closing.
+    fn take_batch(&self, batch: &mut BytesMut, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut out = lock(&self.shared.outbox);
+        if !out.buf.is_empty() {
+            std::mem::swap(&mut out.buf, batch);
+            return Poll::Ready(out.closing);
+        }
+        if out.closing {
+            return Poll::Ready(true);
+        }
+        self.shared.writer_waker.register(cx.waker());
+        Poll::Pending
+    }
+}
+
+/// Awaits the reply to one call; dropping it abandons the call.
+struct CallFuture<'a> {
+    conn: &'a Connection,
+    id: u64,
+    done: bool,
+}
+
+impl<'a> CallFuture<'a> {
+    fn new(conn: &'a Connection, id: u64) -> Self {
+        Self {
+            conn,
+            id,
+            done: false,
+        }
+    }
+}
+
+impl Future for CallFuture<'_> {
+    type Output = CallResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CallResult> {
+        let polled = lock(&self.conn.shared.table).poll(self.id, cx);
+        if polled.is_ready() {
+            self.done = true;
+        }
+        polled
+    }
+}
+
+impl Drop for CallFuture<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            lock(&self.conn.shared.table).cancel(self.id);
+        }
+    }
+}
+
+fn decode_text(bytes: Bytes) -> Result<String, Error> {
+    String::from_utf8(bytes.into()).map_err(|e| Error::Codec(format!("reply is not UTF-8: {e}")))
+}
+
+fn decode_value<R: DeserializeOwned>(bytes: &[u8]) -> Result<R, Error> {
+    postcard::from_bytes(bytes).map_err(Error::from)
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

@@ -1,0 +1,179 @@
+//! The error type callers see, and the error codes that travel in `Error` frames.
+
+use crate::frame::{EncodeError, FrameError};
+
+/// Why a call, send or connection failed.
+///
+/// The variants a caller most often matches on are distinct: a handler's own error
+/// ([`Error::Remote`]), an unknown command, a time-out and a closed connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The remote handler returned an error; this is its message.
+    #[error("remote handler failed: {0}")]
+    Remote(String),
+    /// The peer has no handler registered under this command name.
+    #[error("unknown command `{0}`")]
+    UnknownCommand(String),
+    /// The peer could not read the request payload (wrong type or bad encoding).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The handler dropped its [`Responder`](crate::Responder) without answering.
+    #[error("the handler dropped its responder without answering")]
+    NoResponse,
+    /// The peer is shutting down and takes no new calls.
+    #[error("the peer is shutting down")]
+    ShuttingDown,
+    /// No reply arrived within the time-out; the call was abandoned.
+    #[error("call timed out")]
+    Timeout,
+    /// The connection closed before the reply arrived, or was already closed.
+    #[error("connection closed")]
+    Closed,
+    /// The peer broke the protocol; the connection was closed.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A value could not be encoded, or a reply could not be decoded, on this side.
+    #[error("codec error: {0}")]
+    Codec(String),
+    /// A frame could not be encoded (name too long, frame too large); nothing was sent.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// A blocking call was made on an async runtime thread, where it could stall the runtime.
+    #[error("blocking call made from an async runtime thread; use the async API there")]
+    BlockingInRuntime,
+    /// An I/O error (connect, bind, read, write), as text so that the error stays `Clone`.
+    #[error("i/o error: {0}")]
+    Io(String),
+}
+
+impl Error {
+    /// A handler error with this message (what a handler returns to fail a call).
+    pub fn msg(message: impl Into<String>) -> Self {
+        Error::Remote(message.into())
+    }
+
+    /// The code this error travels under in an `Error` frame.
+    pub(crate) fn code(&self) -> ErrorCode {
+        match self {
+            Error::UnknownCommand(_) => ErrorCode::UnknownCommand,
+            Error::BadRequest(_) | Error::Codec(_) => ErrorCode::BadRequest,
+            Error::NoResponse => ErrorCode::NoResponse,
+            Error::ShuttingDown => ErrorCode::ShuttingDown,
+            _ => ErrorCode::Handler,
+        }
+    }
+
+    /// The message an `Error` frame carries for this error.
+    pub(crate) fn wire_message(&self) -> String {
+        match self {
+            Error::Remote(m)
+            | Error::BadRequest(m)
+            | Error::Codec(m)
+            | Error::UnknownCommand(m) => m.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Rebuilds the caller-side error from an `Error` frame's code and message.
+    pub(crate) fn from_wire(code: &str, message: String) -> Self {
+        match ErrorCode::parse(code) {
+            Some(ErrorCode::UnknownCommand) => Error::UnknownCommand(message),
+            Some(ErrorCode::BadRequest) => Error::BadRequest(message),
+            Some(ErrorCode::NoResponse) => Error::NoResponse,
+            Some(ErrorCode::ShuttingDown) => Error::ShuttingDown,
+            Some(ErrorCode::Handler) | None => Error::Remote(message),
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e.to_string())
+    }
+}
+
+impl From<FrameError> for Error {
+    fn from(e: FrameError) -> Self {
+        Error::Protocol(e.to_string())
+    }
+}
+
+impl From<postcard::Error> for Error {
+    fn from(e: postcard::Error) -> Self {
+        Error::Codec(e.to_string())
+    }
+}
+
+impl From<String> for Error {
+    fn from(message: String) -> Self {
+        Error::Remote(message)
+    }
+}
+
+impl From<&str> for Error {
+    fn from(message: &str) -> Self {
+        Error::Remote(message.to_owned())
+    }
+}
+
+/// Error codes carried in the command field of an `Error` frame, as decimal text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorCode {
+    /// "1": the handler failed; the payload is its message.
+    Handler,
+    /// "2": no handler is registered under that name.
+    UnknownCommand,
+    /// "3": the request payload could not be decoded.
+    BadRequest,
+    /// "4": the handler dropped its responder.
+    NoResponse,
+    /// "5": the peer is shutting down.
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Handler => "1",
+            ErrorCode::UnknownCommand => "2",
+            ErrorCode::BadRequest => "3",
+            ErrorCode::NoResponse => "4",
+            ErrorCode::ShuttingDown => "5",
+        }
+    }
+
+    fn parse(code: &str) -> Option<Self> {
+        Some(match code {
+            "1" => ErrorCode::Handler,
+            "2" => ErrorCode::UnknownCommand,
+            "3" => ErrorCode::BadRequest,
+            "4" => ErrorCode::NoResponse,
+            "5" => ErrorCode::ShuttingDown,
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_survive_the_wire() {
+        for err in [
+            Error::Remote("boom".into()),
+            Error::UnknownCommand("nope".into()),
+            Error::BadRequest("bad".into()),
+            Error::NoResponse,
+            Error::ShuttingDown,
+        ] {
+            let back = Error::from_wire(err.code().as_str(), err.wire_message());
+            assert_eq!(back, err);
+        }
+        assert_eq!(
+            Error::from_wire("99", "x".into()),
+            Error::Remote("x".into())
+        );
+    }
+}

@@ -1,0 +1,43 @@
+//! zserver-core: the runtime-agnostic heart of zserver.
+//!
+//! - [`transport`]: the `Transport`, `ServerIo` and `ClientIo` traits a back end implements;
+//! - [`runtime`]: the small spawn/sleep interface a back end provides;
+//! - [`frame`]: the wire format (sans-IO), documented byte for byte in `docs/PROTOCOL.md`;
+//! - [`request`]: the table of calls awaiting replies (sans-IO, time passed in);
+//! - the command engine: [`Router`] and handlers, [`Connection`], [`Server`], [`Client`],
+//!   [`BlockingClient`], [`Stats`].
+//!
+//! Applications normally use the `zserver` facade crate, which picks a back end by feature.
+//!
+//! # Ordering guarantees
+//! - One-way sends (and calls) made one after another from one task leave in that order
+//!   and their handlers start in that order on the peer.
+//! - Handlers run concurrently by default: a slow call does not hold up later ones, and
+//!   replies may arrive out of order (they are matched by request id).
+//! - With [`Config::sequential`], each handler finishes before the next one starts.
+#![warn(missing_docs)]
+
+pub mod blocking;
+pub mod client;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod frame;
+pub mod handler;
+pub mod request;
+pub mod runtime;
+pub mod server;
+pub mod stats;
+pub mod transport;
+
+pub use blocking::BlockingClient;
+pub use bytes::Bytes;
+pub use client::{Client, ClientBuilder};
+pub use config::Config;
+pub use connection::Connection;
+pub use error::Error;
+pub use handler::{Context, Responder, Router};
+pub use runtime::Runtime;
+pub use server::{Server, ServerBuilder};
+pub use stats::{ServerStats, Stats};
+pub use transport::{ClientIo, Listener, ServerIo, Transport};

@@ -1,0 +1,293 @@
+//! The server: accepts connections, runs the router's handlers for them, pushes to them,
+//! and shuts down gracefully.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use event_listener::Event;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::connection::{handshake, next_connection_id, Connection, Setup};
+use crate::error::Error;
+use crate::handler::{InFlight, Router};
+use crate::runtime::Runtime;
+use crate::stats::{Counters, ServerStats};
+use crate::transport::{Listener, ServerIo, Transport};
+
+/// How long the accept loop pauses after an accept error (such as running out of file
+/// descriptors) before trying again.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// How long shutdown waits for closing connections to flush before dropping them.
+const FLUSH_GRACE: Duration = Duration::from_secs(2);
+
+/// Sets up a [`Server`]: its transport, handlers and settings.
+pub struct ServerBuilder {
+    transport: Arc<dyn Transport>,
+    router: Router,
+    config: Config,
+}
+
+impl ServerBuilder {
+    /// A server on `transport` with no handlers and default settings.
+    pub fn new(transport: Arc<dyn Transport>) -> Self {
+        Self {
+            transport,
+            router: Router::new(),
+            config: Config::default(),
+        }
+    }
+
+    /// The handlers clients can call.
+    pub fn router(mut self, router: Router) -> Self {
+        self.router = router;
+        self
+    }
+
+    /// Connection settings for every accepted connection.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Binds `addr` (use port 0 for an ephemeral port) and starts accepting.
+    pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<Server, Error> {
+        let addr = resolve(addr)?;
+        let listener = self.transport.listen(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let runtime = self.transport.runtime();
+        let shared = Arc::new(ServerShared {
+            runtime: runtime.clone(),
+            local_addr,
+            router: Arc::new(self.router),
+            config: Arc::new(self.config),
+            conns: Mutex::new(HashMap::new()),
+            retired: Counters::default(),
+            accepted: AtomicU64::new(0),
+            in_flight: Arc::new(InFlight::default()),
+            stopping: AtomicBool::new(false),
+            stop_event: Event::new(),
+            listening: AtomicBool::new(true),
+            listener_closed: Event::new(),
+        });
+        runtime.spawn(Box::pin(shared.clone().accept_loop(listener)));
+        tracing::info!(addr = %local_addr, transport = self.transport.name(), "listening");
+        Ok(Server { shared })
+    }
+}
+
+/// Resolves an address argument to its first socket address.
+pub(crate) fn resolve(addr: impl ToSocketAddrs) -> Result<SocketAddr, Error> {
+    addr.to_socket_addrs()?
+        .next()
+        .ok_or_else(|| Error::Io("address resolved to nothing".into()))
+}
+
+/// A running server. Cheap to clone; it runs until [`shutdown`](Server::shutdown).
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<ServerShared>,
+}
+
+struct ServerShared {
+    runtime: Arc<dyn Runtime>,
+    local_addr: SocketAddr,
+    router: Arc<Router>,
+    config: Arc<Config>,
+    conns: Mutex<HashMap<u64, Connection>>,
+    retired: Counters,
+    accepted: AtomicU64,
+    in_flight: Arc<InFlight>,
+    stopping: AtomicBool,
+    stop_event: Event,
+    listening: AtomicBool,
+    listener_closed: Event,
+}
+
+impl ServerShared {
+    fn conns(&self) -> MutexGuard<'_, HashMap<u64, Connection>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    async fn stopped(&self) {
+        while !self.is_stopping() {
+            let listener = self.stop_event.listen();
+            if self.is_stopping() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: Box<dyn Listener>) {
+        loop {
+            let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+                self.stopped().await;
+                None
+            })
+            .await;
+            match next {
+                None => break,
+                Some(Ok(io)) => {
+                    self.accepted.fetch_add(1, Ordering::Relaxed);
+                    self.runtime.spawn(Box::pin(self.clone().admit(io)));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    self.runtime.sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            }
+        }
+        drop(listener);
+        self.listening.store(false, Ordering::Release);
+        self.listener_closed.notify(usize::MAX);
+    }
+
+    /// Handshakes with a new connection and, if that succeeds, starts serving it.
+    async fn admit(self: Arc<Self>, io: Box<dyn ServerIo>) {
+        let peer = io.peer_addr();
+        let (mut read, mut write) = io.into_halves();
+        if let Err(e) = handshake(&mut read, &mut write).await {
+            tracing::debug!(%peer, error = %e, "handshake failed");
+            self.retired.errors_in.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.is_stopping() {
+            return;
+        }
+        let weak = Arc::downgrade(&self);
+        let id = next_connection_id();
+        let setup = Setup {
+            id,
+            runtime: self.runtime.clone(),
+            router: self.router.clone(),
+            config: self.config.clone(),
+            in_flight: self.in_flight.clone(),
+            on_close: Some(Box::new(move |id, stats| {
+                if let Some(server) = weak.upgrade() {
+                    server.conns().remove(&id);
+                    server.retired.absorb(stats);
+                }
+            })),
+        };
+        // Held across start so that a connection closing at once is removed after insertion.
+        let mut conns = self.conns();
+        let conn = Connection::start(setup, peer, read, write);
+        conns.insert(id, conn);
+    }
+}
+
+impl Server {
+    /// A builder for a server on `transport`.
+    pub fn builder(transport: Arc<dyn Transport>) -> ServerBuilder {
+        ServerBuilder::new(transport)
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The connection with this id, if it is open.
+    pub fn connection(&self, id: u64) -> Option<Connection> {
+        self.shared.conns().get(&id).cloned()
+    }
+
+    /// Every open connection.
+    pub fn connections(&self) -> Vec<Connection> {
+        self.shared.conns().values().cloned().collect()
+    }
+
+    /// How many connections are open.
+    pub fn connection_count(&self) -> usize {
+        self.shared.conns().len()
+    }
+
+    /// Sends a one-way message to every open connection; returns how many it was queued for.
+    pub fn broadcast_bytes(&self, command: &str, payload: impl AsRef<[u8]>) -> usize {
+        let payload = payload.as_ref();
+        self.connections()
+            .iter()
+            .filter(|c| c.send_now(command, payload).is_ok())
+            .count()
+    }
+
+    /// Sends a one-way serde value to every open connection.
+    pub fn broadcast<T: Serialize + ?Sized>(
+        &self,
+        command: &str,
+        value: &T,
+    ) -> Result<usize, Error> {
+        Ok(self.broadcast_bytes(command, postcard::to_allocvec(value)?))
+    }
+
+    /// Totals over every connection this server has had, and connection counts.
+    pub fn stats(&self) -> ServerStats {
+        let mut totals = self.shared.retired.snapshot();
+        let conns = self.connections();
+        for conn in &conns {
+            totals += conn.stats();
+        }
+        ServerStats {
+            totals,
+            connections_accepted: self.shared.accepted.load(Ordering::Relaxed),
+            connections_open: conns.len() as u64,
+        }
+    }
+
+    /// Calls being handled right now.
+    pub fn calls_in_flight(&self) -> usize {
+        self.shared.in_flight.count()
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.is_stopping()
+    }
+
+    /// Stops gracefully: stops accepting, refuses new calls with [`Error::ShuttingDown`],
+    /// waits up to `Config::shutdown_grace` for calls in flight to be answered, then closes
+    /// every connection after flushing what it has queued.
+    pub async fn shutdown(&self) {
+        let s = &self.shared;
+        if s.stopping.swap(true, Ordering::AcqRel) {
+            return self.closed_all().await;
+        }
+        s.stop_event.notify(usize::MAX);
+        while s.listening.load(Ordering::Acquire) {
+            let listener = s.listener_closed.listen();
+            if !s.listening.load(Ordering::Acquire) {
+                break;
+            }
+            listener.await;
+        }
+        for conn in self.connections() {
+            conn.go_away();
+        }
+        let grace = s.runtime.sleep(s.config.shutdown_grace);
+        futures_lite::future::or(s.in_flight.idle(), grace).await;
+        for conn in self.connections() {
+            conn.begin_close();
+        }
+        let flush = s.runtime.sleep(FLUSH_GRACE);
+        futures_lite::future::or(self.closed_all(), flush).await;
+        for conn in self.connections() {
+            conn.shut(Error::ShuttingDown);
+        }
+        tracing::info!(addr = %s.local_addr, "server stopped");
+    }
+
+    async fn closed_all(&self) {
+        for conn in self.connections() {
+            conn.closed().await;
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Statistics: counters per connection and per server, readable at run time.
+
+use std::ops::AddAssign;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
+/// A snapshot of one connection's counters, or a sum of several.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Frames received.
+    pub frames_in: u64,
+    /// Frames sent.
+    pub frames_out: u64,
+    /// Bytes received, framing included.
+    pub bytes_in: u64,
+    /// Bytes sent, framing included.
+    pub bytes_out: u64,
+    /// Calls and one-way sends received.
+    pub calls_in: u64,
+    /// Calls and one-way sends made.
+    pub calls_out: u64,
+    /// Error replies received, plus protocol errors seen.
+    pub errors_in: u64,
+    /// Error replies sent (handler errors, unknown commands, ...).
+    pub errors_out: u64,
+}
+
+impl AddAssign for Stats {
+    fn add_assign(&mut self, o: Self) {
+        self.frames_in += o.frames_in;
+        self.frames_out += o.frames_out;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.calls_in += o.calls_in;
+        self.calls_out += o.calls_out;
+        self.errors_in += o.errors_in;
+        self.errors_out += o.errors_out;
+    }
+}
+
+/// A server's statistics: totals over all its connections, past and present.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ServerStats {
+    /// Counters summed over every connection the server has had.
+    pub totals: Stats,
+    /// Connections accepted since start.
+    pub connections_accepted: u64,
+    /// Connections open now.
+    pub connections_open: u64,
+}
+
+/// Live counters of one connection (relaxed atomics: each is exact, a snapshot is not atomic).
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub calls_in: AtomicU64,
+    pub calls_out: AtomicU64,
+    pub errors_in: AtomicU64,
+    pub errors_out: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        Stats {
+            frames_in: self.frames_in.load(Relaxed),
+            frames_out: self.frames_out.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            calls_in: self.calls_in.load(Relaxed),
+            calls_out: self.calls_out.load(Relaxed),
+            errors_in: self.errors_in.load(Relaxed),
+            errors_out: self.errors_out.load(Relaxed),
+        }
+    }
+
+    /// Adds a finished connection's counts to these totals.
+    pub(crate) fn absorb(&self, s: Stats) {
+        Self::bump(&self.frames_in, s.frames_in);
+        Self::bump(&self.frames_out, s.frames_out);
+        Self::bump(&self.bytes_in, s.bytes_in);
+        Self::bump(&self.bytes_out, s.bytes_out);
+        Self::bump(&self.calls_in, s.calls_in);
+        Self::bump(&self.calls_out, s.calls_out);
+        Self::bump(&self.errors_in, s.errors_in);
+        Self::bump(&self.errors_out, s.errors_out);
+    }
+}

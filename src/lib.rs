@@ -1,0 +1,110 @@
+//! zserver: middleware for servers that hold very many long-lived client connections.
+//!
+//! The back end is picked by a Cargo feature: `tokio` (default), `smol`, or `async-std`
+//! (kept for existing async-std applications; async-std is discontinued upstream, so new
+//! applications should pick tokio or smol). Application code is the same under each.
+//!
+//! ```
+//! use zserver::{Error, Router};
+//!
+//! zserver::block_on(async {
+//!     let router = Router::new()
+//!         .console("hello", |_ctx, name: String| async move { Ok(format!("hello, {name}")) });
+//!     let server = zserver::server().router(router).bind("127.0.0.1:0").await?;
+//!     let client = zserver::client().connect(server.local_addr()).await?;
+//!     assert_eq!(client.console("hello", "world").await?, "hello, world");
+//!     server.shutdown().await;
+//!     Ok::<_, Error>(())
+//! })
+//! .unwrap();
+//! ```
+#![warn(missing_docs)]
+
+use std::future::Future;
+use std::net::ToSocketAddrs;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use zserver_core::*;
+
+#[cfg(not(any(feature = "tokio", feature = "async-std", feature = "smol")))]
+compile_error!("zserver needs one back-end feature: `tokio` (default), `smol` or `async-std`");
+
+/// The names of the back ends compiled into this build, the default first.
+pub fn backends() -> Vec<&'static str> {
+    let mut names = Vec::new();
+    #[cfg(feature = "tokio")]
+    names.push("tokio");
+    #[cfg(feature = "async-std")]
+    names.push("async-std");
+    #[cfg(feature = "smol")]
+    names.push("smol");
+    names
+}
+
+/// The transport of the back end called `name` (`"tokio"`, `"async-std"`, `"smol"`), if
+/// it is compiled in.
+pub fn transport(name: &str) -> Option<Arc<dyn Transport>> {
+    match name {
+        #[cfg(feature = "tokio")]
+        "tokio" => Some(Arc::new(
+            zserver_tokio::TokioTransport::current_or_background(),
+        )),
+        #[cfg(feature = "async-std")]
+        "async-std" => Some(Arc::new(zserver_asyncstd::AsyncStdTransport)),
+        #[cfg(feature = "smol")]
+        "smol" => Some(Arc::new(zserver_smol::SmolTransport)),
+        _ => None,
+    }
+}
+
+/// The default back end's transport: tokio if compiled in, else async-std, else smol.
+/// With tokio it uses the caller's runtime if there is one, else a shared background one.
+pub fn default_transport() -> Arc<dyn Transport> {
+    transport(backends()[0]).expect("the first compiled-in back end has a transport")
+}
+
+/// A server builder on the default back end.
+pub fn server() -> ServerBuilder {
+    ServerBuilder::new(default_transport())
+}
+
+/// A client builder on the default back end.
+pub fn client() -> ClientBuilder {
+    ClientBuilder::new(default_transport())
+}
+
+/// Connects a [`BlockingClient`] on the default back end, for code that is not async.
+///
+/// ```no_run
+/// let client = zserver::connect_blocking("127.0.0.1:7000", std::time::Duration::from_secs(5))?;
+/// let reply = client.console("hello", "world")?;
+/// # Ok::<_, zserver::Error>(())
+/// ```
+pub fn connect_blocking(
+    addr: impl ToSocketAddrs,
+    timeout: Duration,
+) -> Result<BlockingClient, Error> {
+    BlockingClient::connect(client(), addr, timeout)
+}
+
+/// Runs a future to completion on the calling thread, driving the default back end.
+/// Not for use inside an async context.
+pub fn block_on<T>(fut: impl Future<Output = T>) -> T {
+    #[cfg(feature = "tokio")]
+    return zserver_tokio::background().block_on(fut);
+    #[cfg(all(not(feature = "tokio"), feature = "async-std"))]
+    return zserver_asyncstd::block_on(fut);
+    #[cfg(all(not(feature = "tokio"), not(feature = "async-std"), feature = "smol"))]
+    return zserver_smol::block_on(fut);
+}
+
+/// Runs `task` in the background on the default back end.
+pub fn spawn(task: impl Future<Output = ()> + Send + 'static) {
+    default_transport().runtime().spawn(Box::pin(task));
+}
+
+/// Waits for `duration` on the default back end's timer.
+pub async fn sleep(duration: Duration) {
+    default_transport().runtime().sleep(duration).await
+}
