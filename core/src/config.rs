@@ -22,6 +22,8 @@ pub struct Config {
     /// Run this side's handlers one at a time, in arrival order, each finishing before the
     /// next starts. Off by default: handlers run concurrently (started in arrival order).
     pub sequential: bool,
+    /// How long a new connection may take to send its preamble before it is dropped.
+    pub handshake_timeout: Duration,
     /// How long [`Server::shutdown`](crate::Server::shutdown) waits for calls in flight.
     pub shutdown_grace: Duration,
 }
@@ -32,6 +34,7 @@ impl Default for Config {
             max_frame: DEFAULT_MAX_FRAME,
             max_pending_write: 8 * 1024 * 1024,
             sequential: false,
+            handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
         }
     }

@@ -7,6 +7,7 @@
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,6 +18,7 @@ use atomic_waker::AtomicWaker;
 use bytes::{Bytes, BytesMut};
 use event_listener::Event;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -593,9 +595,12 @@ impl Connection {
         } else {
             Responder::one_way()
         };
-        let Some(mut work) =
-            handler.invoke(HandlerContext::new(self.clone()), frame.payload, responder)
-        else {
+        let ctx = HandlerContext::new(self.clone());
+        let invoked = catch_unwind(AssertUnwindSafe(|| handler.invoke(ctx, frame.payload, responder)));
+        let Some(mut work) = invoked.unwrap_or_else(|_| {
+            self.handler_panicked();
+            None
+        }) else {
             return;
         };
         if let Some(queue) = &self.shared.sequential {
@@ -606,9 +611,25 @@ impl Connection {
         // Most handlers finish at once: poll inline and spawn only if the handler waits.
         // The spawned task polls again with its own waker, as the future contract requires.
         let mut cx = Context::from_waker(Waker::noop());
-        if work.as_mut().poll(&mut cx).is_pending() {
-            self.shared.runtime.spawn(work);
+        match catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(&mut cx))) {
+            Ok(Poll::Ready(())) => {}
+            Ok(Poll::Pending) => {
+                let conn = self.clone();
+                self.shared.runtime.spawn(Box::pin(async move {
+                    if AssertUnwindSafe(work).catch_unwind().await.is_err() {
+                        conn.handler_panicked();
+                    }
+                }));
+            }
+            Err(_) => self.handler_panicked(),
         }
+    }
+
+    /// A handler panicked: its responder was dropped (the caller gets [`Error::NoResponse`]);
+    /// the connection and the server carry on.
+    fn handler_panicked(&self) {
+        tracing::error!(conn = self.id(), "a handler panicked");
+        Counters::bump(&self.shared.counters.errors_out, 1);
     }
 
     async fn run_writer(self, mut write: BoxWrite) {

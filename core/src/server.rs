@@ -155,7 +155,12 @@ impl ServerShared {
     async fn admit(self: Arc<Self>, io: Box<dyn ServerIo>) {
         let peer = io.peer_addr();
         let (mut read, mut write) = io.into_halves();
-        if let Err(e) = handshake(&mut read, &mut write).await {
+        let deadline = self.runtime.sleep(self.config.handshake_timeout);
+        let shaken = futures_lite::future::or(handshake(&mut read, &mut write), async {
+            deadline.await;
+            Err(Error::Timeout)
+        });
+        if let Err(e) = shaken.await {
             tracing::debug!(%peer, error = %e, "handshake failed");
             self.retired.errors_in.fetch_add(1, Ordering::Relaxed);
             return;
