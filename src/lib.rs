@@ -108,3 +108,8 @@ pub fn spawn(task: impl Future<Output = ()> + Send + 'static) {
 pub async fn sleep(duration: Duration) {
     default_transport().runtime().sleep(duration).await
 }
+
+/// The README's examples, compiled and run as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

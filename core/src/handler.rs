@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -161,11 +162,14 @@ pub(crate) trait Handler: Send + Sync {
     ) -> Option<BoxFuture<'static, ()>>;
 }
 
-struct AsyncFn<F>(F);
+/// An async handler; its future and the reply are boxed together once per call.
+struct AsyncFn<F, Fut, B>(F, PhantomData<fn() -> (Fut, B)>);
 
-impl<F> Handler for AsyncFn<F>
+impl<F, Fut, B> Handler for AsyncFn<F, Fut, B>
 where
-    F: Fn(Context, Bytes) -> BoxFuture<'static, Result<Bytes, Error>> + Send + Sync,
+    F: Fn(Context, Bytes) -> Fut + Send + Sync,
+    Fut: Future<Output = Result<B, Error>> + Send + 'static,
+    B: AsRef<[u8]> + 'static,
 {
     fn invoke(
         &self,
@@ -238,24 +242,20 @@ impl Router {
             async move {
                 let text = String::from_utf8(bytes.into())
                     .map_err(|e| Error::BadRequest(format!("console text is not UTF-8: {e}")))?;
-                f(ctx, text).await.map(Bytes::from)
+                f(ctx, text).await
             }
         })
     }
 
     /// Registers a stream command: bytes in, bytes out (ZServer4D's stream command).
+    /// The reply may be any byte container (`Bytes`, `Vec<u8>`, `String`, ...).
     pub fn stream<F, Fut, B>(self, name: &str, f: F) -> Self
     where
         F: Fn(Context, Bytes) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<B, Error>> + Send + 'static,
-        B: Into<Bytes>,
+        B: AsRef<[u8]> + 'static,
     {
-        let erased =
-            move |ctx: Context, payload: Bytes| -> BoxFuture<'static, Result<Bytes, Error>> {
-                let fut = f(ctx, payload);
-                Box::pin(async move { fut.await.map(Into::into) })
-            };
-        self.add(name, Arc::new(AsyncFn(erased)))
+        self.add(name, Arc::new(AsyncFn(f, PhantomData)))
     }
 
     /// Registers a typed command: a serde value in, a serde value out, both as postcard.
@@ -274,7 +274,7 @@ impl Router {
                 let value: T =
                     postcard::from_bytes(&bytes).map_err(|e| Error::BadRequest(e.to_string()))?;
                 let reply = f(ctx, value).await?;
-                Ok(Bytes::from(postcard::to_allocvec(&reply)?))
+                Ok(postcard::to_allocvec(&reply)?)
             }
         })
     }
