@@ -27,7 +27,10 @@ fn main() -> Result<(), Error> {
     let parked_in_handler = parked.clone();
     let server_router = Router::new()
         .console("hello", |ctx, name: String| async move {
-            Ok(format!("hello, {name} (connection {})", ctx.connection_id()))
+            Ok(format!(
+                "hello, {name} (connection {})",
+                ctx.connection_id()
+            ))
         })
         .stream("reverse", |_ctx, bytes| async move {
             Ok(bytes.iter().rev().copied().collect::<Vec<u8>>())
@@ -63,7 +66,10 @@ fn main() -> Result<(), Error> {
             Ok(format!("client answered: {answer}"))
         })
         .stream("log", |_ctx, bytes| async move {
-            println!("  server got one-way message: {}", String::from_utf8_lossy(&bytes));
+            println!(
+                "  server got one-way message: {}",
+                String::from_utf8_lossy(&bytes)
+            );
             Ok(Vec::new())
         });
 
@@ -97,15 +103,24 @@ fn main() -> Result<(), Error> {
             .await?;
 
         println!("console:  {}", client.console("hello", "world").await?);
-        println!("stream:   {:?}", client.call_bytes("reverse", b"abc").await?);
+        println!(
+            "stream:   {:?}",
+            client.call_bytes("reverse", b"abc").await?
+        );
         let m = Move {
             player: "ann".into(),
             x: 3,
             y: 4,
         };
         println!("typed:    {}", client.call::<_, String>("move", &m).await?);
-        println!("error:    {}", client.console("fail", "").await.unwrap_err());
-        println!("unknown:  {}", client.console("nope", "").await.unwrap_err());
+        println!(
+            "error:    {}",
+            client.console("fail", "").await.unwrap_err()
+        );
+        println!(
+            "unknown:  {}",
+            client.console("nope", "").await.unwrap_err()
+        );
         println!(
             "timeout:  {}",
             client
@@ -138,10 +153,16 @@ fn main() -> Result<(), Error> {
             released?
         );
 
-        println!("push:     {}", client.console("call-me-back", "ping").await?);
+        println!(
+            "push:     {}",
+            client.console("call-me-back", "ping").await?
+        );
         let reached = server.broadcast_bytes("news", b"server news for everyone");
         client.ping().await?; // the broadcast was queued before the ping, so it has arrived
-        println!("broadcast reached {reached} connection(s): {:?}", pushed.lock().unwrap());
+        println!(
+            "broadcast reached {reached} connection(s): {:?}",
+            pushed.lock().unwrap()
+        );
 
         // The blocking client runs on its own thread, outside the async runtime.
         let blocking = std::thread::spawn(move || {
@@ -156,7 +177,10 @@ fn main() -> Result<(), Error> {
         let stats = server.stats();
         println!("server stats: {:?}", stats);
         server.shutdown().await;
-        println!("server shut down; a call now fails with: {}", client.console("hello", "?").await.unwrap_err());
+        println!(
+            "server shut down; a call now fails with: {}",
+            client.console("hello", "?").await.unwrap_err()
+        );
         Ok(())
     })
 }

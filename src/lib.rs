@@ -32,14 +32,14 @@ compile_error!("zserver needs one back-end feature: `tokio` (default), `smol` or
 
 /// The names of the back ends compiled into this build, the default first.
 pub fn backends() -> Vec<&'static str> {
-    let mut names = Vec::new();
-    #[cfg(feature = "tokio")]
-    names.push("tokio");
-    #[cfg(feature = "async-std")]
-    names.push("async-std");
-    #[cfg(feature = "smol")]
-    names.push("smol");
-    names
+    [
+        cfg!(feature = "tokio").then_some("tokio"),
+        cfg!(feature = "async-std").then_some("async-std"),
+        cfg!(feature = "smol").then_some("smol"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// The transport of the back end called `name` (`"tokio"`, `"async-std"`, `"smol"`), if

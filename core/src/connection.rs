@@ -542,6 +542,7 @@ impl Connection {
                 };
             }
             Counters::bump(&self.shared.counters.bytes_in, n as u64);
+            Counters::bump(&self.shared.counters.reads, 1);
         }
     }
 
@@ -596,7 +597,9 @@ impl Connection {
             Responder::one_way()
         };
         let ctx = HandlerContext::new(self.clone());
-        let invoked = catch_unwind(AssertUnwindSafe(|| handler.invoke(ctx, frame.payload, responder)));
+        let invoked = catch_unwind(AssertUnwindSafe(|| {
+            handler.invoke(ctx, frame.payload, responder)
+        }));
         let Some(mut work) = invoked.unwrap_or_else(|_| {
             self.handler_panicked();
             None
@@ -657,6 +660,7 @@ impl Connection {
             }
             write.write_all(&batch).await?;
             Counters::bump(&self.shared.counters.bytes_out, batch.len() as u64);
+            Counters::bump(&self.shared.counters.writes, 1);
             batch.clear();
             if batch.capacity() > KEEP_WRITE_CAPACITY {
                 batch = BytesMut::new();

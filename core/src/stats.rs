@@ -16,6 +16,10 @@ pub struct Stats {
     pub bytes_in: u64,
     /// Bytes sent, framing included.
     pub bytes_out: u64,
+    /// Socket reads that returned data (many frames may arrive in one read).
+    pub reads: u64,
+    /// Socket writes of a coalesced batch (many frames may leave in one write).
+    pub writes: u64,
     /// Calls and one-way sends received.
     pub calls_in: u64,
     /// Calls and one-way sends made.
@@ -32,6 +36,8 @@ impl AddAssign for Stats {
         self.frames_out += o.frames_out;
         self.bytes_in += o.bytes_in;
         self.bytes_out += o.bytes_out;
+        self.reads += o.reads;
+        self.writes += o.writes;
         self.calls_in += o.calls_in;
         self.calls_out += o.calls_out;
         self.errors_in += o.errors_in;
@@ -57,6 +63,8 @@ pub(crate) struct Counters {
     pub frames_out: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
     pub calls_in: AtomicU64,
     pub calls_out: AtomicU64,
     pub errors_in: AtomicU64,
@@ -74,6 +82,8 @@ impl Counters {
             frames_out: self.frames_out.load(Relaxed),
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
+            reads: self.reads.load(Relaxed),
+            writes: self.writes.load(Relaxed),
             calls_in: self.calls_in.load(Relaxed),
             calls_out: self.calls_out.load(Relaxed),
             errors_in: self.errors_in.load(Relaxed),
@@ -87,6 +97,8 @@ impl Counters {
         Self::bump(&self.frames_out, s.frames_out);
         Self::bump(&self.bytes_in, s.bytes_in);
         Self::bump(&self.bytes_out, s.bytes_out);
+        Self::bump(&self.reads, s.reads);
+        Self::bump(&self.writes, s.writes);
         Self::bump(&self.calls_in, s.calls_in);
         Self::bump(&self.calls_out, s.calls_out);
         Self::bump(&self.errors_in, s.errors_in);

@@ -1,0 +1,68 @@
+//! Wire-level behaviour seen from outside: write coalescing and the preamble a server sends.
+//! Runs unchanged on every back end.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use zserver::{Error, Router};
+
+/// Many small frames queued close together leave in far fewer socket writes.
+#[test]
+fn small_frames_are_coalesced_into_few_writes() {
+    zserver::block_on(async {
+        let (tx, rx) = async_channel::unbounded::<()>();
+        let router = Router::new().stream("tick", move |_ctx, _b| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.try_send(());
+                Ok(Vec::new())
+            }
+        });
+        let server = zserver::server().router(router).bind("127.0.0.1:0").await?;
+        let client = zserver::client().connect(server.local_addr()).await?;
+        const N: u64 = 2000;
+        for i in 0..N {
+            client.send_bytes("tick", i.to_le_bytes()).await?;
+        }
+        for _ in 0..N {
+            rx.recv().await.map_err(|_| Error::Closed)?;
+        }
+        let stats = client.stats();
+        assert_eq!(stats.frames_out, N);
+        assert!(stats.writes >= 1);
+        assert!(
+            stats.writes * 4 <= N,
+            "{} writes for {N} frames: frames were not coalesced",
+            stats.writes
+        );
+        let server_side = server.stats().totals;
+        assert_eq!(server_side.frames_in, N);
+        assert!(
+            server_side.reads < N,
+            "{} reads for {N} frames",
+            server_side.reads
+        );
+        server.shutdown().await;
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+}
+
+/// The first bytes a server sends are the preamble: magic and protocol version.
+#[test]
+fn server_opens_with_magic_and_version() {
+    let server = zserver::block_on(zserver::server().bind("127.0.0.1:0")).unwrap();
+    let mut sock = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    sock.write_all(b"ZSRV\x01\x00\x00\x00").unwrap();
+    let mut preamble = [0u8; 8];
+    sock.read_exact(&mut preamble).unwrap();
+    assert_eq!(&preamble, b"ZSRV\x01\x00\x00\x00");
+    // A Ping (kind 4) with id 7 is answered by a Pong (kind 5) with id 7.
+    sock.write_all(&[4, 0, 0, 0, 4, 0, 7, 0]).unwrap();
+    let mut pong = [0u8; 8];
+    sock.read_exact(&mut pong).unwrap();
+    assert_eq!(pong, [4, 0, 0, 0, 5, 0, 7, 0]);
+    zserver::block_on(server.shutdown());
+}
