@@ -66,3 +66,53 @@ fn server_opens_with_magic_and_version() {
     assert_eq!(pong, [4, 0, 0, 0, 5, 0, 7, 0]);
     zserver::block_on(server.shutdown());
 }
+
+/// A peer that pipelines calls and never reads its replies is throttled: the server stops
+/// reading from it (its replies queue to a bound), so the peer's writes stall long before it
+/// has pushed 512 MiB, while another client is still served.
+#[test]
+fn a_peer_that_never_reads_is_throttled_not_buffered() {
+    let router = Router::new().stream("echo", |_ctx, b| async move { Ok(b) });
+    let server = zserver::block_on(zserver::server().router(router).bind("127.0.0.1:0")).unwrap();
+    let mut sock = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    sock.set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    sock.write_all(b"ZSRV\x01\x00\x00\x00").unwrap();
+    // One Call frame: kind 0, flags 0, id 1, command "echo", 16 KiB payload.
+    let payload = vec![0xab_u8; 16 * 1024];
+    let mut frame = Vec::new();
+    let body_len = 1 + 1 + 1 + 1 + 4 + payload.len();
+    frame.extend_from_slice(&(body_len as u32).to_le_bytes());
+    frame.extend_from_slice(&[0, 0, 1, 4]);
+    frame.extend_from_slice(b"echo");
+    frame.extend_from_slice(&payload);
+    let limit = 512usize << 20;
+    let mut sent = 0usize;
+    let stalled = loop {
+        match sock.write_all(&frame) {
+            Ok(()) => sent += frame.len(),
+            Err(_) => break true,
+        }
+        if sent >= limit {
+            break false;
+        }
+    };
+    assert!(
+        stalled,
+        "the server kept reading {sent} bytes from a peer that never reads"
+    );
+    assert!(
+        sent < 128 << 20,
+        "{sent} bytes accepted before back-pressure"
+    );
+    zserver::block_on(async {
+        let client = zserver::client().connect(server.local_addr()).await?;
+        assert_eq!(
+            &client.call_bytes("echo", b"still served").await?[..],
+            b"still served"
+        );
+        server.shutdown().await;
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+}

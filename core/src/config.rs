@@ -19,6 +19,10 @@ pub struct Config {
     pub max_frame: usize,
     /// Bytes queued for sending above which calls and sends wait (back-pressure).
     pub max_pending_write: usize,
+    /// Requests from the peer handled at once on one connection; past this the connection
+    /// stops reading until one finishes. Replies the peer leaves unread are bounded too: the
+    /// connection stops reading while more than twice `max_pending_write` bytes are queued.
+    pub max_handlers_in_flight: usize,
     /// Run this side's handlers one at a time, in arrival order, each finishing before the
     /// next starts. Off by default: handlers run concurrently (started in arrival order).
     pub sequential: bool,
@@ -33,6 +37,7 @@ impl Default for Config {
         Self {
             max_frame: DEFAULT_MAX_FRAME,
             max_pending_write: 8 * 1024 * 1024,
+            max_handlers_in_flight: 1024,
             sequential: false,
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),

@@ -136,7 +136,7 @@ impl Connection {
             runtime: setup.runtime,
             router: setup.router,
             config: setup.config,
-            in_flight: setup.in_flight,
+            in_flight: Arc::new(InFlight::child(setup.in_flight)),
             outbox: Mutex::new(Outbox {
                 buf: BytesMut::new(),
                 closing: false,
@@ -436,7 +436,12 @@ impl Connection {
 
     /// Waits while more than `max_pending_write` bytes are queued (back-pressure).
     async fn wait_for_space(&self) {
-        let limit = self.shared.config.max_pending_write;
+        self.wait_for_space_above(self.shared.config.max_pending_write)
+            .await
+    }
+
+    /// Waits while `limit` bytes or more are queued and the connection is open.
+    async fn wait_for_space_above(&self, limit: usize) {
         let full = || !self.is_closed() && lock(&self.shared.outbox).buf.len() >= limit;
         while full() {
             let listener = self.shared.write_space.listen();
@@ -591,10 +596,18 @@ impl Connection {
             }
             return;
         };
+        // Back-pressure on the peer: stop reading while too many of its requests are being
+        // handled or while the replies it has not read pile up.
+        self.shared
+            .in_flight
+            .below(self.shared.config.max_handlers_in_flight)
+            .await;
+        self.wait_for_space_above(self.shared.config.max_pending_write.saturating_mul(2))
+            .await;
         let responder = if is_call {
             Responder::new(self.clone(), frame.id, &self.shared.in_flight)
         } else {
-            Responder::one_way()
+            Responder::one_way(&self.shared.in_flight)
         };
         let ctx = HandlerContext::new(self.clone());
         let invoked = catch_unwind(AssertUnwindSafe(|| {

@@ -45,36 +45,53 @@ impl Context {
     }
 }
 
-/// Counts answers still owed (calls being handled), so that shutdown can wait for them.
+/// Counts requests being handled (answers still owed, one-way handlers still running), so
+/// that a connection can bound them and shutdown can wait for them. A connection's counter
+/// also counts into its server's.
 #[derive(Default)]
 pub(crate) struct InFlight {
     count: AtomicUsize,
-    idle: Event,
+    changed: Event,
+    parent: Option<Arc<InFlight>>,
 }
 
 impl InFlight {
+    /// A counter that also counts into `parent`.
+    pub(crate) fn child(parent: Arc<InFlight>) -> Self {
+        Self {
+            parent: Some(parent),
+            ..Self::default()
+        }
+    }
+
     fn enter(self: &Arc<Self>) -> InFlightGuard {
-        self.count.fetch_add(1, Ordering::AcqRel);
+        let mut level = Some(self);
+        while let Some(counter) = level {
+            counter.count.fetch_add(1, Ordering::AcqRel);
+            level = counter.parent.as_ref();
+        }
         InFlightGuard(self.clone())
     }
 
-    /// Calls currently being handled.
+    /// Requests being handled right now.
     pub(crate) fn count(&self) -> usize {
         self.count.load(Ordering::Acquire)
     }
 
-    /// Completes when no call is being handled.
-    pub(crate) async fn idle(&self) {
-        loop {
-            if self.count() == 0 {
-                return;
-            }
-            let listener = self.idle.listen();
-            if self.count() == 0 {
+    /// Completes once fewer than `limit` requests are being handled.
+    pub(crate) async fn below(&self, limit: usize) {
+        while self.count() >= limit {
+            let listener = self.changed.listen();
+            if self.count() < limit {
                 return;
             }
             listener.await;
         }
+    }
+
+    /// Completes when no request is being handled.
+    pub(crate) async fn idle(&self) {
+        self.below(1).await
     }
 }
 
@@ -82,8 +99,11 @@ pub(crate) struct InFlightGuard(Arc<InFlight>);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify(usize::MAX);
+        let mut level = Some(&self.0);
+        while let Some(counter) = level {
+            counter.count.fetch_sub(1, Ordering::AcqRel);
+            counter.changed.notify(usize::MAX);
+            level = counter.parent.as_ref();
         }
     }
 }
@@ -93,21 +113,21 @@ impl Drop for InFlightGuard {
 /// [`Error::NoResponse`]. For a one-way send it discards the answer.
 pub struct Responder {
     target: Option<(Connection, u64)>,
-    _in_flight: Option<InFlightGuard>,
+    _in_flight: InFlightGuard,
 }
 
 impl Responder {
     pub(crate) fn new(conn: Connection, id: u64, in_flight: &Arc<InFlight>) -> Self {
         Self {
             target: Some((conn, id)),
-            _in_flight: Some(in_flight.enter()),
+            _in_flight: in_flight.enter(),
         }
     }
 
-    pub(crate) fn one_way() -> Self {
+    pub(crate) fn one_way(in_flight: &Arc<InFlight>) -> Self {
         Self {
             target: None,
-            _in_flight: None,
+            _in_flight: in_flight.enter(),
         }
     }
 
