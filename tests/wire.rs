@@ -1,4 +1,5 @@
-//! Wire-level behaviour seen from outside: write coalescing and the preamble a server sends.
+//! Wire-level behaviour seen from outside: write coalescing, the preamble a server sends,
+//! back-pressure on a peer that never reads. Raw-socket tests use a plain trusted-link server.
 //! Runs unchanged on every back end.
 
 use std::io::{Read, Write};
@@ -51,7 +52,8 @@ fn small_frames_are_coalesced_into_few_writes() {
 /// The first bytes a server sends are the preamble: magic and protocol version.
 #[test]
 fn server_opens_with_magic_and_version() {
-    let server = zserver::block_on(zserver::server().bind("127.0.0.1:0")).unwrap();
+    let plain = zserver::server().config(zserver::Config::plain_trusted_link());
+    let server = zserver::block_on(plain.bind("127.0.0.1:0")).unwrap();
     let mut sock = std::net::TcpStream::connect(server.local_addr()).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -73,7 +75,14 @@ fn server_opens_with_magic_and_version() {
 #[test]
 fn a_peer_that_never_reads_is_throttled_not_buffered() {
     let router = Router::new().stream("echo", |_ctx, b| async move { Ok(b) });
-    let server = zserver::block_on(zserver::server().router(router).bind("127.0.0.1:0")).unwrap();
+    let plain = zserver::Config::plain_trusted_link();
+    let server = zserver::block_on(
+        zserver::server()
+            .router(router)
+            .config(plain.clone())
+            .bind("127.0.0.1:0"),
+    )
+    .unwrap();
     let mut sock = std::net::TcpStream::connect(server.local_addr()).unwrap();
     sock.set_write_timeout(Some(Duration::from_secs(2)))
         .unwrap();
@@ -106,7 +115,10 @@ fn a_peer_that_never_reads_is_throttled_not_buffered() {
         "{sent} bytes accepted before back-pressure"
     );
     zserver::block_on(async {
-        let client = zserver::client().connect(server.local_addr()).await?;
+        let client = zserver::client()
+            .config(plain)
+            .connect(server.local_addr())
+            .await?;
         assert_eq!(
             &client.call_bytes("echo", b"still served").await?[..],
             b"still served"

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::connection::{handshake, next_connection_id, Connection, Setup};
 use crate::error::Error;
 use crate::handler::{InFlight, Router};
+use crate::secure::{unhex, Keypair, Role};
 use crate::server::resolve;
 use crate::transport::Transport;
 
@@ -22,6 +23,8 @@ pub struct ClientBuilder {
     router: Router,
     config: Config,
     connect_timeout: Duration,
+    keypair: Option<Keypair>,
+    pin: Option<[u8; 32]>,
 }
 
 impl ClientBuilder {
@@ -32,6 +35,8 @@ impl ClientBuilder {
             router: Router::new(),
             config: Config::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            keypair: None,
+            pin: None,
         }
     }
 
@@ -53,6 +58,27 @@ impl ClientBuilder {
         self
     }
 
+    /// Accepts only a server whose public key is `key`; any other is refused with
+    /// [`Error::KeyMismatch`] during the handshake, before any command is sent.
+    pub fn pin_server_key(mut self, key: [u8; 32]) -> Self {
+        self.pin = Some(key);
+        self
+    }
+
+    /// Like [`pin_server_key`](Self::pin_server_key), from the 64 hex digits a server prints.
+    pub fn pin_server_fingerprint(self, hex: &str) -> Result<Self, Error> {
+        let key = unhex(hex.trim())
+            .ok_or_else(|| Error::Handshake(format!("`{hex}` is not a 64-digit hex key")))?;
+        Ok(self.pin_server_key(key))
+    }
+
+    /// This client's own static key pair (the server sees its public key as
+    /// [`Connection::peer_key`]). Without one, a fresh key pair is made per connection.
+    pub fn keypair(mut self, keypair: Keypair) -> Self {
+        self.keypair = Some(keypair);
+        self
+    }
+
     /// The transport this builder connects with.
     pub fn transport(&self) -> &Arc<dyn Transport> {
         &self.transport
@@ -62,15 +88,21 @@ impl ClientBuilder {
     pub async fn connect(self, addr: impl ToSocketAddrs) -> Result<Client, Error> {
         let addr = resolve(addr)?;
         let runtime = self.transport.runtime();
+        let keypair = self.keypair.clone().unwrap_or_else(Keypair::generate);
         let attempt = async {
             let io = self.transport.connect(addr).await?;
             let peer = io.peer_addr();
             let (mut read, mut write) = io.into_halves();
-            handshake(&mut read, &mut write).await?;
-            Ok::<_, Error>((peer, read, write))
+            let role = Role::Initiator {
+                pin: self.pin.as_ref(),
+            };
+            let now = runtime.now();
+            let secure =
+                handshake(&mut read, &mut write, &self.config, role, &keypair, now).await?;
+            Ok::<_, Error>((peer, read, write, secure))
         };
         let timeout = runtime.sleep(self.connect_timeout);
-        let (peer, read, write) = futures_lite::future::or(attempt, async {
+        let (peer, read, write, secure) = futures_lite::future::or(attempt, async {
             timeout.await;
             Err(Error::Timeout)
         })
@@ -84,7 +116,9 @@ impl ClientBuilder {
             on_close: None,
         };
         Ok(Client {
-            inner: Arc::new(ClientInner(Connection::start(setup, peer, read, write))),
+            inner: Arc::new(ClientInner(Connection::start(
+                setup, peer, read, write, secure,
+            ))),
         })
     }
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::frame::DEFAULT_MAX_FRAME;
+use crate::secure::Encryption;
 
 /// How a connection behaves. Start from [`Config::default`] and change what you need.
 ///
@@ -11,9 +12,17 @@ use crate::frame::DEFAULT_MAX_FRAME;
 /// config.max_frame = 1 << 20;
 /// config.sequential = true;
 /// ```
+///
+/// For a link that is already trusted, encryption can be turned off explicitly:
+/// ```
+/// let config = zserver_core::Config::plain_trusted_link();
+/// assert_eq!(config.encryption, zserver_core::Encryption::PlainTrustedLink);
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {
+    /// Encryption: a Noise handshake and AES-256-GCM records by default. Both ends must agree.
+    pub encryption: Encryption,
     /// Largest frame (header + payload) accepted from the peer or sent to it, in bytes.
     /// A peer announcing a larger one is disconnected before anything is allocated.
     pub max_frame: usize,
@@ -35,12 +44,23 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            encryption: Encryption::default(),
             max_frame: DEFAULT_MAX_FRAME,
             max_pending_write: 8 * 1024 * 1024,
             max_handlers_in_flight: 1024,
             sequential: false,
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, but with encryption off: only for links that are already trusted.
+    pub fn plain_trusted_link() -> Self {
+        Self {
+            encryption: Encryption::PlainTrustedLink,
+            ..Self::default()
         }
     }
 }

@@ -28,6 +28,8 @@ use crate::frame::{self, Frame, FrameDecoder, Header, Kind, PREAMBLE_LEN};
 use crate::handler::{Context as HandlerContext, InFlight, Responder, Router};
 use crate::request::{CallResult, Callback, RequestTable, Wake};
 use crate::runtime::{BoxFuture, Runtime};
+use crate::secure::record::{Opener, Sealer};
+use crate::secure::{self, Encryption, Keypair, Role};
 use crate::stats::{Counters, Stats};
 use crate::transport::{BoxRead, BoxWrite};
 
@@ -62,6 +64,7 @@ struct Outbox {
 struct Shared {
     id: u64,
     peer: SocketAddr,
+    peer_key: Option<[u8; 32]>,
     runtime: Arc<dyn Runtime>,
     router: Arc<Router>,
     config: Arc<Config>,
@@ -109,18 +112,77 @@ pub(crate) fn next_connection_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Exchanges preambles: writes ours, reads and checks the peer's.
-pub(crate) async fn handshake(read: &mut BoxRead, write: &mut BoxWrite) -> Result<(), Error> {
-    write.write_all(&frame::preamble()).await?;
+/// The keys and policy of an encrypted connection, from the handshake.
+pub(crate) struct Secure {
+    sealer: Sealer,
+    opener: Opener,
+    peer_key: [u8; 32],
+}
+
+/// Exchanges preambles (both sides must ask for the same security mode), then runs the
+/// Noise handshake if encryption is on.
+pub(crate) async fn handshake(
+    read: &mut BoxRead,
+    write: &mut BoxWrite,
+    config: &Config,
+    role: Role<'_>,
+    keypair: &Keypair,
+    now: Instant,
+) -> Result<Option<Secure>, Error> {
+    let ours = frame::preamble(config.encryption.mode_byte());
+    write.write_all(&ours).await?;
     let mut theirs = [0u8; PREAMBLE_LEN];
     read.read_exact(&mut theirs).await?;
-    frame::check_preamble(&theirs)?;
-    Ok(())
+    let (_version, mode) = frame::check_preamble(&theirs)?;
+    if mode != ours[6] {
+        let name = |m: u8| match m {
+            0 => "plain (trusted link)".to_string(),
+            1 => "encrypted (Noise XX)".to_string(),
+            other => format!("unknown mode {other}"),
+        };
+        return Err(Error::Handshake(format!(
+            "this side is {} but the peer is {}",
+            name(ours[6]),
+            name(mode)
+        )));
+    }
+    if config.encryption == Encryption::PlainTrustedLink {
+        return Ok(None);
+    }
+    let prologue = match role {
+        Role::Initiator { .. } => [ours, theirs].concat(),
+        Role::Responder => [theirs, ours].concat(),
+    };
+    let (sealer, opener, peer_key) = secure::handshake(
+        read,
+        write,
+        role,
+        keypair,
+        &config.encryption,
+        &prologue,
+        now,
+    )
+    .await?;
+    Ok(Some(Secure {
+        sealer,
+        opener,
+        peer_key,
+    }))
 }
 
 impl Connection {
     /// Starts the reader and writer tasks of a connection whose handshake is done.
-    pub(crate) fn start(setup: Setup, peer: SocketAddr, read: BoxRead, write: BoxWrite) -> Self {
+    pub(crate) fn start(
+        setup: Setup,
+        peer: SocketAddr,
+        read: BoxRead,
+        write: BoxWrite,
+        secure: Option<Secure>,
+    ) -> Self {
+        let (sealer, opener, peer_key) = match secure {
+            Some(s) => (Some(s.sealer), Some(s.opener), Some(s.peer_key)),
+            None => (None, None, None),
+        };
         let sequential = setup.config.sequential.then(|| {
             let (tx, rx) = async_channel::bounded::<BoxFuture<'static, ()>>(SEQUENTIAL_QUEUE);
             setup.runtime.spawn(Box::pin(async move {
@@ -133,6 +195,7 @@ impl Connection {
         let shared = Arc::new(Shared {
             id: setup.id,
             peer,
+            peer_key,
             runtime: setup.runtime,
             router: setup.router,
             config: setup.config,
@@ -155,10 +218,10 @@ impl Connection {
         let conn = Connection { shared };
         conn.shared
             .runtime
-            .spawn(Box::pin(conn.clone().run_writer(write)));
+            .spawn(Box::pin(conn.clone().run_writer(write, sealer)));
         conn.shared
             .runtime
-            .spawn(Box::pin(conn.clone().run_reader(read)));
+            .spawn(Box::pin(conn.clone().run_reader(read, opener)));
         conn
     }
 
@@ -170,6 +233,16 @@ impl Connection {
     /// The peer's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.shared.peer
+    }
+
+    /// The peer's static public key, proven in the handshake (`None` on a plain link).
+    pub fn peer_key(&self) -> Option<[u8; 32]> {
+        self.shared.peer_key
+    }
+
+    /// Whether this connection is encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.shared.peer_key.is_some()
     }
 
     /// A snapshot of this connection's counters.
@@ -511,8 +584,8 @@ impl Connection {
         }
     }
 
-    async fn run_reader(self, mut read: BoxRead) {
-        let result = futures_lite::future::or(self.read_loop(&mut read), async {
+    async fn run_reader(self, mut read: BoxRead, opener: Option<Opener>) {
+        let result = futures_lite::future::or(self.read_loop(&mut read, opener), async {
             self.closed().await;
             Ok(())
         })
@@ -524,30 +597,56 @@ impl Connection {
         self.shut(result.err().unwrap_or(Error::Closed));
     }
 
-    async fn read_loop(&self, read: &mut BoxRead) -> Result<(), Error> {
+    /// Reads bytes, opens records (when encrypted), decodes frames and dispatches them.
+    async fn read_loop(&self, read: &mut BoxRead, mut opener: Option<Opener>) -> Result<(), Error> {
+        let counters = &self.shared.counters;
         let decoder = FrameDecoder::new(self.shared.config.max_frame);
-        let mut buf = BytesMut::new();
+        let mut plain = BytesMut::new();
+        let mut sealed = BytesMut::new();
         loop {
-            while let Some(frame) = decoder.decode(&mut buf)? {
-                Counters::bump(&self.shared.counters.frames_in, 1);
+            while let Some(frame) = decoder.decode(&mut plain)? {
+                Counters::bump(&counters.frames_in, 1);
                 self.dispatch(frame).await;
             }
+            let (buf, wanted) = match &opener {
+                Some(o) => {
+                    let wanted = o.bytes_wanted(&sealed);
+                    (&mut sealed, wanted)
+                }
+                None => {
+                    let wanted = decoder.bytes_wanted(&plain);
+                    (&mut plain, wanted)
+                }
+            };
             let start = buf.len();
-            let want = decoder.bytes_wanted(&buf).max(READ_CHUNK);
-            buf.resize(start + want, 0);
+            buf.resize(start + wanted.max(READ_CHUNK), 0);
             let n = read.read(&mut buf[start..]).await?;
             buf.truncate(start + n);
             if n == 0 {
-                return if start == 0 {
+                let unread = plain.len() + sealed.len();
+                return if unread == 0 {
                     Ok(())
                 } else {
                     Err(Error::Protocol(format!(
-                        "connection closed inside a frame ({start} bytes unread)"
+                        "connection closed inside a frame ({unread} bytes unread)"
                     )))
                 };
             }
-            Counters::bump(&self.shared.counters.bytes_in, n as u64);
-            Counters::bump(&self.shared.counters.reads, 1);
+            Counters::bump(&counters.bytes_in, n as u64);
+            Counters::bump(&counters.reads, 1);
+            if let Some(o) = &mut opener {
+                let before = o.rekeys();
+                let opened = o.open(&mut sealed, &mut plain);
+                Counters::bump(&counters.rekeys_in, o.rekeys() - before);
+                if let Err(e) = opened {
+                    if matches!(e, secure::record::RecordError::Auth { .. }) {
+                        Counters::bump(&counters.auth_failures, 1);
+                        tracing::warn!(conn = self.id(), peer = %self.peer_addr(), error = %e, "closing connection");
+                        return Err(Error::Auth(e.to_string()));
+                    }
+                    return Err(Error::Protocol(e.to_string()));
+                }
+            }
         }
     }
 
@@ -648,8 +747,8 @@ impl Connection {
         Counters::bump(&self.shared.counters.errors_out, 1);
     }
 
-    async fn run_writer(self, mut write: BoxWrite) {
-        let result = futures_lite::future::or(self.write_loop(&mut write), async {
+    async fn run_writer(self, mut write: BoxWrite, sealer: Option<Sealer>) {
+        let result = futures_lite::future::or(self.write_loop(&mut write, sealer), async {
             self.closed().await;
             Ok(())
         })
@@ -660,8 +759,15 @@ impl Connection {
         self.shut(result.err().unwrap_or(Error::Closed));
     }
 
-    async fn write_loop(&self, write: &mut BoxWrite) -> Result<(), Error> {
+    /// Takes everything queued, seals it as records (when encrypted) and writes it at once.
+    async fn write_loop(
+        &self,
+        write: &mut BoxWrite,
+        mut sealer: Option<Sealer>,
+    ) -> Result<(), Error> {
+        let counters = &self.shared.counters;
         let mut batch = BytesMut::new();
+        let mut sealed = BytesMut::new();
         loop {
             let closing = poll_fn(|cx| self.take_batch(&mut batch, cx)).await;
             if batch.is_empty() {
@@ -671,12 +777,23 @@ impl Connection {
                 }
                 continue;
             }
-            write.write_all(&batch).await?;
-            Counters::bump(&self.shared.counters.bytes_out, batch.len() as u64);
-            Counters::bump(&self.shared.counters.writes, 1);
-            batch.clear();
-            if batch.capacity() > KEEP_WRITE_CAPACITY {
-                batch = BytesMut::new();
+            let out = match &mut sealer {
+                Some(s) => {
+                    let before = s.rekeys();
+                    s.seal(&batch, &mut sealed, self.shared.runtime.now());
+                    Counters::bump(&counters.rekeys_out, s.rekeys() - before);
+                    &sealed
+                }
+                None => &batch,
+            };
+            write.write_all(out).await?;
+            Counters::bump(&counters.bytes_out, out.len() as u64);
+            Counters::bump(&counters.writes, 1);
+            for buf in [&mut batch, &mut sealed] {
+                buf.clear();
+                if buf.capacity() > KEEP_WRITE_CAPACITY {
+                    *buf = BytesMut::new();
+                }
             }
             self.shared.write_space.notify(usize::MAX);
         }

@@ -33,6 +33,21 @@ pub enum Error {
     /// The peer broke the protocol; the connection was closed.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The secure handshake failed (mode mismatch, bad message, wrong key material).
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    /// The server's static key is not the one the client pinned; nothing was sent.
+    #[error("server key mismatch: pinned {expected}, server presented {got}")]
+    KeyMismatch {
+        /// The pinned key, hex.
+        expected: String,
+        /// The key the server presented, hex.
+        got: String,
+    },
+    /// An encrypted record failed authentication (tampered, replayed, reordered); the
+    /// connection was closed.
+    #[error("authentication failed: {0}")]
+    Auth(String),
     /// A value could not be encoded, or a reply could not be decoded, on this side.
     #[error("codec error: {0}")]
     Codec(String),

@@ -18,7 +18,8 @@ pub const MAGIC: [u8; 4] = *b"ZSRV";
 /// The protocol version this build speaks; sent in the preamble.
 pub const PROTOCOL_VERSION: u16 = 1;
 
-/// Length of the preamble: magic, version (u16 little-endian), reserved (u16, zero).
+/// Length of the preamble: magic, version (u16 little-endian), security mode (u8: 0 plain,
+/// 1 Noise XX), reserved (u8, zero).
 pub const PREAMBLE_LEN: usize = 8;
 
 /// Default largest frame (header + payload) a peer may send: 4 MiB.
@@ -122,14 +123,14 @@ pub enum EncodeError {
     },
 }
 
-/// The preamble this side sends first.
-pub fn preamble() -> [u8; PREAMBLE_LEN] {
+/// The preamble this side sends first, announcing its security `mode`.
+pub fn preamble(mode: u8) -> [u8; PREAMBLE_LEN] {
     let v = PROTOCOL_VERSION.to_le_bytes();
-    [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], v[0], v[1], 0, 0]
+    [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], v[0], v[1], mode, 0]
 }
 
-/// Checks the peer's preamble and returns its protocol version.
-pub fn check_preamble(bytes: &[u8; PREAMBLE_LEN]) -> Result<u16, FrameError> {
+/// Checks the peer's preamble; returns its protocol version and security mode.
+pub fn check_preamble(bytes: &[u8; PREAMBLE_LEN]) -> Result<(u16, u8), FrameError> {
     if bytes[..4] != MAGIC {
         return Err(FrameError::BadPreamble(format!(
             "expected magic {:02x?}, got {:02x?}",
@@ -143,7 +144,7 @@ pub fn check_preamble(bytes: &[u8; PREAMBLE_LEN]) -> Result<u16, FrameError> {
             "peer speaks protocol version {version}, this build speaks {PROTOCOL_VERSION}"
         )));
     }
-    Ok(version)
+    Ok((version, bytes[6]))
 }
 
 /// Appends one frame to `out`. Nothing is appended on error.
@@ -326,9 +327,10 @@ mod tests {
 
     #[test]
     fn preamble_round_trip_and_rejections() {
-        assert_eq!(check_preamble(&preamble()), Ok(PROTOCOL_VERSION));
+        assert_eq!(check_preamble(&preamble(0)), Ok((PROTOCOL_VERSION, 0)));
+        assert_eq!(check_preamble(&preamble(1)), Ok((PROTOCOL_VERSION, 1)));
         assert!(check_preamble(b"HTTP/1.1").is_err());
-        let mut other = preamble();
+        let mut other = preamble(1);
         other[4] = 9;
         assert!(check_preamble(&other).is_err());
     }

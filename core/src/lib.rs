@@ -4,6 +4,7 @@
 //! - [`runtime`]: the small spawn/sleep interface a back end provides;
 //! - [`frame`]: the wire format (sans-IO), documented byte for byte in `docs/PROTOCOL.md`;
 //! - [`request`]: the table of calls awaiting replies (sans-IO, time passed in);
+//! - [`secure`]: the Noise XX handshake and the AES-256-GCM record layer with rekeying;
 //! - the command engine: [`Router`] and handlers, [`Connection`], [`Server`], [`Client`],
 //!   [`BlockingClient`], [`Stats`].
 //!
@@ -26,6 +27,7 @@ pub mod frame;
 pub mod handler;
 pub mod request;
 pub mod runtime;
+pub mod secure;
 pub mod server;
 pub mod stats;
 pub mod transport;
@@ -38,6 +40,7 @@ pub use connection::Connection;
 pub use error::Error;
 pub use handler::{Context, Responder, Router};
 pub use runtime::Runtime;
+pub use secure::{Encryption, Keypair, Provider, RekeyPolicy};
 pub use server::{Server, ServerBuilder};
 pub use stats::{ServerStats, Stats};
 pub use transport::{ClientIo, Listener, ServerIo, Transport};

@@ -15,6 +15,7 @@ use crate::connection::{handshake, next_connection_id, Connection, Setup};
 use crate::error::Error;
 use crate::handler::{InFlight, Router};
 use crate::runtime::Runtime;
+use crate::secure::{Keypair, Role};
 use crate::stats::{Counters, ServerStats};
 use crate::transport::{Listener, ServerIo, Transport};
 
@@ -30,6 +31,7 @@ pub struct ServerBuilder {
     transport: Arc<dyn Transport>,
     router: Router,
     config: Config,
+    keypair: Option<Keypair>,
 }
 
 impl ServerBuilder {
@@ -39,6 +41,7 @@ impl ServerBuilder {
             transport,
             router: Router::new(),
             config: Config::default(),
+            keypair: None,
         }
     }
 
@@ -54,6 +57,19 @@ impl ServerBuilder {
         self
     }
 
+    /// The server's long-term key pair. Without one (and without [`key_file`](Self::key_file))
+    /// a new key pair is generated for each start, so clients cannot pin it across restarts.
+    pub fn keypair(mut self, keypair: Keypair) -> Self {
+        self.keypair = Some(keypair);
+        self
+    }
+
+    /// Loads the server's long-term key pair from `path`, creating the file (owner-only)
+    /// on first start.
+    pub fn key_file(self, path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
+        Ok(self.keypair(Keypair::load_or_create(path)?))
+    }
+
     /// Binds `addr` (use port 0 for an ephemeral port) and starts accepting.
     pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<Server, Error> {
         let addr = resolve(addr)?;
@@ -61,6 +77,7 @@ impl ServerBuilder {
         let local_addr = listener.local_addr()?;
         let runtime = self.transport.runtime();
         let shared = Arc::new(ServerShared {
+            keypair: self.keypair.unwrap_or_else(Keypair::generate),
             runtime: runtime.clone(),
             local_addr,
             router: Arc::new(self.router),
@@ -75,7 +92,12 @@ impl ServerBuilder {
             listener_closed: Event::new(),
         });
         runtime.spawn(Box::pin(shared.clone().accept_loop(listener)));
-        tracing::info!(addr = %local_addr, transport = self.transport.name(), "listening");
+        tracing::info!(
+            addr = %local_addr,
+            transport = self.transport.name(),
+            key = %shared.keypair.fingerprint(),
+            "listening"
+        );
         Ok(Server { shared })
     }
 }
@@ -94,6 +116,7 @@ pub struct Server {
 }
 
 struct ServerShared {
+    keypair: Keypair,
     runtime: Arc<dyn Runtime>,
     local_addr: SocketAddr,
     router: Arc<Router>,
@@ -156,15 +179,27 @@ impl ServerShared {
         let peer = io.peer_addr();
         let (mut read, mut write) = io.into_halves();
         let deadline = self.runtime.sleep(self.config.handshake_timeout);
-        let shaken = futures_lite::future::or(handshake(&mut read, &mut write), async {
+        let now = self.runtime.now();
+        let shake = handshake(
+            &mut read,
+            &mut write,
+            &self.config,
+            Role::Responder,
+            &self.keypair,
+            now,
+        );
+        let shaken = futures_lite::future::or(shake, async {
             deadline.await;
             Err(Error::Timeout)
         });
-        if let Err(e) = shaken.await {
-            tracing::debug!(%peer, error = %e, "handshake failed");
-            self.retired.errors_in.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
+        let secure = match shaken.await {
+            Ok(secure) => secure,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "handshake failed");
+                self.retired.errors_in.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
         if self.is_stopping() {
             return;
         }
@@ -185,7 +220,7 @@ impl ServerShared {
         };
         // Held across start so that a connection closing at once is removed after insertion.
         let mut conns = self.conns();
-        let conn = Connection::start(setup, peer, read, write);
+        let conn = Connection::start(setup, peer, read, write, secure);
         conns.insert(id, conn);
     }
 }
@@ -199,6 +234,16 @@ impl Server {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
+    }
+
+    /// The server's public key: what clients pin.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.shared.keypair.public_key()
+    }
+
+    /// The server's public key as 64 hex digits.
+    pub fn fingerprint(&self) -> String {
+        self.shared.keypair.fingerprint()
     }
 
     /// The connection with this id, if it is open.

@@ -28,6 +28,12 @@ pub struct Stats {
     pub errors_in: u64,
     /// Error replies sent (handler errors, unknown commands, ...).
     pub errors_out: u64,
+    /// Times the peer replaced its sending key (followed by this side).
+    pub rekeys_in: u64,
+    /// Times this side replaced its sending key.
+    pub rekeys_out: u64,
+    /// Encrypted records that failed authentication (each closes its connection).
+    pub auth_failures: u64,
 }
 
 impl AddAssign for Stats {
@@ -42,6 +48,9 @@ impl AddAssign for Stats {
         self.calls_out += o.calls_out;
         self.errors_in += o.errors_in;
         self.errors_out += o.errors_out;
+        self.rekeys_in += o.rekeys_in;
+        self.rekeys_out += o.rekeys_out;
+        self.auth_failures += o.auth_failures;
     }
 }
 
@@ -69,6 +78,9 @@ pub(crate) struct Counters {
     pub calls_out: AtomicU64,
     pub errors_in: AtomicU64,
     pub errors_out: AtomicU64,
+    pub rekeys_in: AtomicU64,
+    pub rekeys_out: AtomicU64,
+    pub auth_failures: AtomicU64,
 }
 
 impl Counters {
@@ -88,6 +100,9 @@ impl Counters {
             calls_out: self.calls_out.load(Relaxed),
             errors_in: self.errors_in.load(Relaxed),
             errors_out: self.errors_out.load(Relaxed),
+            rekeys_in: self.rekeys_in.load(Relaxed),
+            rekeys_out: self.rekeys_out.load(Relaxed),
+            auth_failures: self.auth_failures.load(Relaxed),
         }
     }
 
@@ -103,5 +118,8 @@ impl Counters {
         Self::bump(&self.calls_out, s.calls_out);
         Self::bump(&self.errors_in, s.errors_in);
         Self::bump(&self.errors_out, s.errors_out);
+        Self::bump(&self.rekeys_in, s.rekeys_in);
+        Self::bump(&self.rekeys_out, s.rekeys_out);
+        Self::bump(&self.auth_failures, s.auth_failures);
     }
 }

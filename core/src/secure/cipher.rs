@@ -1,6 +1,6 @@
 //! AES-256-GCM with a counter nonce, behind a small provider trait so that the
-//! implementation is a build choice: `ring` (fast, the default where it builds) or the
-//! pure-Rust `aes-gcm` crate.
+//! implementation is a choice: `ring` (fast; the default, behind the `ring` feature) or the
+//! pure-Rust `aes-gcm` crate (always built).
 
 use std::fmt;
 
@@ -28,7 +28,6 @@ pub enum Provider {
     #[cfg_attr(feature = "ring", default)]
     Ring,
     /// The pure-Rust `aes-gcm` crate.
-    #[cfg(feature = "aes-gcm")]
     #[cfg_attr(not(feature = "ring"), default)]
     RustCrypto,
 }
@@ -39,7 +38,6 @@ impl Provider {
         vec![
             #[cfg(feature = "ring")]
             Provider::Ring,
-            #[cfg(feature = "aes-gcm")]
             Provider::RustCrypto,
         ]
     }
@@ -49,7 +47,6 @@ impl Provider {
         match self {
             #[cfg(feature = "ring")]
             Provider::Ring => "ring",
-            #[cfg(feature = "aes-gcm")]
             Provider::RustCrypto => "aes-gcm",
         }
     }
@@ -58,7 +55,6 @@ impl Provider {
 enum Key {
     #[cfg(feature = "ring")]
     Ring(ring::aead::LessSafeKey),
-    #[cfg(feature = "aes-gcm")]
     RustCrypto(Box<aes_gcm::Aes256Gcm>),
 }
 
@@ -102,7 +98,10 @@ impl CipherState {
     pub fn seal(&mut self, ad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
         let nonce = Self::nonce(self.counter);
         // Never reached in practice: rekeying happens long before 2^64 records.
-        self.counter = self.counter.checked_add(1).expect("nonce counter exhausted");
+        self.counter = self
+            .counter
+            .checked_add(1)
+            .expect("nonce counter exhausted");
         seal_with(&self.key, nonce, ad, buf)
     }
 
@@ -151,7 +150,6 @@ fn make_key(provider: Provider, key: &[u8; KEY_LEN]) -> Key {
                 .expect("a 32-byte key is valid for AES-256-GCM");
             Key::Ring(ring::aead::LessSafeKey::new(unbound))
         }
-        #[cfg(feature = "aes-gcm")]
         Provider::RustCrypto => {
             use aes_gcm::KeyInit;
             Key::RustCrypto(Box::new(aes_gcm::Aes256Gcm::new(key.into())))
@@ -171,7 +169,6 @@ fn seal_with(key: &Key, nonce: [u8; 12], ad: &[u8], buf: &mut [u8]) -> [u8; TAG_
             out.copy_from_slice(tag.as_ref());
             out
         }
-        #[cfg(feature = "aes-gcm")]
         Key::RustCrypto(k) => {
             use aes_gcm::AeadInPlace;
             let tag = k
@@ -192,7 +189,6 @@ fn open_with(key: &Key, nonce: [u8; 12], ad: &[u8], buf: &mut [u8]) -> Result<us
                 .map(|plain| plain.len())
                 .map_err(|_| AuthError)
         }
-        #[cfg(feature = "aes-gcm")]
         Key::RustCrypto(k) => {
             use aes_gcm::AeadInPlace;
             let (data, tag) = buf.split_at_mut(len);
@@ -208,7 +204,10 @@ mod tests {
     use super::*;
 
     fn pair(p: Provider) -> (CipherState, CipherState) {
-        (CipherState::new(p, [7; KEY_LEN]), CipherState::new(p, [7; KEY_LEN]))
+        (
+            CipherState::new(p, [7; KEY_LEN]),
+            CipherState::new(p, [7; KEY_LEN]),
+        )
     }
 
     fn sealed(c: &mut CipherState, ad: &[u8], msg: &[u8]) -> Vec<u8> {
@@ -262,7 +261,7 @@ mod tests {
     }
 
     #[test]
-    #[cfg(all(feature = "ring", feature = "aes-gcm"))]
+    #[cfg(feature = "ring")]
     fn providers_are_interchangeable() {
         let mut ring = CipherState::new(Provider::Ring, [9; KEY_LEN]);
         let mut rc = CipherState::new(Provider::RustCrypto, [9; KEY_LEN]);

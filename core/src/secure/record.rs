@@ -1,0 +1,319 @@
+//! Records: the encrypted envelope around the frame byte stream (sans-IO).
+//!
+//! ```text
+//! record = length:u32-le  kind:u8  ciphertext  tag:16
+//! length = bytes of ciphertext + tag (16 ..= 65536 + 16)
+//! kind   = 0 data | 1 data, after which the sender switches to its next key
+//! AD     = the 5 header bytes; nonce = 4 zero bytes + per-key record counter (u64 le)
+//! ```
+//!
+//! A write batch of many frames is sealed as few records (one per 64 KiB), so small
+//! messages do not each pay an AEAD call. Frames may span records.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+
+use super::cipher::{AuthError, CipherState, TAG_LEN};
+
+/// Bytes of a record header.
+pub const RECORD_HEADER: usize = 5;
+
+/// Largest plaintext in one record.
+pub const MAX_RECORD_PLAINTEXT: usize = 64 * 1024;
+
+const KIND_DATA: u8 = 0;
+const KIND_DATA_THEN_REKEY: u8 = 1;
+
+/// When a sender replaces its key: after this many bytes, records or seconds under one key,
+/// whichever comes first. Each direction rekeys on its own, signalled in-band.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RekeyPolicy {
+    /// Plaintext bytes sealed under one key.
+    pub bytes: u64,
+    /// Records sealed under one key.
+    pub records: u64,
+    /// Time a key is used for; checked when a record is sealed.
+    pub interval: Duration,
+}
+
+impl Default for RekeyPolicy {
+    /// 1 GiB, 2^24 records or 120 s (WireGuard's interval), whichever comes first.
+    fn default() -> Self {
+        Self {
+            bytes: 1 << 30,
+            records: 1 << 24,
+            interval: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Why incoming records were refused. Each one closes the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// A record failed authentication: tampered with, replayed, reordered or forged.
+    #[error("record {counter} failed authentication (tampered, replayed or reordered)")]
+    Auth {
+        /// The receiver's record counter under its current key.
+        counter: u64,
+    },
+    /// A record header announced an impossible length.
+    #[error("record length {0} is out of range")]
+    Length(usize),
+    /// A record header had an unknown kind.
+    #[error("unknown record kind {0}")]
+    Kind(u8),
+}
+
+/// Seals outgoing plaintext into records and rekeys by policy.
+#[derive(Debug)]
+pub struct Sealer {
+    cipher: CipherState,
+    policy: RekeyPolicy,
+    bytes_under_key: u64,
+    keyed_at: Instant,
+    rekeys: u64,
+}
+
+impl Sealer {
+    /// A sealer with a fresh key, its clock starting at `now`.
+    pub fn new(cipher: CipherState, policy: RekeyPolicy, now: Instant) -> Self {
+        Self {
+            cipher,
+            policy,
+            bytes_under_key: 0,
+            keyed_at: now,
+            rekeys: 0,
+        }
+    }
+
+    /// Appends `plaintext` to `out` as records, rekeying after any record the policy says
+    /// is the last under its key.
+    pub fn seal(&mut self, plaintext: &[u8], out: &mut BytesMut, now: Instant) {
+        out.reserve(
+            plaintext.len()
+                + plaintext.len().div_ceil(MAX_RECORD_PLAINTEXT) * (RECORD_HEADER + TAG_LEN),
+        );
+        for chunk in plaintext.chunks(MAX_RECORD_PLAINTEXT) {
+            self.bytes_under_key += chunk.len() as u64;
+            let last_under_key = self.bytes_under_key >= self.policy.bytes
+                || self.cipher.counter() + 1 >= self.policy.records
+                || now.saturating_duration_since(self.keyed_at) >= self.policy.interval;
+            let kind = if last_under_key {
+                KIND_DATA_THEN_REKEY
+            } else {
+                KIND_DATA
+            };
+            let mut header = [0u8; RECORD_HEADER];
+            header[..4].copy_from_slice(&((chunk.len() + TAG_LEN) as u32).to_le_bytes());
+            header[4] = kind;
+            out.extend_from_slice(&header);
+            let start = out.len();
+            out.extend_from_slice(chunk);
+            let tag = self.cipher.seal(&header, &mut out[start..]);
+            out.extend_from_slice(&tag);
+            if last_under_key {
+                self.cipher.rekey();
+                self.bytes_under_key = 0;
+                self.keyed_at = now;
+                self.rekeys += 1;
+            }
+        }
+    }
+
+    /// Keys replaced so far.
+    pub fn rekeys(&self) -> u64 {
+        self.rekeys
+    }
+}
+
+/// Opens incoming records into plaintext, following the sender's rekeys.
+#[derive(Debug)]
+pub struct Opener {
+    cipher: CipherState,
+    rekeys: u64,
+}
+
+impl Opener {
+    /// An opener with the peer's sending key.
+    pub fn new(cipher: CipherState) -> Self {
+        Self { cipher, rekeys: 0 }
+    }
+
+    /// Bytes still needed in `sealed` to complete the record at its front.
+    pub fn bytes_wanted(&self, sealed: &[u8]) -> usize {
+        if sealed.len() < RECORD_HEADER {
+            return RECORD_HEADER - sealed.len();
+        }
+        let len = u32::from_le_bytes([sealed[0], sealed[1], sealed[2], sealed[3]]) as usize;
+        let len = len.min(MAX_RECORD_PLAINTEXT + TAG_LEN);
+        (RECORD_HEADER + len).saturating_sub(sealed.len())
+    }
+
+    /// Takes every complete record off the front of `sealed` and appends its plaintext to
+    /// `plain`. Lengths are checked before anything is allocated.
+    pub fn open(&mut self, sealed: &mut BytesMut, plain: &mut BytesMut) -> Result<(), RecordError> {
+        while sealed.len() >= RECORD_HEADER {
+            let len = u32::from_le_bytes([sealed[0], sealed[1], sealed[2], sealed[3]]) as usize;
+            if !(TAG_LEN..=MAX_RECORD_PLAINTEXT + TAG_LEN).contains(&len) {
+                return Err(RecordError::Length(len));
+            }
+            let kind = sealed[4];
+            if kind > KIND_DATA_THEN_REKEY {
+                return Err(RecordError::Kind(kind));
+            }
+            if sealed.len() < RECORD_HEADER + len {
+                return Ok(());
+            }
+            let mut record = sealed.split_to(RECORD_HEADER + len);
+            let mut header = [0u8; RECORD_HEADER];
+            header.copy_from_slice(&record[..RECORD_HEADER]);
+            let counter = self.cipher.counter();
+            let n = self
+                .cipher
+                .open(&header, &mut record[RECORD_HEADER..])
+                .map_err(|AuthError| RecordError::Auth { counter })?;
+            record.advance(RECORD_HEADER);
+            record.truncate(n);
+            if plain.is_empty() {
+                *plain = record; // the common case: no copy
+            } else {
+                plain.extend_from_slice(&record);
+            }
+            if kind == KIND_DATA_THEN_REKEY {
+                self.cipher.rekey();
+                self.rekeys += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keys replaced so far, following the peer.
+    pub fn rekeys(&self) -> u64 {
+        self.rekeys
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::cipher::Provider;
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pair(policy: RekeyPolicy) -> (Sealer, Opener, Instant) {
+        let now = Instant::now();
+        let key = [3u8; 32];
+        (
+            Sealer::new(CipherState::new(Provider::default(), key), policy, now),
+            Opener::new(CipherState::new(Provider::default(), key)),
+            now,
+        )
+    }
+
+    #[test]
+    fn a_batch_of_small_frames_is_one_record() {
+        let (mut s, mut o, now) = pair(RekeyPolicy::default());
+        let batch = vec![1u8; 100 * 70]; // e.g. a hundred 70-byte frames
+        let mut wire = BytesMut::new();
+        s.seal(&batch, &mut wire, now);
+        assert_eq!(wire.len(), batch.len() + RECORD_HEADER + TAG_LEN);
+        let mut plain = BytesMut::new();
+        o.open(&mut wire, &mut plain).unwrap();
+        assert_eq!(&plain[..], &batch[..]);
+    }
+
+    #[test]
+    fn rekeys_by_bytes_records_and_time_stay_in_step() {
+        let policy = RekeyPolicy {
+            bytes: 100_000,
+            records: 5,
+            interval: Duration::from_secs(60),
+        };
+        let (mut s, mut o, t0) = pair(policy);
+        let mut plain = BytesMut::new();
+        let mut expected = Vec::new();
+        for i in 0..40u32 {
+            let msg = vec![i as u8; 30_000];
+            let now = t0 + Duration::from_secs(u64::from(i) * 7);
+            let mut wire = BytesMut::new();
+            s.seal(&msg, &mut wire, now);
+            o.open(&mut wire, &mut plain).unwrap();
+            expected.extend_from_slice(&msg);
+        }
+        assert_eq!(&plain[..], &expected[..]);
+        assert!(s.rekeys() >= 10, "only {} rekeys", s.rekeys());
+        assert_eq!(s.rekeys(), o.rekeys());
+    }
+
+    #[test]
+    fn time_alone_triggers_a_rekey() {
+        let policy = RekeyPolicy {
+            interval: Duration::from_secs(120),
+            ..RekeyPolicy::default()
+        };
+        let (mut s, _, t0) = pair(policy);
+        let mut wire = BytesMut::new();
+        s.seal(b"early", &mut wire, t0 + Duration::from_secs(119));
+        assert_eq!(s.rekeys(), 0);
+        s.seal(b"late", &mut wire, t0 + Duration::from_secs(121));
+        assert_eq!(s.rekeys(), 1);
+    }
+
+    #[test]
+    fn a_flipped_bit_or_replayed_record_fails() {
+        let (mut s, mut o, now) = pair(RekeyPolicy::default());
+        let mut first = BytesMut::new();
+        s.seal(b"one", &mut first, now);
+        let replay = first.clone();
+        let mut plain = BytesMut::new();
+        o.open(&mut first, &mut plain).unwrap();
+        assert_eq!(
+            o.open(&mut replay.clone(), &mut plain),
+            Err(RecordError::Auth { counter: 1 })
+        );
+        let mut second = BytesMut::new();
+        s.seal(b"two", &mut second, now);
+        second[RECORD_HEADER] ^= 0x01;
+        assert!(matches!(
+            o.open(&mut second, &mut plain),
+            Err(RecordError::Auth { .. })
+        ));
+    }
+
+    #[test]
+    fn impossible_lengths_are_refused_before_allocating() {
+        let (_, mut o, _) = pair(RekeyPolicy::default());
+        let mut plain = BytesMut::new();
+        let mut huge = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 0][..]);
+        assert_eq!(
+            o.open(&mut huge, &mut plain),
+            Err(RecordError::Length(u32::MAX as usize))
+        );
+        let mut tiny = BytesMut::from(&[1, 0, 0, 0, 0][..]);
+        assert_eq!(o.open(&mut tiny, &mut plain), Err(RecordError::Length(1)));
+        let mut kind = BytesMut::from(&[16, 0, 0, 0, 9][..]);
+        assert_eq!(o.open(&mut kind, &mut plain), Err(RecordError::Kind(9)));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn any_split_of_the_wire_gives_back_the_stream(
+            msgs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..150_000), 1..4),
+            cut in 0usize..1_000_000,
+        ) {
+            let policy = RekeyPolicy { bytes: 150_000, ..RekeyPolicy::default() };
+            let (mut s, mut o, now) = pair(policy);
+            let mut wire = BytesMut::new();
+            for m in &msgs { s.seal(m, &mut wire, now); }
+            let cut = cut.min(wire.len());
+            let mut sealed = BytesMut::from(&wire[..cut]);
+            let mut plain = BytesMut::new();
+            o.open(&mut sealed, &mut plain).unwrap();
+            sealed.extend_from_slice(&wire[cut..]);
+            o.open(&mut sealed, &mut plain).unwrap();
+            prop_assert!(sealed.is_empty());
+            prop_assert_eq!(&plain[..], &msgs.concat()[..]);
+        }
+    }
+}
