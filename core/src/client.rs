@@ -132,11 +132,12 @@ impl ClientBuilder {
 /// let answer = client.console("hello", "world").await?;
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Client {
     inner: Arc<ClientInner>,
 }
 
+#[derive(Debug)]
 struct ClientInner(Connection);
 
 impl Drop for ClientInner {

@@ -603,10 +603,16 @@ impl Connection {
         let decoder = FrameDecoder::new(self.shared.config.max_frame);
         let mut plain = BytesMut::new();
         let mut sealed = BytesMut::new();
+        // A record that failed to open: reported once the authenticated ones before it
+        // have been dispatched.
+        let mut failure = None;
         loop {
             while let Some(frame) = decoder.decode(&mut plain)? {
                 Counters::bump(&counters.frames_in, 1);
                 self.dispatch(frame).await;
+            }
+            if let Some(e) = failure.take() {
+                return Err(e);
             }
             let (buf, wanted) = match &opener {
                 Some(o) => {
@@ -639,12 +645,13 @@ impl Connection {
                 let opened = o.open(&mut sealed, &mut plain);
                 Counters::bump(&counters.rekeys_in, o.rekeys() - before);
                 if let Err(e) = opened {
-                    if matches!(e, secure::record::RecordError::Auth { .. }) {
+                    failure = Some(if matches!(e, secure::record::RecordError::Auth { .. }) {
                         Counters::bump(&counters.auth_failures, 1);
                         tracing::warn!(conn = self.id(), peer = %self.peer_addr(), error = %e, "closing connection");
-                        return Err(Error::Auth(e.to_string()));
-                    }
-                    return Err(Error::Protocol(e.to_string()));
+                        Error::Auth(e.to_string())
+                    } else {
+                        Error::Protocol(e.to_string())
+                    });
                 }
             }
         }

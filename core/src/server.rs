@@ -225,6 +225,16 @@ impl ServerShared {
     }
 }
 
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.shared.local_addr)
+            .field("key", &self.shared.keypair.fingerprint())
+            .field("connections", &self.connection_count())
+            .finish()
+    }
+}
+
 impl Server {
     /// A builder for a server on `transport`.
     pub fn builder(transport: Arc<dyn Transport>) -> ServerBuilder {
