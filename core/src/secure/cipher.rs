@@ -54,7 +54,7 @@ impl Provider {
 
 enum Key {
     #[cfg(feature = "ring")]
-    Ring(ring::aead::LessSafeKey),
+    Ring(Box<ring::aead::LessSafeKey>),
     RustCrypto(Box<aes_gcm::Aes256Gcm>),
 }
 
@@ -148,7 +148,7 @@ fn make_key(provider: Provider, key: &[u8; KEY_LEN]) -> Key {
         Provider::Ring => {
             let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, key)
                 .expect("a 32-byte key is valid for AES-256-GCM");
-            Key::Ring(ring::aead::LessSafeKey::new(unbound))
+            Key::Ring(Box::new(ring::aead::LessSafeKey::new(unbound)))
         }
         Provider::RustCrypto => {
             use aes_gcm::KeyInit;
