@@ -9,7 +9,7 @@ use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -70,6 +70,8 @@ struct Shared {
     config: Arc<Config>,
     in_flight: Arc<InFlight>,
     outbox: Mutex<Outbox>,
+    /// Bytes in the outbox (kept beside it so back-pressure checks need no lock).
+    queued: AtomicUsize,
     writer_waker: AtomicWaker,
     write_space: Event,
     table: Mutex<RequestTable>,
@@ -204,6 +206,7 @@ impl Connection {
                 buf: BytesMut::new(),
                 closing: false,
             }),
+            queued: AtomicUsize::new(0),
             writer_waker: AtomicWaker::new(),
             write_space: Event::new(),
             table: Mutex::new(RequestTable::new()),
@@ -501,6 +504,7 @@ impl Connection {
                 return Err(Error::Closed);
             }
             frame::encode(&mut out.buf, header, payload, self.shared.config.max_frame)?;
+            self.shared.queued.store(out.buf.len(), Ordering::Relaxed);
         }
         Counters::bump(&self.shared.counters.frames_out, 1);
         self.shared.writer_waker.wake();
@@ -515,7 +519,7 @@ impl Connection {
 
     /// Waits while `limit` bytes or more are queued and the connection is open.
     async fn wait_for_space_above(&self, limit: usize) {
-        let full = || !self.is_closed() && lock(&self.shared.outbox).buf.len() >= limit;
+        let full = || !self.is_closed() && self.shared.queued.load(Ordering::Relaxed) >= limit;
         while full() {
             let listener = self.shared.write_space.listen();
             if !full() {
@@ -609,7 +613,12 @@ impl Connection {
         loop {
             while let Some(frame) = decoder.decode(&mut plain)? {
                 Counters::bump(&counters.frames_in, 1);
-                self.dispatch(frame).await;
+                if matches!(frame.kind, Kind::Call | Kind::Send) && self.peer_over_limits() {
+                    self.wait_peer_under_limits().await;
+                }
+                if let Some(work) = self.dispatch(frame) {
+                    self.queue_sequential(work).await;
+                }
             }
             if let Some(e) = failure.take() {
                 return Err(e);
@@ -657,9 +666,37 @@ impl Connection {
         }
     }
 
-    async fn dispatch(&self, frame: Frame) {
+    /// Back-pressure on the peer: whether too many of its requests are being handled, or
+    /// too many of its replies wait unread. While so, the reader stops reading.
+    fn peer_over_limits(&self) -> bool {
+        let config = &self.shared.config;
+        self.shared.in_flight.count() >= config.max_handlers_in_flight
+            || self.shared.queued.load(Ordering::Relaxed)
+                >= config.max_pending_write.saturating_mul(2)
+    }
+
+    async fn wait_peer_under_limits(&self) {
+        let config = &self.shared.config;
+        self.shared
+            .in_flight
+            .below(config.max_handlers_in_flight)
+            .await;
+        self.wait_for_space_above(config.max_pending_write.saturating_mul(2))
+            .await;
+    }
+
+    /// Queues a handler for a sequential connection, waiting while the queue is full.
+    async fn queue_sequential(&self, work: BoxFuture<'static, ()>) {
+        if let Some(queue) = &self.shared.sequential {
+            let _ = queue.send(work).await;
+        }
+    }
+
+    /// Acts on one frame without waiting. Returns a handler future only when a sequential
+    /// connection's queue is full and the reader must wait to queue it.
+    fn dispatch(&self, frame: Frame) -> Option<BoxFuture<'static, ()>> {
         match frame.kind {
-            Kind::Call | Kind::Send => self.dispatch_request(frame).await,
+            Kind::Call | Kind::Send => return self.dispatch_request(frame),
             Kind::Reply => self.complete(frame.id, Ok(frame.payload)),
             Kind::Error => {
                 Counters::bump(&self.shared.counters.errors_in, 1);
@@ -678,6 +715,7 @@ impl Connection {
             Kind::Pong => self.complete(frame.id, Ok(Bytes::new())),
             Kind::GoAway => self.shared.peer_going_away.store(true, Ordering::Release),
         }
+        None
     }
 
     fn complete(&self, id: u64, result: CallResult) {
@@ -687,12 +725,12 @@ impl Connection {
         }
     }
 
-    async fn dispatch_request(&self, frame: Frame) {
+    fn dispatch_request(&self, frame: Frame) -> Option<BoxFuture<'static, ()>> {
         Counters::bump(&self.shared.counters.calls_in, 1);
         let is_call = frame.kind == Kind::Call;
         if is_call && self.shared.refusing_calls.load(Ordering::Acquire) {
             self.reply_error(frame.id, &Error::ShuttingDown);
-            return;
+            return None;
         }
         let Some(handler) = self.shared.router.get(frame.command()) else {
             if is_call {
@@ -700,16 +738,8 @@ impl Connection {
             } else {
                 Counters::bump(&self.shared.counters.errors_in, 1);
             }
-            return;
+            return None;
         };
-        // Back-pressure on the peer: stop reading while too many of its requests are being
-        // handled or while the replies it has not read pile up.
-        self.shared
-            .in_flight
-            .below(self.shared.config.max_handlers_in_flight)
-            .await;
-        self.wait_for_space_above(self.shared.config.max_pending_write.saturating_mul(2))
-            .await;
         let responder = if is_call {
             Responder::new(self.clone(), frame.id, &self.shared.in_flight)
         } else {
@@ -719,16 +749,15 @@ impl Connection {
         let invoked = catch_unwind(AssertUnwindSafe(|| {
             handler.invoke(ctx, frame.payload, responder)
         }));
-        let Some(mut work) = invoked.unwrap_or_else(|_| {
+        let mut work = invoked.unwrap_or_else(|_| {
             self.handler_panicked();
             None
-        }) else {
-            return;
-        };
+        })?;
         if let Some(queue) = &self.shared.sequential {
-            // Waits only when the queue is full: back-pressure on a slow sequential peer.
-            let _ = queue.send(work).await;
-            return;
+            return match queue.try_send(work) {
+                Ok(()) | Err(async_channel::TrySendError::Closed(_)) => None,
+                Err(async_channel::TrySendError::Full(work)) => Some(work),
+            };
         }
         // Most handlers finish at once: poll inline and spawn only if the handler waits.
         // The spawned task polls again with its own waker, as the future contract requires.
@@ -745,6 +774,7 @@ impl Connection {
             }
             Err(_) => self.handler_panicked(),
         }
+        None
     }
 
     /// A handler panicked: its responder was dropped (the caller gets [`Error::NoResponse`]);
@@ -811,6 +841,7 @@ impl Connection {
         let mut out = lock(&self.shared.outbox);
         if !out.buf.is_empty() {
             std::mem::swap(&mut out.buf, batch);
+            self.shared.queued.store(0, Ordering::Relaxed);
             return Poll::Ready(out.closing);
         }
         if out.closing {

@@ -31,9 +31,6 @@ pub const MAX_COMMAND_LEN: usize = 255;
 /// Size of the length prefix in front of every frame.
 pub const LENGTH_PREFIX: usize = 4;
 
-/// Largest encoded header: kind (1) + flags (1) + id (10) + name length (2) + name.
-const MAX_HEADER_LEN: usize = 1 + 1 + 10 + 2 + MAX_COMMAND_LEN;
-
 /// What a frame is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Kind {
@@ -147,21 +144,50 @@ pub fn check_preamble(bytes: &[u8; PREAMBLE_LEN]) -> Result<(u16, u8), FrameErro
     Ok((version, bytes[6]))
 }
 
+impl Kind {
+    /// The kind's wire value (its postcard variant index).
+    pub fn wire_value(self) -> u8 {
+        match self {
+            Kind::Call => 0,
+            Kind::Send => 1,
+            Kind::Reply => 2,
+            Kind::Error => 3,
+            Kind::Ping => 4,
+            Kind::Pong => 5,
+            Kind::GoAway => 6,
+        }
+    }
+}
+
+/// Bytes of `n` as a postcard (LEB128) varint.
+fn varint_len(n: u64) -> usize {
+    (64 - (n | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn put_varint(out: &mut BytesMut, mut n: u64) {
+    while n >= 0x80 {
+        out.put_u8((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.put_u8(n as u8);
+}
+
 /// Appends one frame to `out`. Nothing is appended on error.
+///
+/// The header is written straight into `out` in postcard's encoding (a unit test checks it
+/// against `postcard` itself), with no scratch buffer.
 pub fn encode(
     out: &mut BytesMut,
     header: &Header<'_>,
     payload: &[u8],
     max_frame: usize,
 ) -> Result<(), EncodeError> {
-    if header.command.len() > MAX_COMMAND_LEN {
-        return Err(EncodeError::CommandTooLong(header.command.len()));
+    let name = header.command.as_bytes();
+    if name.len() > MAX_COMMAND_LEN {
+        return Err(EncodeError::CommandTooLong(name.len()));
     }
-    let mut scratch = [0u8; MAX_HEADER_LEN];
-    // Cannot fail: the scratch buffer holds the largest header a valid name allows.
-    let head = postcard::to_slice(header, &mut scratch)
-        .map_err(|_| EncodeError::CommandTooLong(header.command.len()))?;
-    let len = head.len() + payload.len();
+    let head_len = 1 + 1 + varint_len(header.id) + varint_len(name.len() as u64) + name.len();
+    let len = head_len + payload.len();
     if len > max_frame {
         return Err(EncodeError::TooLarge {
             len,
@@ -170,7 +196,11 @@ pub fn encode(
     }
     out.reserve(LENGTH_PREFIX + len);
     out.put_u32_le(len as u32);
-    out.put_slice(head);
+    out.put_u8(header.kind.wire_value());
+    out.put_u8(header.flags);
+    put_varint(out, header.id);
+    put_varint(out, name.len() as u64);
+    out.put_slice(name);
     out.put_slice(payload);
     Ok(())
 }
@@ -375,6 +405,18 @@ mod tests {
                 prop_assert_eq!(f.command(), name.as_str());
                 prop_assert_eq!(&f.payload[..], &payload[..]);
             }
+        }
+
+        #[test]
+        fn handwritten_header_is_exactly_postcard(
+            kind in kind_strategy(), flags in any::<u8>(), id in any::<u64>(), name in "\\PC{0,60}",
+        ) {
+            prop_assume!(name.len() <= MAX_COMMAND_LEN);
+            let h = Header { kind, flags, id, command: &name };
+            let mut ours = BytesMut::new();
+            encode(&mut ours, &h, b"", usize::MAX).unwrap();
+            let theirs = postcard::to_allocvec(&h).unwrap();
+            prop_assert_eq!(&ours[LENGTH_PREFIX..], &theirs[..]);
         }
 
         #[test]

@@ -1,7 +1,6 @@
 //! Handlers by command name: the [`Router`], the [`Context`] a handler sees and the
 //! [`Responder`] that carries its answer back.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
@@ -10,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use event_listener::Event;
+use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -231,7 +231,7 @@ where
 /// ```
 #[derive(Clone, Default)]
 pub struct Router {
-    handlers: HashMap<Box<str>, Arc<dyn Handler>>,
+    handlers: FxHashMap<Box<str>, Arc<dyn Handler>>,
 }
 
 impl Router {

@@ -4,11 +4,12 @@
 //! deadlines at a given instant. Wakers and callbacks it hands back are fired by the
 //! caller after the lock is released.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
 
 use crate::error::Error;
 
@@ -57,7 +58,7 @@ impl Wake {
 #[derive(Default)]
 pub struct RequestTable {
     next_id: u64,
-    slots: HashMap<u64, Slot>,
+    slots: FxHashMap<u64, Slot>,
     deadlines: BTreeSet<(Instant, u64)>,
     closed: bool,
 }
@@ -134,24 +135,31 @@ impl RequestTable {
         Some(self.finish(id, result))
     }
 
+    /// Stores `result` for a task to collect, or hands it to the callback.
     fn finish(&mut self, id: u64, result: CallResult) -> Wake {
-        match self.slots.remove(&id) {
-            Some(Slot::Waiting {
-                waiter: Waiter::Task(w),
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return Wake::Nobody;
+        };
+        match slot {
+            Slot::Waiting {
+                waiter: Waiter::Task(waker),
                 ..
-            }) => {
-                self.slots.insert(id, Slot::Done(result));
-                w.map_or(Wake::Nobody, Wake::Task)
+            } => {
+                let waker = waker.take();
+                *slot = Slot::Done(result);
+                waker.map_or(Wake::Nobody, Wake::Task)
             }
-            Some(Slot::Waiting {
-                waiter: Waiter::Callback(cb),
+            Slot::Waiting {
+                waiter: Waiter::Callback(_),
                 ..
-            }) => Wake::Callback(cb, result),
-            Some(done @ Slot::Done(_)) => {
-                self.slots.insert(id, done);
-                Wake::Nobody
-            }
-            None => Wake::Nobody,
+            } => match self.slots.remove(&id) {
+                Some(Slot::Waiting {
+                    waiter: Waiter::Callback(cb),
+                    ..
+                }) => Wake::Callback(cb, result),
+                _ => unreachable!("slot was just seen waiting on a callback"),
+            },
+            Slot::Done(_) => Wake::Nobody,
         }
     }
 
