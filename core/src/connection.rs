@@ -42,8 +42,9 @@ const KEEP_WRITE_CAPACITY: usize = 64 * 1024;
 /// Handler futures queued for a sequential connection before the reader waits.
 const SEQUENTIAL_QUEUE: usize = 256;
 
-/// Called once when a connection ends, with its id and final counters.
-pub(crate) type OnClose = Box<dyn FnOnce(u64, Stats) + Send>;
+/// Called once when a connection ends, before anyone waiting on [`Connection::closed`]
+/// is woken.
+pub(crate) type OnClose = Box<dyn FnOnce(&Connection) + Send>;
 
 /// Everything a new connection needs from its server or client.
 pub(crate) struct Setup {
@@ -77,6 +78,8 @@ struct Shared {
     table: Mutex<RequestTable>,
     counters: Counters,
     closed: AtomicBool,
+    /// Set once closing is complete (owner notified), just before `closed_event` fires.
+    ended: AtomicBool,
     closed_event: Event,
     refusing_calls: AtomicBool,
     peer_going_away: AtomicBool,
@@ -212,6 +215,7 @@ impl Connection {
             table: Mutex::new(RequestTable::new()),
             counters: Counters::default(),
             closed: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
             closed_event: Event::new(),
             refusing_calls: AtomicBool::new(false),
             peer_going_away: AtomicBool::new(false),
@@ -268,14 +272,15 @@ impl Connection {
         lock(&self.shared.table).in_flight()
     }
 
-    /// Completes when the connection has closed.
+    /// Completes when the connection has closed (and its server has forgotten it).
     pub async fn closed(&self) {
+        let ended = || self.shared.ended.load(Ordering::Acquire);
         loop {
-            if self.is_closed() {
+            if ended() {
                 return;
             }
             let listener = self.shared.closed_event.listen();
-            if self.is_closed() {
+            if ended() {
                 return;
             }
             listener.await;
@@ -582,10 +587,14 @@ impl Connection {
         lock(&s.outbox).closing = true;
         s.writer_waker.wake();
         s.write_space.notify(usize::MAX);
-        s.closed_event.notify(usize::MAX);
-        if let Some(on_close) = lock(&s.on_close).take() {
-            on_close(s.id, s.counters.snapshot());
+        // The owner forgets the connection before waiters learn it is closed, so that
+        // whoever awaited `closed()` sees it gone.
+        let on_close = lock(&s.on_close).take();
+        if let Some(on_close) = on_close {
+            on_close(self);
         }
+        s.ended.store(true, Ordering::Release);
+        s.closed_event.notify(usize::MAX);
     }
 
     async fn run_reader(self, mut read: BoxRead, opener: Option<Opener>) {

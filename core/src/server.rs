@@ -211,15 +211,22 @@ impl ServerShared {
             router: self.router.clone(),
             config: self.config.clone(),
             in_flight: self.in_flight.clone(),
-            on_close: Some(Box::new(move |id, stats| {
+            on_close: Some(Box::new(move |conn: &Connection| {
                 if let Some(server) = weak.upgrade() {
-                    server.conns().remove(&id);
-                    server.retired.absorb(stats);
+                    // Under the map's lock, so that `stats()` never sees the connection
+                    // both retired and live, or neither.
+                    let mut conns = server.conns();
+                    server.retired.absorb(conn.stats());
+                    conns.remove(&conn.id());
                 }
             })),
         };
-        // Held across start so that a connection closing at once is removed after insertion.
+        // Held across start so that a connection closing at once is removed after insertion,
+        // and checked against shutdown under the same lock that shutdown walks the map with.
         let mut conns = self.conns();
+        if self.is_stopping() {
+            return;
+        }
         let conn = Connection::start(setup, peer, read, write, secure);
         conns.insert(id, conn);
     }
@@ -291,9 +298,9 @@ impl Server {
 
     /// Totals over every connection this server has had, and connection counts.
     pub fn stats(&self) -> ServerStats {
+        let conns = self.shared.conns();
         let mut totals = self.shared.retired.snapshot();
-        let conns = self.connections();
-        for conn in &conns {
+        for conn in conns.values() {
             totals += conn.stats();
         }
         ServerStats {
@@ -321,6 +328,11 @@ impl Server {
         if s.stopping.swap(true, Ordering::AcqRel) {
             return self.closed_all().await;
         }
+        // Refuse new calls at once, on every connection admitted so far (admission checks
+        // `stopping` under the same lock, so none slips in after this walk).
+        for conn in self.connections() {
+            conn.go_away();
+        }
         s.stop_event.notify(usize::MAX);
         while s.listening.load(Ordering::Acquire) {
             let listener = s.listener_closed.listen();
@@ -328,9 +340,6 @@ impl Server {
                 break;
             }
             listener.await;
-        }
-        for conn in self.connections() {
-            conn.go_away();
         }
         let grace = s.runtime.sleep(s.config.shutdown_grace);
         futures_lite::future::or(s.in_flight.idle(), grace).await;

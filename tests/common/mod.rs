@@ -1,0 +1,234 @@
+//! Runtime-agnostic helpers for the engine tests: a hard time limit per test, an awaitable
+//! shared value, a join over many futures, a way to run blocking code off the executor,
+//! and raw-socket helpers for hostile-peer tests. Only std, futures-lite and the zserver
+//! facade are used, so the same code runs under every back end.
+#![allow(dead_code)]
+
+use std::future::{poll_fn, Future};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Every test fails if it has not finished within this time.
+pub const TEST_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long a test waits for one expected event before failing.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Runs `f` on its own thread and fails if it panics or does not finish within
+/// [`TEST_LIMIT`]. A hung body (async or blocking) thus fails instead of hanging the suite.
+pub fn bounded(f: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("bounded-test-body".into())
+        .spawn(move || {
+            let result = catch_unwind(AssertUnwindSafe(f));
+            let _ = tx.send(result);
+        })
+        .expect("spawn the test body thread");
+    match rx.recv_timeout(TEST_LIMIT) {
+        Ok(Ok(())) => thread.join().expect("test body thread"),
+        Ok(Err(panic)) => resume_unwind(panic),
+        Err(_) => panic!("test did not finish within {TEST_LIMIT:?} (hang)"),
+    }
+}
+
+/// Awaits `fut`, failing the test with `what` if it takes longer than `limit`.
+pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    let timed = futures_lite::future::or(async { Some(fut.await) }, async {
+        zserver::sleep(limit).await;
+        None
+    })
+    .await;
+    timed.unwrap_or_else(|| panic!("timed out after {limit:?} waiting for {what}"))
+}
+
+/// Polls `cond` every few milliseconds until it holds, failing after [`WAIT`]. Only for
+/// state that has no event to await (such as a connection count dropping).
+pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting until {what}"
+        );
+        zserver::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A shared value whose changes can be awaited from any task or thread.
+pub struct Watch<T> {
+    inner: Mutex<WatchInner<T>>,
+}
+
+struct WatchInner<T> {
+    value: T,
+    wakers: Vec<Waker>,
+}
+
+impl<T> Watch<T> {
+    pub fn new(value: T) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(WatchInner {
+                value,
+                wakers: Vec::new(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, WatchInner<T>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the value and wakes every waiter.
+    pub fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        let (result, wakers) = {
+            let mut inner = self.lock();
+            let result = f(&mut inner.value);
+            (result, std::mem::take(&mut inner.wakers))
+        };
+        wakers.into_iter().for_each(Waker::wake);
+        result
+    }
+
+    /// Reads the value.
+    pub fn get<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        f(&self.lock().value)
+    }
+
+    /// Waits until `f` returns `Some`, failing the test after `limit`.
+    pub async fn wait_within<R>(
+        &self,
+        limit: Duration,
+        what: &str,
+        mut f: impl FnMut(&mut T) -> Option<R>,
+    ) -> R {
+        let ready = poll_fn(|cx| {
+            let mut inner = self.lock();
+            if let Some(r) = f(&mut inner.value) {
+                return Poll::Ready(r);
+            }
+            if !inner.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                inner.wakers.push(cx.waker().clone());
+            }
+            Poll::Pending
+        });
+        within(limit, what, ready).await
+    }
+
+    /// Waits (up to [`WAIT`]) until `f` returns `Some`.
+    pub async fn wait<R>(&self, what: &str, f: impl FnMut(&mut T) -> Option<R>) -> R {
+        self.wait_within(WAIT, what, f).await
+    }
+
+    /// Waits (up to [`WAIT`]) until `pred` holds.
+    pub async fn wait_for(&self, what: &str, mut pred: impl FnMut(&T) -> bool) {
+        self.wait(what, |v| pred(v).then_some(())).await
+    }
+}
+
+impl<T: Clone> Watch<T> {
+    pub fn snapshot(&self) -> T {
+        self.get(T::clone)
+    }
+}
+
+/// Awaits every future, polling only those not yet done; results in input order.
+pub async fn join_all<F: Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut futs: Vec<Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    poll_fn(|cx| {
+        let mut pending = false;
+        for (fut, slot) in futs.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match fut.as_mut().poll(cx) {
+                    Poll::Ready(v) => *slot = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|v| v.expect("joined")).collect()
+}
+
+/// Runs blocking code on a plain std thread and awaits its result without blocking the
+/// executor; a panic on that thread is re-raised here.
+pub async fn on_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let slot = Watch::new(None);
+    let s = slot.clone();
+    std::thread::spawn(move || {
+        let result = catch_unwind(AssertUnwindSafe(f));
+        s.update(|v| *v = Some(result));
+    });
+    match slot
+        .wait_within(TEST_LIMIT, "a blocking helper thread", Option::take)
+        .await
+    {
+        Ok(v) => v,
+        Err(panic) => resume_unwind(panic),
+    }
+}
+
+// ----- raw sockets --------------------------------------------------------------------
+
+/// The preamble of protocol version 1: magic, version 1 (LE), reserved 0.
+pub const PREAMBLE: [u8; 8] = *b"ZSRV\x01\x00\x00\x00";
+
+/// `Call` id 1 of command `echo` with payload `hi` (docs/PROTOCOL.md, "Worked example").
+pub const ECHO_HI_CALL: [u8; 14] = [
+    0x0a, 0, 0, 0, 0x00, 0x00, 0x01, 0x04, b'e', b'c', b'h', b'o', b'h', b'i',
+];
+
+/// The `Reply` to [`ECHO_HI_CALL`] from a console `echo` handler.
+pub const ECHO_HI_REPLY: [u8; 10] = [0x06, 0, 0, 0, 0x02, 0x00, 0x01, 0x00, b'h', b'i'];
+
+/// A blocking std socket with bounded reads and writes.
+pub fn raw_connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("raw connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Connects, exchanges preambles correctly and checks one documented call round trip.
+pub fn raw_handshaken(addr: SocketAddr) -> TcpStream {
+    let mut s = raw_connect(addr);
+    s.write_all(&PREAMBLE).unwrap();
+    let mut theirs = [0u8; 8];
+    s.read_exact(&mut theirs).expect("server preamble");
+    assert_eq!(theirs, PREAMBLE, "server preamble");
+    s.write_all(&ECHO_HI_CALL).unwrap();
+    let mut reply = [0u8; ECHO_HI_REPLY.len()];
+    s.read_exact(&mut reply)
+        .expect("reply to the raw echo call");
+    assert_eq!(reply, ECHO_HI_REPLY, "raw echo reply");
+    s
+}
+
+/// Reads until the peer closes (EOF or reset). Fails if the socket stays open for the
+/// read time-out, i.e. the server did not close the connection.
+pub fn expect_closed(s: &mut TcpStream) -> Result<(), String> {
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(format!("connection still open after read time-out: {e}"))
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return Ok(()), // reset by the server: closed as well
+        }
+    }
+}
