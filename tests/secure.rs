@@ -349,3 +349,29 @@ fn a_256_mib_transfer_rekeying_every_mib_arrives_with_the_same_hash() {
     })
     .unwrap();
 }
+
+/// A frame larger than the largest record (possible with a raised `max_frame`) spans
+/// records and still arrives intact.
+#[test]
+fn a_frame_larger_than_a_record_spans_records() {
+    let mut config = Config::default();
+    config.max_frame = 16 << 20;
+    zserver::block_on(async {
+        let server = zserver::server()
+            .router(echo_router())
+            .config(config.clone())
+            .bind("127.0.0.1:0")
+            .await?;
+        let client = zserver::client()
+            .config(config)
+            .connect(server.local_addr())
+            .await?;
+        let big: Vec<u8> = (0..10 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let back = client.call_bytes("echo", &big).await?;
+        assert_eq!(back.len(), big.len());
+        assert!(back == big, "payload changed in transit");
+        server.shutdown().await;
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+}

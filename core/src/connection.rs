@@ -6,6 +6,7 @@
 //! the writer task sends everything queued in one write.
 
 use std::future::{poll_fn, Future};
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
@@ -28,13 +29,18 @@ use crate::frame::{self, Frame, FrameDecoder, Header, Kind, PREAMBLE_LEN};
 use crate::handler::{Context as HandlerContext, InFlight, Responder, Router};
 use crate::request::{CallResult, Callback, RequestTable, Wake};
 use crate::runtime::{BoxFuture, Runtime};
-use crate::secure::record::{Opener, Sealer};
+use crate::secure::cipher::TAG_LEN;
+use crate::secure::record::{Opener, Sealer, MAX_RECORD_PLAINTEXT, RECORD_HEADER, RECORD_TARGET};
 use crate::secure::{self, Encryption, Keypair, Role};
 use crate::stats::{Counters, Stats};
 use crate::transport::{BoxRead, BoxWrite};
 
 /// Smallest read the reader asks the socket for.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// Largest read: the window is zero-filled before each read, so it must not be the whole
+/// rest of a large frame (that would zero the same bytes again on every read).
+const READ_MAX: usize = 256 * 1024;
 
 /// Write buffers larger than this are freed after use instead of kept for the next batch.
 const KEEP_WRITE_CAPACITY: usize = 64 * 1024;
@@ -643,7 +649,7 @@ impl Connection {
                 }
             };
             let start = buf.len();
-            buf.resize(start + wanted.max(READ_CHUNK), 0);
+            buf.resize(start + wanted.clamp(READ_CHUNK, READ_MAX), 0);
             let n = read.read(&mut buf[start..]).await?;
             buf.truncate(start + n);
             if n == 0 {
@@ -805,7 +811,8 @@ impl Connection {
         self.shut(result.err().unwrap_or(Error::Closed));
     }
 
-    /// Takes everything queued, seals it as records (when encrypted) and writes it at once.
+    /// Takes everything queued, seals it in place as records (when encrypted) and writes it
+    /// at once: a plain write, or one vectored write of headers, ciphertext and tags.
     async fn write_loop(
         &self,
         write: &mut BoxWrite,
@@ -813,7 +820,7 @@ impl Connection {
     ) -> Result<(), Error> {
         let counters = &self.shared.counters;
         let mut batch = BytesMut::new();
-        let mut sealed = BytesMut::new();
+        let (mut parts, mut sizes) = (Vec::new(), Vec::new());
         loop {
             let closing = poll_fn(|cx| self.take_batch(&mut batch, cx)).await;
             if batch.is_empty() {
@@ -823,23 +830,35 @@ impl Connection {
                 }
                 continue;
             }
-            let out = match &mut sealer {
+            let written = match &mut sealer {
                 Some(s) => {
                     let before = s.rekeys();
-                    s.seal(&batch, &mut sealed, self.shared.runtime.now());
+                    sizes.clear();
+                    frame::group_frames(&batch, RECORD_TARGET, MAX_RECORD_PLAINTEXT, &mut sizes);
+                    s.seal_in_place(&mut batch, &sizes, &mut parts, self.shared.runtime.now());
                     Counters::bump(&counters.rekeys_out, s.rekeys() - before);
-                    &sealed
+                    let mut slices = Vec::with_capacity(parts.len() * 3);
+                    let mut rest = &batch[..];
+                    for (size, part) in sizes.iter().zip(&parts) {
+                        let (chunk, tail) = rest.split_at(*size);
+                        rest = tail;
+                        slices.push(IoSlice::new(&part.header));
+                        slices.push(IoSlice::new(chunk));
+                        slices.push(IoSlice::new(&part.tag));
+                    }
+                    write_all_vectored(write, &mut slices).await?;
+                    batch.len() + parts.len() * (RECORD_HEADER + TAG_LEN)
                 }
-                None => &batch,
+                None => {
+                    write.write_all(&batch).await?;
+                    batch.len()
+                }
             };
-            write.write_all(out).await?;
-            Counters::bump(&counters.bytes_out, out.len() as u64);
+            Counters::bump(&counters.bytes_out, written as u64);
             Counters::bump(&counters.writes, 1);
-            for buf in [&mut batch, &mut sealed] {
-                buf.clear();
-                if buf.capacity() > KEEP_WRITE_CAPACITY {
-                    *buf = BytesMut::new();
-                }
+            batch.clear();
+            if batch.capacity() > KEEP_WRITE_CAPACITY {
+                batch = BytesMut::new();
             }
             self.shared.write_space.notify(usize::MAX);
         }
@@ -896,6 +915,21 @@ impl Drop for CallFuture<'_> {
             lock(&self.conn.shared.table).cancel(self.id);
         }
     }
+}
+
+/// Writes every byte of `slices`, with as few vectored writes as the socket allows.
+async fn write_all_vectored(
+    write: &mut BoxWrite,
+    mut slices: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    while !slices.is_empty() {
+        let n = write.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
 }
 
 fn decode_text(bytes: Bytes) -> Result<String, Error> {

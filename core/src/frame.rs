@@ -205,6 +205,33 @@ pub fn encode(
     Ok(())
 }
 
+/// Sizes of records that carry the frames in `batch` (which starts at a frame boundary):
+/// whole frames grouped up to `target` bytes, a frame larger than `target` alone in its
+/// record, and only a frame larger than `max` cut into pieces of `max`. Appends to `sizes`.
+pub fn group_frames(batch: &[u8], target: usize, max: usize, sizes: &mut Vec<usize>) {
+    let (mut at, mut open) = (0usize, 0usize);
+    while at < batch.len() {
+        let frame = match batch.get(at..at + LENGTH_PREFIX) {
+            Some(p) => LENGTH_PREFIX + u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as usize,
+            None => batch.len() - at,
+        }
+        .min(batch.len() - at);
+        if open > 0 && open + frame > target {
+            sizes.push(open);
+            open = 0;
+        }
+        open += frame;
+        at += frame;
+        while open > max {
+            sizes.push(max);
+            open -= max;
+        }
+    }
+    if open > 0 {
+        sizes.push(open);
+    }
+}
+
 /// Splits complete frames off the front of a read buffer.
 #[derive(Debug, Clone)]
 pub struct FrameDecoder {
@@ -353,6 +380,35 @@ mod tests {
             Err(EncodeError::TooLarge { .. })
         ));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn records_group_whole_frames() {
+        let mut batch = BytesMut::new();
+        for size in [10usize, 20, 300, 5] {
+            encode(
+                &mut batch,
+                &header(Kind::Send, 0, "x"),
+                &vec![0; size],
+                1 << 20,
+            )
+            .unwrap();
+        }
+        let lens: Vec<usize> = [10usize, 20, 300, 5]
+            .iter()
+            .map(|s| 4 + 4 + 1 + s)
+            .collect();
+        let mut sizes = Vec::new();
+        group_frames(&batch, 50, 1000, &mut sizes);
+        assert_eq!(sizes, vec![lens[0] + lens[1], lens[2], lens[3]]);
+        sizes.clear();
+        group_frames(&batch, 50, 100, &mut sizes);
+        // The tail of the cut frame shares a record with the small frame after it.
+        assert_eq!(
+            sizes,
+            vec![lens[0] + lens[1], 100, 100, 100, lens[2] - 300 + lens[3]]
+        );
+        assert_eq!(sizes.iter().sum::<usize>(), batch.len());
     }
 
     #[test]
