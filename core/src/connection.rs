@@ -42,6 +42,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// rest of a large frame (that would zero the same bytes again on every read).
 const READ_MAX: usize = 256 * 1024;
 
+/// Sealed batches up to this size are copied into one buffer and written with one write.
+const SMALL_WRITE: usize = 64 * 1024;
+
 /// Write buffers larger than this are freed after use instead of kept for the next batch.
 const KEEP_WRITE_CAPACITY: usize = 64 * 1024;
 
@@ -821,6 +824,7 @@ impl Connection {
         let counters = &self.shared.counters;
         let mut batch = BytesMut::new();
         let (mut parts, mut sizes) = (Vec::new(), Vec::new());
+        let mut small = Vec::with_capacity(SMALL_WRITE);
         loop {
             let closing = poll_fn(|cx| self.take_batch(&mut batch, cx)).await;
             if batch.is_empty() {
@@ -837,17 +841,33 @@ impl Connection {
                     frame::group_frames(&batch, RECORD_TARGET, MAX_RECORD_PLAINTEXT, &mut sizes);
                     s.seal_in_place(&mut batch, &sizes, &mut parts, self.shared.runtime.now());
                     Counters::bump(&counters.rekeys_out, s.rekeys() - before);
-                    let mut slices = Vec::with_capacity(parts.len() * 3);
-                    let mut rest = &batch[..];
-                    for (size, part) in sizes.iter().zip(&parts) {
-                        let (chunk, tail) = rest.split_at(*size);
-                        rest = tail;
-                        slices.push(IoSlice::new(&part.header));
-                        slices.push(IoSlice::new(chunk));
-                        slices.push(IoSlice::new(&part.tag));
+                    let total = batch.len() + parts.len() * (RECORD_HEADER + TAG_LEN);
+                    if total <= SMALL_WRITE {
+                        // One contiguous write: the copy is cheaper than several syscalls
+                        // on a stream without real vectored writes.
+                        small.clear();
+                        let mut rest = &batch[..];
+                        for (size, part) in sizes.iter().zip(&parts) {
+                            let (chunk, tail) = rest.split_at(*size);
+                            rest = tail;
+                            small.extend_from_slice(&part.header);
+                            small.extend_from_slice(chunk);
+                            small.extend_from_slice(&part.tag);
+                        }
+                        write.write_all(&small).await?;
+                    } else {
+                        let mut slices = Vec::with_capacity(parts.len() * 3);
+                        let mut rest = &batch[..];
+                        for (size, part) in sizes.iter().zip(&parts) {
+                            let (chunk, tail) = rest.split_at(*size);
+                            rest = tail;
+                            slices.push(IoSlice::new(&part.header));
+                            slices.push(IoSlice::new(chunk));
+                            slices.push(IoSlice::new(&part.tag));
+                        }
+                        write_all_vectored(write, &mut slices).await?;
                     }
-                    write_all_vectored(write, &mut slices).await?;
-                    batch.len() + parts.len() * (RECORD_HEADER + TAG_LEN)
+                    total
                 }
                 None => {
                     write.write_all(&batch).await?;

@@ -1,14 +1,17 @@
 //! The tokio back end for zserver: TCP over IPv4 and IPv6 on a tokio runtime.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::io::AsyncWrite;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+use tokio_util::compat::TokioAsyncReadCompatExt;
 use zserver_core::runtime::{BoxFuture, Runtime};
 use zserver_core::transport::{BoxRead, BoxWrite, ClientIo, Listener, ServerIo, Transport};
 
@@ -64,6 +67,36 @@ impl Runtime for TokioTransport {
     }
 }
 
+/// The write half as a futures-io writer. Unlike tokio-util's `Compat`, it forwards
+/// vectored writes, so a record's header, body and tag leave in one `writev`.
+struct Writer(tokio::net::tcp::OwnedWriteHalf);
+
+impl futures_io::AsyncWrite for Writer {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 struct Accepted(TcpStream, SocketAddr);
 
 impl ServerIo for Accepted {
@@ -72,7 +105,7 @@ impl ServerIo for Accepted {
     }
     fn into_halves(self: Box<Self>) -> (BoxRead, BoxWrite) {
         let (r, w) = self.0.into_split();
-        (Box::new(r.compat()), Box::new(w.compat_write()))
+        (Box::new(r.compat()), Box::new(Writer(w)))
     }
 }
 
@@ -91,7 +124,7 @@ impl ClientIo for Connected {
     }
     fn into_halves(self: Box<Self>) -> (BoxRead, BoxWrite) {
         let (r, w) = self.stream.into_split();
-        (Box::new(r.compat()), Box::new(w.compat_write()))
+        (Box::new(r.compat()), Box::new(Writer(w)))
     }
 }
 
