@@ -1,6 +1,7 @@
 //! A tour of the command engine: a server and a client on loopback exercising console,
 //! stream and typed commands, callbacks, one-way sends, delayed responses, server push,
-//! broadcast, time-outs, the blocking client, statistics and graceful shutdown.
+//! broadcast, time-outs, the blocking client, statistics and graceful shutdown, all over
+//! an encrypted connection whose server key the client pins.
 //!
 //! Run it with `cargo run --example demo` (add `--no-default-features --features smol`
 //! or `--features async-std` to switch back end: the code does not change).
@@ -79,7 +80,7 @@ fn main() -> Result<(), Error> {
             .bind("127.0.0.1:0")
             .await?;
         let addr = server.local_addr();
-        println!("server listening on {addr}");
+        println!("server listening on {addr}, key {}", server.fingerprint());
 
         let pushed = Arc::new(Mutex::new(Vec::<String>::new()));
         let pushed_in_handler = pushed.clone();
@@ -97,10 +98,13 @@ fn main() -> Result<(), Error> {
                     Ok(Vec::new())
                 }
             });
+        // The client pins the server's key: another server would be refused in the handshake.
         let client = zserver::client()
             .router(client_router)
+            .pin_server_fingerprint(&server.fingerprint())?
             .connect(addr)
             .await?;
+        println!("encrypted: {}", client.is_encrypted());
 
         println!("console:  {}", client.console("hello", "world").await?);
         println!(
