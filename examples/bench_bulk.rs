@@ -7,7 +7,8 @@
 //!   that counts the bytes; a final call waits until all have arrived.
 //!
 //! Rows run round-robin, `--runs` times each (default 5, `--quick` 3), and the median is
-//! reported with ratios. Run with `cargo run --release --example bench_bulk [-- --quick]`.
+//! reported with ratios. Run with `cargo run --release --example bench_bulk [-- --quick]`;
+//! `-- --only-encrypted` runs just the encrypted transfer (for a profiler).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -108,7 +109,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<(), Error> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--only-encrypted`: just the encrypted row, for profiling.
+    if args.iter().any(|a| a == "--only-encrypted") {
+        let gib = zserver::block_on(zserver_bulk(Config::default(), 4 << 30))?;
+        println!("zserver encrypted {gib:.2} GiB/s");
+        return Ok(());
+    }
     let runs = if quick { 3 } else { 5 };
     let total: u64 = if quick { 1 << 30 } else { 4 << 30 };
     let (mut copy, mut seal, mut plain, mut enc) = (vec![], vec![], vec![], vec![]);

@@ -652,6 +652,10 @@ impl Connection {
                 }
             };
             let start = buf.len();
+            // Room for the whole frame or record at once (it is bounded by the limits checked
+            // on its header), so that assembling it never regrows and recopies the buffer;
+            // only the zero-filled read window is capped.
+            buf.reserve(wanted.max(READ_CHUNK));
             buf.resize(start + wanted.clamp(READ_CHUNK, READ_MAX), 0);
             let n = read.read(&mut buf[start..]).await?;
             buf.truncate(start + n);
