@@ -128,3 +128,81 @@ fn a_peer_that_never_reads_is_throttled_not_buffered() {
     })
     .unwrap();
 }
+
+/// A panicking handler on a sequential connection fails only its own call: the calls after
+/// it are still handled, in order.
+#[test]
+fn a_panic_in_sequential_mode_fails_only_that_call() {
+    zserver::block_on(async {
+        let router = Router::new()
+            .stream("boom", |_ctx, _b| async move {
+                if true {
+                    panic!("handler bug");
+                }
+                Ok(Vec::new())
+            })
+            .stream("echo", |_ctx, b| async move { Ok(b) });
+        let mut config = zserver::Config::default();
+        config.sequential = true;
+        let server = zserver::server()
+            .router(router)
+            .config(config)
+            .bind("127.0.0.1:0")
+            .await?;
+        let client = zserver::client().connect(server.local_addr()).await?;
+        assert_eq!(client.call_bytes("boom", b"").await, Err(Error::NoResponse));
+        assert_eq!(&client.call_bytes("echo", b"after").await?[..], b"after");
+        let conn = server
+            .connections()
+            .into_iter()
+            .next()
+            .expect("one connection");
+        assert_eq!(conn.stats().handler_panics, 1, "the panic is counted");
+        server.shutdown().await;
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+}
+
+/// A handler that panics, before or after its first await, fails its own call with
+/// `NoResponse`; the panic is counted and the connection keeps serving.
+#[test]
+fn a_panicking_handler_fails_only_its_call() {
+    zserver::block_on(async {
+        let router = Router::new()
+            .stream("boom-now", |_ctx, _b| async move {
+                if true {
+                    panic!("handler bug");
+                }
+                Ok(Vec::new())
+            })
+            .stream("boom-later", |_ctx, _b| async move {
+                zserver::sleep(std::time::Duration::from_millis(5)).await;
+                if true {
+                    panic!("handler bug");
+                }
+                Ok(Vec::new())
+            })
+            .stream("echo", |_ctx, b| async move { Ok(b) });
+        let server = zserver::server().router(router).bind("127.0.0.1:0").await?;
+        let client = zserver::client().connect(server.local_addr()).await?;
+        assert_eq!(
+            client.call_bytes("boom-now", b"").await,
+            Err(Error::NoResponse)
+        );
+        assert_eq!(
+            client.call_bytes("boom-later", b"").await,
+            Err(Error::NoResponse)
+        );
+        assert_eq!(&client.call_bytes("echo", b"after").await?[..], b"after");
+        let conn = server
+            .connections()
+            .into_iter()
+            .next()
+            .expect("one connection");
+        assert_eq!(conn.stats().handler_panics, 2);
+        server.shutdown().await;
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+}

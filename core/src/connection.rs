@@ -776,6 +776,13 @@ impl Connection {
             None
         })?;
         if let Some(queue) = &self.shared.sequential {
+            // A panic fails that one call (its responder is dropped), not the queue.
+            let conn = self.clone();
+            let work: BoxFuture<'static, ()> = Box::pin(async move {
+                if AssertUnwindSafe(work).catch_unwind().await.is_err() {
+                    conn.handler_panicked();
+                }
+            });
             return match queue.try_send(work) {
                 Ok(()) | Err(async_channel::TrySendError::Closed(_)) => None,
                 Err(async_channel::TrySendError::Full(work)) => Some(work),
@@ -803,7 +810,7 @@ impl Connection {
     /// the connection and the server carry on.
     fn handler_panicked(&self) {
         tracing::error!(conn = self.id(), "a handler panicked");
-        Counters::bump(&self.shared.counters.errors_out, 1);
+        Counters::bump(&self.shared.counters.handler_panics, 1);
     }
 
     async fn run_writer(self, mut write: BoxWrite, sealer: Option<Sealer>) {

@@ -341,8 +341,11 @@ impl Server {
             }
             listener.await;
         }
+        // Calls in flight get up to the grace period; once every connection has closed no
+        // answer can be delivered, so there is nothing left to wait for.
         let grace = s.runtime.sleep(s.config.shutdown_grace);
-        futures_lite::future::or(s.in_flight.idle(), grace).await;
+        let answered = futures_lite::future::or(s.in_flight.idle(), self.closed_all());
+        futures_lite::future::or(answered, grace).await;
         for conn in self.connections() {
             conn.begin_close();
         }

@@ -34,6 +34,8 @@ pub struct Stats {
     pub rekeys_out: u64,
     /// Encrypted records that failed authentication (each closes its connection).
     pub auth_failures: u64,
+    /// Handlers that panicked (each failed its own call; the connection lived on).
+    pub handler_panics: u64,
 }
 
 impl AddAssign for Stats {
@@ -51,6 +53,7 @@ impl AddAssign for Stats {
         self.rekeys_in += o.rekeys_in;
         self.rekeys_out += o.rekeys_out;
         self.auth_failures += o.auth_failures;
+        self.handler_panics += o.handler_panics;
     }
 }
 
@@ -81,6 +84,7 @@ pub(crate) struct Counters {
     pub rekeys_in: AtomicU64,
     pub rekeys_out: AtomicU64,
     pub auth_failures: AtomicU64,
+    pub handler_panics: AtomicU64,
 }
 
 impl Counters {
@@ -103,6 +107,7 @@ impl Counters {
             rekeys_in: self.rekeys_in.load(Relaxed),
             rekeys_out: self.rekeys_out.load(Relaxed),
             auth_failures: self.auth_failures.load(Relaxed),
+            handler_panics: self.handler_panics.load(Relaxed),
         }
     }
 
@@ -121,5 +126,6 @@ impl Counters {
         Self::bump(&self.rekeys_in, s.rekeys_in);
         Self::bump(&self.rekeys_out, s.rekeys_out);
         Self::bump(&self.auth_failures, s.auth_failures);
+        Self::bump(&self.handler_panics, s.handler_panics);
     }
 }
