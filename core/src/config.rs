@@ -35,6 +35,12 @@ pub struct Config {
     /// Run this side's handlers one at a time, in arrival order, each finishing before the
     /// next starts. Off by default: handlers run concurrently (started in arrival order).
     pub sequential: bool,
+    /// Bytes of one incoming stream buffered before its sender must wait for the consumer
+    /// (the flow-control window; at least [`INITIAL_WINDOW`](crate::stream::INITIAL_WINDOW)).
+    pub stream_window: usize,
+    /// Streams the peer may have open on one connection at once (uploads it sends plus
+    /// downloads it asks for); a stream call past this is refused with an error.
+    pub max_streams: usize,
     /// How long a new connection may take to send its preamble before it is dropped.
     pub handshake_timeout: Duration,
     /// How long [`Server::shutdown`](crate::Server::shutdown) waits for calls in flight.
@@ -49,6 +55,8 @@ impl Default for Config {
             max_pending_write: 8 * 1024 * 1024,
             max_handlers_in_flight: 1024,
             sequential: false,
+            stream_window: 1024 * 1024,
+            max_streams: 256,
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
         }

@@ -25,14 +25,17 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::frame::{self, Frame, FrameDecoder, Header, Kind, PREAMBLE_LEN};
-use crate::handler::{Context as HandlerContext, InFlight, Responder, Router};
+use crate::frame::{
+    self, Frame, FrameDecoder, Header, Kind, FLAG_DOWNLOAD, FLAG_UPLOAD, PREAMBLE_LEN,
+};
+use crate::handler::{Context as HandlerContext, InFlight, Request, Responder, Router, Shape};
 use crate::request::{CallResult, Callback, RequestTable, Wake};
 use crate::runtime::{BoxFuture, Runtime};
 use crate::secure::cipher::TAG_LEN;
 use crate::secure::record::{Opener, Sealer, MAX_RECORD_PLAINTEXT, RECORD_HEADER, RECORD_TARGET};
 use crate::secure::{self, Encryption, Keypair, Role};
 use crate::stats::{Counters, Stats};
+use crate::stream::{self, Dir, Incoming, Key, Outbound, StreamHead, Streams, WantStream};
 use crate::transport::{BoxRead, BoxWrite};
 
 /// Smallest read the reader asks the socket for.
@@ -85,6 +88,7 @@ struct Shared {
     writer_waker: AtomicWaker,
     write_space: Event,
     table: Mutex<RequestTable>,
+    streams: Mutex<Streams>,
     counters: Counters,
     closed: AtomicBool,
     /// Set once closing is complete (owner notified), just before `closed_event` fires.
@@ -222,6 +226,7 @@ impl Connection {
             writer_waker: AtomicWaker::new(),
             write_space: Event::new(),
             table: Mutex::new(RequestTable::new()),
+            streams: Mutex::new(Streams::default()),
             counters: Counters::default(),
             closed: AtomicBool::new(false),
             ended: AtomicBool::new(false),
@@ -462,6 +467,111 @@ impl Connection {
 
     // ----- internals -------------------------------------------------------------------
 
+    pub(crate) fn streams(&self) -> &Mutex<Streams> {
+        &self.shared.streams
+    }
+
+    /// The sending state of stream `key`, if it is open.
+    pub(crate) fn stream_outbound(&self, key: Key) -> Option<Arc<Mutex<Outbound>>> {
+        lock(&self.shared.streams).outgoing(key)
+    }
+
+    pub(crate) fn forget_outbound(&self, key: Key) {
+        lock(&self.shared.streams).forget_outgoing(key);
+    }
+
+    /// Starts a call that opens a stream: registers the stream's state (so that frames for
+    /// it that arrive at once find it), then sends the `Call` frame with `flag`.
+    pub(crate) async fn start_stream_call<S>(
+        &self,
+        command: &str,
+        flag: u8,
+        payload: &[u8],
+    ) -> Result<(u64, Arc<Mutex<S>>), Error>
+    where
+        Streams: stream::Open<S>,
+    {
+        self.wait_for_space().await;
+        let id = lock(&self.shared.table).start(None)?;
+        let dir = if flag == FLAG_UPLOAD {
+            Dir::Upload
+        } else {
+            Dir::Download
+        };
+        let key = (dir, id);
+        let window = self.shared.config.stream_window as u64;
+        let opened = stream::Open::<S>::open(&mut *lock(&self.shared.streams), key, window);
+        let state = match opened {
+            Ok(state) => state,
+            Err(e) => {
+                lock(&self.shared.table).cancel(id);
+                return Err(e);
+            }
+        };
+        let header = Header {
+            kind: Kind::Call,
+            flags: flag,
+            id,
+            command,
+        };
+        if let Err(e) = self.enqueue(&header, payload) {
+            lock(&self.shared.table).cancel(id);
+            stream::Open::<S>::forget(&mut *lock(&self.shared.streams), key);
+            return Err(e);
+        }
+        Counters::bump(&self.shared.counters.calls_out, 1);
+        Ok((id, state))
+    }
+
+    /// Awaits the reply to call `id`; dropping the future abandons the call.
+    pub(crate) fn call_future(&self, id: u64) -> impl Future<Output = CallResult> + '_ {
+        CallFuture::new(self, id)
+    }
+
+    /// Queues a stream control frame (`End`, `Abort`, `Credit`, `Stop`); if the connection
+    /// has closed there is nobody to tell, so failures are ignored.
+    pub(crate) fn send_stream_frame(&self, kind: Kind, key: Key, payload: &[u8]) {
+        let header = Header {
+            kind,
+            flags: key.0.flag(),
+            id: key.1,
+            command: "",
+        };
+        let _ = self.enqueue(&header, payload);
+    }
+
+    /// Queues one `Data` frame of stream `key`.
+    pub(crate) fn send_stream_data(&self, key: Key, data: &[u8]) -> Result<(), Error> {
+        let header = Header {
+            kind: Kind::Data,
+            flags: key.0.flag(),
+            id: key.1,
+            command: "",
+        };
+        self.enqueue(&header, data)
+    }
+
+    /// Waits until the outbox is short enough for a stream's next chunk (fairness: small
+    /// calls queued beside a transfer wait behind at most this much).
+    pub(crate) async fn wait_for_stream_space(&self) {
+        self.wait_for_space_above(stream::STREAM_QUEUE).await
+    }
+
+    /// Queues a reply with flags (a download's stream head).
+    pub(crate) fn reply_flagged(&self, id: u64, flags: u8, payload: &[u8]) {
+        let header = Header {
+            kind: Kind::Reply,
+            flags,
+            id,
+            command: "",
+        };
+        if let Err(e) = self.enqueue(&header, payload) {
+            if matches!(e, Error::Encode(_)) {
+                self.reply_error(id, &e);
+            }
+        }
+    }
+
     fn start_call(
         &self,
         command: &str,
@@ -591,6 +701,7 @@ impl Connection {
         if s.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        lock(&s.streams).close(&error);
         let wakes = lock(&s.table).close(error);
         wakes.into_iter().for_each(Wake::fire);
         lock(&s.outbox).closing = true;
@@ -634,7 +745,7 @@ impl Connection {
                 if matches!(frame.kind, Kind::Call | Kind::Send) && self.peer_over_limits() {
                     self.wait_peer_under_limits().await;
                 }
-                if let Some(work) = self.dispatch(frame) {
+                if let Some(work) = self.dispatch(frame)? {
                     self.queue_sequential(work).await;
                 }
             }
@@ -715,10 +826,14 @@ impl Connection {
     }
 
     /// Acts on one frame without waiting. Returns a handler future only when a sequential
-    /// connection's queue is full and the reader must wait to queue it.
-    fn dispatch(&self, frame: Frame) -> Option<BoxFuture<'static, ()>> {
+    /// connection's queue is full and the reader must wait to queue it. An error breaks the
+    /// protocol and closes the connection.
+    fn dispatch(&self, frame: Frame) -> Result<Option<BoxFuture<'static, ()>>, Error> {
         match frame.kind {
-            Kind::Call | Kind::Send => return self.dispatch_request(frame),
+            Kind::Call | Kind::Send => return Ok(self.dispatch_request(frame)),
+            Kind::Data | Kind::End | Kind::Abort | Kind::Credit | Kind::Stop => {
+                stream::on_frame(self, frame)?
+            }
             Kind::Reply => self.complete(frame.id, Ok(frame.payload)),
             Kind::Error => {
                 Counters::bump(&self.shared.counters.errors_in, 1);
@@ -737,7 +852,7 @@ impl Connection {
             Kind::Pong => self.complete(frame.id, Ok(Bytes::new())),
             Kind::GoAway => self.shared.peer_going_away.store(true, Ordering::Release),
         }
-        None
+        Ok(None)
     }
 
     fn complete(&self, id: u64, result: CallResult) {
@@ -762,15 +877,33 @@ impl Connection {
             }
             return None;
         };
+        let shape = handler.shape();
+        let request = match self.open_request_streams(&frame, shape) {
+            Ok(request) => request,
+            Err(e) => {
+                if is_call {
+                    self.reply_error(frame.id, &e);
+                } else {
+                    Counters::bump(&self.shared.counters.errors_in, 1);
+                }
+                if frame.flags & FLAG_UPLOAD != 0 && is_call {
+                    self.send_stream_frame(Kind::Stop, (Dir::Upload, frame.id), &[]);
+                }
+                return None;
+            }
+        };
         let responder = if is_call {
-            Responder::new(self.clone(), frame.id, &self.shared.in_flight)
+            let r = Responder::new(self.clone(), frame.id, &self.shared.in_flight);
+            if shape == Shape::Download {
+                r.for_download()
+            } else {
+                r
+            }
         } else {
             Responder::one_way(&self.shared.in_flight)
         };
         let ctx = HandlerContext::new(self.clone());
-        let invoked = catch_unwind(AssertUnwindSafe(|| {
-            handler.invoke(ctx, frame.payload, responder)
-        }));
+        let invoked = catch_unwind(AssertUnwindSafe(|| handler.invoke(ctx, request, responder)));
         let mut work = invoked.unwrap_or_else(|_| {
             self.handler_panicked();
             None
@@ -804,6 +937,60 @@ impl Connection {
             Err(_) => self.handler_panicked(),
         }
         None
+    }
+
+    /// Checks that a request has the shape its handler takes, and opens its stream: the
+    /// upload it carries, or the download it asks for.
+    fn open_request_streams(&self, frame: &Frame, shape: Shape) -> Result<Request, Error> {
+        let asked = match frame.flags & (FLAG_UPLOAD | FLAG_DOWNLOAD) {
+            0 => Shape::Call,
+            FLAG_UPLOAD if frame.kind == Kind::Call => Shape::Upload,
+            FLAG_DOWNLOAD if frame.kind == Kind::Call => Shape::Download,
+            flags => {
+                return Err(Error::BadRequest(format!(
+                    "a {:?} frame with stream flags {flags:#04x}",
+                    frame.kind
+                )))
+            }
+        };
+        if asked != shape {
+            return Err(Error::BadRequest(format!(
+                "`{}` takes {}, not {}",
+                frame.command(),
+                shape.describe(),
+                asked.describe()
+            )));
+        }
+        let mut request = Request {
+            payload: frame.payload.clone(),
+            body: None,
+            offset: 0,
+        };
+        if shape == Shape::Call {
+            return Ok(request);
+        }
+        let config = &self.shared.config;
+        let mut streams = lock(&self.shared.streams);
+        if streams.len() >= config.max_streams {
+            return Err(Error::BadRequest(format!(
+                "too many streams open on this connection (limit {})",
+                config.max_streams
+            )));
+        }
+        let bad = |e: postcard::Error| Error::BadRequest(format!("bad stream request: {e}"));
+        if shape == Shape::Upload {
+            let head: StreamHead<'_> = postcard::from_bytes(&frame.payload).map_err(bad)?;
+            let key = (Dir::Upload, frame.id);
+            let state = streams.open_incoming(key, config.stream_window as u64)?;
+            drop(streams);
+            request.body = Some(Incoming::new(self.clone(), key, state, head));
+        } else {
+            let want: WantStream<'_> = postcard::from_bytes(&frame.payload).map_err(bad)?;
+            streams.open_outgoing((Dir::Download, frame.id))?;
+            request.payload = frame.payload.slice_ref(want.meta);
+            request.offset = want.offset;
+        }
+        Ok(request)
     }
 
     /// A handler panicked: its responder was dropped (the caller gets [`Error::NoResponse`]);

@@ -57,6 +57,12 @@ pub enum Error {
     /// A blocking call was made on an async runtime thread, where it could stall the runtime.
     #[error("blocking call made from an async runtime thread; use the async API there")]
     BlockingInRuntime,
+    /// A stream's bytes do not match what its sender hashed or announced.
+    #[error("stream integrity check failed: {0}")]
+    Integrity(String),
+    /// A stream was given up by its sender, or stopped by its receiver, before its end.
+    #[error("stream aborted: {0}")]
+    StreamAborted(String),
     /// An I/O error (connect, bind, read, write), as text so that the error stays `Clone`.
     #[error("i/o error: {0}")]
     Io(String),

@@ -48,14 +48,33 @@ pub enum Kind {
     Pong,
     /// The sender accepts no new calls and will close once its calls in flight finish. Wire value 6.
     GoAway,
+    /// A piece of a stream; `id` and the direction flag name the stream. Wire value 7.
+    Data,
+    /// The end of a stream; the payload is the BLAKE3 hash of all its bytes. Wire value 8.
+    End,
+    /// The stream's sender gives up; the payload is a UTF-8 reason. Wire value 9.
+    Abort,
+    /// The stream's receiver allows this many more bytes (u64 little-endian). Wire value 10.
+    Credit,
+    /// The stream's receiver wants no more of it. Wire value 11.
+    Stop,
 }
+
+/// Flag on a `Call`: a stream from the caller follows (an upload). On stream frames
+/// (`Data`, `End`, `Abort`, `Credit`, `Stop`): the stream is the upload of call `id`.
+pub const FLAG_UPLOAD: u8 = 0x01;
+
+/// Flag on a `Call`: the caller wants a stream back (a download). On a `Reply`: the stream
+/// follows. On stream frames: the stream is the download of call `id`.
+pub const FLAG_DOWNLOAD: u8 = 0x02;
 
 /// The postcard-encoded header at the front of every frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header<'a> {
     /// What the frame is for.
     pub kind: Kind,
-    /// Reserved bits; zero in protocol version 1 (later: compression, chunking).
+    /// [`FLAG_UPLOAD`] / [`FLAG_DOWNLOAD`] on calls, replies and stream frames; other bits
+    /// are reserved and zero.
     pub flags: u8,
     /// Request id pairing a `Call` with its `Reply`/`Error` (0 for `Send` and `GoAway`).
     pub id: u64,
@@ -155,6 +174,11 @@ impl Kind {
             Kind::Ping => 4,
             Kind::Pong => 5,
             Kind::GoAway => 6,
+            Kind::Data => 7,
+            Kind::End => 8,
+            Kind::Abort => 9,
+            Kind::Credit => 10,
+            Kind::Stop => 11,
         }
     }
 }
@@ -430,6 +454,11 @@ mod tests {
             Just(Kind::Ping),
             Just(Kind::Pong),
             Just(Kind::GoAway),
+            Just(Kind::Data),
+            Just(Kind::End),
+            Just(Kind::Abort),
+            Just(Kind::Credit),
+            Just(Kind::Stop),
         ]
     }
 

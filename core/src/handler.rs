@@ -15,8 +15,9 @@ use serde::Serialize;
 
 use crate::connection::Connection;
 use crate::error::Error;
-use crate::frame::MAX_COMMAND_LEN;
+use crate::frame::{FLAG_DOWNLOAD, MAX_COMMAND_LEN};
 use crate::runtime::BoxFuture;
+use crate::stream::{pump, Dir, DownloadRequest, Incoming, Outgoing};
 
 /// What a handler is given besides its payload: the connection the call came in on.
 #[derive(Clone)]
@@ -113,22 +114,70 @@ impl Drop for InFlightGuard {
 /// [`Error::NoResponse`]. For a one-way send it discards the answer.
 pub struct Responder {
     target: Option<(Connection, u64)>,
-    _in_flight: InFlightGuard,
+    /// The caller asked for a stream back (a download).
+    download: bool,
+    in_flight: Option<InFlightGuard>,
 }
 
 impl Responder {
     pub(crate) fn new(conn: Connection, id: u64, in_flight: &Arc<InFlight>) -> Self {
         Self {
             target: Some((conn, id)),
-            _in_flight: in_flight.enter(),
+            download: false,
+            in_flight: Some(in_flight.enter()),
         }
     }
 
     pub(crate) fn one_way(in_flight: &Arc<InFlight>) -> Self {
         Self {
             target: None,
-            _in_flight: in_flight.enter(),
+            download: false,
+            in_flight: Some(in_flight.enter()),
         }
+    }
+
+    /// Marks the call as a download: the answer must be a stream.
+    pub(crate) fn for_download(mut self) -> Self {
+        self.download = true;
+        self
+    }
+
+    /// Whether the caller asked for a stream back ([`Connection::download`]); answer it
+    /// with [`reply_stream`](Self::reply_stream).
+    pub fn wants_stream(&self) -> bool {
+        self.download
+    }
+
+    /// Answers a download with a stream, sent from its own task as the caller's window
+    /// allows. The call stays in flight (for shutdown) until the stream has been sent.
+    pub fn reply_stream(mut self, body: Outgoing) {
+        let Some((conn, id)) = self.target.take() else {
+            return;
+        };
+        if !self.download {
+            let e = Error::msg("the handler answered with a stream; the caller wants a reply");
+            return conn.reply_error(id, &e);
+        }
+        let key = (Dir::Download, id);
+        let head = body.head();
+        let state = conn.stream_outbound(key);
+        let (head, state) = match (head, state) {
+            (Ok(head), Some(state)) => (head, state),
+            (Err(e), _) => {
+                conn.forget_outbound(key);
+                return conn.reply_error(id, &e);
+            }
+            (_, None) => return, // the connection closed
+        };
+        conn.reply_flagged(id, FLAG_DOWNLOAD, &head);
+        let in_flight = self.in_flight.take();
+        let runtime = conn.runtime().clone();
+        runtime.spawn(Box::pin(async move {
+            let _in_flight = in_flight;
+            if let Err(e) = pump(&conn, key, state, body).await {
+                tracing::debug!(conn = conn.id(), error = %e, "download stream ended early");
+            }
+        }));
     }
 
     /// Whether the caller expects no answer (the request was a one-way send).
@@ -139,6 +188,13 @@ impl Responder {
     /// Answers with a reply payload or an error.
     pub fn respond(mut self, result: Result<impl AsRef<[u8]>, Error>) {
         if let Some((conn, id)) = self.target.take() {
+            if self.download {
+                conn.forget_outbound((Dir::Download, id));
+                let err = result.err().unwrap_or_else(|| {
+                    Error::msg("the handler answered a download without a stream")
+                });
+                return conn.reply_error(id, &err);
+            }
             match result {
                 Ok(payload) => conn.reply(id, payload.as_ref()),
                 Err(err) => conn.reply_error(id, &err),
@@ -166,18 +222,57 @@ impl Responder {
 impl Drop for Responder {
     fn drop(&mut self) {
         if let Some((conn, id)) = self.target.take() {
+            if self.download {
+                conn.forget_outbound((Dir::Download, id));
+            }
             conn.reply_error(id, &Error::NoResponse);
         }
     }
 }
 
+/// What kind of request a handler takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// A payload in, a reply out.
+    Call,
+    /// A stream in (an upload), a reply out.
+    Upload,
+    /// A payload in, a stream out (a download).
+    Download,
+}
+
+impl Shape {
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Shape::Call => "a plain call",
+            Shape::Upload => "an upload",
+            Shape::Download => "a download",
+        }
+    }
+}
+
+/// One request as a handler receives it.
+pub(crate) struct Request {
+    /// The payload (for a download: the caller's meta).
+    pub payload: Bytes,
+    /// An upload's stream.
+    pub body: Option<Incoming>,
+    /// A download's starting offset.
+    pub offset: u64,
+}
+
 /// A handler with its types erased: starts handling one request.
 pub(crate) trait Handler: Send + Sync {
-    /// Handles `payload`; returns the work still to do, if any, as a future to drive.
+    /// What kind of request this handler takes.
+    fn shape(&self) -> Shape {
+        Shape::Call
+    }
+
+    /// Handles a request; returns the work still to do, if any, as a future to drive.
     fn invoke(
         &self,
         ctx: Context,
-        payload: Bytes,
+        request: Request,
         responder: Responder,
     ) -> Option<BoxFuture<'static, ()>>;
 }
@@ -194,11 +289,71 @@ where
     fn invoke(
         &self,
         ctx: Context,
-        payload: Bytes,
+        request: Request,
         responder: Responder,
     ) -> Option<BoxFuture<'static, ()>> {
-        let fut = (self.0)(ctx, payload);
+        let fut = (self.0)(ctx, request.payload);
         Some(Box::pin(async move { responder.respond(fut.await) }))
+    }
+}
+
+/// An upload handler: reads the caller's stream, then replies.
+struct UploadFn<F, Fut, B>(F, PhantomData<fn() -> (Fut, B)>);
+
+impl<F, Fut, B> Handler for UploadFn<F, Fut, B>
+where
+    F: Fn(Context, Incoming) -> Fut + Send + Sync,
+    Fut: Future<Output = Result<B, Error>> + Send + 'static,
+    B: AsRef<[u8]> + 'static,
+{
+    fn shape(&self) -> Shape {
+        Shape::Upload
+    }
+
+    fn invoke(
+        &self,
+        ctx: Context,
+        request: Request,
+        responder: Responder,
+    ) -> Option<BoxFuture<'static, ()>> {
+        let Some(body) = request.body else {
+            responder.fail(Error::BadRequest("an upload without a stream".into()));
+            return None;
+        };
+        let fut = (self.0)(ctx, body);
+        Some(Box::pin(async move { responder.respond(fut.await) }))
+    }
+}
+
+/// A download handler: answers with a stream.
+struct DownloadFn<F, Fut>(F, PhantomData<fn() -> Fut>);
+
+impl<F, Fut> Handler for DownloadFn<F, Fut>
+where
+    F: Fn(Context, DownloadRequest) -> Fut + Send + Sync,
+    Fut: Future<Output = Result<Outgoing, Error>> + Send + 'static,
+{
+    fn shape(&self) -> Shape {
+        Shape::Download
+    }
+
+    fn invoke(
+        &self,
+        ctx: Context,
+        request: Request,
+        responder: Responder,
+    ) -> Option<BoxFuture<'static, ()>> {
+        let req = DownloadRequest {
+            meta: request.payload,
+            offset: request.offset,
+        };
+        let fut = (self.0)(ctx, req);
+        Some(Box::pin(async move {
+            match fut.await {
+                Ok(body) => responder.reply_stream(body),
+                Err(e) => responder.fail(e),
+            }
+        }))
     }
 }
 
@@ -211,10 +366,10 @@ where
     fn invoke(
         &self,
         ctx: Context,
-        payload: Bytes,
+        request: Request,
         responder: Responder,
     ) -> Option<BoxFuture<'static, ()>> {
-        (self.0)(ctx, payload, responder);
+        (self.0)(ctx, request.payload, responder);
         None
     }
 }
@@ -306,6 +461,39 @@ impl Router {
         F: Fn(Context, Bytes, Responder) + Send + Sync + 'static,
     {
         self.add(name, Arc::new(DelayedFn(f)))
+    }
+
+    /// Registers an upload command: the caller sends a stream ([`Connection::upload`]) and
+    /// the handler reads it as an [`Incoming`], then replies. The caller's meta is
+    /// [`Incoming::meta`].
+    pub fn upload<F, Fut, B>(self, name: &str, f: F) -> Self
+    where
+        F: Fn(Context, Incoming) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<B, Error>> + Send + 'static,
+        B: AsRef<[u8]> + 'static,
+    {
+        self.add(name, Arc::new(UploadFn(f, PhantomData)))
+    }
+
+    /// Registers a download command: the caller asks with [`Connection::download`] and the
+    /// handler answers with an [`Outgoing`] stream, starting at the requested offset.
+    pub fn download<F, Fut>(self, name: &str, f: F) -> Self
+    where
+        F: Fn(Context, DownloadRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Outgoing, Error>> + Send + 'static,
+    {
+        self.add(name, Arc::new(DownloadFn(f, PhantomData)))
+    }
+
+    /// Adds every handler of `other` (for routers built in separate modules).
+    ///
+    /// # Panics
+    /// If both register the same command name.
+    pub fn merge(mut self, other: Router) -> Self {
+        for (name, handler) in other.handlers {
+            self = self.add(&name, handler);
+        }
+        self
     }
 
     /// Whether a handler is registered under `name`.

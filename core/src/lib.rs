@@ -5,6 +5,8 @@
 //! - [`frame`]: the wire format (sans-IO), documented byte for byte in `docs/PROTOCOL.md`;
 //! - [`request`]: the table of calls awaiting replies (sans-IO, time passed in);
 //! - [`secure`]: the Noise XX handshake and the AES-256-GCM record layer with rekeying;
+//! - [`stream`]: big streams tied to a call (uploads and downloads) with flow control,
+//!   progress, resume and an end-to-end hash;
 //! - the command engine: [`Router`] and handlers, [`Connection`], [`Server`], [`Client`],
 //!   [`BlockingClient`], [`Stats`].
 //!
@@ -30,6 +32,7 @@ pub mod runtime;
 pub mod secure;
 pub mod server;
 pub mod stats;
+pub mod stream;
 pub mod transport;
 
 pub use blocking::BlockingClient;
@@ -43,4 +46,5 @@ pub use runtime::Runtime;
 pub use secure::{Encryption, Keypair, Provider, RekeyPolicy};
 pub use server::{Server, ServerBuilder};
 pub use stats::{ServerStats, Stats};
+pub use stream::{DownloadRequest, Incoming, Outgoing, Progress};
 pub use transport::{ClientIo, Listener, ServerIo, Transport};
