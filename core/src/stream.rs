@@ -15,11 +15,16 @@
 //! calls on the same connection interleave with a transfer instead of queueing behind it.
 //!
 //! ```no_run
-//! # async fn demo(server: zserver_core::Router, client: zserver_core::Client) -> Result<(), zserver_core::Error> {
-//! use zserver_core::{Outgoing, Router};
+//! # async fn demo(client: zserver_core::Client) -> Result<(), zserver_core::Error> {
+//! use zserver_core::{Error, Outgoing, Router};
 //! let router = Router::new()
-//!     .download("get", |_ctx, req| async move { Outgoing::file(req.meta_str()?, req.offset).await })
-//!     .upload("put", |_ctx, body| async move { Ok(body.read_all(1 << 20).await?) });
+//!     .download("get", |_ctx, req| async move {
+//!         match req.meta_str()? {
+//!             "report.pdf" => Outgoing::file("files/report.pdf", req.offset).await,
+//!             other => Err(Error::BadRequest(format!("no file `{other}`"))),
+//!         }
+//!     })
+//!     .upload("put", |_ctx, body| async move { body.read_all(1 << 20).await });
 //! // On the client: a file download, resumed where an earlier attempt stopped.
 //! let written = client.download_to_file("get", "report.pdf", "report.pdf", true).await?;
 //! # Ok(()) }
@@ -34,7 +39,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use std::io::{Read, Seek, Write};
+
+use futures_lite::io::{AsyncRead, AsyncReadExt};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
@@ -457,6 +464,8 @@ type OnProgress = Box<dyn FnMut(u64, Option<u64>) + Send>;
 enum Source {
     Reader(Pin<Box<dyn AsyncRead + Send>>),
     Bytes(Bytes),
+    /// Read a chunk at a time on the blocking pool: no read-ahead buffer.
+    File(Arc<std::fs::File>),
 }
 
 /// A stream to send: an upload's body or a download's answer.
@@ -496,18 +505,24 @@ impl Outgoing {
     /// Streams the file at `path` from byte `offset` (to resume a download), without
     /// loading it into memory. An offset past the end is [`Error::BadRequest`].
     pub async fn file(path: impl AsRef<Path>, offset: u64) -> Result<Self, Error> {
-        let path = path.as_ref();
-        let mut file = async_fs::File::open(path)
-            .await
-            .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
-        let len = file.metadata().await?.len();
-        if offset > len {
-            return Err(Error::BadRequest(format!(
-                "offset {offset} is past the end of a {len}-byte file"
-            )));
-        }
-        file.seek(io::SeekFrom::Start(offset)).await?;
-        Ok(Self::reader(file, Some(len - offset)))
+        let path = path.as_ref().to_owned();
+        let opened = blocking::unblock(move || {
+            let mut file = std::fs::File::open(&path)
+                .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+            let len = file.metadata()?.len();
+            if offset > len {
+                return Err(Error::BadRequest(format!(
+                    "offset {offset} is past the end of a {len}-byte file"
+                )));
+            }
+            file.seek(io::SeekFrom::Start(offset))?;
+            Ok((file, len))
+        });
+        let (file, len) = opened.await?;
+        Ok(Self::from_source(
+            Source::File(Arc::new(file)),
+            Some(len - offset),
+        ))
     }
 
     fn from_source(source: Source, total: Option<u64>) -> Self {
@@ -584,30 +599,40 @@ pub(crate) async fn pump(
     let mut buf = Vec::new();
     let mut sent = 0u64;
     loop {
-        let held: Bytes;
-        let chunk: &[u8] = match &mut body.source {
+        let mut held = Bytes::new();
+        let read = match &mut body.source {
             Source::Bytes(block) => {
                 if block.is_empty() {
                     break;
                 }
                 held = block.split_to(block.len().min(CHUNK));
-                &held
+                None
             }
             Source::Reader(reader) => {
                 buf.resize(CHUNK, 0);
-                let n = match reader.read(&mut buf).await {
-                    Ok(n) => n,
-                    Err(e) => {
-                        let why = format!("the sender's source failed: {e}");
-                        guard.done = true;
-                        conn.send_stream_frame(Kind::Abort, key, why.as_bytes());
-                        return Err(e.into());
-                    }
-                };
-                if n == 0 {
-                    break;
-                }
-                &buf[..n]
+                Some(reader.read(&mut buf).await)
+            }
+            Source::File(file) => {
+                let (file, mut taken) = (file.clone(), std::mem::take(&mut buf));
+                taken.resize(CHUNK, 0);
+                let (read, taken) = blocking::unblock(move || {
+                    let read = (&*file).read(&mut taken);
+                    (read, taken)
+                })
+                .await;
+                buf = taken;
+                Some(read)
+            }
+        };
+        let chunk: &[u8] = match read {
+            None => &held,
+            Some(Ok(0)) => break,
+            Some(Ok(n)) => &buf[..n],
+            Some(Err(e)) => {
+                let why = format!("the sender's source failed: {e}");
+                guard.done = true;
+                conn.send_stream_frame(Kind::Abort, key, why.as_bytes());
+                return Err(e.into());
             }
         };
         hasher.update(chunk);
@@ -779,29 +804,29 @@ impl Incoming {
     /// replacing it). Returns the bytes written. On an error the bytes received so far stay
     /// in the file, so that a later download can resume from its length.
     pub async fn save(mut self, path: impl AsRef<Path>, append: bool) -> Result<u64, Error> {
-        let path = path.as_ref();
-        let mut options = async_fs::OpenOptions::new();
-        options.create(true);
-        if append {
-            options.append(true);
-        } else {
-            options.write(true).truncate(true);
-        }
-        let mut file = options
-            .open(path)
-            .await
-            .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
-        let mut written = 0u64;
-        let result = async {
-            while let Some(chunk) = self.chunk().await? {
-                file.write_all(&chunk).await?;
-                written += chunk.len() as u64;
+        let path = path.as_ref().to_owned();
+        let file = blocking::unblock(move || {
+            let mut options = std::fs::OpenOptions::new();
+            options.create(true);
+            if append {
+                options.append(true);
+            } else {
+                options.write(true).truncate(true);
             }
-            Ok::<_, Error>(())
+            options
+                .open(&path)
+                .map_err(|e| Error::Io(format!("{}: {e}", path.display())))
+        });
+        let file = Arc::new(file.await?);
+        let mut written = 0u64;
+        // One chunk at a time on the blocking pool, so nothing is buffered ahead.
+        while let Some(chunk) = self.chunk().await? {
+            let file = file.clone();
+            let len = chunk.len() as u64;
+            blocking::unblock(move || (&*file).write_all(&chunk)).await?;
+            written += len;
         }
-        .await;
-        file.flush().await?;
-        result.map(|()| written)
+        Ok(written)
     }
 
     fn verify(&self, hash: [u8; HASH_LEN], received: u64) -> Result<(), Error> {
@@ -953,7 +978,10 @@ impl Connection {
     ) -> Result<u64, Error> {
         let path = path.as_ref();
         let offset = match resume {
-            true => async_fs::metadata(path).await.map(|m| m.len()).unwrap_or(0),
+            true => {
+                let path = path.to_owned();
+                blocking::unblock(move || std::fs::metadata(path).map_or(0, |m| m.len())).await
+            }
             false => 0,
         };
         self.download(command, meta, offset)
