@@ -45,6 +45,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// rest of a large frame (that would zero the same bytes again on every read).
 const READ_MAX: usize = 256 * 1024;
 
+/// Size of the stack buffer an idle connection waits for data with (no heap buffer).
+const IDLE_READ: usize = 128;
+
 /// Sealed batches up to this size are copied into one buffer and written with one write.
 const SMALL_WRITE: usize = 64 * 1024;
 
@@ -739,6 +742,7 @@ impl Connection {
         // A record that failed to open: reported once the authenticated ones before it
         // have been dispatched.
         let mut failure = None;
+        let mut first = [0u8; IDLE_READ];
         loop {
             while let Some(frame) = decoder.decode(&mut plain)? {
                 Counters::bump(&counters.frames_in, 1);
@@ -752,6 +756,13 @@ impl Connection {
             if let Some(e) = failure.take() {
                 return Err(e);
             }
+            // An idle connection holds no read buffer: it waits for data with a small one
+            // on its stack and allocates only once something arrives.
+            let idle = plain.is_empty() && sealed.is_empty();
+            if idle {
+                plain = BytesMut::new();
+                sealed = BytesMut::new();
+            }
             let (buf, wanted) = match &opener {
                 Some(o) => {
                     let wanted = o.bytes_wanted(&sealed);
@@ -762,14 +773,21 @@ impl Connection {
                     (&mut plain, wanted)
                 }
             };
-            let start = buf.len();
-            // Room for the whole frame or record at once (it is bounded by the limits checked
-            // on its header), so that assembling it never regrows and recopies the buffer;
-            // only the zero-filled read window is capped.
-            buf.reserve(wanted.max(READ_CHUNK));
-            buf.resize(start + wanted.clamp(READ_CHUNK, READ_MAX), 0);
-            let n = read.read(&mut buf[start..]).await?;
-            buf.truncate(start + n);
+            let n = if idle {
+                let n = read.read(&mut first).await?;
+                buf.extend_from_slice(&first[..n]);
+                n
+            } else {
+                let start = buf.len();
+                // Room for the whole frame or record at once (it is bounded by the limits
+                // checked on its header), so that assembling it never regrows and recopies
+                // the buffer; only the zero-filled read window is capped.
+                buf.reserve(wanted.max(READ_CHUNK));
+                buf.resize(start + wanted.clamp(READ_CHUNK, READ_MAX), 0);
+                let n = read.read(&mut buf[start..]).await?;
+                buf.truncate(start + n);
+                n
+            };
             if n == 0 {
                 let unread = plain.len() + sealed.len();
                 return if unread == 0 {
@@ -1022,7 +1040,7 @@ impl Connection {
         let counters = &self.shared.counters;
         let mut batch = BytesMut::new();
         let (mut parts, mut sizes) = (Vec::new(), Vec::new());
-        let mut small = Vec::with_capacity(SMALL_WRITE);
+        let mut small = Vec::new();
         loop {
             let closing = poll_fn(|cx| self.take_batch(&mut batch, cx)).await;
             if batch.is_empty() {
@@ -1075,8 +1093,12 @@ impl Connection {
             Counters::bump(&counters.bytes_out, written as u64);
             Counters::bump(&counters.writes, 1);
             batch.clear();
-            if batch.capacity() > KEEP_WRITE_CAPACITY {
+            // Keep the buffers while busy; an idle connection (nothing queued) holds none.
+            if batch.capacity() > KEEP_WRITE_CAPACITY
+                || self.shared.queued.load(Ordering::Relaxed) == 0
+            {
                 batch = BytesMut::new();
+                small = Vec::new();
             }
             self.shared.write_space.notify(usize::MAX);
         }

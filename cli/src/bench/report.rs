@@ -1,0 +1,272 @@
+//! The bench's table (back ends as columns, baselines beside them, ratios under each row),
+//! the targets we chase, and the same as JSON.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{median, Sample, Settings, CONNS, WINDOW};
+
+/// One figure per back end, with the baselines it is compared to.
+#[derive(Serialize)]
+pub struct Row {
+    pub label: String,
+    pub unit: &'static str,
+    /// Median per back end, in `Settings::backends` order.
+    pub values: Vec<f64>,
+    /// (name, median) of each baseline; ratios are value / baseline.
+    pub baselines: Vec<(String, f64)>,
+}
+
+/// A target from the issue, per back end.
+#[derive(Serialize)]
+pub struct Target {
+    pub goal: &'static str,
+    /// (measured ratio or value, met) per back end.
+    pub results: Vec<(f64, bool)>,
+}
+
+pub struct Report {
+    backends: Vec<String>,
+    rows: Vec<Row>,
+    targets: Vec<Target>,
+}
+
+#[derive(Clone, Copy)]
+enum Field {
+    Rate,
+    P50,
+    P99,
+}
+
+fn med(samples: &BTreeMap<String, Vec<Sample>>, key: &str, field: Field) -> f64 {
+    let Some(runs) = samples.get(key) else {
+        return f64::NAN;
+    };
+    median(
+        runs.iter()
+            .map(|s| match field {
+                Field::Rate => s.rate,
+                Field::P50 => s.p50_us,
+                Field::P99 => s.p99_us,
+            })
+            .collect(),
+    )
+}
+
+impl Report {
+    pub fn new(
+        s: &Settings,
+        samples: &BTreeMap<String, Vec<Sample>>,
+        scale: &BTreeMap<String, Vec<(f64, f64)>>,
+    ) -> Self {
+        let m = |key: &str, f| med(samples, key, f);
+        let per_backend = |mode: &str, row: &str, f| {
+            s.backends
+                .iter()
+                .map(|b| m(&format!("{b}/{mode}/{row}"), f))
+                .collect::<Vec<_>>()
+        };
+        let mut rows = Vec::new();
+        for (mode, name) in [("plain", "plain"), ("enc", "encrypted")] {
+            for (f, pct) in [(Field::P50, "p50"), (Field::P99, "p99")] {
+                rows.push(Row {
+                    label: format!("round trip {pct}, 1 in flight, {name}"),
+                    unit: "us",
+                    values: per_backend(mode, "pingpong", f),
+                    baselines: vec![
+                        ("raw tokio".into(), m("raw/pingpong", f)),
+                        ("tarpc".into(), m("tarpc/pingpong", f)),
+                    ],
+                });
+            }
+        }
+        for (row, conns) in [("pipelined1", 1), ("pipelined8", CONNS)] {
+            for (mode, name) in [("plain", "plain"), ("enc", "encrypted")] {
+                rows.push(Row {
+                    label: format!("calls/s, {conns} conn x {WINDOW} in flight, {name}"),
+                    unit: "calls/s",
+                    values: per_backend(mode, row, Field::Rate),
+                    baselines: vec![
+                        ("raw tokio".into(), m(&format!("raw/{row}"), Field::Rate)),
+                        ("tarpc".into(), m(&format!("tarpc/{row}"), Field::Rate)),
+                    ],
+                });
+            }
+        }
+        for (mode, name) in [("plain", "plain"), ("enc", "encrypted")] {
+            rows.push(Row {
+                label: format!("one-way messages/s, {name}"),
+                unit: "msgs/s",
+                values: per_backend(mode, "oneway", Field::Rate),
+                baselines: vec![("raw tokio".into(), m("raw/oneway", Field::Rate))],
+            });
+        }
+        let (aes, loopback) = (
+            m("ceiling/aes", Field::Rate),
+            m("ceiling/loopback", Field::Rate),
+        );
+        rows.push(Row {
+            label: "bulk upload stream, plain".into(),
+            unit: "GiB/s",
+            values: per_backend("plain", "bulk", Field::Rate),
+            baselines: vec![("loopback copy".into(), loopback)],
+        });
+        rows.push(Row {
+            label: "bulk upload stream, encrypted".into(),
+            unit: "GiB/s",
+            values: per_backend("enc", "bulk", Field::Rate),
+            baselines: vec![
+                ("min(loopback, AES)".into(), loopback.min(aes)),
+                ("AES-256-GCM 1 core".into(), aes),
+            ],
+        });
+        for (mode, name) in [("plain", "plain"), ("enc", "encrypted")] {
+            let scale_of = |i: usize| {
+                s.backends
+                    .iter()
+                    .map(|b| {
+                        let runs = scale.get(&format!("{b}/{mode}"));
+                        median(runs.map_or(vec![], |r| r.iter().map(|x| [x.0, x.1][i]).collect()))
+                    })
+                    .collect::<Vec<_>>()
+            };
+            rows.push(Row {
+                label: format!("open {} connections, {name}", s.connections),
+                unit: "s",
+                values: scale_of(0),
+                baselines: vec![],
+            });
+            rows.push(Row {
+                label: format!("server RSS per idle connection, {name}"),
+                unit: "KiB",
+                values: scale_of(1),
+                baselines: vec![],
+            });
+        }
+        let targets = targets(s, &rows);
+        Report {
+            backends: s.backends.clone(),
+            rows,
+            targets,
+        }
+    }
+
+    pub fn print(&self) {
+        const W: usize = 12;
+        print!("\n{:<46}", "row (median of runs)");
+        for b in &self.backends {
+            print!(" {b:>W$}");
+        }
+        println!("   baseline");
+        for row in &self.rows {
+            print!("{:<46}", format!("{} ({})", row.label, row.unit));
+            for v in &row.values {
+                print!(" {:>W$}", fmt(*v, row.unit));
+            }
+            let base: Vec<String> = row
+                .baselines
+                .iter()
+                .map(|(n, v)| format!("{n} {}", fmt(*v, row.unit)))
+                .collect();
+            println!("   {}", base.join(", "));
+            for (name, base) in &row.baselines {
+                print!("{:<46}", format!("  ratio to {name}"));
+                for v in &row.values {
+                    print!(" {:>W$}", format!("{:.2}x", v / base));
+                }
+                println!();
+            }
+        }
+        println!("\ntargets:");
+        for t in &self.targets {
+            print!("  {:<58}", t.goal);
+            for (b, (v, met)) in self.backends.iter().zip(&t.results) {
+                print!("  {b} {v:.2} {}", if *met { "met" } else { "MISSED" });
+            }
+            println!();
+        }
+        println!(
+            "\nratios are value / baseline, both medians of this run; servers ran in child processes,\n\
+             clients in this one, all on this machine's {} cores.",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+    }
+
+    pub fn json(
+        &self,
+        s: &Settings,
+        samples: &BTreeMap<String, Vec<Sample>>,
+        scale: &BTreeMap<String, Vec<(f64, f64)>>,
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "settings": s,
+            "backends": self.backends,
+            "rows": self.rows,
+            "targets": self.targets,
+            "runs": samples,
+            "scale_runs": scale,
+        })
+    }
+}
+
+fn row<'a>(rows: &'a [Row], label: &str) -> &'a Row {
+    rows.iter()
+        .find(|r| r.label.starts_with(label))
+        .expect("row exists")
+}
+
+fn targets(s: &Settings, rows: &[Row]) -> Vec<Target> {
+    let ratio = |label: &str, baseline: usize, goal: &'static str, ok: fn(f64) -> bool| {
+        let r = row(rows, label);
+        let base = r.baselines[baseline].1;
+        Target {
+            goal,
+            results: r.values.iter().map(|v| (v / base, ok(v / base))).collect(),
+        }
+    };
+    let rss = row(rows, "server RSS per idle connection, encrypted");
+    let _ = s;
+    vec![
+        ratio(
+            "calls/s, 1 conn x 64 in flight, plain",
+            0,
+            "plain pipelined calls >= 0.9x raw tokio echo",
+            |r| r >= 0.9,
+        ),
+        ratio(
+            "calls/s, 1 conn x 64 in flight, encrypted",
+            1,
+            "encrypted pipelined calls >= 2x tarpc (plain)",
+            |r| r >= 2.0,
+        ),
+        ratio(
+            "round trip p50, 1 in flight, plain",
+            0,
+            "p50 round trip <= 1.2x raw tokio ping-pong",
+            |r| r <= 1.2,
+        ),
+        ratio(
+            "bulk upload stream, encrypted",
+            0,
+            "encrypted bulk >= 0.8x min(loopback, AES-GCM)",
+            |r| r >= 0.8,
+        ),
+        Target {
+            goal: "<= 4 KiB server RSS per idle encrypted connection",
+            results: rss.values.iter().map(|v| (*v, *v <= 4.0)).collect(),
+        },
+    ]
+}
+
+fn fmt(v: f64, unit: &str) -> String {
+    if v.is_nan() {
+        return "-".into();
+    }
+    match unit {
+        "calls/s" | "msgs/s" if v >= 1e6 => format!("{:.2}M", v / 1e6),
+        "calls/s" | "msgs/s" => format!("{:.1}k", v / 1e3),
+        "GiB/s" | "s" => format!("{v:.2}"),
+        _ => format!("{v:.1}"),
+    }
+}

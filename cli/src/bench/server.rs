@@ -1,0 +1,91 @@
+//! The server process of `zserver bench`: zserver on one back end (plain and encrypted),
+//! or the baselines (a raw tokio echo and a tarpc echo). It prints its addresses as one
+//! JSON line and serves until its standard input closes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use zserver::{Config, Incoming, Router, ServerBuilder};
+
+use super::{baseline, run_on, BoxError};
+
+/// Arguments of the hidden `bench-server` command.
+#[derive(clap::Args, Debug)]
+pub struct ServerArgs {
+    /// Serve zserver on this back end (plain and encrypted).
+    #[arg(long, conflicts_with = "baselines")]
+    pub backend: Option<String>,
+    /// Serve the baselines instead: raw tokio echo, raw tokio sink, tarpc echo.
+    #[arg(long)]
+    pub baselines: bool,
+}
+
+/// The bench handlers: `echo` (a call), `sink` (one-way, counted), `count` (the count so
+/// far) and `bulk` (an upload, drained; answers with its length).
+pub fn router() -> Router {
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    Router::new()
+        .stream("echo", |_ctx, b| async move { Ok(b) })
+        .delayed("sink", move |_ctx, _b, _r| {
+            received.fetch_add(1, Ordering::Relaxed);
+        })
+        .typed("count", move |_ctx, (): ()| {
+            let n = counter.load(Ordering::Relaxed);
+            async move { Ok::<_, zserver::Error>(n) }
+        })
+        .upload("bulk", |_ctx, mut body: Incoming| async move {
+            let mut n = 0u64;
+            while let Some(chunk) = body.chunk().await? {
+                n += chunk.len() as u64;
+            }
+            Ok(n.to_le_bytes().to_vec())
+        })
+}
+
+pub fn run(args: ServerArgs) -> Result<(), BoxError> {
+    let mut addrs: BTreeMap<&str, SocketAddr> = BTreeMap::new();
+    let _keep_alive;
+    if let Some(name) = &args.backend {
+        let transport =
+            zserver::transport(name).ok_or_else(|| format!("back end `{name}` is not built in"))?;
+        let runtime = transport.runtime();
+        let servers = run_on(&runtime, async move {
+            let plain = ServerBuilder::new(transport.clone())
+                .config(Config::plain_trusted_link())
+                .router(router())
+                .bind("127.0.0.1:0")
+                .await?;
+            let encrypted = ServerBuilder::new(transport)
+                .router(router())
+                .bind("127.0.0.1:0")
+                .await?;
+            Ok::<_, zserver::Error>((plain, encrypted))
+        })?;
+        addrs.insert("plain", servers.0.local_addr());
+        addrs.insert("encrypted", servers.1.local_addr());
+        _keep_alive = Some(servers);
+    } else if args.baselines {
+        let rt = baseline::runtime();
+        let (raw_echo, raw_sink, tarpc) = rt.block_on(baseline::serve())?;
+        addrs.insert("raw_echo", raw_echo);
+        addrs.insert("raw_sink", raw_sink);
+        addrs.insert("tarpc", tarpc);
+        _keep_alive = None;
+        println!("{}", serde_json::to_string(&addrs)?);
+        wait_for_stdin_eof();
+        drop(rt);
+        return Ok(());
+    } else {
+        return Err("bench-server needs --backend NAME or --baselines".into());
+    }
+    println!("{}", serde_json::to_string(&addrs)?);
+    wait_for_stdin_eof();
+    Ok(())
+}
+
+fn wait_for_stdin_eof() {
+    let _ = std::io::stdin().lines().count();
+}

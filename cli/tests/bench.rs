@@ -1,0 +1,58 @@
+//! `zserver bench` end to end: a tiny run on one back end writes a complete JSON report.
+//! (It checks that every figure is measured, not how fast anything is.)
+
+use std::process::Command;
+
+#[test]
+fn a_tiny_bench_run_reports_every_row() {
+    let json = std::env::temp_dir().join(format!("zserver-bench-{}.json", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_zserver"))
+        .args([
+            "bench",
+            "--quick",
+            "--backends",
+            "smol",
+            "--runs",
+            "1",
+            "--secs",
+            "0.05",
+        ])
+        .args(["--connections", "50", "--json"])
+        .arg(&json)
+        .output()
+        .expect("run zserver bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("ratio to tarpc"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 16, "{report:#}");
+    for row in rows {
+        let value = row["values"][0].as_f64();
+        assert!(value.is_some_and(|v| v > 0.0), "row not measured: {row}");
+        for base in row["baselines"].as_array().unwrap() {
+            assert!(
+                base[1].as_f64().is_some_and(|v| v > 0.0),
+                "baseline not measured: {row}"
+            );
+        }
+    }
+    assert_eq!(report["targets"].as_array().unwrap().len(), 5);
+    std::fs::remove_file(json).unwrap();
+}
+
+#[test]
+fn bad_arguments_are_refused_clearly() {
+    let output = Command::new(env!("CARGO_BIN_EXE_zserver"))
+        .args(["bench", "--backends", "nope"])
+        .output()
+        .expect("run zserver bench");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown back end `nope`"), "{stderr}");
+}
