@@ -1,11 +1,15 @@
 //! `zserver`: the command-line tool.
 //!
+//! - `zserver serve`: the login server (accounts, files, push, offline messages) on its
+//!   embedded SQLite store; `zserver user add|del|list` for the operator;
+//!   `zserver client ... register|login|put|get|ls|rm|push|who|listen` for users.
 //! - `zserver bench`: the back ends against each other and against the peers (a raw tokio
 //!   echo and tarpc), in one run, servers in separate processes. See `BENCHMARKS.md`.
 
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod login;
 
 #[derive(Parser)]
 #[command(
@@ -20,6 +24,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the login server on its embedded store (prints its key fingerprint).
+    Serve(login::ServeArgs),
+    /// Manage accounts in a server's data directory.
+    User(login::UserArgs),
+    /// Act as a user of a running server.
+    Client(login::ClientArgs),
     /// Benchmark the back ends side by side, against a raw tokio echo and tarpc.
     Bench(bench::BenchArgs),
     /// The server side of `zserver bench`, run by it as a child process.
@@ -30,6 +40,9 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => login::serve(args),
+        Command::User(args) => login::user(args),
+        Command::Client(args) => login::client(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchServer(args) => bench::server::run(args),
     };

@@ -311,8 +311,9 @@ impl Connection {
         self.closed().await;
     }
 
-    /// Starts a graceful close without waiting for it.
-    pub(crate) fn begin_close(&self) {
+    /// Starts a graceful close without waiting for it: frames already queued are sent,
+    /// then the connection closes.
+    pub fn begin_close(&self) {
         lock(&self.shared.outbox).closing = true;
         self.shared.writer_waker.wake();
     }
@@ -556,8 +557,8 @@ impl Connection {
 
     /// Waits until the outbox is short enough for a stream's next chunk (fairness: small
     /// calls queued beside a transfer wait behind at most this much).
-    pub(crate) async fn wait_for_stream_space(&self) {
-        self.wait_for_space_above(stream::STREAM_QUEUE).await
+    pub(crate) async fn wait_for_stream_space(&self, limit: usize) {
+        self.wait_for_space_above(limit).await
     }
 
     /// Queues a reply with flags (a download's stream head).
@@ -1110,7 +1111,11 @@ impl Connection {
         if !out.buf.is_empty() {
             std::mem::swap(&mut out.buf, batch);
             self.shared.queued.store(0, Ordering::Relaxed);
-            return Poll::Ready(out.closing);
+            let closing = out.closing;
+            drop(out);
+            // The outbox is empty again: senders may fill it while this batch is written.
+            self.shared.write_space.notify(usize::MAX);
+            return Poll::Ready(closing);
         }
         if out.closing {
             return Poll::Ready(true);

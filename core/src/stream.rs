@@ -34,7 +34,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -56,9 +56,27 @@ pub const CHUNK: usize = 64 * 1024;
 /// receiver grants more with `Credit` frames. Part of the protocol.
 pub const INITIAL_WINDOW: u64 = 256 * 1024;
 
-/// A stream sender waits while its connection's outbox holds this many bytes, so a small
-/// call queued beside a transfer waits behind at most this much.
-pub(crate) const STREAM_QUEUE: usize = 2 * CHUNK;
+/// Most bytes a stream sender lets queue in its connection's outbox before it waits: big
+/// write batches for a lone transfer, and a bound on what a small call queued beside it
+/// waits behind.
+const STREAM_QUEUE_MAX: usize = 8 * CHUNK;
+
+/// Least a stream sender may queue, however many transfers run.
+const STREAM_QUEUE_MIN: usize = 2 * CHUNK;
+
+/// Bytes all the stream senders of this process may queue together; each gets an equal
+/// share between the two bounds above, so that a thousand transfers do not hold a thousand
+/// full queues.
+const STREAM_QUEUE_BUDGET: usize = 64 * 1024 * 1024;
+
+/// Stream senders running in this process.
+static SENDERS: AtomicUsize = AtomicUsize::new(0);
+
+/// This sender's share of the queue budget right now.
+fn queue_share() -> usize {
+    let senders = SENDERS.load(Ordering::Relaxed).max(1);
+    (STREAM_QUEUE_BUDGET / senders).clamp(STREAM_QUEUE_MIN, STREAM_QUEUE_MAX)
+}
 
 /// Length of the hash in an `End` frame (BLAKE3).
 pub const HASH_LEN: usize = 32;
@@ -580,6 +598,7 @@ pub(crate) async fn pump(
     }
     impl Drop for Guard<'_> {
         fn drop(&mut self) {
+            SENDERS.fetch_sub(1, Ordering::Relaxed);
             lock(self.conn.streams()).forget_outgoing(self.key);
             if !self.done {
                 self.conn.send_stream_frame(
@@ -590,6 +609,7 @@ pub(crate) async fn pump(
             }
         }
     }
+    SENDERS.fetch_add(1, Ordering::Relaxed);
     let mut guard = Guard {
         conn,
         key,
@@ -640,7 +660,7 @@ pub(crate) async fn pump(
         while !rest.is_empty() {
             let credit = std::future::poll_fn(|cx| lock(&state).poll_credit(cx)).await?;
             let take = rest.len().min(credit.min(CHUNK as u64) as usize);
-            conn.wait_for_stream_space().await;
+            conn.wait_for_stream_space(queue_share()).await;
             conn.send_stream_data(key, &rest[..take])?;
             lock(&state).credit -= take as u64;
             rest = &rest[take..];

@@ -56,6 +56,10 @@ pub struct BenchArgs {
     /// Seconds per timed row and pass (default 1.5, quick 0.2).
     #[arg(long)]
     pub secs: Option<f64>,
+    /// Run only the timed rows whose key contains this text (e.g. `tokio/enc/bulk`,
+    /// `pipelined1`, `raw/`), and no scale rows unless it is `scale`: for profiling.
+    #[arg(long)]
+    pub only: Option<String>,
     /// Connections opened in the scale rows (default 10000, quick 500); client and server
     /// each need one file descriptor per connection.
     #[arg(long)]
@@ -369,6 +373,9 @@ pub fn run(args: BenchArgs) -> Result<(), BoxError> {
         }
     }
 
+    if let Some(only) = &args.only {
+        jobs.retain(|j| j.key.contains(only.as_str()));
+    }
     // A warm-up pass, then the measured passes, round-robin.
     let warmup = if s.quick { 0.05 } else { 0.3 };
     for job in &jobs {
@@ -393,7 +400,11 @@ pub fn run(args: BenchArgs) -> Result<(), BoxError> {
 
     // Connection scale: a fresh server per measurement, so its memory starts clean.
     let mut scale: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    for b in &s.backends {
+    let scale_backends = match args.only.as_deref() {
+        None | Some("scale") => s.backends.clone(),
+        Some(_) => Vec::new(),
+    };
+    for b in &scale_backends {
         for (mode, encrypted) in [("plain", false), ("enc", true)] {
             let mut runs = Vec::new();
             for _ in 0..s.scale_runs {

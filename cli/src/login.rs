@@ -1,0 +1,289 @@
+//! `zserver serve`, `zserver user ...` and `zserver client ...`: the login server on its
+//! embedded store, its operator commands, and a client.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use zserver_login::{Event, LoginClient, LoginConfig, LoginServer, SecondLogin, Store};
+
+use crate::bench::{run_on, BoxError};
+
+/// Arguments of `zserver serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7100")]
+    pub listen: SocketAddr,
+    /// Data directory (database, server key, users' files); created on first start.
+    #[arg(long, default_value = "zserver-data")]
+    pub data: PathBuf,
+    /// Network back end.
+    #[arg(long, default_value = "tokio", value_parser = ["tokio", "async-std", "smol"])]
+    pub backend: String,
+    /// Most MiB of files one user may store.
+    #[arg(long, default_value_t = 1024)]
+    pub quota_mib: u64,
+    /// Refuse a second login of a user who is logged in (default: end the first session).
+    #[arg(long)]
+    pub refuse_second_login: bool,
+}
+
+/// Arguments of `zserver user`.
+#[derive(clap::Args, Debug)]
+pub struct UserArgs {
+    /// Data directory of the server.
+    #[arg(long, default_value = "zserver-data", global = true)]
+    pub data: PathBuf,
+    #[command(subcommand)]
+    pub action: UserAction,
+}
+
+/// What `zserver user` does.
+#[derive(clap::Subcommand, Debug)]
+pub enum UserAction {
+    /// Creates an account.
+    Add {
+        /// The user name.
+        name: String,
+        /// The password (or set ZSERVER_PASSWORD).
+        #[arg(long, env = "ZSERVER_PASSWORD", hide_env_values = true)]
+        password: String,
+    },
+    /// Deletes an account, its stored messages and its files.
+    Del {
+        /// The user name.
+        name: String,
+    },
+    /// Lists the accounts.
+    List,
+}
+
+/// Arguments of `zserver client`.
+#[derive(clap::Args, Debug)]
+pub struct ClientArgs {
+    /// The server's address.
+    #[arg(long, default_value = "127.0.0.1:7100")]
+    pub server: SocketAddr,
+    /// The user to act as.
+    #[arg(long)]
+    pub user: String,
+    /// The password (or set ZSERVER_PASSWORD).
+    #[arg(long, env = "ZSERVER_PASSWORD", hide_env_values = true)]
+    pub password: String,
+    /// Refuse a server whose key fingerprint (printed by `zserver serve`) is not this one.
+    #[arg(long)]
+    pub pin: Option<String>,
+    /// Network back end.
+    #[arg(long, default_value = "tokio", value_parser = ["tokio", "async-std", "smol"])]
+    pub backend: String,
+    #[command(subcommand)]
+    pub action: ClientAction,
+}
+
+/// What `zserver client` does (every action but `register` logs in first).
+#[derive(clap::Subcommand, Debug)]
+pub enum ClientAction {
+    /// Creates the account.
+    Register,
+    /// Logs in and prints the messages stored while offline.
+    Login,
+    /// Uploads a file.
+    Put {
+        /// The local file.
+        file: PathBuf,
+        /// Name on the server (default: the file's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Downloads a file (resuming a partial local copy with --resume).
+    Get {
+        /// Name on the server.
+        name: String,
+        /// Local path (default: the same name in the current directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue from the local file's length.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Lists the user's files.
+    Ls,
+    /// Deletes a file.
+    Rm {
+        /// Name on the server.
+        name: String,
+    },
+    /// Sends a message to a user (stored if they are offline).
+    Push {
+        /// The recipient.
+        to: String,
+        /// The text.
+        text: String,
+    },
+    /// Lists the users online.
+    Who,
+    /// Stays connected and prints messages as they arrive.
+    Listen,
+}
+
+pub fn serve(args: ServeArgs) -> Result<(), BoxError> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let transport = zserver::transport(&args.backend).ok_or("unknown back end")?;
+    let mut config = LoginConfig::new(&args.data);
+    config.quota_bytes = args.quota_mib << 20;
+    if args.refuse_second_login {
+        config.second_login = SecondLogin::Refuse;
+    }
+    let runtime = transport.runtime();
+    let server = run_on(&runtime, LoginServer::start(transport, args.listen, config))?;
+    println!(
+        "zserver listening on {} ({})",
+        server.local_addr(),
+        args.backend
+    );
+    println!("data directory: {}", args.data.display());
+    println!("server key fingerprint: {}", server.fingerprint());
+    let (tx, rx) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })?;
+    let _ = rx.recv();
+    eprintln!("shutting down");
+    let server = Arc::new(server);
+    run_on(&runtime, async move { server.shutdown().await });
+    Ok(())
+}
+
+pub fn user(args: UserArgs) -> Result<(), BoxError> {
+    let store = Store::open(&args.data)?;
+    match args.action {
+        UserAction::Add { name, password } => {
+            store.add_user(&name, &password)?;
+            println!("added `{name}`");
+        }
+        UserAction::Del { name } => {
+            store.delete_user(&name)?;
+            let _ = std::fs::remove_dir_all(args.data.join("files").join(&name));
+            println!("deleted `{name}`");
+        }
+        UserAction::List => {
+            for name in store.users()? {
+                println!("{name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn progress_bar(what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+fn track(bar: &ProgressBar) -> impl FnMut(u64, Option<u64>) + Send + 'static {
+    let bar = bar.clone();
+    move |done, total| {
+        if let Some(total) = total {
+            bar.set_length(total);
+        }
+        bar.set_position(done);
+    }
+}
+
+pub fn client(args: ClientArgs) -> Result<(), BoxError> {
+    let transport = zserver::transport(&args.backend).ok_or("unknown back end")?;
+    let runtime = transport.runtime();
+    run_on(
+        &runtime,
+        async move { client_action(transport, args).await },
+    )
+}
+
+async fn client_action(
+    transport: Arc<dyn zserver::Transport>,
+    args: ClientArgs,
+) -> Result<(), BoxError> {
+    let client = LoginClient::connect(transport, args.server, args.pin.as_deref()).await?;
+    if let ClientAction::Register = args.action {
+        client.register(&args.user, &args.password).await?;
+        println!("registered `{}`", args.user);
+        return Ok(());
+    }
+    let offline = client.login(&args.user, &args.password).await?;
+    for m in &offline {
+        println!("message from {}: {}", m.from, m.text);
+    }
+    match args.action {
+        ClientAction::Register => unreachable!("handled above"),
+        ClientAction::Login => println!("logged in as `{}`", args.user),
+        ClientAction::Put { file, name } => {
+            let name = match name {
+                Some(n) => n,
+                None => file
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or("the file has no usable name; pass --name")?
+                    .to_owned(),
+            };
+            let bar = progress_bar(&format!("put {name}"));
+            let n = client.put(&file, &name, track(&bar)).await;
+            bar.finish_and_clear();
+            println!("stored `{name}` ({} bytes)", n?);
+        }
+        ClientAction::Get { name, out, resume } => {
+            let out = out.unwrap_or_else(|| PathBuf::from(&name));
+            let bar = progress_bar(&format!("get {name}"));
+            let n = client.get(&name, &out, resume, track(&bar)).await;
+            bar.finish_and_clear();
+            println!("wrote {} bytes to {}", n?, out.display());
+        }
+        ClientAction::Ls => {
+            for f in client.ls().await? {
+                println!("{:>14}  {}", f.size, f.name);
+            }
+        }
+        ClientAction::Rm { name } => {
+            client.rm(&name).await?;
+            println!("removed `{name}`");
+        }
+        ClientAction::Push { to, text } => {
+            let report = client.push(&[&to], &text).await?;
+            if report.delivered.is_empty() {
+                println!("`{to}` is offline: stored for their next login");
+            } else {
+                println!("delivered to `{to}`");
+            }
+        }
+        ClientAction::Who => {
+            for user in client.who().await? {
+                println!("{user}");
+            }
+        }
+        ClientAction::Listen => {
+            while let Some(event) = client.next_event().await {
+                match event {
+                    Event::Message(m) => println!("message from {}: {}", m.from, m.text),
+                    Event::Kicked(why) => {
+                        println!("kicked: {why}");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! `zserver serve`, `zserver user` and `zserver client` as a user runs them, on each back
+//! end: a real server process on loopback with a temporary data directory.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_zserver");
+
+struct Served {
+    child: Child,
+    addr: String,
+    fingerprint: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(data: &Path, backend: &str) -> Served {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", &addr, "--backend", backend, "--data"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut fingerprint = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(fp) = line.strip_prefix("server key fingerprint: ") {
+            fingerprint = fp.to_owned();
+            break;
+        }
+    }
+    assert_eq!(fingerprint.len(), 64, "serve printed its fingerprint");
+    Served {
+        child,
+        addr,
+        fingerprint,
+    }
+}
+
+fn zserver(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn fails(out: Output, needle: &str) {
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(needle), "`{stderr}` lacks `{needle}`");
+}
+
+#[test]
+fn serve_user_and_client_commands_on_every_back_end() {
+    for backend in ["tokio", "async-std", "smol"] {
+        let dir =
+            std::env::temp_dir().join(format!("zserver-cli-{}-{backend}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let data = dir.join("data");
+        let data_arg = data.to_str().unwrap();
+        let served = serve(&data, backend);
+        let as_user = |user: &str, password: &str, rest: &[&str]| {
+            let mut args = vec![
+                "client",
+                "--server",
+                &served.addr,
+                "--pin",
+                &served.fingerprint,
+                "--backend",
+                backend,
+                "--user",
+                user,
+                "--password",
+                password,
+            ];
+            args.extend_from_slice(rest);
+            zserver(&args)
+        };
+
+        ok(zserver(&[
+            "user",
+            "add",
+            "ann",
+            "--password",
+            "ann-pw",
+            "--data",
+            data_arg,
+        ]));
+        ok(as_user("bob", "bob-pw", &["register"]));
+        assert_eq!(
+            ok(zserver(&["user", "list", "--data", data_arg])),
+            "ann\nbob\n"
+        );
+        fails(as_user("bob", "x", &["register"]), "already exists");
+        fails(
+            as_user("ann", "wrong", &["ls"]),
+            "wrong user name or password",
+        );
+
+        let file = dir.join("report.bin");
+        std::fs::write(&file, vec![7u8; 300_000]).unwrap();
+        ok(as_user("ann", "ann-pw", &["put", file.to_str().unwrap()]));
+        assert!(ok(as_user("ann", "ann-pw", &["ls"])).contains("report.bin"));
+        let copy = dir.join("copy.bin");
+        ok(as_user(
+            "ann",
+            "ann-pw",
+            &["get", "report.bin", "--out", copy.to_str().unwrap()],
+        ));
+        assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&file).unwrap());
+        fails(
+            as_user("ann", "ann-pw", &["get", "../data/zserver.db"]),
+            "bad file name",
+        );
+
+        assert!(ok(as_user("ann", "ann-pw", &["push", "bob", "see you"])).contains("stored"));
+        assert!(ok(as_user("bob", "bob-pw", &["login"])).contains("message from ann: see you"));
+        ok(as_user("ann", "ann-pw", &["rm", "report.bin"]));
+        assert!(!ok(as_user("ann", "ann-pw", &["ls"])).contains("report.bin"));
+        fails(
+            zserver(&[
+                "client",
+                "--server",
+                &served.addr,
+                "--pin",
+                &"00".repeat(32),
+                "--user",
+                "ann",
+                "--password",
+                "ann-pw",
+                "ls",
+            ]),
+            "key mismatch",
+        );
+        drop(served);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["user", "--help"],
+        &["client", "--help"],
+        &["bench", "--help"],
+    ] {
+        assert!(ok(zserver(args)).contains("Usage"), "{args:?}");
+    }
+}

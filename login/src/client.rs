@@ -1,0 +1,177 @@
+//! A client of the login server: typed methods for every command, and the server's pushed
+//! events on a channel.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use zserver::{Client, ClientBuilder, Error, Outgoing, Router, Transport};
+
+use crate::protocol::{
+    Credentials, Event, FileInfo, Incoming, NewPassword, Push, PushReport, Recipients, Welcome,
+};
+
+/// One connection to a login server.
+pub struct LoginClient {
+    client: Client,
+    events: async_channel::Receiver<Event>,
+}
+
+impl LoginClient {
+    /// Connects on `transport`; with `pin`, refuses a server whose key fingerprint differs.
+    pub async fn connect(
+        transport: Arc<dyn Transport>,
+        addr: SocketAddr,
+        pin: Option<&str>,
+    ) -> Result<Self, Error> {
+        let (tx, events) = async_channel::unbounded();
+        let kicked = tx.clone();
+        let router = Router::new()
+            .typed("message", move |_ctx, m: Incoming| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(Event::Message(m)).await;
+                    Ok::<_, Error>(())
+                }
+            })
+            .typed("kicked", move |_ctx, why: String| {
+                let tx = kicked.clone();
+                async move {
+                    let _ = tx.send(Event::Kicked(why)).await;
+                    Ok::<_, Error>(())
+                }
+            });
+        let mut builder = ClientBuilder::new(transport).router(router);
+        if let Some(pin) = pin {
+            builder = builder.pin_server_fingerprint(pin)?;
+        }
+        let client = builder.connect(addr).await?;
+        Ok(Self { client, events })
+    }
+
+    /// The next event the server pushed (a message, or being kicked); `None` once the
+    /// connection has closed and every event was taken.
+    pub async fn next_event(&self) -> Option<Event> {
+        self.events.recv().await.ok()
+    }
+
+    /// Events already received, without waiting.
+    pub fn try_event(&self) -> Option<Event> {
+        self.events.try_recv().ok()
+    }
+
+    /// The underlying zserver client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Creates an account.
+    pub async fn register(&self, user: &str, password: &str) -> Result<(), Error> {
+        self.client.call("register", &creds(user, password)).await
+    }
+
+    /// Logs in; returns the messages stored while the user was offline, oldest first.
+    pub async fn login(&self, user: &str, password: &str) -> Result<Vec<Incoming>, Error> {
+        let welcome: Welcome = self.client.call("login", &creds(user, password)).await?;
+        Ok(welcome.offline)
+    }
+
+    /// Ends the session (the connection stays open).
+    pub async fn logout(&self) -> Result<(), Error> {
+        self.client.call("logout", &()).await
+    }
+
+    /// Changes the password.
+    pub async fn change_password(&self, old: &str, new: &str) -> Result<(), Error> {
+        let p = NewPassword {
+            old: old.into(),
+            new: new.into(),
+        };
+        self.client.call("passwd", &p).await
+    }
+
+    /// Deletes the account with its messages and files.
+    pub async fn delete_account(&self, password: &str) -> Result<(), Error> {
+        self.client.call("delete", password).await
+    }
+
+    /// Users online now.
+    pub async fn who(&self) -> Result<Vec<String>, Error> {
+        self.client.call("who", &()).await
+    }
+
+    /// Sends `text` to `users` (stored for those offline).
+    pub async fn push(&self, users: &[&str], text: &str) -> Result<PushReport, Error> {
+        let to = Recipients::Users(users.iter().map(|u| u.to_string()).collect());
+        self.client.call("push", &push(to, text)).await
+    }
+
+    /// Sends `text` to everyone online.
+    pub async fn push_all(&self, text: &str) -> Result<PushReport, Error> {
+        self.client
+            .call("push", &push(Recipients::Everyone, text))
+            .await
+    }
+
+    /// Uploads the local file `path` as `name`; `progress(done, total)` follows it.
+    pub async fn put(
+        &self,
+        path: &Path,
+        name: &str,
+        progress: impl FnMut(u64, Option<u64>) + Send + 'static,
+    ) -> Result<u64, Error> {
+        let body = Outgoing::file(path, 0).await?.on_progress(progress);
+        let reply = self.client.upload("put", name, body).await?;
+        let n: [u8; 8] = reply[..]
+            .try_into()
+            .map_err(|_| Error::Codec("bad put reply".into()))?;
+        Ok(u64::from_le_bytes(n))
+    }
+
+    /// Downloads `name` into the local file `path`, resuming from its length if `resume`;
+    /// `progress(done, total)` follows this call's part. Returns the bytes written now.
+    pub async fn get(
+        &self,
+        name: &str,
+        path: &Path,
+        resume: bool,
+        progress: impl FnMut(u64, Option<u64>) + Send + 'static,
+    ) -> Result<u64, Error> {
+        let offset = match resume {
+            true => std::fs::metadata(path).map_or(0, |m| m.len()),
+            false => 0,
+        };
+        let mut incoming = self.client.download("get", name, offset).await?;
+        incoming.on_progress(progress);
+        incoming.save(path, resume).await
+    }
+
+    /// The user's files.
+    pub async fn ls(&self) -> Result<Vec<FileInfo>, Error> {
+        self.client.call("ls", &()).await
+    }
+
+    /// One file's size.
+    pub async fn stat(&self, name: &str) -> Result<FileInfo, Error> {
+        self.client.call("stat", name).await
+    }
+
+    /// Deletes a file.
+    pub async fn rm(&self, name: &str) -> Result<(), Error> {
+        self.client.call("rm", name).await
+    }
+}
+
+fn creds(user: &str, password: &str) -> Credentials {
+    Credentials {
+        user: user.into(),
+        password: password.into(),
+    }
+}
+
+fn push(to: Recipients, text: &str) -> Push {
+    Push {
+        to,
+        text: text.into(),
+    }
+}

@@ -1,0 +1,27 @@
+//! ZServer4D's login server ("double tunnel") on one encrypted zserver connection that
+//! carries calls both ways: accounts in an embedded SQLite store (argon2 password hashes),
+//! sessions bound to connections, a per-user file store with quotas, push to one user, a
+//! list or everyone online, durable offline messages, and rate-limited logins.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), zserver::Error> {
+//! use zserver_login::{LoginClient, LoginConfig, LoginServer};
+//! let transport = zserver::default_transport();
+//! let server = LoginServer::start(transport.clone(), "127.0.0.1:7100".parse().unwrap(),
+//!     LoginConfig::new("zserver-data")).await?;
+//! let client = LoginClient::connect(transport, server.local_addr(), Some(&server.fingerprint())).await?;
+//! client.register("ann", "secret").await?;
+//! let offline = client.login("ann", "secret").await?;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod protocol;
+pub mod server;
+pub mod store;
+
+pub use client::LoginClient;
+pub use protocol::Event;
+pub use server::{check_file_name, LoginConfig, LoginServer, SecondLogin};
+pub use store::{Store, StoreError};

@@ -1,0 +1,101 @@
+//! The login server's commands and the values they carry (postcard on the wire), shared by
+//! [`LoginServer`](crate::LoginServer) and [`LoginClient`](crate::LoginClient).
+//!
+//! | command | kind | in | out |
+//! | --- | --- | --- | --- |
+//! | `register` | typed | [`Credentials`] | `()` |
+//! | `login` | typed | [`Credentials`] | [`Welcome`] (offline messages, oldest first) |
+//! | `logout` | typed | `()` | `()` |
+//! | `passwd` | typed | [`NewPassword`] | `()` |
+//! | `delete` | typed | password `String` | `()` (account, messages and files) |
+//! | `who` | typed | `()` | online user names |
+//! | `push` | typed | [`Push`] | [`PushReport`] |
+//! | `put` | upload | meta: file name | size stored (u64 LE) |
+//! | `get` | download | meta: file name, offset | the file |
+//! | `ls` | typed | `()` | [`FileInfo`]s |
+//! | `stat` | typed | file name | [`FileInfo`] |
+//! | `rm` | typed | file name | `()` |
+//!
+//! The server pushes two one-way events to a client: `message` ([`Event::Message`] as
+//! [`Incoming`]) and `kicked` (a reason string).
+
+use serde::{Deserialize, Serialize};
+
+/// A user name and password.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credentials {
+    /// The user name.
+    pub user: String,
+    /// The password.
+    pub password: String,
+}
+
+/// What a successful login returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// Messages sent while the user was offline, oldest first.
+    pub offline: Vec<Incoming>,
+}
+
+/// A message as its recipient sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incoming {
+    /// Who sent it.
+    pub from: String,
+    /// The text.
+    pub text: String,
+}
+
+/// A password change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewPassword {
+    /// The current password.
+    pub old: String,
+    /// The new one.
+    pub new: String,
+}
+
+/// Whom a push goes to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Recipients {
+    /// These users (stored for those offline).
+    Users(Vec<String>),
+    /// Everyone online now.
+    Everyone,
+}
+
+/// A message to push.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Push {
+    /// Whom to.
+    pub to: Recipients,
+    /// The text.
+    pub text: String,
+}
+
+/// What became of a push.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushReport {
+    /// Users it was delivered to now.
+    pub delivered: Vec<String>,
+    /// Users it was stored for, to be delivered at their next login.
+    pub stored: Vec<String>,
+}
+
+/// One file of the user's store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// Its name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// What the server pushes to a logged-in client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A message from another user.
+    Message(Incoming),
+    /// This session was ended by the server (e.g. the user logged in elsewhere).
+    Kicked(String),
+}

@@ -1,0 +1,517 @@
+//! The login server: accounts in the embedded [`Store`], sessions bound to connections,
+//! per-user files under the data directory, push and offline messages, rate-limited logins.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use zserver::{
+    Connection, Context, DownloadRequest, Error, Incoming as Upload, Outgoing, Router, Server,
+    ServerBuilder, Transport,
+};
+
+use crate::protocol::{
+    Credentials, FileInfo, Incoming, NewPassword, Push, PushReport, Recipients, Welcome,
+};
+use crate::store::{check_name, Store, StoreError};
+
+/// What to do when a user who is logged in logs in again on another connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecondLogin {
+    /// End the old session (its client gets a `kicked` event) and accept the new one.
+    KickOld,
+    /// Refuse the new login while the old session lasts.
+    Refuse,
+}
+
+/// How the login server behaves.
+#[derive(Debug, Clone)]
+pub struct LoginConfig {
+    /// Where the database, the server key and the users' files live; created on first start.
+    pub data_dir: PathBuf,
+    /// Most bytes of files one user may store.
+    pub quota_bytes: u64,
+    /// A second login of the same user.
+    pub second_login: SecondLogin,
+    /// Failed logins allowed per address and per account within [`Self::attempt_window`].
+    pub max_failed_logins: usize,
+    /// The window failed logins are counted over.
+    pub attempt_window: Duration,
+}
+
+impl LoginConfig {
+    /// Defaults with data under `data_dir`: 1 GiB per user, a second login kicks the first,
+    /// 5 failed logins per minute per address and per account.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            quota_bytes: 1 << 30,
+            second_login: SecondLogin::KickOld,
+            max_failed_logins: 5,
+            attempt_window: Duration::from_secs(60),
+        }
+    }
+}
+
+struct Sessions {
+    /// Logged-in user → their connection.
+    by_user: HashMap<String, Connection>,
+    /// Connection id → its user.
+    by_conn: HashMap<u64, String>,
+}
+
+impl Sessions {
+    /// Forgets sessions whose connection has closed.
+    fn prune(&mut self) {
+        self.by_user.retain(|_, c| !c.is_closed());
+        let live = &self.by_user;
+        self.by_conn.retain(|_, u| live.contains_key(u));
+    }
+}
+
+/// Failed-login counters over a sliding window.
+#[derive(Default)]
+struct Limiter {
+    failures: HashMap<String, VecDeque<Instant>>,
+}
+
+impl Limiter {
+    fn blocked(&mut self, key: &str, now: Instant, window: Duration, max: usize) -> bool {
+        let Some(q) = self.failures.get_mut(key) else {
+            return false;
+        };
+        while q.front().is_some_and(|t| now.duration_since(*t) > window) {
+            q.pop_front();
+        }
+        q.len() >= max
+    }
+
+    fn fail(&mut self, key: String, now: Instant) {
+        self.failures.entry(key).or_default().push_back(now);
+    }
+}
+
+struct State {
+    store: Arc<Store>,
+    files: PathBuf,
+    config: LoginConfig,
+    sessions: Mutex<Sessions>,
+    limiter: Mutex<Limiter>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn store_err(e: StoreError) -> Error {
+    Error::msg(e.to_string())
+}
+
+/// Runs a blocking store operation off the runtime's threads.
+async fn db<T: Send + 'static>(
+    state: &Arc<State>,
+    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Error> {
+    let store = state.store.clone();
+    blocking::unblock(move || f(&store))
+        .await
+        .map_err(store_err)
+}
+
+impl State {
+    /// The user logged in on this connection.
+    fn user(&self, ctx: &Context) -> Result<String, Error> {
+        lock(&self.sessions)
+            .by_conn
+            .get(&ctx.connection_id())
+            .cloned()
+            .ok_or_else(|| Error::msg("not logged in: log in first"))
+    }
+
+    /// The user's file directory, created if needed.
+    fn user_dir(&self, user: &str) -> Result<PathBuf, Error> {
+        let dir = self.files.join(user);
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    /// The path of `name` in `user`'s directory; refuses names that could leave it and
+    /// existing symbolic links.
+    fn file_path(&self, user: &str, name: &str) -> Result<PathBuf, Error> {
+        check_file_name(name)?;
+        let path = self.user_dir(user)?.join(name);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(Error::BadRequest(format!("`{name}` is a symbolic link")));
+        }
+        Ok(path)
+    }
+
+    fn list(&self, user: &str) -> Result<Vec<FileInfo>, Error> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(self.user_dir(user)?)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let meta = entry.metadata()?;
+            if meta.is_file() && check_file_name(&name).is_ok() {
+                files.push(FileInfo {
+                    name,
+                    size: meta.len(),
+                });
+            }
+        }
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(files)
+    }
+
+    fn usage(&self, user: &str) -> Result<u64, Error> {
+        Ok(self.list(user)?.iter().map(|f| f.size).sum())
+    }
+
+    /// Delivers `text` from `from` to `to` if online; otherwise stores it.
+    async fn deliver(self: &Arc<Self>, from: &str, to: &str, text: &str) -> Result<bool, Error> {
+        let conn = {
+            let mut sessions = lock(&self.sessions);
+            sessions.prune();
+            sessions.by_user.get(to).cloned()
+        };
+        let message = Incoming {
+            from: from.to_owned(),
+            text: text.to_owned(),
+        };
+        if let Some(conn) = conn {
+            if conn.send("message", &message).await.is_ok() {
+                return Ok(true);
+            }
+        }
+        let (to, from, text) = (to.to_owned(), from.to_owned(), text.to_owned());
+        db(self, move |s| s.queue_message(&to, &from, &text)).await?;
+        Ok(false)
+    }
+}
+
+/// A file name a user may use: 1 to 255 bytes, no path separators, NUL or leading dot
+/// (which also rules out `.` and `..`).
+pub fn check_file_name(name: &str) -> Result<(), Error> {
+    let bad = name.is_empty()
+        || name.len() > 255
+        || name.starts_with('.')
+        || name.contains(['/', '\\', '\0'])
+        || Path::new(name).is_absolute();
+    if bad {
+        return Err(Error::BadRequest(format!(
+            "bad file name `{name}`: 1 to 255 bytes, no `/`, `\\` or NUL, not starting with `.`"
+        )));
+    }
+    Ok(())
+}
+
+/// A running login server.
+pub struct LoginServer {
+    server: Server,
+    state: Arc<State>,
+}
+
+impl LoginServer {
+    /// Opens the store under `config.data_dir` (creating it), loads or creates the server
+    /// key (`server.key` there), and listens on `addr`.
+    pub async fn start(
+        transport: Arc<dyn Transport>,
+        addr: SocketAddr,
+        config: LoginConfig,
+    ) -> Result<Self, Error> {
+        let dir = config.data_dir.clone();
+        let store = blocking::unblock(move || Store::open(&dir))
+            .await
+            .map_err(store_err)?;
+        let files = config.data_dir.join("files");
+        std::fs::create_dir_all(&files)?;
+        let state = Arc::new(State {
+            store: Arc::new(store),
+            files,
+            sessions: Mutex::new(Sessions {
+                by_user: HashMap::new(),
+                by_conn: HashMap::new(),
+            }),
+            limiter: Mutex::new(Limiter::default()),
+            config: config.clone(),
+        });
+        let server = ServerBuilder::new(transport)
+            .key_file(config.data_dir.join("server.key"))?
+            .router(router(state.clone()))
+            .bind(addr)
+            .await?;
+        Ok(Self { server, state })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// The server key's fingerprint, for clients to pin.
+    pub fn fingerprint(&self) -> String {
+        self.server.fingerprint()
+    }
+
+    /// Users logged in now, sorted.
+    pub fn online(&self) -> Vec<String> {
+        let mut sessions = lock(&self.state.sessions);
+        sessions.prune();
+        let mut users: Vec<String> = sessions.by_user.keys().cloned().collect();
+        users.sort();
+        users
+    }
+
+    /// Stops gracefully.
+    pub async fn shutdown(&self) {
+        self.server.shutdown().await
+    }
+}
+
+fn router(state: Arc<State>) -> Router {
+    let s = state.clone();
+    let router = Router::new().typed("register", move |_ctx, c: Credentials| {
+        let s = s.clone();
+        async move { db(&s, move |st| st.add_user(&c.user, &c.password)).await }
+    });
+    let s = state.clone();
+    let router = router.typed("login", move |ctx, c: Credentials| {
+        let s = s.clone();
+        async move { login(&s, &ctx, c).await }
+    });
+    let s = state.clone();
+    let router = router.typed("logout", move |ctx, (): ()| {
+        let s = s.clone();
+        async move {
+            let user = s.user(&ctx)?;
+            let mut sessions = lock(&s.sessions);
+            sessions.by_conn.remove(&ctx.connection_id());
+            sessions.by_user.remove(&user);
+            Ok::<_, Error>(())
+        }
+    });
+    let s = state.clone();
+    let router = router.typed("passwd", move |ctx, p: NewPassword| {
+        let s = s.clone();
+        async move {
+            let user = s.user(&ctx)?;
+            db(&s, move |st| st.change_password(&user, &p.old, &p.new)).await
+        }
+    });
+    let s = state.clone();
+    let router = router.typed("delete", move |ctx, password: String| {
+        let s = s.clone();
+        async move {
+            let user = s.user(&ctx)?;
+            let name = user.clone();
+            db(&s, move |st| {
+                st.verify(&name, &password)?;
+                st.delete_user(&name)
+            })
+            .await?;
+            let _ = std::fs::remove_dir_all(s.files.join(&user));
+            let mut sessions = lock(&s.sessions);
+            sessions.by_conn.remove(&ctx.connection_id());
+            sessions.by_user.remove(&user);
+            Ok::<_, Error>(())
+        }
+    });
+    let s = state.clone();
+    let router = router.typed("who", move |ctx, (): ()| {
+        let s = s.clone();
+        async move {
+            s.user(&ctx)?;
+            let mut sessions = lock(&s.sessions);
+            sessions.prune();
+            let mut users: Vec<String> = sessions.by_user.keys().cloned().collect();
+            users.sort();
+            Ok::<_, Error>(users)
+        }
+    });
+    let s = state.clone();
+    let router = router.typed("push", move |ctx, push: Push| {
+        let s = s.clone();
+        async move {
+            let from = s.user(&ctx)?;
+            let to = match push.to {
+                Recipients::Users(users) => users,
+                Recipients::Everyone => {
+                    let mut sessions = lock(&s.sessions);
+                    sessions.prune();
+                    let mut online: Vec<String> = sessions.by_user.keys().cloned().collect();
+                    online.sort();
+                    online
+                }
+            };
+            let mut report = PushReport::default();
+            for user in to {
+                check_name(&user).map_err(store_err)?;
+                match s.deliver(&from, &user, &push.text).await? {
+                    true => report.delivered.push(user),
+                    false => report.stored.push(user),
+                }
+            }
+            Ok::<_, Error>(report)
+        }
+    });
+    let s = state.clone();
+    let router = router.upload("put", move |ctx, body| {
+        let s = s.clone();
+        async move { put(&s, &ctx, body).await }
+    });
+    let s = state.clone();
+    let router = router.download("get", move |ctx, req: DownloadRequest| {
+        let s = s.clone();
+        async move {
+            let user = s.user(&ctx)?;
+            let path = s.file_path(&user, req.meta_str()?)?;
+            Outgoing::file(path, req.offset).await
+        }
+    });
+    let s = state.clone();
+    let router = router.typed("ls", move |ctx, (): ()| {
+        let s = s.clone();
+        async move { s.list(&s.user(&ctx)?) }
+    });
+    let s = state.clone();
+    let router = router.typed("stat", move |ctx, name: String| {
+        let s = s.clone();
+        async move {
+            let path = s.file_path(&s.user(&ctx)?, &name)?;
+            let meta =
+                std::fs::metadata(&path).map_err(|_| Error::msg(format!("no file `{name}`")))?;
+            Ok::<_, Error>(FileInfo {
+                name,
+                size: meta.len(),
+            })
+        }
+    });
+    let s = state;
+    router.typed("rm", move |ctx, name: String| {
+        let s = s.clone();
+        async move {
+            let path = s.file_path(&s.user(&ctx)?, &name)?;
+            std::fs::remove_file(&path).map_err(|_| Error::msg(format!("no file `{name}`")))
+        }
+    })
+}
+
+async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welcome, Error> {
+    let config = &state.config;
+    let addr_key = format!("addr:{}", ip_of(ctx.peer_addr()));
+    let user_key = format!("user:{}", c.user);
+    let now = Instant::now();
+    {
+        let mut limiter = lock(&state.limiter);
+        let (window, max) = (config.attempt_window, config.max_failed_logins);
+        if limiter.blocked(&addr_key, now, window, max)
+            || limiter.blocked(&user_key, now, window, max)
+        {
+            return Err(Error::msg(format!(
+                "too many failed logins; try again in {} s",
+                window.as_secs()
+            )));
+        }
+    }
+    let (user, password) = (c.user.clone(), c.password);
+    if let Err(e) = db(state, move |s| s.verify(&user, &password)).await {
+        let mut limiter = lock(&state.limiter);
+        limiter.fail(addr_key, now);
+        limiter.fail(user_key, now);
+        return Err(e);
+    }
+    let old = {
+        let mut sessions = lock(&state.sessions);
+        sessions.prune();
+        if let Some(old) = sessions.by_user.get(&c.user) {
+            if old.id() != ctx.connection_id() && config.second_login == SecondLogin::Refuse {
+                return Err(Error::msg(format!("`{}` is already logged in", c.user)));
+            }
+        }
+        if let Some(previous) = sessions.by_conn.remove(&ctx.connection_id()) {
+            sessions.by_user.remove(&previous);
+        }
+        sessions.by_conn.insert(ctx.connection_id(), c.user.clone());
+        let old = sessions
+            .by_user
+            .insert(c.user.clone(), ctx.connection().clone());
+        old.filter(|o| o.id() != ctx.connection_id())
+    };
+    if let Some(old) = old {
+        lock(&state.sessions).by_conn.remove(&old.id());
+        let _ = old
+            .send("kicked", "logged in from another connection")
+            .await;
+        // The event goes out first, then the old connection closes.
+        old.begin_close();
+    }
+    let user = c.user.clone();
+    let offline = db(state, move |s| s.take_messages(&user)).await?;
+    Ok(Welcome {
+        offline: offline
+            .into_iter()
+            .map(|m| Incoming {
+                from: m.from,
+                text: m.text,
+            })
+            .collect(),
+    })
+}
+
+fn ip_of(addr: SocketAddr) -> IpAddr {
+    addr.ip()
+}
+
+/// Stores an upload as `name`: written to a hidden temporary file, renamed into place once
+/// complete and verified, refused up front if the announced size would pass the quota.
+async fn put(state: &Arc<State>, ctx: &Context, mut body: Upload) -> Result<Vec<u8>, Error> {
+    let user = state.user(ctx)?;
+    let name = std::str::from_utf8(body.meta())
+        .map_err(|_| Error::BadRequest("file name is not UTF-8".into()))?
+        .to_owned();
+    let path = state.file_path(&user, &name)?;
+    let existing = std::fs::metadata(&path).map_or(0, |m| m.len());
+    let room = state
+        .config
+        .quota_bytes
+        .saturating_sub(state.usage(&user)? - existing);
+    if body.total().is_some_and(|t| t > room) {
+        return Err(Error::msg(format!(
+            "quota exceeded: {} bytes free, the file has {}",
+            room,
+            body.total().unwrap_or(0)
+        )));
+    }
+    let temp =
+        state
+            .user_dir(&user)?
+            .join(format!(".upload-{}-{}", ctx.connection_id(), next_upload()));
+    let result = async {
+        let file = Arc::new(std::fs::File::create(&temp)?);
+        let mut written = 0u64;
+        while let Some(chunk) = body.chunk().await? {
+            written += chunk.len() as u64;
+            if written > room {
+                return Err(Error::msg(format!("quota exceeded: {room} bytes free")));
+            }
+            let f = file.clone();
+            blocking::unblock(move || std::io::Write::write_all(&mut &*f, &chunk)).await?;
+        }
+        let f = file.clone();
+        blocking::unblock(move || f.sync_all()).await?;
+        std::fs::rename(&temp, &path)?;
+        Ok(written)
+    }
+    .await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    Ok(result?.to_le_bytes().to_vec())
+}
+
+fn next_upload() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
