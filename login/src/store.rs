@@ -250,22 +250,22 @@ impl Store {
 
     /// Ok if the password matches; WrongPassword for a wrong password or an unknown user.
     pub fn verify(&self, name: &str, password: &str) -> Result<(), StoreError> {
-        let stored = if check_name(name).is_ok() {
-            self.stored_hash(name)?
-        } else {
-            None
-        };
+        let stored = self.hash_if_valid(name)?;
         verify_hash(stored.as_deref(), password)
+    }
+
+    /// The stored hash of `name`; `None` for an unknown user or a malformed name.
+    fn hash_if_valid(&self, name: &str) -> Result<Option<String>, StoreError> {
+        match check_name(name) {
+            Ok(()) => self.stored_hash(name),
+            Err(_) => Ok(None),
+        }
     }
 
     /// Checks `old` first (WrongPassword), then stores the hash of `new` (BadPassword if `new`
     /// breaks the length rule).
     pub fn change_password(&self, name: &str, old: &str, new: &str) -> Result<(), StoreError> {
-        let stored = if check_name(name).is_ok() {
-            self.stored_hash(name)?
-        } else {
-            None
-        };
+        let stored = self.hash_if_valid(name)?;
         verify_hash(stored.as_deref(), old)?;
         let Some(old_hash) = stored else {
             return Err(StoreError::WrongPassword);
