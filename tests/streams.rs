@@ -562,3 +562,54 @@ fn flip_one_byte(target: SocketAddr, offset: usize) -> SocketAddr {
     });
     addr
 }
+
+/// A peer may hold only `max_streams` streams open on a connection; past that a stream call
+/// is refused with a clear error, and the connection carries on.
+#[test]
+fn streams_past_the_limit_are_refused() {
+    zserver::block_on(async {
+        let (release_tx, release_rx) = async_channel::bounded::<()>(8);
+        let router = Router::new()
+            .upload("hold", move |_ctx, body| {
+                let release = release_rx.clone();
+                async move {
+                    let _ = release.recv().await;
+                    Ok(hash_of(body).await?.to_vec())
+                }
+            })
+            .stream("echo", |_ctx, b| async move { Ok(b) });
+        let mut config = Config::default();
+        config.max_streams = 2;
+        let server = zserver::server()
+            .router(router)
+            .config(config)
+            .bind("127.0.0.1:0")
+            .await?;
+        let client = zserver::client().connect(server.local_addr()).await?;
+        let upload = |seed| {
+            let body = Outgoing::reader(Probe::default().reader(MIB, seed), Some(MIB));
+            client.upload("hold", b"", body)
+        };
+        let held = futures_lite::future::zip(upload(1), upload(2));
+        let third = async {
+            zserver::sleep(Duration::from_millis(200)).await;
+            let refused = upload(3).await;
+            assert!(
+                matches!(&refused, Err(Error::BadRequest(m)) if m.contains("too many streams")),
+                "{refused:?}"
+            );
+            assert_eq!(
+                &client.call_bytes("echo", b"alive").await.unwrap()[..],
+                b"alive"
+            );
+            release_tx.send(()).await.unwrap();
+            release_tx.send(()).await.unwrap();
+        };
+        let ((a, b), ()) = futures_lite::future::zip(held, third).await;
+        assert_eq!(a?.len(), 32);
+        assert_eq!(b?.len(), 32);
+        server.shutdown().await;
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+}

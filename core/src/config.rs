@@ -39,7 +39,9 @@ pub struct Config {
     /// (the flow-control window; at least [`INITIAL_WINDOW`](crate::stream::INITIAL_WINDOW)).
     pub stream_window: usize,
     /// Streams the peer may have open on one connection at once (uploads it sends plus
-    /// downloads it asks for); a stream call past this is refused with an error.
+    /// downloads it asks for); a stream call past this is refused with an error. An upload
+    /// nobody reads costs its receiver the initial window (256 KiB) until read, so this
+    /// also bounds that memory per connection (32 × 256 KiB = 8 MiB by default).
     pub max_streams: usize,
     /// How long a new connection may take to send its preamble before it is dropped.
     pub handshake_timeout: Duration,
@@ -56,7 +58,7 @@ impl Default for Config {
             max_handlers_in_flight: 1024,
             sequential: false,
             stream_window: 1024 * 1024,
-            max_streams: 256,
+            max_streams: 32,
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
         }

@@ -720,7 +720,7 @@ impl Incoming {
         state: Arc<Mutex<Inbound>>,
         head: StreamHead<'_>,
     ) -> Self {
-        let incoming = Self {
+        Self {
             conn,
             key,
             state,
@@ -730,9 +730,7 @@ impl Incoming {
             hasher: blake3::Hasher::new(),
             current: Bytes::new(),
             finished: false,
-        };
-        incoming.grant_credit();
-        incoming
+        }
     }
 
     /// The sender's application data about the stream.
@@ -1034,7 +1032,8 @@ mod tests {
     fn credit_follows_consumption_and_bounds_the_buffer() {
         let window = 4 * INITIAL_WINDOW;
         let mut s = Inbound::new(window);
-        // At the start the receiver tops the initial credit up to its window.
+        // Credit past the initial window is granted once the consumer starts taking data
+        // (an unread stream costs only the initial window); here, up to its window at once.
         assert_eq!(s.take_credit(), Some(window - INITIAL_WINDOW));
         assert_eq!(s.take_credit(), None);
         let chunk = Bytes::from(vec![7; CHUNK]);
