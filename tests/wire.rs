@@ -206,3 +206,75 @@ fn a_panicking_handler_fails_only_its_call() {
     })
     .unwrap();
 }
+
+fn heartbeat_config(beat_ms: u64, idle_ms: u64) -> zserver::Config {
+    let mut config = zserver::Config::plain_trusted_link();
+    config.heartbeat = Some(Duration::from_millis(beat_ms));
+    config.idle_timeout = Duration::from_millis(idle_ms);
+    config
+}
+
+/// A peer that goes silent is probed with a `Ping` after one heartbeat, and disconnected
+/// once the idle time-out passes without a word from it (DataSnap's idle disconnect).
+#[test]
+fn a_silent_peer_is_pinged_then_disconnected() {
+    let server = zserver::block_on(
+        zserver::server()
+            .config(heartbeat_config(50, 300))
+            .bind("127.0.0.1:0"),
+    )
+    .unwrap();
+    let mut sock = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    sock.write_all(b"ZSRV\x01\x00\x00\x00").unwrap();
+    let start = std::time::Instant::now();
+    let mut received = Vec::new();
+    sock.read_to_end(&mut received).unwrap();
+    let elapsed = start.elapsed();
+    assert!(
+        received.starts_with(b"ZSRV\x01\x00\x00\x00"),
+        "{received:02x?}"
+    );
+    let ping = [4, 0, 0, 0, 4, 0, 0, 0];
+    assert!(
+        received[8..].windows(8).any(|w| w == ping),
+        "a Ping frame before the close: {received:02x?}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(5),
+        "closed after {elapsed:?}"
+    );
+    zserver::block_on(server.shutdown());
+}
+
+/// Two live peers with nothing to say keep each other alive with heartbeats, well past
+/// the idle time-out.
+#[test]
+fn heartbeats_keep_a_quiet_connection_open() {
+    zserver::block_on(async {
+        let router = Router::new().stream("echo", |_ctx, b| async move { Ok(b) });
+        let server = zserver::server()
+            .router(router)
+            .config(heartbeat_config(40, 200))
+            .bind("127.0.0.1:0")
+            .await?;
+        let client = zserver::client()
+            .config(heartbeat_config(40, 200))
+            .connect(server.local_addr())
+            .await?;
+        zserver::sleep(Duration::from_millis(1000)).await;
+        assert!(
+            !client.is_closed(),
+            "the connection outlived five idle time-outs"
+        );
+        assert_eq!(
+            &client.call_bytes("echo", b"still here").await?[..],
+            b"still here"
+        );
+        assert!(client.stats().frames_in >= 5, "heartbeat pongs arrived");
+        server.shutdown().await;
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+}

@@ -43,6 +43,12 @@ pub struct Config {
     /// nobody reads costs its receiver the initial window (256 KiB) until read, so this
     /// also bounds that memory per connection (32 × 256 KiB = 8 MiB by default).
     pub max_streams: usize,
+    /// After this long without hearing from the peer, send it a `Ping` (its `Pong` proves
+    /// it alive). `None` turns heartbeats and the idle time-out off.
+    pub heartbeat: Option<Duration>,
+    /// Close a connection that has heard nothing from its peer (not even a `Pong` to a
+    /// heartbeat) for this long (DataSnap's idle disconnect), with [`Error::IdleTimeout`](crate::Error::IdleTimeout).
+    pub idle_timeout: Duration,
     /// How long a new connection may take to send its preamble before it is dropped.
     pub handshake_timeout: Duration,
     /// How long [`Server::shutdown`](crate::Server::shutdown) waits for calls in flight.
@@ -58,6 +64,8 @@ impl Default for Config {
             max_handlers_in_flight: 1024,
             sequential: false,
             stream_window: 1024 * 1024,
+            heartbeat: Some(Duration::from_secs(30)),
+            idle_timeout: Duration::from_secs(90),
             max_streams: 32,
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),

@@ -57,6 +57,12 @@ const KEEP_WRITE_CAPACITY: usize = 64 * 1024;
 /// Handler futures queued for a sequential connection before the reader waits.
 const SEQUENTIAL_QUEUE: usize = 256;
 
+/// The reader's heartbeat state: the armed timer, and when the peer was last heard.
+struct Watch {
+    timer: Option<BoxFuture<'static, ()>>,
+    heard_at: Instant,
+}
+
 /// Called once when a connection ends, before anyone waiting on [`Connection::closed`]
 /// is woken.
 pub(crate) type OnClose = Box<dyn FnOnce(&Connection) + Send>;
@@ -744,6 +750,10 @@ impl Connection {
         // have been dispatched.
         let mut failure = None;
         let mut first = [0u8; IDLE_READ];
+        let mut watch = Watch {
+            timer: None,
+            heard_at: self.shared.runtime.now(),
+        };
         loop {
             while let Some(frame) = decoder.decode(&mut plain)? {
                 Counters::bump(&counters.frames_in, 1);
@@ -775,7 +785,7 @@ impl Connection {
                 }
             };
             let n = if idle {
-                let n = read.read(&mut first).await?;
+                let n = self.read_watched(read, &mut first, &mut watch).await?;
                 buf.extend_from_slice(&first[..n]);
                 n
             } else {
@@ -785,7 +795,9 @@ impl Connection {
                 // the buffer; only the zero-filled read window is capped.
                 buf.reserve(wanted.max(READ_CHUNK));
                 buf.resize(start + wanted.clamp(READ_CHUNK, READ_MAX), 0);
-                let n = read.read(&mut buf[start..]).await?;
+                let n = self
+                    .read_watched(read, &mut buf[start..], &mut watch)
+                    .await?;
                 buf.truncate(start + n);
                 n
             };
@@ -813,6 +825,60 @@ impl Connection {
                     } else {
                         Error::Protocol(e.to_string())
                     });
+                }
+            }
+        }
+    }
+
+    /// Reads once. With a heartbeat configured, a silence of one heartbeat sends a `Ping`
+    /// (the peer's `Pong` breaks the silence) and a silence of `idle_timeout` fails with
+    /// [`Error::IdleTimeout`]. The timer is armed once per heartbeat, not per read.
+    async fn read_watched(
+        &self,
+        read: &mut BoxRead,
+        buf: &mut [u8],
+        watch: &mut Watch,
+    ) -> Result<usize, Error> {
+        let config = &self.shared.config;
+        let Some(beat) = config.heartbeat else {
+            return Ok(read.read(buf).await?);
+        };
+        let runtime = &self.shared.runtime;
+        loop {
+            let polled = poll_fn(|cx| {
+                if let Poll::Ready(r) = Pin::new(&mut **read).poll_read(cx, buf) {
+                    return Poll::Ready(Some(r));
+                }
+                let timer = watch.timer.get_or_insert_with(|| runtime.sleep(beat));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        watch.timer = None;
+                        Poll::Ready(None)
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            let now = runtime.now();
+            match polled {
+                Some(result) => {
+                    watch.heard_at = now;
+                    return Ok(result?);
+                }
+                None => {
+                    let silent = now.saturating_duration_since(watch.heard_at);
+                    if silent >= config.idle_timeout {
+                        return Err(Error::IdleTimeout(silent));
+                    }
+                    if silent >= beat {
+                        let header = Header {
+                            kind: Kind::Ping,
+                            flags: 0,
+                            id: 0,
+                            command: "",
+                        };
+                        let _ = self.enqueue(&header, &[]);
+                    }
                 }
             }
         }

@@ -30,6 +30,10 @@ pub enum Error {
     /// The connection closed before the reply arrived, or was already closed.
     #[error("connection closed")]
     Closed,
+    /// Nothing arrived from the peer for this long, heartbeats included; the connection
+    /// was closed.
+    #[error("the peer was silent for {0:?}")]
+    IdleTimeout(std::time::Duration),
     /// The peer broke the protocol; the connection was closed.
     #[error("protocol error: {0}")]
     Protocol(String),
