@@ -278,3 +278,84 @@ fn heartbeats_keep_a_quiet_connection_open() {
     })
     .unwrap();
 }
+
+/// 2,000 sockets that connect and say nothing (slowloris) do not stop a normal client's
+/// calls, and each is dropped once the handshake time-out passes.
+#[test]
+fn silent_sockets_do_not_starve_real_clients() {
+    let mut config = zserver::Config::default();
+    config.handshake_timeout = Duration::from_millis(1500);
+    let router = Router::new().stream("echo", |_ctx, b| async move { Ok(b) });
+    let server = zserver::block_on(
+        zserver::server()
+            .router(router)
+            .config(config)
+            .bind("127.0.0.1:0"),
+    )
+    .unwrap();
+    let silent: Vec<std::net::TcpStream> = (0..2000)
+        .map(|_| std::net::TcpStream::connect(server.local_addr()).unwrap())
+        .collect();
+    zserver::block_on(async {
+        let client = zserver::client().connect(server.local_addr()).await?;
+        for i in 0..100u32 {
+            let reply = client.call_bytes("echo", i.to_le_bytes()).await?;
+            assert_eq!(&reply[..], i.to_le_bytes());
+        }
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    for mut sock in silent {
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        // The server's preamble, then EOF once the handshake time-out passes.
+        let mut total = 0;
+        loop {
+            match sock.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(e) => panic!("a silent socket was not dropped: {e}"),
+            }
+        }
+        assert_eq!(total, 8, "only the preamble was sent");
+    }
+    zserver::block_on(server.shutdown());
+}
+
+/// Connections past `max_connections_per_ip` are closed at once and counted; a place frees
+/// up when a connection ends.
+#[test]
+fn connections_past_the_per_address_limit_are_refused() {
+    zserver::block_on(async {
+        let mut config = zserver::Config::default();
+        config.max_connections_per_ip = 2;
+        let server = zserver::server().config(config).bind("127.0.0.1:0").await?;
+        let first = zserver::client().connect(server.local_addr()).await?;
+        let second = zserver::client().connect(server.local_addr()).await?;
+        let third = zserver::client()
+            .connect_timeout(Duration::from_secs(5))
+            .connect(server.local_addr())
+            .await;
+        assert!(
+            third.is_err(),
+            "a third connection from one address is refused"
+        );
+        assert_eq!(server.stats().connections_refused, 1);
+        first.close().await;
+        let start = std::time::Instant::now();
+        let again = loop {
+            match zserver::client().connect(server.local_addr()).await {
+                Ok(c) => break c,
+                Err(_) if start.elapsed() < Duration::from_secs(10) => {
+                    zserver::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        assert!(!again.is_closed() && !second.is_closed());
+        server.shutdown().await;
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+}

@@ -49,6 +49,12 @@ pub struct Config {
     /// Close a connection that has heard nothing from its peer (not even a `Pong` to a
     /// heartbeat) for this long (DataSnap's idle disconnect), with [`Error::IdleTimeout`](crate::Error::IdleTimeout).
     pub idle_timeout: Duration,
+    /// Connections a server holds at once, handshaking ones included; more are closed as
+    /// soon as they are accepted (counted in `ServerStats::connections_refused`).
+    pub max_connections: usize,
+    /// Connections a server holds at once from one IP address (slowloris and floods from
+    /// one host); more are closed as soon as they are accepted.
+    pub max_connections_per_ip: usize,
     /// How long a new connection may take to send its preamble before it is dropped.
     pub handshake_timeout: Duration,
     /// How long [`Server::shutdown`](crate::Server::shutdown) waits for calls in flight.
@@ -64,6 +70,8 @@ impl Default for Config {
             max_handlers_in_flight: 1024,
             sequential: false,
             stream_window: 1024 * 1024,
+            max_connections: 1_000_000,
+            max_connections_per_ip: 10_000,
             heartbeat: Some(Duration::from_secs(30)),
             idle_timeout: Duration::from_secs(90),
             max_streams: 32,

@@ -2,9 +2,9 @@
 //! and shuts down gracefully.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use event_listener::Event;
@@ -85,6 +85,8 @@ impl ServerBuilder {
             conns: Mutex::new(HashMap::new()),
             retired: Counters::default(),
             accepted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            held: Mutex::new(Held::default()),
             in_flight: Arc::new(InFlight::default()),
             stopping: AtomicBool::new(false),
             stop_event: Event::new(),
@@ -124,6 +126,9 @@ struct ServerShared {
     conns: Mutex<HashMap<u64, Connection>>,
     retired: Counters,
     accepted: AtomicU64,
+    refused: AtomicU64,
+    /// Connections held, handshaking ones included, in all and per peer address.
+    held: Mutex<Held>,
     in_flight: Arc<InFlight>,
     stopping: AtomicBool,
     stop_event: Event,
@@ -131,7 +136,52 @@ struct ServerShared {
     listener_closed: Event,
 }
 
+/// Connections a server holds (from accept to close), for its connection limits.
+#[derive(Default)]
+struct Held {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// One held connection's place in the limits; released when dropped.
+struct Slot {
+    server: Weak<ServerShared>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.upgrade() {
+            let mut held = server.held.lock().unwrap_or_else(|e| e.into_inner());
+            held.total -= 1;
+            if let Some(n) = held.per_ip.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    held.per_ip.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
 impl ServerShared {
+    /// Takes a place for a new connection from `ip`, or `None` if a limit is reached.
+    fn hold(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let from_ip = held.per_ip.get(&ip).copied().unwrap_or(0);
+        if held.total >= self.config.max_connections
+            || from_ip >= self.config.max_connections_per_ip
+        {
+            return None;
+        }
+        held.total += 1;
+        *held.per_ip.entry(ip).or_default() += 1;
+        Some(Slot {
+            server: Arc::downgrade(self),
+            ip,
+        })
+    }
+
     fn conns(&self) -> MutexGuard<'_, HashMap<u64, Connection>> {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -160,8 +210,14 @@ impl ServerShared {
             match next {
                 None => break,
                 Some(Ok(io)) => {
+                    let Some(slot) = self.hold(io.peer_addr().ip()) else {
+                        // Over a limit: closed at once, before any byte is read.
+                        self.refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(peer = %io.peer_addr(), "connection limit reached");
+                        continue;
+                    };
                     self.accepted.fetch_add(1, Ordering::Relaxed);
-                    self.runtime.spawn(Box::pin(self.clone().admit(io)));
+                    self.runtime.spawn(Box::pin(self.clone().admit(io, slot)));
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -175,7 +231,7 @@ impl ServerShared {
     }
 
     /// Handshakes with a new connection and, if that succeeds, starts serving it.
-    async fn admit(self: Arc<Self>, io: Box<dyn ServerIo>) {
+    async fn admit(self: Arc<Self>, io: Box<dyn ServerIo>, slot: Slot) {
         let peer = io.peer_addr();
         let (mut read, mut write) = io.into_halves();
         let deadline = self.runtime.sleep(self.config.handshake_timeout);
@@ -212,6 +268,7 @@ impl ServerShared {
             config: self.config.clone(),
             in_flight: self.in_flight.clone(),
             on_close: Some(Box::new(move |conn: &Connection| {
+                drop(slot);
                 if let Some(server) = weak.upgrade() {
                     // Under the map's lock, so that `stats()` never sees the connection
                     // both retired and live, or neither.
@@ -306,6 +363,7 @@ impl Server {
         ServerStats {
             totals,
             connections_accepted: self.shared.accepted.load(Ordering::Relaxed),
+            connections_refused: self.shared.refused.load(Ordering::Relaxed),
             connections_open: conns.len() as u64,
         }
     }

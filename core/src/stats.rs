@@ -64,6 +64,8 @@ pub struct ServerStats {
     pub totals: Stats,
     /// Connections accepted since start.
     pub connections_accepted: u64,
+    /// Connections closed at once because a connection limit was reached.
+    pub connections_refused: u64,
     /// Connections open now.
     pub connections_open: u64,
 }
