@@ -359,3 +359,55 @@ fn connections_past_the_per_address_limit_are_refused() {
     })
     .unwrap();
 }
+
+/// A peer that opens a second upload under the id of one still open gets an error for the
+/// second, and the first handler is not orphaned: when the connection closes it ends (with
+/// an error) instead of waiting forever. (Found by the dispatcher fuzz target.)
+#[test]
+fn a_reused_stream_id_is_refused_and_orphans_nothing() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let router = Router::new().upload("sink", move |_ctx, body| {
+        let done = done_tx.clone();
+        async move {
+            let result = body.read_all(1 << 20).await;
+            let _ = done.send(result.is_ok());
+            result
+        }
+    });
+    let server = zserver::block_on(
+        zserver::server()
+            .router(router)
+            .config(zserver::Config::plain_trusted_link())
+            .bind("127.0.0.1:0"),
+    )
+    .unwrap();
+    let mut sock = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    sock.write_all(b"ZSRV\x01\x00\x00\x00").unwrap();
+    let mut preamble = [0u8; 8];
+    sock.read_exact(&mut preamble).unwrap();
+    // Call (kind 0), flag UPLOAD, id 1, command "sink", head: unknown length, no meta.
+    let upload = [10, 0, 0, 0, 0, 1, 1, 4, b's', b'i', b'n', b'k', 0, 0];
+    sock.write_all(&upload).unwrap();
+    sock.write_all(&upload).unwrap();
+    // The second is answered with an Error frame (kind 3) for id 1: code 3, bad request.
+    let mut head = [0u8; 8];
+    sock.read_exact(&mut head).unwrap();
+    assert_eq!(&head[4..8], &[3, 0, 1, 1], "an Error for id 1: {head:?}");
+    let len = u32::from_le_bytes(head[..4].try_into().unwrap()) as usize;
+    let mut rest = vec![0u8; len - 4];
+    sock.read_exact(&mut rest).unwrap();
+    assert!(
+        String::from_utf8_lossy(&rest).contains("already open"),
+        "{rest:?}"
+    );
+    drop(sock);
+    let finished = done_rx.recv_timeout(Duration::from_secs(10));
+    assert_eq!(
+        finished,
+        Ok(false),
+        "the first upload's handler ended with an error"
+    );
+    zserver::block_on(server.shutdown());
+}

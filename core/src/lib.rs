@@ -26,6 +26,9 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handler;
 pub mod request;
 pub mod runtime;

@@ -314,6 +314,9 @@ impl Streams {
         if let Some(e) = &self.closed {
             return Err(e.clone());
         }
+        if self.incoming.contains_key(&key) {
+            return Err(already_open(key));
+        }
         let state = Arc::new(Mutex::new(Inbound::new(window)));
         self.incoming.insert(key, state.clone());
         Ok(state)
@@ -322,6 +325,9 @@ impl Streams {
     pub(crate) fn open_outgoing(&mut self, key: Key) -> Result<Arc<Mutex<Outbound>>, Error> {
         if let Some(e) = &self.closed {
             return Err(e.clone());
+        }
+        if self.outgoing.contains_key(&key) {
+            return Err(already_open(key));
         }
         let state = Arc::new(Mutex::new(Outbound::new()));
         self.outgoing.insert(key, state.clone());
@@ -351,6 +357,12 @@ impl Streams {
             lock(&s).on_stop(error.clone());
         }
     }
+}
+
+/// A peer reused the id of a stream that is still open (replacing it would orphan the
+/// handler or sender waiting on the first one).
+fn already_open(key: Key) -> Error {
+    Error::BadRequest(format!("stream {:?} {} is already open", key.0, key.1))
 }
 
 /// Opens and forgets streams of one direction, so that a call can open either kind.
@@ -1104,6 +1116,22 @@ mod tests {
         ));
         assert!(lock(&outbound).poll_credit(&mut cx).is_ready());
         assert!(streams.open_outgoing((Dir::Upload, 2)).is_err());
+    }
+
+    #[test]
+    fn a_stream_id_in_use_cannot_be_opened_again() {
+        let mut streams = Streams::default();
+        streams.open_incoming((Dir::Upload, 7), 0).unwrap();
+        streams.open_outgoing((Dir::Download, 7)).unwrap();
+        assert!(matches!(
+            streams.open_incoming((Dir::Upload, 7), 0),
+            Err(Error::BadRequest(_))
+        ));
+        assert!(matches!(
+            streams.open_outgoing((Dir::Download, 7)),
+            Err(Error::BadRequest(_))
+        ));
+        assert_eq!(streams.len(), 2);
     }
 
     #[test]
