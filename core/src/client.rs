@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::handler::{InFlight, Router};
 use crate::secure::{unhex, Keypair, Role};
 use crate::server::resolve;
+use crate::stable;
 use crate::transport::Transport;
 
 /// How long [`ClientBuilder::connect`] waits for TCP and the handshake by default.
@@ -90,15 +91,28 @@ impl ClientBuilder {
         let runtime = self.transport.runtime();
         let keypair = self.keypair.clone().unwrap_or_else(Keypair::generate);
         let attempt = async {
-            let io = self.transport.connect(addr).await?;
-            let peer = io.peer_addr();
-            let (mut read, mut write) = io.into_halves();
+            let (peer, mut read, mut write, session) = match &self.config.stable {
+                Some(stable) => {
+                    let (peer, read, write, session) =
+                        stable::connect(&self.transport, addr, stable).await?;
+                    (peer, read, write, Some(session))
+                }
+                None => {
+                    let io = self.transport.connect(addr).await?;
+                    let peer = io.peer_addr();
+                    let (read, write) = io.into_halves();
+                    (peer, read, write, None)
+                }
+            };
             let role = Role::Initiator {
                 pin: self.pin.as_ref(),
             };
             let now = runtime.now();
             let secure =
                 handshake(&mut read, &mut write, &self.config, role, &keypair, now).await?;
+            if let Some(session) = session {
+                session.bind(secure.as_ref().map(|s| &s.handshake_hash[..]));
+            }
             Ok::<_, Error>((peer, read, write, secure))
         };
         let timeout = runtime.sleep(self.connect_timeout);

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::frame::DEFAULT_MAX_FRAME;
 use crate::secure::Encryption;
+use crate::stable::StableSession;
 
 /// How a connection behaves. Start from [`Config::default`] and change what you need.
 ///
@@ -59,6 +60,9 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// How long [`Server::shutdown`](crate::Server::shutdown) waits for calls in flight.
     pub shutdown_grace: Duration,
+    /// Stable sessions: a dropped link is re-established within an offline time-out and
+    /// nothing is lost or repeated ([`crate::stable`]). Off by default; both ends must agree.
+    pub stable: Option<StableSession>,
 }
 
 impl Default for Config {
@@ -77,6 +81,7 @@ impl Default for Config {
             max_streams: 32,
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            stable: None,
         }
     }
 }

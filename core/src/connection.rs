@@ -144,6 +144,8 @@ pub(crate) struct Secure {
     sealer: Sealer,
     opener: Opener,
     peer_key: [u8; 32],
+    /// The Noise handshake hash.
+    pub(crate) handshake_hash: [u8; 32],
 }
 
 /// Exchanges preambles (both sides must ask for the same security mode), then runs the
@@ -180,7 +182,7 @@ pub(crate) async fn handshake(
         Role::Initiator { .. } => [ours, theirs].concat(),
         Role::Responder => [theirs, ours].concat(),
     };
-    let (sealer, opener, peer_key) = secure::handshake(
+    let (sealer, opener, peer_key, handshake_hash) = secure::handshake(
         read,
         write,
         role,
@@ -194,6 +196,7 @@ pub(crate) async fn handshake(
         sealer,
         opener,
         peer_key,
+        handshake_hash,
     }))
 }
 

@@ -5,6 +5,7 @@
 //! - [`frame`]: the wire format (sans-IO), documented byte for byte in `docs/PROTOCOL.md`;
 //! - [`request`]: the table of calls awaiting replies (sans-IO, time passed in);
 //! - [`secure`]: the Noise XX handshake and the AES-256-GCM record layer with rekeying;
+//! - [`stable`]: stable sessions, which survive dropped links without loss or duplicates;
 //! - [`stream`]: big streams tied to a call (uploads and downloads) with flow control,
 //!   progress, resume and an end-to-end hash;
 //! - the command engine: [`Router`] and handlers, [`Connection`], [`Server`], [`Client`],
@@ -34,6 +35,7 @@ pub mod request;
 pub mod runtime;
 pub mod secure;
 pub mod server;
+pub mod stable;
 pub mod stats;
 pub mod stream;
 pub mod transport;
@@ -48,6 +50,7 @@ pub use handler::{Context, Responder, Router};
 pub use runtime::Runtime;
 pub use secure::{Encryption, Keypair, Provider, RekeyPolicy};
 pub use server::{Server, ServerBuilder};
+pub use stable::StableSession;
 pub use stats::{ServerStats, Stats};
 pub use stream::{DownloadRequest, Incoming, Outgoing, Progress};
 pub use transport::{ClientIo, Listener, ServerIo, Transport};

@@ -11,13 +11,14 @@ use event_listener::Event;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::connection::{handshake, next_connection_id, Connection, Setup};
+use crate::connection::{handshake, next_connection_id, Connection, Secure, Setup};
 use crate::error::Error;
 use crate::handler::{InFlight, Router};
 use crate::runtime::Runtime;
 use crate::secure::{Keypair, Role};
+use crate::stable::{self, Accepted, Sessions};
 use crate::stats::{Counters, ServerStats};
-use crate::transport::{Listener, ServerIo, Transport};
+use crate::transport::{BoxRead, BoxWrite, Listener, ServerIo, Transport};
 
 /// How long the accept loop pauses after an accept error (such as running out of file
 /// descriptors) before trying again.
@@ -92,6 +93,7 @@ impl ServerBuilder {
             stop_event: Event::new(),
             listening: AtomicBool::new(true),
             listener_closed: Event::new(),
+            sessions: Arc::new(Sessions::default()),
         });
         runtime.spawn(Box::pin(shared.clone().accept_loop(listener)));
         tracing::info!(
@@ -134,6 +136,7 @@ struct ServerShared {
     stop_event: Event,
     listening: AtomicBool,
     listener_closed: Event,
+    sessions: Arc<Sessions>,
 }
 
 /// Connections a server holds (from accept to close), for its connection limits.
@@ -233,23 +236,16 @@ impl ServerShared {
     /// Handshakes with a new connection and, if that succeeds, starts serving it.
     async fn admit(self: Arc<Self>, io: Box<dyn ServerIo>, slot: Slot) {
         let peer = io.peer_addr();
-        let (mut read, mut write) = io.into_halves();
+        let (read, write) = io.into_halves();
         let deadline = self.runtime.sleep(self.config.handshake_timeout);
-        let now = self.runtime.now();
-        let shake = handshake(
-            &mut read,
-            &mut write,
-            &self.config,
-            Role::Responder,
-            &self.keypair,
-            now,
-        );
-        let shaken = futures_lite::future::or(shake, async {
+        let shaken = futures_lite::future::or(self.open(read, write), async {
             deadline.await;
             Err(Error::Timeout)
         });
-        let secure = match shaken.await {
-            Ok(secure) => secure,
+        let (read, write, secure) = match shaken.await {
+            Ok(Some(opened)) => opened,
+            // A new link for a stable session: handed over, nothing more to do here.
+            Ok(None) => return,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "handshake failed");
                 self.retired.errors_in.fetch_add(1, Ordering::Relaxed);
@@ -288,6 +284,44 @@ impl ServerShared {
         conns.insert(id, conn);
     }
 }
+
+impl ServerShared {
+    /// Opens a new connection: the stable-session hello (when on), the preambles and the
+    /// handshake. `None` when the link resumed an existing stable session.
+    async fn open(&self, read: BoxRead, write: BoxWrite) -> Result<Option<Opened>, Error> {
+        let (mut read, mut write, session) = match &self.config.stable {
+            Some(stable) => {
+                match stable::accept(read, write, &self.sessions, stable, &self.runtime).await? {
+                    Accepted::New {
+                        read,
+                        write,
+                        session,
+                    } => (read, write, Some(session)),
+                    Accepted::Resumed => return Ok(None),
+                }
+            }
+            None => (read, write, None),
+        };
+        let now = self.runtime.now();
+        let role = Role::Responder;
+        let secure = handshake(
+            &mut read,
+            &mut write,
+            &self.config,
+            role,
+            &self.keypair,
+            now,
+        )
+        .await?;
+        if let Some(session) = session {
+            session.bind(secure.as_ref().map(|s| &s.handshake_hash[..]));
+        }
+        Ok(Some((read, write, secure)))
+    }
+}
+
+/// A connection ready to start: its halves and, when encrypted, its keys.
+type Opened = (BoxRead, BoxWrite, Option<Secure>);
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -366,6 +400,12 @@ impl Server {
             connections_refused: self.shared.refused.load(Ordering::Relaxed),
             connections_open: conns.len() as u64,
         }
+    }
+
+    /// Stable sessions alive, connected or waiting for their client to come back
+    /// (always 0 without [`Config::stable`]).
+    pub fn stable_sessions(&self) -> usize {
+        self.shared.sessions.len()
     }
 
     /// Calls being handled right now.

@@ -4,6 +4,8 @@
 //! facade are used, so the same code runs under every back end.
 #![allow(dead_code)]
 
+pub mod generated;
+
 use std::future::{poll_fn, Future};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};

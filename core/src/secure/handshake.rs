@@ -31,7 +31,12 @@ pub(crate) enum Role<'a> {
     Responder,
 }
 
-/// Runs the handshake; returns this side's sealer and opener and the peer's static key.
+/// What a finished handshake gives: this side's sealer and opener, the peer's static key,
+/// and the handshake hash (known only to the two ends; it binds stable-session resumption
+/// to this handshake).
+pub(crate) type Shaken = (Sealer, Opener, [u8; 32], [u8; 32]);
+
+/// Runs the handshake.
 pub(crate) async fn handshake(
     read: &mut BoxRead,
     write: &mut BoxWrite,
@@ -40,7 +45,7 @@ pub(crate) async fn handshake(
     encryption: &Encryption,
     prologue: &[u8],
     now: Instant,
-) -> Result<(Sealer, Opener, [u8; 32]), Error> {
+) -> Result<Shaken, Error> {
     let Encryption::Noise { provider, rekey } = *encryption else {
         return Err(Error::Handshake(
             "the Noise handshake needs encryption on".into(),
@@ -88,6 +93,8 @@ pub(crate) async fn handshake(
         hs.get_remote_static()
             .ok_or_else(|| Error::Handshake("peer sent no static key".into()))?,
     );
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(hs.get_handshake_hash());
     let (to_responder, to_initiator): ([u8; KEY_LEN], [u8; KEY_LEN]) =
         hs.dangerously_get_raw_split();
     let (send_key, recv_key) = if initiator {
@@ -99,6 +106,7 @@ pub(crate) async fn handshake(
         Sealer::new(CipherState::new(provider, send_key), rekey, now),
         Opener::new(CipherState::new(provider, recv_key)),
         remote,
+        hash,
     ))
 }
 
