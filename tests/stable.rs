@@ -334,3 +334,40 @@ fn both_ends_must_use_stable_sessions() {
         .unwrap()
     });
 }
+
+/// A new session whose handshake never finishes is dropped with it, not kept for the
+/// offline time-out: silent sockets cannot pile up sessions.
+#[test]
+fn a_session_that_never_finishes_its_handshake_is_dropped() {
+    bounded(|| {
+        zserver::block_on(async {
+            let mut config = stable_config(Duration::from_secs(60));
+            config.handshake_timeout = Duration::from_millis(300);
+            let server = zserver::server().config(config).bind("127.0.0.1:0").await?;
+            let addr = server.local_addr();
+            let raw = common::on_thread(move || {
+                let mut raw = TcpStream::connect(addr).unwrap();
+                let mut challenge = [0u8; wire::CHALLENGE_LEN];
+                raw.read_exact(&mut challenge).unwrap();
+                raw.write_all(&Open::New.encode()).unwrap();
+                let mut answer = [0u8; wire::ANSWER_LEN];
+                raw.read_exact(&mut answer).unwrap();
+                assert!(matches!(
+                    Answer::decode(&answer).unwrap(),
+                    Answer::Accepted { .. }
+                ));
+                raw // then says nothing
+            })
+            .await;
+            until("the session is open", || server.stable_sessions() == 1).await;
+            until("the server forgets the session", || {
+                server.stable_sessions() == 0
+            })
+            .await;
+            drop(raw);
+            server.shutdown().await;
+            Ok::<_, Error>(())
+        })
+        .unwrap()
+    });
+}

@@ -108,10 +108,15 @@ impl ClientBuilder {
                 pin: self.pin.as_ref(),
             };
             let now = runtime.now();
+            // A failed or abandoned handshake ends a new stable session with it.
+            let guard = session.as_ref().map(|s| s.abort_on_drop());
             let secure =
                 handshake(&mut read, &mut write, &self.config, role, &keypair, now).await?;
             if let Some(session) = session {
                 session.bind(secure.as_ref().map(|s| &s.handshake_hash[..]));
+            }
+            if let Some(guard) = guard {
+                guard.disarm();
             }
             Ok::<_, Error>((peer, read, write, secure))
         };

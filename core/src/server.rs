@@ -304,6 +304,8 @@ impl ServerShared {
         };
         let now = self.runtime.now();
         let role = Role::Responder;
+        // Dropped unfinished (time-out) or failed: a new stable session ends with it.
+        let guard = session.as_ref().map(|s| s.abort_on_drop());
         let secure = handshake(
             &mut read,
             &mut write,
@@ -315,6 +317,9 @@ impl ServerShared {
         .await?;
         if let Some(session) = session {
             session.bind(secure.as_ref().map(|s| &s.handshake_hash[..]));
+        }
+        if let Some(guard) = guard {
+            guard.disarm();
         }
         Ok(Some((read, write, secure)))
     }

@@ -6,6 +6,7 @@ use std::future::pending;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -24,7 +25,13 @@ use crate::runtime::Runtime;
 use crate::transport::{BoxRead, BoxWrite, Transport};
 
 /// Bytes buffered between the connection and the session, each way.
-const PIPE: usize = 256 * 1024;
+const PIPE: usize = 64 * 1024;
+
+/// The read size of a link with nothing buffered: an idle link holds no large buffer.
+const IDLE_READ: usize = 4 * 1024;
+
+/// How much the writer takes from the connection at a time.
+const TAKE: usize = 16 * 1024;
 
 /// Received bytes after which an acknowledgement is sent without waiting for other
 /// traffic to carry it.
@@ -115,6 +122,8 @@ pub(crate) struct Session {
     state: Mutex<State>,
     changed: Event,
     failure: OnceLock<String>,
+    aborted: AtomicBool,
+    abort_event: Event,
 }
 
 impl Session {
@@ -133,6 +142,8 @@ impl Session {
             state: Mutex::new(State::default()),
             changed: Event::new(),
             failure: OnceLock::new(),
+            aborted: AtomicBool::new(false),
+            abort_event: Event::new(),
         })
     }
 
@@ -140,6 +151,22 @@ impl Session {
     /// the session cannot be resumed.
     pub(crate) fn bind(&self, handshake_hash: Option<&[u8]>) {
         let _ = self.key.set(wire::resume_key(&self.token, handshake_hash));
+    }
+
+    /// Ends the session at once (its connection never got going): no link is waited for.
+    pub(crate) fn abort(&self) {
+        self.aborted.store(true, Ordering::Release);
+        self.abort_event.notify(usize::MAX);
+    }
+
+    async fn until_aborted(&self) {
+        while !self.aborted.load(Ordering::Acquire) {
+            let listener = self.abort_event.listen();
+            if self.aborted.load(Ordering::Acquire) {
+                return;
+            }
+            listener.await;
+        }
     }
 
     pub(crate) fn resume_key(&self) -> Option<[u8; KEY_LEN]> {
@@ -178,21 +205,32 @@ impl Session {
     }
 
     async fn drive(self: Arc<Self>, mut ends: Ends, first: Link, source: Source) {
+        let outcome = or(self.links(&mut ends, first, &source), async {
+            self.until_aborted().await;
+            Err(Error::Closed)
+        })
+        .await;
+        if let Err(e) = outcome {
+            tracing::debug!(session = %hex(&self.id), error = %e, "stable session failed");
+            let _ = self.failure.set(e.to_string());
+        }
+        // Dropping the ends closes both pipes: the connection reads what is left, then
+        // the end (or the failure above); its writes fail.
+        drop(ends);
+    }
+
+    /// Runs one link after another until the session finishes or fails.
+    async fn links(&self, ends: &mut Ends, first: Link, source: &Source) -> Result<(), Error> {
         let mut next = Some(first);
-        let outcome = loop {
+        loop {
             let link = match next.take() {
                 Some(link) => link,
-                None => match self.next_link(&source).await {
-                    Ok(link) => link,
-                    Err(e) => break Err(e),
-                },
+                None => self.next_link(source).await?,
             };
-            if let Err(e) = self.state().replay.rewind(link.peer_received) {
-                break Err(e);
-            }
-            match self.run_link(&mut ends, link, &source).await {
-                End::Finished => break Ok(()),
-                End::Broken(e) => break Err(e),
+            self.state().replay.rewind(link.peer_received)?;
+            match self.run_link(ends, link, source).await {
+                End::Finished => return Ok(()),
+                End::Broken(e) => return Err(e),
                 End::Lost(why) => {
                     tracing::debug!(session = %hex(&self.id), %why, "stable session link lost")
                 }
@@ -201,14 +239,7 @@ impl Session {
                     next = (!link.write_failed()).then_some(link);
                 }
             }
-        };
-        if let Err(e) = outcome {
-            tracing::debug!(session = %hex(&self.id), error = %e, "stable session failed");
-            let _ = self.failure.set(e.to_string());
         }
-        // Dropping the ends closes both pipes: the connection reads what is left, then
-        // the end (or the failure above); its writes fail.
-        drop(ends);
     }
 
     /// The next link: the client dials with back-off, the server waits for the client;
@@ -365,8 +396,16 @@ impl Session {
                 }
                 buf.advance(used);
             }
+            if buf.is_empty() {
+                buf = BytesMut::new();
+            }
             let start = buf.len();
-            buf.resize(start + MAX_CHUNK + wire::DATA_HEADER, 0);
+            let want = if start == 0 {
+                IDLE_READ
+            } else {
+                MAX_CHUNK + wire::DATA_HEADER
+            };
+            buf.resize(start + want, 0);
             let timer = self.runtime.sleep(silence);
             let got = or(async { Some(read.read(&mut buf[start..]).await) }, async {
                 timer.await;
@@ -411,7 +450,7 @@ impl Session {
     /// when the link has been quiet.
     async fn pump_out(&self, write: &mut BoxWrite, outbound: &mut piper::Reader) -> End {
         let mut batch = Vec::new();
-        let mut chunk = vec![0u8; MAX_CHUNK];
+        let mut chunk = vec![0u8; TAKE];
         let keepalive = self.config.keepalive;
         let mut last_write = self.runtime.now();
         // A new link starts with an ack: the peer learns at once what arrived.
@@ -502,6 +541,33 @@ impl Session {
                 Wake::Keepalive => force_ack = true,
             }
         }
+    }
+}
+
+/// Aborts its session when dropped, unless disarmed: held while a new session's
+/// handshake runs, so that a handshake that fails or times out ends the session at once
+/// instead of leaving it to wait for a client that will not come back.
+pub(crate) struct AbortOnDrop(Option<Arc<Session>>);
+
+impl AbortOnDrop {
+    /// The session is in use: do not abort it.
+    pub(crate) fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(session) = self.0.take() {
+            session.abort();
+        }
+    }
+}
+
+impl Session {
+    /// A guard that aborts this session unless disarmed.
+    pub(crate) fn abort_on_drop(self: &Arc<Self>) -> AbortOnDrop {
+        AbortOnDrop(Some(self.clone()))
     }
 }
 
