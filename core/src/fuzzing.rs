@@ -202,3 +202,47 @@ impl<F: Future<Output = ()>> Future for Bounded<F> {
         self.inner.as_mut().poll(cx)
     }
 }
+
+/// The stable-session hello and record decoders, and the replay buffer under whatever
+/// acknowledgements and resume points a peer's records ask for.
+pub fn stable_link(data: &[u8]) {
+    use crate::stable::wire::{self, Answer, Open, Record};
+    use crate::stable::Replay;
+
+    if let Some(open) = data.get(..wire::OPEN_LEN) {
+        let _ = Open::decode(open.try_into().expect("length checked"));
+    }
+    if let Some(answer) = data.get(..wire::ANSWER_LEN) {
+        let _ = Answer::decode(answer.try_into().expect("length checked"));
+    }
+    let mut replay = Replay::default();
+    replay.push(&[7u8; 1000]);
+    replay.mark_sent(600);
+    let mut at = 0;
+    while let Ok(Some((record, used))) = wire::decode(&data[at..]) {
+        assert!(
+            used > 0 && at + used <= data.len(),
+            "a record within the input"
+        );
+        match record {
+            Record::Data(bytes) => assert!((1..=wire::MAX_CHUNK).contains(&bytes.len())),
+            Record::Ack(n) => {
+                let before = replay.acked();
+                if replay.ack(n).is_ok() {
+                    assert!(replay.acked() >= before && replay.acked() <= replay.written());
+                } else {
+                    assert_eq!(replay.acked(), before, "a refused ack changes nothing");
+                }
+            }
+            Record::Fin => {
+                // Use the next byte as a resume point: held bytes stay consistent.
+                let point = u64::from(data.get(at + 1).copied().unwrap_or(0)) * 8;
+                if replay.rewind(point).is_ok() {
+                    assert_eq!(replay.acked(), point.min(1000));
+                    replay.mark_sent(replay.unsent(usize::MAX).map_or(0, <[u8]>::len));
+                }
+            }
+        }
+        at += used;
+    }
+}

@@ -37,3 +37,8 @@ fn handshake_responder_corpus() {
 fn dispatcher_corpus() {
     replay("dispatcher", fuzzing::dispatcher);
 }
+
+#[test]
+fn stable_link_corpus() {
+    replay("stable_link", fuzzing::stable_link);
+}
