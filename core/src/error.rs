@@ -30,6 +30,10 @@ pub enum Error {
     /// The connection closed before the reply arrived, or was already closed.
     #[error("connection closed")]
     Closed,
+    /// A [`ReconnectingClient`](crate::ReconnectingClient) has no live connection right now
+    /// (it is reconnecting, or its login hook is still running); nothing was sent.
+    #[error("not connected (reconnecting)")]
+    Disconnected,
     /// Nothing arrived from the peer for this long, heartbeats included; the connection
     /// was closed.
     #[error("the peer was silent for {0:?}")]
