@@ -71,7 +71,8 @@ pub struct Backoff {
     /// jitter off.
     pub jitter: f64,
     /// Stop after this many failed attempts in a row (the client then ends in
-    /// [`LinkState::GaveUp`]); `None` retries for ever.
+    /// [`LinkState::GaveUp`]); `None` retries for ever. At least one attempt is made per
+    /// outage (0 counts as 1).
     pub give_up_after: Option<u32>,
 }
 
@@ -430,7 +431,7 @@ impl Shared {
 
 /// A client that reconnects with back-off when its connection drops, runs a login hook on
 /// every new connection, and fails calls it cannot make with an error instead of queueing
-/// or repeating them (see the [module documentation](self) for exactly which error when).
+/// or repeating them (see the [module documentation](crate::reconnect) for exactly which error when).
 ///
 /// Cheap to clone; every clone shares one connection and one background task. The task
 /// (spawned on the transport's runtime) watches the live connection and, when it closes,
