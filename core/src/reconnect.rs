@@ -21,6 +21,10 @@
 //!
 //! Callers that want to wait for the link instead of failing use
 //! [`connected`](ReconnectingClient::connected) (bounded by their own time-out).
+//!
+//! A server that closes the connection (shutdown, restart, crash with the host up) is
+//! noticed at once; one that vanishes silently (host down, cable cut) is noticed by the
+//! heartbeat, after [`Config::idle_timeout`](crate::Config::idle_timeout).
 
 use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -191,7 +195,9 @@ impl ReconnectingBuilder {
     /// [`last_error`](ReconnectingClient::last_error)) and the back-off continues; from
     /// [`connect`](Self::connect), the first attempt's error is returned instead. The hook
     /// should bound its own calls (`call_timeout`, ...): a hook that never returns stalls
-    /// reconnection until [`close`](ReconnectingClient::close).
+    /// reconnection until [`close`](ReconnectingClient::close). It should not hold a
+    /// [`ReconnectingClient`] of its own: that clone would keep the background task alive
+    /// after the application dropped its handles.
     pub fn on_connect<F, Fut>(mut self, hook: F) -> Self
     where
         F: Fn(Client) -> Fut + Send + Sync + 'static,
