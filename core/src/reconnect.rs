@@ -393,10 +393,12 @@ impl Shared {
                 self.lost();
                 tracing::info!(addr = %self.addr, "connection lost; reconnecting");
             }
-            let mut failures = 0u32;
+            // Failed attempts in a row, and pauses taken, in this outage.
+            let (mut failures, mut retry) = (0u32, 0u32);
             loop {
                 if pause {
-                    let sleep = self.runtime.sleep(self.backoff.pause(failures));
+                    let sleep = self.runtime.sleep(self.backoff.pause(retry));
+                    retry = retry.saturating_add(1);
                     if self.unless_stopped(sleep).await.is_none() {
                         break 'outer;
                     }
