@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1236,6 +1236,129 @@ async fn calls_refused_as_soon_as_shutdown_begins(addr: &str) {
     }
 }
 
+both!(shutdown_under_load_loses_no_call);
+async fn shutdown_under_load_loses_no_call(addr: &str) {
+    // Graceful shutdown under load: no accepted call is lost without an error to its caller.
+    // With the default grace every handler started finishes and is answered; with a grace
+    // shorter than some handlers, those are cut off (their callers get `Closed`).
+    for round in 0..4 {
+        let grace = if round % 2 == 0 {
+            Config::default().shutdown_grace
+        } else {
+            Duration::from_millis(1)
+        };
+        shutdown_under_load_round(addr, grace).await;
+    }
+}
+
+async fn shutdown_under_load_round(addr: &str, grace: Duration) {
+    const CLIENTS: u64 = 8;
+    const CALLS: u64 = 200;
+    const WAVE: u64 = 20;
+    // Per request id: how many times its handler started, and whether it returned.
+    let started: Arc<Mutex<HashMap<u64, u32>>> = Arc::new(Mutex::new(HashMap::new()));
+    let returned: Arc<Mutex<HashSet<u64>>> = Arc::new(Mutex::new(HashSet::new()));
+    let progress = Watch::new(0u64);
+    let router = {
+        let (started, returned, progress) = (started.clone(), returned.clone(), progress.clone());
+        Router::new().typed("job", move |_ctx, id: u64| {
+            let (started, returned, progress) =
+                (started.clone(), returned.clone(), progress.clone());
+            async move {
+                *started.lock().unwrap().entry(id).or_default() += 1;
+                if id % 3 == 0 {
+                    zserver::sleep(Duration::from_millis(id % 4 + 1)).await;
+                }
+                // Recorded before the reply can leave: an Ok on the client implies this.
+                returned.lock().unwrap().insert(id);
+                progress.update(|n| *n += 1);
+                Ok::<_, Error>(id * 3 + 1)
+            }
+        })
+    };
+    let mut config = Config::default();
+    config.shutdown_grace = grace;
+    let server = start_with(addr, router, config).await;
+    let clients = join_all((0..CLIENTS).map(|_| connect(&server))).await;
+    // Each client sends its calls in waves of WAVE concurrent calls, so that some are in
+    // flight, some queued and some not yet made when shutdown begins.
+    let load = join_all(clients.iter().enumerate().map(|(c, client)| async move {
+        let mut results = Vec::new();
+        for wave in 0..CALLS / WAVE {
+            let ids = (0..WAVE).map(|k| c as u64 * CALLS + wave * WAVE + k);
+            results.extend(
+                join_all(ids.map(|id| async move {
+                    let r: Result<u64, Error> = client.call("job", &id).await;
+                    (id, r)
+                }))
+                .await,
+            );
+        }
+        results
+    }));
+    let (results, ()) = zip(
+        within(Duration::from_secs(20), "every call to end", load),
+        async {
+            progress
+                .wait_for("a quarter of the calls answered", |n| {
+                    *n >= CLIENTS * CALLS / 4
+                })
+                .await;
+            shutdown(&server).await;
+        },
+    )
+    .await;
+
+    let started = started.lock().unwrap().clone();
+    let returned = returned.lock().unwrap().clone();
+    let results: Vec<(u64, Result<u64, Error>)> = results.into_iter().flatten().collect();
+    let ids: HashSet<u64> = results.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        results.len() as u64,
+        CLIENTS * CALLS,
+        "a result for every call"
+    );
+    assert_eq!(ids.len() as u64, CLIENTS * CALLS, "one result per call");
+    let (mut oks, mut refused, mut closed) = (0, 0, 0);
+    for (id, result) in &results {
+        let runs = started.get(id).copied().unwrap_or(0);
+        assert!(runs <= 1, "call {id} ran {runs} times");
+        match result {
+            Ok(v) => {
+                assert_eq!(*v, id * 3 + 1, "call {id}: wrong answer");
+                assert!(
+                    returned.contains(id),
+                    "call {id} is Ok but its handler never returned"
+                );
+                oks += 1;
+            }
+            Err(Error::ShuttingDown) => {
+                assert_eq!(runs, 0, "call {id} was refused, yet its handler ran");
+                refused += 1;
+            }
+            Err(Error::Closed) => closed += 1,
+            Err(e) => panic!("call {id}: unexpected error {e:?}"),
+        }
+    }
+    // Handlers that returned but whose caller got an error (their reply could not be sent).
+    let unanswered = returned.len() - oks;
+    eprintln!(
+        "grace {grace:?}: {oks} Ok, {refused} ShuttingDown, {closed} Closed, \
+         {unanswered} ran unanswered"
+    );
+    assert!(
+        oks as u64 >= CLIENTS * CALLS / 4,
+        "shutdown began after a quarter"
+    );
+    assert!(
+        refused + closed > 0,
+        "shutdown began in the middle of the load"
+    );
+    // (Handlers cut off by a short grace may still be running: polled.)
+    until("no handler running", || server.calls_in_flight() == 0).await;
+    until("no connections left", || server.connection_count() == 0).await;
+}
+
 // ----- 14. load ------------------------------------------------------------------------------
 
 both!(load_many_clients_many_calls);
@@ -1340,6 +1463,35 @@ async fn connect_config(server: &Server, config: Config) -> Client {
     )
     .await
     .expect("connect")
+}
+
+both!(call_pending_when_peer_resets_fails_closed);
+async fn call_pending_when_peer_resets_fails_closed(addr: &str) {
+    // A peer that vanishes with a reset (here: closed with our call unread, which makes
+    // the kernel send RST) fails the calls waiting on it with `Closed`, as a clean close
+    // does, not with the socket's I/O error.
+    let listener = std::net::TcpListener::bind(addr).expect("bind raw server");
+    let target = listener.local_addr().unwrap();
+    let raw = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut theirs = [0u8; 8];
+        std::io::Read::read_exact(&mut s, &mut theirs).expect("client preamble");
+        s.write_all(&PREAMBLE).unwrap();
+        // Wait for the call to arrive, leave it unread, and drop the socket.
+        let mut one = [0u8; 1];
+        s.peek(&mut one).expect("the call arrives");
+    });
+    let client = within(
+        WAIT,
+        "connect to the raw server",
+        zserver::client().config(plain()).connect(target),
+    )
+    .await
+    .expect("connect");
+    let pending = within(WAIT, "the pending call", client.console("echo", "x")).await;
+    assert_eq!(pending, Err(Error::Closed));
+    raw.join().unwrap();
 }
 
 both!(oversized_frame_from_raw_peer_closes_only_that_connection);

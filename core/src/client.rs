@@ -19,6 +19,8 @@ use crate::transport::Transport;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sets up a [`Client`]: its transport, the handlers the server may call, and settings.
+/// Cloning it gives a builder for another connection with the same settings.
+#[derive(Clone)]
 pub struct ClientBuilder {
     transport: Arc<dyn Transport>,
     router: Router,

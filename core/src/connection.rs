@@ -714,6 +714,12 @@ impl Connection {
         if s.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        // For calls and streams still waiting, a socket that failed (reset, broken pipe)
+        // is the connection closing under them: they get `Closed`, as for a clean close.
+        let error = match error {
+            Error::Io(_) => Error::Closed,
+            other => other,
+        };
         lock(&s.streams).close(&error);
         let wakes = lock(&s.table).close(error);
         wakes.into_iter().for_each(Wake::fire);

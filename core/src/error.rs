@@ -27,9 +27,15 @@ pub enum Error {
     /// No reply arrived within the time-out; the call was abandoned.
     #[error("call timed out")]
     Timeout,
-    /// The connection closed before the reply arrived, or was already closed.
+    /// The connection closed before the reply arrived, or was already closed. A connection
+    /// that fails with an I/O error (reset, broken pipe) after its handshake also fails the
+    /// calls waiting on it with `Closed`.
     #[error("connection closed")]
     Closed,
+    /// A [`ReconnectingClient`](crate::ReconnectingClient) has no live connection right now
+    /// (it is reconnecting, or its login hook is still running); nothing was sent.
+    #[error("not connected (reconnecting)")]
+    Disconnected,
     /// Nothing arrived from the peer for this long, heartbeats included; the connection
     /// was closed.
     #[error("the peer was silent for {0:?}")]

@@ -9,7 +9,9 @@
 //! - [`stream`]: big streams tied to a call (uploads and downloads) with flow control,
 //!   progress, resume and an end-to-end hash;
 //! - the command engine: [`Router`] and handlers, [`Connection`], [`Server`], [`Client`],
-//!   [`BlockingClient`], [`Stats`].
+//!   [`BlockingClient`], [`Stats`];
+//! - [`reconnect`]: [`ReconnectingClient`], a client that reconnects with back-off and
+//!   re-runs its login hook.
 //!
 //! Applications normally use the `zserver` facade crate, which picks a back end by feature.
 //!
@@ -31,6 +33,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handler;
+pub mod reconnect;
 pub mod request;
 pub mod runtime;
 pub mod secure;
@@ -47,6 +50,7 @@ pub use config::Config;
 pub use connection::Connection;
 pub use error::Error;
 pub use handler::{Context, Responder, Router};
+pub use reconnect::{Backoff, LinkState, ReconnectingBuilder, ReconnectingClient};
 pub use runtime::Runtime;
 pub use secure::{Encryption, Keypair, Provider, RekeyPolicy};
 pub use server::{Server, ServerBuilder};
