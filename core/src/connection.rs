@@ -5,6 +5,7 @@
 //! Writes are coalesced: frames are encoded into one shared buffer under a short lock and
 //! the writer task sends everything queued in one write.
 
+use std::any::Any;
 use std::future::{poll_fn, Future};
 use std::io::IoSlice;
 use std::net::SocketAddr;
@@ -107,6 +108,9 @@ struct Shared {
     peer_going_away: AtomicBool,
     sequential: Option<async_channel::Sender<BoxFuture<'static, ()>>>,
     on_close: Mutex<Option<OnClose>>,
+    /// Per-connection state of other modules (such as services' remote objects), one
+    /// value per type; cleared when the connection closes.
+    extensions: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
 }
 
 /// Locks a mutex, ignoring poisoning: every critical section here leaves its state valid.
@@ -247,6 +251,7 @@ impl Connection {
             peer_going_away: AtomicBool::new(false),
             sequential,
             on_close: Mutex::new(setup.on_close),
+            extensions: Mutex::new(Vec::new()),
         });
         let conn = Connection { shared };
         conn.shared
@@ -708,6 +713,23 @@ impl Connection {
         let _ = self.enqueue(&header, &[]);
     }
 
+    /// This connection's state of type `T`, created on first use. After the connection
+    /// has closed a fresh, unattached value is returned.
+    pub(crate) fn extension<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+        let mut extensions = lock(&self.shared.extensions);
+        if let Some(found) = extensions
+            .iter()
+            .find_map(|e| e.clone().downcast::<T>().ok())
+        {
+            return found;
+        }
+        let made = Arc::new(T::default());
+        if !self.is_closed() {
+            extensions.push(made.clone());
+        }
+        made
+    }
+
     /// Closes at once: pending calls fail, queued frames are dropped, both tasks end.
     pub(crate) fn shut(&self, error: Error) {
         let s = &self.shared;
@@ -721,6 +743,8 @@ impl Connection {
             other => other,
         };
         lock(&s.streams).close(&error);
+        // What the connection owned (remote objects, caches) goes with it.
+        drop(std::mem::take(&mut *lock(&s.extensions)));
         let wakes = lock(&s.table).close(error);
         wakes.into_iter().for_each(Wake::fire);
         lock(&s.outbox).closing = true;

@@ -21,6 +21,10 @@ pub enum Error {
     /// The handler dropped its [`Responder`](crate::Responder) without answering.
     #[error("the handler dropped its responder without answering")]
     NoResponse,
+    /// A remote object id that this connection does not hold (freed, never created here,
+    /// or of another class).
+    #[error("no such object: {0}")]
+    NoSuchObject(String),
     /// The peer is shutting down and takes no new calls.
     #[error("the peer is shutting down")]
     ShuttingDown,
@@ -91,6 +95,7 @@ impl Error {
             Error::BadRequest(_) | Error::Codec(_) => ErrorCode::BadRequest,
             Error::NoResponse => ErrorCode::NoResponse,
             Error::ShuttingDown => ErrorCode::ShuttingDown,
+            Error::NoSuchObject(_) => ErrorCode::NoSuchObject,
             _ => ErrorCode::Handler,
         }
     }
@@ -101,7 +106,8 @@ impl Error {
             Error::Remote(m)
             | Error::BadRequest(m)
             | Error::Codec(m)
-            | Error::UnknownCommand(m) => m.clone(),
+            | Error::UnknownCommand(m)
+            | Error::NoSuchObject(m) => m.clone(),
             other => other.to_string(),
         }
     }
@@ -113,6 +119,7 @@ impl Error {
             Some(ErrorCode::BadRequest) => Error::BadRequest(message),
             Some(ErrorCode::NoResponse) => Error::NoResponse,
             Some(ErrorCode::ShuttingDown) => Error::ShuttingDown,
+            Some(ErrorCode::NoSuchObject) => Error::NoSuchObject(message),
             Some(ErrorCode::Handler) | None => Error::Remote(message),
         }
     }
@@ -161,6 +168,8 @@ pub(crate) enum ErrorCode {
     NoResponse,
     /// "5": the peer is shutting down.
     ShuttingDown,
+    /// "6": no such remote object on this connection.
+    NoSuchObject,
 }
 
 impl ErrorCode {
@@ -171,6 +180,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "3",
             ErrorCode::NoResponse => "4",
             ErrorCode::ShuttingDown => "5",
+            ErrorCode::NoSuchObject => "6",
         }
     }
 
@@ -181,6 +191,7 @@ impl ErrorCode {
             "3" => ErrorCode::BadRequest,
             "4" => ErrorCode::NoResponse,
             "5" => ErrorCode::ShuttingDown,
+            "6" => ErrorCode::NoSuchObject,
             _ => return None,
         })
     }

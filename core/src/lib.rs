@@ -5,6 +5,7 @@
 //! - [`frame`]: the wire format (sans-IO), documented byte for byte in `docs/PROTOCOL.md`;
 //! - [`request`]: the table of calls awaiting replies (sans-IO, time passed in);
 //! - [`secure`]: the Noise XX handshake and the AES-256-GCM record layer with rekeying;
+//! - [`service`]: typed services, remote objects and discovery (DataSnap's server classes);
 //! - [`stable`]: stable sessions, which survive dropped links without loss or duplicates;
 //! - [`stream`]: big streams tied to a call (uploads and downloads) with flow control,
 //!   progress, resume and an end-to-end hash;
@@ -38,6 +39,7 @@ pub mod request;
 pub mod runtime;
 pub mod secure;
 pub mod server;
+pub mod service;
 pub mod stable;
 pub mod stats;
 pub mod stream;
@@ -54,6 +56,7 @@ pub use reconnect::{Backoff, LinkState, ReconnectingBuilder, ReconnectingClient}
 pub use runtime::Runtime;
 pub use secure::{Encryption, Keypair, Provider, RekeyPolicy};
 pub use server::{Server, ServerBuilder};
+pub use service::{Class, Method, ObjectId, RemoteObject, Service, Services};
 pub use stable::StableSession;
 pub use stats::{ServerStats, Stats};
 pub use stream::{DownloadRequest, Incoming, Outgoing, Progress};
