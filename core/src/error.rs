@@ -24,6 +24,11 @@ pub enum Error {
     /// The peer is shutting down and takes no new calls.
     #[error("the peer is shutting down")]
     ShuttingDown,
+    /// A hook vetoed the command ([`Router::on_execute`](crate::Router::on_execute) on the
+    /// peer, or [`Router::on_send`](crate::Router::on_send) on this side); the handler did
+    /// not run. Hooks return it to refuse a command (authorisation).
+    #[error("denied: {0}")]
+    Denied(String),
     /// No reply arrived within the time-out; the call was abandoned.
     #[error("call timed out")]
     Timeout,
@@ -91,6 +96,7 @@ impl Error {
             Error::BadRequest(_) | Error::Codec(_) => ErrorCode::BadRequest,
             Error::NoResponse => ErrorCode::NoResponse,
             Error::ShuttingDown => ErrorCode::ShuttingDown,
+            Error::Denied(_) => ErrorCode::Denied,
             _ => ErrorCode::Handler,
         }
     }
@@ -101,7 +107,8 @@ impl Error {
             Error::Remote(m)
             | Error::BadRequest(m)
             | Error::Codec(m)
-            | Error::UnknownCommand(m) => m.clone(),
+            | Error::UnknownCommand(m)
+            | Error::Denied(m) => m.clone(),
             other => other.to_string(),
         }
     }
@@ -113,6 +120,7 @@ impl Error {
             Some(ErrorCode::BadRequest) => Error::BadRequest(message),
             Some(ErrorCode::NoResponse) => Error::NoResponse,
             Some(ErrorCode::ShuttingDown) => Error::ShuttingDown,
+            Some(ErrorCode::Denied) => Error::Denied(message),
             Some(ErrorCode::Handler) | None => Error::Remote(message),
         }
     }
@@ -161,6 +169,8 @@ pub(crate) enum ErrorCode {
     NoResponse,
     /// "5": the peer is shutting down.
     ShuttingDown,
+    /// "6": a hook on the peer vetoed the command; the handler did not run.
+    Denied,
 }
 
 impl ErrorCode {
@@ -171,6 +181,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "3",
             ErrorCode::NoResponse => "4",
             ErrorCode::ShuttingDown => "5",
+            ErrorCode::Denied => "6",
         }
     }
 
@@ -181,6 +192,7 @@ impl ErrorCode {
             "3" => ErrorCode::BadRequest,
             "4" => ErrorCode::NoResponse,
             "5" => ErrorCode::ShuttingDown,
+            "6" => ErrorCode::Denied,
             _ => return None,
         })
     }
@@ -198,6 +210,7 @@ mod tests {
             Error::BadRequest("bad".into()),
             Error::NoResponse,
             Error::ShuttingDown,
+            Error::Denied("no".into()),
         ] {
             let back = Error::from_wire(err.code().as_str(), err.wire_message());
             assert_eq!(back, err);
