@@ -164,7 +164,7 @@ impl Completion {
     }
 
     /// Tells every completion hook how the command ended.
-    pub(crate) fn finish(self: Box<Self>, outcome: Result<(), &Error>) {
+    pub(crate) fn finish(&self, outcome: Result<(), &Error>) {
         let elapsed = self
             .conn
             .runtime()
