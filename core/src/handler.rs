@@ -549,7 +549,8 @@ impl Router {
     /// [`Error::Denied`], which travels with its own code), a send is dropped. Vetoes are
     /// counted in [`Stats::commands_vetoed`](crate::Stats::commands_vetoed). Hooks run in the
     /// order added, on the connection's reader: keep them short and never block.
-    /// Commands with no handler and calls refused during shutdown are seen too.
+    /// Commands with no handler are seen too (and may be vetoed before the lookup); calls
+    /// refused during shutdown are not.
     ///
     /// ```
     /// use zserver_core::{CommandKind, Error, Router};
