@@ -356,6 +356,67 @@ async fn panicking_hooks_do_not_kill_the_connection(addr: &str) {
     server.shutdown().await;
 }
 
+both!(hooks_see_streams);
+async fn hooks_see_streams(addr: &str) {
+    let seen = Watch::new(Vec::new());
+    let (on_exec, on_done) = (seen.clone(), seen.clone());
+    let read = |_ctx, body: zserver::Incoming| async move {
+        Ok(body.read_all(1 << 24).await?.len().to_string())
+    };
+    let router = Router::new()
+        .upload("put", read)
+        .upload("locked", read)
+        .download("get", |_ctx, _req| async move {
+            Ok(zserver::Outgoing::bytes(vec![7u8; 100_000]))
+        })
+        .on_execute(move |info| {
+            on_exec.update(|s| s.push(("execute", info.command().to_string(), info.kind())));
+            if info.command() == "locked" {
+                return Err(Error::Denied("locked".into()));
+            }
+            Ok(())
+        })
+        .on_complete(move |info, outcome, _| {
+            assert!(outcome.is_ok(), "{outcome:?}");
+            on_done.update(|s| s.push(("complete", info.command().to_string(), info.kind())));
+        });
+    let server = start(addr, router).await;
+    let client = connect(&server).await;
+    let big = || zserver::Outgoing::bytes(vec![1u8; 1 << 20]);
+    assert_eq!(
+        &client.upload("put", "a", big()).await.unwrap()[..],
+        b"1048576"
+    );
+    assert_eq!(
+        within(WAIT, "a vetoed upload", client.upload("locked", "a", big())).await,
+        Err(Error::Denied("locked".into())),
+        "a vetoed upload is refused and its sender stopped"
+    );
+    let body = client.download("get", "x", 0).await.unwrap();
+    assert_eq!(body.read_all(1 << 20).await.unwrap().len(), 100_000);
+    assert_eq!(
+        client.console("nosuch", "").await.unwrap_err(),
+        Error::UnknownCommand("nosuch".into())
+    );
+    seen.wait_for("the download's completion", |s| s.len() == 6)
+        .await;
+    let mut events = seen.snapshot();
+    events.sort();
+    assert_eq!(
+        events,
+        [
+            ("complete", "get".to_string(), CommandKind::Download),
+            ("complete", "put".to_string(), CommandKind::Upload),
+            ("execute", "get".to_string(), CommandKind::Download),
+            ("execute", "locked".to_string(), CommandKind::Upload),
+            ("execute", "nosuch".to_string(), CommandKind::Call),
+            ("execute", "put".to_string(), CommandKind::Upload),
+        ]
+    );
+    assert_eq!(server.stats().totals.commands_vetoed, 1);
+    server.shutdown().await;
+}
+
 // ----- handlers on a blocking pool ------------------------------------------------------
 
 /// A gate blocking threads until opened.

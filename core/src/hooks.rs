@@ -25,7 +25,7 @@ use crate::error::Error;
 use crate::frame::{Kind, FLAG_DOWNLOAD, FLAG_UPLOAD};
 
 /// What kind of request a command is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum CommandKind {
     /// A call awaiting a reply.
