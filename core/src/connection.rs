@@ -30,6 +30,7 @@ use crate::frame::{
     self, Frame, FrameDecoder, Header, Kind, FLAG_DOWNLOAD, FLAG_UPLOAD, PREAMBLE_LEN,
 };
 use crate::handler::{Context as HandlerContext, InFlight, Request, Responder, Router, Shape};
+use crate::hooks::{self, CommandInfo, CommandKind, Completion};
 use crate::request::{CallResult, Callback, RequestTable, Wake};
 use crate::runtime::{BoxFuture, Runtime};
 use crate::secure::cipher::TAG_LEN;
@@ -336,6 +337,25 @@ impl Connection {
         &self.shared.runtime
     }
 
+    pub(crate) fn router(&self) -> &Router {
+        &self.shared.router
+    }
+
+    /// Runs the `on_send` hooks (if any) before a command leaves: an error vetoes it.
+    fn check_send(&self, command: &str, kind: CommandKind, payload: &[u8]) -> Result<(), Error> {
+        let send = &self.shared.router.hooks.send;
+        if send.is_empty() {
+            return Ok(());
+        }
+        let info = CommandInfo {
+            command,
+            kind,
+            payload_len: payload.len(),
+            conn: self,
+        };
+        hooks::check(send, &info)
+    }
+
     // ----- calls -----------------------------------------------------------------------
 
     /// Calls `command` with a raw payload and waits for the reply.
@@ -408,6 +428,7 @@ impl Connection {
         payload: impl AsRef<[u8]>,
         callback: impl FnOnce(CallResult) + Send + 'static,
     ) -> Result<(), Error> {
+        self.check_send(command, CommandKind::Call, payload.as_ref())?;
         let id = lock(&self.shared.table).start_callback(Box::new(callback) as Callback, None)?;
         self.send_call_frame(id, command, payload.as_ref())
     }
@@ -454,6 +475,7 @@ impl Connection {
 
     /// Queues a one-way message without waiting for buffer space.
     pub(crate) fn send_now(&self, command: &str, payload: &[u8]) -> Result<(), Error> {
+        self.check_send(command, CommandKind::Send, payload)?;
         let header = Header {
             kind: Kind::Send,
             flags: 0,
@@ -510,6 +532,7 @@ impl Connection {
         Streams: stream::Open<S>,
     {
         self.wait_for_space().await;
+        self.check_send(command, CommandKind::of(Kind::Call, flag), payload)?;
         let id = lock(&self.shared.table).start(None)?;
         let dir = if flag == FLAG_UPLOAD {
             Dir::Upload
@@ -596,6 +619,7 @@ impl Connection {
         payload: &[u8],
         deadline: Option<Instant>,
     ) -> Result<u64, Error> {
+        self.check_send(command, CommandKind::Call, payload)?;
         let id = lock(&self.shared.table).start(deadline)?;
         self.send_call_frame(id, command, payload)?;
         Ok(id)
@@ -987,6 +1011,25 @@ impl Connection {
             self.reply_error(frame.id, &Error::ShuttingDown);
             return None;
         }
+        let hooks = &self.shared.router.hooks;
+        let info = CommandInfo {
+            command: frame.command(),
+            kind: CommandKind::of(frame.kind, frame.flags),
+            payload_len: frame.payload.len(),
+            conn: self,
+        };
+        if !hooks.execute.is_empty() {
+            if let Err(e) = hooks::check(&hooks.execute, &info) {
+                Counters::bump(&self.shared.counters.commands_vetoed, 1);
+                if is_call {
+                    self.reply_error(frame.id, &e);
+                    if frame.flags & FLAG_UPLOAD != 0 {
+                        self.send_stream_frame(Kind::Stop, (Dir::Upload, frame.id), &[]);
+                    }
+                }
+                return None;
+            }
+        }
         let Some(handler) = self.shared.router.get(frame.command()) else {
             if is_call {
                 self.reply_error(frame.id, &Error::UnknownCommand(frame.command().to_owned()));
@@ -1019,6 +1062,11 @@ impl Connection {
             }
         } else {
             Responder::one_way(&self.shared.in_flight)
+        };
+        let responder = if hooks.complete.is_empty() {
+            responder
+        } else {
+            responder.track(Completion::new(self, &info))
         };
         let ctx = HandlerContext::new(self.clone());
         let invoked = catch_unwind(AssertUnwindSafe(|| handler.invoke(ctx, request, responder)));
@@ -1116,6 +1164,12 @@ impl Connection {
     fn handler_panicked(&self) {
         tracing::error!(conn = self.id(), "a handler panicked");
         Counters::bump(&self.shared.counters.handler_panics, 1);
+    }
+
+    /// A hook panicked: caught and counted; the connection carries on.
+    pub(crate) fn hook_panicked(&self, command: &str) {
+        tracing::error!(conn = self.id(), command, "a hook panicked");
+        Counters::bump(&self.shared.counters.hook_panics, 1);
     }
 
     async fn run_writer(self, mut write: BoxWrite, sealer: Option<Sealer>) {

@@ -28,6 +28,11 @@ pub enum Error {
     /// The peer is shutting down and takes no new calls.
     #[error("the peer is shutting down")]
     ShuttingDown,
+    /// A hook vetoed the command ([`Router::on_execute`](crate::Router::on_execute) on the
+    /// peer, or [`Router::on_send`](crate::Router::on_send) on this side); the handler did
+    /// not run. Hooks return it to refuse a command (authorisation).
+    #[error("denied: {0}")]
+    Denied(String),
     /// No reply arrived within the time-out; the call was abandoned.
     #[error("call timed out")]
     Timeout,
@@ -96,6 +101,7 @@ impl Error {
             Error::NoResponse => ErrorCode::NoResponse,
             Error::ShuttingDown => ErrorCode::ShuttingDown,
             Error::NoSuchObject(_) => ErrorCode::NoSuchObject,
+            Error::Denied(_) => ErrorCode::Denied,
             _ => ErrorCode::Handler,
         }
     }
@@ -107,7 +113,8 @@ impl Error {
             | Error::BadRequest(m)
             | Error::Codec(m)
             | Error::UnknownCommand(m)
-            | Error::NoSuchObject(m) => m.clone(),
+            | Error::NoSuchObject(m)
+            | Error::Denied(m) => m.clone(),
             other => other.to_string(),
         }
     }
@@ -120,6 +127,7 @@ impl Error {
             Some(ErrorCode::NoResponse) => Error::NoResponse,
             Some(ErrorCode::ShuttingDown) => Error::ShuttingDown,
             Some(ErrorCode::NoSuchObject) => Error::NoSuchObject(message),
+            Some(ErrorCode::Denied) => Error::Denied(message),
             Some(ErrorCode::Handler) | None => Error::Remote(message),
         }
     }
@@ -170,6 +178,8 @@ pub(crate) enum ErrorCode {
     ShuttingDown,
     /// "6": no such remote object on this connection.
     NoSuchObject,
+    /// "7": a hook on the peer vetoed the command; the handler did not run.
+    Denied,
 }
 
 impl ErrorCode {
@@ -181,6 +191,7 @@ impl ErrorCode {
             ErrorCode::NoResponse => "4",
             ErrorCode::ShuttingDown => "5",
             ErrorCode::NoSuchObject => "6",
+            ErrorCode::Denied => "7",
         }
     }
 
@@ -192,6 +203,7 @@ impl ErrorCode {
             "4" => ErrorCode::NoResponse,
             "5" => ErrorCode::ShuttingDown,
             "6" => ErrorCode::NoSuchObject,
+            "7" => ErrorCode::Denied,
             _ => return None,
         })
     }
@@ -209,6 +221,7 @@ mod tests {
             Error::BadRequest("bad".into()),
             Error::NoResponse,
             Error::ShuttingDown,
+            Error::Denied("no".into()),
         ] {
             let back = Error::from_wire(err.code().as_str(), err.wire_message());
             assert_eq!(back, err);

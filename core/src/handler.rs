@@ -4,8 +4,10 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use event_listener::Event;
@@ -16,6 +18,7 @@ use serde::Serialize;
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::frame::{FLAG_DOWNLOAD, MAX_COMMAND_LEN};
+use crate::hooks::{CommandInfo, Completion, Hooks};
 use crate::runtime::BoxFuture;
 use crate::stream::{pump, Dir, DownloadRequest, Incoming, Outgoing};
 
@@ -117,6 +120,8 @@ pub struct Responder {
     /// The caller asked for a stream back (a download).
     download: bool,
     in_flight: Option<InFlightGuard>,
+    /// Reports the outcome to `on_complete` hooks (only when some are registered).
+    done: Option<Box<Completion>>,
 }
 
 impl Responder {
@@ -125,6 +130,7 @@ impl Responder {
             target: Some((conn, id)),
             download: false,
             in_flight: Some(in_flight.enter()),
+            done: None,
         }
     }
 
@@ -133,6 +139,19 @@ impl Responder {
             target: None,
             download: false,
             in_flight: Some(in_flight.enter()),
+            done: None,
+        }
+    }
+
+    /// Reports the outcome to `on_complete` hooks.
+    pub(crate) fn track(mut self, done: Box<Completion>) -> Self {
+        self.done = Some(done);
+        self
+    }
+
+    fn finish(&mut self, outcome: Result<(), &Error>) {
+        if let Some(done) = self.done.take() {
+            done.finish(outcome);
         }
     }
 
@@ -152,10 +171,11 @@ impl Responder {
     /// allows. The call stays in flight (for shutdown) until the stream has been sent.
     pub fn reply_stream(mut self, body: Outgoing) {
         let Some((conn, id)) = self.target.take() else {
-            return;
+            return self.finish(Ok(()));
         };
         if !self.download {
             let e = Error::msg("the handler answered with a stream; the caller wants a reply");
+            self.finish(Err(&e));
             return conn.reply_error(id, &e);
         }
         let key = (Dir::Download, id);
@@ -165,17 +185,23 @@ impl Responder {
             (Ok(head), Some(state)) => (head, state),
             (Err(e), _) => {
                 conn.forget_outbound(key);
+                self.finish(Err(&e));
                 return conn.reply_error(id, &e);
             }
-            (_, None) => return, // the connection closed
+            (_, None) => return self.finish(Err(&Error::Closed)), // the connection closed
         };
         conn.reply_flagged(id, FLAG_DOWNLOAD, &head);
         let in_flight = self.in_flight.take();
+        let done = self.done.take();
         let runtime = conn.runtime().clone();
         runtime.spawn(Box::pin(async move {
             let _in_flight = in_flight;
-            if let Err(e) = pump(&conn, key, state, body).await {
+            let pumped = pump(&conn, key, state, body).await;
+            if let Err(e) = &pumped {
                 tracing::debug!(conn = conn.id(), error = %e, "download stream ended early");
+            }
+            if let Some(done) = done {
+                done.finish(pumped.as_ref().map(|_| ()));
             }
         }));
     }
@@ -187,19 +213,28 @@ impl Responder {
 
     /// Answers with a reply payload or an error.
     pub fn respond(mut self, result: Result<impl AsRef<[u8]>, Error>) {
-        if let Some((conn, id)) = self.target.take() {
-            if self.download {
+        let failed = match self.target.take() {
+            Some((conn, id)) if self.download => {
                 conn.forget_outbound((Dir::Download, id));
                 let err = result.err().unwrap_or_else(|| {
                     Error::msg("the handler answered a download without a stream")
                 });
-                return conn.reply_error(id, &err);
+                conn.reply_error(id, &err);
+                Some(err)
             }
-            match result {
-                Ok(payload) => conn.reply(id, payload.as_ref()),
-                Err(err) => conn.reply_error(id, &err),
-            }
-        }
+            Some((conn, id)) => match result {
+                Ok(payload) => {
+                    conn.reply(id, payload.as_ref());
+                    None
+                }
+                Err(err) => {
+                    conn.reply_error(id, &err);
+                    Some(err)
+                }
+            },
+            None => result.err(),
+        };
+        self.finish(failed.as_ref().map_or(Ok(()), Err));
     }
 
     /// Answers with raw bytes.
@@ -226,6 +261,12 @@ impl Drop for Responder {
                 conn.forget_outbound((Dir::Download, id));
             }
             conn.reply_error(id, &Error::NoResponse);
+            self.finish(Err(&Error::NoResponse));
+        } else if std::thread::panicking() {
+            self.finish(Err(&Error::NoResponse));
+        } else {
+            // A one-way handler that finished without answering: nothing was owed.
+            self.finish(Ok(()));
         }
     }
 }
@@ -387,6 +428,7 @@ where
 #[derive(Clone, Default)]
 pub struct Router {
     handlers: FxHashMap<Box<str>, Arc<dyn Handler>>,
+    pub(crate) hooks: Hooks,
 }
 
 impl Router {
@@ -454,6 +496,132 @@ impl Router {
         })
     }
 
+    /// Registers a CPU-heavy or blocking stream command: a plain (not async) function run
+    /// on a blocking thread pool (the `blocking` crate), so that it never stalls the
+    /// connection's runtime thread (ZServer4D's HPC offload). Bytes in, bytes out; a panic
+    /// inside is caught and counted like any handler's ([`Error::NoResponse`] to the caller).
+    ///
+    /// ```
+    /// use zserver_core::Router;
+    /// let router = Router::new().blocking("hash", |_ctx, bytes| {
+    ///     Ok(blake3_like_work(&bytes).to_le_bytes().to_vec())
+    /// });
+    /// # fn blake3_like_work(b: &[u8]) -> u64 { b.iter().map(|&x| x as u64).sum() }
+    /// assert!(router.contains("hash"));
+    /// ```
+    pub fn blocking<F, B>(self, name: &str, f: F) -> Self
+    where
+        F: Fn(Context, Bytes) -> Result<B, Error> + Send + Sync + 'static,
+        B: AsRef<[u8]> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.stream(name, move |ctx, bytes: Bytes| {
+            let f = f.clone();
+            async move {
+                let run = move || catch_unwind(AssertUnwindSafe(|| f(ctx, bytes)));
+                // Re-raised here, the panic is caught and counted where handlers are polled.
+                blocking::unblock(run)
+                    .await
+                    .unwrap_or_else(|panic| resume_unwind(panic))
+            }
+        })
+    }
+
+    /// Like [`blocking`](Self::blocking) for a typed command: a serde value in, a serde
+    /// value out (postcard), the function run on a blocking thread pool.
+    pub fn blocking_typed<T, R, F>(self, name: &str, f: F) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + 'static,
+        F: Fn(Context, T) -> Result<R, Error> + Send + Sync + 'static,
+    {
+        self.blocking(name, move |ctx, bytes: Bytes| {
+            let value: T =
+                postcard::from_bytes(&bytes).map_err(|e| Error::BadRequest(e.to_string()))?;
+            Ok(postcard::to_allocvec(&f(ctx, value)?)?)
+        })
+    }
+
+    /// Adds a hook run before a handler, for every incoming call and one-way send on every
+    /// connection using this router (ZServer4D's `OnExecuteCommand`). It sees the command
+    /// name, kind, payload size and connection ([`CommandInfo`]); returning an error vetoes
+    /// the command: the handler does not run, a call gets that error as its reply (use
+    /// [`Error::Denied`], which travels with its own code), a send is dropped. Vetoes are
+    /// counted in [`Stats::commands_vetoed`](crate::Stats::commands_vetoed). Hooks run in the
+    /// order added, on the connection's reader: keep them short and never block.
+    /// Commands with no handler are seen too (and may be vetoed before the lookup); calls
+    /// refused during shutdown are not.
+    ///
+    /// ```
+    /// use zserver_core::{CommandKind, Error, Router};
+    /// let router = Router::new()
+    ///     .console("hello", |_ctx, name: String| async move { Ok(format!("hello, {name}")) })
+    ///     .on_execute(|info| {
+    ///         if info.command().starts_with("admin.") && !info.peer_addr().ip().is_loopback() {
+    ///             return Err(Error::Denied(format!("`{}` is local only", info.command())));
+    ///         }
+    ///         tracing_like_log(info.connection_id(), info.command(), info.kind());
+    ///         Ok(())
+    ///     });
+    /// # fn tracing_like_log(_: u64, _: &str, _: CommandKind) {}
+    /// ```
+    pub fn on_execute<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&CommandInfo<'_>) -> Result<(), Error> + Send + Sync + 'static,
+    {
+        self.hooks.execute.push(Arc::new(hook));
+        self
+    }
+
+    /// Adds a hook run before this side sends a call, a one-way send, an upload or a
+    /// download on a connection using this router (ZServer4D's `OnSendCommand`). Returning an
+    /// error vetoes it locally: the caller gets that error and nothing is sent.
+    ///
+    /// ```
+    /// use zserver_core::{Error, Router};
+    /// let router = Router::new().on_send(|info| {
+    ///     if info.payload_len() > 1 << 20 {
+    ///         return Err(Error::Denied("payload over 1 MiB".into()));
+    ///     }
+    ///     Ok(())
+    /// });
+    /// ```
+    pub fn on_send<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&CommandInfo<'_>) -> Result<(), Error> + Send + Sync + 'static,
+    {
+        self.hooks.send.push(Arc::new(hook));
+        self
+    }
+
+    /// Adds a hook told when an incoming command's handler has answered (for a send: when
+    /// its handler finished; for a download: when its stream was sent), with the outcome
+    /// and the time since the command arrived; for metrics. A handler that panicked or
+    /// dropped its responder shows as `Err(&Error::NoResponse)`. Vetoed commands and
+    /// commands with no handler are not reported here (see [`on_execute`](Self::on_execute)).
+    /// It runs on whichever task answered: keep it short.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    /// use zserver_core::Router;
+    /// let failures = Arc::new(AtomicU64::new(0));
+    /// let f = failures.clone();
+    /// let router = Router::new().on_complete(move |info, outcome, elapsed| {
+    ///     if outcome.is_err() {
+    ///         f.fetch_add(1, Ordering::Relaxed);
+    ///     }
+    ///     let _ = (info.command(), elapsed);
+    /// });
+    /// ```
+    pub fn on_complete<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&CommandInfo<'_>, Result<(), &Error>, Duration) + Send + Sync + 'static,
+    {
+        self.hooks.complete.push(Arc::new(hook));
+        self
+    }
+
     /// Registers a handler that answers through its [`Responder`], now or later from any
     /// task (ZServer4D's pause/continue result).
     pub fn delayed<F>(self, name: &str, f: F) -> Self
@@ -489,10 +657,12 @@ impl Router {
     ///
     /// # Panics
     /// If both register the same command name.
+    /// Hooks are kept too: `other`'s run after this router's.
     pub fn merge(mut self, other: Router) -> Self {
         for (name, handler) in other.handlers {
             self = self.add(&name, handler);
         }
+        self.hooks.merge(other.hooks);
         self
     }
 

@@ -11,6 +11,7 @@
 //!   progress, resume and an end-to-end hash;
 //! - the command engine: [`Router`] and handlers, [`Connection`], [`Server`], [`Client`],
 //!   [`BlockingClient`], [`Stats`];
+//! - [`hooks`]: hooks around every command, to observe or veto it by name and connection;
 //! - [`reconnect`]: [`ReconnectingClient`], a client that reconnects with back-off and
 //!   re-runs its login hook.
 //!
@@ -34,6 +35,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handler;
+pub mod hooks;
 pub mod reconnect;
 pub mod request;
 pub mod runtime;
@@ -52,6 +54,7 @@ pub use config::Config;
 pub use connection::Connection;
 pub use error::Error;
 pub use handler::{Context, Responder, Router};
+pub use hooks::{CommandInfo, CommandKind};
 pub use reconnect::{Backoff, LinkState, ReconnectingBuilder, ReconnectingClient};
 pub use runtime::Runtime;
 pub use secure::{Encryption, Keypair, Provider, RekeyPolicy};

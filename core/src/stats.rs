@@ -36,6 +36,11 @@ pub struct Stats {
     pub auth_failures: u64,
     /// Handlers that panicked (each failed its own call; the connection lived on).
     pub handler_panics: u64,
+    /// Incoming calls and sends vetoed by a [`Router::on_execute`](crate::Router::on_execute)
+    /// hook (their handlers did not run).
+    pub commands_vetoed: u64,
+    /// Hooks that panicked (caught; a veto hook's panic vetoes its command).
+    pub hook_panics: u64,
 }
 
 impl AddAssign for Stats {
@@ -54,6 +59,8 @@ impl AddAssign for Stats {
         self.rekeys_out += o.rekeys_out;
         self.auth_failures += o.auth_failures;
         self.handler_panics += o.handler_panics;
+        self.commands_vetoed += o.commands_vetoed;
+        self.hook_panics += o.hook_panics;
     }
 }
 
@@ -87,6 +94,8 @@ pub(crate) struct Counters {
     pub rekeys_out: AtomicU64,
     pub auth_failures: AtomicU64,
     pub handler_panics: AtomicU64,
+    pub commands_vetoed: AtomicU64,
+    pub hook_panics: AtomicU64,
 }
 
 impl Counters {
@@ -110,6 +119,8 @@ impl Counters {
             rekeys_out: self.rekeys_out.load(Relaxed),
             auth_failures: self.auth_failures.load(Relaxed),
             handler_panics: self.handler_panics.load(Relaxed),
+            commands_vetoed: self.commands_vetoed.load(Relaxed),
+            hook_panics: self.hook_panics.load(Relaxed),
         }
     }
 
@@ -129,5 +140,7 @@ impl Counters {
         Self::bump(&self.rekeys_out, s.rekeys_out);
         Self::bump(&self.auth_failures, s.auth_failures);
         Self::bump(&self.handler_panics, s.handler_panics);
+        Self::bump(&self.commands_vetoed, s.commands_vetoed);
+        Self::bump(&self.hook_panics, s.hook_panics);
     }
 }
