@@ -13,8 +13,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_lite::io::Cursor;
 
+use crate::codec::{Compression, Lz4};
 use crate::config::Config;
-use crate::connection::{handshake, next_connection_id, Connection, Setup};
+use crate::connection::{handshake, next_connection_id, Connection, Handshaken, Setup};
 use crate::frame::{self, FrameDecoder, Header, PREAMBLE_LEN};
 use crate::handler::{InFlight, Router};
 use crate::runtime::{BoxFuture, Runtime};
@@ -146,6 +147,7 @@ pub fn dispatcher(data: &[u8]) {
     let mut config = Config::plain_trusted_link();
     config.max_frame = FUZZ_MAX_FRAME;
     config.heartbeat = None;
+    config.compression = Compression::lz4();
     let mut input = frame::preamble(0).to_vec();
     input.extend_from_slice(data);
     let ex = Arc::new(async_executor::Executor::new());
@@ -166,7 +168,12 @@ pub fn dispatcher(data: &[u8]) {
         futures_lite::io::AsyncReadExt::read_exact(&mut read, &mut preamble)
             .await
             .expect("the preamble is there");
-        let conn = Connection::start(setup, peer, read, write, None);
+        // LZ4 as if negotiated, so that compressed frames (flag 0x80) are decoded too.
+        let shaken = Handshaken {
+            secure: None,
+            codec: Some(Arc::new(Lz4)),
+        };
+        let conn = Connection::start(setup, peer, read, write, shaken);
         // The input ends, so the connection closes; bound the run in polls, not time.
         let closed = conn.closed();
         let bounded = Bounded {

@@ -5,6 +5,8 @@
 //! - [`frame`]: the wire format (sans-IO), documented byte for byte in `docs/PROTOCOL.md`;
 //! - [`request`]: the table of calls awaiting replies (sans-IO, time passed in);
 //! - [`secure`]: the Noise XX handshake and the AES-256-GCM record layer with rekeying;
+//! - [`codec`]: per-frame payload codecs (compression) negotiated in the handshake, and
+//!   the [`Codec`] trait for your own;
 //! - [`stable`]: stable sessions, which survive dropped links without loss or duplicates;
 //! - [`stream`]: big streams tied to a call (uploads and downloads) with flow control,
 //!   progress, resume and an end-to-end hash;
@@ -25,6 +27,7 @@
 
 pub mod blocking;
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod error;
@@ -46,6 +49,7 @@ pub mod transport;
 pub use blocking::BlockingClient;
 pub use bytes::Bytes;
 pub use client::{Client, ClientBuilder};
+pub use codec::{Codec, Compression, Lz4};
 pub use config::Config;
 pub use connection::Connection;
 pub use error::Error;
