@@ -314,6 +314,14 @@ mod tests {
     }
 
     #[test]
+    fn lz4_encoding_matches_protocol_doc() {
+        // docs/PROTOCOL.md, section 2a: length prefix, then a literal-only block.
+        let mut packed = Vec::new();
+        Lz4.encode(b"hello", &mut packed).unwrap();
+        assert_eq!(packed, b"\x05\x00\x00\x00\x50hello");
+    }
+
+    #[test]
     fn lz4_refuses_a_bomb_before_allocating() {
         let input = vec![0u8; 1 << 20];
         let mut packed = Vec::new();
