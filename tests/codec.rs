@@ -16,7 +16,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use zserver::codec::{Codec, Lz4};
-use zserver::{Bytes, Client, Compression, Config, Error, Outgoing, Router, Server};
+use zserver::{Bytes, Client, Compression, Config, Error, Outgoing, Router, Server, StableSession};
 
 use common::*;
 
@@ -123,9 +123,19 @@ async fn lz4_shrinks_large_payloads_on_the_wire(addr: &str) {
         assert_eq!(client.codec(), Some("lz4"));
         let server_side: Option<String> = client.call("codec", &()).await.unwrap();
         assert_eq!(server_side.as_deref(), Some("lz4"));
+        let before = client.stats();
         let (out, back) = echo_costs(&server, &client, &payload).await;
         assert!(out < payload.len() as u64 / 4, "sent {out} bytes");
         assert!(back < payload.len() as u64 / 4, "received {back} bytes");
+        // The counters of bytes before and after compression, both ways.
+        let after = client.stats();
+        let n = payload.len() as u64;
+        assert_eq!(after.uncompressed_out - before.uncompressed_out, n);
+        assert_eq!(after.uncompressed_in - before.uncompressed_in, n);
+        let packed_out = after.compressed_out - before.compressed_out;
+        let packed_in = after.compressed_in - before.compressed_in;
+        assert!(packed_out > 0 && packed_out < n / 4, "{packed_out}");
+        assert!(packed_in > 0 && packed_in < n / 4, "{packed_in}");
 
         let plain_server = start(addr, base.clone()).await;
         let plain_client = connect(&plain_server, base.clone()).await;
@@ -176,6 +186,12 @@ async fn payloads_under_the_threshold_are_sent_as_they_are(addr: &str) {
     let small = vec![0u8; 1023];
     let (out, back) = echo_costs(&server, &client, &small).await;
     assert!(out > 1023 && back > 1023, "{out} / {back}");
+    let stats = client.stats();
+    assert_eq!(
+        stats.uncompressed_out + stats.uncompressed_in,
+        0,
+        "{stats:?}"
+    );
     // At the threshold: compressed.
     let at = vec![0u8; 1024];
     let (out, back) = echo_costs(&server, &client, &at).await;
@@ -450,4 +466,20 @@ async fn garbage_compressed_payload_closes_connection(addr: &str) {
         expect_closed(&mut raw)
     })
     .await;
+}
+
+// ----- 6. with stable sessions ----------------------------------------------------------------
+
+both!(lz4_over_a_stable_session);
+async fn lz4_over_a_stable_session(addr: &str) {
+    // The codec lists travel as session data, like the preambles and the Noise handshake.
+    let mut config = with(Config::default(), Compression::lz4());
+    config.stable = Some(StableSession::default());
+    let server = start(addr, config.clone()).await;
+    let client = connect(&server, config).await;
+    assert_eq!(client.codec(), Some("lz4"));
+    let payload = compressible(200_000);
+    let (out, back) = echo_costs(&server, &client, &payload).await;
+    assert!(out < 50_000 && back < 50_000, "{out} / {back}");
+    shutdown(&server).await;
 }

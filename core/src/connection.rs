@@ -694,6 +694,7 @@ impl Connection {
         let config = &self.shared.config;
         let mut packed = Vec::new();
         let flagged;
+        let mut raw_len = 0;
         let (header, payload) = match &self.shared.codec {
             Some(codec) if !payload.is_empty() && payload.len() >= config.compression.threshold => {
                 let len = frame::header_len(header) + payload.len();
@@ -706,6 +707,7 @@ impl Connection {
                 }
                 match codec.encode(payload, &mut packed) {
                     Ok(()) if packed.len() < payload.len() => {
+                        raw_len = payload.len();
                         flagged = Header {
                             flags: header.flags | FLAG_COMPRESSED,
                             ..*header
@@ -729,7 +731,12 @@ impl Connection {
             frame::encode(&mut out.buf, header, payload, self.shared.config.max_frame)?;
             self.shared.queued.store(out.buf.len(), Ordering::Relaxed);
         }
-        Counters::bump(&self.shared.counters.frames_out, 1);
+        let counters = &self.shared.counters;
+        Counters::bump(&counters.frames_out, 1);
+        if raw_len > 0 {
+            Counters::bump(&counters.uncompressed_out, raw_len as u64);
+            Counters::bump(&counters.compressed_out, payload.len() as u64);
+        }
         self.shared.writer_waker.wake();
         Ok(())
     }
@@ -950,6 +957,9 @@ impl Connection {
                 out.len()
             )));
         }
+        let counters = &self.shared.counters;
+        Counters::bump(&counters.compressed_in, frame.payload.len() as u64);
+        Counters::bump(&counters.uncompressed_in, out.len() as u64);
         frame.payload = Bytes::from(out);
         frame.flags &= !FLAG_COMPRESSED;
         Ok(frame)

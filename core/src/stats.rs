@@ -36,6 +36,15 @@ pub struct Stats {
     pub auth_failures: u64,
     /// Handlers that panicked (each failed its own call; the connection lived on).
     pub handler_panics: u64,
+    /// Payload bytes of the frames this side sent compressed, before compression
+    /// ([`crate::codec`]).
+    pub uncompressed_out: u64,
+    /// The same payloads after compression: `uncompressed_out - compressed_out` bytes saved.
+    pub compressed_out: u64,
+    /// Payload bytes of compressed frames received, as they arrived.
+    pub compressed_in: u64,
+    /// The same payloads once decoded.
+    pub uncompressed_in: u64,
 }
 
 impl AddAssign for Stats {
@@ -54,6 +63,10 @@ impl AddAssign for Stats {
         self.rekeys_out += o.rekeys_out;
         self.auth_failures += o.auth_failures;
         self.handler_panics += o.handler_panics;
+        self.uncompressed_out += o.uncompressed_out;
+        self.compressed_out += o.compressed_out;
+        self.compressed_in += o.compressed_in;
+        self.uncompressed_in += o.uncompressed_in;
     }
 }
 
@@ -87,6 +100,10 @@ pub(crate) struct Counters {
     pub rekeys_out: AtomicU64,
     pub auth_failures: AtomicU64,
     pub handler_panics: AtomicU64,
+    pub uncompressed_out: AtomicU64,
+    pub compressed_out: AtomicU64,
+    pub compressed_in: AtomicU64,
+    pub uncompressed_in: AtomicU64,
 }
 
 impl Counters {
@@ -110,6 +127,10 @@ impl Counters {
             rekeys_out: self.rekeys_out.load(Relaxed),
             auth_failures: self.auth_failures.load(Relaxed),
             handler_panics: self.handler_panics.load(Relaxed),
+            uncompressed_out: self.uncompressed_out.load(Relaxed),
+            compressed_out: self.compressed_out.load(Relaxed),
+            compressed_in: self.compressed_in.load(Relaxed),
+            uncompressed_in: self.uncompressed_in.load(Relaxed),
         }
     }
 
@@ -129,5 +150,9 @@ impl Counters {
         Self::bump(&self.rekeys_out, s.rekeys_out);
         Self::bump(&self.auth_failures, s.auth_failures);
         Self::bump(&self.handler_panics, s.handler_panics);
+        Self::bump(&self.uncompressed_out, s.uncompressed_out);
+        Self::bump(&self.compressed_out, s.compressed_out);
+        Self::bump(&self.compressed_in, s.compressed_in);
+        Self::bump(&self.uncompressed_in, s.uncompressed_in);
     }
 }
