@@ -483,3 +483,54 @@ async fn lz4_over_a_stable_session(addr: &str) {
     assert!(out < 50_000 && back < 50_000, "{out} / {back}");
     shutdown(&server).await;
 }
+
+// ----- 7. the lists are authenticated ---------------------------------------------------------
+
+/// A one-connection TCP relay in front of `target` that turns the client's codec list
+/// `01 01` (LZ4) into `01 c8` (codec 200) on its way to the server.
+fn tampering_relay(target: SocketAddr) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let Ok((mut client, _)) = listener.accept() else {
+            return;
+        };
+        let mut server = raw_connect(target);
+        let (mut client_r, mut server_w) =
+            (client.try_clone().unwrap(), server.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let mut head = [0u8; 10];
+            if client_r.read_exact(&mut head).is_ok() {
+                assert_eq!(&head[8..], &[1, 1], "the client offers lz4");
+                head[9] = 200;
+                let _ = server_w.write_all(&head);
+                let _ = std::io::copy(&mut client_r, &mut server_w);
+            }
+            let _ = server_w.shutdown(std::net::Shutdown::Both);
+        });
+        let _ = std::io::copy(&mut server, &mut client);
+        let _ = client.shutdown(std::net::Shutdown::Both);
+    });
+    addr
+}
+
+both!(tampered_codec_list_fails_the_handshake);
+async fn tampered_codec_list_fails_the_handshake(addr: &str) {
+    let config = with(Config::default(), Compression::lz4());
+    let server = start(addr, config.clone()).await;
+    let relay = tampering_relay(server.local_addr());
+    // The server sees a list without LZ4 and settles on none, the client on LZ4; the
+    // lists are in the Noise prologue, so the handshake fails instead.
+    let connected = within(
+        WAIT,
+        "connect through the relay",
+        zserver::client().config(config).connect(relay),
+    )
+    .await;
+    assert!(
+        matches!(connected, Err(Error::Handshake(_))),
+        "{connected:?}"
+    );
+    assert_eq!(server.connection_count(), 0);
+    shutdown(&server).await;
+}

@@ -141,7 +141,8 @@ fn fuzz_router() -> Router {
 }
 
 /// The command dispatcher: a plain connection whose peer sends `data` after a valid
-/// preamble. Every frame is decoded and dispatched (calls, sends, replies, stream frames);
+/// preamble, with LZ4 negotiated (so compressed frames are decoded too). Every frame is
+/// decoded and dispatched (calls, sends, replies, stream frames);
 /// the connection must end cleanly when the input does.
 pub fn dispatcher(data: &[u8]) {
     let mut config = Config::plain_trusted_link();
