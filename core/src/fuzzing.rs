@@ -85,12 +85,17 @@ impl futures_io::AsyncWrite for Sink {
     }
 }
 
-/// The server's side of the handshake (preamble, then Noise XX as responder) against a
+/// The server's side of the handshake (preamble, codec lists, then Noise XX as responder) against a
 /// peer that sends `data`: it must fail cleanly, never panic.
 pub fn handshake_responder(data: &[u8]) {
     let mut read: crate::transport::BoxRead = Box::new(Cursor::new(data.to_vec()));
     let mut write: crate::transport::BoxWrite = Box::new(Sink);
-    let config = Config::default();
+    // Offers LZ4, so that an input whose preamble sets the codec flag exercises the codec
+    // lists too (an input without it runs the handshake as with compression off).
+    let config = Config {
+        compression: Compression::lz4(),
+        ..Config::default()
+    };
     let keypair = server_keypair();
     let now = std::time::Instant::now();
     let shake = handshake(
