@@ -534,3 +534,25 @@ async fn tampered_codec_list_fails_the_handshake(addr: &str) {
     assert_eq!(server.connection_count(), 0);
     shutdown(&server).await;
 }
+
+// ----- 8. Zstandard (the `zstd` feature) ----------------------------------------------------------
+
+#[cfg(feature = "zstd")]
+both!(zstd_is_negotiated_when_both_offer_it);
+#[cfg(feature = "zstd")]
+async fn zstd_is_negotiated_when_both_offer_it(addr: &str) {
+    let payload = compressible(300_000);
+    let server = start(addr, with(Config::default(), Compression::zstd())).await;
+    let client = connect(&server, with(Config::default(), Compression::zstd())).await;
+    assert_eq!(client.codec(), Some("zstd"));
+    let (out, back) = echo_costs(&server, &client, &payload).await;
+    assert!(out < 10_000 && back < 10_000, "{out} / {back}");
+    // A server with LZ4 only: the client's second choice.
+    let lz4_server = start(addr, with(Config::default(), Compression::lz4())).await;
+    let client = connect(&lz4_server, with(Config::default(), Compression::zstd())).await;
+    assert_eq!(client.codec(), Some("lz4"));
+    let (out, _) = echo_costs(&lz4_server, &client, &payload).await;
+    assert!(out < payload.len() as u64 / 4, "{out}");
+    shutdown(&server).await;
+    shutdown(&lz4_server).await;
+}

@@ -35,11 +35,14 @@ pub const DEFAULT_THRESHOLD: usize = 1024;
 /// Wire id of the built-in [`Lz4`] codec.
 pub const LZ4_ID: u8 = 1;
 
+/// Wire id of the Zstandard codec (`Zstd`, with the `zstd` cargo feature).
+pub const ZSTD_ID: u8 = 2;
+
 /// A payload codec, negotiated per connection by its [`id`](Codec::id).
 ///
-/// Ids are one byte; 0 means "no codec" and cannot be used. 1 is the built-in [`Lz4`];
-/// 2..=127 are reserved for codecs zserver may add; **use 128..=255 for your own**. Both
-/// ends must mean the same codec by an id.
+/// Ids are one byte; 0 means "no codec" and cannot be used. 1 is the built-in [`Lz4`],
+/// 2 Zstandard (`zstd` feature); 3..=127 are reserved for codecs zserver may add; **use
+/// 128..=255 for your own**. Both ends must mean the same codec by an id.
 ///
 /// ```
 /// use zserver_core::{Codec, Error};
@@ -160,6 +163,63 @@ impl Codec for Lz4 {
     }
 }
 
+/// The Zstandard codec (id [`ZSTD_ID`]), through the `zstd` crate (the C library), at
+/// its default level. Only with the `zstd` cargo feature.
+///
+/// Encoded form: one Zstandard frame that records its content size. The decoder reads
+/// that size and checks it against `max_len` before allocating; a frame without it, or
+/// data that decodes to another size, is refused.
+#[cfg(feature = "zstd")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Zstd;
+
+#[cfg(feature = "zstd")]
+impl Codec for Zstd {
+    fn id(&self) -> u8 {
+        ZSTD_ID
+    }
+
+    fn name(&self) -> &'static str {
+        "zstd"
+    }
+
+    fn encode(&self, input: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        let packed =
+            zstd::bulk::compress(input, 0).map_err(|e| Error::Codec(format!("zstd: {e}")))?;
+        out.extend_from_slice(&packed);
+        Ok(())
+    }
+
+    fn decode(&self, input: &[u8], max_len: usize, out: &mut Vec<u8>) -> Result<(), Error> {
+        let len = match zstd::zstd_safe::get_frame_content_size(input) {
+            Ok(Some(len)) => len,
+            Ok(None) => return Err(Error::Codec("zstd: frame without a content size".into())),
+            Err(_) => return Err(Error::Codec("zstd: not a zstd frame".into())),
+        };
+        if len > max_len as u64 {
+            return Err(Error::Codec(format!(
+                "zstd: decodes to {len} bytes, over the limit of {max_len}"
+            )));
+        }
+        let len = len as usize;
+        let start = out.len();
+        out.resize(start + len, 0);
+        match zstd::bulk::decompress_to_buffer(input, &mut out[start..]) {
+            Ok(n) if n == len => Ok(()),
+            Ok(n) => {
+                out.truncate(start);
+                Err(Error::Codec(format!(
+                    "zstd: announced {len} bytes, decoded {n}"
+                )))
+            }
+            Err(e) => {
+                out.truncate(start);
+                Err(Error::Codec(format!("zstd: {e}")))
+            }
+        }
+    }
+}
+
 /// Which codecs this side offers, in order of preference, and from what payload size it
 /// compresses. Part of [`Config`](crate::Config); off by default.
 #[derive(Clone)]
@@ -200,6 +260,12 @@ impl Compression {
     /// Offers the built-in [`Lz4`] codec, with the default threshold.
     pub fn lz4() -> Self {
         Self::off().with(Lz4)
+    }
+
+    /// Offers [`Zstd`] then [`Lz4`], with the default threshold (`zstd` cargo feature).
+    #[cfg(feature = "zstd")]
+    pub fn zstd() -> Self {
+        Self::off().with(Zstd).with(Lz4)
     }
 
     /// Adds `codec` to the offer, after (less preferred than) those already in it.
@@ -368,6 +434,40 @@ mod tests {
                 assert!(out.len() <= 1000);
             }
         }
+    }
+
+    #[cfg(feature = "zstd")]
+    #[test]
+    fn zstd_round_trips_and_is_bounded() {
+        let input: Vec<u8> = b"zstd zserver "
+            .iter()
+            .cycle()
+            .take(200_000)
+            .copied()
+            .collect();
+        let mut packed = Vec::new();
+        Zstd.encode(&input, &mut packed).unwrap();
+        assert!(packed.len() < input.len() / 20, "{} bytes", packed.len());
+        let mut out = Vec::new();
+        Zstd.decode(&packed, input.len(), &mut out).unwrap();
+        assert_eq!(out, input);
+        out.clear();
+        let err = Zstd.decode(&packed, input.len() - 1, &mut out).unwrap_err();
+        assert!(err.to_string().contains("over the limit"), "{err}");
+        assert_eq!(
+            out.capacity(),
+            input.len(),
+            "only the first, successful decode allocated"
+        );
+        // Two frames back to back: the second would write past the announced size.
+        let mut twice = packed.clone();
+        twice.extend_from_slice(&packed);
+        let mut out = Vec::new();
+        assert!(Zstd.decode(&twice, 1 << 22, &mut out).is_err());
+        assert!(Zstd.decode(b"garbage!", 1 << 22, &mut out).is_err());
+        assert!(Zstd.decode(b"", 1 << 22, &mut out).is_err());
+        assert!(out.is_empty());
+        assert_eq!(Compression::zstd().offer(), vec![2, ZSTD_ID, LZ4_ID]);
     }
 
     #[test]

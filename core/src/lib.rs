@@ -49,6 +49,8 @@ pub mod transport;
 pub use blocking::BlockingClient;
 pub use bytes::Bytes;
 pub use client::{Client, ClientBuilder};
+#[cfg(feature = "zstd")]
+pub use codec::Zstd;
 pub use codec::{Codec, Compression, Lz4};
 pub use config::Config;
 pub use connection::Connection;
