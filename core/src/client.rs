@@ -112,18 +112,18 @@ impl ClientBuilder {
             let now = runtime.now();
             // A failed or abandoned handshake ends a new stable session with it.
             let guard = session.as_ref().map(|s| s.abort_on_drop());
-            let secure =
+            let shaken =
                 handshake(&mut read, &mut write, &self.config, role, &keypair, now).await?;
             if let Some(session) = session {
-                session.bind(secure.as_ref().map(|s| &s.handshake_hash[..]));
+                session.bind(shaken.secure.as_ref().map(|s| &s.handshake_hash[..]));
             }
             if let Some(guard) = guard {
                 guard.disarm();
             }
-            Ok::<_, Error>((peer, read, write, secure))
+            Ok::<_, Error>((peer, read, write, shaken))
         };
         let timeout = runtime.sleep(self.connect_timeout);
-        let (peer, read, write, secure) = futures_lite::future::or(attempt, async {
+        let (peer, read, write, shaken) = futures_lite::future::or(attempt, async {
             timeout.await;
             Err(Error::Timeout)
         })
@@ -138,7 +138,7 @@ impl ClientBuilder {
         };
         Ok(Client {
             inner: Arc::new(ClientInner(Connection::start(
-                setup, peer, read, write, secure,
+                setup, peer, read, write, shaken,
             ))),
         })
     }

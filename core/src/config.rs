@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::codec::Compression;
 use crate::frame::DEFAULT_MAX_FRAME;
 use crate::secure::Encryption;
 use crate::stable::StableSession;
@@ -63,6 +64,10 @@ pub struct Config {
     /// Stable sessions: a dropped link is re-established within an offline time-out and
     /// nothing is lost or repeated ([`crate::stable`]). Off by default; both ends must agree.
     pub stable: Option<StableSession>,
+    /// Payload compression ([`crate::codec`]): the codecs this side offers, most preferred
+    /// first, and the payload size from which it compresses. Off by default; a codec is
+    /// used only if both ends offer it (the client's preference wins).
+    pub compression: Compression,
 }
 
 impl Default for Config {
@@ -82,6 +87,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             stable: None,
+            compression: Compression::off(),
         }
     }
 }

@@ -24,10 +24,12 @@ use futures_lite::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::codec::{self, Codec};
 use crate::config::Config;
 use crate::error::Error;
 use crate::frame::{
-    self, Frame, FrameDecoder, Header, Kind, FLAG_DOWNLOAD, FLAG_UPLOAD, PREAMBLE_LEN,
+    self, EncodeError, Frame, FrameDecoder, Header, Kind, FLAG_COMPRESSED, FLAG_DOWNLOAD,
+    FLAG_UPLOAD, PREAMBLE_CODECS, PREAMBLE_LEN,
 };
 use crate::handler::{Context as HandlerContext, InFlight, Request, Responder, Router, Shape};
 use crate::hooks::{self, CommandInfo, CommandKind, Completion};
@@ -89,6 +91,8 @@ struct Shared {
     id: u64,
     peer: SocketAddr,
     peer_key: Option<[u8; 32]>,
+    /// The payload codec negotiated in the handshake, if any.
+    codec: Option<Arc<dyn Codec>>,
     runtime: Arc<dyn Runtime>,
     router: Arc<Router>,
     config: Arc<Config>,
@@ -153,8 +157,17 @@ pub(crate) struct Secure {
     pub(crate) handshake_hash: [u8; 32],
 }
 
-/// Exchanges preambles (both sides must ask for the same security mode), then runs the
-/// Noise handshake if encryption is on.
+/// What the handshake settled: the keys (when encrypted) and the payload codec.
+#[derive(Default)]
+pub(crate) struct Handshaken {
+    /// The keys of an encrypted connection; `None` on a plain one.
+    pub(crate) secure: Option<Secure>,
+    /// The codec both sides chose, if any.
+    pub(crate) codec: Option<Arc<dyn Codec>>,
+}
+
+/// Exchanges preambles (both sides must ask for the same security mode) and, when both
+/// offer codecs, the codec lists; then runs the Noise handshake if encryption is on.
 pub(crate) async fn handshake(
     read: &mut BoxRead,
     write: &mut BoxWrite,
@@ -162,8 +175,13 @@ pub(crate) async fn handshake(
     role: Role<'_>,
     keypair: &Keypair,
     now: Instant,
-) -> Result<Option<Secure>, Error> {
-    let ours = frame::preamble(config.encryption.mode_byte());
+) -> Result<Handshaken, Error> {
+    let flags = if config.compression.is_off() {
+        0
+    } else {
+        PREAMBLE_CODECS
+    };
+    let ours = frame::preamble_with(config.encryption.mode_byte(), flags);
     write.write_all(&ours).await?;
     let mut theirs = [0u8; PREAMBLE_LEN];
     read.read_exact(&mut theirs).await?;
@@ -180,13 +198,39 @@ pub(crate) async fn handshake(
             name(mode)
         )));
     }
-    if config.encryption == Encryption::PlainTrustedLink {
-        return Ok(None);
-    }
-    let prologue = match role {
-        Role::Initiator { .. } => [ours, theirs].concat(),
-        Role::Responder => [theirs, ours].concat(),
+    let initiator = matches!(role, Role::Initiator { .. });
+    let mut prologue = if initiator {
+        [ours, theirs].concat()
+    } else {
+        [theirs, ours].concat()
     };
+    let mut codec = None;
+    if ours[7] & theirs[7] & PREAMBLE_CODECS != 0 {
+        // Both offer codecs: each sends its list (a count, then the ids) and both pick
+        // the first of the client's ids that the server lists too.
+        let our_offer = config.compression.offer();
+        write.write_all(&our_offer).await?;
+        let mut count = [0u8; 1];
+        read.read_exact(&mut count).await?;
+        let mut their_offer = vec![0u8; 1 + count[0] as usize];
+        their_offer[0] = count[0];
+        read.read_exact(&mut their_offer[1..]).await?;
+        let (client, server) = if initiator {
+            (&our_offer, &their_offer)
+        } else {
+            (&their_offer, &our_offer)
+        };
+        codec = codec::choose(&client[1..], &server[1..])
+            .and_then(|id| config.compression.find(id).cloned());
+        prologue.extend_from_slice(client);
+        prologue.extend_from_slice(server);
+    }
+    if config.encryption == Encryption::PlainTrustedLink {
+        return Ok(Handshaken {
+            secure: None,
+            codec,
+        });
+    }
     let (sealer, opener, peer_key, handshake_hash) = secure::handshake(
         read,
         write,
@@ -197,12 +241,15 @@ pub(crate) async fn handshake(
         now,
     )
     .await?;
-    Ok(Some(Secure {
-        sealer,
-        opener,
-        peer_key,
-        handshake_hash,
-    }))
+    Ok(Handshaken {
+        secure: Some(Secure {
+            sealer,
+            opener,
+            peer_key,
+            handshake_hash,
+        }),
+        codec,
+    })
 }
 
 impl Connection {
@@ -212,9 +259,9 @@ impl Connection {
         peer: SocketAddr,
         read: BoxRead,
         write: BoxWrite,
-        secure: Option<Secure>,
+        handshaken: Handshaken,
     ) -> Self {
-        let (sealer, opener, peer_key) = match secure {
+        let (sealer, opener, peer_key) = match handshaken.secure {
             Some(s) => (Some(s.sealer), Some(s.opener), Some(s.peer_key)),
             None => (None, None, None),
         };
@@ -231,6 +278,7 @@ impl Connection {
             id: setup.id,
             peer,
             peer_key,
+            codec: handshaken.codec,
             runtime: setup.runtime,
             router: setup.router,
             config: setup.config,
@@ -282,6 +330,12 @@ impl Connection {
     /// Whether this connection is encrypted.
     pub fn is_encrypted(&self) -> bool {
         self.shared.peer_key.is_some()
+    }
+
+    /// The name of the payload codec negotiated in the handshake (such as `"lz4"`), or
+    /// `None` when payloads travel as they are.
+    pub fn codec(&self) -> Option<&'static str> {
+        self.shared.codec.as_ref().map(|c| c.name())
     }
 
     /// A snapshot of this connection's counters.
@@ -662,8 +716,42 @@ impl Connection {
         }
     }
 
-    /// Encodes one frame into the outbox and wakes the writer.
+    /// Encodes one frame into the outbox and wakes the writer. With a codec negotiated, a
+    /// payload at or above the threshold is compressed first (if that makes it smaller);
+    /// the frame must fit `max_frame` uncompressed all the same.
     fn enqueue(&self, header: &Header<'_>, payload: &[u8]) -> Result<(), Error> {
+        let config = &self.shared.config;
+        let mut packed = Vec::new();
+        let flagged;
+        let mut raw_len = 0;
+        let (header, payload) = match &self.shared.codec {
+            Some(codec) if !payload.is_empty() && payload.len() >= config.compression.threshold => {
+                let len = frame::header_len(header) + payload.len();
+                if len > config.max_frame {
+                    return Err(EncodeError::TooLarge {
+                        len,
+                        max: config.max_frame,
+                    }
+                    .into());
+                }
+                match codec.encode(payload, &mut packed) {
+                    Ok(()) if packed.len() < payload.len() => {
+                        raw_len = payload.len();
+                        flagged = Header {
+                            flags: header.flags | FLAG_COMPRESSED,
+                            ..*header
+                        };
+                        (&flagged, &packed[..])
+                    }
+                    Ok(()) => (header, payload),
+                    Err(e) => {
+                        tracing::debug!(conn = self.id(), codec = codec.name(), error = %e, "sending uncompressed");
+                        (header, payload)
+                    }
+                }
+            }
+            _ => (header, payload),
+        };
         {
             let mut out = lock(&self.shared.outbox);
             if out.closing || self.is_closed() {
@@ -672,7 +760,12 @@ impl Connection {
             frame::encode(&mut out.buf, header, payload, self.shared.config.max_frame)?;
             self.shared.queued.store(out.buf.len(), Ordering::Relaxed);
         }
-        Counters::bump(&self.shared.counters.frames_out, 1);
+        let counters = &self.shared.counters;
+        Counters::bump(&counters.frames_out, 1);
+        if raw_len > 0 {
+            Counters::bump(&counters.uncompressed_out, raw_len as u64);
+            Counters::bump(&counters.compressed_out, payload.len() as u64);
+        }
         self.shared.writer_waker.wake();
         Ok(())
     }
@@ -814,6 +907,7 @@ impl Connection {
         loop {
             while let Some(frame) = decoder.decode(&mut plain)? {
                 Counters::bump(&counters.frames_in, 1);
+                let frame = self.inflate(frame)?;
                 if matches!(frame.kind, Kind::Call | Kind::Send) && self.peer_over_limits() {
                     self.wait_peer_under_limits().await;
                 }
@@ -885,6 +979,38 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Decodes a compressed frame's payload with the negotiated codec, bounded by
+    /// `max_frame`. A compressed frame without a codec, or one that does not decode, breaks
+    /// the protocol.
+    fn inflate(&self, mut frame: Frame) -> Result<Frame, Error> {
+        if frame.flags & FLAG_COMPRESSED == 0 {
+            return Ok(frame);
+        }
+        let Some(codec) = &self.shared.codec else {
+            return Err(Error::Protocol(
+                "compressed frame, but no codec was negotiated".into(),
+            ));
+        };
+        let max = self.shared.config.max_frame;
+        let mut out = Vec::new();
+        codec
+            .decode(&frame.payload, max, &mut out)
+            .map_err(|e| Error::Protocol(format!("bad {} payload: {e}", codec.name())))?;
+        if out.len() > max {
+            return Err(Error::Protocol(format!(
+                "{} payload decodes to {} bytes, over the limit of {max}",
+                codec.name(),
+                out.len()
+            )));
+        }
+        let counters = &self.shared.counters;
+        Counters::bump(&counters.compressed_in, frame.payload.len() as u64);
+        Counters::bump(&counters.uncompressed_in, out.len() as u64);
+        frame.payload = Bytes::from(out);
+        frame.flags &= !FLAG_COMPRESSED;
+        Ok(frame)
     }
 
     /// Reads once. With a heartbeat configured, a silence of one heartbeat sends a `Ping`

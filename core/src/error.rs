@@ -67,7 +67,8 @@ pub enum Error {
     /// connection was closed.
     #[error("authentication failed: {0}")]
     Auth(String),
-    /// A value could not be encoded, or a reply could not be decoded, on this side.
+    /// A value could not be encoded, or a reply could not be decoded, on this side; also
+    /// what a payload [`Codec`](crate::Codec) returns when it cannot encode or decode.
     #[error("codec error: {0}")]
     Codec(String),
     /// A frame could not be encoded (name too long, frame too large); nothing was sent.

@@ -19,8 +19,12 @@ pub const MAGIC: [u8; 4] = *b"ZSRV";
 pub const PROTOCOL_VERSION: u16 = 1;
 
 /// Length of the preamble: magic, version (u16 little-endian), security mode (u8: 0 plain,
-/// 1 Noise XX), reserved (u8, zero).
+/// 1 Noise XX), flags (u8: [`PREAMBLE_CODECS`]; other bits zero).
 pub const PREAMBLE_LEN: usize = 8;
+
+/// Preamble flag (byte 7, bit 0): this side offers payload codecs; when both sides set it,
+/// each sends its codec list right after the preamble (`docs/PROTOCOL.md`, section 2a).
+pub const PREAMBLE_CODECS: u8 = 0x01;
 
 /// Default largest frame (header + payload) a peer may send: 4 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 4 * 1024 * 1024;
@@ -68,13 +72,18 @@ pub const FLAG_UPLOAD: u8 = 0x01;
 /// follows. On stream frames: the stream is the download of call `id`.
 pub const FLAG_DOWNLOAD: u8 = 0x02;
 
+/// Flag on any frame: the payload is encoded with the codec negotiated in the handshake
+/// ([`crate::codec`]); the receiver decodes it before acting on the frame. A frame with
+/// this flag on a connection without a codec is a protocol error.
+pub const FLAG_COMPRESSED: u8 = 0x80;
+
 /// The postcard-encoded header at the front of every frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header<'a> {
     /// What the frame is for.
     pub kind: Kind,
-    /// [`FLAG_UPLOAD`] / [`FLAG_DOWNLOAD`] on calls, replies and stream frames; other bits
-    /// are reserved and zero.
+    /// [`FLAG_UPLOAD`] / [`FLAG_DOWNLOAD`] on calls, replies and stream frames,
+    /// [`FLAG_COMPRESSED`] on any frame; other bits are reserved and zero.
     pub flags: u8,
     /// Request id pairing a `Call` with its `Reply`/`Error` (0 for `Send` and `GoAway`).
     pub id: u64,
@@ -139,10 +148,17 @@ pub enum EncodeError {
     },
 }
 
-/// The preamble this side sends first, announcing its security `mode`.
+/// The preamble this side sends first, announcing its security `mode` (flags zero).
 pub fn preamble(mode: u8) -> [u8; PREAMBLE_LEN] {
+    preamble_with(mode, 0)
+}
+
+/// The preamble with security `mode` and preamble `flags` (such as [`PREAMBLE_CODECS`]).
+pub fn preamble_with(mode: u8, flags: u8) -> [u8; PREAMBLE_LEN] {
     let v = PROTOCOL_VERSION.to_le_bytes();
-    [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], v[0], v[1], mode, 0]
+    [
+        MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], v[0], v[1], mode, flags,
+    ]
 }
 
 /// Checks the peer's preamble; returns its protocol version and security mode.
@@ -196,6 +212,12 @@ fn put_varint(out: &mut BytesMut, mut n: u64) {
     out.put_u8(n as u8);
 }
 
+/// Size of `header` once encoded (without the length prefix).
+pub fn header_len(header: &Header<'_>) -> usize {
+    let name = header.command.len();
+    1 + 1 + varint_len(header.id) + varint_len(name as u64) + name
+}
+
 /// Appends one frame to `out`. Nothing is appended on error.
 ///
 /// The header is written straight into `out` in postcard's encoding (a unit test checks it
@@ -210,7 +232,7 @@ pub fn encode(
     if name.len() > MAX_COMMAND_LEN {
         return Err(EncodeError::CommandTooLong(name.len()));
     }
-    let head_len = 1 + 1 + varint_len(header.id) + varint_len(name.len() as u64) + name.len();
+    let head_len = header_len(header);
     let len = head_len + payload.len();
     if len > max_frame {
         return Err(EncodeError::TooLarge {

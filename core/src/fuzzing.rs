@@ -13,8 +13,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_lite::io::Cursor;
 
+use crate::codec::{Compression, Lz4};
 use crate::config::Config;
-use crate::connection::{handshake, next_connection_id, Connection, Setup};
+use crate::connection::{handshake, next_connection_id, Connection, Handshaken, Setup};
 use crate::frame::{self, FrameDecoder, Header, PREAMBLE_LEN};
 use crate::handler::{InFlight, Router};
 use crate::runtime::{BoxFuture, Runtime};
@@ -84,12 +85,17 @@ impl futures_io::AsyncWrite for Sink {
     }
 }
 
-/// The server's side of the handshake (preamble, then Noise XX as responder) against a
+/// The server's side of the handshake (preamble, codec lists, then Noise XX as responder) against a
 /// peer that sends `data`: it must fail cleanly, never panic.
 pub fn handshake_responder(data: &[u8]) {
     let mut read: crate::transport::BoxRead = Box::new(Cursor::new(data.to_vec()));
     let mut write: crate::transport::BoxWrite = Box::new(Sink);
-    let config = Config::default();
+    // Offers LZ4, so that an input whose preamble sets the codec flag exercises the codec
+    // lists too (an input without it runs the handshake as with compression off).
+    let config = Config {
+        compression: Compression::lz4(),
+        ..Config::default()
+    };
     let keypair = server_keypair();
     let now = std::time::Instant::now();
     let shake = handshake(
@@ -140,12 +146,14 @@ fn fuzz_router() -> Router {
 }
 
 /// The command dispatcher: a plain connection whose peer sends `data` after a valid
-/// preamble. Every frame is decoded and dispatched (calls, sends, replies, stream frames);
+/// preamble, with LZ4 negotiated (so compressed frames are decoded too). Every frame is
+/// decoded and dispatched (calls, sends, replies, stream frames);
 /// the connection must end cleanly when the input does.
 pub fn dispatcher(data: &[u8]) {
     let mut config = Config::plain_trusted_link();
     config.max_frame = FUZZ_MAX_FRAME;
     config.heartbeat = None;
+    config.compression = Compression::lz4();
     let mut input = frame::preamble(0).to_vec();
     input.extend_from_slice(data);
     let ex = Arc::new(async_executor::Executor::new());
@@ -166,7 +174,12 @@ pub fn dispatcher(data: &[u8]) {
         futures_lite::io::AsyncReadExt::read_exact(&mut read, &mut preamble)
             .await
             .expect("the preamble is there");
-        let conn = Connection::start(setup, peer, read, write, None);
+        // LZ4 as if negotiated, so that compressed frames (flag 0x80) are decoded too.
+        let shaken = Handshaken {
+            secure: None,
+            codec: Some(Arc::new(Lz4)),
+        };
+        let conn = Connection::start(setup, peer, read, write, shaken);
         // The input ends, so the connection closes; bound the run in polls, not time.
         let closed = conn.closed();
         let bounded = Bounded {

@@ -11,7 +11,7 @@ use event_listener::Event;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::connection::{handshake, next_connection_id, Connection, Secure, Setup};
+use crate::connection::{handshake, next_connection_id, Connection, Handshaken, Setup};
 use crate::error::Error;
 use crate::handler::{InFlight, Router};
 use crate::runtime::Runtime;
@@ -242,7 +242,7 @@ impl ServerShared {
             deadline.await;
             Err(Error::Timeout)
         });
-        let (read, write, secure) = match shaken.await {
+        let (read, write, handshaken) = match shaken.await {
             Ok(Some(opened)) => opened,
             // A new link for a stable session: handed over, nothing more to do here.
             Ok(None) => return,
@@ -280,7 +280,7 @@ impl ServerShared {
         if self.is_stopping() {
             return;
         }
-        let conn = Connection::start(setup, peer, read, write, secure);
+        let conn = Connection::start(setup, peer, read, write, handshaken);
         conns.insert(id, conn);
     }
 }
@@ -306,7 +306,7 @@ impl ServerShared {
         let role = Role::Responder;
         // Dropped unfinished (time-out) or failed: a new stable session ends with it.
         let guard = session.as_ref().map(|s| s.abort_on_drop());
-        let secure = handshake(
+        let shaken = handshake(
             &mut read,
             &mut write,
             &self.config,
@@ -316,17 +316,17 @@ impl ServerShared {
         )
         .await?;
         if let Some(session) = session {
-            session.bind(secure.as_ref().map(|s| &s.handshake_hash[..]));
+            session.bind(shaken.secure.as_ref().map(|s| &s.handshake_hash[..]));
         }
         if let Some(guard) = guard {
             guard.disarm();
         }
-        Ok(Some((read, write, secure)))
+        Ok(Some((read, write, shaken)))
     }
 }
 
-/// A connection ready to start: its halves and, when encrypted, its keys.
-type Opened = (BoxRead, BoxWrite, Option<Secure>);
+/// A connection ready to start: its halves and what the handshake settled (keys, codec).
+type Opened = (BoxRead, BoxWrite, Handshaken);
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -41,6 +41,15 @@ pub struct Stats {
     pub commands_vetoed: u64,
     /// Hooks that panicked (caught; a veto hook's panic vetoes its command).
     pub hook_panics: u64,
+    /// Payload bytes of the frames this side sent compressed, before compression
+    /// ([`crate::codec`]).
+    pub uncompressed_out: u64,
+    /// The same payloads after compression: `uncompressed_out - compressed_out` bytes saved.
+    pub compressed_out: u64,
+    /// Payload bytes of compressed frames received, as they arrived.
+    pub compressed_in: u64,
+    /// The same payloads once decoded.
+    pub uncompressed_in: u64,
 }
 
 impl AddAssign for Stats {
@@ -61,6 +70,10 @@ impl AddAssign for Stats {
         self.handler_panics += o.handler_panics;
         self.commands_vetoed += o.commands_vetoed;
         self.hook_panics += o.hook_panics;
+        self.uncompressed_out += o.uncompressed_out;
+        self.compressed_out += o.compressed_out;
+        self.compressed_in += o.compressed_in;
+        self.uncompressed_in += o.uncompressed_in;
     }
 }
 
@@ -96,6 +109,10 @@ pub(crate) struct Counters {
     pub handler_panics: AtomicU64,
     pub commands_vetoed: AtomicU64,
     pub hook_panics: AtomicU64,
+    pub uncompressed_out: AtomicU64,
+    pub compressed_out: AtomicU64,
+    pub compressed_in: AtomicU64,
+    pub uncompressed_in: AtomicU64,
 }
 
 impl Counters {
@@ -121,6 +138,10 @@ impl Counters {
             handler_panics: self.handler_panics.load(Relaxed),
             commands_vetoed: self.commands_vetoed.load(Relaxed),
             hook_panics: self.hook_panics.load(Relaxed),
+            uncompressed_out: self.uncompressed_out.load(Relaxed),
+            compressed_out: self.compressed_out.load(Relaxed),
+            compressed_in: self.compressed_in.load(Relaxed),
+            uncompressed_in: self.uncompressed_in.load(Relaxed),
         }
     }
 
@@ -142,5 +163,9 @@ impl Counters {
         Self::bump(&self.handler_panics, s.handler_panics);
         Self::bump(&self.commands_vetoed, s.commands_vetoed);
         Self::bump(&self.hook_panics, s.hook_panics);
+        Self::bump(&self.uncompressed_out, s.uncompressed_out);
+        Self::bump(&self.compressed_out, s.compressed_out);
+        Self::bump(&self.compressed_in, s.compressed_in);
+        Self::bump(&self.uncompressed_in, s.uncompressed_in);
     }
 }
