@@ -234,3 +234,55 @@ fn remote_object_lifecycle() {
         .unwrap()
     });
 }
+
+/// `on_call` sees every method by name and can veto it: the caller gets `Denied` and the
+/// method does not run.
+#[test]
+fn on_call_vetoes_by_method() {
+    bounded(|| {
+        zserver::block_on(async {
+            let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let log = seen.clone();
+            let drops = Arc::new(AtomicUsize::new(0));
+            let services = services(drops.clone()).on_call(move |_ctx, service, method| {
+                log.lock().unwrap().push(format!("{service}.{method}"));
+                match (service, method) {
+                    ("admin", _) => Err(Error::msg("admins only")),
+                    ("counter", "new") => Err(Error::Denied("no counters today".into())),
+                    _ => Ok(()),
+                }
+            });
+            let server = start(services).await?;
+            let client = connect(&server).await?;
+            assert_eq!(client.invoke(&ADD, &(1, 2)).await?, 3);
+            assert!(matches!(
+                client.invoke(&SECRET, &()).await,
+                Err(Error::Denied(_))
+            ));
+            assert_eq!(
+                client.create(&NEW_COUNTER, &1).await.unwrap_err(),
+                Error::Denied("no counters today".into())
+            );
+            assert_eq!(
+                drops.load(Ordering::Acquire),
+                0,
+                "the constructor did not run"
+            );
+            let note = client.create(&NEW_NOTE, &"hi".to_string()).await?;
+            assert_eq!(note.call(&READ, &()).await?, "hi");
+            assert_eq!(
+                *seen.lock().unwrap(),
+                [
+                    "calc.add",
+                    "admin.secret",
+                    "counter.new",
+                    "note.new",
+                    "note.read"
+                ]
+            );
+            server.shutdown().await;
+            Ok::<_, Error>(())
+        })
+        .unwrap()
+    });
+}

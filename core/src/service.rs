@@ -308,7 +308,11 @@ pub struct Services {
     methods: Vec<(usize, Entry)>,
     exposed: Option<HashSet<String>>,
     max_objects: usize,
+    checks: Vec<Check>,
 }
+
+/// A check run before every method call: `(context, service, method)`.
+type Check = Box<dyn Fn(&Context, &str, &str) -> Result<(), Error> + Send + Sync>;
 
 impl Default for Services {
     fn default() -> Self {
@@ -317,6 +321,7 @@ impl Default for Services {
             methods: Vec::new(),
             exposed: None,
             max_objects: DEFAULT_MAX_OBJECTS,
+            checks: Vec::new(),
         }
     }
 }
@@ -366,6 +371,30 @@ impl Services {
     /// (DataSnap's "registered only").
     pub fn expose_only<I: IntoIterator<Item = S>, S: Into<String>>(mut self, names: I) -> Self {
         self.exposed = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Runs `check` before every method call (constructors and instance methods too) with
+    /// the connection and the service and method names, for authorisation and logging by
+    /// method (a router hook sees them all as `$svc.call`). An error vetoes the call: the
+    /// caller gets [`Error::Denied`] and the method does not run.
+    ///
+    /// ```
+    /// # use zserver_core::service::Services;
+    /// # use zserver_core::Error;
+    /// let services = Services::new().on_call(|ctx, service, _method| {
+    ///     if service == "admin" && !ctx.peer_addr().ip().is_loopback() {
+    ///         return Err(Error::Denied("admin only from this host".into()));
+    ///     }
+    ///     Ok(())
+    /// });
+    /// # let _ = services;
+    /// ```
+    pub fn on_call(
+        mut self,
+        check: impl Fn(&Context, &str, &str) -> Result<(), Error> + Send + Sync + 'static,
+    ) -> Self {
+        self.checks.push(Box::new(check));
         self
     }
 
@@ -427,6 +456,13 @@ impl Services {
             .get(head.method as usize)
             .filter(|(service, _)| self.exposed(&self.services[*service]))
             .ok_or_else(|| Error::UnknownCommand(format!("method #{}", head.method)))?;
+        let service_name = self.services[*service].name;
+        for check in &self.checks {
+            check(&ctx, service_name, entry.name).map_err(|e| match e {
+                Error::Denied(_) => e,
+                other => Error::Denied(other.to_string()),
+            })?;
+        }
         let objects = ctx.connection().extension::<Objects>();
         let object = match (entry.shape, head.object) {
             (Shape::Instance, 0) => {
