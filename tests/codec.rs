@@ -333,21 +333,7 @@ async fn hostile_peer_is_closed(
         &good.call_bytes("echo", b"before").await.unwrap()[..],
         b"before"
     );
-    until("the good client is registered", || {
-        server.connection_count() == 1
-    })
-    .await;
-    let target = server.local_addr();
-    let closed = on_thread(move || hostile(target)).await;
-    assert_eq!(closed, Ok(()), "server must close the hostile connection");
-    until("only the good connection is left", || {
-        server.connection_count() == 1
-    })
-    .await;
-    until("the protocol error is counted", || {
-        server.stats().totals.errors_in >= 1
-    })
-    .await;
+    hostile_closed_alone(&server, hostile).await;
     let big = compressible(100_000);
     let (out, _) = echo_costs(&server, &good, &big).await;
     assert!(out < 20_000, "still compressing: {out}");

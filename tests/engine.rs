@@ -1617,23 +1617,9 @@ async fn hostile_peer_is_closed_with(
     hostile: impl FnOnce(std::net::SocketAddr) -> Result<(), String> + Send + 'static,
 ) {
     let server = start_with(addr, base_router(), config.clone()).await;
-    let target = server.local_addr();
     let good = connect_config(&server, config.clone()).await;
     assert_eq!(good.console("echo", "before").await, Ok("before".into()));
-    until("the good client is registered", || {
-        server.connection_count() == 1
-    })
-    .await;
-    let closed = on_thread(move || hostile(target)).await;
-    assert_eq!(closed, Ok(()), "server must close the hostile connection");
-    until("only the good connection is left", || {
-        server.connection_count() == 1
-    })
-    .await;
-    until("the protocol error is counted", || {
-        server.stats().totals.errors_in >= 1
-    })
-    .await;
+    hostile_closed_alone(&server, hostile).await;
     assert_eq!(good.console("echo", "after").await, Ok("after".into()));
     assert!(!good.is_closed());
     // The server still accepts and serves new clients.

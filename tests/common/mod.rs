@@ -234,3 +234,27 @@ pub fn expect_closed(s: &mut TcpStream) -> Result<(), String> {
         }
     }
 }
+
+/// Runs `hostile` on a std thread against `server`, which holds exactly one good
+/// connection, and waits until the server has closed the hostile one alone and counted
+/// its error.
+pub async fn hostile_closed_alone(
+    server: &zserver::Server,
+    hostile: impl FnOnce(SocketAddr) -> Result<(), String> + Send + 'static,
+) {
+    until("the good client is registered", || {
+        server.connection_count() == 1
+    })
+    .await;
+    let target = server.local_addr();
+    let closed = on_thread(move || hostile(target)).await;
+    assert_eq!(closed, Ok(()), "server must close the hostile connection");
+    until("only the good connection is left", || {
+        server.connection_count() == 1
+    })
+    .await;
+    until("the protocol error is counted", || {
+        server.stats().totals.errors_in >= 1
+    })
+    .await;
+}
