@@ -9,9 +9,10 @@
 //!
 //! ```text
 //! cargo run --release --features async-std,smol --example bench_streams -- \
-//!     [--clients 1000] [--mib 64] [--backends tokio,async-std,smol] [--quick]
+//!     [--clients 1000] [--mib 64] [--backends tokio,async-std,smol] [--quick] [--stable]
 //! ```
-//! `--quick` is 100 clients of 16 MiB each.
+//! `--quick` is 100 clients of 16 MiB each. `--stable` runs every connection as a stable
+//! session (`Config::stable`), to see what the resend buffers cost.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -19,7 +20,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use zserver::{ClientBuilder, Error, Outgoing, Router, Runtime, ServerBuilder};
+use zserver::{
+    ClientBuilder, Config, Error, Outgoing, Router, Runtime, ServerBuilder, StableSession,
+};
 
 const MIB: u64 = 1024 * 1024;
 const FILE: &str = "payload.bin";
@@ -28,6 +31,16 @@ struct Opts {
     clients: usize,
     mib: u64,
     backends: Vec<String>,
+    stable: bool,
+}
+
+/// The connection settings of both ends: the defaults, as stable sessions if asked.
+fn config(stable: bool) -> Config {
+    let mut config = Config::default();
+    if stable {
+        config.stable = Some(StableSession::default());
+    }
+    config
 }
 
 fn parse_opts(args: &[String]) -> Opts {
@@ -35,6 +48,7 @@ fn parse_opts(args: &[String]) -> Opts {
         clients: 1000,
         mib: 64,
         backends: zserver::backends().iter().map(|s| s.to_string()).collect(),
+        stable: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -44,6 +58,7 @@ fn parse_opts(args: &[String]) -> Opts {
             "--mib" => o.mib = value().parse().unwrap_or_else(|_| usage("--mib")),
             "--backends" => o.backends = value().split(',').map(str::to_string).collect(),
             "--quick" => (o.clients, o.mib) = (100, 16),
+            "--stable" => o.stable = true,
             other => usage(other),
         }
     }
@@ -56,7 +71,7 @@ fn parse_opts(args: &[String]) -> Opts {
 }
 
 fn usage(bad: &str) -> ! {
-    eprintln!("bad argument `{bad}`\nusage: bench_streams [--clients N] [--mib M] [--backends a,b] [--quick]");
+    eprintln!("bad argument `{bad}`\nusage: bench_streams [--clients N] [--mib M] [--backends a,b] [--quick] [--stable]");
     std::process::exit(2)
 }
 
@@ -74,7 +89,7 @@ fn run_on<T: Send + 'static>(
 
 /// The child: serves `dir/FILE` on back end `name`, prints its address, and exits when
 /// its standard input closes.
-fn serve(name: &str, dir: PathBuf) {
+fn serve(name: &str, dir: PathBuf, stable: bool) {
     let transport = zserver::transport(name).expect("compiled-in back end");
     let runtime = transport.runtime();
     let server = run_on(&runtime, async move {
@@ -84,6 +99,7 @@ fn serve(name: &str, dir: PathBuf) {
         });
         ServerBuilder::new(transport)
             .router(router)
+            .config(config(stable))
             .bind("127.0.0.1:0")
             .await
             .expect("bind")
@@ -137,6 +153,7 @@ fn run(name: &str, dir: &Path, expected: blake3::Hash, o: &Opts) -> Row {
     let exe = std::env::current_exe().unwrap();
     let mut child: Child = Command::new(exe)
         .args(["--serve", name, dir.to_str().unwrap()])
+        .arg(if o.stable { "stable" } else { "normal" })
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -152,11 +169,16 @@ fn run(name: &str, dir: &Path, expected: blake3::Hash, o: &Opts) -> Row {
     let transport = zserver::transport(name).unwrap();
     let runtime = transport.runtime();
     let clients = run_on(&runtime, {
-        let (transport, n) = (transport.clone(), o.clients);
+        let (transport, n, stable) = (transport.clone(), o.clients, o.stable);
         async move {
             let mut clients = Vec::with_capacity(n);
             for _ in 0..n {
-                clients.push(ClientBuilder::new(transport.clone()).connect(addr).await?);
+                clients.push(
+                    ClientBuilder::new(transport.clone())
+                        .config(config(stable))
+                        .connect(addr)
+                        .await?,
+                );
             }
             Ok::<_, Error>(clients)
         }
@@ -204,15 +226,20 @@ fn run(name: &str, dir: &Path, expected: blake3::Hash, o: &Opts) -> Row {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--serve") {
-        return serve(&args[1], PathBuf::from(&args[2]));
+        return serve(
+            &args[1],
+            PathBuf::from(&args[2]),
+            args.get(3).is_some_and(|a| a == "stable"),
+        );
     }
     let o = parse_opts(&args);
     let dir = std::env::temp_dir().join(format!("zserver-bench-streams-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let expected = write_payload(&dir.join(FILE), o.mib);
     println!(
-        "{} encrypted connections, each downloading one {} MiB file ({} GiB in all), server in its own process",
+        "{} encrypted{} connections, each downloading one {} MiB file ({} GiB in all), server in its own process",
         o.clients,
+        if o.stable { " stable-session" } else { "" },
         o.mib,
         o.clients as u64 * o.mib / 1024
     );
