@@ -9,6 +9,7 @@
 //!
 //! Every case runs over IPv4 and IPv6 loopback and fails within 30 s if anything hangs.
 
+#[macro_use]
 mod common;
 
 use std::io::{Read, Write};
@@ -19,23 +20,6 @@ use zserver::codec::{Codec, Lz4};
 use zserver::{Bytes, Client, Compression, Config, Error, Outgoing, Router, Server, StableSession};
 
 use common::*;
-
-/// `both!(case)`: `case::v4` and `case::v6`, each running `async fn case(addr)` under
-/// `zserver::block_on` within the time limit.
-macro_rules! both {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn v4() {
-                crate::common::bounded(|| zserver::block_on(super::$name("127.0.0.1:0")))
-            }
-            #[test]
-            fn v6() {
-                crate::common::bounded(|| zserver::block_on(super::$name("[::1]:0")))
-            }
-        }
-    };
-}
 
 /// Repetitive text: LZ4 shrinks it many times over.
 fn compressible(len: usize) -> Vec<u8> {
@@ -74,24 +58,11 @@ fn with(config: Config, compression: Compression) -> Config {
 }
 
 async fn start(addr: &str, config: Config) -> Server {
-    zserver::server()
-        .router(router())
-        .config(config)
-        .bind(addr)
-        .await
-        .expect("bind")
+    start_server(addr, router(), config).await
 }
 
 async fn connect(server: &Server, config: Config) -> Client {
-    within(
-        WAIT,
-        "connect",
-        zserver::client()
-            .config(config)
-            .connect(server.local_addr()),
-    )
-    .await
-    .expect("connect")
+    connect_client(server, Router::new(), config).await
 }
 
 async fn shutdown(server: &Server) {

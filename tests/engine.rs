@@ -10,6 +10,7 @@
 //! Every case runs over IPv4 and IPv6 loopback (`<case>::v4`, `<case>::v6`), binds port 0
 //! and fails within 30 s if anything hangs.
 
+#[macro_use]
 mod common;
 
 use std::collections::{HashMap, HashSet};
@@ -24,40 +25,6 @@ use serde::{Deserialize, Serialize};
 use zserver::{BlockingClient, Bytes, Client, Config, Error, Responder, Router, Server};
 
 use common::*;
-
-/// `both!(case)`: two tests, `case::v4` and `case::v6`, each running `async fn case(addr)`
-/// under `zserver::block_on` within the time limit. `both!(sync case)` does the same for a
-/// plain `fn case(addr)` (run on a std thread, outside any runtime).
-macro_rules! both {
-    ($(#[$m:meta])* $name:ident) => {
-        mod $name {
-            #[test]
-            $(#[$m])*
-            fn v4() {
-                crate::common::bounded(|| zserver::block_on(super::$name("127.0.0.1:0")))
-            }
-            #[test]
-            $(#[$m])*
-            fn v6() {
-                crate::common::bounded(|| zserver::block_on(super::$name("[::1]:0")))
-            }
-        }
-    };
-    ($(#[$m:meta])* sync $name:ident) => {
-        mod $name {
-            #[test]
-            $(#[$m])*
-            fn v4() {
-                crate::common::bounded(|| super::$name("127.0.0.1:0"))
-            }
-            #[test]
-            $(#[$m])*
-            fn v6() {
-                crate::common::bounded(|| super::$name("[::1]:0"))
-            }
-        }
-    };
-}
 
 // ----- shared fixtures ------------------------------------------------------------------
 
@@ -86,14 +53,7 @@ async fn start(addr: &str, router: Router) -> Server {
 }
 
 async fn start_with(addr: &str, router: Router, config: Config) -> Server {
-    let server = zserver::server()
-        .router(router)
-        .config(config)
-        .bind(addr)
-        .await
-        .expect("bind");
-    assert_ne!(server.local_addr().port(), 0, "port 0 was resolved");
-    server
+    start_server(addr, router, config).await
 }
 
 async fn connect(server: &Server) -> Client {
@@ -101,15 +61,7 @@ async fn connect(server: &Server) -> Client {
 }
 
 async fn connect_with(server: &Server, router: Router) -> Client {
-    within(
-        WAIT,
-        "connect",
-        zserver::client()
-            .router(router)
-            .connect(server.local_addr()),
-    )
-    .await
-    .expect("connect")
+    connect_client(server, router, Config::default()).await
 }
 
 /// Parks every responder it is given: a handler that answers only when the test says so.
@@ -122,15 +74,6 @@ fn parking(router: Router, name: &str) -> (Router, Parked) {
         p.update(|v| v.push((payload, responder)))
     });
     (router, parked)
-}
-
-async fn shutdown(server: &Server) {
-    within(
-        Duration::from_secs(15),
-        "server shutdown",
-        server.shutdown(),
-    )
-    .await;
 }
 
 // ----- 1. console commands --------------------------------------------------------------
@@ -1454,15 +1397,7 @@ fn plain_limited() -> Config {
 }
 
 async fn connect_config(server: &Server, config: Config) -> Client {
-    within(
-        WAIT,
-        "connect",
-        zserver::client()
-            .config(config)
-            .connect(server.local_addr()),
-    )
-    .await
-    .expect("connect")
+    connect_client(server, Router::new(), config).await
 }
 
 both!(call_pending_when_peer_resets_fails_closed);

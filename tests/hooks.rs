@@ -7,6 +7,7 @@
 //! cargo test --test hooks --no-default-features --features smol
 //! ```
 
+#[macro_use]
 mod common;
 
 use std::collections::{HashMap, HashSet};
@@ -14,45 +15,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use zserver::{Bytes, Client, CommandKind, Error, Router, Server};
+use zserver::{Bytes, Client, CommandKind, Config, Error, Router, Server};
 
 use common::*;
 
-/// `both!(case)`: `case::v4` and `case::v6`, each running `async fn case(addr)` under
-/// `zserver::block_on` within the time limit.
-macro_rules! both {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn v4() {
-                crate::common::bounded(|| zserver::block_on(super::$name("127.0.0.1:0")))
-            }
-            #[test]
-            fn v6() {
-                crate::common::bounded(|| zserver::block_on(super::$name("[::1]:0")))
-            }
-        }
-    };
-}
-
 async fn start(addr: &str, router: Router) -> Server {
-    zserver::server()
-        .router(router)
-        .bind(addr)
-        .await
-        .expect("bind")
+    start_server(addr, router, Config::default()).await
 }
 
 async fn connect_with(server: &Server, router: Router) -> Client {
-    within(
-        WAIT,
-        "connect",
-        zserver::client()
-            .router(router)
-            .connect(server.local_addr()),
-    )
-    .await
-    .expect("connect")
+    connect_client(server, router, Config::default()).await
 }
 
 async fn connect(server: &Server) -> Client {

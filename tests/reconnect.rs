@@ -87,15 +87,6 @@ async fn rebind(target: SocketAddr, router: Router, config: Config) -> Server {
     }
 }
 
-async fn shutdown(server: &Server) {
-    within(
-        Duration::from_secs(15),
-        "server shutdown",
-        server.shutdown(),
-    )
-    .await;
-}
-
 /// A raw listener that accepts connections and drops them at once (so every connection
 /// attempt fails its handshake), recording when each one arrived.
 struct Refuser {

@@ -6,6 +6,41 @@
 
 pub mod generated;
 
+/// `both!(case)`: two tests, `case::v4` and `case::v6`, each running `async fn case(addr)`
+/// under `zserver::block_on` within the time limit. `both!(sync case)` does the same for a
+/// plain `fn case(addr)` (run on a std thread, outside any runtime).
+#[allow(unused_macros)]
+macro_rules! both {
+    ($(#[$m:meta])* $name:ident) => {
+        mod $name {
+            #[test]
+            $(#[$m])*
+            fn v4() {
+                crate::common::bounded(|| zserver::block_on(super::$name("127.0.0.1:0")))
+            }
+            #[test]
+            $(#[$m])*
+            fn v6() {
+                crate::common::bounded(|| zserver::block_on(super::$name("[::1]:0")))
+            }
+        }
+    };
+    ($(#[$m:meta])* sync $name:ident) => {
+        mod $name {
+            #[test]
+            $(#[$m])*
+            fn v4() {
+                crate::common::bounded(|| super::$name("127.0.0.1:0"))
+            }
+            #[test]
+            $(#[$m])*
+            fn v6() {
+                crate::common::bounded(|| super::$name("[::1]:0"))
+            }
+        }
+    };
+}
+
 use std::future::{poll_fn, Future};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -256,5 +291,49 @@ pub async fn hostile_closed_alone(
     until("the protocol error is counted", || {
         server.stats().totals.errors_in >= 1
     })
+    .await;
+}
+
+/// Binds a server on `addr` (port 0 for any) with `router` and `config`.
+pub async fn start_server(
+    addr: &str,
+    router: zserver::Router,
+    config: zserver::Config,
+) -> zserver::Server {
+    let server = zserver::server()
+        .router(router)
+        .config(config)
+        .bind(addr)
+        .await
+        .expect("bind");
+    assert_ne!(server.local_addr().port(), 0, "port 0 was resolved");
+    server
+}
+
+/// Connects a client with `router` and `config` to `server`, failing after [`WAIT`].
+pub async fn connect_client(
+    server: &zserver::Server,
+    router: zserver::Router,
+    config: zserver::Config,
+) -> zserver::Client {
+    within(
+        WAIT,
+        "connect",
+        zserver::client()
+            .router(router)
+            .config(config)
+            .connect(server.local_addr()),
+    )
+    .await
+    .expect("connect")
+}
+
+/// Shuts `server` down, failing if that takes over 15 s.
+pub async fn shutdown(server: &zserver::Server) {
+    within(
+        Duration::from_secs(15),
+        "server shutdown",
+        server.shutdown(),
+    )
     .await;
 }
