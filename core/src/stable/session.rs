@@ -235,8 +235,7 @@ impl Session {
                     tracing::debug!(session = %hex(&self.id), %why, "stable session link lost")
                 }
                 End::Replaced(link) => {
-                    let link = self.answer_resume(link).await;
-                    next = (!link.write_failed()).then_some(link);
+                    next = self.answer_resume(link).await;
                 }
             }
         }
@@ -256,8 +255,7 @@ impl Session {
                 })
                 .await
                 .ok_or_else(|| self.offline_error())?;
-                let link = self.answer_resume(link).await;
-                if !link.write_failed() {
+                if let Some(link) = self.answer_resume(link).await {
                     return Ok(link);
                 }
             },
@@ -310,19 +308,16 @@ impl Session {
     }
 
     /// (Server) tells a returning client how much of its stream arrived. Called only
-    /// once the old link is gone, so the count is final. A failed write leaves the link
-    /// marked so that the caller waits for another.
-    async fn answer_resume(&self, mut link: Link) -> Link {
+    /// once the old link is gone, so the count is final. `None` if the answer could not
+    /// be written: that link is useless and the caller waits for another.
+    async fn answer_resume(&self, mut link: Link) -> Option<Link> {
         let received = self.state().received;
         let answer = Answer::Resumed { received }.encode();
         let written = async {
             link.write.write_all(&answer).await?;
             link.write.flush().await
         };
-        if written.await.is_err() {
-            link.peer_received = u64::MAX;
-        }
-        link
+        written.await.ok().map(|()| link)
     }
 
     /// Runs both pumps on `link` until it ends.
@@ -575,13 +570,6 @@ enum Wake {
     Bytes(usize),
     Changed,
     Keepalive,
-}
-
-impl Link {
-    /// Whether answering on this link failed (it is useless).
-    fn write_failed(&self) -> bool {
-        self.peer_received == u64::MAX
-    }
 }
 
 /// The connection's read half: the inbound pipe, which reports the session's failure
