@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use zserver_login::{Event, LoginClient, LoginConfig, LoginServer, SecondLogin, Store};
+use zserver_login::{
+    ClusterConfig, Event, LoginClient, LoginConfig, LoginServer, SecondLogin, Store,
+};
 
 use crate::bench::{run_on, BoxError};
 
@@ -28,6 +30,17 @@ pub struct ServeArgs {
     /// Refuse a second login of a user who is logged in (default: end the first session).
     #[arg(long)]
     pub refuse_second_login: bool,
+    /// Accounts and offline messages: `embedded` (SQLite in the data directory) or a
+    /// `postgres://user@host:port/db` URL.
+    #[arg(long, default_value = "embedded")]
+    pub store: String,
+    /// Run as one node of a cluster whose nodes share presence through this NATS server
+    /// (`nats://host:port`); needs a `--store postgres://...` shared by all nodes.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// The cluster's name (prefix of its NATS subjects), for several clusters on one NATS.
+    #[arg(long, default_value = "zserver")]
+    pub cluster_name: String,
 }
 
 /// Arguments of `zserver user`.
@@ -36,6 +49,9 @@ pub struct UserArgs {
     /// Data directory of the server.
     #[arg(long, default_value = "zserver-data", global = true)]
     pub data: PathBuf,
+    /// The server's store: `embedded` (in the data directory) or a `postgres://` URL.
+    #[arg(long, default_value = "embedded", global = true)]
+    pub store: String,
     #[command(subcommand)]
     pub action: UserAction,
 }
@@ -140,6 +156,12 @@ pub fn serve(args: ServeArgs) -> Result<(), BoxError> {
     if args.refuse_second_login {
         config.second_login = SecondLogin::Refuse;
     }
+    config.store = args.store.clone();
+    if let Some(nats) = &args.cluster {
+        let mut cluster = ClusterConfig::new(nats);
+        cluster.name = args.cluster_name.clone();
+        config.cluster = Some(cluster);
+    }
     let runtime = transport.runtime();
     let server = run_on(&runtime, LoginServer::start(transport, args.listen, config))?;
     println!(
@@ -149,6 +171,12 @@ pub fn serve(args: ServeArgs) -> Result<(), BoxError> {
     );
     println!("data directory: {}", args.data.display());
     println!("server key fingerprint: {}", server.fingerprint());
+    if let (Some(nats), Some(node)) = (&args.cluster, server.node_id()) {
+        println!(
+            "cluster `{}` on {nats}: node {node:016x}",
+            args.cluster_name
+        );
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     ctrlc::set_handler(move || {
         let _ = tx.send(());
@@ -161,7 +189,7 @@ pub fn serve(args: ServeArgs) -> Result<(), BoxError> {
 }
 
 pub fn user(args: UserArgs) -> Result<(), BoxError> {
-    let store = Store::open(&args.data)?;
+    let store = Store::open_spec(&args.store, &args.data)?;
     match args.action {
         UserAction::Add { name, password } => {
             store.add_user(&name, &password)?;

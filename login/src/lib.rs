@@ -17,11 +17,14 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod cluster;
 pub mod protocol;
 pub mod server;
 pub mod store;
+mod store_shim;
 
 pub use client::LoginClient;
+pub use cluster::ClusterConfig;
 pub use protocol::Event;
 pub use server::{check_file_name, LoginConfig, LoginServer, SecondLogin};
 pub use store::{Store, StoreError};

@@ -12,6 +12,7 @@ use zserver::{
     ServerBuilder, Transport,
 };
 
+use crate::cluster::{BoxFuture, Cluster, ClusterConfig, Deliver, LocalSessions, NodeId};
 use crate::protocol::{
     Credentials, FileInfo, Incoming, NewPassword, Push, PushReport, Recipients, Welcome,
 };
@@ -39,11 +40,16 @@ pub struct LoginConfig {
     pub max_failed_logins: usize,
     /// The window failed logins are counted over.
     pub attempt_window: Duration,
+    /// Where accounts and offline messages live: `embedded` (SQLite in the data directory)
+    /// or a `postgres://` URL (required with [`Self::cluster`]).
+    pub store: String,
+    /// Join a cluster of nodes sharing presence through NATS; `None` runs one node alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl LoginConfig {
     /// Defaults with data under `data_dir`: 1 GiB per user, a second login kicks the first,
-    /// 5 failed logins per minute per address and per account.
+    /// 5 failed logins per minute per address and per account, the embedded store, no cluster.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
@@ -51,6 +57,8 @@ impl LoginConfig {
             second_login: SecondLogin::KickOld,
             max_failed_logins: 5,
             attempt_window: Duration::from_secs(60),
+            store: "embedded".into(),
+            cluster: None,
         }
     }
 }
@@ -99,6 +107,7 @@ struct State {
     config: LoginConfig,
     sessions: Mutex<Sessions>,
     limiter: Mutex<Limiter>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -169,25 +178,155 @@ impl State {
         Ok(self.list(user)?.iter().map(|f| f.size).sum())
     }
 
-    /// Delivers `text` from `from` to `to` if online; otherwise stores it.
-    async fn deliver(self: &Arc<Self>, from: &str, to: &str, text: &str) -> Result<bool, Error> {
+    /// Users logged in here.
+    fn local_users(&self) -> Vec<String> {
+        let mut sessions = lock(&self.sessions);
+        sessions.prune();
+        sessions.by_user.keys().cloned().collect()
+    }
+
+    /// Users logged in anywhere in the cluster (here alone without one), sorted.
+    fn online(&self) -> Vec<String> {
+        let mut users = self.local_users();
+        if let Some(cluster) = &self.cluster {
+            users.extend(cluster.remote_users());
+        }
+        users.sort();
+        users.dedup();
+        users
+    }
+
+    /// Sends `message` to `to` if logged in here; whether it went out.
+    async fn send_local(&self, to: &str, message: &Incoming) -> bool {
         let conn = {
             let mut sessions = lock(&self.sessions);
             sessions.prune();
             sessions.by_user.get(to).cloned()
         };
+        match conn {
+            Some(conn) => conn.send("message", message).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Delivers `text` from `from` to each of `users`: here, through the node they are logged
+    /// in on, or (offline, or unreachable) stored for their next login.
+    async fn push_to(
+        self: &Arc<Self>,
+        from: &str,
+        users: Vec<String>,
+        text: &str,
+    ) -> Result<PushReport, Error> {
         let message = Incoming {
             from: from.to_owned(),
             text: text.to_owned(),
         };
-        if let Some(conn) = conn {
-            if conn.send("message", &message).await.is_ok() {
-                return Ok(true);
+        let mut report = PushReport::default();
+        let mut remote: HashMap<NodeId, Vec<String>> = HashMap::new();
+        let mut offline = Vec::new();
+        for user in users {
+            check_name(&user).map_err(store_err)?;
+            if self.send_local(&user, &message).await {
+                report.delivered.push(user);
+            } else if let Some(node) = self.cluster.as_ref().and_then(|c| c.locate(&user)) {
+                remote.entry(node).or_default().push(user);
+            } else {
+                offline.push(user);
             }
         }
-        let (to, from, text) = (to.to_owned(), from.to_owned(), text.to_owned());
-        db(self, move |s| s.queue_message(&to, &from, &text)).await?;
-        Ok(false)
+        if let Some(cluster) = &self.cluster {
+            for (node, users) in remote {
+                let push = Deliver {
+                    from: from.to_owned(),
+                    users: users.clone(),
+                    text: text.to_owned(),
+                };
+                let reached = cluster.deliver(node, push).await;
+                for user in users {
+                    if reached.contains(&user) {
+                        report.delivered.push(user);
+                    } else {
+                        offline.push(user);
+                    }
+                }
+            }
+        }
+        for user in offline {
+            let (to, from, text) = (user.clone(), from.to_owned(), text.to_owned());
+            db(self, move |s| s.queue_message(&to, &from, &text)).await?;
+            report.stored.push(user);
+        }
+        Ok(report)
+    }
+
+    /// Forgets the session on `connection` (logout, account deleted).
+    fn end_session(&self, user: &str, connection: u64) {
+        {
+            let mut sessions = lock(&self.sessions);
+            sessions.by_conn.remove(&connection);
+            if sessions
+                .by_user
+                .get(user)
+                .is_some_and(|c| c.id() == connection)
+            {
+                sessions.by_user.remove(user);
+            }
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.offline(user, connection);
+        }
+    }
+}
+
+impl LocalSessions for State {
+    fn deliver_local(&self, push: Deliver) -> BoxFuture<Vec<String>> {
+        let conns: Vec<(String, Connection)> = {
+            let mut sessions = lock(&self.sessions);
+            sessions.prune();
+            push.users
+                .iter()
+                .filter_map(|u| sessions.by_user.get(u).map(|c| (u.clone(), c.clone())))
+                .collect()
+        };
+        let message = Incoming {
+            from: push.from,
+            text: push.text,
+        };
+        Box::pin(async move {
+            let mut reached = Vec::new();
+            for (user, conn) in conns {
+                if conn.send("message", &message).await.is_ok() {
+                    reached.push(user);
+                }
+            }
+            reached
+        })
+    }
+
+    fn kick(&self, user: String, connection: u64) -> BoxFuture<()> {
+        let conn = {
+            let mut sessions = lock(&self.sessions);
+            match sessions.by_user.get(&user) {
+                Some(c) if c.id() == connection => {
+                    let conn = c.clone();
+                    sessions.by_user.remove(&user);
+                    sessions.by_conn.remove(&connection);
+                    Some(conn)
+                }
+                _ => None,
+            }
+        };
+        if conn.is_some() {
+            if let Some(cluster) = &self.cluster {
+                cluster.offline(&user, connection);
+            }
+        }
+        Box::pin(async move {
+            if let Some(conn) = conn {
+                let _ = conn.send("kicked", "logged in on another node").await;
+                conn.begin_close();
+            }
+        })
     }
 }
 
@@ -221,13 +360,26 @@ impl LoginServer {
         addr: SocketAddr,
         config: LoginConfig,
     ) -> Result<Self, Error> {
-        let dir = config.data_dir.clone();
-        let store = blocking::unblock(move || Store::open(&dir))
+        let (dir, spec) = (config.data_dir.clone(), config.store.clone());
+        let store = blocking::unblock(move || Store::open_spec(&spec, &dir))
             .await
             .map_err(store_err)?;
+        let cluster = match &config.cluster {
+            Some(cluster) => {
+                if store.backend_name() != "postgres" {
+                    return Err(Error::msg(
+                        "a cluster needs a store all its nodes share: a postgres:// URL, \
+                         not the embedded one",
+                    ));
+                }
+                Some(Arc::new(Cluster::connect(cluster.clone()).await?))
+            }
+            None => None,
+        };
         let files = config.data_dir.join("files");
         std::fs::create_dir_all(&files)?;
         let state = Arc::new(State {
+            cluster,
             store: Arc::new(store),
             files,
             sessions: Mutex::new(Sessions {
@@ -242,6 +394,10 @@ impl LoginServer {
             .router(router(state.clone()))
             .bind(addr)
             .await?;
+        if let Some(cluster) = &state.cluster {
+            let local: Arc<dyn LocalSessions> = state.clone();
+            cluster.start(Arc::downgrade(&local)).await?;
+        }
         Ok(Self { server, state })
     }
 
@@ -255,18 +411,30 @@ impl LoginServer {
         self.server.fingerprint()
     }
 
-    /// Users logged in now, sorted.
+    /// Users logged in now, sorted: on any node of the cluster if there is one.
     pub fn online(&self) -> Vec<String> {
-        let mut sessions = lock(&self.state.sessions);
-        sessions.prune();
-        let mut users: Vec<String> = sessions.by_user.keys().cloned().collect();
-        users.sort();
-        users
+        self.state.online()
     }
 
-    /// Stops gracefully.
+    /// This node's id in its cluster (`None` without one).
+    pub fn node_id(&self) -> Option<NodeId> {
+        self.state.cluster.as_ref().map(|c| c.node())
+    }
+
+    /// The other nodes of the cluster this node knows of now (empty without one).
+    pub fn peers(&self) -> Vec<NodeId> {
+        self.state
+            .cluster
+            .as_ref()
+            .map_or(Vec::new(), |c| c.nodes())
+    }
+
+    /// Stops gracefully (and tells the cluster this node leaves).
     pub async fn shutdown(&self) {
-        self.server.shutdown().await
+        self.server.shutdown().await;
+        if let Some(cluster) = &self.state.cluster {
+            cluster.leave().await;
+        }
     }
 }
 
@@ -286,9 +454,7 @@ fn router(state: Arc<State>) -> Router {
         let s = s.clone();
         async move {
             let user = s.user(&ctx)?;
-            let mut sessions = lock(&s.sessions);
-            sessions.by_conn.remove(&ctx.connection_id());
-            sessions.by_user.remove(&user);
+            s.end_session(&user, ctx.connection_id());
             Ok::<_, Error>(())
         }
     });
@@ -312,9 +478,7 @@ fn router(state: Arc<State>) -> Router {
             })
             .await?;
             let _ = std::fs::remove_dir_all(s.files.join(&user));
-            let mut sessions = lock(&s.sessions);
-            sessions.by_conn.remove(&ctx.connection_id());
-            sessions.by_user.remove(&user);
+            s.end_session(&user, ctx.connection_id());
             Ok::<_, Error>(())
         }
     });
@@ -323,11 +487,7 @@ fn router(state: Arc<State>) -> Router {
         let s = s.clone();
         async move {
             s.user(&ctx)?;
-            let mut sessions = lock(&s.sessions);
-            sessions.prune();
-            let mut users: Vec<String> = sessions.by_user.keys().cloned().collect();
-            users.sort();
-            Ok::<_, Error>(users)
+            Ok::<_, Error>(s.online())
         }
     });
     let s = state.clone();
@@ -337,23 +497,9 @@ fn router(state: Arc<State>) -> Router {
             let from = s.user(&ctx)?;
             let to = match push.to {
                 Recipients::Users(users) => users,
-                Recipients::Everyone => {
-                    let mut sessions = lock(&s.sessions);
-                    sessions.prune();
-                    let mut online: Vec<String> = sessions.by_user.keys().cloned().collect();
-                    online.sort();
-                    online
-                }
+                Recipients::Everyone => s.online(),
             };
-            let mut report = PushReport::default();
-            for user in to {
-                check_name(&user).map_err(store_err)?;
-                match s.deliver(&from, &user, &push.text).await? {
-                    true => report.delivered.push(user),
-                    false => report.stored.push(user),
-                }
-            }
-            Ok::<_, Error>(report)
+            s.push_to(&from, to, &push.text).await
         }
     });
     let s = state.clone();
@@ -422,23 +568,37 @@ async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welc
         limiter.fail(user_key, now);
         return Err(e);
     }
-    let old = {
+    let elsewhere = state.cluster.as_ref().and_then(|cl| cl.locate(&c.user));
+    let (old, previous) = {
         let mut sessions = lock(&state.sessions);
         sessions.prune();
-        if let Some(old) = sessions.by_user.get(&c.user) {
-            if old.id() != ctx.connection_id() && config.second_login == SecondLogin::Refuse {
+        if config.second_login == SecondLogin::Refuse {
+            let here = sessions
+                .by_user
+                .get(&c.user)
+                .is_some_and(|old| old.id() != ctx.connection_id());
+            if here || elsewhere.is_some() {
                 return Err(Error::msg(format!("`{}` is already logged in", c.user)));
             }
         }
-        if let Some(previous) = sessions.by_conn.remove(&ctx.connection_id()) {
-            sessions.by_user.remove(&previous);
+        let previous = sessions.by_conn.remove(&ctx.connection_id());
+        if let Some(previous) = &previous {
+            sessions.by_user.remove(previous);
         }
         sessions.by_conn.insert(ctx.connection_id(), c.user.clone());
         let old = sessions
             .by_user
             .insert(c.user.clone(), ctx.connection().clone());
-        old.filter(|o| o.id() != ctx.connection_id())
+        (old.filter(|o| o.id() != ctx.connection_id()), previous)
     };
+    if let Some(cluster) = &state.cluster {
+        // Another user logged in on this connection before: that session ends.
+        if let Some(previous) = previous.filter(|p| *p != c.user) {
+            cluster.offline(&previous, ctx.connection_id());
+        }
+        // Announced to the other nodes; one holding an older session of this user kicks it.
+        cluster.online(&c.user, ctx.connection());
+    }
     if let Some(old) = old {
         lock(&state.sessions).by_conn.remove(&old.id());
         let _ = old

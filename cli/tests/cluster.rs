@@ -1,0 +1,382 @@
+//! Three `zserver serve --cluster ... --store postgres://...` processes as one service, one
+//! on each back end: users on different nodes see and push to each other, a second login on
+//! another node kicks the first, a killed node's users leave presence while the others keep
+//! working, and messages stored meanwhile are delivered after the node restarts.
+//!
+//! Needs PostgreSQL and NATS on loopback: `bash .ci/test` starts them (or
+//! `source .ci/services.sh start`), which sets `ZSERVER_TEST_POSTGRES` and `ZSERVER_TEST_NATS`.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use zserver::{Error, Transport};
+use zserver_login::protocol::Incoming;
+use zserver_login::{Event, LoginClient};
+
+const BIN: &str = env!("CARGO_BIN_EXE_zserver");
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: start the services with `source .ci/services.sh start`")
+    })
+}
+
+/// A fresh PostgreSQL database for one test, dropped at the end.
+struct Database {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl Database {
+    fn new(tag: &str) -> Self {
+        let admin = env("ZSERVER_TEST_POSTGRES");
+        let name = format!("zs_{tag}_{}", std::process::id());
+        let mut client = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
+        client
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
+            ))
+            .unwrap();
+        let base = admin.rsplit_once('/').unwrap().0;
+        let url = format!("{base}/{name}");
+        Self { admin, name, url }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+            let _ = client.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+/// The cluster's shared settings.
+struct Cluster {
+    dir: PathBuf,
+    store: String,
+    nats: String,
+    name: String,
+    extra: Vec<&'static str>,
+}
+
+/// One node: a `zserver serve` process.
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+    fingerprint: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Cluster {
+    fn new(tag: &str, db: &Database, extra: &[&'static str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("zserver-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self {
+            dir,
+            store: db.url.clone(),
+            nats: env("ZSERVER_TEST_NATS"),
+            name: format!("{tag}{}", std::process::id()),
+            extra: extra.to_vec(),
+        }
+    }
+
+    /// Starts a node on `backend` and waits until it has joined (its log: `node-N.log`).
+    fn start(&self, n: usize, backend: &str) -> Node {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let log = File::create(self.dir.join(format!("node-{n}.log"))).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", &addr.to_string(), "--backend", backend])
+            .args(["--store", &self.store, "--cluster", &self.nats])
+            .args(["--cluster-name", &self.name])
+            .args(&self.extra)
+            .arg("--data")
+            .arg(self.dir.join("data"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut fingerprint = String::new();
+        let mut joined = false;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(fp) = line.strip_prefix("server key fingerprint: ") {
+                fingerprint = fp.to_owned();
+            }
+            if line.starts_with("cluster `") {
+                joined = true;
+                break;
+            }
+        }
+        assert!(
+            joined,
+            "node {n} did not join; see {}",
+            self.dir.join(format!("node-{n}.log")).display()
+        );
+        // Keep reading its output so it never writes into a closed pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Node {
+            child,
+            addr,
+            fingerprint,
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `fut` on the tokio back end and waits for it here.
+fn run<T: Send + 'static>(fut: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    let runtime = zserver::transport("tokio").unwrap().runtime();
+    let (tx, rx) = mpsc::channel();
+    runtime.spawn(Box::pin(async move {
+        let _ = tx.send(fut.await);
+    }));
+    rx.recv_timeout(Duration::from_secs(120))
+        .expect("the scenario finished in time")
+}
+
+fn transport() -> Arc<dyn Transport> {
+    zserver::transport("tokio").unwrap()
+}
+
+async fn user(node: (SocketAddr, String), name: &str) -> Result<LoginClient, Error> {
+    let client = LoginClient::connect(transport(), node.0, Some(&node.1)).await?;
+    client.login(name, "pw").await?;
+    Ok(client)
+}
+
+fn at(node: &Node) -> (SocketAddr, String) {
+    (node.addr, node.fingerprint.clone())
+}
+
+async fn next_event(client: &LoginClient) -> Event {
+    let event = futures_lite::future::or(async { client.next_event().await }, async {
+        zserver::sleep(Duration::from_secs(10)).await;
+        None
+    });
+    event.await.expect("an event within 10 s")
+}
+
+fn message(from: &str, text: &str) -> Event {
+    Event::Message(Incoming {
+        from: from.into(),
+        text: text.into(),
+    })
+}
+
+/// Polls `who` until it lists exactly `expected`; how long that took.
+async fn until_who(client: &LoginClient, expected: &[&str]) -> Duration {
+    let start = Instant::now();
+    loop {
+        let who = client.who().await.unwrap();
+        if who == expected {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "who is {who:?}, expected {expected:?}"
+        );
+        zserver::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and NATS: bash .ci/test starts them"]
+fn three_nodes_push_kick_survive_a_killed_node_and_deliver_after_restart() {
+    let db = Database::new("three");
+    let cluster = Cluster::new("three", &db, &[]);
+    let n1 = cluster.start(1, "tokio");
+    let n2 = cluster.start(2, "async-std");
+    let mut n3 = cluster.start(3, "smol");
+    assert_eq!(n1.fingerprint, n3.fingerprint, "nodes share the key");
+    let (a1, a2, a3) = (at(&n1), at(&n2), at(&n3));
+
+    let (ann, bob2) = run(async move {
+        let admin = LoginClient::connect(transport(), a1.0, Some(&a1.1)).await?;
+        for name in ["ann", "bob", "cid", "dan"] {
+            admin.register(name, "pw").await?;
+        }
+        let ann = user(a1.clone(), "ann").await?;
+        let bob = user(a2.clone(), "bob").await?;
+        let cid = user(a3.clone(), "cid").await?;
+        for client in [&ann, &bob, &cid] {
+            until_who(client, &["ann", "bob", "cid"]).await;
+        }
+
+        // Pushes across nodes, one way and another.
+        let report = ann.push(&["bob"], "hi bob").await?;
+        assert_eq!(report.delivered, ["bob"]);
+        assert_eq!(next_event(&bob).await, message("ann", "hi bob"));
+        let report = bob.push(&["cid", "ann"], "hi both").await?;
+        assert_eq!(report.stored, Vec::<String>::new());
+        assert_eq!(next_event(&cid).await, message("bob", "hi both"));
+        assert_eq!(next_event(&ann).await, message("bob", "hi both"));
+        // A broadcast reaches everyone online, on every node.
+        let report = cid.push_all("hello all").await?;
+        assert_eq!(report.delivered.len(), 3, "{report:?}");
+        for client in [&ann, &bob, &cid] {
+            assert_eq!(next_event(client).await, message("cid", "hello all"));
+        }
+
+        // A second login on another node kicks the first session.
+        let bob2 = user(a3.clone(), "bob").await?;
+        assert!(matches!(next_event(&bob).await, Event::Kicked(_)));
+        bob.client().closed().await;
+        until_who(&ann, &["ann", "bob", "cid"]).await;
+        ann.push(&["bob"], "which bob?").await?;
+        assert_eq!(next_event(&bob2).await, message("ann", "which bob?"));
+        drop(cid);
+        Ok::<_, Error>((ann, bob2))
+    })
+    .unwrap();
+
+    // Node 3 dies without a word: its users leave presence, the others carry on.
+    n3.child.kill().unwrap();
+    n3.child.wait().unwrap();
+    let a2 = at(&n2);
+    let ann = run(async move {
+        let gone = until_who(&ann, &["ann"]).await;
+        assert!(gone < Duration::from_secs(10), "presence took {gone:?}");
+        // The users of the dead node lost their connection.
+        bob2.client().closed().await;
+        let report = ann
+            .push(&["cid", "bob", "dan"], "while you were out")
+            .await?;
+        assert!(report.delivered.is_empty(), "{report:?}");
+        assert_eq!(report.stored, ["cid", "bob", "dan"]);
+        // dan logs in on node 2 and gets his message; node 2 works on.
+        let dan = user(a2.clone(), "dan").await?;
+        until_who(&ann, &["ann", "dan"]).await;
+        ann.push(&["dan"], "welcome").await?;
+        assert_eq!(next_event(&dan).await, message("ann", "welcome"));
+        Ok::<_, Error>(ann)
+    })
+    .unwrap();
+
+    // Node 3 comes back (a new node to the others); its users get what was stored.
+    drop(n3);
+    let n3 = cluster.start(3, "smol");
+    let a3 = at(&n3);
+    run(async move {
+        let cid = LoginClient::connect(transport(), a3.0, Some(&a3.1)).await?;
+        let offline = cid.login("cid", "pw").await?;
+        assert_eq!(
+            offline,
+            [Incoming {
+                from: "ann".into(),
+                text: "while you were out".into()
+            }]
+        );
+        until_who(&ann, &["ann", "cid"]).await;
+        ann.push(&["cid"], "back?").await?;
+        assert_eq!(next_event(&cid).await, message("ann", "back?"));
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and NATS: bash .ci/test starts them"]
+fn refused_second_login_and_graceful_leave_across_nodes() {
+    let db = Database::new("refuse");
+    let cluster = Cluster::new("refuse", &db, &["--refuse-second-login"]);
+    let n1 = cluster.start(1, "tokio");
+    let mut n2 = cluster.start(2, "smol");
+    let (a1, a2) = (at(&n1), at(&n2));
+    let ann = run(async move {
+        let admin = LoginClient::connect(transport(), a1.0, Some(&a1.1)).await?;
+        admin.register("ann", "pw").await?;
+        admin.register("eve", "pw").await?;
+        let ann = user(a1.clone(), "ann").await?;
+        let eve = user(a2.clone(), "eve").await?;
+        until_who(&eve, &["ann", "eve"]).await;
+        let again = LoginClient::connect(transport(), a2.0, Some(&a2.1)).await?;
+        let refused = again.login("ann", "pw").await.unwrap_err();
+        assert!(
+            refused.to_string().contains("already logged in"),
+            "{refused}"
+        );
+        until_who(&ann, &["ann", "eve"]).await;
+        Ok::<_, Error>(ann)
+    })
+    .unwrap();
+    // A node stopped with Ctrl-C says it leaves: its users go at once, not after a time-out.
+    let stopped = Command::new("kill")
+        .args(["-INT", &n2.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    n2.child.wait().unwrap();
+    run(async move {
+        let gone = until_who(&ann, &["ann"]).await;
+        assert!(
+            gone < Duration::from_secs(2),
+            "a leaving node took {gone:?}"
+        );
+    });
+}
+
+/// `zserver serve` with these arguments fails; its error message.
+fn serve_fails(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .arg("--data")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_cluster_refuses_the_embedded_store() {
+    let dir = std::env::temp_dir().join(format!("zserver-cluster-bad-{}", std::process::id()));
+    let stderr = serve_fails(&dir, &["--cluster", "nats://127.0.0.1:1"]);
+    assert!(stderr.contains("postgres://"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: bash .ci/test starts it"]
+fn an_unreachable_nats_fails_the_start_clearly() {
+    let db = Database::new("nonats");
+    let dir = std::env::temp_dir().join(format!("zserver-nonats-{}", std::process::id()));
+    let stderr = serve_fails(
+        &dir,
+        &["--store", &db.url, "--cluster", "nats://127.0.0.1:1"],
+    );
+    assert!(
+        stderr.contains("cannot reach NATS at nats://127.0.0.1:1"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,491 @@
+//! Several login-server nodes as one service: presence, push and kicks shared through NATS.
+//!
+//! Each node connects to a NATS server and talks on subjects under the cluster's name
+//! (`zserver` by default):
+//!
+//! | subject | what |
+//! | --- | --- |
+//! | `NAME.presence` | every node's [`Announce`]ments: logins, logouts, heartbeats, leaving |
+//! | `NAME.node.ID.snapshot` | request → the node's [`Snapshot`] (postcard) |
+//! | `NAME.node.ID.deliver` | request [`Deliver`] → the users it reached (postcard `Vec<String>`) |
+//!
+//! The NATS client runs on a small tokio runtime of its own, so a node on any of zserver's
+//! back ends can join. Accounts and offline messages are not here: clustered nodes share a
+//! PostgreSQL store. See `docs/CLUSTER.md` for the topology and what fails how.
+
+pub mod presence;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_lite::StreamExt;
+use serde::{Deserialize, Serialize};
+use zserver::{Connection, Error};
+
+use presence::{Action, LocalPresence, RemoteView};
+pub use presence::{Announce, NodeId, Snapshot};
+
+/// How a node joins its cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The NATS server, e.g. `nats://127.0.0.1:4222`.
+    pub nats_url: String,
+    /// The cluster's name: the prefix of its NATS subjects, so clusters can share a NATS
+    /// server. 1 to 64 characters of `a-z`, `A-Z`, `0-9`, `_`, `-`.
+    pub name: String,
+    /// How often a node says it is alive.
+    pub heartbeat: Duration,
+    /// A node not heard from for this long is dropped, with its users.
+    pub node_timeout: Duration,
+    /// How long a request to another node (a push, a snapshot) may take.
+    pub request_timeout: Duration,
+}
+
+impl ClusterConfig {
+    /// Defaults: cluster `zserver`, a heartbeat every second, nodes dropped after 3 s of
+    /// silence, requests to other nodes given 2 s.
+    pub fn new(nats_url: impl Into<String>) -> Self {
+        Self {
+            nats_url: nats_url.into(),
+            name: "zserver".into(),
+            heartbeat: Duration::from_secs(1),
+            node_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(2),
+        }
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        let ok = (1..=64).contains(&self.name.len())
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+        if !ok {
+            return Err(Error::msg(format!(
+                "bad cluster name `{}`: 1 to 64 characters of a-z, A-Z, 0-9, `_`, `-`",
+                self.name
+            )));
+        }
+        if self.heartbeat.is_zero() || self.node_timeout <= self.heartbeat {
+            return Err(Error::msg(
+                "the cluster's node time-out must be longer than its heartbeat",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A push to users on another node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deliver {
+    /// The sender.
+    pub from: String,
+    /// The recipients, all logged in on the node asked (as far as the sender knows).
+    pub users: Vec<String>,
+    /// The text.
+    pub text: String,
+}
+
+/// A boxed future the cluster can run on its runtime.
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What the cluster needs from the local login server.
+pub(crate) trait LocalSessions: Send + Sync + 'static {
+    /// Sends `text` from `from` to those of `users` logged in here; returns the ones reached.
+    fn deliver_local(&self, push: Deliver) -> BoxFuture<Vec<String>>;
+    /// Ends `user`'s session on `connection` (a newer login elsewhere won).
+    fn kick(&self, user: String, connection: u64) -> BoxFuture<()>;
+}
+
+enum Command {
+    Online {
+        user: String,
+        connection: Connection,
+    },
+    Offline {
+        user: String,
+        connection: u64,
+    },
+    Leave(async_channel::Sender<()>),
+}
+
+struct Subjects {
+    presence: String,
+    prefix: String,
+}
+
+impl Subjects {
+    fn snapshot(&self, node: NodeId) -> String {
+        format!("{}.node.{node:016x}.snapshot", self.prefix)
+    }
+    fn deliver(&self, node: NodeId) -> String {
+        format!("{}.node.{node:016x}.deliver", self.prefix)
+    }
+}
+
+/// This node's membership of a cluster.
+pub(crate) struct Cluster {
+    node: NodeId,
+    config: ClusterConfig,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
+    nats: async_nats::Client,
+    subjects: Arc<Subjects>,
+    view: Arc<Mutex<RemoteView>>,
+    commands: async_channel::Sender<Command>,
+    inbox: async_channel::Receiver<Command>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn encode<T: Serialize>(value: &T) -> bytes::Bytes {
+    postcard::to_stdvec(value)
+        .map(bytes::Bytes::from)
+        .unwrap_or_default()
+}
+
+impl Cluster {
+    /// Connects to NATS (failing within 5 s if it cannot be reached); call [`Self::start`]
+    /// once the local server exists.
+    pub(crate) async fn connect(config: ClusterConfig) -> Result<Self, Error> {
+        config.check()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("zserver-cluster")
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let node = {
+            use argon2::password_hash::rand_core::{OsRng, RngCore};
+            OsRng.next_u64()
+        };
+        let url = config.nats_url.clone();
+        let name = format!("zserver-{}-{node:016x}", config.name);
+        let nats = handle
+            .spawn(async move {
+                async_nats::ConnectOptions::new()
+                    .name(name)
+                    .connection_timeout(Duration::from_secs(5))
+                    .connect(url.as_str())
+                    .await
+            })
+            .await
+            .map_err(|e| Error::msg(format!("cluster runtime failed: {e}")))?
+            .map_err(|e| Error::msg(format!("cannot reach NATS at {}: {e}", config.nats_url)))?;
+        let (commands, inbox) = async_channel::unbounded();
+        Ok(Self {
+            node,
+            subjects: Arc::new(Subjects {
+                presence: format!("{}.presence", config.name),
+                prefix: config.name.clone(),
+            }),
+            view: Arc::new(Mutex::new(RemoteView::new(node, config.node_timeout))),
+            config,
+            runtime: Mutex::new(Some(runtime)),
+            handle,
+            nats,
+            commands,
+            inbox,
+        })
+    }
+
+    /// Subscribes and starts announcing; `local` answers pushes and kicks from other nodes.
+    pub(crate) async fn start(&self, local: Weak<dyn LocalSessions>) -> Result<(), Error> {
+        let nats = self.nats.clone();
+        let subjects = self.subjects.clone();
+        let me = self.node;
+        let subscribed = self
+            .handle
+            .spawn(async move {
+                let presence = nats.subscribe(subjects.presence.clone()).await?;
+                let snapshots = nats.subscribe(subjects.snapshot(me)).await?;
+                let deliveries = nats.subscribe(subjects.deliver(me)).await?;
+                nats.flush().await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>((presence, snapshots, deliveries))
+            })
+            .await
+            .map_err(|e| Error::msg(format!("cluster runtime failed: {e}")))?
+            .map_err(|e| Error::msg(format!("cannot subscribe on NATS: {e}")))?;
+        let actor = Actor {
+            local: LocalPresence::new(me),
+            view: self.view.clone(),
+            nats: self.nats.clone(),
+            subjects: self.subjects.clone(),
+            sessions: local,
+            commands: self.commands.clone(),
+            request_timeout: self.config.request_timeout,
+        };
+        self.handle
+            .spawn(actor.run(self.inbox.clone(), subscribed, self.config.heartbeat));
+        Ok(())
+    }
+
+    /// This node's id.
+    pub(crate) fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// `user` logged in here on `connection`: announce it, and announce the end of the
+    /// session when the connection closes.
+    pub(crate) fn online(&self, user: &str, connection: &Connection) {
+        let _ = self.commands.try_send(Command::Online {
+            user: user.to_owned(),
+            connection: connection.clone(),
+        });
+    }
+
+    /// `user`'s session on `connection` ended (a logout; closed connections are noticed).
+    pub(crate) fn offline(&self, user: &str, connection: u64) {
+        let _ = self.commands.try_send(Command::Offline {
+            user: user.to_owned(),
+            connection,
+        });
+    }
+
+    /// The other node `user` is logged in on, if any.
+    pub(crate) fn locate(&self, user: &str) -> Option<NodeId> {
+        lock(&self.view).locate(user)
+    }
+
+    /// Users online on the other nodes.
+    pub(crate) fn remote_users(&self) -> Vec<String> {
+        lock(&self.view).users()
+    }
+
+    /// The other nodes known now.
+    pub(crate) fn nodes(&self) -> Vec<NodeId> {
+        lock(&self.view).nodes()
+    }
+
+    /// Asks `node` to deliver a push to its users; the users it reached (none if it did not
+    /// answer in time).
+    pub(crate) async fn deliver(&self, node: NodeId, push: Deliver) -> Vec<String> {
+        let nats = self.nats.clone();
+        let subject = self.subjects.deliver(node);
+        let timeout = self.config.request_timeout;
+        let asked = self.handle.spawn(async move {
+            let reply = tokio::time::timeout(timeout, nats.request(subject, encode(&push)))
+                .await
+                .ok()?
+                .ok()?;
+            postcard::from_bytes::<Vec<String>>(&reply.payload).ok()
+        });
+        match asked.await {
+            Ok(Some(reached)) => reached,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Announces that this node leaves, and stops (waits at most 2 s for NATS).
+    pub(crate) async fn leave(&self) {
+        let (done, left) = async_channel::bounded(1);
+        if self.commands.try_send(Command::Leave(done)).is_err() {
+            return;
+        }
+        let _ = self
+            .handle
+            .spawn(async move { tokio::time::timeout(Duration::from_secs(2), left.recv()).await })
+            .await;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(runtime) = lock(&self.runtime).take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+type Subscriptions = (
+    async_nats::Subscriber,
+    async_nats::Subscriber,
+    async_nats::Subscriber,
+);
+
+/// The task that owns this node's presence and its view of the others.
+struct Actor {
+    local: LocalPresence,
+    view: Arc<Mutex<RemoteView>>,
+    nats: async_nats::Client,
+    subjects: Arc<Subjects>,
+    sessions: Weak<dyn LocalSessions>,
+    commands: async_channel::Sender<Command>,
+    request_timeout: Duration,
+}
+
+enum Input {
+    Command(Command),
+    Presence(async_nats::Message),
+    SnapshotAsked(async_nats::Message),
+    DeliverAsked(async_nats::Message),
+    Snapshot(NodeId, Snapshot),
+    Tick,
+    Ended,
+}
+
+impl Actor {
+    async fn run(
+        mut self,
+        inbox: async_channel::Receiver<Command>,
+        (mut presence, mut snapshot_asks, mut deliver_asks): Subscriptions,
+        heartbeat: Duration,
+    ) {
+        let (snap_tx, snap_rx) = async_channel::unbounded::<(NodeId, Snapshot)>();
+        let mut tick = tokio::time::interval(heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let input = tokio::select! {
+                c = inbox.recv() => c.map_or(Input::Ended, Input::Command),
+                m = presence.next() => m.map_or(Input::Ended, Input::Presence),
+                m = snapshot_asks.next() => m.map_or(Input::Ended, Input::SnapshotAsked),
+                m = deliver_asks.next() => m.map_or(Input::Ended, Input::DeliverAsked),
+                s = snap_rx.recv() => match s {
+                    Ok((node, snap)) => Input::Snapshot(node, snap),
+                    Err(_) => Input::Ended,
+                },
+                _ = tick.tick() => Input::Tick,
+            };
+            let now = Instant::now();
+            let actions = match input {
+                Input::Ended => break,
+                Input::Command(Command::Leave(done)) => {
+                    self.publish(&Announce::Leaving {
+                        node: self.local.node(),
+                    })
+                    .await;
+                    let _ = self.nats.flush().await;
+                    let _ = done.try_send(());
+                    break;
+                }
+                Input::Command(Command::Online { user, connection }) => {
+                    let announce = self.local.online(&user, connection.id(), now_unix_ms());
+                    self.publish(&announce).await;
+                    let commands = self.commands.clone();
+                    tokio::spawn(async move {
+                        connection.closed().await;
+                        let _ = commands
+                            .send(Command::Offline {
+                                user,
+                                connection: connection.id(),
+                            })
+                            .await;
+                    });
+                    Vec::new()
+                }
+                Input::Command(Command::Offline { user, connection }) => {
+                    if let Some(announce) = self.local.offline(&user, connection) {
+                        self.publish(&announce).await;
+                    }
+                    Vec::new()
+                }
+                Input::Presence(message) => match postcard::from_bytes(&message.payload) {
+                    Ok(announce) => lock(&self.view).on_announce(announce, now, &self.local),
+                    Err(e) => {
+                        tracing::warn!("cluster: undecodable presence message ignored: {e}");
+                        Vec::new()
+                    }
+                },
+                Input::SnapshotAsked(message) => {
+                    if let Some(reply) = message.reply {
+                        let snapshot = encode(&self.local.snapshot());
+                        if let Err(e) = self.nats.publish(reply, snapshot).await {
+                            tracing::warn!("cluster: cannot answer a snapshot request: {e}");
+                        }
+                    }
+                    Vec::new()
+                }
+                Input::DeliverAsked(message) => {
+                    self.answer_delivery(message);
+                    Vec::new()
+                }
+                Input::Snapshot(node, snapshot) => {
+                    lock(&self.view).on_snapshot(node, snapshot, now, &self.local)
+                }
+                Input::Tick => {
+                    self.publish(&self.local.heartbeat()).await;
+                    for node in lock(&self.view).expire(now) {
+                        tracing::info!("cluster: node {node:016x} dropped (silent too long)");
+                    }
+                    Vec::new()
+                }
+            };
+            for action in actions {
+                self.act(action, &snap_tx);
+            }
+        }
+    }
+
+    async fn publish(&self, announce: &Announce) {
+        if let Err(e) = self
+            .nats
+            .publish(self.subjects.presence.clone(), encode(announce))
+            .await
+        {
+            tracing::warn!("cluster: cannot publish presence: {e}");
+        }
+    }
+
+    fn act(&self, action: Action, snapshots: &async_channel::Sender<(NodeId, Snapshot)>) {
+        match action {
+            Action::Resync(node) => {
+                let nats = self.nats.clone();
+                let subject = self.subjects.snapshot(node);
+                let timeout = self.request_timeout;
+                let snapshots = snapshots.clone();
+                tokio::spawn(async move {
+                    let asked =
+                        tokio::time::timeout(timeout, nats.request(subject, Default::default()));
+                    match asked.await {
+                        Ok(Ok(reply)) => match postcard::from_bytes::<Snapshot>(&reply.payload) {
+                            Ok(snapshot) => {
+                                let _ = snapshots.send((node, snapshot)).await;
+                            }
+                            Err(e) => tracing::warn!("cluster: bad snapshot from {node:016x}: {e}"),
+                        },
+                        // The next heartbeat asks again.
+                        _ => tracing::debug!("cluster: no snapshot from {node:016x}"),
+                    }
+                });
+            }
+            Action::Kick { user, connection } => {
+                if let Some(sessions) = self.sessions.upgrade() {
+                    tokio::spawn(sessions.kick(user, connection));
+                }
+            }
+        }
+    }
+
+    fn answer_delivery(&self, message: async_nats::Message) {
+        let Some(reply) = message.reply else {
+            return;
+        };
+        let Some(sessions) = self.sessions.upgrade() else {
+            return;
+        };
+        let nats = self.nats.clone();
+        tokio::spawn(async move {
+            let reached = match postcard::from_bytes::<Deliver>(&message.payload) {
+                Ok(push) => sessions.deliver_local(push).await,
+                Err(e) => {
+                    tracing::warn!("cluster: undecodable push ignored: {e}");
+                    Vec::new()
+                }
+            };
+            if let Err(e) = nats.publish(reply, encode(&reached)).await {
+                tracing::warn!("cluster: cannot answer a push: {e}");
+            }
+        });
+    }
+}

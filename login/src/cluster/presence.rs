@@ -1,0 +1,485 @@
+//! Who is online where: the presence protocol's state machines, without any I/O.
+//!
+//! Every node announces its own users on one shared subject ([`Announce`]): `Online` and
+//! `Offline` as they log in and out, numbered by a per-node sequence, and a `Heartbeat` with
+//! the current number every heartbeat interval. Every other node keeps a [`RemoteView`] of
+//! them. A view that misses a number (it joined late, or a message was lost) asks that node
+//! for a [`Snapshot`] and carries on from it; a node not heard from within the node time-out
+//! is dropped with all its users, which is how a node that died leaves presence.
+//!
+//! The same user logged in on two nodes (a second login elsewhere, or two logins racing) is
+//! resolved by "newest login wins": each login carries its time and node, and the node
+//! holding the older one kicks it ([`Action::Kick`]) as soon as it hears of the newer.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// A node's identity: random, new at every start (a restarted node is a new node).
+pub type NodeId = u64;
+
+/// When a user logged in, in milliseconds since the Unix epoch, and on which node: ordered,
+/// so that of two logins of one user the greater is the newer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LoginStamp {
+    /// The login's wall-clock time.
+    pub at_ms: i64,
+    /// The node it happened on (breaks ties).
+    pub node: NodeId,
+}
+
+/// What a node publishes on the shared presence subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Announce {
+    /// `user` logged in on `node` (its `seq`-th presence change).
+    Online {
+        /// The announcing node.
+        node: NodeId,
+        /// The node's presence sequence number after this change.
+        seq: u64,
+        /// Who.
+        user: String,
+        /// When (the login's stamp).
+        stamp: LoginStamp,
+    },
+    /// `user` left `node`.
+    Offline {
+        /// The announcing node.
+        node: NodeId,
+        /// The node's presence sequence number after this change.
+        seq: u64,
+        /// Who.
+        user: String,
+    },
+    /// `node` is alive; its presence is at `seq`.
+    Heartbeat {
+        /// The announcing node.
+        node: NodeId,
+        /// Its current presence sequence number.
+        seq: u64,
+    },
+    /// `node` is shutting down: drop it now rather than at its time-out.
+    Leaving {
+        /// The announcing node.
+        node: NodeId,
+    },
+}
+
+impl Announce {
+    /// The node that published it.
+    pub fn node(&self) -> NodeId {
+        match self {
+            Announce::Online { node, .. }
+            | Announce::Offline { node, .. }
+            | Announce::Heartbeat { node, .. }
+            | Announce::Leaving { node } => *node,
+        }
+    }
+}
+
+/// A node's whole presence at one sequence number, sent on request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The sequence number it is current at.
+    pub seq: u64,
+    /// Its users and their login stamps.
+    pub users: Vec<(String, LoginStamp)>,
+}
+
+/// One local session as presence knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalSession {
+    /// The login's stamp.
+    pub stamp: LoginStamp,
+    /// The connection it is on.
+    pub connection: u64,
+}
+
+/// This node's own users, and the announcements that keep the others' views of them right.
+#[derive(Debug)]
+pub struct LocalPresence {
+    node: NodeId,
+    seq: u64,
+    users: HashMap<String, LocalSession>,
+}
+
+impl LocalPresence {
+    /// An empty presence for `node`.
+    pub fn new(node: NodeId) -> Self {
+        Self {
+            node,
+            seq: 0,
+            users: HashMap::new(),
+        }
+    }
+
+    /// `user` logged in here on `connection` at `at_ms` (replacing an earlier local session).
+    pub fn online(&mut self, user: &str, connection: u64, at_ms: i64) -> Announce {
+        let stamp = LoginStamp {
+            at_ms,
+            node: self.node,
+        };
+        self.users
+            .insert(user.to_owned(), LocalSession { stamp, connection });
+        self.seq += 1;
+        Announce::Online {
+            node: self.node,
+            seq: self.seq,
+            user: user.to_owned(),
+            stamp,
+        }
+    }
+
+    /// `user`'s session on `connection` ended; nothing to announce if that is not the
+    /// session presence holds (a newer login replaced it, or it was never announced).
+    pub fn offline(&mut self, user: &str, connection: u64) -> Option<Announce> {
+        if self.users.get(user)?.connection != connection {
+            return None;
+        }
+        self.users.remove(user);
+        self.seq += 1;
+        Some(Announce::Offline {
+            node: self.node,
+            seq: self.seq,
+            user: user.to_owned(),
+        })
+    }
+
+    /// The periodic "alive" message.
+    pub fn heartbeat(&self) -> Announce {
+        Announce::Heartbeat {
+            node: self.node,
+            seq: self.seq,
+        }
+    }
+
+    /// Everything, for a node that asked.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            seq: self.seq,
+            users: self
+                .users
+                .iter()
+                .map(|(user, s)| (user.clone(), s.stamp))
+                .collect(),
+        }
+    }
+
+    /// The local session of `user`, if any.
+    pub fn get(&self, user: &str) -> Option<LocalSession> {
+        self.users.get(user).copied()
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// The local session of `user` if a login stamped `newer` elsewhere supersedes it.
+    fn superseded(&self, user: &str, newer: LoginStamp) -> Option<Action> {
+        let local = self.users.get(user)?;
+        (newer > local.stamp).then(|| Action::Kick {
+            user: user.to_owned(),
+            connection: local.connection,
+        })
+    }
+}
+
+/// What the I/O layer must do after a [`RemoteView`] step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Ask this node for a [`Snapshot`] and feed it to [`RemoteView::on_snapshot`].
+    Resync(NodeId),
+    /// End the local session of `user` on `connection`: a newer login elsewhere wins.
+    Kick {
+        /// Who.
+        user: String,
+        /// The local connection their session is on.
+        connection: u64,
+    },
+}
+
+#[derive(Debug)]
+struct RemoteNode {
+    last_heard: Instant,
+    /// The sequence number `users` is current at; `None` while waiting for a snapshot.
+    seq: Option<u64>,
+    /// When the last snapshot was asked for.
+    asked: Option<Instant>,
+    users: HashMap<String, LoginStamp>,
+}
+
+/// This node's view of every other node's users.
+#[derive(Debug)]
+pub struct RemoteView {
+    me: NodeId,
+    node_timeout: Duration,
+    nodes: HashMap<NodeId, RemoteNode>,
+}
+
+impl RemoteView {
+    /// An empty view for node `me`; nodes silent for `node_timeout` are dropped.
+    pub fn new(me: NodeId, node_timeout: Duration) -> Self {
+        Self {
+            me,
+            node_timeout,
+            nodes: HashMap::new(),
+        }
+    }
+
+    /// Takes in an announcement heard at `now`.
+    pub fn on_announce(
+        &mut self,
+        announce: Announce,
+        now: Instant,
+        local: &LocalPresence,
+    ) -> Vec<Action> {
+        let id = announce.node();
+        if id == self.me {
+            return Vec::new();
+        }
+        if let Announce::Leaving { .. } = announce {
+            self.nodes.remove(&id);
+            return Vec::new();
+        }
+        let timeout = self.node_timeout;
+        let node = self.nodes.entry(id).or_insert_with(|| RemoteNode {
+            last_heard: now,
+            seq: None,
+            asked: None,
+            users: HashMap::new(),
+        });
+        node.last_heard = now;
+        let mut actions = Vec::new();
+        match (announce, node.seq) {
+            (
+                Announce::Online {
+                    seq, user, stamp, ..
+                },
+                Some(at),
+            ) if seq == at + 1 => {
+                node.seq = Some(seq);
+                actions.extend(local.superseded(&user, stamp));
+                node.users.insert(user, stamp);
+            }
+            (Announce::Offline { seq, user, .. }, Some(at)) if seq == at + 1 => {
+                node.seq = Some(seq);
+                node.users.remove(&user);
+            }
+            (Announce::Heartbeat { seq, .. }, Some(at)) if seq == at => {}
+            (Announce::Online { seq, .. } | Announce::Offline { seq, .. }, Some(at))
+                if seq <= at => {}
+            _ => {
+                // A gap, or a node not yet synchronised: ask for its snapshot, at most once per
+                // time-out while an answer is pending.
+                node.seq = None;
+                if node
+                    .asked
+                    .is_none_or(|asked| now.duration_since(asked) >= timeout / 2)
+                {
+                    node.asked = Some(now);
+                    actions.push(Action::Resync(id));
+                }
+            }
+        }
+        actions
+    }
+
+    /// Takes in the snapshot `node` answered with.
+    pub fn on_snapshot(
+        &mut self,
+        id: NodeId,
+        snapshot: Snapshot,
+        now: Instant,
+        local: &LocalPresence,
+    ) -> Vec<Action> {
+        if id == self.me {
+            return Vec::new();
+        }
+        let node = self.nodes.entry(id).or_insert_with(|| RemoteNode {
+            last_heard: now,
+            seq: None,
+            asked: None,
+            users: HashMap::new(),
+        });
+        node.last_heard = now;
+        node.asked = None;
+        node.seq = Some(snapshot.seq);
+        node.users = snapshot.users.into_iter().collect();
+        node.users
+            .iter()
+            .filter_map(|(user, stamp)| local.superseded(user, *stamp))
+            .collect()
+    }
+
+    /// Drops the nodes not heard from within the time-out; returns them.
+    pub fn expire(&mut self, now: Instant) -> Vec<NodeId> {
+        let timeout = self.node_timeout;
+        let dead: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| now.duration_since(n.last_heard) > timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &dead {
+            self.nodes.remove(id);
+        }
+        dead
+    }
+
+    /// The node `user` is logged in on (the newest login if several claim them).
+    pub fn locate(&self, user: &str) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter_map(|(id, n)| n.users.get(user).map(|stamp| (*stamp, *id)))
+            .max()
+            .map(|(_, id)| id)
+    }
+
+    /// Every user online on another node (unsorted, without duplicates).
+    pub fn users(&self) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .nodes
+            .values()
+            .flat_map(|n| n.users.keys().cloned())
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        users
+    }
+
+    /// The nodes known now.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Duration = Duration::from_secs(3);
+
+    fn pair() -> (LocalPresence, LocalPresence, RemoteView) {
+        (
+            LocalPresence::new(1),
+            LocalPresence::new(2),
+            RemoteView::new(2, T),
+        )
+    }
+
+    #[test]
+    fn announcements_in_order_build_the_view() {
+        let (mut a, b, mut view) = pair();
+        let now = Instant::now();
+        // First contact: a heartbeat from an unknown node asks for its snapshot.
+        assert_eq!(
+            view.on_announce(a.heartbeat(), now, &b),
+            [Action::Resync(1)]
+        );
+        assert!(view.on_snapshot(1, a.snapshot(), now, &b).is_empty());
+        let ann = a.online("ann", 10, 1000);
+        assert!(view.on_announce(ann, now, &b).is_empty());
+        let bob = a.online("bob", 11, 1001);
+        assert!(view.on_announce(bob, now, &b).is_empty());
+        assert_eq!(view.locate("ann"), Some(1));
+        assert_eq!(view.users(), ["ann", "bob"]);
+        let off = a.offline("ann", 10).unwrap();
+        assert!(view.on_announce(off, now, &b).is_empty());
+        assert_eq!(view.locate("ann"), None);
+        assert!(view.on_announce(a.heartbeat(), now, &b).is_empty());
+    }
+
+    #[test]
+    fn a_gap_asks_for_a_snapshot_which_repairs_the_view() {
+        let (mut a, b, mut view) = pair();
+        let now = Instant::now();
+        view.on_announce(a.heartbeat(), now, &b);
+        view.on_snapshot(1, a.snapshot(), now, &b);
+        let _lost = a.online("ann", 10, 1000);
+        let carol = a.online("carol", 12, 1002);
+        assert_eq!(view.on_announce(carol, now, &b), [Action::Resync(1)]);
+        // Asked once; more announcements before the answer do not ask again.
+        assert!(view.on_announce(a.heartbeat(), now, &b).is_empty());
+        view.on_snapshot(1, a.snapshot(), now, &b);
+        assert_eq!(view.users(), ["ann", "carol"]);
+        // A lost last change shows in the next heartbeat.
+        let _lost = a.offline("carol", 12);
+        let later = now + T / 2;
+        assert_eq!(
+            view.on_announce(a.heartbeat(), later, &b),
+            [Action::Resync(1)]
+        );
+        view.on_snapshot(1, a.snapshot(), later, &b);
+        assert_eq!(view.users(), ["ann"]);
+    }
+
+    #[test]
+    fn silent_nodes_expire_and_leaving_nodes_go_at_once() {
+        let (mut a, b, mut view) = pair();
+        let mut c = LocalPresence::new(3);
+        let now = Instant::now();
+        a.online("ann", 10, 1000);
+        c.online("cid", 30, 1000);
+        view.on_snapshot(1, a.snapshot(), now, &b);
+        view.on_snapshot(3, c.snapshot(), now, &b);
+        assert_eq!(view.users(), ["ann", "cid"]);
+        view.on_announce(a.heartbeat(), now + T, &b);
+        assert!(view.expire(now + T).is_empty());
+        assert_eq!(view.expire(now + T + Duration::from_millis(1)), [3]);
+        assert_eq!(view.users(), ["ann"]);
+        view.on_announce(Announce::Leaving { node: 1 }, now + T, &b);
+        assert!(view.users().is_empty());
+        assert!(view.nodes().is_empty());
+    }
+
+    #[test]
+    fn newest_login_wins_across_nodes() {
+        let (mut a, mut b, mut view_b) = pair();
+        let now = Instant::now();
+        let mut view_a = RemoteView::new(1, T);
+        view_a.on_snapshot(2, b.snapshot(), now, &a);
+        view_b.on_snapshot(1, a.snapshot(), now, &b);
+        // ann logs in on node 2 first, then again on node 1.
+        let first = b.online("ann", 20, 1000);
+        assert!(view_a.on_announce(first, now, &a).is_empty());
+        let second = a.online("ann", 10, 2000);
+        assert_eq!(
+            view_b.on_announce(second, now, &b),
+            [Action::Kick {
+                user: "ann".into(),
+                connection: 20
+            }]
+        );
+        // Node 1 hearing of the older login kicks nothing.
+        assert_eq!(view_a.locate("ann"), Some(2));
+        assert!(view_a.on_snapshot(2, b.snapshot(), now, &a).is_empty());
+        // Equal times: the greater node id wins, the same on both sides.
+        let (mut x, mut y) = (LocalPresence::new(1), LocalPresence::new(2));
+        x.online("tie", 1, 5000);
+        y.online("tie", 2, 5000);
+        assert!(y.superseded("tie", x.get("tie").unwrap().stamp).is_none());
+        assert!(x.superseded("tie", y.get("tie").unwrap().stamp).is_some());
+    }
+
+    #[test]
+    fn offline_of_a_replaced_session_is_not_announced() {
+        let mut a = LocalPresence::new(1);
+        a.online("ann", 10, 1000);
+        a.online("ann", 11, 1001);
+        assert_eq!(a.offline("ann", 10), None);
+        assert!(a.offline("ann", 11).is_some());
+        assert_eq!(a.offline("ann", 11), None);
+        assert_eq!(a.offline("nobody", 1), None);
+    }
+
+    #[test]
+    fn own_announcements_are_ignored() {
+        let mut b = LocalPresence::new(2);
+        let mut view = RemoteView::new(2, T);
+        let own = b.online("bob", 1, 1);
+        assert!(view.on_announce(own, Instant::now(), &b).is_empty());
+        assert!(view.nodes().is_empty());
+    }
+}
