@@ -24,4 +24,4 @@ pub mod store;
 pub use client::LoginClient;
 pub use protocol::Event;
 pub use server::{check_file_name, LoginConfig, LoginServer, SecondLogin};
-pub use store::{Store, StoreError};
+pub use store::{PostgresStorage, SqliteStorage, Storage, Store, StoreError};
