@@ -21,10 +21,9 @@ pub mod cluster;
 pub mod protocol;
 pub mod server;
 pub mod store;
-mod store_shim;
 
 pub use client::LoginClient;
 pub use cluster::ClusterConfig;
 pub use protocol::Event;
 pub use server::{check_file_name, LoginConfig, LoginServer, SecondLogin};
-pub use store::{Store, StoreError};
+pub use store::{PostgresStorage, SqliteStorage, Storage, Store, StoreError};

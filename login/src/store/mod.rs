@@ -1,0 +1,373 @@
+//! The login server's durable store: user accounts (Argon2id password hashes) and queued
+//! offline messages.
+//!
+//! [`Store`] holds the rules (user names, password lengths, Argon2id hashing, the constant-time
+//! answer for unknown users) and keeps the data in one of two [`Storage`] back ends with the
+//! same schema and behaviour:
+//!
+//! - [`SqliteStorage`], the embedded default: one SQLite database (`zserver.db` in the data
+//!   directory) in WAL mode with `synchronous=FULL`, so a committed write survives a crash or
+//!   power loss ([`Store::open`]);
+//! - [`PostgresStorage`], for a cluster: a PostgreSQL database shared by every node
+//!   ([`Store::connect_postgres`]).
+//!
+//! [`Store::open_spec`] picks one from a configuration string.
+//!
+//! Every method is blocking (database I/O, and Argon2 takes tens of milliseconds): call them
+//! from a blocking thread pool (such as `blocking::unblock`), not directly from an async task.
+//! The PostgreSQL back end in particular drives its connections with a private Tokio runtime
+//! and must not be called from a thread that is running a Tokio runtime. Argon2 runs outside
+//! any database lock or connection, so slow password checks do not serialise the other
+//! operations.
+//!
+//! User names are compared exactly (case-sensitive): `Alice` and `alice` are two users.
+
+mod postgres;
+mod sqlite;
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+
+pub use self::postgres::PostgresStorage;
+pub use self::sqlite::SqliteStorage;
+
+/// The schema version both back ends write and read; a database with a newer one is refused.
+const SCHEMA_VERSION: i64 = 1;
+/// Longest user name, in characters (all allowed characters are ASCII, so also bytes).
+const MAX_NAME: usize = 32;
+/// Longest password, in bytes.
+const MAX_PASSWORD: usize = 1024;
+
+/// The login server's durable store of accounts and offline messages (thread-safe).
+pub struct Store {
+    storage: Box<dyn Storage>,
+}
+
+/// An offline message, as returned by [`Store::take_messages`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The sender's user name.
+    pub from: String,
+    /// The message text.
+    pub text: String,
+    /// When the message was queued, in milliseconds since the Unix epoch.
+    pub at_unix_ms: i64,
+}
+
+/// Why a [`Store`] operation failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The user name breaks the naming rule.
+    #[error("bad user name `{0}`: 1 to 32 characters of a-z, A-Z, 0-9, `_`, `-`, `.`, not starting with `.`")]
+    BadName(String),
+    /// The password is empty or longer than 1024 bytes.
+    #[error("bad password: 1 to 1024 bytes")]
+    BadPassword,
+    /// A user with that name is already registered.
+    #[error("user `{0}` already exists")]
+    Duplicate(String),
+    /// Wrong password, or no such user (deliberately indistinguishable).
+    #[error("wrong user name or password")]
+    WrongPassword,
+    /// The named user does not exist.
+    #[error("no user `{0}`")]
+    NoSuchUser(String),
+    /// The database (or the password hasher) failed; the text says how.
+    #[error("storage error: {0}")]
+    Db(String),
+}
+
+/// The primitive operations of a store back end: rows in, rows out, no password rules and no
+/// hashing (those live in [`Store`], once for every back end).
+///
+/// Names and hashes are stored as given and compared exactly. Every method is blocking; each
+/// one is atomic on its own (one transaction), also against other processes or nodes using the
+/// same database at the same time.
+pub trait Storage: Send + Sync {
+    /// The back end's short name, as [`Store::backend_name`] reports it.
+    fn backend_name(&self) -> &'static str;
+
+    /// Adds a user with this password hash and creation time; `false` (and no change) if the
+    /// name is already taken.
+    fn insert_user(&self, name: &str, hash: &str, created_unix_ms: i64)
+        -> Result<bool, StoreError>;
+
+    /// The stored password hash of `name`, `None` if there is no such user.
+    fn user_hash(&self, name: &str) -> Result<Option<String>, StoreError>;
+
+    /// Sets `name`'s hash to `new_hash` only if it is still `old_hash`; `false` (and no change)
+    /// if the user is gone or the hash was changed meanwhile.
+    fn replace_hash(&self, name: &str, old_hash: &str, new_hash: &str) -> Result<bool, StoreError>;
+
+    /// Removes the user and every message queued for them, in one transaction; `false` if
+    /// there was no such user.
+    fn delete_user(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// All user names, sorted by their bytes (so `Zed` comes before `alpha`).
+    fn users(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Whether a user with this name exists.
+    fn exists(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Queues a message for `to`, stamped `at_unix_ms`, durably; `false` (and nothing stored)
+    /// if there is no user `to`.
+    fn queue_message(
+        &self,
+        to: &str,
+        from: &str,
+        text: &str,
+        at_unix_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes and returns every message queued for `user`, oldest first, atomically: of two
+    /// concurrent takers each message goes to exactly one. An unknown user has no messages.
+    fn take_messages(&self, user: &str) -> Result<Vec<Message>, StoreError>;
+}
+
+/// Checks a user name (the rule in [`StoreError::BadName`]).
+pub fn check_name(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadName(name.to_owned()))
+    }
+}
+
+/// Checks a password's length (1 to 1024 bytes).
+fn check_password(password: &str) -> Result<(), StoreError> {
+    if (1..=MAX_PASSWORD).contains(&password.len()) {
+        Ok(())
+    } else {
+        Err(StoreError::BadPassword)
+    }
+}
+
+/// Hashes a password with Argon2id (default parameters) and a fresh random salt, as a PHC string.
+fn hash_password(password: &str) -> Result<String, StoreError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| StoreError::Db(format!("password hashing failed: {e}")))
+}
+
+/// A hash of a fixed password with the same parameters as real ones, verified against when the
+/// user is unknown so that such a check costs the same time as a real one.
+fn dummy_hash() -> Option<&'static str> {
+    static DUMMY: OnceLock<Option<String>> = OnceLock::new();
+    DUMMY
+        .get_or_init(|| hash_password("zserver-login: no such user").ok())
+        .as_deref()
+}
+
+/// Checks `password` against `stored` (the user's PHC hash, `None` for an unknown user).
+/// Both cases run one Argon2 verification and fail with the same [`StoreError::WrongPassword`].
+fn verify_hash(stored: Option<&str>, password: &str) -> Result<(), StoreError> {
+    let found = stored.is_some();
+    let phc = match stored {
+        Some(phc) => phc,
+        None => match dummy_hash() {
+            Some(dummy) => dummy,
+            None => return Err(StoreError::WrongPassword),
+        },
+    };
+    let parsed = PasswordHash::new(phc)
+        .map_err(|e| StoreError::Db(format!("stored password hash unreadable: {e}")))?;
+    // A password of a length we never accept cannot match; skip the (costly) hash for it.
+    let matched = check_password(password).is_ok()
+        && Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok();
+    if matched && found {
+        Ok(())
+    } else {
+        Err(StoreError::WrongPassword)
+    }
+}
+
+/// The current time in milliseconds since the Unix epoch (0 if the clock is before it).
+fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The error for a database that carries a schema version newer than this code's.
+fn newer_schema(version: i64) -> StoreError {
+    StoreError::Db(format!(
+        "database schema version {version} is newer than this server's {SCHEMA_VERSION}"
+    ))
+}
+
+/// What an unrecognised store spec is called in an error: its scheme if it has one, so that
+/// a mistyped URL's credentials are not repeated in logs.
+fn describe_spec(spec: &str) -> String {
+    match spec.split_once("://") {
+        Some((scheme, _)) => format!("a `{scheme}://` URL"),
+        None if spec.contains('@') => "a spec with `@` in it".to_owned(),
+        None => format!("`{spec}`"),
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the embedded SQLite database `dir/zserver.db`; creates `dir`
+    /// too.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Ok(Store::with_storage(Box::new(SqliteStorage::open(dir)?)))
+    }
+
+    /// Connects to the PostgreSQL database at `url` (`postgres://user:password@host:port/db`,
+    /// without TLS), creating the tables if they are missing. Fails with [`StoreError::Db`]
+    /// within about five seconds (unless the URL sets `connect_timeout`) if the server does not
+    /// answer. See [`PostgresStorage`].
+    pub fn connect_postgres(url: &str) -> Result<Store, StoreError> {
+        Ok(Store::with_storage(Box::new(PostgresStorage::connect(
+            url,
+        )?)))
+    }
+
+    /// Opens the store a configuration string names: `embedded` (or an empty string) for the
+    /// SQLite database in `data_dir` ([`Store::open`]), or a `postgres://` or `postgresql://`
+    /// URL ([`Store::connect_postgres`]). Anything else is a [`StoreError::Db`].
+    pub fn open_spec(spec: &str, data_dir: &Path) -> Result<Store, StoreError> {
+        let spec = spec.trim();
+        if spec.is_empty() || spec == "embedded" {
+            Store::open(data_dir)
+        } else if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+            Store::connect_postgres(spec)
+        } else {
+            Err(StoreError::Db(format!(
+                "unknown store {}: expected `embedded` (or nothing) for SQLite in the data \
+                 directory, or a `postgres://` or `postgresql://` URL",
+                describe_spec(spec)
+            )))
+        }
+    }
+
+    /// A store over any [`Storage`] back end.
+    pub fn with_storage(storage: Box<dyn Storage>) -> Store {
+        // Compute the dummy hash now so the first unknown-user check is not slower than others.
+        let _ = dummy_hash();
+        Store { storage }
+    }
+
+    /// The back end's short name: `sqlite` or `postgres`.
+    pub fn backend_name(&self) -> &'static str {
+        self.storage.backend_name()
+    }
+
+    /// Registers a new user (BadName, BadPassword, or Duplicate if the name is taken).
+    pub fn add_user(&self, name: &str, password: &str) -> Result<(), StoreError> {
+        check_name(name)?;
+        check_password(password)?;
+        if self.storage.exists(name)? {
+            return Err(StoreError::Duplicate(name.to_owned()));
+        }
+        let hash = hash_password(password)?;
+        // The name may have been taken while hashing: the insert happens only if it is free.
+        if self.storage.insert_user(name, &hash, now_unix_ms())? {
+            Ok(())
+        } else {
+            Err(StoreError::Duplicate(name.to_owned()))
+        }
+    }
+
+    /// Ok if the password matches; WrongPassword for a wrong password or an unknown user.
+    pub fn verify(&self, name: &str, password: &str) -> Result<(), StoreError> {
+        let stored = self.hash_if_valid(name)?;
+        verify_hash(stored.as_deref(), password)
+    }
+
+    /// The stored hash of `name`; `None` for an unknown user or a malformed name.
+    fn hash_if_valid(&self, name: &str) -> Result<Option<String>, StoreError> {
+        match check_name(name) {
+            Ok(()) => self.storage.user_hash(name),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Checks `old` first (WrongPassword), then stores the hash of `new` (BadPassword if `new`
+    /// breaks the length rule).
+    pub fn change_password(&self, name: &str, old: &str, new: &str) -> Result<(), StoreError> {
+        let stored = self.hash_if_valid(name)?;
+        verify_hash(stored.as_deref(), old)?;
+        let Some(old_hash) = stored else {
+            return Err(StoreError::WrongPassword);
+        };
+        check_password(new)?;
+        let new_hash = hash_password(new)?;
+        // Only if the hash is still the one `old` was checked against (no concurrent change).
+        if self.storage.replace_hash(name, &old_hash, &new_hash)? {
+            Ok(())
+        } else {
+            Err(StoreError::WrongPassword)
+        }
+    }
+
+    /// Removes the user and their queued messages (NoSuchUser if absent).
+    pub fn delete_user(&self, name: &str) -> Result<(), StoreError> {
+        if self.storage.delete_user(name)? {
+            Ok(())
+        } else {
+            Err(StoreError::NoSuchUser(name.to_owned()))
+        }
+    }
+
+    /// All user names, sorted.
+    pub fn users(&self) -> Result<Vec<String>, StoreError> {
+        self.storage.users()
+    }
+
+    /// Whether a user with this name exists.
+    pub fn exists(&self, name: &str) -> Result<bool, StoreError> {
+        self.storage.exists(name)
+    }
+
+    /// Stores a message for `to` durably (NoSuchUser if `to` does not exist); delivered later in order.
+    pub fn queue_message(&self, to: &str, from: &str, text: &str) -> Result<(), StoreError> {
+        if self.storage.queue_message(to, from, text, now_unix_ms())? {
+            Ok(())
+        } else {
+            Err(StoreError::NoSuchUser(to.to_owned()))
+        }
+    }
+
+    /// Removes and returns every message queued for `user`, oldest first, in one transaction.
+    /// An unknown user simply has no messages.
+    pub fn take_messages(&self, user: &str) -> Result<Vec<Message>, StoreError> {
+        self.storage.take_messages(user)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn store_is_send_and_sync() {
+        assert_send_sync::<Store>();
+        assert_send_sync::<SqliteStorage>();
+        assert_send_sync::<PostgresStorage>();
+    }
+
+    #[test]
+    fn spec_errors_do_not_repeat_credentials() {
+        assert_eq!(describe_spec("mysql://u:pw@h/db"), "a `mysql://` URL");
+        assert_eq!(describe_spec("u:pw@h"), "a spec with `@` in it");
+        assert_eq!(describe_spec("sqlite"), "`sqlite`");
+    }
+}

@@ -1,0 +1,316 @@
+//! [`PostgresStorage`]: the cluster back end, a PostgreSQL database that every node of a
+//! cluster connects to, with the same tables as the embedded SQLite one.
+
+use std::error::Error as _;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::time::Duration;
+
+use ::postgres::error::SqlState;
+use ::postgres::{Client, Config, NoTls};
+
+use super::{newer_schema, Message, Storage, StoreError, SCHEMA_VERSION};
+
+/// How many connections one [`PostgresStorage`] keeps at most.
+const POOL_SIZE: usize = 4;
+/// How long connecting may take, unless the URL sets `connect_timeout` itself.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The key of the transaction-scoped advisory lock that serialises schema creation between
+/// nodes connecting at once (advisory locks are per database, so other databases on the same
+/// server are not held up).
+const SCHEMA_LOCK: i64 = 0x7a73_6572_7665_7231; // "zserver1"
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    name            TEXT PRIMARY KEY,
+    hash            TEXT NOT NULL,
+    created_unix_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id         BIGSERIAL PRIMARY KEY,
+    to_user    TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    from_user  TEXT NOT NULL,
+    text       TEXT NOT NULL,
+    at_unix_ms BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_to_user ON messages(to_user, id);
+";
+
+/// The cluster [`Storage`]: a PostgreSQL database shared by every node (thread-safe).
+///
+/// It keeps up to four connections, opened as they are needed, and gives each operation a free
+/// one. A connection that broke (the server restarted, or the backend was terminated) is
+/// replaced transparently: the operation is retried once on a new connection. If PostgreSQL
+/// is down, operations fail with [`StoreError::Db`] after the connect timeout (five seconds
+/// unless the URL sets `connect_timeout`).
+///
+/// An operation whose reply was lost with its connection may have been applied before the
+/// retry: a queued message may then be stored twice, and an add may report
+/// [`StoreError::Duplicate`](super::StoreError::Duplicate) for the user it just added.
+///
+/// The connections are driven by the `postgres` crate's private Tokio runtime: call this from
+/// plain threads (such as `blocking::unblock`'s), never from a thread running a Tokio runtime.
+pub struct PostgresStorage {
+    config: Config,
+    pool: Vec<Mutex<Option<Client>>>,
+    next: AtomicUsize,
+}
+
+/// Maps a PostgreSQL error to [`StoreError::Db`], with its causes (the crate's own text for a
+/// server error is only "db error").
+fn pg(e: ::postgres::Error) -> StoreError {
+    StoreError::Db(pg_text(&e))
+}
+
+/// A PostgreSQL error's text followed by its causes'.
+fn pg_text(e: &::postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Whether `e` means the connection is gone (so a new one may succeed), rather than that the
+/// statement failed.
+fn broken(client: &Client, e: &::postgres::Error) -> bool {
+    if client.is_closed() || e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        // Class 08: connection exception; 57P01-57P03: the server is shutting down, crashed
+        // or is starting up (57P01 is also what pg_terminate_backend sends).
+        return code.code().starts_with("08")
+            || [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+            ]
+            .contains(code);
+    }
+    // Socket errors (reset, broken pipe) reach us as an I/O error source.
+    e.source()
+        .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
+}
+
+impl PostgresStorage {
+    /// Connects to the database at `url` (a `postgres://` or `postgresql://` URL, or a
+    /// `key=value` connection string; no TLS) and creates the tables if they are missing.
+    /// Nodes connecting at once are safe: the schema is created under an advisory lock. A
+    /// database with a newer schema version is refused.
+    pub fn connect(url: &str) -> Result<PostgresStorage, StoreError> {
+        let mut config = Config::from_str(url)
+            .map_err(|e| StoreError::Db(format!("bad PostgreSQL URL: {}", pg_text(&e))))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let storage = PostgresStorage {
+            config,
+            pool: (0..POOL_SIZE).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        };
+        storage.with_client(migrate)??;
+        Ok(storage)
+    }
+
+    /// Opens a new connection.
+    fn connect_one(&self) -> Result<Client, StoreError> {
+        self.config
+            .connect(NoTls)
+            .map_err(|e| StoreError::Db(format!("cannot connect to PostgreSQL: {}", pg_text(&e))))
+    }
+
+    /// A pool slot for one operation: the first free one, starting round-robin, or (all
+    /// busy) waits for the round-robin one. A slot poisoned by a panic is still usable: an
+    /// open transaction is rolled back when dropped.
+    fn slot(&self) -> MutexGuard<'_, Option<Client>> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.pool.len();
+        for i in 0..n {
+            match self.pool[(start + i) % n].try_lock() {
+                Ok(guard) => return guard,
+                Err(TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
+        self.pool[start % n]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `op` on a pooled connection, opening one if the slot has none or a closed one, and
+    /// retrying once on a new connection if it fails because the connection broke.
+    fn with_client<T>(
+        &self,
+        mut op: impl FnMut(&mut Client) -> Result<T, ::postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let mut slot = self.slot();
+        let mut retried = false;
+        loop {
+            let client = match slot.take() {
+                Some(client) if !client.is_closed() => slot.insert(client),
+                _ => slot.insert(self.connect_one()?),
+            };
+            match op(client) {
+                Ok(value) => return Ok(value),
+                Err(e) if !retried && broken(client, &e) => {
+                    tracing::warn!(error = %pg(e), "PostgreSQL connection lost; reconnecting");
+                    *slot = None;
+                    retried = true;
+                }
+                Err(e) => {
+                    if broken(client, &e) {
+                        *slot = None;
+                    }
+                    return Err(pg(e));
+                }
+            }
+        }
+    }
+}
+
+/// Creates the tables if they are missing and records the schema version, in one transaction
+/// under an advisory lock (so nodes connecting at once do not race); refuses a newer version.
+fn migrate(client: &mut Client) -> Result<Result<(), StoreError>, ::postgres::Error> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS zserver_schema (version INT NOT NULL)")?;
+    let version: Option<i32> = tx
+        .query_one("SELECT max(version) FROM zserver_schema", &[])?
+        .try_get(0)?;
+    let version = i64::from(version.unwrap_or(0));
+    if version > SCHEMA_VERSION {
+        return Ok(Err(newer_schema(version)));
+    }
+    // Version 0 is a new (empty) database; migrations from older versions go here.
+    tx.batch_execute(SCHEMA)?;
+    if version < SCHEMA_VERSION {
+        tx.execute("DELETE FROM zserver_schema", &[])?;
+        tx.execute(
+            "INSERT INTO zserver_schema (version) VALUES ($1)",
+            &[&(SCHEMA_VERSION as i32)],
+        )?;
+    }
+    tx.commit()?;
+    Ok(Ok(()))
+}
+
+impl Storage for PostgresStorage {
+    fn backend_name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn insert_user(
+        &self,
+        name: &str,
+        hash: &str,
+        created_unix_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.with_client(|c| {
+            c.execute(
+                "INSERT INTO users (name, hash, created_unix_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO NOTHING",
+                &[&name, &hash, &created_unix_ms],
+            )
+        })
+        .map(|n| n > 0)
+    }
+
+    fn user_hash(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.with_client(|c| {
+            c.query_opt("SELECT hash FROM users WHERE name = $1", &[&name])?
+                .map(|row| row.try_get(0))
+                .transpose()
+        })
+    }
+
+    fn replace_hash(&self, name: &str, old_hash: &str, new_hash: &str) -> Result<bool, StoreError> {
+        self.with_client(|c| {
+            c.execute(
+                "UPDATE users SET hash = $1 WHERE name = $2 AND hash = $3",
+                &[&new_hash, &name, &old_hash],
+            )
+        })
+        .map(|n| n > 0)
+    }
+
+    fn delete_user(&self, name: &str) -> Result<bool, StoreError> {
+        self.with_client(|c| {
+            let mut tx = c.transaction()?;
+            tx.execute("DELETE FROM messages WHERE to_user = $1", &[&name])?;
+            let deleted = tx.execute("DELETE FROM users WHERE name = $1", &[&name])?;
+            tx.commit()?;
+            Ok(deleted > 0)
+        })
+    }
+
+    fn users(&self) -> Result<Vec<String>, StoreError> {
+        // Byte order, as SQLite sorts, whatever the database's collation.
+        self.with_client(|c| {
+            c.query("SELECT name FROM users ORDER BY name COLLATE \"C\"", &[])?
+                .iter()
+                .map(|row| row.try_get(0))
+                .collect()
+        })
+    }
+
+    fn exists(&self, name: &str) -> Result<bool, StoreError> {
+        self.with_client(|c| {
+            c.query_one(
+                "SELECT EXISTS (SELECT 1 FROM users WHERE name = $1)",
+                &[&name],
+            )?
+            .try_get(0)
+        })
+    }
+
+    fn queue_message(
+        &self,
+        to: &str,
+        from: &str,
+        text: &str,
+        at_unix_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.with_client(|c| {
+            let inserted = c.execute(
+                "INSERT INTO messages (to_user, from_user, text, at_unix_ms)
+                 SELECT name, $2, $3, $4 FROM users WHERE name = $1",
+                &[&to, &from, &text, &at_unix_ms],
+            );
+            match inserted {
+                Ok(n) => Ok(n > 0),
+                // The user was deleted between the SELECT and the foreign key check.
+                Err(e) if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn take_messages(&self, user: &str) -> Result<Vec<Message>, StoreError> {
+        // One statement: concurrent takers block on the same rows, and the later one skips
+        // the rows the earlier one deleted, so each message is delivered exactly once.
+        self.with_client(|c| {
+            c.query(
+                "WITH taken AS (
+                     DELETE FROM messages WHERE to_user = $1
+                     RETURNING id, from_user, text, at_unix_ms
+                 )
+                 SELECT from_user, text, at_unix_ms FROM taken ORDER BY id",
+                &[&user],
+            )?
+            .iter()
+            .map(|row| {
+                Ok(Message {
+                    from: row.try_get(0)?,
+                    text: row.try_get(1)?,
+                    at_unix_ms: row.try_get(2)?,
+                })
+            })
+            .collect()
+        })
+    }
+}

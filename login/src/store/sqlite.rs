@@ -1,0 +1,292 @@
+//! [`SqliteStorage`]: the embedded back end, one SQLite database (`zserver.db`) opened in WAL
+//! mode with `synchronous=FULL`, so a committed write survives a crash or power loss.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::{newer_schema, Message, Storage, StoreError, SCHEMA_VERSION};
+
+/// The database file's name inside the directory given to [`SqliteStorage::open`].
+const DB_FILE: &str = "zserver.db";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    name            TEXT PRIMARY KEY NOT NULL,
+    hash            TEXT NOT NULL,
+    created_unix_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    to_user    TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    from_user  TEXT NOT NULL,
+    text       TEXT NOT NULL,
+    at_unix_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_to_user ON messages(to_user, id);
+";
+
+/// The embedded [`Storage`]: one SQLite database file behind one connection (thread-safe).
+/// Several processes may open the same file; SQLite serialises their writes.
+pub struct SqliteStorage {
+    conn: Mutex<Connection>,
+}
+
+/// Maps a SQLite error to [`StoreError::Db`].
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+impl SqliteStorage {
+    /// Opens (creating if needed) the database `dir/zserver.db`; creates `dir` too. Refuses a
+    /// database whose schema version is newer than this code's.
+    pub fn open(dir: &Path) -> Result<SqliteStorage, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
+        let mut conn = Connection::open(dir.join(DB_FILE)).map_err(db)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(db)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Db(format!(
+                "cannot switch to WAL journal mode (got `{mode}`)"
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(db)?;
+        if version > SCHEMA_VERSION {
+            return Err(newer_schema(version));
+        }
+        // Version 0 is a new (empty) database; migrations from older versions go here.
+        tx.execute_batch(SCHEMA).map_err(db)?;
+        if version < SCHEMA_VERSION {
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(SqliteStorage {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Locks the connection, recovering it if a panicking thread poisoned the lock (an open
+    /// transaction is rolled back when dropped, so the connection stays consistent).
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` in one immediate (write-locking) transaction and commits it if `f` returns
+    /// `Ok(true)`; otherwise rolls back.
+    fn write(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<bool>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let done = f(&tx).map_err(db)?;
+        if done {
+            tx.commit().map_err(db)?;
+        }
+        Ok(done)
+    }
+}
+
+impl Storage for SqliteStorage {
+    fn backend_name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn insert_user(
+        &self,
+        name: &str,
+        hash: &str,
+        created_unix_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let inserted = tx.execute(
+                "INSERT INTO users (name, hash, created_unix_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(name) DO NOTHING",
+                params![name, hash, created_unix_ms],
+            )?;
+            Ok(inserted > 0)
+        })
+    }
+
+    fn user_hash(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.conn()
+            .query_row("SELECT hash FROM users WHERE name = ?1", [name], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map_err(db)
+    }
+
+    fn replace_hash(&self, name: &str, old_hash: &str, new_hash: &str) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let updated = tx.execute(
+                "UPDATE users SET hash = ?1 WHERE name = ?2 AND hash = ?3",
+                params![new_hash, name, old_hash],
+            )?;
+            Ok(updated > 0)
+        })
+    }
+
+    fn delete_user(&self, name: &str) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM messages WHERE to_user = ?1", [name])?;
+            let deleted = tx.execute("DELETE FROM users WHERE name = ?1", [name])?;
+            Ok(deleted > 0)
+        })
+    }
+
+    fn users(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT name FROM users ORDER BY name")
+            .map_err(db)?;
+        let names = stmt
+            .query_map([], |row| row.get(0))
+            .map_err(db)?
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(db)?;
+        Ok(names)
+    }
+
+    fn exists(&self, name: &str) -> Result<bool, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM users WHERE name = ?1)",
+                [name],
+                |row| row.get(0),
+            )
+            .map_err(db)
+    }
+
+    fn queue_message(
+        &self,
+        to: &str,
+        from: &str,
+        text: &str,
+        at_unix_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let inserted = tx.execute(
+                "INSERT INTO messages (to_user, from_user, text, at_unix_ms)
+                 SELECT name, ?2, ?3, ?4 FROM users WHERE name = ?1",
+                params![to, from, text, at_unix_ms],
+            )?;
+            Ok(inserted > 0)
+        })
+    }
+
+    fn take_messages(&self, user: &str) -> Result<Vec<Message>, StoreError> {
+        let mut messages = Vec::new();
+        self.write(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT from_user, text, at_unix_ms FROM messages
+                 WHERE to_user = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([user], |row| {
+                Ok(Message {
+                    from: row.get(0)?,
+                    text: row.get(1)?,
+                    at_unix_ms: row.get(2)?,
+                })
+            })?;
+            messages = rows.collect::<Result<Vec<_>, _>>()?;
+            if messages.is_empty() {
+                return Ok(false);
+            }
+            tx.execute("DELETE FROM messages WHERE to_user = ?1", [user])?;
+            Ok(true)
+        })?;
+        Ok(messages)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Store;
+    use super::*;
+
+    #[test]
+    fn hash_at_rest_is_argon2id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.backend_name(), "sqlite");
+        store.add_user("alice", "s3cret pass").unwrap();
+
+        // The stored hash is an Argon2id PHC string, not the password.
+        let raw = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let hash: String = raw
+            .query_row("SELECT hash FROM users WHERE name = 'alice'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_ne!(hash, "s3cret pass");
+        assert!(!hash.contains("s3cret"));
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+    }
+
+    #[test]
+    fn delete_user_leaves_no_message_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.add_user("dave", "pw").unwrap();
+        store.queue_message("dave", "erin", "hello").unwrap();
+        store.delete_user("dave").unwrap();
+        let raw = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let left: i64 = raw
+            .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn schema_settings_in_a_nested_dir() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("nested").join("dir");
+        let storage = SqliteStorage::open(&dir).unwrap();
+
+        let raw = Connection::open(dir.join(DB_FILE)).unwrap();
+        let version: i64 = raw
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let mode: String = raw
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = storage
+            .conn()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
+    }
+
+    #[test]
+    fn newer_schema_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let raw = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        raw.pragma_update(None, "user_version", 2).unwrap();
+        drop(raw);
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Db(msg)) if msg.contains("version 2")
+        ));
+    }
+}
