@@ -38,11 +38,12 @@ impl Database {
         let admin = env("ZSERVER_TEST_POSTGRES");
         let name = format!("zs_{tag}_{}", std::process::id());
         let mut client = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
-        client
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
-            ))
-            .unwrap();
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            client.batch_execute(&sql).unwrap();
+        }
         let base = admin.rsplit_once('/').unwrap().0;
         let url = format!("{base}/{name}");
         Self { admin, name, url }

@@ -129,7 +129,8 @@ impl Subjects {
 pub(crate) struct Cluster {
     node: NodeId,
     config: ClusterConfig,
-    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    /// Kept for its threads; `handle` is how work reaches it.
+    _runtime: OwnedRuntime,
     handle: tokio::runtime::Handle,
     nats: async_nats::Client,
     subjects: Arc<Subjects>,
@@ -166,6 +167,7 @@ impl Cluster {
             .enable_all()
             .build()?;
         let handle = runtime.handle().clone();
+        let runtime = OwnedRuntime(Some(runtime));
         let node = {
             use argon2::password_hash::rand_core::{OsRng, RngCore};
             OsRng.next_u64()
@@ -192,7 +194,7 @@ impl Cluster {
             }),
             view: Arc::new(Mutex::new(RemoteView::new(node, config.node_timeout))),
             config,
-            runtime: Mutex::new(Some(runtime)),
+            _runtime: runtime,
             handle,
             nats,
             commands,
@@ -300,9 +302,13 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
+/// The cluster's own tokio runtime, shut down without blocking when dropped: it may be
+/// dropped on another runtime's thread, where a blocking shutdown panics.
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnedRuntime {
     fn drop(&mut self) {
-        if let Some(runtime) = lock(&self.runtime).take() {
+        if let Some(runtime) = self.0.take() {
             runtime.shutdown_background();
         }
     }

@@ -314,3 +314,21 @@ impl Storage for PostgresStorage {
         })
     }
 }
+
+impl Drop for PostgresStorage {
+    /// A `postgres::Client` owns a small tokio runtime, which panics when dropped on an async
+    /// runtime's thread (a server dropping its store on shutdown, or after a failed start):
+    /// the clients are closed on a plain thread instead.
+    fn drop(&mut self) {
+        let clients: Vec<Client> = self
+            .pool
+            .iter_mut()
+            .filter_map(|slot| slot.get_mut().unwrap_or_else(|e| e.into_inner()).take())
+            .collect();
+        if !clients.is_empty() {
+            let _ = std::thread::Builder::new()
+                .name("zserver-pg-close".into())
+                .spawn(move || drop(clients));
+        }
+    }
+}
