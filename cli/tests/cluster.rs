@@ -265,6 +265,7 @@ fn three_nodes_push_kick_survive_a_killed_node_and_deliver_after_restart() {
     let a2 = at(&n2);
     let ann = run(async move {
         let gone = until_who(&ann, &["ann"]).await;
+        eprintln!("a killed node's users left presence after {gone:?}");
         assert!(gone < Duration::from_secs(10), "presence took {gone:?}");
         // The users of the dead node lost their connection.
         bob2.client().closed().await;
@@ -338,6 +339,7 @@ fn refused_second_login_and_graceful_leave_across_nodes() {
     n2.child.wait().unwrap();
     run(async move {
         let gone = until_who(&ann, &["ann"]).await;
+        eprintln!("a leaving node's users left presence after {gone:?}");
         assert!(
             gone < Duration::from_secs(2),
             "a leaving node took {gone:?}"
