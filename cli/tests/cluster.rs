@@ -383,3 +383,91 @@ fn an_unreachable_nats_fails_the_start_clearly() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `nats-server` of the test's own on loopback, so the test can stop and restart it.
+struct Nats(Child);
+
+impl Nats {
+    fn start(port: u16) -> Self {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server runs (bash .ci/services.sh install)");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "nats-server up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self(child)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and nats-server: bash .ci/test starts them"]
+fn a_nats_outage_falls_back_to_stored_messages_and_heals() {
+    let db = Database::new("outage");
+    let port = free_port();
+    let nats = Nats::start(port);
+    let mut cluster = Cluster::new("outage", &db, &[]);
+    cluster.nats = format!("nats://127.0.0.1:{port}");
+    let n1 = cluster.start(1, "tokio");
+    let n2 = cluster.start(2, "smol");
+    let (a1, a2) = (at(&n1), at(&n2));
+    let (ann, bob) = run(async move {
+        let admin = LoginClient::connect(transport(), a1.0, Some(&a1.1)).await?;
+        admin.register("ann", "pw").await?;
+        admin.register("bob", "pw").await?;
+        let ann = user(a1.clone(), "ann").await?;
+        let bob = user(a2.clone(), "bob").await?;
+        until_who(&ann, &["ann", "bob"]).await;
+        Ok::<_, Error>((ann, bob))
+    })
+    .unwrap();
+
+    // NATS goes away: each node soon sees only its own users; a push to a user on the other
+    // node is stored for their next login; clients stay connected.
+    drop(nats);
+    let (ann, bob) = run(async move {
+        let alone = until_who(&ann, &["ann"]).await;
+        eprintln!("without NATS, the other node's users left presence after {alone:?}");
+        until_who(&bob, &["bob"]).await;
+        let report = ann.push(&["bob"], "sent during the outage").await?;
+        assert_eq!(report.stored, ["bob"]);
+        Ok::<_, Error>((ann, bob))
+    })
+    .unwrap();
+
+    // NATS comes back on the same address: the nodes reconnect and presence heals.
+    let _nats = Nats::start(port);
+    let a2 = at(&n2);
+    run(async move {
+        let healed = until_who(&ann, &["ann", "bob"]).await;
+        eprintln!("after NATS came back, presence healed in {healed:?}");
+        ann.push(&["bob"], "live again").await?;
+        assert_eq!(next_event(&bob).await, message("ann", "live again"));
+        // The message stored during the outage comes with bob's next login.
+        let again = LoginClient::connect(transport(), a2.0, Some(&a2.1)).await?;
+        let offline = again.login("bob", "pw").await?;
+        assert_eq!(offline.len(), 1);
+        assert_eq!(offline[0].text, "sent during the outage");
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+}
