@@ -471,3 +471,76 @@ fn a_nats_outage_falls_back_to_stored_messages_and_heals() {
     })
     .unwrap();
 }
+
+impl Database {
+    /// Makes the database unreachable (existing sessions cut, new ones refused), or reachable
+    /// again: a PostgreSQL outage as the nodes see it.
+    fn set_reachable(&self, reachable: bool) {
+        let mut admin = postgres::Client::connect(&self.admin, postgres::NoTls).unwrap();
+        let name = &self.name;
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {name} ALLOW_CONNECTIONS {reachable}"
+            ))
+            .unwrap();
+        if !reachable {
+            admin
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                    &[name],
+                )
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and NATS: bash .ci/test starts them"]
+fn a_postgres_outage_fails_logins_and_storing_but_live_pushes_go_on() {
+    let db = Database::new("pgdown");
+    let cluster = Cluster::new("pgdown", &db, &[]);
+    let n1 = cluster.start(1, "tokio");
+    let n2 = cluster.start(2, "async-std");
+    let (a1, a2) = (at(&n1), at(&n2));
+    let (ann, bob) = run(async move {
+        let admin = LoginClient::connect(transport(), a1.0, Some(&a1.1)).await?;
+        for name in ["ann", "bob", "dan"] {
+            admin.register(name, "pw").await?;
+        }
+        let ann = user(a1.clone(), "ann").await?;
+        let bob = user(a2.clone(), "bob").await?;
+        until_who(&ann, &["ann", "bob"]).await;
+        Ok::<_, Error>((ann, bob))
+    })
+    .unwrap();
+
+    db.set_reachable(false);
+    let (a1, a2) = (at(&n1), at(&n2));
+    let (ann, bob) = run(async move {
+        // Sessions and live pushes need no database.
+        let report = ann.push(&["bob"], "still here").await?;
+        assert_eq!(report.delivered, ["bob"]);
+        assert_eq!(next_event(&bob).await, message("ann", "still here"));
+        assert_eq!(ann.who().await?, ["ann", "bob"]);
+        // Storing for someone offline, and logging in, fail with a clear error.
+        let stored = ann.push(&["dan"], "for later").await.unwrap_err();
+        assert!(stored.to_string().contains("storage error"), "{stored}");
+        let dan = LoginClient::connect(transport(), a2.0, Some(&a2.1)).await?;
+        let login = dan.login("dan", "pw").await.unwrap_err();
+        assert!(login.to_string().contains("storage error"), "{login}");
+        Ok::<_, Error>((ann, bob))
+    })
+    .unwrap();
+
+    db.set_reachable(true);
+    run(async move {
+        let report = ann.push(&["dan"], "for later").await?;
+        assert_eq!(report.stored, ["dan"]);
+        let dan = LoginClient::connect(transport(), a1.0, Some(&a1.1)).await?;
+        let offline = dan.login("dan", "pw").await?;
+        assert_eq!(offline.len(), 1);
+        drop(bob);
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+}
