@@ -6,7 +6,7 @@
 //! | subject | what |
 //! | --- | --- |
 //! | `NAME.presence` | every node's [`Announce`]ments: logins, logouts, heartbeats, leaving |
-//! | `NAME.node.ID.snapshot` | request → the node's [`Snapshot`] (postcard) |
+//! | `NAME.node.ID.snapshot` | request [`SnapshotRequest`] → a page of the node's snapshot (postcard `Option<SnapshotPage>`) |
 //! | `NAME.node.ID.deliver` | request [`Deliver`] → the users it reached (postcard `Vec<String>`) |
 //!
 //! The NATS client runs on a small tokio runtime of its own, so a node on any of zserver's
@@ -24,7 +24,7 @@ use futures_lite::StreamExt;
 use serde::{Deserialize, Serialize};
 use zserver::{Connection, Error};
 
-use presence::{Action, LocalPresence, RemoteView};
+use presence::{Action, LocalPresence, RemoteView, SnapshotCache, SnapshotPage, SnapshotRequest};
 pub use presence::{Announce, NodeId, Snapshot};
 
 /// How a node joins its cluster.
@@ -221,6 +221,7 @@ impl Cluster {
             .map_err(|e| Error::msg(format!("cannot subscribe on NATS: {e}")))?;
         let actor = Actor {
             local: LocalPresence::new(me),
+            snapshots: SnapshotCache::new(self.config.request_timeout * 5),
             view: self.view.clone(),
             nats: self.nats.clone(),
             subjects: self.subjects.clone(),
@@ -323,6 +324,7 @@ type Subscriptions = (
 /// The task that owns this node's presence and its view of the others.
 struct Actor {
     local: LocalPresence,
+    snapshots: SnapshotCache,
     view: Arc<Mutex<RemoteView>>,
     nats: async_nats::Client,
     subjects: Arc<Subjects>,
@@ -404,9 +406,10 @@ impl Actor {
                     }
                 },
                 Input::SnapshotAsked(message) => {
-                    if let Some(reply) = message.reply {
-                        let snapshot = encode(&self.local.snapshot());
-                        if let Err(e) = self.nats.publish(reply, snapshot).await {
+                    let request = postcard::from_bytes::<SnapshotRequest>(&message.payload);
+                    if let (Some(reply), Ok(request)) = (message.reply, request) {
+                        let page = self.snapshots.page(&self.local, request, now);
+                        if let Err(e) = self.nats.publish(reply, encode(&page)).await {
                             tracing::warn!("cluster: cannot answer a snapshot request: {e}");
                         }
                     }
@@ -451,17 +454,12 @@ impl Actor {
                 let timeout = self.request_timeout;
                 let snapshots = snapshots.clone();
                 tokio::spawn(async move {
-                    let asked =
-                        tokio::time::timeout(timeout, nats.request(subject, Default::default()));
-                    match asked.await {
-                        Ok(Ok(reply)) => match postcard::from_bytes::<Snapshot>(&reply.payload) {
-                            Ok(snapshot) => {
-                                let _ = snapshots.send((node, snapshot)).await;
-                            }
-                            Err(e) => tracing::warn!("cluster: bad snapshot from {node:016x}: {e}"),
-                        },
-                        // The next heartbeat asks again.
-                        _ => tracing::debug!("cluster: no snapshot from {node:016x}"),
+                    match fetch_snapshot(&nats, subject, timeout).await {
+                        Some(snapshot) => {
+                            let _ = snapshots.send((node, snapshot)).await;
+                        }
+                        // The next announcement from it asks again.
+                        None => tracing::debug!("cluster: no snapshot from {node:016x}"),
                     }
                 });
             }
@@ -494,4 +492,44 @@ impl Actor {
             }
         });
     }
+}
+
+/// Asks for a node's snapshot page by page; `None` if it does not answer in time or keeps
+/// changing faster than the pages can be fetched (three tries).
+async fn fetch_snapshot(
+    nats: &async_nats::Client,
+    subject: String,
+    timeout: Duration,
+) -> Option<Snapshot> {
+    let ask = |request: SnapshotRequest| {
+        let (nats, subject) = (nats.clone(), subject.clone());
+        async move {
+            let reply = tokio::time::timeout(timeout, nats.request(subject, encode(&request)))
+                .await
+                .ok()?
+                .ok()?;
+            postcard::from_bytes::<Option<SnapshotPage>>(&reply.payload)
+                .ok()
+                .flatten()
+        }
+    };
+    'tries: for _ in 0..3 {
+        let first = ask(SnapshotRequest { seq: None, page: 0 }).await?;
+        let mut users = first.users;
+        for page in 1..first.pages {
+            let request = SnapshotRequest {
+                seq: Some(first.seq),
+                page,
+            };
+            match ask(request).await {
+                Some(more) => users.extend(more.users),
+                None => continue 'tries,
+            }
+        }
+        return Some(Snapshot {
+            seq: first.seq,
+            users,
+        });
+    }
+    None
 }

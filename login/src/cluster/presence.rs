@@ -87,6 +87,95 @@ pub struct Snapshot {
     pub users: Vec<(String, LoginStamp)>,
 }
 
+/// Users per snapshot page: a page stays well under NATS's default 1 MiB payload limit
+/// (a user is at most about 55 bytes: a 32-byte name and a stamp).
+pub const SNAPSHOT_PAGE: usize = 4096;
+
+/// A request for one page of a node's snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    /// `None`: take a new snapshot (and answer its first page); `Some(seq)`: a page of the
+    /// snapshot taken at `seq`.
+    pub seq: Option<u64>,
+    /// Which page, from 0.
+    pub page: u32,
+}
+
+/// One page of a snapshot, or `None` in its place if that snapshot is no longer kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotPage {
+    /// The sequence number the snapshot is current at.
+    pub seq: u64,
+    /// This page's number.
+    pub page: u32,
+    /// How many pages the snapshot has.
+    pub pages: u32,
+    /// Its users.
+    pub users: Vec<(String, LoginStamp)>,
+}
+
+/// The snapshots a node took lately, kept a little while so that the pages of one are all
+/// from the same moment even while its users keep changing.
+#[derive(Debug)]
+pub struct SnapshotCache {
+    keep_for: Duration,
+    kept: Vec<(Instant, Snapshot)>,
+}
+
+impl SnapshotCache {
+    /// Most snapshots kept at once.
+    const KEEP: usize = 4;
+
+    /// Keeps each snapshot for `keep_for`.
+    pub fn new(keep_for: Duration) -> Self {
+        Self {
+            keep_for,
+            kept: Vec::new(),
+        }
+    }
+
+    /// Answers a page request; `None` if it names a snapshot no longer kept, or no such page.
+    pub fn page(
+        &mut self,
+        local: &LocalPresence,
+        request: SnapshotRequest,
+        now: Instant,
+    ) -> Option<SnapshotPage> {
+        let keep_for = self.keep_for;
+        self.kept
+            .retain(|(taken, _)| now.duration_since(*taken) < keep_for);
+        let seq = match request.seq {
+            Some(seq) => seq,
+            None => {
+                let snapshot = local.snapshot();
+                let seq = snapshot.seq;
+                self.kept.retain(|(_, s)| s.seq != seq);
+                if self.kept.len() >= Self::KEEP {
+                    self.kept.remove(0);
+                }
+                self.kept.push((now, snapshot));
+                seq
+            }
+        };
+        let (_, snapshot) = self.kept.iter().find(|(_, s)| s.seq == seq)?;
+        let pages = snapshot.users.len().div_ceil(SNAPSHOT_PAGE).max(1);
+        let page = usize::try_from(request.page).ok().filter(|p| *p < pages)?;
+        let users = snapshot
+            .users
+            .iter()
+            .skip(page * SNAPSHOT_PAGE)
+            .take(SNAPSHOT_PAGE)
+            .cloned()
+            .collect();
+        Some(SnapshotPage {
+            seq,
+            page: request.page,
+            pages: u32::try_from(pages).unwrap_or(u32::MAX),
+            users,
+        })
+    }
+}
+
 /// One local session as presence knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalSession {
@@ -200,6 +289,10 @@ pub enum Action {
     },
 }
 
+/// Most announcements one remote node's view holds back while waiting for its snapshot;
+/// past that, they are dropped and the snapshot asked for again.
+const MAX_HELD: usize = 65_536;
+
 #[derive(Debug)]
 struct RemoteNode {
     last_heard: Instant,
@@ -207,7 +300,65 @@ struct RemoteNode {
     seq: Option<u64>,
     /// When the last snapshot was asked for.
     asked: Option<Instant>,
+    /// Changes heard while waiting for a snapshot, applied on top of it when it comes.
+    held: Vec<Announce>,
     users: HashMap<String, LoginStamp>,
+}
+
+impl RemoteNode {
+    fn new(now: Instant) -> Self {
+        Self {
+            last_heard: now,
+            seq: None,
+            asked: None,
+            held: Vec::new(),
+            users: HashMap::new(),
+        }
+    }
+
+    /// Applies a change if it is the next one; `Err` on a gap.
+    fn apply(&mut self, announce: Announce, local: &LocalPresence) -> Result<Option<Action>, ()> {
+        let Some(at) = self.seq else {
+            return Err(());
+        };
+        match announce {
+            Announce::Online { seq, .. } | Announce::Offline { seq, .. } if seq <= at => Ok(None),
+            Announce::Online {
+                seq, user, stamp, ..
+            } if seq == at + 1 => {
+                self.seq = Some(seq);
+                let kick = local.superseded(&user, stamp);
+                self.users.insert(user, stamp);
+                Ok(kick)
+            }
+            Announce::Offline { seq, user, .. } if seq == at + 1 => {
+                self.seq = Some(seq);
+                self.users.remove(&user);
+                Ok(None)
+            }
+            // Heartbeats are ordered after the changes they count: one ahead of the view
+            // means changes were lost.
+            Announce::Heartbeat { seq, .. } if seq <= at => Ok(None),
+            _ => Err(()),
+        }
+    }
+
+    /// Marks the view stale; asks for a snapshot unless one was asked for recently.
+    fn resync(&mut self, id: NodeId, now: Instant, every: Duration) -> Option<Action> {
+        self.seq = None;
+        if self.held.len() > MAX_HELD {
+            self.held.clear();
+        }
+        if self
+            .asked
+            .is_none_or(|asked| now.duration_since(asked) >= every)
+        {
+            self.asked = Some(now);
+            Some(Action::Resync(id))
+        } else {
+            None
+        }
+    }
 }
 
 /// This node's view of every other node's users.
@@ -243,50 +394,30 @@ impl RemoteView {
             self.nodes.remove(&id);
             return Vec::new();
         }
-        let timeout = self.node_timeout;
-        let node = self.nodes.entry(id).or_insert_with(|| RemoteNode {
-            last_heard: now,
-            seq: None,
-            asked: None,
-            users: HashMap::new(),
-        });
+        let every = self.node_timeout / 2;
+        let node = self.nodes.entry(id).or_insert_with(|| RemoteNode::new(now));
         node.last_heard = now;
-        let mut actions = Vec::new();
-        match (announce, node.seq) {
-            (
-                Announce::Online {
-                    seq, user, stamp, ..
-                },
-                Some(at),
-            ) if seq == at + 1 => {
-                node.seq = Some(seq);
-                actions.extend(local.superseded(&user, stamp));
-                node.users.insert(user, stamp);
+        if node.seq.is_none() {
+            // Waiting for a snapshot: keep changes for later; ask again if the answer is late.
+            if !matches!(announce, Announce::Heartbeat { .. }) {
+                node.held.push(announce);
             }
-            (Announce::Offline { seq, user, .. }, Some(at)) if seq == at + 1 => {
-                node.seq = Some(seq);
-                node.users.remove(&user);
-            }
-            (Announce::Heartbeat { seq, .. }, Some(at)) if seq == at => {}
-            (Announce::Online { seq, .. } | Announce::Offline { seq, .. }, Some(at))
-                if seq <= at => {}
-            _ => {
-                // A gap, or a node not yet synchronised: ask for its snapshot, at most once per
-                // time-out while an answer is pending.
-                node.seq = None;
-                if node
-                    .asked
-                    .is_none_or(|asked| now.duration_since(asked) >= timeout / 2)
-                {
-                    node.asked = Some(now);
-                    actions.push(Action::Resync(id));
+            return node.resync(id, now, every).into_iter().collect();
+        }
+        let held = matches!(announce, Announce::Online { .. } | Announce::Offline { .. });
+        match node.apply(announce.clone(), local) {
+            Ok(kick) => kick.into_iter().collect(),
+            Err(()) => {
+                if held {
+                    node.held.push(announce);
                 }
+                node.asked = None;
+                node.resync(id, now, every).into_iter().collect()
             }
         }
-        actions
     }
 
-    /// Takes in the snapshot `node` answered with.
+    /// Takes in the snapshot `node` answered with, then the changes held back meanwhile.
     pub fn on_snapshot(
         &mut self,
         id: NodeId,
@@ -297,20 +428,40 @@ impl RemoteView {
         if id == self.me {
             return Vec::new();
         }
-        let node = self.nodes.entry(id).or_insert_with(|| RemoteNode {
-            last_heard: now,
-            seq: None,
-            asked: None,
-            users: HashMap::new(),
-        });
+        let every = self.node_timeout / 2;
+        let node = self.nodes.entry(id).or_insert_with(|| RemoteNode::new(now));
         node.last_heard = now;
-        node.asked = None;
+        if node.seq.is_some_and(|at| at >= snapshot.seq) {
+            return Vec::new();
+        }
         node.seq = Some(snapshot.seq);
         node.users = snapshot.users.into_iter().collect();
-        node.users
+        let mut actions: Vec<Action> = node
+            .users
             .iter()
             .filter_map(|(user, stamp)| local.superseded(user, *stamp))
-            .collect()
+            .collect();
+        let mut held = std::mem::take(&mut node.held);
+        held.sort_by_key(|a| match a {
+            Announce::Online { seq, .. } | Announce::Offline { seq, .. } => *seq,
+            _ => 0,
+        });
+        let mut rest = held.into_iter();
+        for announce in rest.by_ref() {
+            match node.apply(announce, local) {
+                Ok(kick) => actions.extend(kick),
+                Err(()) => {
+                    node.asked = None;
+                    actions.extend(node.resync(id, now, every));
+                    break;
+                }
+            }
+        }
+        node.held.extend(rest);
+        if node.seq.is_some() {
+            node.asked = None;
+        }
+        actions
     }
 
     /// Drops the nodes not heard from within the time-out; returns them.
@@ -481,5 +632,104 @@ mod tests {
         let own = b.online("bob", 1, 1);
         assert!(view.on_announce(own, Instant::now(), &b).is_empty());
         assert!(view.nodes().is_empty());
+    }
+
+    #[test]
+    fn changes_during_a_pending_snapshot_are_held_and_applied_after_it() {
+        let (mut a, b, mut view) = pair();
+        let now = Instant::now();
+        a.online("ann", 10, 1000);
+        // Joins late: the first change it hears asks for a snapshot.
+        let bob = a.online("bob", 11, 1001);
+        assert_eq!(view.on_announce(bob, now, &b), [Action::Resync(1)]);
+        let snapshot = a.snapshot();
+        // Churn goes on while the answer travels; nothing more is asked for.
+        let changes = [
+            a.online("cid", 12, 1002),
+            a.offline("ann", 10).unwrap(),
+            a.online("dan", 13, 1003),
+        ];
+        for change in changes {
+            assert!(view.on_announce(change, now, &b).is_empty());
+        }
+        assert!(view.on_snapshot(1, snapshot, now, &b).is_empty());
+        assert_eq!(view.users(), ["bob", "cid", "dan"]);
+        // In step again: the next change and heartbeat apply without asking.
+        assert!(view
+            .on_announce(a.online("eve", 14, 1004), now, &b)
+            .is_empty());
+        assert!(view.on_announce(a.heartbeat(), now, &b).is_empty());
+        assert_eq!(view.users(), ["bob", "cid", "dan", "eve"]);
+    }
+
+    #[test]
+    fn a_snapshot_with_a_newer_login_kicks_the_local_session() {
+        let (mut a, mut b, mut view) = pair();
+        let now = Instant::now();
+        b.online("ann", 20, 1000);
+        a.online("ann", 10, 2000);
+        assert_eq!(
+            view.on_snapshot(1, a.snapshot(), now, &b),
+            [Action::Kick {
+                user: "ann".into(),
+                connection: 20
+            }]
+        );
+    }
+
+    #[test]
+    fn snapshots_are_paged_from_one_moment() {
+        let mut a = LocalPresence::new(1);
+        for i in 0..(2 * SNAPSHOT_PAGE + 10) {
+            a.online(&format!("u{i}"), i as u64, 1000);
+        }
+        let mut cache = SnapshotCache::new(Duration::from_secs(10));
+        let now = Instant::now();
+        let first = cache
+            .page(&a, SnapshotRequest { seq: None, page: 0 }, now)
+            .unwrap();
+        assert_eq!((first.pages, first.users.len()), (3, SNAPSHOT_PAGE));
+        // Changes after the snapshot do not show in its later pages.
+        a.online("late", 99_999, 1000);
+        let mut users = first.users.clone();
+        for page in 1..first.pages {
+            let more = cache
+                .page(
+                    &a,
+                    SnapshotRequest {
+                        seq: Some(first.seq),
+                        page,
+                    },
+                    now,
+                )
+                .unwrap();
+            assert_eq!(more.seq, first.seq);
+            users.extend(more.users);
+        }
+        assert_eq!(users.len(), 2 * SNAPSHOT_PAGE + 10);
+        assert!(users.iter().all(|(u, _)| u != "late"));
+        let bad = SnapshotRequest {
+            seq: Some(first.seq),
+            page: 3,
+        };
+        assert_eq!(cache.page(&a, bad, now), None);
+        let unknown = SnapshotRequest {
+            seq: Some(12345),
+            page: 0,
+        };
+        assert_eq!(cache.page(&a, unknown, now), None);
+        // Kept only a while.
+        let later = now + Duration::from_secs(11);
+        let expired = SnapshotRequest {
+            seq: Some(first.seq),
+            page: 1,
+        };
+        assert_eq!(cache.page(&a, expired, later), None);
+        // An empty node has one empty page.
+        let empty = LocalPresence::new(2);
+        let page = cache
+            .page(&empty, SnapshotRequest { seq: None, page: 0 }, now)
+            .unwrap();
+        assert_eq!((page.pages, page.users.len()), (1, 0));
     }
 }
