@@ -544,3 +544,33 @@ fn a_postgres_outage_fails_logins_and_storing_but_live_pushes_go_on() {
     })
     .unwrap();
 }
+
+#[test]
+#[ignore = "needs PostgreSQL: bash .ci/test starts it"]
+fn user_commands_work_on_the_postgres_store() {
+    let db = Database::new("usercmd");
+    let dir = std::env::temp_dir().join(format!("zserver-usercmd-{}", std::process::id()));
+    let zserver = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("user")
+            .args(["--store", &db.url, "--data"])
+            .arg(&dir)
+            .args(args)
+            .env("ZSERVER_PASSWORD", "pw")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    assert!(zserver(&["add", "zed"]).0);
+    assert!(zserver(&["add", "amy"]).0);
+    let (ok, dup) = zserver(&["add", "amy"]);
+    assert!(!ok && dup.contains("already exists"), "{dup}");
+    assert_eq!(zserver(&["list"]), (true, "amy\nzed\n".to_owned()));
+    assert!(zserver(&["del", "zed"]).0);
+    assert_eq!(zserver(&["list"]), (true, "amy\n".to_owned()));
+    // Nothing went to an embedded database in the data directory.
+    assert!(!dir.join("zserver.db").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
