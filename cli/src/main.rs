@@ -9,6 +9,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod cluster_bench;
 mod login;
 
 #[derive(Parser)]
@@ -32,6 +33,8 @@ enum Command {
     Client(login::ClientArgs),
     /// Benchmark the back ends side by side, against a raw tokio echo and tarpc.
     Bench(bench::BenchArgs),
+    /// Time a push routed through NATS to another node against one within a node.
+    BenchCluster(cluster_bench::ClusterBenchArgs),
     /// The server side of `zserver bench`, run by it as a child process.
     #[command(hide = true)]
     BenchServer(bench::server::ServerArgs),
@@ -44,6 +47,7 @@ fn main() {
         Command::User(args) => login::user(args),
         Command::Client(args) => login::client(args),
         Command::Bench(args) => bench::run(args),
+        Command::BenchCluster(args) => cluster_bench::run(args),
         Command::BenchServer(args) => bench::server::run(args),
     };
     if let Err(e) = result {
