@@ -657,11 +657,13 @@ fn postgres_reconnects_after_backends_are_terminated() {
             })
         })
         .collect();
+    // Far enough apart that one operation meets at most one break: the store retries an
+    // operation once, on a new connection, which a second termination could also end.
     for _ in 0..3 {
-        thread::sleep(Duration::from_millis(50));
+        thread::sleep(Duration::from_millis(300));
         pg.terminate_backends();
     }
-    thread::sleep(Duration::from_millis(50));
+    thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
     for w in workers {
         assert!(w.join().unwrap() > 0);
