@@ -3,14 +3,16 @@
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use super::{newer_schema, Message, Storage, StoreError, SCHEMA_VERSION};
 
 /// The database file's name inside the directory given to [`SqliteStorage::open`].
 const DB_FILE: &str = "zserver.db";
+/// How long a statement waits for another connection's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
@@ -45,39 +47,29 @@ impl SqliteStorage {
     pub fn open(dir: &Path) -> Result<SqliteStorage, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
-        let mut conn = Connection::open(dir.join(DB_FILE)).map_err(db)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-            .map_err(db)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Db(format!(
-                "cannot switch to WAL journal mode (got `{mode}`)"
-            )));
+        let path = dir.join(DB_FILE);
+        // Processes opening a new database at once can get SQLITE_BUSY without the busy
+        // handler being asked (switching to WAL takes an exclusive lock): try again a while.
+        let deadline = Instant::now() + BUSY_TIMEOUT;
+        loop {
+            let mut conn = Connection::open(&path).map_err(db)?;
+            match set_up(&mut conn) {
+                Ok(Ok(())) => {
+                    return Ok(SqliteStorage {
+                        conn: Mutex::new(conn),
+                    })
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(e)
+                    if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
+                        && Instant::now() < deadline =>
+                {
+                    drop(conn);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(db(e)),
+            }
         }
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(db)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
-
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
-        let version: i64 = tx
-            .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .map_err(db)?;
-        if version > SCHEMA_VERSION {
-            return Err(newer_schema(version));
-        }
-        // Version 0 is a new (empty) database; migrations from older versions go here.
-        tx.execute_batch(SCHEMA).map_err(db)?;
-        if version < SCHEMA_VERSION {
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-                .map_err(db)?;
-        }
-        tx.commit().map_err(db)?;
-        Ok(SqliteStorage {
-            conn: Mutex::new(conn),
-        })
     }
 
     /// Locks the connection, recovering it if a panicking thread poisoned the lock (an open
@@ -102,6 +94,34 @@ impl SqliteStorage {
         }
         Ok(done)
     }
+}
+
+/// Sets up a new connection: busy timeout, WAL, `synchronous=FULL`, foreign keys, and the
+/// schema (refusing a newer version). The outer error is SQLite's, the inner one ours.
+fn set_up(conn: &mut Connection) -> rusqlite::Result<Result<(), StoreError>> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Ok(Err(StoreError::Db(format!(
+            "cannot switch to WAL journal mode (got `{mode}`)"
+        ))));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Ok(Err(newer_schema(version)));
+    }
+    // Version 0 is a new (empty) database; migrations from older versions go here.
+    tx.execute_batch(SCHEMA)?;
+    if version < SCHEMA_VERSION {
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
+    tx.commit()?;
+    Ok(Ok(()))
 }
 
 impl Storage for SqliteStorage {
