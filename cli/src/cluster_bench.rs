@@ -169,4 +169,3 @@ async fn bench(
     .await?;
     Ok(())
 }
-

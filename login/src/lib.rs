@@ -3,6 +3,11 @@
 //! sessions bound to connections, a per-user file store with quotas, push to one user, a
 //! list or everyone online, durable offline messages, and rate-limited logins.
 //!
+//! Several nodes can run as one service ([`LoginConfig::cluster`], [`cluster`]): presence,
+//! push and kicks go through NATS, and accounts and offline messages live in PostgreSQL
+//! ([`LoginConfig::store`], [`PostgresStorage`]), the other implementation of the same
+//! [`Storage`] trait. `docs/CLUSTER.md` in the repository describes the topology.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), zserver::Error> {
 //! use zserver_login::{LoginClient, LoginConfig, LoginServer};
