@@ -367,7 +367,10 @@ impl Actor {
             };
             let now = Instant::now();
             let actions = match input {
-                Input::Ended => break,
+                Input::Ended => {
+                    tracing::error!("cluster: a NATS subscription ended; this node left presence");
+                    break;
+                }
                 Input::Command(Command::Leave(done)) => {
                     self.publish(&Announce::Leaving {
                         node: self.local.node(),
@@ -378,7 +381,8 @@ impl Actor {
                     break;
                 }
                 Input::Command(Command::Online { user, connection }) => {
-                    let announce = self.local.online(&user, connection.id(), now_unix_ms());
+                    let at_ms = lock(&self.view).login_time(&user, now_unix_ms());
+                    let announce = self.local.online(&user, connection.id(), at_ms);
                     self.publish(&announce).await;
                     let commands = self.commands.clone();
                     tokio::spawn(async move {

@@ -481,11 +481,25 @@ impl RemoteView {
 
     /// The node `user` is logged in on (the newest login if several claim them).
     pub fn locate(&self, user: &str) -> Option<NodeId> {
+        self.newest(user).map(|stamp| stamp.node)
+    }
+
+    /// The newest login of `user` on another node.
+    pub fn newest(&self, user: &str) -> Option<LoginStamp> {
         self.nodes
-            .iter()
-            .filter_map(|(id, n)| n.users.get(user).map(|stamp| (*stamp, *id)))
+            .values()
+            .filter_map(|n| n.users.get(user).copied())
             .max()
-            .map(|(_, id)| id)
+    }
+
+    /// The time to stamp a new login of `user` with: the clock's `now_ms`, or just after
+    /// the newest login known elsewhere if that is later, so that a second login always
+    /// wins over one the view knows of, however far apart the nodes' clocks are.
+    pub fn login_time(&self, user: &str, now_ms: i64) -> i64 {
+        match self.newest(user) {
+            Some(known) => now_ms.max(known.at_ms.saturating_add(1)),
+            None => now_ms,
+        }
     }
 
     /// Every user online on another node (unsorted, without duplicates).
@@ -731,5 +745,28 @@ mod tests {
             .page(&empty, SnapshotRequest { seq: None, page: 0 }, now)
             .unwrap();
         assert_eq!((page.pages, page.users.len()), (1, 0));
+    }
+
+    #[test]
+    fn a_second_login_wins_even_on_a_node_whose_clock_is_behind() {
+        let (mut a, mut b, mut view_b) = pair();
+        let now = Instant::now();
+        let mut view_a = RemoteView::new(1, T);
+        // Node 1's clock is an hour ahead of node 2's.
+        a.online("ann", 10, 3_600_000 + 1000);
+        view_b.on_snapshot(1, a.snapshot(), now, &b);
+        view_a.on_snapshot(2, b.snapshot(), now, &a);
+        let at = view_b.login_time("ann", 2000);
+        assert_eq!(at, 3_600_000 + 1001);
+        let second = b.online("ann", 20, at);
+        assert_eq!(
+            view_a.on_announce(second, now, &a),
+            [Action::Kick {
+                user: "ann".into(),
+                connection: 10
+            }]
+        );
+        // Without anything known elsewhere, the clock's time is used.
+        assert_eq!(view_b.login_time("bob", 2000), 2000);
     }
 }
