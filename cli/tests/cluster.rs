@@ -574,3 +574,77 @@ fn user_commands_work_on_the_postgres_store() {
     assert!(!dir.join("zserver.db").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+#[ignore = "needs PostgreSQL and NATS: bash .ci/test starts them"]
+fn concurrent_pushes_to_another_node_all_arrive_in_order_with_right_reports() {
+    let db = Database::new("burst");
+    let cluster = Cluster::new("burst", &db, &[]);
+    let n1 = cluster.start(1, "tokio");
+    let n2 = cluster.start(2, "async-std");
+    let (a1, a2) = (at(&n1), at(&n2));
+    run(async move {
+        let admin = LoginClient::connect(transport(), a1.0, Some(&a1.1)).await?;
+        for name in ["ann", "bob", "cid", "dan"] {
+            admin.register(name, "pw").await?;
+        }
+        let ann = Arc::new(user(a1.clone(), "ann").await?);
+        let bob = user(a2.clone(), "bob").await?;
+        let cid = user(a2.clone(), "cid").await?;
+        until_who(&ann, &["ann", "bob", "cid"]).await;
+        // 16 tasks × 60 pushes, in flight together, to two users on node 2 and one offline
+        // user: pushes share NATS requests, and each must get its own report.
+        let (tasks, each) = (16, 60);
+        let (done_tx, done_rx) = async_channel::unbounded();
+        for t in 0..tasks {
+            let (ann, done) = (ann.clone(), done_tx.clone());
+            zserver::spawn(async move {
+                let mut result = Ok(());
+                for i in 0..each {
+                    let to = ["bob", "cid", "dan"][i % 3];
+                    let report = match ann.push(&[to], &format!("{t}:{i}")).await {
+                        Ok(report) => report,
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    };
+                    let expected = if to == "dan" {
+                        (vec![], vec![to.to_owned()])
+                    } else {
+                        (vec![to.to_owned()], vec![])
+                    };
+                    if (&report.delivered, &report.stored) != (&expected.0, &expected.1) {
+                        result = Err(Error::msg(format!("push {t}:{i} to {to}: {report:?}")));
+                        break;
+                    }
+                }
+                let _ = done.send(result).await;
+            });
+        }
+        for _ in 0..tasks {
+            done_rx.recv().await.unwrap()?;
+        }
+        // Every message arrived once, and each task's messages in the order it sent them.
+        for client in [&bob, &cid] {
+            let mut last: Vec<Option<usize>> = vec![None; tasks];
+            for _ in 0..tasks * each / 3 {
+                let Event::Message(m) = next_event(client).await else {
+                    panic!("expected a message")
+                };
+                let (t, i) = m.text.split_once(':').unwrap();
+                let (t, i): (usize, usize) = (t.parse().unwrap(), i.parse().unwrap());
+                assert!(
+                    last[t].is_none_or(|prev| prev < i),
+                    "task {t}: {i} after {last:?}"
+                );
+                last[t] = Some(i);
+            }
+            assert!(client.try_event().is_none());
+        }
+        let dan = LoginClient::connect(transport(), a1.0, Some(&a1.1)).await?;
+        assert_eq!(dan.login("dan", "pw").await?.len(), tasks * each / 3);
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+}

@@ -7,12 +7,13 @@
 //! | --- | --- |
 //! | `NAME.presence` | every node's [`Announce`]ments: logins, logouts, heartbeats, leaving |
 //! | `NAME.node.ID.snapshot` | request [`SnapshotRequest`] → a page of the node's snapshot (postcard `Option<SnapshotPage>`) |
-//! | `NAME.node.ID.deliver` | request [`Deliver`] → the users it reached (postcard `Vec<String>`) |
+//! | `NAME.node.ID.deliver` | request `Vec<`[`Deliver`]`>` → for each, the users it reached (postcard `Vec<Vec<String>>`) |
 //!
 //! The NATS client runs on a small tokio runtime of its own, so a node on any of zserver's
 //! back ends can join. Accounts and offline messages are not here: clustered nodes share a
 //! PostgreSQL store. See `docs/CLUSTER.md` for the topology and what fails how.
 
+mod outbound;
 pub mod presence;
 
 use std::future::Future;
@@ -135,6 +136,7 @@ pub(crate) struct Cluster {
     nats: async_nats::Client,
     subjects: Arc<Subjects>,
     view: Arc<Mutex<RemoteView>>,
+    outbound: Arc<outbound::Outbound>,
     commands: async_channel::Sender<Command>,
     inbox: async_channel::Receiver<Command>,
 }
@@ -186,12 +188,16 @@ impl Cluster {
             .map_err(|e| Error::msg(format!("cluster runtime failed: {e}")))?
             .map_err(|e| Error::msg(format!("cannot reach NATS at {}: {e}", config.nats_url)))?;
         let (commands, inbox) = async_channel::unbounded();
+        let subjects = Arc::new(Subjects {
+            presence: format!("{}.presence", config.name),
+            prefix: config.name.clone(),
+        });
+        let outbound =
+            outbound::Outbound::new(nats.clone(), subjects.clone(), config.request_timeout);
         Ok(Self {
             node,
-            subjects: Arc::new(Subjects {
-                presence: format!("{}.presence", config.name),
-                prefix: config.name.clone(),
-            }),
+            subjects,
+            outbound: Arc::new(outbound),
             view: Arc::new(Mutex::new(RemoteView::new(node, config.node_timeout))),
             config,
             _runtime: runtime,
@@ -274,20 +280,8 @@ impl Cluster {
     /// Asks `node` to deliver a push to its users; the users it reached (none if it did not
     /// answer in time).
     pub(crate) async fn deliver(&self, node: NodeId, push: Deliver) -> Vec<String> {
-        let nats = self.nats.clone();
-        let subject = self.subjects.deliver(node);
-        let timeout = self.config.request_timeout;
-        let asked = self.handle.spawn(async move {
-            let reply = tokio::time::timeout(timeout, nats.request(subject, encode(&push)))
-                .await
-                .ok()?
-                .ok()?;
-            postcard::from_bytes::<Vec<String>>(&reply.payload).ok()
-        });
-        match asked.await {
-            Ok(Some(reached)) => reached,
-            _ => Vec::new(),
-        }
+        let reached = self.outbound.push(&self.handle, node, push);
+        reached.await.unwrap_or_default()
     }
 
     /// Announces that this node leaves, and stops (waits at most 2 s for NATS).
@@ -484,13 +478,15 @@ impl Actor {
         };
         let nats = self.nats.clone();
         tokio::spawn(async move {
-            let reached = match postcard::from_bytes::<Deliver>(&message.payload) {
-                Ok(push) => sessions.deliver_local(push).await,
-                Err(e) => {
-                    tracing::warn!("cluster: undecodable push ignored: {e}");
-                    Vec::new()
+            let mut reached = Vec::new();
+            match postcard::from_bytes::<Vec<Deliver>>(&message.payload) {
+                Ok(pushes) => {
+                    for push in pushes {
+                        reached.push(sessions.deliver_local(push).await);
+                    }
                 }
-            };
+                Err(e) => tracing::warn!("cluster: undecodable push ignored: {e}"),
+            }
             if let Err(e) = nats.publish(reply, encode(&reached)).await {
                 tracing::warn!("cluster: cannot answer a push: {e}");
             }

@@ -1,0 +1,144 @@
+//! Pushes bound for other nodes, coalesced: one request per node is in flight at a time, and
+//! the pushes that arrive meanwhile go together in the next one. A lone push goes at once
+//! (no added delay); under load, many share one NATS round trip. One queue per node also
+//! keeps pushes to a node in the order they were made.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::{encode, lock, Deliver, NodeId, Subjects};
+
+/// Most payload bytes one request carries (NATS refuses messages over 1 MiB by default); a
+/// single larger push still goes, alone, and is stored if NATS refuses it.
+const MAX_BATCH_BYTES: usize = 512 * 1024;
+
+type Waiting = (Deliver, oneshot::Sender<Vec<String>>);
+
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Waiting>,
+}
+
+/// The queues of pushes to other nodes.
+pub(super) struct Outbound {
+    nats: async_nats::Client,
+    subjects: Arc<Subjects>,
+    timeout: Duration,
+    /// A node has an entry while a flusher runs for it.
+    queues: Mutex<HashMap<NodeId, Queue>>,
+}
+
+impl Outbound {
+    pub(super) fn new(
+        nats: async_nats::Client,
+        subjects: Arc<Subjects>,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            nats,
+            subjects,
+            timeout,
+            queues: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Queues `push` for `node`; the receiver gets the users it reached (none if the node did
+    /// not answer in time).
+    pub(super) fn push(
+        self: &Arc<Self>,
+        runtime: &tokio::runtime::Handle,
+        node: NodeId,
+        push: Deliver,
+    ) -> oneshot::Receiver<Vec<String>> {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut queues = lock(&self.queues);
+            let idle = !queues.contains_key(&node);
+            queues.entry(node).or_default().waiting.push((push, tx));
+            idle
+        };
+        if start {
+            runtime.spawn(self.clone().flush(node));
+        }
+        rx
+    }
+
+    /// Sends `node`'s queue, batch after batch, until it is empty.
+    async fn flush(self: Arc<Self>, node: NodeId) {
+        loop {
+            let batch = {
+                let mut queues = lock(&self.queues);
+                let Some(queue) = queues.get_mut(&node) else {
+                    return;
+                };
+                if queue.waiting.is_empty() {
+                    queues.remove(&node);
+                    return;
+                }
+                take_batch(&mut queue.waiting)
+            };
+            let (pushes, replies): (Vec<Deliver>, Vec<_>) = batch.into_iter().unzip();
+            let mut reached = self.request(node, &pushes).await.unwrap_or_default();
+            reached.resize(replies.len(), Vec::new());
+            for (reply, users) in replies.into_iter().zip(reached) {
+                let _ = reply.send(users);
+            }
+        }
+    }
+
+    /// One request with `pushes`; for each, the users reached.
+    async fn request(&self, node: NodeId, pushes: &[Deliver]) -> Option<Vec<Vec<String>>> {
+        let asked = self
+            .nats
+            .request(self.subjects.deliver(node), encode(&pushes));
+        let reply = tokio::time::timeout(self.timeout, asked).await.ok()?.ok()?;
+        postcard::from_bytes(&reply.payload).ok()
+    }
+}
+
+/// The oldest pushes, up to [`MAX_BATCH_BYTES`] of text (at least one).
+fn take_batch(waiting: &mut Vec<Waiting>) -> Vec<Waiting> {
+    let mut bytes = 0;
+    let fit = waiting
+        .iter()
+        .take_while(|(push, _)| {
+            bytes += push.text.len()
+                + push.from.len()
+                + push.users.iter().map(String::len).sum::<usize>()
+                + 8;
+            bytes <= MAX_BATCH_BYTES
+        })
+        .count()
+        .max(1);
+    waiting.drain(..fit).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(text_len: usize) -> Waiting {
+        let deliver = Deliver {
+            from: "a".into(),
+            users: vec!["b".into()],
+            text: "x".repeat(text_len),
+        };
+        (deliver, oneshot::channel().0)
+    }
+
+    #[test]
+    fn batches_are_bounded_in_bytes_and_take_at_least_one() {
+        let mut waiting: Vec<Waiting> = (0..100).map(|_| push(10_000)).collect();
+        let first = take_batch(&mut waiting);
+        assert!(first.len() > 1 && first.len() < 100, "{}", first.len());
+        let total: usize = first.iter().map(|(p, _)| p.text.len()).sum();
+        assert!(total <= MAX_BATCH_BYTES);
+        assert_eq!(first.len() + waiting.len(), 100);
+        let mut big = vec![push(2 * MAX_BATCH_BYTES), push(1)];
+        assert_eq!(take_batch(&mut big).len(), 1);
+        assert_eq!(big.len(), 1);
+    }
+}
