@@ -235,13 +235,20 @@ impl State {
             }
         }
         if let Some(cluster) = &self.cluster {
-            for (node, users) in remote {
-                let push = Deliver {
-                    from: from.to_owned(),
-                    users: users.clone(),
-                    text: text.to_owned(),
-                };
-                let reached = cluster.deliver(node, push).await;
+            let remote: Vec<(NodeId, Vec<String>)> = remote.into_iter().collect();
+            let pushes = remote
+                .iter()
+                .map(|(node, users)| {
+                    let push = Deliver {
+                        from: from.to_owned(),
+                        users: users.clone(),
+                        text: text.to_owned(),
+                    };
+                    (*node, push)
+                })
+                .collect();
+            let answers = cluster.deliver(pushes).await;
+            for ((_, users), reached) in remote.into_iter().zip(answers) {
                 for user in users {
                     if reached.contains(&user) {
                         report.delivered.push(user);

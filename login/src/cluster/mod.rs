@@ -277,11 +277,18 @@ impl Cluster {
         lock(&self.view).nodes()
     }
 
-    /// Asks `node` to deliver a push to its users; the users it reached (none if it did not
-    /// answer in time).
-    pub(crate) async fn deliver(&self, node: NodeId, push: Deliver) -> Vec<String> {
-        let reached = self.outbound.push(&self.handle, node, push);
-        reached.await.unwrap_or_default()
+    /// Asks each node to deliver its push to its users, all nodes at once; for each, the
+    /// users it reached (none if the node did not answer in time).
+    pub(crate) async fn deliver(&self, pushes: Vec<(NodeId, Deliver)>) -> Vec<Vec<String>> {
+        let asked: Vec<_> = pushes
+            .into_iter()
+            .map(|(node, push)| self.outbound.push(&self.handle, node, push))
+            .collect();
+        let mut reached = Vec::with_capacity(asked.len());
+        for answer in asked {
+            reached.push(answer.await.unwrap_or_default());
+        }
+        reached
     }
 
     /// Announces that this node leaves, and stops (waits at most 2 s for NATS).
