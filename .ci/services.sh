@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The cluster tests' services on loopback: a throw-away PostgreSQL cluster and a nats-server.
 #
-#   bash .ci/services.sh install   # Debian's nats-server and postgresql, if missing (needs root)
+#   bash .ci/services.sh install   # Debian's nats-server and postgresql, if missing (root or sudo)
 #   source .ci/services.sh start   # starts both, exports ZSERVER_TEST_POSTGRES and ZSERVER_TEST_NATS
 #   bash .ci/services.sh stop      # stops both and removes their data
 #
@@ -39,9 +39,13 @@ zs_install() {
   zs_pg_bin >/dev/null 2>&1 || missing+=(postgresql)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing ${missing[*]} from Debian's packages"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    local sudo=()
+    if [ "$(id -u)" != 0 ]; then
+      sudo=(sudo -n)
+    fi
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
   # The packages' own services are not used (and must not hold our ports).
   if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
