@@ -26,40 +26,9 @@ fn env(name: &str) -> String {
     })
 }
 
-/// A fresh PostgreSQL database for one test, dropped at the end.
-struct Database {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl Database {
-    fn new(tag: &str) -> Self {
-        let admin = env("ZSERVER_TEST_POSTGRES");
-        let name = format!("zs_{tag}_{}", std::process::id());
-        let mut client = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
-        for sql in [
-            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            format!("CREATE DATABASE {name}"),
-        ] {
-            client.batch_execute(&sql).unwrap();
-        }
-        let base = admin.rsplit_once('/').unwrap().0;
-        let url = format!("{base}/{name}");
-        Self { admin, name, url }
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        if let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) {
-            let _ = client.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
-    }
-}
+#[path = "../../login/tests/pg/mod.rs"]
+mod pg;
+use pg::Postgres as Database;
 
 /// The cluster's shared settings.
 struct Cluster {
@@ -470,28 +439,6 @@ fn a_nats_outage_falls_back_to_stored_messages_and_heals() {
         Ok::<_, Error>(())
     })
     .unwrap();
-}
-
-impl Database {
-    /// Makes the database unreachable (existing sessions cut, new ones refused), or reachable
-    /// again: a PostgreSQL outage as the nodes see it.
-    fn set_reachable(&self, reachable: bool) {
-        let mut admin = postgres::Client::connect(&self.admin, postgres::NoTls).unwrap();
-        let name = &self.name;
-        admin
-            .batch_execute(&format!(
-                "ALTER DATABASE {name} ALLOW_CONNECTIONS {reachable}"
-            ))
-            .unwrap();
-        if !reachable {
-            admin
-                .execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-                    &[name],
-                )
-                .unwrap();
-        }
-    }
 }
 
 #[test]
