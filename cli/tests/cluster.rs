@@ -143,6 +143,15 @@ async fn user(node: (SocketAddr, String), name: &str) -> Result<LoginClient, Err
     Ok(client)
 }
 
+/// Registers `names` (password `pw`) through `node`.
+async fn register(node: &(SocketAddr, String), names: &[&str]) -> Result<(), Error> {
+    let admin = LoginClient::connect(transport(), node.0, Some(&node.1)).await?;
+    for name in names {
+        admin.register(name, "pw").await?;
+    }
+    Ok(())
+}
+
 fn at(node: &Node) -> (SocketAddr, String) {
     (node.addr, node.fingerprint.clone())
 }
@@ -190,10 +199,7 @@ fn three_nodes_push_kick_survive_a_killed_node_and_deliver_after_restart() {
     let (a1, a2, a3) = (at(&n1), at(&n2), at(&n3));
 
     let (ann, bob2) = run(async move {
-        let admin = LoginClient::connect(transport(), a1.0, Some(&a1.1)).await?;
-        for name in ["ann", "bob", "cid", "dan"] {
-            admin.register(name, "pw").await?;
-        }
+        register(&a1, &["ann", "bob", "cid", "dan"]).await?;
         let ann = user(a1.clone(), "ann").await?;
         let bob = user(a2.clone(), "bob").await?;
         let cid = user(a3.clone(), "cid").await?;
@@ -283,9 +289,7 @@ fn refused_second_login_and_graceful_leave_across_nodes() {
     let mut n2 = cluster.start(2, "smol");
     let (a1, a2) = (at(&n1), at(&n2));
     let ann = run(async move {
-        let admin = LoginClient::connect(transport(), a1.0, Some(&a1.1)).await?;
-        admin.register("ann", "pw").await?;
-        admin.register("eve", "pw").await?;
+        register(&a1, &["ann", "eve"]).await?;
         let ann = user(a1.clone(), "ann").await?;
         let eve = user(a2.clone(), "eve").await?;
         until_who(&eve, &["ann", "eve"]).await;
@@ -400,9 +404,7 @@ fn a_nats_outage_falls_back_to_stored_messages_and_heals() {
     let n2 = cluster.start(2, "smol");
     let (a1, a2) = (at(&n1), at(&n2));
     let (ann, bob) = run(async move {
-        let admin = LoginClient::connect(transport(), a1.0, Some(&a1.1)).await?;
-        admin.register("ann", "pw").await?;
-        admin.register("bob", "pw").await?;
+        register(&a1, &["ann", "bob"]).await?;
         let ann = user(a1.clone(), "ann").await?;
         let bob = user(a2.clone(), "bob").await?;
         until_who(&ann, &["ann", "bob"]).await;
@@ -450,10 +452,7 @@ fn a_postgres_outage_fails_logins_and_storing_but_live_pushes_go_on() {
     let n2 = cluster.start(2, "async-std");
     let (a1, a2) = (at(&n1), at(&n2));
     let (ann, bob) = run(async move {
-        let admin = LoginClient::connect(transport(), a1.0, Some(&a1.1)).await?;
-        for name in ["ann", "bob", "dan"] {
-            admin.register(name, "pw").await?;
-        }
+        register(&a1, &["ann", "bob", "dan"]).await?;
         let ann = user(a1.clone(), "ann").await?;
         let bob = user(a2.clone(), "bob").await?;
         until_who(&ann, &["ann", "bob"]).await;
@@ -531,10 +530,7 @@ fn concurrent_pushes_to_another_node_all_arrive_in_order_with_right_reports() {
     let n2 = cluster.start(2, "async-std");
     let (a1, a2) = (at(&n1), at(&n2));
     run(async move {
-        let admin = LoginClient::connect(transport(), a1.0, Some(&a1.1)).await?;
-        for name in ["ann", "bob", "cid", "dan"] {
-            admin.register(name, "pw").await?;
-        }
+        register(&a1, &["ann", "bob", "cid", "dan"]).await?;
         let ann = Arc::new(user(a1.clone(), "ann").await?);
         let bob = user(a2.clone(), "bob").await?;
         let cid = user(a2.clone(), "cid").await?;
