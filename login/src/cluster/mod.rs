@@ -540,3 +540,40 @@ async fn fetch_snapshot(
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_checks_the_name_and_the_timings() {
+        assert!(ClusterConfig::new("nats://127.0.0.1:4222").check().is_ok());
+        for bad in ["", "a.b", "a b", "a*", "x>", &"n".repeat(65)] {
+            let mut config = ClusterConfig::new("nats://x");
+            config.name = bad.to_owned();
+            let e = config.check().unwrap_err().to_string();
+            assert!(e.contains("bad cluster name"), "{bad}: {e}");
+        }
+        let mut config = ClusterConfig::new("nats://x");
+        config.node_timeout = config.heartbeat;
+        assert!(config.check().is_err());
+        config.heartbeat = Duration::ZERO;
+        assert!(config.check().is_err());
+    }
+
+    #[test]
+    fn subjects_are_under_the_cluster_name() {
+        let subjects = Subjects {
+            presence: "chat.presence".into(),
+            prefix: "chat".into(),
+        };
+        assert_eq!(
+            subjects.snapshot(0xab),
+            "chat.node.00000000000000ab.snapshot"
+        );
+        assert_eq!(
+            subjects.deliver(u64::MAX),
+            "chat.node.ffffffffffffffff.deliver"
+        );
+    }
+}
