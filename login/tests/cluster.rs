@@ -1,0 +1,108 @@
+//! The cluster through the library: two [`LoginServer`] nodes in one process, each on its own
+//! back end's runtime (tokio and smol), sharing a NATS server and a PostgreSQL database.
+//! `cli/tests/cluster.rs` runs whole `zserver serve` processes, kills one, and cuts NATS and
+//! PostgreSQL. Needs the services: `bash .ci/test` starts them.
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use zserver::Error;
+use zserver_login::protocol::Incoming;
+use zserver_login::{ClusterConfig, Event, LoginClient, LoginConfig, LoginServer};
+
+mod pg;
+use pg::Postgres;
+
+/// Runs `fut` on `backend`'s runtime and waits for it here.
+fn run_on<T: Send + 'static>(
+    backend: &str,
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    let runtime = zserver::transport(backend).unwrap().runtime();
+    let (tx, rx) = mpsc::channel();
+    runtime.spawn(Box::pin(async move {
+        let _ = tx.send(fut.await);
+    }));
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("finished in time")
+}
+
+fn node_config(db: &Postgres, dir: &std::path::Path) -> LoginConfig {
+    let nats = std::env::var("ZSERVER_TEST_NATS")
+        .expect("ZSERVER_TEST_NATS is not set: `source .ci/services.sh start`");
+    let mut config = LoginConfig::new(dir);
+    config.store = db.url.clone();
+    let mut cluster = ClusterConfig::new(nats);
+    cluster.name = format!("lib{}", std::process::id());
+    config.cluster = Some(cluster);
+    config
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(10), "{what}");
+        zserver::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and NATS: bash .ci/test starts them"]
+fn two_nodes_on_two_runtimes_in_one_process() {
+    let db = Postgres::new("lib_two_nodes");
+    let dir = tempfile::tempdir().unwrap();
+    let local = "127.0.0.1:0".parse().unwrap();
+    let config = node_config(&db, dir.path());
+    let a = run_on("tokio", {
+        let config = config.clone();
+        async move { LoginServer::start(zserver::transport("tokio").unwrap(), local, config).await }
+    })
+    .unwrap();
+    let b = run_on("smol", async move {
+        LoginServer::start(zserver::transport("smol").unwrap(), local, config).await
+    })
+    .unwrap();
+    let (a_id, b_id) = (a.node_id().unwrap(), b.node_id().unwrap());
+    assert_ne!(a_id, b_id);
+    let (a_addr, b_addr, pin) = (a.local_addr(), b.local_addr(), a.fingerprint());
+    assert_eq!(pin, b.fingerprint(), "one data directory, one key");
+
+    let a = std::sync::Arc::new(a);
+    let a2 = a.clone();
+    run_on("tokio", async move {
+        until("the nodes see each other", || {
+            a2.peers() == [b_id] && b.peers() == [a_id]
+        })
+        .await;
+        let transport = zserver::transport("tokio").unwrap();
+        let ann = LoginClient::connect(transport.clone(), a_addr, Some(&pin)).await?;
+        ann.register("ann", "pw").await?;
+        ann.register("bob", "pw").await?;
+        ann.login("ann", "pw").await?;
+        let bob = LoginClient::connect(transport, b_addr, Some(&pin)).await?;
+        bob.login("bob", "pw").await?;
+        until("both users online on both nodes", || {
+            a2.online() == ["ann", "bob"] && b.online() == ["ann", "bob"]
+        })
+        .await;
+        let report = ann.push(&["bob"], "across runtimes").await?;
+        assert_eq!(report.delivered, ["bob"]);
+        let expected = Event::Message(Incoming {
+            from: "ann".into(),
+            text: "across runtimes".into(),
+        });
+        assert_eq!(bob.next_event().await, Some(expected));
+
+        // A node that shuts down leaves: the other forgets it and its users at once.
+        b.shutdown().await;
+        let gone = until("node b left", || a2.peers().is_empty()).await;
+        assert!(gone < Duration::from_secs(2), "{gone:?}");
+        assert_eq!(a2.online(), ["ann"]);
+        let report = ann.push(&["bob"], "later").await?;
+        assert_eq!(report.stored, ["bob"]);
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    run_on("tokio", async move { a.shutdown().await });
+}
