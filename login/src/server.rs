@@ -258,12 +258,20 @@ impl State {
                 }
             }
         }
+        let mut stored = Ok(());
         for user in offline {
             let (to, from, text) = (user.clone(), from.to_owned(), text.to_owned());
-            db(self, move |s| s.queue_message(&to, &from, &text)).await?;
+            stored = db(self, move |s| s.queue_message(&to, &from, &text)).await;
+            if stored.is_err() {
+                break;
+            }
             report.stored.push(user);
         }
-        Ok(report)
+        if let Some(cluster) = &self.cluster {
+            // A recipient may have logged in somewhere since we looked: that node takes it.
+            cluster.stored(&report.stored);
+        }
+        stored.map(|()| report)
     }
 
     /// Forgets the session on `connection` (logout, account deleted).
@@ -308,6 +316,39 @@ impl LocalSessions for State {
             }
             reached
         })
+    }
+
+    fn collect(&self, user: String) -> Option<BoxFuture<()>> {
+        let conn = {
+            let mut sessions = lock(&self.sessions);
+            sessions.prune();
+            sessions.by_user.get(&user).cloned()
+        }?;
+        let store = self.store.clone();
+        Some(Box::pin(async move {
+            let (st, name) = (store.clone(), user.clone());
+            let Ok(messages) = blocking::unblock(move || st.take_messages(&name)).await else {
+                return;
+            };
+            let mut messages = messages.into_iter();
+            while let Some(m) = messages.next() {
+                let incoming = Incoming {
+                    from: m.from.clone(),
+                    text: m.text.clone(),
+                };
+                if conn.send("message", &incoming).await.is_err() {
+                    // The session ended meanwhile: store them again, for the next login.
+                    let back: Vec<_> = std::iter::once(m).chain(messages).collect();
+                    blocking::unblock(move || {
+                        for m in back {
+                            let _ = store.queue_message(&user, &m.from, &m.text);
+                        }
+                    })
+                    .await;
+                    return;
+                }
+            }
+        }))
     }
 
     fn kick(&self, user: String, connection: u64) -> BoxFuture<()> {

@@ -98,6 +98,9 @@ pub(crate) trait LocalSessions: Send + Sync + 'static {
     fn deliver_local(&self, push: Deliver) -> BoxFuture<Vec<String>>;
     /// Ends `user`'s session on `connection` (a newer login elsewhere won).
     fn kick(&self, user: String, connection: u64) -> BoxFuture<()>;
+    /// Messages were stored for `user`: if they are logged in here, a future that takes them
+    /// from the store and delivers them now.
+    fn collect(&self, user: String) -> Option<BoxFuture<()>>;
 }
 
 enum Command {
@@ -123,6 +126,9 @@ impl Subjects {
     }
     fn deliver(&self, node: NodeId) -> String {
         format!("{}.node.{node:016x}.deliver", self.prefix)
+    }
+    fn stored(&self) -> String {
+        format!("{}.stored", self.prefix)
     }
 }
 
@@ -216,11 +222,14 @@ impl Cluster {
         let subscribed = self
             .handle
             .spawn(async move {
-                let presence = nats.subscribe(subjects.presence.clone()).await?;
-                let snapshots = nats.subscribe(subjects.snapshot(me)).await?;
-                let deliveries = nats.subscribe(subjects.deliver(me)).await?;
+                let subscriptions = Subscriptions {
+                    presence: nats.subscribe(subjects.presence.clone()).await?,
+                    snapshot_asks: nats.subscribe(subjects.snapshot(me)).await?,
+                    deliver_asks: nats.subscribe(subjects.deliver(me)).await?,
+                    stored: nats.subscribe(subjects.stored()).await?,
+                };
                 nats.flush().await?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>((presence, snapshots, deliveries))
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(subscriptions)
             })
             .await
             .map_err(|e| Error::msg(format!("cluster runtime failed: {e}")))?
@@ -291,6 +300,20 @@ impl Cluster {
         reached
     }
 
+    /// Tells every node (this one too) that messages were stored for `users`, so that a node
+    /// where one of them logged in meanwhile delivers them at once.
+    pub(crate) fn stored(&self, users: &[String]) {
+        if users.is_empty() {
+            return;
+        }
+        let (nats, subject, payload) = (self.nats.clone(), self.subjects.stored(), encode(&users));
+        self.handle.spawn(async move {
+            if let Err(e) = nats.publish(subject, payload).await {
+                tracing::warn!("cluster: cannot announce stored messages: {e}");
+            }
+        });
+    }
+
     /// Announces that this node leaves, and stops (waits at most 2 s for NATS).
     pub(crate) async fn leave(&self) {
         let (done, left) = async_channel::bounded(1);
@@ -316,11 +339,17 @@ impl Drop for OwnedRuntime {
     }
 }
 
-type Subscriptions = (
-    async_nats::Subscriber,
-    async_nats::Subscriber,
-    async_nats::Subscriber,
-);
+/// What a node listens to.
+struct Subscriptions {
+    /// Every node's announcements.
+    presence: async_nats::Subscriber,
+    /// Requests for this node's snapshot.
+    snapshot_asks: async_nats::Subscriber,
+    /// Pushes for this node's users.
+    deliver_asks: async_nats::Subscriber,
+    /// Names of users something was just stored for.
+    stored: async_nats::Subscriber,
+}
 
 /// The task that owns this node's presence and its view of the others.
 struct Actor {
@@ -339,6 +368,7 @@ enum Input {
     Presence(async_nats::Message),
     SnapshotAsked(async_nats::Message),
     DeliverAsked(async_nats::Message),
+    Stored(async_nats::Message),
     Snapshot(NodeId, Snapshot),
     Tick,
     Ended,
@@ -348,7 +378,7 @@ impl Actor {
     async fn run(
         mut self,
         inbox: async_channel::Receiver<Command>,
-        (mut presence, mut snapshot_asks, mut deliver_asks): Subscriptions,
+        mut subscriptions: Subscriptions,
         heartbeat: Duration,
     ) {
         let (snap_tx, snap_rx) = async_channel::unbounded::<(NodeId, Snapshot)>();
@@ -357,9 +387,10 @@ impl Actor {
         loop {
             let input = tokio::select! {
                 c = inbox.recv() => c.map_or(Input::Ended, Input::Command),
-                m = presence.next() => m.map_or(Input::Ended, Input::Presence),
-                m = snapshot_asks.next() => m.map_or(Input::Ended, Input::SnapshotAsked),
-                m = deliver_asks.next() => m.map_or(Input::Ended, Input::DeliverAsked),
+                m = subscriptions.presence.next() => m.map_or(Input::Ended, Input::Presence),
+                m = subscriptions.snapshot_asks.next() => m.map_or(Input::Ended, Input::SnapshotAsked),
+                m = subscriptions.deliver_asks.next() => m.map_or(Input::Ended, Input::DeliverAsked),
+                m = subscriptions.stored.next() => m.map_or(Input::Ended, Input::Stored),
                 s = snap_rx.recv() => match s {
                     Ok((node, snap)) => Input::Snapshot(node, snap),
                     Err(_) => Input::Ended,
@@ -424,6 +455,10 @@ impl Actor {
                     self.answer_delivery(message);
                     Vec::new()
                 }
+                Input::Stored(message) => {
+                    self.collect_stored(&message.payload);
+                    Vec::new()
+                }
                 Input::Snapshot(node, snapshot) => {
                     lock(&self.view).on_snapshot(node, snapshot, now, &self.local)
                 }
@@ -472,6 +507,23 @@ impl Actor {
                 if let Some(sessions) = self.sessions.upgrade() {
                     tokio::spawn(sessions.kick(user, connection));
                 }
+            }
+        }
+    }
+
+    /// Messages were stored for these users: those logged in here (they logged in while the
+    /// sender thought them offline) get them now.
+    fn collect_stored(&self, payload: &[u8]) {
+        let Ok(users) = postcard::from_bytes::<Vec<String>>(payload) else {
+            tracing::warn!("cluster: undecodable stored-message notice ignored");
+            return;
+        };
+        let Some(sessions) = self.sessions.upgrade() else {
+            return;
+        };
+        for user in users {
+            if let Some(collect) = sessions.collect(user) {
+                tokio::spawn(collect);
             }
         }
     }
