@@ -196,17 +196,15 @@ impl State {
         users
     }
 
-    /// Sends `message` to `to` if logged in here; whether it went out.
-    async fn send_local(&self, to: &str, message: &Incoming) -> bool {
-        let conn = {
-            let mut sessions = lock(&self.sessions);
-            sessions.prune();
-            sessions.by_user.get(to).cloned()
-        };
-        match conn {
-            Some(conn) => conn.send("message", message).await.is_ok(),
-            None => false,
-        }
+    /// The connection of each of `users` logged in here (one look at the sessions, however
+    /// many users: a push to everyone asks for all of them).
+    fn local_sessions(&self, users: &[String]) -> Vec<Option<Connection>> {
+        let mut sessions = lock(&self.sessions);
+        sessions.prune();
+        users
+            .iter()
+            .map(|u| sessions.by_user.get(u).cloned())
+            .collect()
     }
 
     /// Delivers `text` from `from` to each of `users`: here, through the node they are logged
@@ -224,9 +222,14 @@ impl State {
         let mut report = PushReport::default();
         let mut remote: HashMap<NodeId, Vec<String>> = HashMap::new();
         let mut offline = Vec::new();
-        for user in users {
+        let conns = self.local_sessions(&users);
+        for (user, conn) in users.into_iter().zip(conns) {
             check_name(&user).map_err(store_err)?;
-            if self.send_local(&user, &message).await {
+            let sent = match conn {
+                Some(conn) => conn.send("message", &message).await.is_ok(),
+                None => false,
+            };
+            if sent {
                 report.delivered.push(user);
             } else if let Some(node) = self.cluster.as_ref().and_then(|c| c.locate(&user)) {
                 remote.entry(node).or_default().push(user);
@@ -295,21 +298,17 @@ impl State {
 
 impl LocalSessions for State {
     fn deliver_local(&self, push: Deliver) -> BoxFuture<Vec<String>> {
-        let conns: Vec<(String, Connection)> = {
-            let mut sessions = lock(&self.sessions);
-            sessions.prune();
-            push.users
-                .iter()
-                .filter_map(|u| sessions.by_user.get(u).map(|c| (u.clone(), c.clone())))
-                .collect()
-        };
+        let conns = self.local_sessions(&push.users);
         let message = Incoming {
             from: push.from,
             text: push.text,
         };
         Box::pin(async move {
             let mut reached = Vec::new();
-            for (user, conn) in conns {
+            for (user, conn) in push.users.into_iter().zip(conns) {
+                let Some(conn) = conn else {
+                    continue;
+                };
                 if conn.send("message", &message).await.is_ok() {
                     reached.push(user);
                 }
