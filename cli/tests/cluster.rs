@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use zserver::{Error, Transport};
@@ -26,9 +26,10 @@ fn env(name: &str) -> String {
     })
 }
 
-#[path = "../../login/tests/pg/mod.rs"]
-mod pg;
-use pg::Postgres as Database;
+#[path = "../../login/tests/support/mod.rs"]
+mod support;
+use support::next_event;
+use support::pg::Postgres as Database;
 
 /// The cluster's shared settings.
 struct Cluster {
@@ -124,13 +125,7 @@ impl Drop for Cluster {
 
 /// Runs `fut` on the tokio back end and waits for it here.
 fn run<T: Send + 'static>(fut: impl std::future::Future<Output = T> + Send + 'static) -> T {
-    let runtime = zserver::transport("tokio").unwrap().runtime();
-    let (tx, rx) = mpsc::channel();
-    runtime.spawn(Box::pin(async move {
-        let _ = tx.send(fut.await);
-    }));
-    rx.recv_timeout(Duration::from_secs(120))
-        .expect("the scenario finished in time")
+    support::run_on("tokio", Duration::from_secs(120), fut)
 }
 
 fn transport() -> Arc<dyn Transport> {
@@ -154,14 +149,6 @@ async fn register(node: &(SocketAddr, String), names: &[&str]) -> Result<(), Err
 
 fn at(node: &Node) -> (SocketAddr, String) {
     (node.addr, node.fingerprint.clone())
-}
-
-async fn next_event(client: &LoginClient) -> Event {
-    let event = futures_lite::future::or(async { client.next_event().await }, async {
-        zserver::sleep(Duration::from_secs(10)).await;
-        None
-    });
-    event.await.expect("an event within 10 s")
 }
 
 fn message(from: &str, text: &str) -> Event {

@@ -3,28 +3,21 @@
 //! `cli/tests/cluster.rs` runs whole `zserver serve` processes, kills one, and cuts NATS and
 //! PostgreSQL. Needs the services: `bash .ci/test` starts them.
 
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use zserver::Error;
 use zserver_login::protocol::Incoming;
 use zserver_login::{ClusterConfig, Event, LoginClient, LoginConfig, LoginServer};
 
-mod pg;
-use pg::Postgres;
+mod support;
+use support::pg::Postgres;
 
 /// Runs `fut` on `backend`'s runtime and waits for it here.
 fn run_on<T: Send + 'static>(
     backend: &str,
     fut: impl std::future::Future<Output = T> + Send + 'static,
 ) -> T {
-    let runtime = zserver::transport(backend).unwrap().runtime();
-    let (tx, rx) = mpsc::channel();
-    runtime.spawn(Box::pin(async move {
-        let _ = tx.send(fut.await);
-    }));
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("finished in time")
+    support::run_on(backend, Duration::from_secs(60), fut)
 }
 
 fn node_config(db: &Postgres, dir: &std::path::Path) -> LoginConfig {

@@ -2,25 +2,22 @@
 //! offline messages across a restart, a second login, bad names, rate limits and quotas.
 
 use std::path::Path;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use zserver::Error;
 use zserver_login::protocol::Incoming;
 use zserver_login::{Event, LoginClient, LoginConfig, LoginServer};
 
+mod support;
+use support::next_event;
+
 /// Runs `fut` on `backend`'s runtime and waits for it here.
 fn run_on<T: Send + 'static>(
     backend: &str,
     fut: impl std::future::Future<Output = T> + Send + 'static,
 ) -> T {
-    let runtime = zserver::transport(backend).unwrap().runtime();
-    let (tx, rx) = mpsc::channel();
-    runtime.spawn(Box::pin(async move {
-        let _ = tx.send(fut.await);
-    }));
-    rx.recv_timeout(Duration::from_secs(120))
-        .expect("the scenario finished in time")
+    support::run_on(backend, Duration::from_secs(120), fut)
 }
 
 fn write_file(path: &Path, len: usize, seed: u8) -> blake3::Hash {
@@ -40,14 +37,6 @@ fn assert_err(result: Result<impl std::fmt::Debug, Error>, needle: &str) {
         Err(e) => assert!(e.to_string().contains(needle), "`{e}` lacks `{needle}`"),
         Ok(v) => panic!("expected an error with `{needle}`, got {v:?}"),
     }
-}
-
-async fn next_event(client: &LoginClient) -> Event {
-    let event = futures_lite::future::or(async { client.next_event().await }, async {
-        zserver::sleep(Duration::from_secs(10)).await;
-        None
-    });
-    event.await.expect("an event within 10 s")
 }
 
 async fn scenario(backend: &'static str, dir: std::path::PathBuf) -> Result<(), Error> {

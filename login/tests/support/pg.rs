@@ -1,7 +1,5 @@
 //! A fresh PostgreSQL database per test, on the server named by `ZSERVER_TEST_POSTGRES`
-//! (`source .ci/services.sh start` provides one). Shared by the login crate's tests and,
-//! through `#[path]`, the CLI's cluster tests.
-#![allow(dead_code)]
+//! (`source .ci/services.sh start` provides one).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
