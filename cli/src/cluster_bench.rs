@@ -103,12 +103,14 @@ async fn bench(
 
     // Throughput: many pushes in flight, one path after the other.
     let sender = Arc::new(sender);
+    let in_flight = args.in_flight.max(1);
+    let per_task = args.burst.div_ceil(in_flight);
+    let total = per_task * in_flight;
     let mut rates = Vec::new();
     for (client, name) in targets {
         let t0 = Instant::now();
-        let per_task = args.burst.div_ceil(args.in_flight.max(1));
         let mut tasks = Vec::new();
-        for _ in 0..args.in_flight.max(1) {
+        for _ in 0..in_flight {
             let (sender, name) = (sender.clone(), name.to_owned());
             let (tx, rx) = tokio::sync::oneshot::channel();
             transport.runtime().spawn(Box::pin(async move {
@@ -123,7 +125,6 @@ async fn bench(
             }));
             tasks.push(rx);
         }
-        let total = per_task * args.in_flight.max(1);
         for _ in 0..total {
             received(client).await?;
         }
