@@ -5,12 +5,17 @@
 #   source .ci/services.sh start   # starts both, exports ZSERVER_TEST_POSTGRES and ZSERVER_TEST_NATS
 #   bash .ci/services.sh stop      # stops both and removes their data
 #
-# Both listen on 127.0.0.1 only, on ports that can be overridden with ZSERVER_PG_PORT and
-# ZSERVER_NATS_PORT; their data and logs live under ZSERVER_SERVICES_DIR (/tmp/zserver-services).
+# Both listen on 127.0.0.1 only. Each takes the first free port from ZSERVER_PG_PORT (25432)
+# and ZSERVER_NATS_PORT (24222) upwards: below Linux's ephemeral range, so no outgoing
+# connection holds them, and the next one is tried if a port turns out to be taken. Their data
+# and logs live under ZSERVER_SERVICES_DIR, by default a directory under /tmp of this checkout's
+# own, so two checkouts on one machine do not stop each other's services.
 
-ZSERVER_SERVICES_DIR="${ZSERVER_SERVICES_DIR:-/tmp/zserver-services}"
-ZSERVER_PG_PORT="${ZSERVER_PG_PORT:-55432}"
-ZSERVER_NATS_PORT="${ZSERVER_NATS_PORT:-54222}"
+ZSERVER_SERVICES_DIR="${ZSERVER_SERVICES_DIR:-/tmp/zserver-services-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd | cksum | cut -d' ' -f1)}"
+ZSERVER_PG_PORT="${ZSERVER_PG_PORT:-25432}"
+ZSERVER_NATS_PORT="${ZSERVER_NATS_PORT:-24222}"
+# How many ports each service tries before giving up.
+ZSERVER_PORT_TRIES=20
 
 zs_pg_bin() {
   local dir
@@ -31,6 +36,20 @@ zs_as_pg() {
   else
     "$@"
   fi
+}
+
+# True when something accepts connections on 127.0.0.1:$1.
+zs_listening() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# Prints the first port from $1 upwards on which nothing listens.
+zs_free_port() {
+  local port=$1
+  while zs_listening "$port"; do
+    port=$((port + 1))
+  done
+  echo "$port"
 }
 
 zs_install() {
@@ -64,8 +83,52 @@ zs_stop() {
   rm -rf "$ZSERVER_SERVICES_DIR"
 }
 
+# Starts PostgreSQL on the first port from ZSERVER_PG_PORT where it can listen; prints the port.
+zs_start_pg() {
+  local pgbin=$1 dir="$ZSERVER_SERVICES_DIR/pg" port=$ZSERVER_PG_PORT try
+  for try in $(seq 1 "$ZSERVER_PORT_TRIES"); do
+    port="$(zs_free_port "$port")"
+    if zs_as_pg "$pgbin/pg_ctl" -D "$dir" -l "$dir/server.log" -w \
+      -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c max_connections=300" \
+      start >/dev/null; then
+      echo "$port"
+      return
+    fi
+    echo "PostgreSQL could not start on port $port (try $try):" >&2
+    tail -n 5 "$dir/server.log" >&2
+    port=$((port + 1))
+  done
+  return 1
+}
+
+# Starts nats-server on the first port from ZSERVER_NATS_PORT where it can listen; prints the port.
+zs_start_nats() {
+  local port=$ZSERVER_NATS_PORT pid try i
+  for try in $(seq 1 "$ZSERVER_PORT_TRIES"); do
+    port="$(zs_free_port "$port")"
+    nats-server -a 127.0.0.1 -p "$port" -P "$ZSERVER_SERVICES_DIR/nats.pid" \
+      -l "$ZSERVER_SERVICES_DIR/nats.log" </dev/null >/dev/null 2>&1 &
+    pid=$!
+    for i in $(seq 1 100); do
+      if ! kill -0 "$pid" 2>/dev/null; then
+        break
+      fi
+      if zs_listening "$port"; then
+        echo "$port"
+        return
+      fi
+      sleep 0.1
+    done
+    kill "$pid" 2>/dev/null || true
+    echo "nats-server could not start on port $port (try $try):" >&2
+    tail -n 5 "$ZSERVER_SERVICES_DIR/nats.log" >&2 2>/dev/null || true
+    port=$((port + 1))
+  done
+  return 1
+}
+
 zs_start() {
-  local pgbin i
+  local pgbin pg_port nats_port
   pgbin="$(zs_pg_bin)" || return 1
   command -v nats-server >/dev/null || {
     echo "nats-server not found: run 'bash .ci/services.sh install'" >&2
@@ -77,19 +140,11 @@ zs_start() {
     chown -R postgres: "$ZSERVER_SERVICES_DIR/pg"
   fi
   zs_as_pg "$pgbin/initdb" -D "$ZSERVER_SERVICES_DIR/pg" -A trust -U zserver >/dev/null || return 1
-  zs_as_pg "$pgbin/pg_ctl" -D "$ZSERVER_SERVICES_DIR/pg" -l "$ZSERVER_SERVICES_DIR/pg/server.log" -w \
-    -o "-c listen_addresses=127.0.0.1 -p $ZSERVER_PG_PORT -k $ZSERVER_SERVICES_DIR/pg -c fsync=off -c max_connections=300" \
-    start >/dev/null || { cat "$ZSERVER_SERVICES_DIR/pg/server.log" >&2; return 1; }
-  nats-server -a 127.0.0.1 -p "$ZSERVER_NATS_PORT" -P "$ZSERVER_SERVICES_DIR/nats.pid" \
-    -l "$ZSERVER_SERVICES_DIR/nats.log" &
-  for i in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$ZSERVER_NATS_PORT") 2>/dev/null; then
-      break
-    fi
-    sleep 0.1
-  done
-  export ZSERVER_TEST_POSTGRES="postgres://zserver@127.0.0.1:$ZSERVER_PG_PORT/postgres"
-  export ZSERVER_TEST_NATS="nats://127.0.0.1:$ZSERVER_NATS_PORT"
+  pg_port="$(zs_start_pg "$pgbin")" || return 1
+  nats_port="$(zs_start_nats)" || return 1
+  export ZSERVER_SERVICES_DIR
+  export ZSERVER_TEST_POSTGRES="postgres://zserver@127.0.0.1:$pg_port/postgres"
+  export ZSERVER_TEST_NATS="nats://127.0.0.1:$nats_port"
   echo "services: PostgreSQL at $ZSERVER_TEST_POSTGRES, NATS at $ZSERVER_TEST_NATS"
 }
 

@@ -357,7 +357,7 @@ struct Nats(Child);
 
 impl Nats {
     fn start(port: u16) -> Self {
-        let child = Command::new("nats-server")
+        let mut child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -365,6 +365,9 @@ impl Nats {
             .expect("nats-server runs (bash .ci/services.sh install)");
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("nats-server on port {port} exited ({status}) before listening");
+            }
             assert!(start.elapsed() < Duration::from_secs(10), "nats-server up");
             std::thread::sleep(Duration::from_millis(20));
         }

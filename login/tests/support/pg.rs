@@ -22,7 +22,7 @@ pub fn admin_url() -> String {
         panic!(
             "{PG_ENV} is not set: the PostgreSQL tests need a server, e.g. \
              `source .ci/services.sh start` (which exports it) or \
-             {PG_ENV}=postgres://zserver@127.0.0.1:55432/postgres"
+             {PG_ENV}=postgres://zserver@127.0.0.1:25432/postgres"
         )
     })
 }
