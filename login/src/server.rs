@@ -273,6 +273,14 @@ impl State {
         if let Some(cluster) = &self.cluster {
             // A recipient may have logged in somewhere since we looked: that node takes it.
             cluster.stored(&report.stored);
+        } else {
+            // A recipient may have logged in here since we looked, and taken their messages
+            // before this one was stored: it is delivered now, not at their next login.
+            for user in &report.stored {
+                if let Some(collect) = self.collect(user.clone()) {
+                    collect.await;
+                }
+            }
         }
         stored.map(|()| report)
     }
@@ -400,8 +408,8 @@ pub struct LoginServer {
 }
 
 impl LoginServer {
-    /// Opens the store under `config.data_dir` (creating it), loads or creates the server
-    /// key (`server.key` there), and listens on `addr`.
+    /// Opens the store `config.store` names (creating the data directory), loads or creates
+    /// the server key (`server.key` in the data directory), and listens on `addr`.
     pub async fn start(
         transport: Arc<dyn Transport>,
         addr: SocketAddr,
@@ -411,6 +419,29 @@ impl LoginServer {
         let store = blocking::unblock(move || Store::open_spec(&spec, &dir))
             .await
             .map_err(store_err)?;
+        Self::start_with_store(transport, addr, config, store).await
+    }
+
+    /// Like [`start`](Self::start), with a store the caller opened (over any
+    /// [`Storage`](crate::store::Storage) back end); `config.store` is not used.
+    ///
+    /// ```no_run
+    /// # async fn demo(transport: std::sync::Arc<dyn zserver::Transport>) -> Result<(), zserver::Error> {
+    /// use zserver_login::{store::Store, LoginConfig, LoginServer};
+    ///
+    /// let config = LoginConfig::new("/var/lib/zserver");
+    /// let store = Store::open(&config.data_dir).expect("store opens");
+    /// let server =
+    ///     LoginServer::start_with_store(transport, "127.0.0.1:9000".parse().unwrap(), config, store)
+    ///         .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn start_with_store(
+        transport: Arc<dyn Transport>,
+        addr: SocketAddr,
+        config: LoginConfig,
+        store: Store,
+    ) -> Result<Self, Error> {
         let cluster = match &config.cluster {
             Some(cluster) => {
                 if store.backend_name() != "postgres" {
