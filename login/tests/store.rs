@@ -489,7 +489,7 @@ fn postgres_open_spec_and_tables() {
         .query_one("SELECT version FROM zserver_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
     let created: i64 = raw
         .query_one("SELECT created_unix_ms FROM users", &[])
         .unwrap()
@@ -503,11 +503,11 @@ fn postgres_newer_schema_refused() {
     let pg = Postgres::new("newer_schema_refused");
     drop(pg.open());
     pg.raw()
-        .batch_execute("UPDATE zserver_schema SET version = 2")
+        .batch_execute("UPDATE zserver_schema SET version = 3")
         .unwrap();
     assert!(matches!(
         Store::connect_postgres(&pg.url),
-        Err(StoreError::Db(msg)) if msg.contains("version 2")
+        Err(StoreError::Db(msg)) if msg.contains("version 3")
     ));
 }
 

@@ -36,8 +36,6 @@ use argon2::Argon2;
 pub use self::postgres::PostgresStorage;
 pub use self::sqlite::SqliteStorage;
 
-/// The schema version both back ends write and read; a database with a newer one is refused.
-const SCHEMA_VERSION: i64 = 1;
 /// Longest user name, in characters (all allowed characters are ASCII, so also bytes).
 const MAX_NAME: usize = 32;
 /// Longest password, in bytes.
@@ -204,10 +202,11 @@ fn now_unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The error for a database that carries a schema version newer than this code's.
-fn newer_schema(version: i64) -> StoreError {
+/// The error for a database that carries a schema version (`found`) newer than this code's
+/// (`ours`).
+fn newer_schema(found: i64, ours: i64) -> StoreError {
     StoreError::Db(format!(
-        "database schema version {version} is newer than this server's {SCHEMA_VERSION}"
+        "database schema version {found} is newer than this server's {ours}"
     ))
 }
 

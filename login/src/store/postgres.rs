@@ -10,7 +10,16 @@ use std::time::Duration;
 use ::postgres::error::SqlState;
 use ::postgres::{Client, Config, NoTls};
 
-use super::{newer_schema, Message, Storage, StoreError, SCHEMA_VERSION};
+use argon2::password_hash::rand_core::{OsRng, RngCore};
+
+use super::{newer_schema, Message, Storage, StoreError};
+
+/// The schema version this back end writes and reads; a database with a newer one is refused.
+/// Version 2 added the messages' `msg_key`, `taken_by` and `taken_unix_ms`.
+const SCHEMA_VERSION: i64 = 2;
+/// How long a login's claim on messages it took but did not get to delete holds them; after
+/// that, the next login takes them again.
+const CLAIM_EXPIRY_MS: i64 = 60_000;
 
 /// How many connections one [`PostgresStorage`] keeps at most.
 const POOL_SIZE: usize = 4;
@@ -35,7 +44,21 @@ CREATE TABLE IF NOT EXISTS messages (
     at_unix_ms BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_to_user ON messages(to_user, id);
+-- Version 2: what makes a retried statement safe (see PostgresStorage).
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS msg_key TEXT UNIQUE;
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS taken_by TEXT;
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS taken_unix_ms BIGINT;
 ";
+
+/// PostgreSQL's clock in milliseconds since the Unix epoch, as SQL (one clock for every node).
+const DB_NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
+/// A random 128-bit key, in hex: a stored message's idempotency key, or a login's claim.
+fn random_key() -> String {
+    let mut bytes = [0u8; 16];
+    OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// The cluster [`Storage`]: a PostgreSQL database shared by every node (thread-safe).
 ///
@@ -45,9 +68,21 @@ CREATE INDEX IF NOT EXISTS messages_to_user ON messages(to_user, id);
 /// is down, operations fail with [`StoreError::Db`] after the connect timeout (five seconds
 /// unless the URL sets `connect_timeout`).
 ///
-/// An operation whose reply was lost with its connection may have been applied before the
-/// retry: a queued message may then be stored twice, and an add may report
-/// [`StoreError::Duplicate`](super::StoreError::Duplicate) for the user it just added.
+/// A connection can also break after a statement committed but before its answer arrived;
+/// every operation is written so that its retry then does not apply it twice:
+///
+/// - a queued message carries a random key (`msg_key`, unique), and the retry's insert of the
+///   same key does nothing;
+/// - taking messages is two steps: a login first claims them with a random token
+///   (`taken_by`; a retry claims the same rows again, and a concurrent login skips them), then
+///   deletes what it claimed. A claim whose delete never came (PostgreSQL went away in
+///   between: the login failed) expires after a minute, and the next login takes the
+///   messages;
+/// - a retried add, password change or delete that finds its own result already there (its
+///   hash, or no user) reports success.
+///
+/// One narrow case is left: if a retried queue's first attempt committed and the recipient
+/// took the message in the milliseconds before the retry, the retry stores it again.
 ///
 /// The connections are driven by the `postgres` crate's private Tokio runtime: call this from
 /// plain threads (such as `blocking::unblock`'s), never from a thread running a Tokio runtime.
@@ -113,7 +148,7 @@ impl PostgresStorage {
             pool: (0..POOL_SIZE).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
         };
-        storage.with_client(migrate)??;
+        storage.with_client(|c, _| migrate(c))??;
         Ok(storage)
     }
 
@@ -143,10 +178,11 @@ impl PostgresStorage {
     }
 
     /// Runs `op` on a pooled connection, opening one if the slot has none or a closed one, and
-    /// retrying once on a new connection if it fails because the connection broke.
+    /// retrying once on a new connection if it fails because the connection broke. `op`'s
+    /// flag says it is that retry: the first attempt may have been applied.
     fn with_client<T>(
         &self,
-        mut op: impl FnMut(&mut Client) -> Result<T, ::postgres::Error>,
+        mut op: impl FnMut(&mut Client, bool) -> Result<T, ::postgres::Error>,
     ) -> Result<T, StoreError> {
         let mut slot = self.slot();
         let mut retried = false;
@@ -155,7 +191,7 @@ impl PostgresStorage {
                 Some(client) if !client.is_closed() => slot.insert(client),
                 _ => slot.insert(self.connect_one()?),
             };
-            match op(client) {
+            match op(client, retried) {
                 Ok(value) => return Ok(value),
                 Err(e) if !retried && broken(client, &e) => {
                     tracing::warn!(error = %pg(e), "PostgreSQL connection lost; reconnecting");
@@ -184,9 +220,9 @@ fn migrate(client: &mut Client) -> Result<Result<(), StoreError>, ::postgres::Er
         .try_get(0)?;
     let version = i64::from(version.unwrap_or(0));
     if version > SCHEMA_VERSION {
-        return Ok(Err(newer_schema(version)));
+        return Ok(Err(newer_schema(version, SCHEMA_VERSION)));
     }
-    // Version 0 is a new (empty) database; migrations from older versions go here.
+    // Version 0 is a new (empty) database; version 1 lacks the columns `SCHEMA` adds last.
     tx.batch_execute(SCHEMA)?;
     if version < SCHEMA_VERSION {
         tx.execute("DELETE FROM zserver_schema", &[])?;
@@ -210,47 +246,45 @@ impl Storage for PostgresStorage {
         hash: &str,
         created_unix_ms: i64,
     ) -> Result<bool, StoreError> {
-        self.with_client(|c| {
-            c.execute(
+        self.with_client(|c, retry| {
+            let inserted = c.execute(
                 "INSERT INTO users (name, hash, created_unix_ms) VALUES ($1, $2, $3)
                  ON CONFLICT (name) DO NOTHING",
                 &[&name, &hash, &created_unix_ms],
-            )
+            )?;
+            // A retry finding our hash (its salt is random) finds our own first insert.
+            Ok(inserted > 0 || retry && current_hash(c, name)?.as_deref() == Some(hash))
         })
-        .map(|n| n > 0)
     }
 
     fn user_hash(&self, name: &str) -> Result<Option<String>, StoreError> {
-        self.with_client(|c| {
-            c.query_opt("SELECT hash FROM users WHERE name = $1", &[&name])?
-                .map(|row| row.try_get(0))
-                .transpose()
-        })
+        self.with_client(|c, _| current_hash(c, name))
     }
 
     fn replace_hash(&self, name: &str, old_hash: &str, new_hash: &str) -> Result<bool, StoreError> {
-        self.with_client(|c| {
-            c.execute(
+        self.with_client(|c, retry| {
+            let updated = c.execute(
                 "UPDATE users SET hash = $1 WHERE name = $2 AND hash = $3",
                 &[&new_hash, &name, &old_hash],
-            )
+            )?;
+            Ok(updated > 0 || retry && current_hash(c, name)?.as_deref() == Some(new_hash))
         })
-        .map(|n| n > 0)
     }
 
     fn delete_user(&self, name: &str) -> Result<bool, StoreError> {
-        self.with_client(|c| {
+        self.with_client(|c, retry| {
             let mut tx = c.transaction()?;
             tx.execute("DELETE FROM messages WHERE to_user = $1", &[&name])?;
             let deleted = tx.execute("DELETE FROM users WHERE name = $1", &[&name])?;
             tx.commit()?;
-            Ok(deleted > 0)
+            // A retry finding no user: the first attempt deleted it.
+            Ok(deleted > 0 || retry)
         })
     }
 
     fn users(&self) -> Result<Vec<String>, StoreError> {
         // Byte order, as SQLite sorts, whatever the database's collation.
-        self.with_client(|c| {
+        self.with_client(|c, _| {
             c.query("SELECT name FROM users ORDER BY name COLLATE \"C\"", &[])?
                 .iter()
                 .map(|row| row.try_get(0))
@@ -259,13 +293,7 @@ impl Storage for PostgresStorage {
     }
 
     fn exists(&self, name: &str) -> Result<bool, StoreError> {
-        self.with_client(|c| {
-            c.query_one(
-                "SELECT EXISTS (SELECT 1 FROM users WHERE name = $1)",
-                &[&name],
-            )?
-            .try_get(0)
-        })
+        self.with_client(|c, _| user_exists(c, name))
     }
 
     fn queue_message(
@@ -275,14 +303,19 @@ impl Storage for PostgresStorage {
         text: &str,
         at_unix_ms: i64,
     ) -> Result<bool, StoreError> {
-        self.with_client(|c| {
+        let key = random_key();
+        self.with_client(|c, retry| {
             let inserted = c.execute(
-                "INSERT INTO messages (to_user, from_user, text, at_unix_ms)
-                 SELECT name, $2, $3, $4 FROM users WHERE name = $1",
-                &[&to, &from, &text, &at_unix_ms],
+                "INSERT INTO messages (to_user, from_user, text, at_unix_ms, msg_key)
+                 SELECT name, $2, $3, $4, $5 FROM users WHERE name = $1
+                 ON CONFLICT (msg_key) DO NOTHING",
+                &[&to, &from, &text, &at_unix_ms, &key],
             );
             match inserted {
-                Ok(n) => Ok(n > 0),
+                Ok(n) if n > 0 => Ok(true),
+                // On a retry the key may already be there: stored by the first attempt.
+                Ok(_) if retry => user_exists(c, to),
+                Ok(_) => Ok(false),
                 // The user was deleted between the SELECT and the foreign key check.
                 Err(e) if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => Ok(false),
                 Err(e) => Err(e),
@@ -291,28 +324,58 @@ impl Storage for PostgresStorage {
     }
 
     fn take_messages(&self, user: &str) -> Result<Vec<Message>, StoreError> {
-        // One statement: concurrent takers block on the same rows, and the later one skips
-        // the rows the earlier one deleted, so each message is delivered exactly once.
-        self.with_client(|c| {
-            c.query(
-                "WITH taken AS (
-                     DELETE FROM messages WHERE to_user = $1
-                     RETURNING id, from_user, text, at_unix_ms
-                 )
-                 SELECT from_user, text, at_unix_ms FROM taken ORDER BY id",
-                &[&user],
-            )?
-            .iter()
-            .map(|row| {
-                Ok(Message {
-                    from: row.try_get(0)?,
-                    text: row.try_get(1)?,
-                    at_unix_ms: row.try_get(2)?,
+        // First claim the messages under a fresh token. Concurrent takers block on the same
+        // rows, and the later one skips the rows the earlier one claimed, so each message goes
+        // to exactly one; a retry claims the same rows again (`taken_by = token`).
+        let token = random_key();
+        let claim = format!(
+            "WITH taken AS (
+                 UPDATE messages SET taken_by = $2, taken_unix_ms = {DB_NOW_MS}
+                 WHERE to_user = $1
+                   AND (taken_by IS NULL OR taken_by = $2 OR taken_unix_ms < {DB_NOW_MS} - $3)
+                 RETURNING id, from_user, text, at_unix_ms
+             )
+             SELECT from_user, text, at_unix_ms FROM taken ORDER BY id"
+        );
+        let messages = self.with_client(|c, _| {
+            c.query(&claim, &[&user, &token, &CLAIM_EXPIRY_MS])?
+                .iter()
+                .map(|row| {
+                    Ok(Message {
+                        from: row.try_get(0)?,
+                        text: row.try_get(1)?,
+                        at_unix_ms: row.try_get(2)?,
+                    })
                 })
-            })
-            .collect()
-        })
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        // Then delete what was claimed (a retry deletes whatever is left of it).
+        if !messages.is_empty() {
+            self.with_client(|c, _| {
+                c.execute(
+                    "DELETE FROM messages WHERE to_user = $1 AND taken_by = $2",
+                    &[&user, &token],
+                )
+            })?;
+        }
+        Ok(messages)
     }
+}
+
+/// `name`'s stored hash, `None` if there is no such user.
+fn current_hash(c: &mut Client, name: &str) -> Result<Option<String>, ::postgres::Error> {
+    c.query_opt("SELECT hash FROM users WHERE name = $1", &[&name])?
+        .map(|row| row.try_get(0))
+        .transpose()
+}
+
+/// Whether a user called `name` exists.
+fn user_exists(c: &mut Client, name: &str) -> Result<bool, ::postgres::Error> {
+    c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM users WHERE name = $1)",
+        &[&name],
+    )?
+    .try_get(0)
 }
 
 impl Drop for PostgresStorage {

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
-use super::{newer_schema, Message, Storage, StoreError, SCHEMA_VERSION};
+use super::{newer_schema, Message, Storage, StoreError};
+
+/// The schema version this back end writes and reads; a database with a newer one is refused.
+const SCHEMA_VERSION: i64 = 1;
 
 /// The database file's name inside the directory given to [`SqliteStorage::open`].
 const DB_FILE: &str = "zserver.db";
@@ -113,7 +116,7 @@ fn set_up(conn: &mut Connection) -> rusqlite::Result<Result<(), StoreError>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if version > SCHEMA_VERSION {
-        return Ok(Err(newer_schema(version)));
+        return Ok(Err(newer_schema(version, SCHEMA_VERSION)));
     }
     // Version 0 is a new (empty) database; migrations from older versions go here.
     tx.execute_batch(SCHEMA)?;
