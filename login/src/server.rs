@@ -79,25 +79,56 @@ impl Sessions {
     }
 }
 
-/// Failed-login counters over a sliding window.
-#[derive(Default)]
+/// Failed-login counters over a sliding window, per key (an address or an account).
 struct Limiter {
+    window: Duration,
+    max: usize,
     failures: HashMap<String, VecDeque<Instant>>,
+    /// How many keys there may be before the next sweep of keys with no recent failure.
+    sweep_at: usize,
 }
 
 impl Limiter {
-    fn blocked(&mut self, key: &str, now: Instant, window: Duration, max: usize) -> bool {
+    /// Keys a limiter holds before it first sweeps out the ones with no recent failure.
+    const FIRST_SWEEP: usize = 1024;
+
+    fn new(window: Duration, max: usize) -> Self {
+        Self {
+            window,
+            max,
+            failures: HashMap::new(),
+            sweep_at: Self::FIRST_SWEEP,
+        }
+    }
+
+    /// Whether `key` has had `max` failures within the window before `now`.
+    fn blocked(&mut self, key: &str, now: Instant) -> bool {
+        let window = self.window;
         let Some(q) = self.failures.get_mut(key) else {
             return false;
         };
         while q.front().is_some_and(|t| now.duration_since(*t) > window) {
             q.pop_front();
         }
-        q.len() >= max
+        q.len() >= self.max
     }
 
+    /// Counts a failure against `key`. Keys whose failures have all left the window are
+    /// swept out once the map has doubled since the last sweep, so a guesser trying ever new
+    /// names or addresses cannot grow it without bound.
     fn fail(&mut self, key: String, now: Instant) {
-        self.failures.entry(key).or_default().push_back(now);
+        let q = self.failures.entry(key).or_default();
+        q.push_back(now);
+        // More than `max` entries within the window never change the answer.
+        if q.len() > self.max {
+            q.pop_front();
+        }
+        if self.failures.len() >= self.sweep_at {
+            let window = self.window;
+            self.failures
+                .retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) <= window));
+            self.sweep_at = (self.failures.len() * 2).max(Self::FIRST_SWEEP);
+        }
     }
 }
 
@@ -358,6 +389,14 @@ impl LocalSessions for State {
         }))
     }
 
+    fn count_failure(&self, keys: Vec<String>) {
+        let now = Instant::now();
+        let mut limiter = lock(&self.limiter);
+        for key in keys {
+            limiter.fail(key, now);
+        }
+    }
+
     fn kick(&self, user: String, connection: u64) -> BoxFuture<()> {
         let conn = {
             let mut sessions = lock(&self.sessions);
@@ -464,7 +503,10 @@ impl LoginServer {
                 by_user: HashMap::new(),
                 by_conn: HashMap::new(),
             }),
-            limiter: Mutex::new(Limiter::default()),
+            limiter: Mutex::new(Limiter::new(
+                config.attempt_window,
+                config.max_failed_logins,
+            )),
             config: config.clone(),
         });
         let server = ServerBuilder::new(transport)
@@ -625,25 +667,32 @@ fn router(state: Arc<State>) -> Router {
 async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welcome, Error> {
     let config = &state.config;
     let addr_key = format!("addr:{}", ip_of(ctx.peer_addr()));
-    let user_key = format!("user:{}", c.user);
+    // A name that breaks the naming rule cannot log in; its failures count against the
+    // address only (and one shared key), so a huge name is not kept as a key.
+    let user_key = match check_name(&c.user) {
+        Ok(()) => format!("user:{}", c.user),
+        Err(_) => "user:(bad name)".to_owned(),
+    };
     let now = Instant::now();
     {
         let mut limiter = lock(&state.limiter);
-        let (window, max) = (config.attempt_window, config.max_failed_logins);
-        if limiter.blocked(&addr_key, now, window, max)
-            || limiter.blocked(&user_key, now, window, max)
-        {
+        if limiter.blocked(&addr_key, now) || limiter.blocked(&user_key, now) {
             return Err(Error::msg(format!(
                 "too many failed logins; try again in {} s",
-                window.as_secs()
+                config.attempt_window.as_secs()
             )));
         }
     }
     let (user, password) = (c.user.clone(), c.password);
     if let Err(e) = db(state, move |s| s.verify(&user, &password)).await {
-        let mut limiter = lock(&state.limiter);
-        limiter.fail(addr_key, now);
-        limiter.fail(user_key, now);
+        {
+            let mut limiter = lock(&state.limiter);
+            limiter.fail(addr_key.clone(), now);
+            limiter.fail(user_key.clone(), now);
+        }
+        if let Some(cluster) = &state.cluster {
+            cluster.failed(vec![addr_key, user_key]);
+        }
         return Err(e);
     }
     let elsewhere = state.cluster.as_ref().and_then(|cl| cl.locate(&c.user));
@@ -752,4 +801,46 @@ async fn put(state: &Arc<State>, ctx: &Context, mut body: Upload) -> Result<Vec<
 fn next_upload() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_blocks_after_max_failures_within_the_window() {
+        let window = Duration::from_secs(60);
+        let mut limiter = Limiter::new(window, 3);
+        let t0 = Instant::now();
+        for i in 0..3 {
+            assert!(!limiter.blocked("user:ann", t0));
+            limiter.fail("user:ann".into(), t0 + Duration::from_secs(i));
+        }
+        assert!(limiter.blocked("user:ann", t0 + Duration::from_secs(3)));
+        assert!(!limiter.blocked("user:bob", t0 + Duration::from_secs(3)));
+        // The first failure leaves the window: one more attempt is allowed.
+        assert!(!limiter.blocked("user:ann", t0 + window + Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn limiter_forgets_keys_whose_failures_left_the_window() {
+        let window = Duration::from_secs(60);
+        let mut limiter = Limiter::new(window, 5);
+        let t0 = Instant::now();
+        // 50,000 names, each tried once, 100 ms apart: at most 600 are within the window at
+        // any time, and the map never holds many more than twice the sweep threshold.
+        let mut most = 0;
+        for i in 0..50_000u64 {
+            let now = t0 + Duration::from_millis(100 * i);
+            limiter.fail(format!("user:u{i}"), now);
+            most = most.max(limiter.failures.len());
+        }
+        assert!(most <= 2 * Limiter::FIRST_SWEEP, "{most} keys held");
+        // Many failures of one key keep only what decides the answer.
+        for _ in 0..1000 {
+            limiter.fail("user:x".into(), t0);
+        }
+        assert_eq!(limiter.failures["user:x"].len(), 5);
+        assert!(limiter.blocked("user:x", t0));
+    }
 }

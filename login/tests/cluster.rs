@@ -40,13 +40,9 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
     start.elapsed()
 }
 
-#[test]
-#[ignore = "needs PostgreSQL and NATS: bash .ci/test starts them"]
-fn two_nodes_on_two_runtimes_in_one_process() {
-    let db = Postgres::new("lib_two_nodes");
-    let dir = tempfile::tempdir().unwrap();
-    let local = "127.0.0.1:0".parse().unwrap();
-    let config = node_config(&db, dir.path());
+/// Starts two nodes with `config` on loopback: one on tokio, one on smol.
+fn start_two_nodes(config: LoginConfig) -> (LoginServer, LoginServer) {
+    let local: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
     let a = run_on("tokio", {
         let config = config.clone();
         async move { LoginServer::start(zserver::transport("tokio").unwrap(), local, config).await }
@@ -56,6 +52,16 @@ fn two_nodes_on_two_runtimes_in_one_process() {
         LoginServer::start(zserver::transport("smol").unwrap(), local, config).await
     })
     .unwrap();
+    (a, b)
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and NATS: bash .ci/test starts them"]
+fn two_nodes_on_two_runtimes_in_one_process() {
+    let db = Postgres::new("lib_two_nodes");
+    let dir = tempfile::tempdir().unwrap();
+    let config = node_config(&db, dir.path());
+    let (a, b) = start_two_nodes(config);
     let (a_id, b_id) = (a.node_id().unwrap(), b.node_id().unwrap());
     assert_ne!(a_id, b_id);
     let (a_addr, b_addr, pin) = (a.local_addr(), b.local_addr(), a.fingerprint());
@@ -98,4 +104,48 @@ fn two_nodes_on_two_runtimes_in_one_process() {
     })
     .unwrap();
     run_on("tokio", async move { a.shutdown().await });
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and NATS: bash .ci/test starts them"]
+fn failed_logins_on_one_node_count_on_the_others() {
+    let db = Postgres::new("lib_failed_logins");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = node_config(&db, dir.path());
+    config.max_failed_logins = 3;
+    let (a, b) = start_two_nodes(config);
+    let (a_addr, b_addr, pin) = (a.local_addr(), b.local_addr(), a.fingerprint());
+    run_on("tokio", async move {
+        until("the nodes see each other", || {
+            !a.peers().is_empty() && !b.peers().is_empty()
+        })
+        .await;
+        let transport = zserver::transport("tokio").unwrap();
+        let guesser = LoginClient::connect(transport.clone(), a_addr, Some(&pin)).await?;
+        guesser.register("ann", "right").await?;
+        for _ in 0..3 {
+            assert!(guesser.login("ann", "wrong").await.is_err());
+        }
+        // Node b never saw a failure itself, yet it refuses too: a guesser gains nothing by
+        // moving to another node.
+        let elsewhere = LoginClient::connect(transport, b_addr, Some(&pin)).await?;
+        let start = Instant::now();
+        loop {
+            match elsewhere.login("ann", "right").await {
+                Err(e) if e.to_string().contains("too many failed logins") => break,
+                Err(e) => panic!("unexpected error: {e}"),
+                Ok(_) => elsewhere.logout().await?,
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "node b counted node a's failures"
+            );
+            zserver::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!("node b refused after {:?}", start.elapsed());
+        a.shutdown().await;
+        b.shutdown().await;
+        Ok::<_, Error>(())
+    })
+    .unwrap();
 }

@@ -8,6 +8,8 @@
 //! | `NAME.presence` | every node's [`Announce`]ments: logins, logouts, heartbeats, leaving |
 //! | `NAME.node.ID.snapshot` | request [`SnapshotRequest`] → a page of the node's snapshot (postcard `Option<SnapshotPage>`) |
 //! | `NAME.node.ID.deliver` | request `Vec<`[`Deliver`]`>` → for each, the users it reached (postcard `Vec<Vec<String>>`) |
+//! | `NAME.stored` | users messages were just stored for (postcard `Vec<String>`) |
+//! | `NAME.failed` | a failed login's rate-limit keys ([`FailedLogin`]), counted by every node |
 //!
 //! The NATS client runs on a small tokio runtime of its own, so a node on any of zserver's
 //! back ends can join. Accounts and offline messages are not here: clustered nodes share a
@@ -89,6 +91,21 @@ pub struct Deliver {
     pub text: String,
 }
 
+/// A failed login on one node, which every other node counts towards its own limits (so a
+/// guesser gains nothing by spreading attempts over the nodes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailedLogin {
+    /// The node it failed on (which counted it already).
+    pub node: NodeId,
+    /// The limiter's keys it counts against (the address's and the account's).
+    pub keys: Vec<String>,
+}
+
+/// Most keys one [`FailedLogin`] may carry; a notice with more is ignored.
+const MAX_FAILED_KEYS: usize = 4;
+/// Longest key in a [`FailedLogin`], in bytes; a notice with a longer one is ignored.
+const MAX_FAILED_KEY_LEN: usize = 128;
+
 /// A boxed future the cluster can run on its runtime.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -101,6 +118,8 @@ pub(crate) trait LocalSessions: Send + Sync + 'static {
     /// Messages were stored for `user`: if they are logged in here, a future that takes them
     /// from the store and delivers them now.
     fn collect(&self, user: String) -> Option<BoxFuture<()>>;
+    /// A login failed on another node: count it against these limiter keys here too.
+    fn count_failure(&self, keys: Vec<String>);
 }
 
 enum Command {
@@ -129,6 +148,9 @@ impl Subjects {
     }
     fn stored(&self) -> String {
         format!("{}.stored", self.prefix)
+    }
+    fn failed(&self) -> String {
+        format!("{}.failed", self.prefix)
     }
 }
 
@@ -227,6 +249,7 @@ impl Cluster {
                     snapshot_asks: nats.subscribe(subjects.snapshot(me)).await?,
                     deliver_asks: nats.subscribe(subjects.deliver(me)).await?,
                     stored: nats.subscribe(subjects.stored()).await?,
+                    failed: nats.subscribe(subjects.failed()).await?,
                 };
                 nats.flush().await?;
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(subscriptions)
@@ -314,6 +337,21 @@ impl Cluster {
         });
     }
 
+    /// Tells the other nodes that a login failed here, so that they count it against `keys`
+    /// too (best effort: while NATS is down each node counts its own).
+    pub(crate) fn failed(&self, keys: Vec<String>) {
+        let notice = FailedLogin {
+            node: self.node,
+            keys,
+        };
+        let (nats, subject, payload) = (self.nats.clone(), self.subjects.failed(), encode(&notice));
+        self.handle.spawn(async move {
+            if let Err(e) = nats.publish(subject, payload).await {
+                tracing::warn!("cluster: cannot announce a failed login: {e}");
+            }
+        });
+    }
+
     /// Announces that this node leaves, and stops (waits at most 2 s for NATS).
     pub(crate) async fn leave(&self) {
         let (done, left) = async_channel::bounded(1);
@@ -349,6 +387,8 @@ struct Subscriptions {
     deliver_asks: async_nats::Subscriber,
     /// Names of users something was just stored for.
     stored: async_nats::Subscriber,
+    /// Failed logins on every node.
+    failed: async_nats::Subscriber,
 }
 
 /// The task that owns this node's presence and its view of the others.
@@ -369,6 +409,7 @@ enum Input {
     SnapshotAsked(async_nats::Message),
     DeliverAsked(async_nats::Message),
     Stored(async_nats::Message),
+    Failed(async_nats::Message),
     Snapshot(NodeId, Snapshot),
     Tick,
     Ended,
@@ -391,6 +432,7 @@ impl Actor {
                 m = subscriptions.snapshot_asks.next() => m.map_or(Input::Ended, Input::SnapshotAsked),
                 m = subscriptions.deliver_asks.next() => m.map_or(Input::Ended, Input::DeliverAsked),
                 m = subscriptions.stored.next() => m.map_or(Input::Ended, Input::Stored),
+                m = subscriptions.failed.next() => m.map_or(Input::Ended, Input::Failed),
                 s = snap_rx.recv() => match s {
                     Ok((node, snap)) => Input::Snapshot(node, snap),
                     Err(_) => Input::Ended,
@@ -459,6 +501,10 @@ impl Actor {
                     self.collect_stored(&message.payload);
                     Vec::new()
                 }
+                Input::Failed(message) => {
+                    self.count_failure(&message.payload);
+                    Vec::new()
+                }
                 Input::Snapshot(node, snapshot) => {
                     lock(&self.view).on_snapshot(node, snapshot, now, &self.local)
                 }
@@ -525,6 +571,29 @@ impl Actor {
             if let Some(collect) = sessions.collect(user) {
                 tokio::spawn(collect);
             }
+        }
+    }
+
+    /// A login failed on another node: count it here too (ours were counted already).
+    fn count_failure(&self, payload: &[u8]) {
+        let notice = match postcard::from_bytes::<FailedLogin>(payload) {
+            Ok(notice) => notice,
+            Err(e) => {
+                tracing::warn!("cluster: undecodable failed-login notice ignored: {e}");
+                return;
+            }
+        };
+        if notice.node == self.local.node() {
+            return;
+        }
+        if notice.keys.len() > MAX_FAILED_KEYS
+            || notice.keys.iter().any(|k| k.len() > MAX_FAILED_KEY_LEN)
+        {
+            tracing::warn!("cluster: oversized failed-login notice ignored");
+            return;
+        }
+        if let Some(sessions) = self.sessions.upgrade() {
+            sessions.count_failure(notice.keys);
         }
     }
 
