@@ -163,7 +163,10 @@ pub fn serve(args: ServeArgs) -> Result<(), BoxError> {
         config.cluster = Some(cluster);
     }
     let runtime = transport.runtime();
-    let server = run_on(&runtime, LoginServer::start(transport, args.listen, config))?;
+    let server = run_on(
+        &runtime,
+        LoginServer::start(transport, args.listen, config.clone()),
+    )?;
     println!(
         "zserver listening on {} ({})",
         server.local_addr(),
@@ -171,10 +174,11 @@ pub fn serve(args: ServeArgs) -> Result<(), BoxError> {
     );
     println!("data directory: {}", args.data.display());
     println!("server key fingerprint: {}", server.fingerprint());
-    if let (Some(nats), Some(node)) = (&args.cluster, server.node_id()) {
+    if let (Some(cluster), Some(node)) = (&config.cluster, server.node_id()) {
         println!(
-            "cluster `{}` on {nats}: node {node:016x}",
-            args.cluster_name
+            "cluster `{}` on {}: node {node:016x}",
+            cluster.name,
+            cluster.nats_url_redacted()
         );
     }
     let (tx, rx) = std::sync::mpsc::channel();

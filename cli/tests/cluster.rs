@@ -357,8 +357,14 @@ struct Nats(Child);
 
 impl Nats {
     fn start(port: u16) -> Self {
+        Self::start_with(port, &[])
+    }
+
+    /// Starts a `nats-server` on `port` with these extra arguments.
+    fn start_with(port: u16, args: &[&str]) -> Self {
         let mut child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -627,4 +633,28 @@ fn a_push_from_a_node_that_does_not_know_the_user_yet_is_still_delivered_live() 
         Ok::<_, Error>(())
     })
     .unwrap();
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and nats-server: bash .ci/test starts them"]
+fn a_nats_password_in_the_url_is_used_and_never_shown() {
+    let db = Database::new("nats_auth");
+    let port = free_port();
+    let _nats = Nats::start_with(port, &["--user", "zs", "--pass", "p@ss w/rd"]);
+    // Credentials with reserved characters are percent-encoded in the URL.
+    let mut cluster = Cluster::new("natsauth", &db, &[]);
+    cluster.nats = format!("nats://zs:p%40ss%20w%2Frd@127.0.0.1:{port}");
+    let node = cluster.start(1, "tokio");
+    drop(node);
+
+    let dir = std::env::temp_dir().join(format!("zserver-natsauth-{}", std::process::id()));
+    let wrong = format!("nats://zs:not-the-password@127.0.0.1:{port}");
+    let stderr = serve_fails(&dir, &["--store", &db.url, "--cluster", &wrong]);
+    assert!(stderr.contains("authorization violation"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("nats://***@127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-the-password"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

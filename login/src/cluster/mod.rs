@@ -33,7 +33,9 @@ pub use presence::{Announce, NodeId, Snapshot};
 /// How a node joins its cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// The NATS server, e.g. `nats://127.0.0.1:4222`.
+    /// The NATS server, e.g. `nats://127.0.0.1:4222`. A user name and password
+    /// (`nats://user:password@host:port`) or a token (`nats://token@host:port`) in it are
+    /// sent to the server, percent-decoded; `tls://` requires TLS.
     pub nats_url: String,
     /// The cluster's name: the prefix of its NATS subjects, so clusters can share a NATS
     /// server. 1 to 64 characters of `a-z`, `A-Z`, `0-9`, `_`, `-`.
@@ -57,6 +59,51 @@ impl ClusterConfig {
             node_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(2),
         }
+    }
+
+    /// [`Self::nats_url`] with any user name, password or token replaced by `***`, for logs
+    /// and error messages.
+    pub fn nats_url_redacted(&self) -> String {
+        match self.nats_url.parse::<async_nats::ServerAddr>() {
+            Ok(addr) if addr.has_user_pass() => {
+                let mut url = addr.into_inner();
+                // Both only fail for URLs that cannot have credentials at all.
+                let _ = url.set_password(None);
+                let _ = url.set_username("***");
+                url.to_string()
+            }
+            Ok(_) => self.nats_url.clone(),
+            // Unparsable: keep only what follows the last `@`, if any.
+            Err(_) => match self.nats_url.rsplit_once('@') {
+                Some((_, host)) => format!("***@{host}"),
+                None => self.nats_url.clone(),
+            },
+        }
+    }
+
+    /// The server's address and the connect options carrying the URL's credentials (the
+    /// NATS client does not take them from the URL itself).
+    fn connect_options(
+        &self,
+    ) -> Result<(async_nats::ServerAddr, async_nats::ConnectOptions), Error> {
+        let addr: async_nats::ServerAddr = self
+            .nats_url
+            .parse()
+            .map_err(|e| Error::msg(format!("bad NATS URL {}: {e}", self.nats_url_redacted())))?;
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let options = async_nats::ConnectOptions::new();
+        let options = match (addr.username(), addr.password()) {
+            (Some(user), Some(password)) => {
+                options.user_and_password(decode(user), decode(password))
+            }
+            (Some(token), None) => options.token(decode(token)),
+            _ => options,
+        };
+        Ok((addr, options))
     }
 
     fn check(&self) -> Result<(), Error> {
@@ -202,19 +249,22 @@ impl Cluster {
             use argon2::password_hash::rand_core::{OsRng, RngCore};
             OsRng.next_u64()
         };
-        let url = config.nats_url.clone();
+        let (addr, options) = config.connect_options()?;
         let name = format!("zserver-{}-{node:016x}", config.name);
         let nats = handle
             .spawn(async move {
-                async_nats::ConnectOptions::new()
+                options
                     .name(name)
                     .connection_timeout(Duration::from_secs(5))
-                    .connect(url.as_str())
+                    .connect(addr)
                     .await
             })
             .await
             .map_err(|e| Error::msg(format!("cluster runtime failed: {e}")))?
-            .map_err(|e| Error::msg(format!("cannot reach NATS at {}: {e}", config.nats_url)))?;
+            .map_err(|e| {
+                let url = config.nats_url_redacted();
+                Error::msg(format!("cannot reach NATS at {url}: {e}"))
+            })?;
         let (commands, inbox) = async_channel::unbounded();
         let subjects = Arc::new(Subjects {
             presence: format!("{}.presence", config.name),
@@ -665,6 +715,27 @@ async fn fetch_snapshot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_are_redacted_and_decoded() {
+        let redacted = |url: &str| ClusterConfig::new(url).nats_url_redacted();
+        assert_eq!(redacted("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(
+            redacted("nats://u:secret@10.0.0.5:4222"),
+            "nats://***@10.0.0.5:4222"
+        );
+        assert_eq!(
+            redacted("tls://tok3n@nats.example:4443"),
+            "tls://***@nats.example:4443"
+        );
+        assert_eq!(redacted("u:secret@host"), "nats://***@host");
+        assert_eq!(redacted("nats://u:secret@[bad"), "***@[bad");
+
+        let config = ClusterConfig::new("nats://zs:p%40ss%20w%2Frd@127.0.0.1:4222");
+        let (addr, _) = config.connect_options().unwrap();
+        assert_eq!(addr.port(), 4222);
+        assert!(ClusterConfig::new("http://x:1").connect_options().is_err());
+    }
 
     #[test]
     fn config_checks_the_name_and_the_timings() {

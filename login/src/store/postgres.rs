@@ -213,6 +213,8 @@ impl PostgresStorage {
 /// under an advisory lock (so nodes connecting at once do not race); refuses a newer version.
 fn migrate(client: &mut Client) -> Result<Result<(), StoreError>, ::postgres::Error> {
     let mut tx = client.transaction()?;
+    // `IF NOT EXISTS` notices ("already exists, skipping") are not worth a log line per node.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS zserver_schema (version INT NOT NULL)")?;
     let version: Option<i32> = tx
