@@ -307,10 +307,8 @@ impl State {
         } else {
             // A recipient may have logged in here since we looked, and taken their messages
             // before this one was stored: it is delivered now, not at their next login.
-            for user in &report.stored {
-                if let Some(collect) = self.collect(user.clone()) {
-                    collect.await;
-                }
+            for deliver in self.collect(report.stored.clone()) {
+                deliver.await;
             }
         }
         stored.map(|()| report)
@@ -332,6 +330,36 @@ impl State {
         if let Some(cluster) = &self.cluster {
             cluster.offline(user, connection);
         }
+    }
+
+    /// Takes `user`'s stored messages and sends them on `conn`, their session here (storing
+    /// them again if the session ends meanwhile).
+    fn deliver_stored(&self, user: String, conn: Connection) -> BoxFuture<()> {
+        let store = self.store.clone();
+        Box::pin(async move {
+            let (st, name) = (store.clone(), user.clone());
+            let Ok(messages) = blocking::unblock(move || st.take_messages(&name)).await else {
+                return;
+            };
+            let mut messages = messages.into_iter();
+            while let Some(m) = messages.next() {
+                let incoming = Incoming {
+                    from: m.from.clone(),
+                    text: m.text.clone(),
+                };
+                if conn.send("message", &incoming).await.is_err() {
+                    // The session ended meanwhile: store them again, for the next login.
+                    let back: Vec<_> = std::iter::once(m).chain(messages).collect();
+                    blocking::unblock(move || {
+                        for m in back {
+                            let _ = store.queue_message(&user, &m.from, &m.text);
+                        }
+                    })
+                    .await;
+                    return;
+                }
+            }
+        })
     }
 }
 
@@ -356,37 +384,13 @@ impl LocalSessions for State {
         })
     }
 
-    fn collect(&self, user: String) -> Option<BoxFuture<()>> {
-        let conn = {
-            let mut sessions = lock(&self.sessions);
-            sessions.prune();
-            sessions.by_user.get(&user).cloned()
-        }?;
-        let store = self.store.clone();
-        Some(Box::pin(async move {
-            let (st, name) = (store.clone(), user.clone());
-            let Ok(messages) = blocking::unblock(move || st.take_messages(&name)).await else {
-                return;
-            };
-            let mut messages = messages.into_iter();
-            while let Some(m) = messages.next() {
-                let incoming = Incoming {
-                    from: m.from.clone(),
-                    text: m.text.clone(),
-                };
-                if conn.send("message", &incoming).await.is_err() {
-                    // The session ended meanwhile: store them again, for the next login.
-                    let back: Vec<_> = std::iter::once(m).chain(messages).collect();
-                    blocking::unblock(move || {
-                        for m in back {
-                            let _ = store.queue_message(&user, &m.from, &m.text);
-                        }
-                    })
-                    .await;
-                    return;
-                }
-            }
-        }))
+    fn collect(&self, users: Vec<String>) -> Vec<BoxFuture<()>> {
+        let conns = self.local_sessions(&users);
+        users
+            .into_iter()
+            .zip(conns)
+            .filter_map(|(user, conn)| Some(self.deliver_stored(user, conn?)))
+            .collect()
     }
 
     fn count_failure(&self, keys: Vec<String>) {

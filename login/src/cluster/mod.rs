@@ -148,6 +148,9 @@ pub struct FailedLogin {
     pub keys: Vec<String>,
 }
 
+/// Most user names in one notice on `NAME.stored`.
+const STORED_NOTICE: usize = 4096;
+
 /// Most keys one [`FailedLogin`] may carry; a notice with more is ignored.
 const MAX_FAILED_KEYS: usize = 4;
 /// Longest key in a [`FailedLogin`], in bytes; a notice with a longer one is ignored.
@@ -162,9 +165,9 @@ pub(crate) trait LocalSessions: Send + Sync + 'static {
     fn deliver_local(&self, push: Deliver) -> BoxFuture<Vec<String>>;
     /// Ends `user`'s session on `connection` (a newer login elsewhere won).
     fn kick(&self, user: String, connection: u64) -> BoxFuture<()>;
-    /// Messages were stored for `user`: if they are logged in here, a future that takes them
-    /// from the store and delivers them now.
-    fn collect(&self, user: String) -> Option<BoxFuture<()>>;
+    /// Messages were stored for `users`: for each of them logged in here, a future that takes
+    /// their messages from the store and delivers them now (one look at the sessions for all).
+    fn collect(&self, users: Vec<String>) -> Vec<BoxFuture<()>>;
     /// A login failed on another node: count it against these limiter keys here too.
     fn count_failure(&self, keys: Vec<String>);
 }
@@ -376,15 +379,14 @@ impl Cluster {
     /// Tells every node (this one too) that messages were stored for `users`, so that a node
     /// where one of them logged in meanwhile delivers them at once.
     pub(crate) fn stored(&self, users: &[String]) {
-        if users.is_empty() {
-            return;
+        for payload in stored_notices(users) {
+            let (nats, subject) = (self.nats.clone(), self.subjects.stored());
+            self.handle.spawn(async move {
+                if let Err(e) = nats.publish(subject, payload).await {
+                    tracing::warn!("cluster: cannot announce stored messages: {e}");
+                }
+            });
         }
-        let (nats, subject, payload) = (self.nats.clone(), self.subjects.stored(), encode(&users));
-        self.handle.spawn(async move {
-            if let Err(e) = nats.publish(subject, payload).await {
-                tracing::warn!("cluster: cannot announce stored messages: {e}");
-            }
-        });
     }
 
     /// Tells the other nodes that a login failed here, so that they count it against `keys`
@@ -413,6 +415,15 @@ impl Cluster {
             .spawn(async move { tokio::time::timeout(Duration::from_secs(2), left.recv()).await })
             .await;
     }
+}
+
+/// The `NAME.stored` notices for `users`: at most [`STORED_NOTICE`] names each (user names
+/// are at most 32 bytes), so a push to very many users stays far below NATS's payload limit.
+fn stored_notices(users: &[String]) -> Vec<bytes::Bytes> {
+    users
+        .chunks(STORED_NOTICE)
+        .map(|chunk| encode(&chunk))
+        .collect()
 }
 
 /// The cluster's own tokio runtime, shut down without blocking when dropped: it may be
@@ -617,10 +628,8 @@ impl Actor {
         let Some(sessions) = self.sessions.upgrade() else {
             return;
         };
-        for user in users {
-            if let Some(collect) = sessions.collect(user) {
-                tokio::spawn(collect);
-            }
+        for collect in sessions.collect(users) {
+            tokio::spawn(collect);
         }
     }
 
@@ -715,6 +724,20 @@ async fn fetch_snapshot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_notices_stay_small_and_carry_every_name() {
+        assert!(stored_notices(&[]).is_empty());
+        let users: Vec<String> = (0..100_000).map(|i| format!("{i:0>32}")).collect();
+        let notices = stored_notices(&users);
+        assert_eq!(notices.len(), 100_000usize.div_ceil(STORED_NOTICE));
+        let mut heard = Vec::new();
+        for notice in &notices {
+            assert!(notice.len() < 256 << 10, "{} bytes", notice.len());
+            heard.extend(postcard::from_bytes::<Vec<String>>(notice).unwrap());
+        }
+        assert_eq!(heard, users);
+    }
 
     #[test]
     fn credentials_are_redacted_and_decoded() {
