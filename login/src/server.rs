@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use zserver::{
-    Connection, Context, DownloadRequest, Error, Incoming as Upload, Outgoing, Router, Server,
-    ServerBuilder, Transport,
+    Connection, Context, DownloadRequest, Error, Incoming as Upload, Outgoing, Router, Runtime,
+    Server, ServerBuilder, Transport,
 };
 
 use crate::cluster::{BoxFuture, Cluster, ClusterConfig, Deliver, LocalSessions, NodeId};
@@ -132,7 +132,61 @@ impl Limiter {
     }
 }
 
+/// How long a push waits for room in one recipient's send buffer (their client is not
+/// reading) before it stores the message for them instead; a kick waits as long, then closes
+/// the connection anyway. Shorter than a cluster request's time-out, so that a node asked to
+/// deliver answers in time.
+const SEND_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Sends `command` with `payload` on `conn`, waiting at most [`SEND_PATIENCE`] for room in
+/// its buffer; whether it was queued (a send given up on queues nothing).
+async fn send_patiently(
+    runtime: &dyn Runtime,
+    conn: &Connection,
+    command: &str,
+    payload: &[u8],
+) -> bool {
+    futures_lite::future::or(
+        async { conn.send_bytes(command, payload).await.is_ok() },
+        async {
+            runtime.sleep(SEND_PATIENCE).await;
+            false
+        },
+    )
+    .await
+}
+
+/// Sends `message` to each of `conns` (`None`: not logged in here) all at once, so that one
+/// recipient who does not read holds up no one else; for each, whether it was queued.
+async fn send_to_each(
+    runtime: &dyn Runtime,
+    conns: &[Option<Connection>],
+    message: &Incoming,
+) -> Vec<bool> {
+    let Ok(payload) = postcard::to_allocvec(message) else {
+        return vec![false; conns.len()];
+    };
+    let sends = conns.iter().map(|conn| {
+        let payload = &payload;
+        async move {
+            match conn {
+                Some(conn) => send_patiently(runtime, conn, "message", payload).await,
+                None => false,
+            }
+        }
+    });
+    futures_util::future::join_all(sends).await
+}
+
+/// Tells `conn` it was kicked (waiting at most [`SEND_PATIENCE`]), then closes it.
+async fn kick_connection(runtime: &dyn Runtime, conn: &Connection, why: &str) {
+    let payload = postcard::to_allocvec(why).unwrap_or_default();
+    send_patiently(runtime, conn, "kicked", &payload).await;
+    conn.begin_close();
+}
+
 struct State {
+    runtime: Arc<dyn Runtime>,
     store: Arc<Store>,
     files: PathBuf,
     config: LoginConfig,
@@ -253,13 +307,12 @@ impl State {
         let mut report = PushReport::default();
         let mut remote: HashMap<NodeId, Vec<String>> = HashMap::new();
         let mut offline = Vec::new();
+        for user in &users {
+            check_name(user).map_err(store_err)?;
+        }
         let conns = self.local_sessions(&users);
-        for (user, conn) in users.into_iter().zip(conns) {
-            check_name(&user).map_err(store_err)?;
-            let sent = match conn {
-                Some(conn) => conn.send("message", &message).await.is_ok(),
-                None => false,
-            };
+        let sent = send_to_each(&*self.runtime, &conns, &message).await;
+        for (user, sent) in users.into_iter().zip(sent) {
             if sent {
                 report.delivered.push(user);
             } else if let Some(node) = self.cluster.as_ref().and_then(|c| c.locate(&user)) {
@@ -335,7 +388,7 @@ impl State {
     /// Takes `user`'s stored messages and sends them on `conn`, their session here (storing
     /// them again if the session ends meanwhile).
     fn deliver_stored(&self, user: String, conn: Connection) -> BoxFuture<()> {
-        let store = self.store.clone();
+        let (store, runtime) = (self.store.clone(), self.runtime.clone());
         Box::pin(async move {
             let (st, name) = (store.clone(), user.clone());
             let Ok(messages) = blocking::unblock(move || st.take_messages(&name)).await else {
@@ -347,8 +400,10 @@ impl State {
                     from: m.from.clone(),
                     text: m.text.clone(),
                 };
-                if conn.send("message", &incoming).await.is_err() {
-                    // The session ended meanwhile: store them again, for the next login.
+                let payload = postcard::to_allocvec(&incoming).unwrap_or_default();
+                if !send_patiently(&*runtime, &conn, "message", &payload).await {
+                    // The session ended meanwhile, or its client stopped reading: store them
+                    // again, for the next login.
                     let back: Vec<_> = std::iter::once(m).chain(messages).collect();
                     blocking::unblock(move || {
                         for m in back {
@@ -370,17 +425,14 @@ impl LocalSessions for State {
             from: push.from,
             text: push.text,
         };
+        let runtime = self.runtime.clone();
         Box::pin(async move {
-            let mut reached = Vec::new();
-            for (user, conn) in push.users.into_iter().zip(conns) {
-                let Some(conn) = conn else {
-                    continue;
-                };
-                if conn.send("message", &message).await.is_ok() {
-                    reached.push(user);
-                }
-            }
-            reached
+            let sent = send_to_each(&*runtime, &conns, &message).await;
+            push.users
+                .into_iter()
+                .zip(sent)
+                .filter_map(|(user, sent)| sent.then_some(user))
+                .collect()
         })
     }
 
@@ -419,10 +471,10 @@ impl LocalSessions for State {
                 cluster.offline(&user, connection);
             }
         }
+        let runtime = self.runtime.clone();
         Box::pin(async move {
             if let Some(conn) = conn {
-                let _ = conn.send("kicked", "logged in on another node").await;
-                conn.begin_close();
+                kick_connection(&*runtime, &conn, "logged in on another node").await;
             }
         })
     }
@@ -500,6 +552,7 @@ impl LoginServer {
         let files = config.data_dir.join("files");
         std::fs::create_dir_all(&files)?;
         let state = Arc::new(State {
+            runtime: transport.runtime(),
             cluster,
             store: Arc::new(store),
             files,
@@ -732,11 +785,8 @@ async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welc
     }
     if let Some(old) = old {
         lock(&state.sessions).by_conn.remove(&old.id());
-        let _ = old
-            .send("kicked", "logged in from another connection")
-            .await;
         // The event goes out first, then the old connection closes.
-        old.begin_close();
+        kick_connection(&*state.runtime, &old, "logged in from another connection").await;
     }
     let user = c.user.clone();
     let offline = db(state, move |s| s.take_messages(&user)).await?;
