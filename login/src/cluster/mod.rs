@@ -365,13 +365,22 @@ impl Cluster {
     /// Asks each node to deliver its push to its users, all nodes at once; for each, the
     /// users it reached (none if the node did not answer in time).
     pub(crate) async fn deliver(&self, pushes: Vec<(NodeId, Deliver)>) -> Vec<Vec<String>> {
-        let asked: Vec<_> = pushes
+        let asked: Vec<Vec<_>> = pushes
             .into_iter()
-            .map(|(node, push)| self.outbound.push(&self.handle, node, push))
+            .map(|(node, push)| {
+                outbound::split(push)
+                    .into_iter()
+                    .map(|part| self.outbound.push(&self.handle, node, part))
+                    .collect()
+            })
             .collect();
         let mut reached = Vec::with_capacity(asked.len());
-        for answer in asked {
-            reached.push(answer.await.unwrap_or_default());
+        for parts in asked {
+            let mut users = Vec::new();
+            for answer in parts {
+                users.extend(answer.await.unwrap_or_default());
+            }
+            reached.push(users);
         }
         reached
     }

@@ -99,21 +99,61 @@ impl Outbound {
     }
 }
 
-/// The oldest pushes, up to [`MAX_BATCH_BYTES`] of text (at least one).
+/// About how many bytes `push` takes in a request (postcard adds a length byte or two to
+/// each string).
+fn size(push: &Deliver) -> usize {
+    push.text.len() + push.from.len() + 8 + push.users.iter().map(|u| u.len() + 2).sum::<usize>()
+}
+
+/// The oldest pushes, up to [`MAX_BATCH_BYTES`] (at least one).
 fn take_batch(waiting: &mut Vec<Waiting>) -> Vec<Waiting> {
     let mut bytes = 0;
     let fit = waiting
         .iter()
         .take_while(|(push, _)| {
-            bytes += push.text.len()
-                + push.from.len()
-                + push.users.iter().map(String::len).sum::<usize>()
-                + 8;
+            bytes += size(push);
             bytes <= MAX_BATCH_BYTES
         })
         .count()
         .max(1);
     waiting.drain(..fit).collect()
+}
+
+/// `push` as pushes of the same text to parts of its recipients, each part small enough for
+/// one request, in order (a push to very many users on one node would not fit NATS's
+/// payload limit). A text too big for a request on its own is left whole: it goes alone and,
+/// if NATS refuses it, is stored for its recipients, whose node then delivers it from the
+/// store.
+pub(super) fn split(push: Deliver) -> Vec<Deliver> {
+    let fixed = size(&Deliver {
+        users: Vec::new(),
+        ..push.clone()
+    });
+    if size(&push) <= MAX_BATCH_BYTES || fixed >= MAX_BATCH_BYTES / 2 {
+        return vec![push];
+    }
+    let room = MAX_BATCH_BYTES - fixed;
+    let mut parts = Vec::new();
+    let mut users = Vec::new();
+    let mut bytes = 0;
+    for user in push.users {
+        let cost = user.len() + 2;
+        if !users.is_empty() && bytes + cost > room {
+            parts.push(std::mem::take(&mut users));
+            bytes = 0;
+        }
+        bytes += cost;
+        users.push(user);
+    }
+    parts.push(users);
+    parts
+        .into_iter()
+        .map(|users| Deliver {
+            from: push.from.clone(),
+            text: push.text.clone(),
+            users,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -127,6 +167,43 @@ mod tests {
             text: "x".repeat(text_len),
         };
         (deliver, oneshot::channel().0)
+    }
+
+    #[test]
+    fn a_push_to_very_many_users_is_split_into_parts_that_fit() {
+        let users: Vec<String> = (0..200_000).map(|i| format!("user{i:0>20}")).collect();
+        let push = Deliver {
+            from: "ann".into(),
+            users: users.clone(),
+            text: "hello".into(),
+        };
+        let parts = split(push);
+        assert!(parts.len() > 1);
+        let mut heard = Vec::new();
+        for part in &parts {
+            assert_eq!((part.from.as_str(), part.text.as_str()), ("ann", "hello"));
+            assert!(
+                encode(part).len() <= MAX_BATCH_BYTES,
+                "{}",
+                encode(part).len()
+            );
+            heard.extend(part.users.iter().cloned());
+        }
+        assert_eq!(heard, users);
+
+        // Small pushes stay whole, and so does a huge text (splitting would repeat it).
+        let small = Deliver {
+            from: "ann".into(),
+            users: vec!["bob".into()],
+            text: "hi".into(),
+        };
+        assert_eq!(split(small).len(), 1);
+        let huge = Deliver {
+            from: "ann".into(),
+            users: (0..1000).map(|i| format!("u{i}")).collect(),
+            text: "x".repeat(2 * MAX_BATCH_BYTES),
+        };
+        assert_eq!(split(huge).len(), 1);
     }
 
     #[test]
