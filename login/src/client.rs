@@ -9,6 +9,7 @@ use zserver::{Client, ClientBuilder, Error, Outgoing, Router, Transport};
 
 use crate::protocol::{
     Credentials, Event, FileInfo, Incoming, NewPassword, Push, PushReport, Recipients, Welcome,
+    WhoPage, WhoRequest, MAX_WHO_PAGE,
 };
 
 /// One connection to a login server.
@@ -95,9 +96,24 @@ impl LoginClient {
         self.client.call("delete", password).await
     }
 
-    /// Users online now.
+    /// Users online now, on every node, sorted (page after page; see [`Self::who_page`]).
     pub async fn who(&self) -> Result<Vec<String>, Error> {
-        self.client.call("who", &()).await
+        let mut users = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.who_page(after, MAX_WHO_PAGE).await?;
+            users.extend(page.users);
+            if !page.more {
+                return Ok(users);
+            }
+            after = users.last().cloned();
+        }
+    }
+
+    /// One page of the users online: at most `limit` names (and at most
+    /// [`MAX_WHO_PAGE`]) sorting after `after`.
+    pub async fn who_page(&self, after: Option<String>, limit: u32) -> Result<WhoPage, Error> {
+        self.client.call("who", &WhoRequest { after, limit }).await
     }
 
     /// Sends `text` to `users` (stored for those offline).

@@ -8,7 +8,7 @@
 //! | `logout` | typed | `()` | `()` |
 //! | `passwd` | typed | [`NewPassword`] | `()` |
 //! | `delete` | typed | password `String` | `()` (account, messages and files) |
-//! | `who` | typed | `()` | online user names |
+//! | `who` | typed | [`WhoRequest`] | [`WhoPage`]: a page of the online user names, sorted |
 //! | `push` | typed | [`Push`] | [`PushReport`] |
 //! | `put` | upload | meta: file name | size stored (u64 LE) |
 //! | `get` | download | meta: file name, offset | the file |
@@ -76,10 +76,44 @@ pub struct Push {
 /// What became of a push.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushReport {
-    /// Users it was delivered to now.
+    /// Users it was delivered to now. For a push to everyone, at most
+    /// [`MAX_REPORTED`] names (see [`Self::delivered_count`]).
     pub delivered: Vec<String>,
-    /// Users it was stored for, to be delivered at their next login.
+    /// Users it was stored for, to be delivered at their next login. For a push to everyone,
+    /// at most [`MAX_REPORTED`] names (see [`Self::stored_count`]).
     pub stored: Vec<String>,
+    /// How many users it was delivered to now.
+    pub delivered_count: u64,
+    /// How many users it was stored for.
+    pub stored_count: u64,
+}
+
+/// Most names a push-to-everyone's [`PushReport`] lists in each of its lists (the counts are
+/// always whole): the report of a push to a million users must still fit in one reply.
+pub const MAX_REPORTED: usize = 10_000;
+
+/// A request for a page of `who`: the online users whose names sort after `after`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoRequest {
+    /// Start after this name (`None`: from the first).
+    pub after: Option<String>,
+    /// Most names wanted; the server gives at most [`MAX_WHO_PAGE`].
+    pub limit: u32,
+}
+
+/// Most names in one [`WhoPage`] (at most 32 bytes each, so a page stays far below the
+/// largest frame).
+pub const MAX_WHO_PAGE: u32 = 65_536;
+
+/// A page of the users online, in byte order of their names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoPage {
+    /// The names on this page.
+    pub users: Vec<String>,
+    /// How many users are online in all, on every node.
+    pub online: u64,
+    /// Whether names follow this page (ask again with `after` = its last name).
+    pub more: bool,
 }
 
 /// One file of the user's store.

@@ -14,7 +14,8 @@ use zserver::{
 
 use crate::cluster::{BoxFuture, Cluster, ClusterConfig, Deliver, LocalSessions, NodeId};
 use crate::protocol::{
-    Credentials, FileInfo, Incoming, NewPassword, Push, PushReport, Recipients, Welcome,
+    Credentials, FileInfo, Incoming, NewPassword, Push, PushReport, Recipients, Welcome, WhoPage,
+    WhoRequest, MAX_REPORTED, MAX_WHO_PAGE,
 };
 use crate::store::{check_name, Store, StoreError};
 
@@ -336,6 +337,7 @@ impl State {
                 .collect();
             let answers = cluster.deliver(pushes).await;
             for ((_, users), reached) in remote.into_iter().zip(answers) {
+                let reached: std::collections::HashSet<String> = reached.into_iter().collect();
                 for user in users {
                     if reached.contains(&user) {
                         report.delivered.push(user);
@@ -364,6 +366,8 @@ impl State {
                 deliver.await;
             }
         }
+        report.delivered_count = report.delivered.len() as u64;
+        report.stored_count = report.stored.len() as u64;
         stored.map(|()| report)
     }
 
@@ -660,11 +664,11 @@ fn router(state: Arc<State>) -> Router {
         }
     });
     let s = state.clone();
-    let router = router.typed("who", move |ctx, (): ()| {
+    let router = router.typed("who", move |ctx, request: WhoRequest| {
         let s = s.clone();
         async move {
             s.user(&ctx)?;
-            Ok::<_, Error>(s.online())
+            Ok::<_, Error>(who_page(s.online(), request))
         }
     });
     let s = state.clone();
@@ -672,11 +676,12 @@ fn router(state: Arc<State>) -> Router {
         let s = s.clone();
         async move {
             let from = s.user(&ctx)?;
-            let to = match push.to {
-                Recipients::Users(users) => users,
-                Recipients::Everyone => s.online(),
+            let (to, everyone) = match push.to {
+                Recipients::Users(users) => (users, false),
+                Recipients::Everyone => (s.online(), true),
             };
-            s.push_to(&from, to, &push.text).await
+            let report = s.push_to(&from, to, &push.text).await?;
+            Ok::<_, Error>(if everyone { bounded(report) } else { report })
         }
     });
     let s = state.clone();
@@ -801,6 +806,32 @@ async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welc
     })
 }
 
+/// A push-to-everyone's report with at most [`MAX_REPORTED`] names in each list (the counts
+/// stay whole), so that it fits in a reply however many users are online.
+fn bounded(mut report: PushReport) -> PushReport {
+    report.delivered.truncate(MAX_REPORTED);
+    report.stored.truncate(MAX_REPORTED);
+    report
+}
+
+/// The page of `online` (sorted, no duplicates) that `request` asks for.
+fn who_page(online: Vec<String>, request: WhoRequest) -> WhoPage {
+    let total = online.len();
+    let start = match &request.after {
+        Some(after) => online.partition_point(|u| u <= after),
+        None => 0,
+    };
+    let limit = request.limit.clamp(1, MAX_WHO_PAGE) as usize;
+    let end = start.saturating_add(limit).min(total);
+    let mut online = online;
+    online.truncate(end);
+    WhoPage {
+        users: online.split_off(start),
+        online: total as u64,
+        more: end < total,
+    }
+}
+
 fn ip_of(addr: SocketAddr) -> IpAddr {
     addr.ip()
 }
@@ -860,6 +891,77 @@ fn next_upload() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names(range: std::ops::Range<usize>) -> Vec<String> {
+        range.map(|i| format!("u{i:06}")).collect()
+    }
+
+    #[test]
+    fn who_pages_through_the_online_users() {
+        let online = names(0..10);
+        let page = |after: Option<&str>, limit| {
+            who_page(
+                online.clone(),
+                WhoRequest {
+                    after: after.map(str::to_owned),
+                    limit,
+                },
+            )
+        };
+        let first = page(None, 4);
+        assert_eq!(
+            (first.users, first.online, first.more),
+            (names(0..4), 10, true)
+        );
+        let next = page(Some("u000003"), 4);
+        assert_eq!(next.users, names(4..8));
+        let last = page(Some("u000007"), 4);
+        assert_eq!((last.users, last.more), (names(8..10), false));
+        // After a name that is gone, and after the end.
+        assert_eq!(page(Some("u000003x"), 1).users, names(4..5));
+        assert_eq!(
+            page(Some("zzz"), 4),
+            WhoPage {
+                users: vec![],
+                online: 10,
+                more: false
+            }
+        );
+        // A limit of 0 still gives one name; a huge one at most MAX_WHO_PAGE.
+        assert_eq!(page(None, 0).users, names(0..1));
+        let many = who_page(
+            names(0..70_000),
+            WhoRequest {
+                after: None,
+                limit: u32::MAX,
+            },
+        );
+        assert_eq!(many.users.len(), MAX_WHO_PAGE as usize);
+        assert!(many.more);
+    }
+
+    #[test]
+    fn a_report_to_everyone_lists_a_bounded_number_of_names() {
+        let report = PushReport {
+            delivered: names(0..MAX_REPORTED + 5),
+            stored: names(0..3),
+            delivered_count: (MAX_REPORTED + 5) as u64,
+            stored_count: 3,
+        };
+        let bounded = bounded(report);
+        assert_eq!(bounded.delivered, names(0..MAX_REPORTED));
+        assert_eq!(bounded.stored, names(0..3));
+        assert_eq!(bounded.delivered_count, (MAX_REPORTED + 5) as u64);
+        // Even a full report of MAX_REPORTED longest names each fits in one frame.
+        let longest: Vec<String> = (0..MAX_REPORTED).map(|i| format!("{i:0>32}")).collect();
+        let full = PushReport {
+            delivered: longest.clone(),
+            stored: longest,
+            ..PushReport::default()
+        };
+        let bytes = postcard::to_allocvec(&full).unwrap().len();
+        assert!(bytes < zserver::frame::DEFAULT_MAX_FRAME / 4, "{bytes}");
+    }
 
     #[test]
     fn limiter_blocks_after_max_failures_within_the_window() {

@@ -62,6 +62,13 @@ async fn scenario(backend: &'static str, dir: std::path::PathBuf) -> Result<(), 
     assert_eq!(ann.login("ann", "ann-pw").await?, vec![]);
     assert_eq!(bob.login("bob", "bob-pw").await?, vec![]);
     assert_eq!(ann.who().await?, vec!["ann", "bob"]);
+    let page = ann.who_page(None, 1).await?;
+    assert_eq!(
+        (page.users, page.online, page.more),
+        (vec!["ann".into()], 2, true)
+    );
+    let page = ann.who_page(Some("ann".into()), 1).await?;
+    assert_eq!((page.users, page.more), (vec!["bob".into()], false));
 
     // Files: upload, list, download, same hash.
     let source = dir.join("source.bin");
@@ -146,6 +153,7 @@ async fn scenario(backend: &'static str, dir: std::path::PathBuf) -> Result<(), 
     // Everyone online gets a broadcast; a password change and an account deletion.
     let report = bob.push_all("to all").await?;
     assert_eq!(report.delivered, vec!["ann", "bob"]);
+    assert_eq!((report.delivered_count, report.stored_count), (2, 0));
     bob.change_password("bob-pw", "bob-new").await?;
     let bob2 = connect().await?;
     assert_err(
