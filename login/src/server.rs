@@ -347,15 +347,14 @@ impl State {
                 }
             }
         }
-        let mut stored = Ok(());
-        for user in offline {
-            let (to, from, text) = (user.clone(), from.to_owned(), text.to_owned());
-            stored = db(self, move |s| s.queue_message(&to, &from, &text)).await;
-            if stored.is_err() {
-                break;
-            }
-            report.stored.push(user);
-        }
+        let stored = if offline.is_empty() {
+            Ok(())
+        } else {
+            let (to, from, text) = (offline.clone(), from.to_owned(), text.to_owned());
+            db(self, move |s| s.queue_for_many(&to, &from, &text)).await
+        };
+        // Also on an error for an unknown recipient: the others' messages were stored.
+        report.stored = offline;
         if let Some(cluster) = &self.cluster {
             // A recipient may have logged in somewhere since we looked: that node takes it.
             cluster.stored(&report.stored);

@@ -94,6 +94,7 @@ suite!(
     two_nodes_deliver_every_message_exactly_once,
     two_nodes_race_to_add_the_same_user,
     two_nodes_race_to_change_a_password,
+    one_message_for_many_users_at_once,
 );
 
 fn add_verify_wrong_unknown_duplicate(b: &dyn Backend) {
@@ -239,6 +240,36 @@ fn messages_survive_reopen_in_order(b: &dyn Backend) {
     let store = b.open();
     assert!(store.take_messages("frank").unwrap().is_empty());
     assert_eq!(store.verify("frank", "pw"), Ok(()));
+}
+
+fn one_message_for_many_users_at_once(b: &dyn Backend) {
+    let store = b.open();
+    for user in ["gil", "hal"] {
+        store.add_user(user, "pw").unwrap();
+    }
+    store.queue_message("gil", "ann", "before").unwrap();
+    let to = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    store
+        .queue_for_many(&to(&["gil", "hal", "gil"]), "ann", "to all")
+        .unwrap();
+    // Stored for those who exist; the first unknown name is the error.
+    assert_eq!(
+        store.queue_for_many(&to(&["hal", "nobody", "gil", "ghost"]), "bob", "some"),
+        Err(StoreError::NoSuchUser("nobody".into()))
+    );
+    store.queue_for_many(&[], "bob", "none").unwrap();
+    let texts = |user| {
+        let taken = store.take_messages(user).unwrap();
+        taken
+            .into_iter()
+            .map(|m| format!("{}: {}", m.from, m.text))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        texts("gil"),
+        ["ann: before", "ann: to all", "ann: to all", "bob: some"]
+    );
+    assert_eq!(texts("hal"), ["ann: to all", "bob: some"]);
 }
 
 fn users_sorted(b: &dyn Backend) {

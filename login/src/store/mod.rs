@@ -122,6 +122,26 @@ pub trait Storage: Send + Sync {
         at_unix_ms: i64,
     ) -> Result<bool, StoreError>;
 
+    /// Queues one message from `from` for each of `to` (a name given twice gets two), stamped
+    /// `at_unix_ms`, durably; returns the recipients it was stored for (those who exist), in
+    /// the order given. The back ends store them all in one transaction; this default stores
+    /// them one by one.
+    fn queue_for_many(
+        &self,
+        to: &[String],
+        from: &str,
+        text: &str,
+        at_unix_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut stored = Vec::new();
+        for user in to {
+            if self.queue_message(user, from, text, at_unix_ms)? {
+                stored.push(user.clone());
+            }
+        }
+        Ok(stored)
+    }
+
     /// Removes and returns every message queued for `user`, oldest first, atomically: of two
     /// concurrent takers each message goes to exactly one. An unknown user has no messages.
     fn take_messages(&self, user: &str) -> Result<Vec<Message>, StoreError>;
@@ -340,6 +360,24 @@ impl Store {
             Ok(())
         } else {
             Err(StoreError::NoSuchUser(to.to_owned()))
+        }
+    }
+
+    /// Stores a message for each of `to` durably, all at once (one transaction in the built-in
+    /// back ends). If some of them do not exist, it is stored for the others and the first
+    /// unknown one is reported as NoSuchUser.
+    pub fn queue_for_many(&self, to: &[String], from: &str, text: &str) -> Result<(), StoreError> {
+        if to.is_empty() {
+            return Ok(());
+        }
+        let stored = self.storage.queue_for_many(to, from, text, now_unix_ms())?;
+        if stored.len() == to.len() {
+            return Ok(());
+        }
+        let known: std::collections::HashSet<&str> = stored.iter().map(String::as_str).collect();
+        match to.iter().find(|u| !known.contains(u.as_str())) {
+            Some(unknown) => Err(StoreError::NoSuchUser(unknown.clone())),
+            None => Ok(()),
         }
     }
 

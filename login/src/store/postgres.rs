@@ -325,6 +325,41 @@ impl Storage for PostgresStorage {
         })
     }
 
+    fn queue_for_many(
+        &self,
+        to: &[String],
+        from: &str,
+        text: &str,
+        at_unix_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        // One transaction: the insert (each row keyed by this call's key and its place in
+        // `to`, so a retry inserts nothing twice), then the recipients that exist.
+        let key = random_key();
+        self.with_client(|c, _| {
+            let mut tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO messages (to_user, from_user, text, at_unix_ms, msg_key)
+                 SELECT u.name, $2, $3, $4, $5 || ':' || r.ord
+                 FROM unnest($1::text[]) WITH ORDINALITY AS r(name, ord)
+                 JOIN users u ON u.name = r.name
+                 ORDER BY r.ord
+                 ON CONFLICT (msg_key) DO NOTHING",
+                &[&to, &from, &text, &at_unix_ms, &key],
+            )?;
+            let stored = tx
+                .query(
+                    "SELECT r.name FROM unnest($1::text[]) WITH ORDINALITY AS r(name, ord)
+                     JOIN users u ON u.name = r.name ORDER BY r.ord",
+                    &[&to],
+                )?
+                .iter()
+                .map(|row| row.try_get(0))
+                .collect::<Result<Vec<String>, _>>()?;
+            tx.commit()?;
+            Ok(stored)
+        })
+    }
+
     fn take_messages(&self, user: &str) -> Result<Vec<Message>, StoreError> {
         // First claim the messages under a fresh token. Concurrent takers block on the same
         // rows, and the later one skips the rows the earlier one claimed, so each message goes

@@ -215,6 +215,29 @@ impl Storage for SqliteStorage {
         })
     }
 
+    fn queue_for_many(
+        &self,
+        to: &[String],
+        from: &str,
+        text: &str,
+        at_unix_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut stored = Vec::with_capacity(to.len());
+        self.write(|tx| {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO messages (to_user, from_user, text, at_unix_ms)
+                 SELECT name, ?2, ?3, ?4 FROM users WHERE name = ?1",
+            )?;
+            for user in to {
+                if insert.execute(params![user, from, text, at_unix_ms])? > 0 {
+                    stored.push(user.clone());
+                }
+            }
+            Ok(true)
+        })?;
+        Ok(stored)
+    }
+
     fn take_messages(&self, user: &str) -> Result<Vec<Message>, StoreError> {
         let mut messages = Vec::new();
         self.write(|tx| {
