@@ -139,18 +139,19 @@ impl Limiter {
 /// deliver answers in time.
 const SEND_PATIENCE: Duration = Duration::from_secs(1);
 
-/// Sends `command` with `payload` on `conn`, waiting at most [`SEND_PATIENCE`] for room in
-/// its buffer; whether it was queued (a send given up on queues nothing).
+/// Sends `command` with `payload` on `conn`, waiting at most `patience` for room in its
+/// buffer; whether it was queued (a send given up on queues nothing).
 async fn send_patiently(
     runtime: &dyn Runtime,
     conn: &Connection,
     command: &str,
     payload: &[u8],
+    patience: Duration,
 ) -> bool {
     futures_lite::future::or(
         async { conn.send_bytes(command, payload).await.is_ok() },
         async {
-            runtime.sleep(SEND_PATIENCE).await;
+            runtime.sleep(patience).await;
             false
         },
     )
@@ -158,11 +159,13 @@ async fn send_patiently(
 }
 
 /// Sends `message` to each of `conns` (`None`: not logged in here) all at once, so that one
-/// recipient who does not read holds up no one else; for each, whether it was queued.
+/// recipient who does not read holds up no one else, each waiting at most `patience` for
+/// room; for each, whether it was queued.
 async fn send_to_each(
     runtime: &dyn Runtime,
     conns: &[Option<Connection>],
     message: &Incoming,
+    patience: Duration,
 ) -> Vec<bool> {
     let Ok(payload) = postcard::to_allocvec(message) else {
         return vec![false; conns.len()];
@@ -171,7 +174,7 @@ async fn send_to_each(
         let payload = &payload;
         async move {
             match conn {
-                Some(conn) => send_patiently(runtime, conn, "message", payload).await,
+                Some(conn) => send_patiently(runtime, conn, "message", payload, patience).await,
                 None => false,
             }
         }
@@ -182,7 +185,7 @@ async fn send_to_each(
 /// Tells `conn` it was kicked (waiting at most [`SEND_PATIENCE`]), then closes it.
 async fn kick_connection(runtime: &dyn Runtime, conn: &Connection, why: &str) {
     let payload = postcard::to_allocvec(why).unwrap_or_default();
-    send_patiently(runtime, conn, "kicked", &payload).await;
+    send_patiently(runtime, conn, "kicked", &payload, SEND_PATIENCE).await;
     conn.begin_close();
 }
 
@@ -312,7 +315,7 @@ impl State {
             check_name(user).map_err(store_err)?;
         }
         let conns = self.local_sessions(&users);
-        let sent = send_to_each(&*self.runtime, &conns, &message).await;
+        let sent = send_to_each(&*self.runtime, &conns, &message, SEND_PATIENCE).await;
         for (user, sent) in users.into_iter().zip(sent) {
             if sent {
                 report.delivered.push(user);
@@ -404,7 +407,7 @@ impl State {
                     text: m.text.clone(),
                 };
                 let payload = postcard::to_allocvec(&incoming).unwrap_or_default();
-                if !send_patiently(&*runtime, &conn, "message", &payload).await {
+                if !send_patiently(&*runtime, &conn, "message", &payload, SEND_PATIENCE).await {
                     // The session ended meanwhile, or its client stopped reading: store them
                     // again, for the next login.
                     let back: Vec<_> = std::iter::once(m).chain(messages).collect();
@@ -422,20 +425,53 @@ impl State {
 }
 
 impl LocalSessions for State {
-    fn deliver_local(&self, push: Deliver) -> BoxFuture<Vec<String>> {
-        let conns = self.local_sessions(&push.users);
-        let message = Incoming {
-            from: push.from,
-            text: push.text,
-        };
+    fn deliver_local(&self, pushes: Vec<Deliver>) -> BoxFuture<Vec<Vec<String>>> {
+        // One look at the sessions for every recipient of every push in the batch.
+        let all: Vec<String> = pushes
+            .iter()
+            .flat_map(|p| p.users.iter().cloned())
+            .collect();
+        let mut conns = self.local_sessions(&all).into_iter();
+        let looked_up: Vec<_> = pushes
+            .into_iter()
+            .map(|push| {
+                let mine: Vec<_> = conns.by_ref().take(push.users.len()).collect();
+                (push, mine)
+            })
+            .collect();
         let runtime = self.runtime.clone();
         Box::pin(async move {
-            let sent = send_to_each(&*runtime, &conns, &message).await;
-            push.users
-                .into_iter()
-                .zip(sent)
-                .filter_map(|(user, sent)| sent.then_some(user))
-                .collect()
+            // The whole batch gets SEND_PATIENCE, well within the sender's time-out; a
+            // recipient found not reading is not waited for again in the same batch.
+            let deadline = runtime.now() + SEND_PATIENCE;
+            let mut stalled = std::collections::HashSet::new();
+            let mut reached = Vec::with_capacity(looked_up.len());
+            for (push, mut conns) in looked_up {
+                for conn in &mut conns {
+                    if conn.as_ref().is_some_and(|c| stalled.contains(&c.id())) {
+                        *conn = None;
+                    }
+                }
+                let message = Incoming {
+                    from: push.from,
+                    text: push.text,
+                };
+                let patience = deadline.saturating_duration_since(runtime.now());
+                let sent = send_to_each(&*runtime, &conns, &message, patience).await;
+                for (conn, sent) in conns.iter().zip(&sent) {
+                    if let (Some(conn), false) = (conn, sent) {
+                        stalled.insert(conn.id());
+                    }
+                }
+                reached.push(
+                    push.users
+                        .into_iter()
+                        .zip(sent)
+                        .filter_map(|(user, sent)| sent.then_some(user))
+                        .collect(),
+                );
+            }
+            reached
         })
     }
 

@@ -149,3 +149,74 @@ fn failed_logins_on_one_node_count_on_the_others() {
     })
     .unwrap();
 }
+
+#[test]
+#[ignore = "needs PostgreSQL and NATS: bash .ci/test starts them"]
+fn a_recipient_who_does_not_read_holds_up_no_push_from_another_node() {
+    let db = Postgres::new("lib_slow_reader");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = start_two_nodes(node_config(&db, dir.path()));
+    let (a_addr, b_addr, pin) = (a.local_addr(), b.local_addr(), a.fingerprint());
+    run_on("tokio", async move {
+        let transport = zserver::transport("tokio").unwrap();
+        let ann = LoginClient::connect(transport.clone(), a_addr, Some(&pin)).await?;
+        for user in ["ann", "bob", "slow"] {
+            ann.register(user, "pw").await?;
+        }
+        ann.login("ann", "pw").await?;
+        let bob = LoginClient::connect(transport.clone(), b_addr, Some(&pin)).await?;
+        bob.login("bob", "pw").await?;
+        // `slow`, on node b, handles one message and never finishes it.
+        let mut stuck = zserver::Config::default();
+        stuck.max_handlers_in_flight = 1;
+        let router = zserver::Router::new().typed("message", |_ctx, _m: Incoming| async {
+            std::future::pending::<()>().await;
+            Ok::<_, Error>(())
+        });
+        let slow = zserver::ClientBuilder::new(transport)
+            .config(stuck)
+            .router(router)
+            .pin_server_fingerprint(&pin)?
+            .connect(b_addr)
+            .await?;
+        let creds = zserver_login::protocol::Credentials {
+            user: "slow".into(),
+            password: "pw".into(),
+        };
+        let _: zserver_login::protocol::Welcome = slow.call("login", &creds).await?;
+        until("node a sees both users on node b", || {
+            a.online() == ["ann", "bob", "slow"]
+        })
+        .await;
+
+        // Bursts of concurrent pushes from node a to both: they share requests to node b,
+        // and every one reaches bob live, however long `slow` has stopped reading.
+        let ann = std::sync::Arc::new(ann);
+        let text = "x".repeat(64 << 10);
+        let mut sent = 0;
+        let mut slow_stored = false;
+        while !slow_stored {
+            assert!(sent < 2000, "slow's buffers never filled");
+            let burst: Vec<_> = (0..16)
+                .map(|_| {
+                    let (ann, text) = (ann.clone(), text.clone());
+                    async move { ann.push(&["slow", "bob"], &text).await }
+                })
+                .collect();
+            for report in futures_util::future::join_all(burst).await {
+                let report = report?;
+                assert!(report.delivered.iter().any(|u| u == "bob"), "{report:?}");
+                slow_stored |= report.stored.iter().any(|u| u == "slow");
+                sent += 1;
+            }
+        }
+        for _ in 0..sent {
+            assert!(matches!(support::next_event(&bob).await, Event::Message(_)));
+        }
+        drop(slow);
+        a.shutdown().await;
+        b.shutdown().await;
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+}

@@ -161,8 +161,9 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// What the cluster needs from the local login server.
 pub(crate) trait LocalSessions: Send + Sync + 'static {
-    /// Sends `text` from `from` to those of `users` logged in here; returns the ones reached.
-    fn deliver_local(&self, push: Deliver) -> BoxFuture<Vec<String>>;
+    /// Sends each push to those of its users logged in here; for each push, the ones reached.
+    /// The whole batch must be answered well within the sender's request time-out.
+    fn deliver_local(&self, pushes: Vec<Deliver>) -> BoxFuture<Vec<Vec<String>>>;
     /// Ends `user`'s session on `connection` (a newer login elsewhere won).
     fn kick(&self, user: String, connection: u64) -> BoxFuture<()>;
     /// Messages were stored for `users`: for each of them logged in here, a future that takes
@@ -674,15 +675,13 @@ impl Actor {
         };
         let nats = self.nats.clone();
         tokio::spawn(async move {
-            let mut reached = Vec::new();
-            match postcard::from_bytes::<Vec<Deliver>>(&message.payload) {
-                Ok(pushes) => {
-                    for push in pushes {
-                        reached.push(sessions.deliver_local(push).await);
-                    }
+            let reached = match postcard::from_bytes::<Vec<Deliver>>(&message.payload) {
+                Ok(pushes) => sessions.deliver_local(pushes).await,
+                Err(e) => {
+                    tracing::warn!("cluster: undecodable push ignored: {e}");
+                    Vec::new()
                 }
-                Err(e) => tracing::warn!("cluster: undecodable push ignored: {e}"),
-            }
+            };
             if let Err(e) = nats.publish(reply, encode(&reached)).await {
                 tracing::warn!("cluster: cannot answer a push: {e}");
             }
