@@ -99,10 +99,20 @@ impl Outbound {
     }
 }
 
-/// About how many bytes `push` takes in a request (postcard adds a length byte or two to
-/// each string).
+/// About how many bytes `push` takes in a request without its recipients.
+fn fixed_size(push: &Deliver) -> usize {
+    push.text.len() + push.from.len() + 8
+}
+
+/// About how many bytes one recipient adds to a request (postcard adds a length byte or two
+/// to each string).
+fn user_size(user: &str) -> usize {
+    user.len() + 2
+}
+
+/// About how many bytes `push` takes in a request.
 fn size(push: &Deliver) -> usize {
-    push.text.len() + push.from.len() + 8 + push.users.iter().map(|u| u.len() + 2).sum::<usize>()
+    fixed_size(push) + push.users.iter().map(|u| user_size(u)).sum::<usize>()
 }
 
 /// The oldest pushes, up to [`MAX_BATCH_BYTES`] (at least one).
@@ -125,10 +135,7 @@ fn take_batch(waiting: &mut Vec<Waiting>) -> Vec<Waiting> {
 /// if NATS refuses it, is stored for its recipients, whose node then delivers it from the
 /// store.
 pub(super) fn split(push: Deliver) -> Vec<Deliver> {
-    let fixed = size(&Deliver {
-        users: Vec::new(),
-        ..push.clone()
-    });
+    let fixed = fixed_size(&push);
     if size(&push) <= MAX_BATCH_BYTES || fixed >= MAX_BATCH_BYTES / 2 {
         return vec![push];
     }
@@ -137,7 +144,7 @@ pub(super) fn split(push: Deliver) -> Vec<Deliver> {
     let mut users = Vec::new();
     let mut bytes = 0;
     for user in push.users {
-        let cost = user.len() + 2;
+        let cost = user_size(&user);
         if !users.is_empty() && bytes + cost > room {
             parts.push(std::mem::take(&mut users));
             bytes = 0;
