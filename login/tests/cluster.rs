@@ -167,23 +167,7 @@ fn a_recipient_who_does_not_read_holds_up_no_push_from_another_node() {
         let bob = LoginClient::connect(transport.clone(), b_addr, Some(&pin)).await?;
         bob.login("bob", "pw").await?;
         // `slow`, on node b, handles one message and never finishes it.
-        let mut stuck = zserver::Config::default();
-        stuck.max_handlers_in_flight = 1;
-        let router = zserver::Router::new().typed("message", |_ctx, _m: Incoming| async {
-            std::future::pending::<()>().await;
-            Ok::<_, Error>(())
-        });
-        let slow = zserver::ClientBuilder::new(transport)
-            .config(stuck)
-            .router(router)
-            .pin_server_fingerprint(&pin)?
-            .connect(b_addr)
-            .await?;
-        let creds = zserver_login::protocol::Credentials {
-            user: "slow".into(),
-            password: "pw".into(),
-        };
-        let _: zserver_login::protocol::Welcome = slow.call("login", &creds).await?;
+        let slow = support::stuck_client(transport, b_addr, Some(&pin), "slow").await?;
         until("node a sees both users on node b", || {
             a.online() == ["ann", "bob", "slow"]
         })

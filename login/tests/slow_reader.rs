@@ -5,8 +5,7 @@
 
 use std::time::Duration;
 
-use zserver::{ClientBuilder, Config, Error, Router};
-use zserver_login::protocol::{Credentials, Incoming, Welcome};
+use zserver::Error;
 use zserver_login::{Event, LoginClient, LoginConfig, LoginServer};
 
 mod support;
@@ -34,22 +33,7 @@ async fn scenario(backend: &'static str) -> Result<(), Error> {
     bob.login("bob", "pw").await?;
 
     // `slow` handles one message and never finishes it: its connection stops reading.
-    let mut stuck = Config::default();
-    stuck.max_handlers_in_flight = 1;
-    let router = Router::new().typed("message", |_ctx, _m: Incoming| async {
-        std::future::pending::<()>().await;
-        Ok::<_, Error>(())
-    });
-    let slow = ClientBuilder::new(transport.clone())
-        .config(stuck)
-        .router(router)
-        .connect(addr)
-        .await?;
-    let creds = Credentials {
-        user: "slow".into(),
-        password: "pw".into(),
-    };
-    let _: Welcome = slow.call("login", &creds).await?;
+    let slow = support::stuck_client(transport.clone(), addr, None, "slow").await?;
 
     let mut pushes = 0;
     let mut stored_for_slow = false;

@@ -5,9 +5,12 @@
 
 pub mod pg;
 
-use std::sync::mpsc;
+use std::net::SocketAddr;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+use zserver::{Client, ClientBuilder, Config, Error, Router, Transport};
+use zserver_login::protocol::{Credentials, Incoming, Welcome};
 use zserver_login::{Event, LoginClient};
 
 /// Runs `fut` on `backend`'s runtime and waits here, at most `limit`, for its result.
@@ -32,4 +35,31 @@ pub async fn next_event(client: &LoginClient) -> Event {
         None
     });
     event.await.expect("an event within 10 s")
+}
+
+/// A client logged in as `user` that handles one pushed message and never finishes it, so
+/// its connection stops reading: a recipient whose buffers fill up.
+pub async fn stuck_client(
+    transport: Arc<dyn Transport>,
+    addr: SocketAddr,
+    pin: Option<&str>,
+    user: &str,
+) -> Result<Client, Error> {
+    let mut stuck = Config::default();
+    stuck.max_handlers_in_flight = 1;
+    let router = Router::new().typed("message", |_ctx, _m: Incoming| async {
+        std::future::pending::<()>().await;
+        Ok::<_, Error>(())
+    });
+    let mut builder = ClientBuilder::new(transport).config(stuck).router(router);
+    if let Some(pin) = pin {
+        builder = builder.pin_server_fingerprint(pin)?;
+    }
+    let client = builder.connect(addr).await?;
+    let creds = Credentials {
+        user: user.into(),
+        password: "pw".into(),
+    };
+    let _: Welcome = client.call("login", &creds).await?;
+    Ok(client)
 }
