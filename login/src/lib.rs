@@ -32,3 +32,9 @@ pub use cluster::ClusterConfig;
 pub use protocol::Event;
 pub use server::{check_file_name, LoginConfig, LoginServer, SecondLogin};
 pub use store::{PostgresStorage, SqliteStorage, Storage, Store, StoreError};
+
+/// Locks `m`, recovering it if a panicking thread poisoned it (the guarded state stays
+/// usable: every update to it is a single step).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

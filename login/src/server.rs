@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use zserver::{
@@ -13,6 +13,7 @@ use zserver::{
 };
 
 use crate::cluster::{BoxFuture, Cluster, ClusterConfig, Deliver, LocalSessions, NodeId};
+use crate::lock;
 use crate::protocol::{
     Credentials, FileInfo, Incoming, NewPassword, Push, PushReport, Recipients, Welcome, WhoPage,
     WhoRequest, MAX_REPORTED, MAX_WHO_PAGE,
@@ -197,10 +198,6 @@ struct State {
     sessions: Mutex<Sessions>,
     limiter: Mutex<Limiter>,
     cluster: Option<Arc<Cluster>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn store_err(e: StoreError) -> Error {

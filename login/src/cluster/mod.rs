@@ -20,12 +20,15 @@ pub mod presence;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
 use serde::{Deserialize, Serialize};
 use zserver::{Connection, Error};
+
+use crate::lock;
+use crate::store::now_unix_ms;
 
 use presence::{Action, LocalPresence, RemoteView, SnapshotCache, SnapshotPage, SnapshotRequest};
 pub use presence::{Announce, NodeId, Snapshot};
@@ -218,17 +221,6 @@ pub(crate) struct Cluster {
     outbound: Arc<outbound::Outbound>,
     commands: async_channel::Sender<Command>,
     inbox: async_channel::Receiver<Command>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 fn encode<T: Serialize>(value: &T) -> bytes::Bytes {

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::{encode, lock, Deliver, NodeId, Subjects};
+use super::{encode, Deliver, NodeId, Subjects};
+use crate::lock;
 
 /// Most payload bytes one request carries (NATS refuses messages over 1 MiB by default); a
 /// single larger push still goes, alone, and is stored if NATS refuses it.

@@ -215,7 +215,7 @@ fn verify_hash(stored: Option<&str>, password: &str) -> Result<(), StoreError> {
 }
 
 /// The current time in milliseconds since the Unix epoch (0 if the clock is before it).
-fn now_unix_ms() -> i64 {
+pub(crate) fn now_unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
