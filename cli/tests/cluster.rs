@@ -70,12 +70,7 @@ impl Cluster {
 
     /// Starts a node on `backend` and waits until it has joined (its log: `node-N.log`).
     fn start(&self, n: usize, backend: &str) -> Node {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = File::create(self.dir.join(format!("node-{n}.log"))).unwrap();
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", &addr.to_string(), "--backend", backend])
