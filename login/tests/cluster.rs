@@ -26,7 +26,9 @@ fn node_config(db: &Postgres, dir: &std::path::Path) -> LoginConfig {
     let mut config = LoginConfig::new(dir);
     config.store = db.url.clone();
     let mut cluster = ClusterConfig::new(nats);
-    cluster.name = format!("lib{}", std::process::id());
+    // A cluster of this test's own: tests run in parallel on one NATS server, and nodes of
+    // a shared cluster name would see each other's nodes and users.
+    cluster.name = db.db.clone();
     config.cluster = Some(cluster);
     config
 }
