@@ -332,31 +332,27 @@ impl Storage for PostgresStorage {
         text: &str,
         at_unix_ms: i64,
     ) -> Result<Vec<String>, StoreError> {
-        // One transaction: the insert (each row keyed by this call's key and its place in
-        // `to`, so a retry inserts nothing twice), then the recipients that exist.
+        // One statement: the recipients that exist are found once, their rows inserted (each
+        // keyed by this call's key and its place in `to`, so a retry inserts nothing twice),
+        // and those recipients returned.
         let key = random_key();
         self.with_client(|c, _| {
-            let mut tx = c.transaction()?;
-            tx.execute(
-                "INSERT INTO messages (to_user, from_user, text, at_unix_ms, msg_key)
-                 SELECT u.name, $2, $3, $4, $5 || ':' || r.ord
-                 FROM unnest($1::text[]) WITH ORDINALITY AS r(name, ord)
-                 JOIN users u ON u.name = r.name
-                 ORDER BY r.ord
-                 ON CONFLICT (msg_key) DO NOTHING",
+            c.query(
+                "WITH known AS (
+                     SELECT u.name, r.ord
+                     FROM unnest($1::text[]) WITH ORDINALITY AS r(name, ord)
+                     JOIN users u ON u.name = r.name
+                 ), inserted AS (
+                     INSERT INTO messages (to_user, from_user, text, at_unix_ms, msg_key)
+                     SELECT name, $2, $3, $4, $5 || ':' || ord FROM known ORDER BY ord
+                     ON CONFLICT (msg_key) DO NOTHING
+                 )
+                 SELECT name FROM known ORDER BY ord",
                 &[&to, &from, &text, &at_unix_ms, &key],
-            )?;
-            let stored = tx
-                .query(
-                    "SELECT r.name FROM unnest($1::text[]) WITH ORDINALITY AS r(name, ord)
-                     JOIN users u ON u.name = r.name ORDER BY r.ord",
-                    &[&to],
-                )?
-                .iter()
-                .map(|row| row.try_get(0))
-                .collect::<Result<Vec<String>, _>>()?;
-            tx.commit()?;
-            Ok(stored)
+            )?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect()
         })
     }
 

@@ -12,6 +12,11 @@ use super::{newer_schema, Message, Storage, StoreError};
 /// The schema version this back end writes and reads; a database with a newer one is refused.
 const SCHEMA_VERSION: i64 = 1;
 
+/// Queues a message (`?2` from, `?3` text, `?4` time) for user `?1`: no row if there is no
+/// such user.
+const QUEUE_MESSAGE: &str = "INSERT INTO messages (to_user, from_user, text, at_unix_ms)
+     SELECT name, ?2, ?3, ?4 FROM users WHERE name = ?1";
+
 /// The database file's name inside the directory given to [`SqliteStorage::open`].
 const DB_FILE: &str = "zserver.db";
 /// How long a statement waits for another connection's lock before failing.
@@ -206,11 +211,7 @@ impl Storage for SqliteStorage {
         at_unix_ms: i64,
     ) -> Result<bool, StoreError> {
         self.write(|tx| {
-            let inserted = tx.execute(
-                "INSERT INTO messages (to_user, from_user, text, at_unix_ms)
-                 SELECT name, ?2, ?3, ?4 FROM users WHERE name = ?1",
-                params![to, from, text, at_unix_ms],
-            )?;
+            let inserted = tx.execute(QUEUE_MESSAGE, params![to, from, text, at_unix_ms])?;
             Ok(inserted > 0)
         })
     }
@@ -224,10 +225,7 @@ impl Storage for SqliteStorage {
     ) -> Result<Vec<String>, StoreError> {
         let mut stored = Vec::with_capacity(to.len());
         self.write(|tx| {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO messages (to_user, from_user, text, at_unix_ms)
-                 SELECT name, ?2, ?3, ?4 FROM users WHERE name = ?1",
-            )?;
+            let mut insert = tx.prepare_cached(QUEUE_MESSAGE)?;
             for user in to {
                 if insert.execute(params![user, from, text, at_unix_ms])? > 0 {
                     stored.push(user.clone());
