@@ -388,6 +388,14 @@ impl State {
         }
     }
 
+    /// Counts a failed login at `now` against each of `keys` (an address's, an account's).
+    fn count_failures(&self, keys: Vec<String>, now: Instant) {
+        let mut limiter = lock(&self.limiter);
+        for key in keys {
+            limiter.fail(key, now);
+        }
+    }
+
     /// Takes `user`'s stored messages and sends them on `conn`, their session here (storing
     /// them again if the session ends meanwhile).
     fn deliver_stored(&self, user: String, conn: Connection) -> BoxFuture<()> {
@@ -482,11 +490,7 @@ impl LocalSessions for State {
     }
 
     fn count_failure(&self, keys: Vec<String>) {
-        let now = Instant::now();
-        let mut limiter = lock(&self.limiter);
-        for key in keys {
-            limiter.fail(key, now);
-        }
+        self.count_failures(keys, Instant::now());
     }
 
     fn kick(&self, user: String, connection: u64) -> BoxFuture<()> {
@@ -779,13 +783,10 @@ async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welc
     }
     let (user, password) = (c.user.clone(), c.password);
     if let Err(e) = db(state, move |s| s.verify(&user, &password)).await {
-        {
-            let mut limiter = lock(&state.limiter);
-            limiter.fail(addr_key.clone(), now);
-            limiter.fail(user_key.clone(), now);
-        }
+        let keys = vec![addr_key, user_key];
+        state.count_failures(keys.clone(), now);
         if let Some(cluster) = &state.cluster {
-            cluster.failed(vec![addr_key, user_key]);
+            cluster.failed(keys);
         }
         return Err(e);
     }
