@@ -382,12 +382,7 @@ impl Cluster {
     /// where one of them logged in meanwhile delivers them at once.
     pub(crate) fn stored(&self, users: &[String]) {
         for payload in stored_notices(users) {
-            let (nats, subject) = (self.nats.clone(), self.subjects.stored());
-            self.handle.spawn(async move {
-                if let Err(e) = nats.publish(subject, payload).await {
-                    tracing::warn!("cluster: cannot announce stored messages: {e}");
-                }
-            });
+            self.publish_soon(self.subjects.stored(), payload, "stored messages");
         }
     }
 
@@ -398,10 +393,16 @@ impl Cluster {
             node: self.node,
             keys,
         };
-        let (nats, subject, payload) = (self.nats.clone(), self.subjects.failed(), encode(&notice));
+        self.publish_soon(self.subjects.failed(), encode(&notice), "a failed login");
+    }
+
+    /// Publishes `payload` on `subject` from the cluster's runtime, without waiting for it
+    /// (a failure is logged as "cannot announce `what`").
+    fn publish_soon(&self, subject: String, payload: bytes::Bytes, what: &'static str) {
+        let nats = self.nats.clone();
         self.handle.spawn(async move {
             if let Err(e) = nats.publish(subject, payload).await {
-                tracing::warn!("cluster: cannot announce a failed login: {e}");
+                tracing::warn!("cluster: cannot announce {what}: {e}");
             }
         });
     }
