@@ -642,8 +642,8 @@ fn a_nats_password_in_the_url_is_used_and_never_shown() {
     let node = cluster.start(1, "tokio");
     drop(node);
 
-    let dir = std::env::temp_dir().join(format!("zserver-natsauth-{}", std::process::id()));
     let wrong = format!("nats://zs:not-the-password@127.0.0.1:{port}");
+    let dir = cluster.dir.join("wrong-password");
     let stderr = serve_fails(&dir, &["--store", &db.url, "--cluster", &wrong]);
     assert!(stderr.contains("authorization violation"), "{stderr}");
     assert!(
@@ -651,5 +651,4 @@ fn a_nats_password_in_the_url_is_used_and_never_shown() {
         "{stderr}"
     );
     assert!(!stderr.contains("not-the-password"), "{stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -41,12 +41,9 @@ async fn scenario(backend: &'static str) -> Result<(), Error> {
         assert!(pushes < 200, "the slow reader never filled its buffers");
         let body = text(pushes);
         let push = ann.push(&["slow", "bob"], &body);
-        let report = futures_lite::future::or(async { Some(push.await) }, async {
-            zserver::sleep(Duration::from_secs(10)).await;
-            None
-        })
-        .await
-        .expect("a push is not held up by a recipient who does not read")?;
+        let report = support::within(Duration::from_secs(10), push)
+            .await
+            .expect("a push is not held up by a recipient who does not read")?;
         assert!(report.delivered.iter().any(|u| u == "bob"), "{report:?}");
         stored_for_slow = report.stored == ["slow"];
         pushes += 1;
@@ -62,12 +59,9 @@ async fn scenario(backend: &'static str) -> Result<(), Error> {
     // and gets what was stored for it.
     let again = LoginClient::connect(transport.clone(), addr, None).await?;
     let login = again.login("slow", "pw");
-    let offline = futures_lite::future::or(async { Some(login.await) }, async {
-        zserver::sleep(Duration::from_secs(10)).await;
-        None
-    })
-    .await
-    .expect("a login is not held up by the session it kicks")?;
+    let offline = support::within(Duration::from_secs(10), login)
+        .await
+        .expect("a login is not held up by the session it kicks")?;
     assert_eq!(offline.last().map(|m| &m.text), Some(&text(pushes - 1)));
     drop(slow);
     server.shutdown().await;

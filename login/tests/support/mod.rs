@@ -28,13 +28,21 @@ pub fn run_on<T: Send + 'static>(
         .expect("the scenario finished in time")
 }
 
+/// `fut`'s output, or `None` if it takes longer than `limit`.
+pub async fn within<T>(limit: Duration, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        zserver::sleep(limit).await;
+        None
+    })
+    .await
+}
+
 /// The next event the server pushed to `client`, waiting at most 10 s.
 pub async fn next_event(client: &LoginClient) -> Event {
-    let event = futures_lite::future::or(async { client.next_event().await }, async {
-        zserver::sleep(Duration::from_secs(10)).await;
-        None
-    });
-    event.await.expect("an event within 10 s")
+    within(Duration::from_secs(10), client.next_event())
+        .await
+        .flatten()
+        .expect("an event within 10 s")
 }
 
 /// A client logged in as `user` that handles one pushed message and never finishes it, so
