@@ -83,47 +83,47 @@ zs_stop() {
   rm -rf "$ZSERVER_SERVICES_DIR"
 }
 
-# Starts PostgreSQL on the first port from ZSERVER_PG_PORT where it can listen; prints the port.
-zs_start_pg() {
-  local pgbin=$1 dir="$ZSERVER_SERVICES_DIR/pg" port=$ZSERVER_PG_PORT try
-  for try in $(seq 1 "$ZSERVER_PORT_TRIES"); do
+# Runs "$2 PORT" on the first free port from $1 upwards, then on the next ones while it fails,
+# up to ZSERVER_PORT_TRIES ports; prints the port it succeeded on.
+zs_on_free_port() {
+  local port=$1 start=$2
+  for _ in $(seq 1 "$ZSERVER_PORT_TRIES"); do
     port="$(zs_free_port "$port")"
-    if zs_as_pg "$pgbin/pg_ctl" -D "$dir" -l "$dir/server.log" -w \
-      -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c max_connections=300" \
-      start >/dev/null; then
+    if "$start" "$port"; then
       echo "$port"
       return
     fi
-    echo "PostgreSQL could not start on port $port (try $try):" >&2
-    tail -n 5 "$dir/server.log" >&2
     port=$((port + 1))
   done
   return 1
 }
 
-# Starts nats-server on the first port from ZSERVER_NATS_PORT where it can listen; prints the port.
-zs_start_nats() {
-  local port=$ZSERVER_NATS_PORT pid try i
-  for try in $(seq 1 "$ZSERVER_PORT_TRIES"); do
-    port="$(zs_free_port "$port")"
-    nats-server -a 127.0.0.1 -p "$port" -P "$ZSERVER_SERVICES_DIR/nats.pid" \
-      -l "$ZSERVER_SERVICES_DIR/nats.log" </dev/null >/dev/null 2>&1 &
-    pid=$!
-    for i in $(seq 1 100); do
-      if ! kill -0 "$pid" 2>/dev/null; then
-        break
-      fi
-      if zs_listening "$port"; then
-        echo "$port"
-        return
-      fi
-      sleep 0.1
-    done
-    kill "$pid" 2>/dev/null || true
-    echo "nats-server could not start on port $port (try $try):" >&2
-    tail -n 5 "$ZSERVER_SERVICES_DIR/nats.log" >&2 2>/dev/null || true
-    port=$((port + 1))
+# Starts PostgreSQL (binaries in ZS_PGBIN) on port $1; shows the end of its log if it fails.
+zs_pg_on() {
+  local dir="$ZSERVER_SERVICES_DIR/pg"
+  zs_as_pg "$ZS_PGBIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w \
+    -o "-c listen_addresses=127.0.0.1 -p $1 -k $dir -c fsync=off -c max_connections=300" \
+    start >/dev/null && return
+  echo "PostgreSQL could not start on port $1:" >&2
+  tail -n 5 "$dir/server.log" >&2
+  return 1
+}
+
+# Starts nats-server on port $1 and waits until it listens; shows the end of its log if it
+# fails.
+zs_nats_on() {
+  local pid i
+  nats-server -a 127.0.0.1 -p "$1" -P "$ZSERVER_SERVICES_DIR/nats.pid" \
+    -l "$ZSERVER_SERVICES_DIR/nats.log" </dev/null >/dev/null 2>&1 &
+  pid=$!
+  for i in $(seq 1 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    zs_listening "$1" && return
+    sleep 0.1
   done
+  kill "$pid" 2>/dev/null || true
+  echo "nats-server could not start on port $1:" >&2
+  tail -n 5 "$ZSERVER_SERVICES_DIR/nats.log" >&2 2>/dev/null || true
   return 1
 }
 
@@ -140,8 +140,8 @@ zs_start() {
     chown -R postgres: "$ZSERVER_SERVICES_DIR/pg"
   fi
   zs_as_pg "$pgbin/initdb" -D "$ZSERVER_SERVICES_DIR/pg" -A trust -U zserver >/dev/null || return 1
-  pg_port="$(zs_start_pg "$pgbin")" || return 1
-  nats_port="$(zs_start_nats)" || return 1
+  pg_port="$(ZS_PGBIN="$pgbin" zs_on_free_port "$ZSERVER_PG_PORT" zs_pg_on)" || return 1
+  nats_port="$(zs_on_free_port "$ZSERVER_NATS_PORT" zs_nats_on)" || return 1
   export ZSERVER_SERVICES_DIR
   export ZSERVER_TEST_POSTGRES="postgres://zserver@127.0.0.1:$pg_port/postgres"
   export ZSERVER_TEST_NATS="nats://127.0.0.1:$nats_port"
