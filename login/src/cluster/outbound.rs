@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::{encode, Deliver, NodeId, Subjects};
+use super::messages::{encode, Subjects};
+use super::{Deliver, NodeId};
 use crate::lock;
 
 /// Most payload bytes one request carries (NATS refuses messages over 1 MiB by default); a

@@ -1,0 +1,230 @@
+//! [`Cluster`]: this node's handle on its cluster, which the login server calls.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use zserver::{Connection, Error};
+
+use super::actor::{Actor, Subscriptions};
+use super::messages::{encode, stored_notices, Command, Deliver, FailedLogin, Subjects};
+use super::presence::{LocalPresence, RemoteView, SnapshotCache};
+use super::{outbound, ClusterConfig, LocalSessions, NodeId};
+use crate::lock;
+
+/// This node's membership of a cluster.
+pub(crate) struct Cluster {
+    node: NodeId,
+    config: ClusterConfig,
+    /// Kept for its threads; `handle` is how work reaches it.
+    _runtime: OwnedRuntime,
+    handle: tokio::runtime::Handle,
+    nats: async_nats::Client,
+    subjects: Arc<Subjects>,
+    view: Arc<Mutex<RemoteView>>,
+    outbound: Arc<outbound::Outbound>,
+    commands: async_channel::Sender<Command>,
+    inbox: async_channel::Receiver<Command>,
+}
+
+impl Cluster {
+    /// Connects to NATS (failing within 5 s if it cannot be reached); call [`Self::start`]
+    /// once the local server exists.
+    pub(crate) async fn connect(config: ClusterConfig) -> Result<Self, Error> {
+        config.check()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("zserver-cluster")
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let runtime = OwnedRuntime(Some(runtime));
+        let node = {
+            use argon2::password_hash::rand_core::{OsRng, RngCore};
+            OsRng.next_u64()
+        };
+        let (addr, options) = config.connect_options()?;
+        let name = format!("zserver-{}-{node:016x}", config.name);
+        let nats = handle
+            .spawn(async move {
+                options
+                    .name(name)
+                    .connection_timeout(Duration::from_secs(5))
+                    .connect(addr)
+                    .await
+            })
+            .await
+            .map_err(|e| Error::msg(format!("cluster runtime failed: {e}")))?
+            .map_err(|e| {
+                let url = config.nats_url_redacted();
+                Error::msg(format!("cannot reach NATS at {url}: {e}"))
+            })?;
+        let (commands, inbox) = async_channel::unbounded();
+        let subjects = Arc::new(Subjects {
+            presence: format!("{}.presence", config.name),
+            prefix: config.name.clone(),
+        });
+        let outbound =
+            outbound::Outbound::new(nats.clone(), subjects.clone(), config.request_timeout);
+        Ok(Self {
+            node,
+            subjects,
+            outbound: Arc::new(outbound),
+            view: Arc::new(Mutex::new(RemoteView::new(node, config.node_timeout))),
+            config,
+            _runtime: runtime,
+            handle,
+            nats,
+            commands,
+            inbox,
+        })
+    }
+
+    /// Subscribes and starts announcing; `local` answers pushes and kicks from other nodes.
+    pub(crate) async fn start(&self, local: Weak<dyn LocalSessions>) -> Result<(), Error> {
+        let nats = self.nats.clone();
+        let subjects = self.subjects.clone();
+        let me = self.node;
+        let subscribed = self
+            .handle
+            .spawn(async move {
+                let subscriptions = Subscriptions {
+                    presence: nats.subscribe(subjects.presence.clone()).await?,
+                    snapshot_asks: nats.subscribe(subjects.snapshot(me)).await?,
+                    deliver_asks: nats.subscribe(subjects.deliver(me)).await?,
+                    stored: nats.subscribe(subjects.stored()).await?,
+                    failed: nats.subscribe(subjects.failed()).await?,
+                };
+                nats.flush().await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(subscriptions)
+            })
+            .await
+            .map_err(|e| Error::msg(format!("cluster runtime failed: {e}")))?
+            .map_err(|e| Error::msg(format!("cannot subscribe on NATS: {e}")))?;
+        let actor = Actor {
+            local: LocalPresence::new(me),
+            snapshots: SnapshotCache::new(self.config.request_timeout * 5),
+            view: self.view.clone(),
+            nats: self.nats.clone(),
+            subjects: self.subjects.clone(),
+            sessions: local,
+            commands: self.commands.clone(),
+            request_timeout: self.config.request_timeout,
+        };
+        self.handle
+            .spawn(actor.run(self.inbox.clone(), subscribed, self.config.heartbeat));
+        Ok(())
+    }
+
+    /// This node's id.
+    pub(crate) fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// `user` logged in here on `connection`: announce it, and announce the end of the
+    /// session when the connection closes.
+    pub(crate) fn online(&self, user: &str, connection: &Connection) {
+        let _ = self.commands.try_send(Command::Online {
+            user: user.to_owned(),
+            connection: connection.clone(),
+        });
+    }
+
+    /// `user`'s session on `connection` ended (a logout; closed connections are noticed).
+    pub(crate) fn offline(&self, user: &str, connection: u64) {
+        let _ = self.commands.try_send(Command::Offline {
+            user: user.to_owned(),
+            connection,
+        });
+    }
+
+    /// The other node `user` is logged in on, if any.
+    pub(crate) fn locate(&self, user: &str) -> Option<NodeId> {
+        lock(&self.view).locate(user)
+    }
+
+    /// Users online on the other nodes.
+    pub(crate) fn remote_users(&self) -> Vec<String> {
+        lock(&self.view).users()
+    }
+
+    /// The other nodes known now.
+    pub(crate) fn nodes(&self) -> Vec<NodeId> {
+        lock(&self.view).nodes()
+    }
+
+    /// Asks each node to deliver its push to its users, all nodes at once; for each, the
+    /// users it reached (none if the node did not answer in time).
+    pub(crate) async fn deliver(&self, pushes: Vec<(NodeId, Deliver)>) -> Vec<Vec<String>> {
+        let asked: Vec<Vec<_>> = pushes
+            .into_iter()
+            .map(|(node, push)| {
+                outbound::split(push)
+                    .into_iter()
+                    .map(|part| self.outbound.push(&self.handle, node, part))
+                    .collect()
+            })
+            .collect();
+        let mut reached = Vec::with_capacity(asked.len());
+        for parts in asked {
+            let mut users = Vec::new();
+            for answer in parts {
+                users.extend(answer.await.unwrap_or_default());
+            }
+            reached.push(users);
+        }
+        reached
+    }
+
+    /// Tells every node (this one too) that messages were stored for `users`, so that a node
+    /// where one of them logged in meanwhile delivers them at once.
+    pub(crate) fn stored(&self, users: &[String]) {
+        for payload in stored_notices(users) {
+            self.publish_soon(self.subjects.stored(), payload, "stored messages");
+        }
+    }
+
+    /// Tells the other nodes that a login failed here, so that they count it against `keys`
+    /// too (best effort: while NATS is down each node counts its own).
+    pub(crate) fn failed(&self, keys: Vec<String>) {
+        let notice = FailedLogin {
+            node: self.node,
+            keys,
+        };
+        self.publish_soon(self.subjects.failed(), encode(&notice), "a failed login");
+    }
+
+    /// Publishes `payload` on `subject` from the cluster's runtime, without waiting for it
+    /// (a failure is logged as "cannot announce `what`").
+    fn publish_soon(&self, subject: String, payload: bytes::Bytes, what: &'static str) {
+        let nats = self.nats.clone();
+        self.handle.spawn(async move {
+            if let Err(e) = nats.publish(subject, payload).await {
+                tracing::warn!("cluster: cannot announce {what}: {e}");
+            }
+        });
+    }
+
+    /// Announces that this node leaves, and stops (waits at most 2 s for NATS).
+    pub(crate) async fn leave(&self) {
+        let (done, left) = async_channel::bounded(1);
+        if self.commands.try_send(Command::Leave(done)).is_err() {
+            return;
+        }
+        let _ = self
+            .handle
+            .spawn(async move { tokio::time::timeout(Duration::from_secs(2), left.recv()).await })
+            .await;
+    }
+}
+
+/// The cluster's own tokio runtime, shut down without blocking when dropped: it may be
+/// dropped on another runtime's thread, where a blocking shutdown panics.
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}

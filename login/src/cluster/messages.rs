@@ -1,0 +1,121 @@
+//! What nodes say to each other on NATS, the subjects they say it on, and the commands the
+//! local server gives its cluster actor.
+
+use serde::{Deserialize, Serialize};
+use zserver::Connection;
+
+use super::NodeId;
+
+/// A push to users on another node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deliver {
+    /// The sender.
+    pub from: String,
+    /// The recipients, all logged in on the node asked (as far as the sender knows).
+    pub users: Vec<String>,
+    /// The text.
+    pub text: String,
+}
+
+/// A failed login on one node, which every other node counts towards its own limits (so a
+/// guesser gains nothing by spreading attempts over the nodes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailedLogin {
+    /// The node it failed on (which counted it already).
+    pub node: NodeId,
+    /// The limiter's keys it counts against (the address's and the account's).
+    pub keys: Vec<String>,
+}
+
+/// Most user names in one notice on `NAME.stored`.
+pub(super) const STORED_NOTICE: usize = 4096;
+
+/// Most keys one [`FailedLogin`] may carry; a notice with more is ignored.
+pub(super) const MAX_FAILED_KEYS: usize = 4;
+/// Longest key in a [`FailedLogin`], in bytes; a notice with a longer one is ignored.
+pub(super) const MAX_FAILED_KEY_LEN: usize = 128;
+
+/// What the local server tells its cluster actor.
+pub(super) enum Command {
+    Online {
+        user: String,
+        connection: Connection,
+    },
+    Offline {
+        user: String,
+        connection: u64,
+    },
+    Leave(async_channel::Sender<()>),
+}
+
+/// The NATS subjects of one cluster.
+pub(super) struct Subjects {
+    pub(super) presence: String,
+    pub(super) prefix: String,
+}
+
+impl Subjects {
+    pub(super) fn snapshot(&self, node: NodeId) -> String {
+        format!("{}.node.{node:016x}.snapshot", self.prefix)
+    }
+    pub(super) fn deliver(&self, node: NodeId) -> String {
+        format!("{}.node.{node:016x}.deliver", self.prefix)
+    }
+    pub(super) fn stored(&self) -> String {
+        format!("{}.stored", self.prefix)
+    }
+    pub(super) fn failed(&self) -> String {
+        format!("{}.failed", self.prefix)
+    }
+}
+
+/// `value` in postcard (empty if it cannot be encoded).
+pub(super) fn encode<T: Serialize>(value: &T) -> bytes::Bytes {
+    postcard::to_stdvec(value)
+        .map(bytes::Bytes::from)
+        .unwrap_or_default()
+}
+
+/// The `NAME.stored` notices for `users`: at most [`STORED_NOTICE`] names each (user names
+/// are at most 32 bytes), so a push to very many users stays far below NATS's payload limit.
+pub(super) fn stored_notices(users: &[String]) -> Vec<bytes::Bytes> {
+    users
+        .chunks(STORED_NOTICE)
+        .map(|chunk| encode(&chunk))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_notices_stay_small_and_carry_every_name() {
+        assert!(stored_notices(&[]).is_empty());
+        let users: Vec<String> = (0..100_000).map(|i| format!("{i:0>32}")).collect();
+        let notices = stored_notices(&users);
+        assert_eq!(notices.len(), 100_000usize.div_ceil(STORED_NOTICE));
+        let mut heard = Vec::new();
+        for notice in &notices {
+            assert!(notice.len() < 256 << 10, "{} bytes", notice.len());
+            heard.extend(postcard::from_bytes::<Vec<String>>(notice).unwrap());
+        }
+        assert_eq!(heard, users);
+    }
+
+    #[test]
+    fn subjects_are_under_the_cluster_name() {
+        let subjects = Subjects {
+            presence: "chat.presence".into(),
+            prefix: "chat".into(),
+        };
+        assert_eq!(
+            subjects.snapshot(0xab),
+            "chat.node.00000000000000ab.snapshot"
+        );
+        assert_eq!(
+            subjects.deliver(u64::MAX),
+            "chat.node.ffffffffffffffff.deliver"
+        );
+    }
+}

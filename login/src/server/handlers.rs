@@ -1,0 +1,277 @@
+//! The commands' handlers: the router, and the login flow.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use zserver::{Context, DownloadRequest, Error, Outgoing, Router};
+
+use super::config::SecondLogin;
+use super::files::put;
+use super::push::{bounded, kick_connection};
+use super::{db, State};
+use crate::lock;
+use crate::protocol::{
+    Credentials, FileInfo, Incoming, NewPassword, Push, Recipients, Welcome, WhoPage, WhoRequest,
+    MAX_WHO_PAGE,
+};
+use crate::store::check_name;
+
+pub(super) fn router(state: Arc<State>) -> Router {
+    let s = state.clone();
+    let router = Router::new().typed("register", move |_ctx, c: Credentials| {
+        let s = s.clone();
+        async move { db(&s, move |st| st.add_user(&c.user, &c.password)).await }
+    });
+    let s = state.clone();
+    let router = router.typed("login", move |ctx, c: Credentials| {
+        let s = s.clone();
+        async move { login(&s, &ctx, c).await }
+    });
+    let s = state.clone();
+    let router = router.typed("logout", move |ctx, (): ()| {
+        let s = s.clone();
+        async move {
+            let user = s.user(&ctx)?;
+            s.end_session(&user, ctx.connection_id());
+            Ok::<_, Error>(())
+        }
+    });
+    let s = state.clone();
+    let router = router.typed("passwd", move |ctx, p: NewPassword| {
+        let s = s.clone();
+        async move {
+            let user = s.user(&ctx)?;
+            db(&s, move |st| st.change_password(&user, &p.old, &p.new)).await
+        }
+    });
+    let s = state.clone();
+    let router = router.typed("delete", move |ctx, password: String| {
+        let s = s.clone();
+        async move {
+            let user = s.user(&ctx)?;
+            let name = user.clone();
+            db(&s, move |st| {
+                st.verify(&name, &password)?;
+                st.delete_user(&name)
+            })
+            .await?;
+            let _ = std::fs::remove_dir_all(s.files.join(&user));
+            s.end_session(&user, ctx.connection_id());
+            Ok::<_, Error>(())
+        }
+    });
+    let s = state.clone();
+    let router = router.typed("who", move |ctx, request: WhoRequest| {
+        let s = s.clone();
+        async move {
+            s.user(&ctx)?;
+            Ok::<_, Error>(who_page(s.online(), request))
+        }
+    });
+    let s = state.clone();
+    let router = router.typed("push", move |ctx, push: Push| {
+        let s = s.clone();
+        async move {
+            let from = s.user(&ctx)?;
+            let (to, everyone) = match push.to {
+                Recipients::Users(users) => (users, false),
+                Recipients::Everyone => (s.online(), true),
+            };
+            let report = s.push_to(&from, to, &push.text).await?;
+            Ok::<_, Error>(if everyone { bounded(report) } else { report })
+        }
+    });
+    let s = state.clone();
+    let router = router.upload("put", move |ctx, body| {
+        let s = s.clone();
+        async move { put(&s, &ctx, body).await }
+    });
+    let s = state.clone();
+    let router = router.download("get", move |ctx, req: DownloadRequest| {
+        let s = s.clone();
+        async move {
+            let user = s.user(&ctx)?;
+            let path = s.file_path(&user, req.meta_str()?)?;
+            Outgoing::file(path, req.offset).await
+        }
+    });
+    let s = state.clone();
+    let router = router.typed("ls", move |ctx, (): ()| {
+        let s = s.clone();
+        async move { s.list(&s.user(&ctx)?) }
+    });
+    let s = state.clone();
+    let router = router.typed("stat", move |ctx, name: String| {
+        let s = s.clone();
+        async move {
+            let path = s.file_path(&s.user(&ctx)?, &name)?;
+            let meta =
+                std::fs::metadata(&path).map_err(|_| Error::msg(format!("no file `{name}`")))?;
+            Ok::<_, Error>(FileInfo {
+                name,
+                size: meta.len(),
+            })
+        }
+    });
+    let s = state;
+    router.typed("rm", move |ctx, name: String| {
+        let s = s.clone();
+        async move {
+            let path = s.file_path(&s.user(&ctx)?, &name)?;
+            std::fs::remove_file(&path).map_err(|_| Error::msg(format!("no file `{name}`")))
+        }
+    })
+}
+
+async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welcome, Error> {
+    let config = &state.config;
+    let addr_key = format!("addr:{}", ip_of(ctx.peer_addr()));
+    // A name that breaks the naming rule cannot log in; its failures count against the
+    // address only (and one shared key), so a huge name is not kept as a key.
+    let user_key = match check_name(&c.user) {
+        Ok(()) => format!("user:{}", c.user),
+        Err(_) => "user:(bad name)".to_owned(),
+    };
+    let now = Instant::now();
+    {
+        let mut limiter = lock(&state.limiter);
+        if limiter.blocked(&addr_key, now) || limiter.blocked(&user_key, now) {
+            return Err(Error::msg(format!(
+                "too many failed logins; try again in {} s",
+                config.attempt_window.as_secs()
+            )));
+        }
+    }
+    let (user, password) = (c.user.clone(), c.password);
+    if let Err(e) = db(state, move |s| s.verify(&user, &password)).await {
+        let keys = vec![addr_key, user_key];
+        state.count_failures(keys.clone(), now);
+        if let Some(cluster) = &state.cluster {
+            cluster.failed(keys);
+        }
+        return Err(e);
+    }
+    let elsewhere = state.cluster.as_ref().and_then(|cl| cl.locate(&c.user));
+    let (old, previous) = {
+        let mut sessions = lock(&state.sessions);
+        sessions.prune();
+        if config.second_login == SecondLogin::Refuse {
+            let here = sessions
+                .by_user
+                .get(&c.user)
+                .is_some_and(|old| old.id() != ctx.connection_id());
+            if here || elsewhere.is_some() {
+                return Err(Error::msg(format!("`{}` is already logged in", c.user)));
+            }
+        }
+        let previous = sessions.by_conn.remove(&ctx.connection_id());
+        if let Some(previous) = &previous {
+            sessions.by_user.remove(previous);
+        }
+        sessions.by_conn.insert(ctx.connection_id(), c.user.clone());
+        let old = sessions
+            .by_user
+            .insert(c.user.clone(), ctx.connection().clone());
+        (old.filter(|o| o.id() != ctx.connection_id()), previous)
+    };
+    if let Some(cluster) = &state.cluster {
+        // Another user logged in on this connection before: that session ends.
+        if let Some(previous) = previous.filter(|p| *p != c.user) {
+            cluster.offline(&previous, ctx.connection_id());
+        }
+        // Announced to the other nodes; one holding an older session of this user kicks it.
+        cluster.online(&c.user, ctx.connection());
+    }
+    if let Some(old) = old {
+        lock(&state.sessions).by_conn.remove(&old.id());
+        // The event goes out first, then the old connection closes.
+        kick_connection(&*state.runtime, &old, "logged in from another connection").await;
+    }
+    let user = c.user.clone();
+    let offline = db(state, move |s| s.take_messages(&user)).await?;
+    Ok(Welcome {
+        offline: offline
+            .into_iter()
+            .map(|m| Incoming {
+                from: m.from,
+                text: m.text,
+            })
+            .collect(),
+    })
+}
+
+/// The page of `online` (sorted, no duplicates) that `request` asks for.
+fn who_page(online: Vec<String>, request: WhoRequest) -> WhoPage {
+    let total = online.len();
+    let start = match &request.after {
+        Some(after) => online.partition_point(|u| u <= after),
+        None => 0,
+    };
+    let limit = request.limit.clamp(1, MAX_WHO_PAGE) as usize;
+    let end = start.saturating_add(limit).min(total);
+    let mut online = online;
+    online.truncate(end);
+    WhoPage {
+        users: online.split_off(start),
+        online: total as u64,
+        more: end < total,
+    }
+}
+
+fn ip_of(addr: SocketAddr) -> IpAddr {
+    addr.ip()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(range: std::ops::Range<usize>) -> Vec<String> {
+        range.map(|i| format!("u{i:06}")).collect()
+    }
+
+    #[test]
+    fn who_pages_through_the_online_users() {
+        let online = names(0..10);
+        let page = |after: Option<&str>, limit| {
+            who_page(
+                online.clone(),
+                WhoRequest {
+                    after: after.map(str::to_owned),
+                    limit,
+                },
+            )
+        };
+        let first = page(None, 4);
+        assert_eq!(
+            (first.users, first.online, first.more),
+            (names(0..4), 10, true)
+        );
+        let next = page(Some("u000003"), 4);
+        assert_eq!(next.users, names(4..8));
+        let last = page(Some("u000007"), 4);
+        assert_eq!((last.users, last.more), (names(8..10), false));
+        // After a name that is gone, and after the end.
+        assert_eq!(page(Some("u000003x"), 1).users, names(4..5));
+        assert_eq!(
+            page(Some("zzz"), 4),
+            WhoPage {
+                users: vec![],
+                online: 10,
+                more: false
+            }
+        );
+        // A limit of 0 still gives one name; a huge one at most MAX_WHO_PAGE.
+        assert_eq!(page(None, 0).users, names(0..1));
+        let many = who_page(
+            names(0..70_000),
+            WhoRequest {
+                after: None,
+                limit: u32::MAX,
+            },
+        );
+        assert_eq!(many.users.len(), MAX_WHO_PAGE as usize);
+        assert!(many.more);
+    }
+}

@@ -1,0 +1,133 @@
+//! [`LoginServer`]: starting, inspecting and stopping a login server.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use zserver::{Error, Server, ServerBuilder, Transport};
+
+use super::handlers::router;
+use super::limiter::Limiter;
+use super::sessions::Sessions;
+use super::{store_err, LoginConfig, State};
+use crate::cluster::{Cluster, LocalSessions, NodeId};
+use crate::store::Store;
+
+/// A running login server.
+pub struct LoginServer {
+    server: Server,
+    state: Arc<State>,
+}
+
+impl LoginServer {
+    /// Opens the store `config.store` names (creating the data directory), loads or creates
+    /// the server key (`server.key` in the data directory), and listens on `addr`.
+    pub async fn start(
+        transport: Arc<dyn Transport>,
+        addr: SocketAddr,
+        config: LoginConfig,
+    ) -> Result<Self, Error> {
+        let (dir, spec) = (config.data_dir.clone(), config.store.clone());
+        let store = blocking::unblock(move || Store::open_spec(&spec, &dir))
+            .await
+            .map_err(store_err)?;
+        Self::start_with_store(transport, addr, config, store).await
+    }
+
+    /// Like [`start`](Self::start), with a store the caller opened (over any
+    /// [`Storage`](crate::store::Storage) back end); `config.store` is not used.
+    ///
+    /// ```no_run
+    /// # async fn demo(transport: std::sync::Arc<dyn zserver::Transport>) -> Result<(), zserver::Error> {
+    /// use zserver_login::{store::Store, LoginConfig, LoginServer};
+    ///
+    /// let config = LoginConfig::new("/var/lib/zserver");
+    /// let store = Store::open(&config.data_dir).expect("store opens");
+    /// let server =
+    ///     LoginServer::start_with_store(transport, "127.0.0.1:9000".parse().unwrap(), config, store)
+    ///         .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn start_with_store(
+        transport: Arc<dyn Transport>,
+        addr: SocketAddr,
+        config: LoginConfig,
+        store: Store,
+    ) -> Result<Self, Error> {
+        let cluster = match &config.cluster {
+            Some(cluster) => {
+                if store.backend_name() != "postgres" {
+                    return Err(Error::msg(
+                        "a cluster needs a store all its nodes share: a postgres:// URL, \
+                         not the embedded one",
+                    ));
+                }
+                Some(Arc::new(Cluster::connect(cluster.clone()).await?))
+            }
+            None => None,
+        };
+        let files = config.data_dir.join("files");
+        std::fs::create_dir_all(&files)?;
+        let state = Arc::new(State {
+            runtime: transport.runtime(),
+            cluster,
+            store: Arc::new(store),
+            files,
+            sessions: Mutex::new(Sessions {
+                by_user: HashMap::new(),
+                by_conn: HashMap::new(),
+            }),
+            limiter: Mutex::new(Limiter::new(
+                config.attempt_window,
+                config.max_failed_logins,
+            )),
+            config: config.clone(),
+        });
+        let server = ServerBuilder::new(transport)
+            .key_file(config.data_dir.join("server.key"))?
+            .router(router(state.clone()))
+            .bind(addr)
+            .await?;
+        if let Some(cluster) = &state.cluster {
+            let local: Arc<dyn LocalSessions> = state.clone();
+            cluster.start(Arc::downgrade(&local)).await?;
+        }
+        Ok(Self { server, state })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// The server key's fingerprint, for clients to pin.
+    pub fn fingerprint(&self) -> String {
+        self.server.fingerprint()
+    }
+
+    /// Users logged in now, sorted: on any node of the cluster if there is one.
+    pub fn online(&self) -> Vec<String> {
+        self.state.online()
+    }
+
+    /// This node's id in its cluster (`None` without one).
+    pub fn node_id(&self) -> Option<NodeId> {
+        self.state.cluster.as_ref().map(|c| c.node())
+    }
+
+    /// The other nodes of the cluster this node knows of now (empty without one).
+    pub fn peers(&self) -> Vec<NodeId> {
+        self.state
+            .cluster
+            .as_ref()
+            .map_or(Vec::new(), |c| c.nodes())
+    }
+
+    /// Stops gracefully (and tells the cluster this node leaves).
+    pub async fn shutdown(&self) {
+        self.server.shutdown().await;
+        if let Some(cluster) = &self.state.cluster {
+            cluster.leave().await;
+        }
+    }
+}

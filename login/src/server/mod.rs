@@ -1,0 +1,53 @@
+//! The login server: accounts in the embedded [`Store`], sessions bound to connections,
+//! per-user files under the data directory, push and offline messages, rate-limited logins.
+//!
+//! One module per concern: [`LoginConfig`] (config), sessions, the failed-login limiter,
+//! push, the users' files, the command handlers, and the server's lifecycle
+//! ([`LoginServer`]).
+
+mod config;
+mod files;
+mod handlers;
+mod lifecycle;
+mod limiter;
+mod push;
+mod sessions;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use zserver::{Error, Runtime};
+
+use crate::cluster::Cluster;
+use crate::store::{Store, StoreError};
+
+pub use config::{LoginConfig, SecondLogin};
+pub use files::check_file_name;
+pub use lifecycle::LoginServer;
+use limiter::Limiter;
+use sessions::Sessions;
+
+struct State {
+    runtime: Arc<dyn Runtime>,
+    store: Arc<Store>,
+    files: PathBuf,
+    config: LoginConfig,
+    sessions: Mutex<Sessions>,
+    limiter: Mutex<Limiter>,
+    cluster: Option<Arc<Cluster>>,
+}
+
+fn store_err(e: StoreError) -> Error {
+    Error::msg(e.to_string())
+}
+
+/// Runs a blocking store operation off the runtime's threads.
+async fn db<T: Send + 'static>(
+    state: &Arc<State>,
+    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Error> {
+    let store = state.store.clone();
+    blocking::unblock(move || f(&store))
+        .await
+        .map_err(store_err)
+}

@@ -1,0 +1,312 @@
+//! Push: messages to users logged in here, on other nodes, or stored for their next login;
+//! kicks; and what the cluster asks of this node (deliveries, kicks, counted failures).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use zserver::{Connection, Error, Runtime};
+
+use super::{db, store_err, State};
+use crate::cluster::{BoxFuture, Deliver, LocalSessions, NodeId};
+use crate::lock;
+use crate::protocol::{Incoming, PushReport, MAX_REPORTED};
+use crate::store::check_name;
+
+/// How long a push waits for room in one recipient's send buffer (their client is not
+/// reading) before it stores the message for them instead; a kick waits as long, then closes
+/// the connection anyway. Shorter than a cluster request's time-out, so that a node asked to
+/// deliver answers in time.
+const SEND_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Sends `command` with `payload` on `conn`, waiting at most `patience` for room in its
+/// buffer; whether it was queued (a send given up on queues nothing).
+async fn send_patiently(
+    runtime: &dyn Runtime,
+    conn: &Connection,
+    command: &str,
+    payload: &[u8],
+    patience: Duration,
+) -> bool {
+    futures_lite::future::or(
+        async { conn.send_bytes(command, payload).await.is_ok() },
+        async {
+            runtime.sleep(patience).await;
+            false
+        },
+    )
+    .await
+}
+
+/// Sends `message` to each of `conns` (`None`: not logged in here) all at once, so that one
+/// recipient who does not read holds up no one else, each waiting at most `patience` for
+/// room; for each, whether it was queued.
+async fn send_to_each(
+    runtime: &dyn Runtime,
+    conns: &[Option<Connection>],
+    message: &Incoming,
+    patience: Duration,
+) -> Vec<bool> {
+    let Ok(payload) = postcard::to_allocvec(message) else {
+        return vec![false; conns.len()];
+    };
+    let sends = conns.iter().map(|conn| {
+        let payload = &payload;
+        async move {
+            match conn {
+                Some(conn) => send_patiently(runtime, conn, "message", payload, patience).await,
+                None => false,
+            }
+        }
+    });
+    futures_util::future::join_all(sends).await
+}
+
+/// Tells `conn` it was kicked (waiting at most [`SEND_PATIENCE`]), then closes it.
+pub(super) async fn kick_connection(runtime: &dyn Runtime, conn: &Connection, why: &str) {
+    let payload = postcard::to_allocvec(why).unwrap_or_default();
+    send_patiently(runtime, conn, "kicked", &payload, SEND_PATIENCE).await;
+    conn.begin_close();
+}
+
+impl State {
+    /// Delivers `text` from `from` to each of `users`: here, through the node they are logged
+    /// in on, or (offline, or unreachable) stored for their next login.
+    pub(super) async fn push_to(
+        self: &Arc<Self>,
+        from: &str,
+        users: Vec<String>,
+        text: &str,
+    ) -> Result<PushReport, Error> {
+        let message = Incoming {
+            from: from.to_owned(),
+            text: text.to_owned(),
+        };
+        let mut report = PushReport::default();
+        let mut remote: HashMap<NodeId, Vec<String>> = HashMap::new();
+        let mut offline = Vec::new();
+        for user in &users {
+            check_name(user).map_err(store_err)?;
+        }
+        let conns = self.local_sessions(&users);
+        let sent = send_to_each(&*self.runtime, &conns, &message, SEND_PATIENCE).await;
+        for (user, sent) in users.into_iter().zip(sent) {
+            if sent {
+                report.delivered.push(user);
+            } else if let Some(node) = self.cluster.as_ref().and_then(|c| c.locate(&user)) {
+                remote.entry(node).or_default().push(user);
+            } else {
+                offline.push(user);
+            }
+        }
+        if let Some(cluster) = &self.cluster {
+            let remote: Vec<(NodeId, Vec<String>)> = remote.into_iter().collect();
+            let pushes = remote
+                .iter()
+                .map(|(node, users)| {
+                    let push = Deliver {
+                        from: from.to_owned(),
+                        users: users.clone(),
+                        text: text.to_owned(),
+                    };
+                    (*node, push)
+                })
+                .collect();
+            let answers = cluster.deliver(pushes).await;
+            for ((_, users), reached) in remote.into_iter().zip(answers) {
+                let reached: std::collections::HashSet<String> = reached.into_iter().collect();
+                for user in users {
+                    if reached.contains(&user) {
+                        report.delivered.push(user);
+                    } else {
+                        offline.push(user);
+                    }
+                }
+            }
+        }
+        let stored = if offline.is_empty() {
+            Ok(())
+        } else {
+            let (to, from, text) = (offline.clone(), from.to_owned(), text.to_owned());
+            db(self, move |s| s.queue_for_many(&to, &from, &text)).await
+        };
+        // Also on an error for an unknown recipient: the others' messages were stored.
+        report.stored = offline;
+        if let Some(cluster) = &self.cluster {
+            // A recipient may have logged in somewhere since we looked: that node takes it.
+            cluster.stored(&report.stored);
+        } else {
+            // A recipient may have logged in here since we looked, and taken their messages
+            // before this one was stored: it is delivered now, not at their next login.
+            for deliver in self.collect(report.stored.clone()) {
+                deliver.await;
+            }
+        }
+        report.delivered_count = report.delivered.len() as u64;
+        report.stored_count = report.stored.len() as u64;
+        stored.map(|()| report)
+    }
+
+    /// Takes `user`'s stored messages and sends them on `conn`, their session here (storing
+    /// them again if the session ends meanwhile).
+    fn deliver_stored(&self, user: String, conn: Connection) -> BoxFuture<()> {
+        let (store, runtime) = (self.store.clone(), self.runtime.clone());
+        Box::pin(async move {
+            let (st, name) = (store.clone(), user.clone());
+            let Ok(messages) = blocking::unblock(move || st.take_messages(&name)).await else {
+                return;
+            };
+            let mut messages = messages.into_iter();
+            while let Some(m) = messages.next() {
+                let incoming = Incoming {
+                    from: m.from.clone(),
+                    text: m.text.clone(),
+                };
+                let payload = postcard::to_allocvec(&incoming).unwrap_or_default();
+                if !send_patiently(&*runtime, &conn, "message", &payload, SEND_PATIENCE).await {
+                    // The session ended meanwhile, or its client stopped reading: store them
+                    // again, for the next login.
+                    let back: Vec<_> = std::iter::once(m).chain(messages).collect();
+                    blocking::unblock(move || {
+                        for m in back {
+                            let _ = store.queue_message(&user, &m.from, &m.text);
+                        }
+                    })
+                    .await;
+                    return;
+                }
+            }
+        })
+    }
+}
+
+impl LocalSessions for State {
+    fn deliver_local(&self, pushes: Vec<Deliver>) -> BoxFuture<Vec<Vec<String>>> {
+        // One look at the sessions for every recipient of every push in the batch.
+        let all: Vec<String> = pushes
+            .iter()
+            .flat_map(|p| p.users.iter().cloned())
+            .collect();
+        let mut conns = self.local_sessions(&all).into_iter();
+        let looked_up: Vec<_> = pushes
+            .into_iter()
+            .map(|push| {
+                let mine: Vec<_> = conns.by_ref().take(push.users.len()).collect();
+                (push, mine)
+            })
+            .collect();
+        let runtime = self.runtime.clone();
+        Box::pin(async move {
+            // The whole batch gets SEND_PATIENCE, well within the sender's time-out; a
+            // recipient found not reading is not waited for again in the same batch.
+            let deadline = runtime.now() + SEND_PATIENCE;
+            let mut stalled = std::collections::HashSet::new();
+            let mut reached = Vec::with_capacity(looked_up.len());
+            for (push, mut conns) in looked_up {
+                for conn in &mut conns {
+                    if conn.as_ref().is_some_and(|c| stalled.contains(&c.id())) {
+                        *conn = None;
+                    }
+                }
+                let message = Incoming {
+                    from: push.from,
+                    text: push.text,
+                };
+                let patience = deadline.saturating_duration_since(runtime.now());
+                let sent = send_to_each(&*runtime, &conns, &message, patience).await;
+                for (conn, sent) in conns.iter().zip(&sent) {
+                    if let (Some(conn), false) = (conn, sent) {
+                        stalled.insert(conn.id());
+                    }
+                }
+                reached.push(
+                    push.users
+                        .into_iter()
+                        .zip(sent)
+                        .filter_map(|(user, sent)| sent.then_some(user))
+                        .collect(),
+                );
+            }
+            reached
+        })
+    }
+
+    fn collect(&self, users: Vec<String>) -> Vec<BoxFuture<()>> {
+        let conns = self.local_sessions(&users);
+        users
+            .into_iter()
+            .zip(conns)
+            .filter_map(|(user, conn)| Some(self.deliver_stored(user, conn?)))
+            .collect()
+    }
+
+    fn count_failure(&self, keys: Vec<String>) {
+        self.count_failures(keys, Instant::now());
+    }
+
+    fn kick(&self, user: String, connection: u64) -> BoxFuture<()> {
+        let conn = {
+            let mut sessions = lock(&self.sessions);
+            match sessions.by_user.get(&user) {
+                Some(c) if c.id() == connection => {
+                    let conn = c.clone();
+                    sessions.by_user.remove(&user);
+                    sessions.by_conn.remove(&connection);
+                    Some(conn)
+                }
+                _ => None,
+            }
+        };
+        if conn.is_some() {
+            if let Some(cluster) = &self.cluster {
+                cluster.offline(&user, connection);
+            }
+        }
+        let runtime = self.runtime.clone();
+        Box::pin(async move {
+            if let Some(conn) = conn {
+                kick_connection(&*runtime, &conn, "logged in on another node").await;
+            }
+        })
+    }
+}
+
+/// A push-to-everyone's report with at most [`MAX_REPORTED`] names in each list (the counts
+/// stay whole), so that it fits in a reply however many users are online.
+pub(super) fn bounded(mut report: PushReport) -> PushReport {
+    report.delivered.truncate(MAX_REPORTED);
+    report.stored.truncate(MAX_REPORTED);
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(range: std::ops::Range<usize>) -> Vec<String> {
+        range.map(|i| format!("u{i:06}")).collect()
+    }
+
+    #[test]
+    fn a_report_to_everyone_lists_a_bounded_number_of_names() {
+        let report = PushReport {
+            delivered: names(0..MAX_REPORTED + 5),
+            stored: names(0..3),
+            delivered_count: (MAX_REPORTED + 5) as u64,
+            stored_count: 3,
+        };
+        let bounded = bounded(report);
+        assert_eq!(bounded.delivered, names(0..MAX_REPORTED));
+        assert_eq!(bounded.stored, names(0..3));
+        assert_eq!(bounded.delivered_count, (MAX_REPORTED + 5) as u64);
+        // Even a full report of MAX_REPORTED longest names each fits in one frame.
+        let longest: Vec<String> = (0..MAX_REPORTED).map(|i| format!("{i:0>32}")).collect();
+        let full = PushReport {
+            delivered: longest.clone(),
+            stored: longest,
+            ..PushReport::default()
+        };
+        let bytes = postcard::to_allocvec(&full).unwrap().len();
+        assert!(bytes < zserver::frame::DEFAULT_MAX_FRAME / 4, "{bytes}");
+    }
+}
