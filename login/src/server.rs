@@ -14,6 +14,7 @@ use zserver::{
 
 use crate::cluster::{BoxFuture, Cluster, ClusterConfig, Deliver, LocalSessions, NodeId};
 use crate::lock;
+use crate::metrics::{LoginMetrics, LoginOutcome};
 use crate::protocol::{
     Credentials, FileInfo, Incoming, NewPassword, Push, PushReport, Recipients, Welcome, WhoPage,
     WhoRequest, MAX_REPORTED, MAX_WHO_PAGE,
@@ -47,6 +48,11 @@ pub struct LoginConfig {
     pub store: String,
     /// Join a cluster of nodes sharing presence through NATS; `None` runs one node alone.
     pub cluster: Option<ClusterConfig>,
+    /// Settings of every client connection (payload compression, limits, time-outs).
+    pub connection: zserver::Config,
+    /// Record every command's outcome and duration in [`LoginServer::metrics`] (an
+    /// `on_complete` hook; off by default, when it costs nothing).
+    pub observe_calls: bool,
 }
 
 impl LoginConfig {
@@ -61,6 +67,8 @@ impl LoginConfig {
             attempt_window: Duration::from_secs(60),
             store: "embedded".into(),
             cluster: None,
+            connection: zserver::Config::default(),
+            observe_calls: false,
         }
     }
 }
@@ -198,6 +206,7 @@ struct State {
     sessions: Mutex<Sessions>,
     limiter: Mutex<Limiter>,
     cluster: Option<Arc<Cluster>>,
+    metrics: Arc<LoginMetrics>,
 }
 
 fn store_err(e: StoreError) -> Error {
@@ -367,6 +376,8 @@ impl State {
         }
         report.delivered_count = report.delivered.len() as u64;
         report.stored_count = report.stored.len() as u64;
+        self.metrics
+            .pushed(report.delivered.len(), report.stored.len());
         stored.map(|()| report)
     }
 
@@ -605,10 +616,16 @@ impl LoginServer {
                 config.max_failed_logins,
             )),
             config: config.clone(),
+            metrics: Arc::default(),
         });
+        let mut routes = router(state.clone());
+        if config.observe_calls {
+            routes = routes.on_complete(state.metrics.calls().hook());
+        }
         let server = ServerBuilder::new(transport)
             .key_file(config.data_dir.join("server.key"))?
-            .router(router(state.clone()))
+            .config(config.connection.clone())
+            .router(routes)
             .bind(addr)
             .await?;
         if let Some(cluster) = &state.cluster {
@@ -626,6 +643,22 @@ impl LoginServer {
     /// The server key's fingerprint, for clients to pin.
     pub fn fingerprint(&self) -> String {
         self.server.fingerprint()
+    }
+
+    /// What this server counted: logins, pushes, transfers, completed commands.
+    pub fn metrics(&self) -> &Arc<LoginMetrics> {
+        &self.state.metrics
+    }
+
+    /// Messages waiting in the store for their recipients' next login (all users; in a
+    /// cluster, the shared store's). Blocking: a query to the store.
+    pub fn stored_messages(&self) -> Result<u64, StoreError> {
+        self.state.store.count_messages()
+    }
+
+    /// The underlying zserver server (connection counts, byte totals, shutdown state).
+    pub fn server(&self) -> &Server {
+        &self.server
     }
 
     /// Users logged in now, sorted: on any node of the cluster if there is one.
@@ -731,7 +764,8 @@ fn router(state: Arc<State>) -> Router {
         async move {
             let user = s.user(&ctx)?;
             let path = s.file_path(&user, req.meta_str()?)?;
-            Outgoing::file(path, req.offset).await
+            let body = Outgoing::file(path, req.offset).await?;
+            Ok(body.on_progress(s.metrics.download_progress()))
         }
     });
     let s = state.clone();
@@ -775,6 +809,7 @@ async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welc
     {
         let mut limiter = lock(&state.limiter);
         if limiter.blocked(&addr_key, now) || limiter.blocked(&user_key, now) {
+            state.metrics.login(LoginOutcome::Limited);
             return Err(Error::msg(format!(
                 "too many failed logins; try again in {} s",
                 config.attempt_window.as_secs()
@@ -783,6 +818,7 @@ async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welc
     }
     let (user, password) = (c.user.clone(), c.password);
     if let Err(e) = db(state, move |s| s.verify(&user, &password)).await {
+        state.metrics.login(LoginOutcome::WrongPassword);
         let keys = vec![addr_key, user_key];
         state.count_failures(keys.clone(), now);
         if let Some(cluster) = &state.cluster {
@@ -826,6 +862,9 @@ async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welc
         // The event goes out first, then the old connection closes.
         kick_connection(&*state.runtime, &old, "logged in from another connection").await;
     }
+    state.metrics.login(LoginOutcome::Ok);
+    ctx.connection().span().record("user", c.user.as_str());
+    tracing::info!(user = %c.user, "logged in");
     let user = c.user.clone();
     let offline = db(state, move |s| s.take_messages(&user)).await?;
     Ok(Welcome {
@@ -898,6 +937,7 @@ async fn put(state: &Arc<State>, ctx: &Context, mut body: Upload) -> Result<Vec<
         let mut written = 0u64;
         while let Some(chunk) = body.chunk().await? {
             written += chunk.len() as u64;
+            state.metrics.uploaded(chunk.len() as u64);
             if written > room {
                 return Err(Error::msg(format!("quota exceeded: {room} bytes free")));
             }
