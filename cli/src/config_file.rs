@@ -4,10 +4,9 @@
 //! added later included) is a key with nothing to list here: a key is a flag's long name
 //! without the dashes (`quota-mib = 2048`), or its snake_case id (`quota_mib`). Each value
 //! becomes that flag's default, so a flag given on the command line (or through its
-//! environment variable) wins. An unknown key, or a value the flag would refuse, is an error
-//! that names the key and the file.
+//! environment variable) wins. An unknown key is an error that names the key and the file;
+//! a value the flag refuses is reported by clap as for the flag (see [`parse_error`]).
 
-use std::ffi::OsString;
 use std::path::Path;
 
 use clap::{ArgAction, Command};
@@ -34,8 +33,7 @@ pub fn apply(cmd: Command, sub: &str, path: &Path) -> Result<Command, BoxError> 
     }))
 }
 
-/// The defaults `text` sets for `cmd`'s flags: (argument id, values), checked with each
-/// flag's own value parser.
+/// The defaults `text` sets for `cmd`'s flags: (argument id, values).
 fn defaults(cmd: &Command, text: &str) -> Result<Vec<(String, Vec<String>)>, String> {
     let table: toml::Table = text.parse().map_err(|e| format!("not valid TOML: {e}"))?;
     let mut out = Vec::new();
@@ -62,12 +60,6 @@ fn defaults(cmd: &Command, text: &str) -> Result<Vec<(String, Vec<String>)>, Str
         if !takes_values(arg) && values.len() != 1 {
             return Err(format!("key `{key}`: give one value"));
         }
-        let parser = arg.get_value_parser();
-        for v in &values {
-            parser
-                .parse_ref(cmd, Some(arg), &OsString::from(v))
-                .map_err(|e| format!("key `{key}`: {}", first_line(&e.to_string())))?;
-        }
         out.push((arg.get_id().to_string(), values));
     }
     Ok(out)
@@ -93,11 +85,24 @@ fn scalars(value: &toml::Value) -> Option<Vec<String>> {
     }
 }
 
-fn first_line(text: &str) -> &str {
-    text.lines()
-        .next()
-        .unwrap_or(text)
-        .trim_start_matches("error: ")
+/// A parse error once the file's defaults are in: a refused value may be the file's, which
+/// clap reports under the flag's name; this adds the file's name.
+pub fn parse_error(error: clap::Error, path: &Path) -> clap::Error {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation => {
+            let text = error.render().to_string();
+            clap::Error::raw(
+                error.kind(),
+                format!(
+                    "{}\n  (the value may come from the config file {})\n",
+                    text.trim_end().trim_start_matches("error: "),
+                    path.display()
+                ),
+            )
+        }
+        _ => error,
+    }
 }
 
 #[cfg(test)]
@@ -182,7 +187,7 @@ mod tests {
         assert!(err.contains("unknown key `lisen`"), "{err}");
         assert!(err.contains("listen, quota-mib"), "{err}");
         let err = parse("listen = \"nowhere\"\n", &["z", "serve"]).unwrap_err();
-        assert!(err.contains("key `listen`"), "{err}");
+        assert!(err.contains("'nowhere' for '--listen"), "{err}");
         let err = parse("quota-mib = [1, 2]\n", &["z", "serve"]).unwrap_err();
         assert!(err.contains("give one value"), "{err}");
         let err = parse("config = \"other.toml\"\n", &["z", "serve"]).unwrap_err();

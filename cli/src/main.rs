@@ -59,7 +59,10 @@ fn parse() -> Result<ArgMatches, bench::BoxError> {
     let matches = command().get_matches();
     if let Some(("serve", serve)) = matches.subcommand() {
         if let Some(path) = serve.get_one::<std::path::PathBuf>("config") {
-            return Ok(config_file::apply(command(), "serve", path)?.get_matches());
+            let cmd = config_file::apply(command(), "serve", path)?;
+            return Ok(cmd
+                .try_get_matches()
+                .unwrap_or_else(|e| config_file::parse_error(e, path).exit()));
         }
     }
     Ok(matches)

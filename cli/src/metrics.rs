@@ -134,7 +134,9 @@ impl Figures {
         }
     }
 
-    /// Adds another listener's connections and bytes under the label `transport`.
+    /// Adds another listener's connections and bytes under the label `transport` (such
+    /// as `ws` for a WebSocket listener): one call per listener.
+    #[allow(dead_code, reason = "for listeners other than TCP, such as WebSocket")]
     pub fn transport(mut self, transport: &'static str, server: zserver::Server) -> Self {
         self.transports.push((transport, server));
         self
@@ -267,7 +269,7 @@ impl Collector for Figures {
             counter,
             &errors,
         )?;
-        let m = e.encode_descriptor(
+        let mut m = e.encode_descriptor(
             "zserver_call_duration_seconds",
             "Time from a command's arrival to its answer.",
             None,
