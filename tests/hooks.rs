@@ -156,7 +156,9 @@ async fn observe_every_command(addr: &str) {
         ..Seen::default()
     });
     let (on_exec, on_done) = (seen.clone(), seen.clone());
+    let metrics = Arc::new(zserver::metrics::CallMetrics::default());
     let router = base_router(Arc::default())
+        .on_complete(metrics.hook())
         .console("fail", |_ctx, _: String| async move {
             Err::<String, _>(Error::msg("nope"))
         })
@@ -219,6 +221,17 @@ async fn observe_every_command(addr: &str) {
         assert!(!s.completed_ok.contains_key("nosuch"));
         assert!(!s.completed_err.contains_key("nosuch"));
     });
+    // The metrics hook saw the same completions (unknown commands are not handled).
+    let m = metrics.snapshot();
+    assert_eq!(
+        m.calls,
+        vec![("call", 12), ("send", 5), ("upload", 0), ("download", 0)]
+    );
+    assert_eq!(
+        m.errors,
+        vec![("call", "handler", 1), ("call", "no_response", 1)]
+    );
+    assert_eq!(m.count, 17);
     server.shutdown().await;
 }
 

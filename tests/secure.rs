@@ -218,6 +218,11 @@ fn a_wrong_pinned_key_is_refused_before_any_command_runs() {
         assert!(matches!(err, Error::KeyMismatch { .. }), "{err:?}");
         assert!(err.to_string().contains(&server.fingerprint()), "{err}");
         assert_eq!(server.stats().totals.calls_in, 0);
+        // The server counts the handshake the client broke off.
+        eventually("a failed handshake counted", || {
+            server.stats().handshakes_failed == 1
+        })
+        .await;
         // The right pin, given as the fingerprint the server prints, connects.
         let client = zserver::client()
             .pin_server_fingerprint(&server.fingerprint())?

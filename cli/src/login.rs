@@ -11,6 +11,9 @@ use zserver_login::{
 };
 
 use crate::bench::{run_on, BoxError};
+use crate::known_servers::{self, Trust};
+use crate::metrics::{Exporter, Figures};
+use crate::options::{init_logs, CompressionArg, ServeOps};
 
 /// Arguments of `zserver serve`.
 #[derive(clap::Args, Debug)]
@@ -41,6 +44,8 @@ pub struct ServeArgs {
     /// The cluster's name (prefix of its NATS subjects), for several clusters on one NATS.
     #[arg(long, default_value = "zserver")]
     pub cluster_name: String,
+    #[command(flatten)]
+    pub ops: ServeOps,
 }
 
 /// Arguments of `zserver user`.
@@ -82,15 +87,23 @@ pub struct ClientArgs {
     /// The server's address.
     #[arg(long, default_value = "127.0.0.1:7100")]
     pub server: SocketAddr,
-    /// The user to act as.
+    /// The user to act as (every action but `known`).
     #[arg(long)]
-    pub user: String,
+    pub user: Option<String>,
     /// The password (or set ZSERVER_PASSWORD).
     #[arg(long, env = "ZSERVER_PASSWORD", hide_env_values = true)]
-    pub password: String,
-    /// Refuse a server whose key fingerprint (printed by `zserver serve`) is not this one.
+    pub password: Option<String>,
+    /// Refuse a server whose key fingerprint (printed by `zserver serve`) is not this one;
+    /// without it, the key recorded in the known-servers file at first use is required.
     #[arg(long)]
     pub pin: Option<String>,
+    /// The known-servers file (default: known_servers in the user's config directory,
+    /// such as ~/.config/zserver/known_servers).
+    #[arg(long, env = "ZSERVER_KNOWN_SERVERS", value_name = "FILE")]
+    pub known_servers: Option<PathBuf>,
+    /// Payload compression to ask the server for (used if the server offers it too).
+    #[arg(long, value_enum, default_value_t = CompressionArg::None)]
+    pub compression: CompressionArg,
     /// Network back end.
     #[arg(long, default_value = "tokio", value_parser = ["tokio", "async-std", "smol"])]
     pub backend: String,
@@ -142,14 +155,16 @@ pub enum ClientAction {
     Who,
     /// Stays connected and prints messages as they arrive.
     Listen,
+    /// Lists the servers whose keys are recorded (trust on first use), or forgets one.
+    Known {
+        /// Forget this address's key (to accept a new one at the next connection).
+        #[arg(long, value_name = "ADDR")]
+        forget: Option<String>,
+    },
 }
 
 pub fn serve(args: ServeArgs) -> Result<(), BoxError> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    init_logs(args.ops.log_format);
     let transport = zserver::transport(&args.backend).ok_or("unknown back end")?;
     let mut config = LoginConfig::new(&args.data);
     config.quota_bytes = args.quota_mib << 20;
@@ -162,11 +177,13 @@ pub fn serve(args: ServeArgs) -> Result<(), BoxError> {
         cluster.name = args.cluster_name.clone();
         config.cluster = Some(cluster);
     }
+    config.connection.compression = args.ops.compression.compression();
+    config.observe_calls = args.ops.metrics.is_some();
     let runtime = transport.runtime();
-    let server = run_on(
+    let server = Arc::new(run_on(
         &runtime,
         LoginServer::start(transport, args.listen, config.clone()),
-    )?;
+    )?);
     println!(
         "zserver listening on {} ({})",
         server.local_addr(),
@@ -181,14 +198,28 @@ pub fn serve(args: ServeArgs) -> Result<(), BoxError> {
             cluster.nats_url_redacted()
         );
     }
+    let exporter = match args.ops.metrics {
+        Some(addr) => {
+            let exporter = Exporter::start(addr, Figures::new(server.clone()))?;
+            println!("metrics on http://{}/metrics", exporter.local_addr());
+            Some(exporter)
+        }
+        None => None,
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     ctrlc::set_handler(move || {
         let _ = tx.send(());
     })?;
     let _ = rx.recv();
     eprintln!("shutting down");
-    let server = Arc::new(server);
+    if let Some(exporter) = &exporter {
+        exporter.shutting_down();
+    }
+    if args.ops.drain_secs > 0.0 {
+        std::thread::sleep(std::time::Duration::from_secs_f64(args.ops.drain_secs));
+    }
     run_on(&runtime, async move { server.shutdown().await });
+    drop(exporter);
     Ok(())
 }
 
@@ -237,6 +268,9 @@ fn track(bar: &ProgressBar) -> impl FnMut(u64, Option<u64>) + Send + 'static {
 }
 
 pub fn client(args: ClientArgs) -> Result<(), BoxError> {
+    if let ClientAction::Known { forget } = &args.action {
+        return known_servers::command(args.known_servers.as_deref(), forget.as_deref());
+    }
     let transport = zserver::transport(&args.backend).ok_or("unknown back end")?;
     let runtime = transport.runtime();
     run_on(
@@ -249,19 +283,38 @@ async fn client_action(
     transport: Arc<dyn zserver::Transport>,
     args: ClientArgs,
 ) -> Result<(), BoxError> {
-    let client = LoginClient::connect(transport, args.server, args.pin.as_deref()).await?;
+    let (user, password) = match (&args.user, &args.password) {
+        (Some(user), Some(password)) => (user.clone(), password.clone()),
+        _ => return Err("--user and --password (or ZSERVER_PASSWORD) are required".into()),
+    };
+    let addr = args.server.to_string();
+    let mut trust = Trust::new(&addr, args.pin.as_deref(), args.known_servers.as_deref())?;
+    let mut config = zserver::Config::default();
+    config.compression = args.compression.compression();
+    let client = LoginClient::connect_with(transport, args.server, trust.pin.as_deref(), config)
+        .await
+        .map_err(|e| trust.explain(e))?;
+    let key = client
+        .client()
+        .peer_key()
+        .ok_or("the server's key is unknown")?;
+    trust.connected(&zserver::secure::hex(&key))?;
+    if args.compression != CompressionArg::None {
+        let codec = client.client().codec().unwrap_or("none");
+        eprintln!("zserver: payload compression {codec}");
+    }
     if let ClientAction::Register = args.action {
-        client.register(&args.user, &args.password).await?;
-        println!("registered `{}`", args.user);
+        client.register(&user, &password).await?;
+        println!("registered `{user}`");
         return Ok(());
     }
-    let offline = client.login(&args.user, &args.password).await?;
+    let offline = client.login(&user, &password).await?;
     for m in &offline {
         println!("message from {}: {}", m.from, m.text);
     }
     match args.action {
-        ClientAction::Register => unreachable!("handled above"),
-        ClientAction::Login => println!("logged in as `{}`", args.user),
+        ClientAction::Register | ClientAction::Known { .. } => unreachable!("handled above"),
+        ClientAction::Login => println!("logged in as `{user}`"),
         ClientAction::Put { file, name } => {
             let name = match name {
                 Some(n) => n,

@@ -6,11 +6,15 @@
 //! - `zserver bench`: the back ends against each other and against the peers (a raw tokio
 //!   echo and tarpc), in one run, servers in separate processes. See `BENCHMARKS.md`.
 
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod bench;
 mod cluster_bench;
+mod config_file;
+mod known_servers;
 mod login;
+mod metrics;
+mod options;
 
 #[derive(Parser)]
 #[command(
@@ -40,8 +44,38 @@ enum Command {
     BenchServer(bench::server::ServerArgs),
 }
 
+/// The command line's definition, with a version that names the wire protocol too.
+fn command() -> clap::Command {
+    Cli::command().version(format!(
+        "{} (wire protocol {})",
+        env!("CARGO_PKG_VERSION"),
+        zserver::frame::PROTOCOL_VERSION
+    ))
+}
+
+/// Parses the command line; for `serve --config FILE`, again with the file's keys as
+/// defaults (so that flags given on the command line win).
+fn parse() -> Result<ArgMatches, bench::BoxError> {
+    let matches = command().get_matches();
+    if let Some(("serve", serve)) = matches.subcommand() {
+        if let Some(path) = serve.get_one::<std::path::PathBuf>("config") {
+            let cmd = config_file::apply(command(), "serve", path)?;
+            return Ok(cmd
+                .try_get_matches()
+                .unwrap_or_else(|e| config_file::parse_error(e, path).exit()));
+        }
+    }
+    Ok(matches)
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(matches) => Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()),
+        Err(e) => {
+            eprintln!("zserver: {e}");
+            std::process::exit(2);
+        }
+    };
     let result = match cli.command {
         Command::Serve(args) => login::serve(args),
         Command::User(args) => login::user(args),

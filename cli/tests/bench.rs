@@ -17,7 +17,8 @@ fn a_tiny_bench_run_reports_every_row() {
             "--secs",
             "0.05",
         ])
-        .args(["--connections", "50", "--json"])
+        // Compression offered by both ends (used by the bulk rows' 1 MiB chunks).
+        .args(["--compression", "lz4", "--connections", "50", "--json"])
         .arg(&json)
         .output()
         .expect("run zserver bench");

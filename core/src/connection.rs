@@ -23,6 +23,7 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use futures_lite::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::codec::{self, Codec};
 use crate::config::Config;
@@ -116,6 +117,9 @@ struct Shared {
     /// Per-connection state of other modules (such as services' remote objects), one
     /// value per type; cleared when the connection closes.
     extensions: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
+    /// The `connection` tracing span (id, peer, user): the reader, the writer and spawned
+    /// handlers run in it.
+    span: tracing::Span,
 }
 
 /// Locks a mutex, ignoring poisoning: every critical section here leaves its state valid.
@@ -265,13 +269,22 @@ impl Connection {
             Some(s) => (Some(s.sealer), Some(s.opener), Some(s.peer_key)),
             None => (None, None, None),
         };
+        let span = tracing::info_span!(
+            "connection",
+            id = setup.id,
+            %peer,
+            user = tracing::field::Empty
+        );
         let sequential = setup.config.sequential.then(|| {
             let (tx, rx) = async_channel::bounded::<BoxFuture<'static, ()>>(SEQUENTIAL_QUEUE);
-            setup.runtime.spawn(Box::pin(async move {
+            let queue = async move {
                 while let Ok(task) = rx.recv().await {
                     task.await;
                 }
-            }));
+            };
+            setup
+                .runtime
+                .spawn(Box::pin(queue.instrument(span.clone())));
             tx
         });
         let shared = Arc::new(Shared {
@@ -301,14 +314,14 @@ impl Connection {
             sequential,
             on_close: Mutex::new(setup.on_close),
             extensions: Mutex::new(Vec::new()),
+            span,
         });
         let conn = Connection { shared };
-        conn.shared
-            .runtime
-            .spawn(Box::pin(conn.clone().run_writer(write, sealer)));
-        conn.shared
-            .runtime
-            .spawn(Box::pin(conn.clone().run_reader(read, opener)));
+        let (runtime, span) = (&conn.shared.runtime, &conn.shared.span);
+        let writer = conn.clone().run_writer(write, sealer);
+        runtime.spawn(Box::pin(writer.instrument(span.clone())));
+        let reader = conn.clone().run_reader(read, opener);
+        runtime.spawn(Box::pin(reader.instrument(span.clone())));
         conn
     }
 
@@ -336,6 +349,14 @@ impl Connection {
     /// `None` when payloads travel as they are.
     pub fn codec(&self) -> Option<&'static str> {
         self.shared.codec.as_ref().map(|c| c.name())
+    }
+
+    /// This connection's tracing span, `connection` with fields `id`, `peer` and `user`
+    /// (empty until recorded): its tasks and spawned handlers run in it, so every event they
+    /// log carries them. A login handler records the user once known:
+    /// `conn.span().record("user", name)`.
+    pub fn span(&self) -> &tracing::Span {
+        &self.shared.span
     }
 
     /// A snapshot of this connection's counters.
@@ -1195,11 +1216,17 @@ impl Connection {
             responder.track(Completion::new(self, &info))
         };
         let ctx = HandlerContext::new(self.clone());
+        // Per-call span at debug level: when disabled (the usual case) this is one check of
+        // a cached flag and the handler's future is not wrapped.
+        let span = tracing::debug_span!("call", command = info.command, kind = ?info.kind);
         let invoked = catch_unwind(AssertUnwindSafe(|| handler.invoke(ctx, request, responder)));
         let mut work = invoked.unwrap_or_else(|_| {
             self.handler_panicked();
             None
         })?;
+        if !span.is_disabled() {
+            work = Box::pin(work.instrument(span));
+        }
         if let Some(queue) = &self.shared.sequential {
             // A panic fails that one call (its responder is dropped), not the queue.
             let conn = self.clone();
@@ -1220,11 +1247,14 @@ impl Connection {
             Ok(Poll::Ready(())) => {}
             Ok(Poll::Pending) => {
                 let conn = self.clone();
-                self.shared.runtime.spawn(Box::pin(async move {
+                let task = async move {
                     if AssertUnwindSafe(work).catch_unwind().await.is_err() {
                         conn.handler_panicked();
                     }
-                }));
+                };
+                // In the connection's span (a clone of a disabled span costs nothing).
+                let task = task.instrument(self.shared.span.clone());
+                self.shared.runtime.spawn(Box::pin(task));
             }
             Err(_) => self.handler_panicked(),
         }

@@ -196,6 +196,19 @@ impl ErrorCode {
         }
     }
 
+    /// A short name for metrics and logs, such as `handler` or `bad_request`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ErrorCode::Handler => "handler",
+            ErrorCode::UnknownCommand => "unknown_command",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::NoResponse => "no_response",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::NoSuchObject => "no_such_object",
+            ErrorCode::Denied => "denied",
+        }
+    }
+
     fn parse(code: &str) -> Option<Self> {
         Some(match code {
             "1" => ErrorCode::Handler,

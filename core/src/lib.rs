@@ -14,6 +14,7 @@
 //! - the command engine: [`Router`] and handlers, [`Connection`], [`Server`], [`Client`],
 //!   [`BlockingClient`], [`Stats`];
 //! - [`hooks`]: hooks around every command, to observe or veto it by name and connection;
+//!   [`metrics`]: call counts, errors and a duration histogram fed by such a hook;
 //! - [`reconnect`]: [`ReconnectingClient`], a client that reconnects with back-off and
 //!   re-runs its login hook.
 //!
@@ -39,6 +40,7 @@ pub mod frame;
 pub mod fuzzing;
 pub mod handler;
 pub mod hooks;
+pub mod metrics;
 pub mod reconnect;
 pub mod request;
 pub mod runtime;

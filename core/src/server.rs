@@ -87,6 +87,7 @@ impl ServerBuilder {
             retired: Counters::default(),
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            handshakes_failed: AtomicU64::new(0),
             held: Mutex::new(Held::default()),
             in_flight: Arc::new(InFlight::default()),
             stopping: AtomicBool::new(false),
@@ -129,6 +130,7 @@ struct ServerShared {
     retired: Counters,
     accepted: AtomicU64,
     refused: AtomicU64,
+    handshakes_failed: AtomicU64,
     /// Connections held, handshaking ones included, in all and per peer address.
     held: Mutex<Held>,
     in_flight: Arc<InFlight>,
@@ -249,6 +251,7 @@ impl ServerShared {
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "handshake failed");
                 self.retired.errors_in.fetch_add(1, Ordering::Relaxed);
+                self.handshakes_failed.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         };
@@ -404,6 +407,7 @@ impl Server {
             connections_accepted: self.shared.accepted.load(Ordering::Relaxed),
             connections_refused: self.shared.refused.load(Ordering::Relaxed),
             connections_open: conns.len() as u64,
+            handshakes_failed: self.shared.handshakes_failed.load(Ordering::Relaxed),
         }
     }
 

@@ -88,6 +88,9 @@ pub struct ServerStats {
     pub connections_refused: u64,
     /// Connections open now.
     pub connections_open: u64,
+    /// Accepted connections whose preamble or handshake failed or timed out (wrong
+    /// protocol, wrong security mode, a pinned key that did not match, a silent peer).
+    pub handshakes_failed: u64,
 }
 
 /// Live counters of one connection (relaxed atomics: each is exact, a snapshot is not atomic).

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use zserver::{Client, ClientBuilder, Error, Outgoing, Router, Transport};
+use zserver::{Client, ClientBuilder, Config, Error, Outgoing, Router, Transport};
 
 use crate::protocol::{
     Credentials, Event, FileInfo, Incoming, NewPassword, Push, PushReport, Recipients, Welcome,
@@ -25,6 +25,17 @@ impl LoginClient {
         addr: SocketAddr,
         pin: Option<&str>,
     ) -> Result<Self, Error> {
+        Self::connect_with(transport, addr, pin, Config::default()).await
+    }
+
+    /// Like [`connect`](Self::connect), with connection settings (such as
+    /// [`Config::compression`]; the server must offer a codec for it to be used).
+    pub async fn connect_with(
+        transport: Arc<dyn Transport>,
+        addr: SocketAddr,
+        pin: Option<&str>,
+        config: Config,
+    ) -> Result<Self, Error> {
         let (tx, events) = async_channel::unbounded();
         let kicked = tx.clone();
         let router = Router::new()
@@ -42,7 +53,7 @@ impl LoginClient {
                     Ok::<_, Error>(())
                 }
             });
-        let mut builder = ClientBuilder::new(transport).router(router);
+        let mut builder = ClientBuilder::new(transport).router(router).config(config);
         if let Some(pin) = pin {
             builder = builder.pin_server_fingerprint(pin)?;
         }

@@ -23,12 +23,14 @@
 
 pub mod client;
 pub mod cluster;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod store;
 
 pub use client::LoginClient;
 pub use cluster::ClusterConfig;
+pub use metrics::{LoginMetrics, LoginOutcome};
 pub use protocol::Event;
 pub use server::{check_file_name, LoginConfig, LoginServer, SecondLogin};
 pub use store::{PostgresStorage, SqliteStorage, Storage, Store, StoreError};

@@ -187,7 +187,9 @@ fn delete_user_removes_messages(b: &dyn Backend) {
     store.add_user("erin", "pw").unwrap();
     store.queue_message("dave", "erin", "hello").unwrap();
     store.queue_message("erin", "dave", "kept").unwrap();
+    assert_eq!(store.count_messages(), Ok(2));
     store.delete_user("dave").unwrap();
+    assert_eq!(store.count_messages(), Ok(1));
     assert!(!store.exists("dave").unwrap());
     assert_eq!(store.verify("dave", "pw"), Err(StoreError::WrongPassword));
     assert_eq!(
@@ -205,6 +207,7 @@ fn delete_user_removes_messages(b: &dyn Backend) {
     let kept = store.take_messages("erin").unwrap();
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].text, "kept");
+    assert_eq!(store.count_messages(), Ok(0));
 }
 
 fn messages_survive_reopen_in_order(b: &dyn Backend) {

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use zserver::Runtime;
 
+use crate::options::CompressionArg;
+
 pub mod baseline;
 pub mod load;
 mod report;
@@ -64,6 +66,10 @@ pub struct BenchArgs {
     /// each need one file descriptor per connection.
     #[arg(long)]
     pub connections: Option<usize>,
+    /// Payload compression offered by the zserver clients and servers (it applies to
+    /// payloads of 1 KiB or more: the bulk rows).
+    #[arg(long, value_enum, default_value_t = CompressionArg::None)]
+    pub compression: CompressionArg,
 }
 
 /// The settings of one run, after defaults.
@@ -283,7 +289,8 @@ pub fn run(args: BenchArgs) -> Result<(), BoxError> {
     let baselines = ServerProcess::start(&["--baselines"])?;
     let mut servers = BTreeMap::new();
     for b in &s.backends {
-        servers.insert(b.clone(), ServerProcess::start(&["--backend", b])?);
+        let args = ["--backend", b, "--compression", args.compression.name()];
+        servers.insert(b.clone(), ServerProcess::start(&args)?);
     }
 
     let mut jobs: Vec<Job> = Vec::new();
@@ -349,7 +356,9 @@ pub fn run(args: BenchArgs) -> Result<(), BoxError> {
     for (b, server) in &servers {
         for (mode, encrypted) in [("plain", false), ("enc", true)] {
             let addr = server.addr(if encrypted { "encrypted" } else { "plain" });
-            let target = Arc::new(load::Target::new(b, addr, encrypted));
+            let mut target = load::Target::new(b, addr, encrypted);
+            target.config.compression = args.compression.compression();
+            let target = Arc::new(target);
             let key = |row: &str| format!("{b}/{mode}/{row}");
             let t = target.clone();
             add(

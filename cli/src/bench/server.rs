@@ -10,6 +10,7 @@ use std::sync::Arc;
 use zserver::{Config, Incoming, Router, ServerBuilder};
 
 use super::{baseline, run_on, BoxError};
+use crate::options::CompressionArg;
 
 /// Arguments of the hidden `bench-server` command.
 #[derive(clap::Args, Debug)]
@@ -20,6 +21,9 @@ pub struct ServerArgs {
     /// Serve the baselines instead: raw tokio echo, raw tokio sink, tarpc echo.
     #[arg(long)]
     pub baselines: bool,
+    /// Payload compression the zserver servers offer.
+    #[arg(long, value_enum, default_value_t = CompressionArg::None)]
+    pub compression: CompressionArg,
 }
 
 /// The bench handlers: `echo` (a call), `sink` (one-way, counted), `count` (the count so
@@ -52,13 +56,18 @@ pub fn run(args: ServerArgs) -> Result<(), BoxError> {
         let transport =
             zserver::transport(name).ok_or_else(|| format!("back end `{name}` is not built in"))?;
         let runtime = transport.runtime();
+        let mut plain_config = Config::plain_trusted_link();
+        plain_config.compression = args.compression.compression();
+        let mut config = Config::default();
+        config.compression = args.compression.compression();
         let servers = run_on(&runtime, async move {
             let plain = ServerBuilder::new(transport.clone())
-                .config(Config::plain_trusted_link())
+                .config(plain_config)
                 .router(router())
                 .bind("127.0.0.1:0")
                 .await?;
             let encrypted = ServerBuilder::new(transport)
+                .config(config)
                 .router(router())
                 .bind("127.0.0.1:0")
                 .await?;

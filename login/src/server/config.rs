@@ -32,6 +32,13 @@ pub struct LoginConfig {
     pub store: String,
     /// Join a cluster of nodes sharing presence through NATS; `None` runs one node alone.
     pub cluster: Option<ClusterConfig>,
+    /// Settings of every client connection (payload compression, limits, time-outs).
+    pub connection: zserver::Config,
+    /// Record every command's outcome and duration in [`LoginServer::metrics`] (an
+    /// `on_complete` hook; off by default, when it costs nothing).
+    ///
+    /// [`LoginServer::metrics`]: super::LoginServer::metrics
+    pub observe_calls: bool,
 }
 
 impl LoginConfig {
@@ -46,6 +53,8 @@ impl LoginConfig {
             attempt_window: Duration::from_secs(60),
             store: "embedded".into(),
             cluster: None,
+            connection: zserver::Config::default(),
+            observe_calls: false,
         }
     }
 }

@@ -94,6 +94,7 @@ pub(super) async fn put(state: &Arc<State>, ctx: &Context, mut body: Upload) -> 
         let mut written = 0u64;
         while let Some(chunk) = body.chunk().await? {
             written += chunk.len() as u64;
+            state.metrics.uploaded(chunk.len() as u64);
             if written > room {
                 return Err(Error::msg(format!("quota exceeded: {room} bytes free")));
             }

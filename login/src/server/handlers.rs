@@ -11,6 +11,7 @@ use super::files::put;
 use super::push::{bounded, kick_connection};
 use super::{db, State};
 use crate::lock;
+use crate::metrics::LoginOutcome;
 use crate::protocol::{
     Credentials, FileInfo, Incoming, NewPassword, Push, Recipients, Welcome, WhoPage, WhoRequest,
     MAX_WHO_PAGE,
@@ -93,7 +94,8 @@ pub(super) fn router(state: Arc<State>) -> Router {
         async move {
             let user = s.user(&ctx)?;
             let path = s.file_path(&user, req.meta_str()?)?;
-            Outgoing::file(path, req.offset).await
+            let body = Outgoing::file(path, req.offset).await?;
+            Ok(body.on_progress(s.metrics.download_progress()))
         }
     });
     let s = state.clone();
@@ -137,6 +139,7 @@ async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welc
     {
         let mut limiter = lock(&state.limiter);
         if limiter.blocked(&addr_key, now) || limiter.blocked(&user_key, now) {
+            state.metrics.login(LoginOutcome::Limited);
             return Err(Error::msg(format!(
                 "too many failed logins; try again in {} s",
                 config.attempt_window.as_secs()
@@ -145,6 +148,7 @@ async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welc
     }
     let (user, password) = (c.user.clone(), c.password);
     if let Err(e) = db(state, move |s| s.verify(&user, &password)).await {
+        state.metrics.login(LoginOutcome::WrongPassword);
         let keys = vec![addr_key, user_key];
         state.count_failures(keys.clone(), now);
         if let Some(cluster) = &state.cluster {
@@ -188,6 +192,9 @@ async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welc
         // The event goes out first, then the old connection closes.
         kick_connection(&*state.runtime, &old, "logged in from another connection").await;
     }
+    state.metrics.login(LoginOutcome::Ok);
+    ctx.connection().span().record("user", c.user.as_str());
+    tracing::info!(user = %c.user, "logged in");
     let user = c.user.clone();
     let offline = db(state, move |s| s.take_messages(&user)).await?;
     Ok(Welcome {

@@ -11,7 +11,8 @@ use super::limiter::Limiter;
 use super::sessions::Sessions;
 use super::{store_err, LoginConfig, State};
 use crate::cluster::{Cluster, LocalSessions, NodeId};
-use crate::store::Store;
+use crate::metrics::LoginMetrics;
+use crate::store::{Store, StoreError};
 
 /// A running login server.
 pub struct LoginServer {
@@ -82,10 +83,16 @@ impl LoginServer {
                 config.max_failed_logins,
             )),
             config: config.clone(),
+            metrics: Arc::default(),
         });
+        let mut routes = router(state.clone());
+        if config.observe_calls {
+            routes = routes.on_complete(state.metrics.calls().hook());
+        }
         let server = ServerBuilder::new(transport)
             .key_file(config.data_dir.join("server.key"))?
-            .router(router(state.clone()))
+            .config(config.connection.clone())
+            .router(routes)
             .bind(addr)
             .await?;
         if let Some(cluster) = &state.cluster {
@@ -103,6 +110,22 @@ impl LoginServer {
     /// The server key's fingerprint, for clients to pin.
     pub fn fingerprint(&self) -> String {
         self.server.fingerprint()
+    }
+
+    /// What this server counted: logins, pushes, transfers, completed commands.
+    pub fn metrics(&self) -> &Arc<LoginMetrics> {
+        &self.state.metrics
+    }
+
+    /// Messages waiting in the store for their recipients' next login (all users; in a
+    /// cluster, the shared store's). Blocking: a query to the store.
+    pub fn stored_messages(&self) -> Result<u64, StoreError> {
+        self.state.store.count_messages()
+    }
+
+    /// The underlying zserver server (connection counts, byte totals, shutdown state).
+    pub fn server(&self) -> &Server {
+        &self.server
     }
 
     /// Users logged in now, sorted: on any node of the cluster if there is one.

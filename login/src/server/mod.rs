@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use zserver::{Error, Runtime};
 
 use crate::cluster::Cluster;
+use crate::metrics::LoginMetrics;
 use crate::store::{Store, StoreError};
 
 pub use config::{LoginConfig, SecondLogin};
@@ -35,6 +36,7 @@ struct State {
     sessions: Mutex<Sessions>,
     limiter: Mutex<Limiter>,
     cluster: Option<Arc<Cluster>>,
+    metrics: Arc<LoginMetrics>,
 }
 
 fn store_err(e: StoreError) -> Error {

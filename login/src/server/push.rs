@@ -144,6 +144,8 @@ impl State {
         }
         report.delivered_count = report.delivered.len() as u64;
         report.stored_count = report.stored.len() as u64;
+        self.metrics
+            .pushed(report.delivered.len(), report.stored.len());
         stored.map(|()| report)
     }
 

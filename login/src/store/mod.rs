@@ -145,6 +145,15 @@ pub trait Storage: Send + Sync {
     /// Removes and returns every message queued for `user`, oldest first, atomically: of two
     /// concurrent takers each message goes to exactly one. An unknown user has no messages.
     fn take_messages(&self, user: &str) -> Result<Vec<Message>, StoreError>;
+
+    /// How many messages are stored and not yet taken, for every user (for monitoring).
+    /// Back ends that cannot count say so with an error; the built-in ones count.
+    fn count_messages(&self) -> Result<u64, StoreError> {
+        Err(StoreError::Db(format!(
+            "the {} store does not count its messages",
+            self.backend_name()
+        )))
+    }
 }
 
 /// Checks a user name (the rule in [`StoreError::BadName`]).
@@ -385,6 +394,11 @@ impl Store {
     /// An unknown user simply has no messages.
     pub fn take_messages(&self, user: &str) -> Result<Vec<Message>, StoreError> {
         self.storage.take_messages(user)
+    }
+
+    /// How many messages wait in the store, for every user.
+    pub fn count_messages(&self) -> Result<u64, StoreError> {
+        self.storage.count_messages()
     }
 }
 

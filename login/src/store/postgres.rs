@@ -356,6 +356,14 @@ impl Storage for PostgresStorage {
         })
     }
 
+    fn count_messages(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.with_client(|c, _| {
+            c.query_one("SELECT count(*) FROM messages", &[])?
+                .try_get(0)
+        })?;
+        Ok(n.max(0) as u64)
+    }
+
     fn take_messages(&self, user: &str) -> Result<Vec<Message>, StoreError> {
         // First claim the messages under a fresh token. Concurrent takers block on the same
         // rows, and the later one skips the rows the earlier one claimed, so each message goes

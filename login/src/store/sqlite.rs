@@ -236,6 +236,12 @@ impl Storage for SqliteStorage {
         Ok(stored)
     }
 
+    fn count_messages(&self) -> Result<u64, StoreError> {
+        self.conn()
+            .query_row("SELECT count(*) FROM messages", [], |row| row.get(0))
+            .map_err(db)
+    }
+
     fn take_messages(&self, user: &str) -> Result<Vec<Message>, StoreError> {
         let mut messages = Vec::new();
         self.write(|tx| {
