@@ -479,7 +479,10 @@ export class Client {
   // ---- internals: writing ----
 
   private readonly streamHost: StreamHost = {
-    frame: (kind, flags, id, payload) => this.queue(kind, flags, id, EMPTY, payload),
+    frame: (kind, flags, id, payload) => {
+      // Stream frames after the close go nowhere; the stream has failed already.
+      if (!this.closeReason) this.queue(kind, flags, id, EMPTY, payload);
+    },
     writable: () => this.writable(),
   };
 
@@ -594,7 +597,7 @@ export class Client {
       for (;;) {
         if (this.closeReason) return;
         this.dispatch();
-        if (this.running >= this.opts.maxHandlers || this.frames.buffered > 2 * RECORD_TARGET) break;
+        if (this.running >= this.opts.maxHandlers) break;
         const plain = this.opener ? await this.opener.next() : undefined;
         if (!plain) break;
         this.frames.push(plain);

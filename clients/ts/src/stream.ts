@@ -212,7 +212,6 @@ export class Inbound {
   fail(error: ZserverError): void {
     if (this.end) return;
     this.end = { ok: false, error };
-    this.queue = [];
     this.poke();
   }
 
@@ -225,6 +224,7 @@ export class Inbound {
   cancel(why = "cancelled by the receiver"): void {
     if (this.end) return;
     this.host.frame(Kind.Stop, DOWNLOAD_FLAG, this.id, new Uint8Array(0));
+    this.queue = [];
     this.fail(new ZserverError("streamAborted", why));
   }
 
