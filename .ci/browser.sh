@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The browser end-to-end test of the chat demo (clients/ts/demo): headless Chromium from
+# Debian, driven through playwright-core (no browser download).
+#   bash .ci/browser.sh install   # Debian's chromium if missing (root or sudo), npm packages
+#   bash .ci/browser.sh test      # builds the page, runs the test against target/debug/zserver
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+browser_install() {
+  if ! command -v chromium >/dev/null; then
+    echo "== installing chromium from Debian's packages"
+    local sudo=()
+    if [ "$(id -u)" != 0 ]; then
+      sudo=(sudo -n)
+    fi
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  fi
+  # The client library (its @noble packages are bundled into the page) and the demo's own
+  # tools (esbuild, playwright-core).
+  [ -d clients/ts/node_modules ] || (cd clients/ts && npm ci --no-audit --no-fund)
+  [ -d clients/ts/demo/node_modules ] || (cd clients/ts/demo && npm ci --no-audit --no-fund)
+}
+
+browser_test() {
+  [ -x target/debug/zserver ] || cargo build -p zserver-cli
+  (cd clients/ts/demo && npm test)
+}
+
+case "${1:-}" in
+  install) browser_install ;;
+  test) browser_test ;;
+  *) echo "usage: $0 install|test" >&2; exit 2 ;;
+esac
