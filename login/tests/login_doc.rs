@@ -72,16 +72,29 @@ fn blocks(doc: &str) -> Vec<Block> {
     blocks
 }
 
-/// Hex bytes, with `|` separators and `#` comments ignored.
+/// Hex bytes, with `|` separators and `#` comments (to the end of a line) ignored.
 fn hex(text: &str) -> Vec<u8> {
-    let text = text.split('#').next().unwrap_or_default();
-    text.split(|c: char| c.is_whitespace() || c == '|')
+    text.lines()
+        .flat_map(|line| {
+            line.split('#')
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+        })
+        .flat_map(|t| t.split('|'))
         .filter(|t| !t.is_empty())
         .map(|t| {
             assert_eq!(t.len(), 2, "`{t}` is not one hex byte");
             u8::from_str_radix(t, 16).unwrap_or_else(|e| panic!("`{t}`: {e}"))
         })
         .collect()
+}
+
+/// The first word of `s` and the rest after it (without leading spaces).
+fn word(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    let end = s.find(char::is_whitespace).unwrap_or(s.len());
+    (&s[..end], s[end..].trim_start())
 }
 
 fn spaced(bytes: &[u8]) -> String {
@@ -307,24 +320,26 @@ async fn connect(server: &LoginServer) -> Conn {
 /// Starts the call a `->` line describes (`command HEX`, `upload COMMAND NAME HEX` or
 /// `download COMMAND NAME OFFSET`) on its own task, so that events and other connections'
 /// lines can be handled while it runs.
-fn start(conn: &mut Conn, words: &[&str], rest: &str) {
+fn start(conn: &mut Conn, command: &str, rest: &str) {
     let client = conn.client.clone();
     let (tx, rx) = async_channel::bounded(1);
-    let (command, rest) = (words[0].to_owned(), rest.to_owned());
+    let (command, rest) = (command.to_owned(), rest.to_owned());
     let task = async move {
         let answer = match command.as_str() {
             "upload" => {
-                let (command, name, body) = split3(&rest);
-                let body = Outgoing::bytes(hex(&body));
+                let (command, rest) = word(&rest);
+                let (name, body) = word(rest);
+                let body = Outgoing::bytes(hex(body));
                 client
-                    .upload(&command, name, body)
+                    .upload(command, name, body)
                     .await
                     .map(|r| Answer::Reply(r.to_vec()))
             }
             "download" => {
-                let (command, name, offset) = split3(&rest);
+                let (command, rest) = word(&rest);
+                let (name, offset) = word(rest);
                 let offset: u64 = offset.trim().parse().expect("an offset");
-                match client.download(&command, name, offset).await {
+                match client.download(command, name, offset).await {
                     Ok(incoming) => incoming
                         .read_all(1 << 20)
                         .await
@@ -348,13 +363,6 @@ fn start(conn: &mut Conn, words: &[&str], rest: &str) {
     assert!(conn.answer.replace(rx).is_none(), "two calls in flight");
 }
 
-/// The first two words of `s` and the rest.
-fn split3(s: &str) -> (String, String, String) {
-    let mut it = s.trim().splitn(3, char::is_whitespace);
-    let (a, b) = (it.next().unwrap_or_default(), it.next().unwrap_or_default());
-    (a.into(), b.into(), it.next().unwrap_or_default().into())
-}
-
 async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
     support::within(Duration::from_secs(10), fut)
         .await
@@ -374,26 +382,17 @@ async fn replay(lines: Vec<(usize, String)>, dir: std::path::PathBuf) -> Result<
     let mut steps = 0;
     for (n, line) in lines {
         let at = |e: String| format!("LOGIN.md line {n}: {e}\n  {line}");
-        let mut parts = line
-            .splitn(4, char::is_whitespace)
-            .filter(|p| !p.is_empty());
-        let (who, arrow) = (parts.next().unwrap_or_default(), parts.next());
-        let rest: String = line
-            .trim_start()
-            .strip_prefix(who)
-            .and_then(|l| l.trim_start().get(2..))
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
-        let (word, after) = rest.split_once(char::is_whitespace).unwrap_or((&rest, ""));
+        let (who, rest) = word(&line);
+        let (arrow, rest) = word(rest);
+        let (word, after) = word(rest);
         if !conns.contains_key(who) {
             conns.insert(who.to_owned(), connect(&server).await);
         }
         let conn = conns.get_mut(who).expect("just made");
         steps += 1;
         match arrow {
-            Some("->") => start(conn, &[word], after),
-            Some("<-") => match word {
+            "->" => start(conn, word, after),
+            "<-" => match word {
                 "message" | "kicked" => {
                     let (name, payload) = within(&line, conn.events.recv())
                         .await
