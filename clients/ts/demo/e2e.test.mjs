@@ -2,7 +2,8 @@
 // playwright-core, no browser download) loads the page from `zserver serve --web`, two
 // pages log in as two users over WebSocket and push to each other, and the Rust CLI (over
 // TCP, pinning the same key) pushes to a browser user and receives a browser user's push.
-// A third page logging in as the second user gets that user kicked; a page pinning the
+// A page logging in gets the messages stored while its user was away; a page logging in
+// as a user who is already on another page gets that page kicked; a page pinning the
 // wrong key is refused. Screenshots land in target/e2e/ at the repository root.
 //
 // Needs target/debug/zserver (built by `cargo build -p zserver-cli`; ZSERVER_BIN overrides)
@@ -183,6 +184,14 @@ test("browser users and a Rust user push to each other through one server", asyn
   assert.equal(await heard, "message from ann: live to carol, from ann's browser");
   listen.kill("SIGINT");
 
+  // A page logging in gets the messages stored while its user was offline.
+  await zserver(cli("dave", "register"));
+  assert.match(await zserver(cli("carol", "push", "dave", "for dave, sent while away")), /stored for their next login/);
+  const dave = await openPage();
+  await enter(dave, "dave", { register: false });
+  assert.equal(await received(dave, "carol", "for dave, sent while away"), "offline");
+  await dave.screenshot({ path: join(artifacts, "offline.png") });
+
   await ann.screenshot({ path: join(artifacts, "chat.png") });
   await bob.screenshot({ path: join(artifacts, "chat-bob.png") });
 
@@ -191,6 +200,7 @@ test("browser users and a Rust user push to each other through one server", asyn
   await enter(bob2, "bob", { register: false });
   await bob.waitForSelector('#status[data-state="kicked"]');
   assert.match(await bob.textContent("#kicked"), /logged in from another connection/);
+  assert.equal(await bob.isVisible("#chat"), false);
   await bob.screenshot({ path: join(artifacts, "kicked.png") });
 });
 
@@ -201,6 +211,7 @@ test("a page that pins another key is refused before logging in", async () => {
   await page.click("#register");
   await page.waitForSelector('#status[data-state="error"]');
   assert.match(await page.textContent("#status"), /key|fingerprint|pin/i);
+  await page.screenshot({ path: join(artifacts, "refused.png") });
   // Nothing reached the server: the account does not exist.
   await assert.rejects(zserver(cli("mallory", "login")), /wrong user name or password/);
 });
