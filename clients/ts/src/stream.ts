@@ -27,6 +27,8 @@ export interface StreamHost {
   frame(kind: number, flags: number, id: Id, payload: Uint8Array): void;
   /** Resolves when the write queue has room (back-pressure). */
   writable(): Promise<void>;
+  /** The receiver gave the stream up: it is no longer known by its id. */
+  forget(id: Id): void;
 }
 
 /** The stream head: postcard `{ total: Option<u64>, meta: bytes }`. */
@@ -224,6 +226,7 @@ export class Inbound {
   cancel(why = "cancelled by the receiver"): void {
     if (this.end) return;
     this.host.frame(Kind.Stop, DOWNLOAD_FLAG, this.id, new Uint8Array(0));
+    this.host.forget(this.id);
     this.queue = [];
     this.fail(new ZserverError("streamAborted", why));
   }

@@ -130,7 +130,7 @@ test("record lengths and kinds are checked before the body is buffered", async (
 
 test("a download whose End hash or length does not match fails with integrity", async () => {
   const sent: number[] = [];
-  const host = { frame: (kind: number) => void sent.push(kind), writable: async () => {} };
+  const host = { frame: (kind: number) => void sent.push(kind), writable: async () => {}, forget: () => {} };
   const bad = new Inbound(host, 1, 1 << 20);
   bad.onData(utf8("hello"));
   bad.onEnd(new Uint8Array(32));
