@@ -19,6 +19,7 @@ import {
   UPLOAD,
 } from "./frame.js";
 import { ByteQueue, exchangePreambles, noiseHandshake, parseFingerprint, toHex } from "./handshake.js";
+import { createHasher } from "./hash.js";
 import { generateKeypair, type Keypair } from "./noise.js";
 import { DEFAULT_REKEY, MAX_RECORD_PLAINTEXT, Opener, RECORD_TARGET, type RekeyPolicy, Sealer } from "./record.js";
 import {
@@ -403,8 +404,9 @@ export class Client {
     const name = commandBytes(command);
     const metaBytes = typeof meta === "string" ? encoder.encode(meta) : meta;
     await this.writable();
+    const hasher = await createHasher();
     const id = this.takeId();
-    const inbound = new Inbound(this.streamHost, id, this.opts.streamWindow);
+    const inbound = new Inbound(this.streamHost, id, this.opts.streamWindow, hasher);
     this.downloads.set(id, inbound);
     const call = this.encode(Kind.Call, DOWNLOAD, id, name, encodeDownloadRequest(options.offset ?? 0, metaBytes));
     const answer = this.expect(id, options.timeoutMs);

@@ -5,10 +5,9 @@
  * @module
  */
 
-import { blake3 } from "@noble/hashes/blake3.js";
-
 import { protocolError, ZserverError } from "./errors.js";
 import { Kind, type Id } from "./frame.js";
+import { createHasher, type Hasher } from "./hash.js";
 import { PostcardReader, PostcardWriter } from "./postcard.js";
 
 /** Credit every stream starts with: 256 KiB. */
@@ -116,7 +115,7 @@ export class Outbound {
    * `total`, or reading it fails). Returns early once {@link stop} was called.
    */
   async pump(source: UploadSource, total: number | undefined, progress?: Progress): Promise<void> {
-    const hash = blake3.create();
+    const hash = await createHasher();
     let done = 0;
     try {
       for await (const piece of chunksOf(source)) {
@@ -161,7 +160,6 @@ export class Inbound {
   private received = 0;
   private allowed = INITIAL_CREDIT;
   private consumed = 0;
-  private readonly hash = blake3.create();
   private end: { ok: true } | { ok: false; error: ZserverError } | undefined;
   private wake: (() => void) | undefined;
   /** The announced total, once the head arrived. */
@@ -172,6 +170,7 @@ export class Inbound {
     private readonly host: StreamHost,
     private readonly id: Id,
     private readonly window: number,
+    private readonly hash: Hasher,
   ) {}
 
   /** Bytes received so far. */
