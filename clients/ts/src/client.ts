@@ -19,6 +19,7 @@ import {
   UPLOAD,
 } from "./frame.js";
 import { ByteQueue, exchangePreambles, noiseHandshake, parseFingerprint, toHex } from "./handshake.js";
+import { createHasher } from "./hash.js";
 import { generateKeypair, type Keypair } from "./noise.js";
 import { DEFAULT_REKEY, MAX_RECORD_PLAINTEXT, Opener, RECORD_TARGET, type RekeyPolicy, Sealer } from "./record.js";
 import {
@@ -142,6 +143,7 @@ export class Client {
   private flushing = false;
   private writeWaiters: (() => void)[] = [];
   private pumping = false;
+  private eof = false;
   private paused = false;
   private running = 0;
   private lastHeard = Date.now();
@@ -318,10 +320,10 @@ export class Client {
     const name = commandBytes(command);
     await this.writable();
     const id = this.takeId();
+    const frame = this.encode(Kind.Call, 0, id, name, payload);
     const answer = this.expect(id, options.timeoutMs);
-    this.queue(Kind.Call, 0, id, name, payload);
-    const f = await answer;
-    return f.payload;
+    this.enqueue(frame);
+    return (await answer).payload;
   }
 
   /** A console call: text in, text out. */
@@ -368,8 +370,9 @@ export class Client {
     const id = this.takeId();
     const stream = new Outbound(this.streamHost, id);
     this.uploads.set(id, stream);
+    const call = this.encode(Kind.Call, UPLOAD, id, name, encodeHead(total, metaBytes));
     const answer = this.expect(id, options.timeoutMs);
-    this.queue(Kind.Call, UPLOAD, id, name, encodeHead(total, metaBytes));
+    this.enqueue(call);
     // The handler's answer ends the upload, even before the stream does.
     const settled = answer.then(
       (f) => {
@@ -401,11 +404,13 @@ export class Client {
     const name = commandBytes(command);
     const metaBytes = typeof meta === "string" ? encoder.encode(meta) : meta;
     await this.writable();
+    const hasher = await createHasher();
     const id = this.takeId();
-    const inbound = new Inbound(this.streamHost, id, this.opts.streamWindow);
+    const inbound = new Inbound(this.streamHost, id, this.opts.streamWindow, hasher);
     this.downloads.set(id, inbound);
+    const call = this.encode(Kind.Call, DOWNLOAD, id, name, encodeDownloadRequest(options.offset ?? 0, metaBytes));
     const answer = this.expect(id, options.timeoutMs);
-    this.queue(Kind.Call, DOWNLOAD, id, name, encodeDownloadRequest(options.offset ?? 0, metaBytes));
+    this.enqueue(call);
     let f: Frame;
     try {
       f = await answer;
@@ -483,6 +488,8 @@ export class Client {
       // Stream frames after the close go nowhere; the stream has failed already.
       if (!this.closeReason) this.queue(kind, flags, id, EMPTY, payload);
     },
+    // A download this side stopped: its frames still in flight are answered as unknown.
+    forget: (id) => void this.downloads.delete(id),
     writable: () => this.writable(),
   };
 
@@ -496,6 +503,11 @@ export class Client {
   }
 
   private queue(kind: number, flags: number, id: Id, command: Uint8Array, payload: Uint8Array): void {
+    this.enqueue(this.encode(kind, flags, id, command, payload));
+  }
+
+  /** One frame's bytes; fails (sending nothing) past `maxFrame` or once closed. */
+  private encode(kind: number, flags: number, id: Id, command: Uint8Array, payload: Uint8Array): Uint8Array {
     if (this.closeReason) throw this.closedError();
     const frame = encodeFrame(kind, flags, id, command, payload);
     if (frame.length - 4 > this.opts.maxFrame) {
@@ -504,6 +516,11 @@ export class Client {
         `frame of ${frame.length - 4} bytes exceeds the limit of ${this.opts.maxFrame} bytes`,
       );
     }
+    return frame;
+  }
+
+  private enqueue(frame: Uint8Array): void {
+    if (this.closeReason) throw this.closedError();
     this.out.push(frame);
     this.outBytes += frame.length;
     this.counters.framesSent++;
@@ -608,6 +625,7 @@ export class Client {
     } finally {
       this.pumping = false;
     }
+    if (this.eof && !this.closeReason && this.running < this.opts.maxHandlers) this.finishEof();
   }
 
   /** Pauses the transport while too much is buffered unprocessed, resumes once it drained. */
@@ -719,8 +737,15 @@ export class Client {
   private run(handler: Handler, f: Frame, oneWay: boolean): void {
     this.running++;
     const ctx: HandlerContext = { client: this, command: f.command, oneWay };
-    Promise.resolve()
-      .then(() => handler(f.payload, ctx))
+    // Started at once, in arrival order (an event handler sees its event before a close
+    // that follows it); its result may come later.
+    let result: ReturnType<Handler>;
+    try {
+      result = handler(f.payload, ctx);
+    } catch (e) {
+      result = Promise.reject(e);
+    }
+    Promise.resolve(result)
       .then(
         (reply) => {
           if (oneWay || this.closeReason) return;
@@ -772,13 +797,25 @@ export class Client {
 
   private onTransportClose(error?: Error): void {
     if (this.closeReason) return;
-    const midFrame = (this.opener?.buffered ?? 0) + this.frames.buffered > 0;
     if (this.hs) {
-      this.hs.fail(new ZserverError("handshake", `the server closed the connection during the handshake${error ? `: ${error.message}` : ""}`));
+      const why = error ? `: ${error.message}` : "";
+      this.fail(new ZserverError("handshake", `the server closed the connection during the handshake${why}`));
+    } else if (error) {
+      this.fail(asZserverError(error, "io"));
+    } else {
+      // An orderly end: what arrived before it is still handled, then the connection closes.
+      this.eof = true;
+      void this.pump();
     }
-    if (error) this.fail(asZserverError(error, "io"));
-    else if (midFrame && !this.pumping) this.fail(protocolError("the connection ended in the middle of a frame"));
-    else this.fail(new ZserverError("closed", "the server closed the connection"));
+  }
+
+  /** After the peer's end, once everything received was handled (or cannot be). */
+  private finishEof(): void {
+    if ((this.opener?.buffered ?? 0) + this.frames.buffered > 0) {
+      this.fail(protocolError("the connection ended in the middle of a frame"));
+    } else {
+      this.fail(new ZserverError("closed", "the server closed the connection"));
+    }
   }
 
   /** Closes with `why` (a failure). */

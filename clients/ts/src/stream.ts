@@ -5,10 +5,9 @@
  * @module
  */
 
-import { blake3 } from "@noble/hashes/blake3.js";
-
 import { protocolError, ZserverError } from "./errors.js";
 import { Kind, type Id } from "./frame.js";
+import { createHasher, type Hasher } from "./hash.js";
 import { PostcardReader, PostcardWriter } from "./postcard.js";
 
 /** Credit every stream starts with: 256 KiB. */
@@ -27,6 +26,8 @@ export interface StreamHost {
   frame(kind: number, flags: number, id: Id, payload: Uint8Array): void;
   /** Resolves when the write queue has room (back-pressure). */
   writable(): Promise<void>;
+  /** The receiver gave the stream up: it is no longer known by its id. */
+  forget(id: Id): void;
 }
 
 /** The stream head: postcard `{ total: Option<u64>, meta: bytes }`. */
@@ -114,7 +115,7 @@ export class Outbound {
    * `total`, or reading it fails). Returns early once {@link stop} was called.
    */
   async pump(source: UploadSource, total: number | undefined, progress?: Progress): Promise<void> {
-    const hash = blake3.create();
+    const hash = await createHasher();
     let done = 0;
     try {
       for await (const piece of chunksOf(source)) {
@@ -159,7 +160,6 @@ export class Inbound {
   private received = 0;
   private allowed = INITIAL_CREDIT;
   private consumed = 0;
-  private readonly hash = blake3.create();
   private end: { ok: true } | { ok: false; error: ZserverError } | undefined;
   private wake: (() => void) | undefined;
   /** The announced total, once the head arrived. */
@@ -170,6 +170,7 @@ export class Inbound {
     private readonly host: StreamHost,
     private readonly id: Id,
     private readonly window: number,
+    private readonly hash: Hasher,
   ) {}
 
   /** Bytes received so far. */
@@ -224,6 +225,7 @@ export class Inbound {
   cancel(why = "cancelled by the receiver"): void {
     if (this.end) return;
     this.host.frame(Kind.Stop, DOWNLOAD_FLAG, this.id, new Uint8Array(0));
+    this.host.forget(this.id);
     this.queue = [];
     this.fail(new ZserverError("streamAborted", why));
   }

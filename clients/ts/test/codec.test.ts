@@ -7,6 +7,7 @@ import { PostcardReader, PostcardWriter, ZserverError } from "@zserver/client";
 import { decodeBody, encodeFrame, FrameReader, Kind } from "../dist/frame.js";
 import { Opener, Sealer } from "../dist/record.js";
 import { Inbound, encodeHead } from "../dist/stream.js";
+import { createHasher } from "../dist/hash.js";
 import { blake3 } from "@noble/hashes/blake3.js";
 
 const hex = (s: string) => Uint8Array.from(s.replace(/[^0-9a-f]/g, "").match(/../g)!.map((b) => parseInt(b, 16)));
@@ -130,24 +131,24 @@ test("record lengths and kinds are checked before the body is buffered", async (
 
 test("a download whose End hash or length does not match fails with integrity", async () => {
   const sent: number[] = [];
-  const host = { frame: (kind: number) => void sent.push(kind), writable: async () => {} };
-  const bad = new Inbound(host, 1, 1 << 20);
+  const host = { frame: (kind: number) => void sent.push(kind), writable: async () => {}, forget: () => {} };
+  const bad = new Inbound(host, 1, 1 << 20, await createHasher());
   bad.onData(utf8("hello"));
   bad.onEnd(new Uint8Array(32));
   assert.deepEqual(await bad.next(), utf8("hello"));
   await assert.rejects(bad.next(), (e: ZserverError) => e.kind === "integrity");
-  const short = new Inbound(host, 2, 1 << 20);
+  const short = new Inbound(host, 2, 1 << 20, await createHasher());
   short.total = 6;
   short.onData(utf8("hello"));
   short.onEnd(blake3(utf8("hello")));
   await short.next();
   await assert.rejects(short.next(), /not the announced 6/);
-  const good = new Inbound(host, 3, 1 << 20);
+  const good = new Inbound(host, 3, 1 << 20, await createHasher());
   good.onData(utf8("hello"));
   good.onEnd(blake3(utf8("hello")));
   assert.deepEqual(await good.next(), utf8("hello"));
   assert.equal(await good.next(), undefined);
   // More data than the credit allows breaks the protocol.
-  const greedy = new Inbound(host, 4, 1 << 20);
+  const greedy = new Inbound(host, 4, 1 << 20, await createHasher());
   assert.throws(() => greedy.onData(new Uint8Array(256 * 1024 + 1)), /beyond the window/);
 });
