@@ -13,7 +13,10 @@ browser_install() {
     if [ "$(id -u)" != 0 ]; then
       sudo=(sudo -n)
     fi
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    # .ci/services.sh may just have updated the package lists: once is enough.
+    if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mmin -60 2>/dev/null | head -1)" ]; then
+      "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    fi
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
       apt-get install -y -qq --no-install-recommends chromium >/dev/null
   fi
