@@ -730,8 +730,13 @@ fn router(state: Arc<State>) -> Router {
         let s = s.clone();
         async move {
             let user = s.user(&ctx)?;
-            let path = s.file_path(&user, req.meta_str()?)?;
-            Outgoing::file(path, req.offset).await
+            let name = req.meta_str()?;
+            let path = s.file_path(&user, name)?;
+            // Not the I/O error itself: it names the path on the server.
+            Outgoing::file(path, req.offset).await.map_err(|e| match e {
+                Error::Io(_) => Error::msg(format!("no file `{name}`")),
+                other => other,
+            })
         }
     });
     let s = state.clone();
