@@ -1,7 +1,8 @@
 // The chat demo end to end in a real browser: Debian's headless Chromium (driven through
 // playwright-core, no browser download) loads the page from `zserver serve --web`, two
 // pages log in as two users over WebSocket and push to each other, and the Rust CLI (over
-// TCP, pinning the same key) pushes to a browser user and receives a browser user's push.
+// TCP, and over WebSocket, pinning the same key) pushes to browser users and receives a
+// browser user's push.
 // A page logging in gets the messages stored while its user was away; a page logging in
 // as a user who is already on another page gets that page kicked; a page pinning the
 // wrong key is refused. Screenshots land in target/e2e/ at the repository root.
@@ -88,10 +89,16 @@ function startServer(data) {
   });
 }
 
-/** `zserver client` arguments for `user`, over TCP, pinning the server's key. */
-function cli(user, ...action) {
-  return ["client", "--server", server.tcp, "--user", user, "--password", `${user}-pw`, "--pin", server.pin, ...action];
+/** `zserver client` arguments for `user` reaching the server `via` these options, pinning its key. */
+function clientArgs(via, user, action) {
+  return ["client", ...via, "--user", user, "--password", `${user}-pw`, "--pin", server.pin, ...action];
 }
+
+/** `zserver client` arguments for `user`, over TCP. */
+const cli = (user, ...action) => clientArgs(["--server", server.tcp], user, action);
+
+/** `zserver client` arguments for `user`, over WebSocket. */
+const cliWs = (user, ...action) => clientArgs(["--ws", "--server", server.ws], user, action);
 
 /** A fresh browser context with the chat page open (pinning `pin`). */
 async function openPage(pin = server.pin) {
@@ -167,6 +174,9 @@ test("browser users and a Rust user push to each other through one server", asyn
   const out = await zserver(cli("carol", "push", "ann", "hello ann, from the Rust CLI"));
   assert.match(out, /delivered to `ann`/);
   await received(ann, "carol", "hello ann, from the Rust CLI");
+  // The Rust CLI over WebSocket too (`--ws`, the page's own port).
+  assert.match(await zserver(cliWs("carol", "push", "bob", "hello bob, from Rust over WebSocket")), /delivered to `bob`/);
+  await received(bob, "carol", "hello bob, from Rust over WebSocket");
 
   // A browser user pushes to the Rust user: stored while carol is offline, printed at her
   // next login; then live, to `zserver client listen`.
