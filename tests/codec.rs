@@ -481,7 +481,7 @@ async fn tampered_codec_list_fails_the_handshake(addr: &str) {
     let connected = within(
         WAIT,
         "connect through the relay",
-        zserver::client().config(config).connect(relay),
+        suite_client().config(config).connect(relay),
     )
     .await;
     assert!(

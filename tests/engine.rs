@@ -1077,7 +1077,7 @@ async fn shutdown_waits_for_calls_in_flight(addr: &str) {
     let refused = within(
         WAIT,
         "connect after shutdown",
-        zserver::client()
+        suite_client()
             .connect_timeout(Duration::from_secs(3))
             .connect(target),
     )
@@ -1420,7 +1420,7 @@ async fn call_pending_when_peer_resets_fails_closed(addr: &str) {
     let client = within(
         WAIT,
         "connect to the raw server",
-        zserver::client().config(plain()).connect(target),
+        suite_client().config(plain()).connect(target),
     )
     .await
     .expect("connect");
@@ -1494,7 +1494,7 @@ async fn oversized_payload_is_refused_before_sending(addr: &str) {
     let client = within(
         WAIT,
         "connect",
-        zserver::client()
+        suite_client()
             .config(limited())
             .connect(server.local_addr()),
     )

@@ -47,6 +47,10 @@ pub struct LoginConfig {
     pub store: String,
     /// Join a cluster of nodes sharing presence through NATS; `None` runs one node alone.
     pub cluster: Option<ClusterConfig>,
+    /// Also listen for WebSocket connections (browsers) here, with the same sessions.
+    pub ws_listen: Option<SocketAddr>,
+    /// The WebSocket listener's allowed origins and web root.
+    pub ws_options: zserver::WsOptions,
 }
 
 impl LoginConfig {
@@ -61,6 +65,8 @@ impl LoginConfig {
             attempt_window: Duration::from_secs(60),
             store: "embedded".into(),
             cluster: None,
+            ws_listen: None,
+            ws_options: zserver::WsOptions::new(),
         }
     }
 }
@@ -540,6 +546,7 @@ pub fn check_file_name(name: &str) -> Result<(), Error> {
 pub struct LoginServer {
     server: Server,
     state: Arc<State>,
+    ws_addr: Option<SocketAddr>,
 }
 
 impl LoginServer {
@@ -611,16 +618,29 @@ impl LoginServer {
             .router(router(state.clone()))
             .bind(addr)
             .await?;
+        let ws_addr = match config.ws_listen {
+            Some(ws) => Some(server.listen_ws(ws, config.ws_options.clone()).await?),
+            None => None,
+        };
         if let Some(cluster) = &state.cluster {
             let local: Arc<dyn LocalSessions> = state.clone();
             cluster.start(Arc::downgrade(&local)).await?;
         }
-        Ok(Self { server, state })
+        Ok(Self {
+            server,
+            state,
+            ws_addr,
+        })
     }
 
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// The address it listens on for WebSocket connections, if it does.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws_addr
     }
 
     /// The server key's fingerprint, for clients to pin.
