@@ -133,7 +133,11 @@ fn serve(args: &[String]) -> Result<(), Error> {
 fn bench(args: &[String]) -> Result<(), Error> {
     let (addr, pin) = match args {
         [addr, pin, ..] => (addr.clone(), pin.clone()),
-        _ => return Err(Error::msg("bench ADDR FINGERPRINT [--secs S] [--bulk-mib M]")),
+        _ => {
+            return Err(Error::msg(
+                "bench ADDR FINGERPRINT [--secs S] [--bulk-mib M]",
+            ))
+        }
     };
     let secs: f64 = flag(args, "--secs").map_or(3.0, |s| s.parse().expect("--secs S"));
     let mib: u64 = flag(args, "--bulk-mib").map_or(256, |s| s.parse().expect("--bulk-mib M"));
@@ -144,8 +148,9 @@ fn bench(args: &[String]) -> Result<(), Error> {
             .await?;
         // Pipelined echo: 64 calls of 64 bytes in flight; a short warm-up, then `secs`.
         let payload = [0xA5u8; 64];
-        let mut inflight: FuturesUnordered<_> =
-            (0..64).map(|_| client.call_bytes("echo", payload)).collect();
+        let mut inflight: FuturesUnordered<_> = (0..64)
+            .map(|_| client.call_bytes("echo", payload))
+            .collect();
         let warm = Instant::now() + Duration::from_millis(300);
         let mut start = None;
         let mut calls = 0u64;

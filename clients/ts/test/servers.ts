@@ -121,8 +121,8 @@ export async function startLoginServer(options: { ws?: boolean; extra?: string[]
   await readUntil(child, (line) => {
     let m = /^zserver listening on (\S+)/.exec(line);
     if (m) addr = parseAddr(m[1]);
-    m = /websocket\S* (?:listening )?on (\S+)|ws:\/\/(\S+?)\/?\s*$/i.exec(line);
-    if (m) ws = parseAddr(m[1] ?? m[2]);
+    m = /^WebSocket on ws:\/\/([^\s/]+)/.exec(line);
+    if (m) ws = parseAddr(m[1]);
     m = /^server key fingerprint: ([0-9a-f]{64})/.exec(line);
     if (m) fingerprint = m[1];
     return addr !== undefined && fingerprint !== undefined && (!options.ws || ws !== undefined);
