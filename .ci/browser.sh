@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The browser end-to-end test of the chat demo (clients/ts/demo): headless Chromium from
 # Debian, driven through playwright-core (no browser download).
-#   bash .ci/browser.sh install   # Debian's chromium if missing (root or sudo), npm packages
+#   bash .ci/browser.sh install   # Debian's chromium if missing (root or sudo), the demo's
+#                                 # npm packages; a second install waits for a running one
 #   bash .ci/browser.sh test      # builds the page, runs the test against target/debug/zserver
+# .ci/run starts `install` in the background, so that the download overlaps the Rust build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 browser_install() {
+  exec 9>"${TMPDIR:-/tmp}/zserver-browser-install.lock"
+  flock 9
   if ! command -v chromium >/dev/null; then
     echo "== installing chromium from Debian's packages"
     local sudo=()
@@ -20,13 +24,14 @@ browser_install() {
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
       apt-get install -y -qq --no-install-recommends chromium >/dev/null
   fi
-  # The client library (its @noble packages are bundled into the page) and the demo's own
-  # tools (esbuild, playwright-core).
-  [ -d clients/ts/node_modules ] || (cd clients/ts && npm ci --no-audit --no-fund)
+  # The demo's own tools (esbuild, playwright-core).
   [ -d clients/ts/demo/node_modules ] || (cd clients/ts/demo && npm ci --no-audit --no-fund)
 }
 
 browser_test() {
+  # The client library, whose sources (and @noble packages) are bundled into the page;
+  # .ci/test's TypeScript step has installed it already.
+  [ -d clients/ts/node_modules ] || (cd clients/ts && npm ci --no-audit --no-fund)
   [ -x target/debug/zserver ] || cargo build -p zserver-cli
   (cd clients/ts/demo && npm test)
 }
