@@ -100,13 +100,13 @@ const cli = (user, ...action) => clientArgs(["--server", server.tcp], user, acti
 /** `zserver client` arguments for `user`, over WebSocket. */
 const cliWs = (user, ...action) => clientArgs(["--ws", "--server", server.ws], user, action);
 
-/** A fresh browser context with the chat page open (pinning `pin`). */
-async function openPage(pin = server.pin) {
+/** A fresh browser context with the chat page open (pinning `pin`, with `query` added). */
+async function openPage(pin = server.pin, query = "") {
   const context = await browser.newContext({ viewport: { width: 900, height: 560 } });
   const page = await context.newPage();
   page.setDefaultTimeout(STEP_MS);
   page.on("pageerror", (e) => console.error(`page error: ${e.message}`));
-  await page.goto(`http://${server.ws}/?pin=${pin}`);
+  await page.goto(`http://${server.ws}/?pin=${pin}${query}`);
   return page;
 }
 
@@ -118,7 +118,7 @@ async function enter(page, user, { register = true } = {}) {
   await page.waitForSelector('#status[data-state="online"]');
 }
 
-/** Waits until `page` lists `user` as online (the page asks `who` every 2 s). */
+/** Waits until `page` lists `user` as online (the page asks `who` every 3 s; Refresh asks now). */
 async function waitOnline(page, user) {
   await page.click("#refresh");
   await page.locator("#online li", { hasText: new RegExp(`^${user}$`) }).waitFor();
@@ -197,9 +197,13 @@ test("browser users and a Rust user push to each other through one server", asyn
   // A page logging in gets the messages stored while its user was offline.
   await zserver(cli("dave", "register"));
   assert.match(await zserver(cli("carol", "push", "dave", "for dave, sent while away")), /stored for their next login/);
-  const dave = await openPage();
+  const dave = await openPage(server.pin, "&shown=1");
   await enter(dave, "dave", { register: false });
   assert.equal(await received(dave, "carol", "for dave, sent while away"), "offline");
+  // That page lists one name (`?shown=1`: one `who` page of one) and counts the others.
+  // (carol's `listen` has just gone: wait for the count to settle, refreshed every 3 s.)
+  await dave.waitForFunction(() => document.querySelector("#online-count")?.textContent === "(3)");
+  assert.deepEqual(await dave.locator("#online li").allTextContents(), ["ann", "and 2 more"]);
   await dave.screenshot({ path: join(artifacts, "offline.png") });
 
   await ann.screenshot({ path: join(artifacts, "chat.png") });

@@ -45,7 +45,10 @@ ui.ws.value = params.get("ws") ?? `${scheme}//${location.host}/`;
 ui.pin.value = params.get("pin") ?? "";
 
 /** How often the online list is asked for again while logged in. */
-const WHO_EVERY_MS = 2000;
+const WHO_EVERY_MS = 3000;
+/** Most names the page lists, `?shown=` (default 100): one `who` page, so that a server
+ * with a million users online sends a hundred names and the count, not the million. */
+const WHO_SHOWN = Math.min(Math.max(Number(params.get("shown")) || 100, 1), 1000);
 
 let session: { login: LoginClient; user: string; timer: number } | undefined;
 
@@ -78,7 +81,7 @@ function addMessage(m: Message, kind: "received" | "offline" | "sent", to?: stri
   li.scrollIntoView({ block: "nearest" });
 }
 
-function showOnline(users: string[], me: string): void {
+function showOnline(users: string[], me: string, online: number): void {
   ui.online.replaceChildren(
     ...users.map((u) => {
       const li = document.createElement("li");
@@ -94,14 +97,21 @@ function showOnline(users: string[], me: string): void {
   ui.onlineNames.replaceChildren(
     ...users.map((u) => Object.assign(document.createElement("option"), { value: u })),
   );
-  ui.onlineCount.textContent = `(${users.length})`;
+  ui.onlineCount.textContent = `(${online})`;
+  if (online > users.length) {
+    const more = document.createElement("li");
+    more.className = "more";
+    more.textContent = `and ${online - users.length} more`;
+    ui.online.append(more);
+  }
 }
 
 async function refreshOnline(): Promise<void> {
   if (!session) return;
   const { login, user } = session;
   try {
-    showOnline(await login.who(), user);
+    const page = await login.whoPage(undefined, WHO_SHOWN);
+    showOnline(page.users, user, page.online);
   } catch (e) {
     ui.report.textContent = `who: ${errorText(e)}`;
   }
