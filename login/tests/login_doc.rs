@@ -290,7 +290,8 @@ struct Conn {
     answer: Option<async_channel::Receiver<Answer>>,
 }
 
-async fn connect(server: &LoginServer) -> Conn {
+/// A connection to `server` over TCP, or over WebSocket with `ws`, pinning its key.
+async fn connect(server: &LoginServer, ws: bool) -> Conn {
     let (tx, events) = async_channel::unbounded();
     let mut router = Router::new();
     for name in ["message", "kicked"] {
@@ -303,13 +304,18 @@ async fn connect(server: &LoginServer) -> Conn {
             }
         });
     }
-    let client = ClientBuilder::new(zserver::transport("tokio").unwrap())
+    let builder = ClientBuilder::new(zserver::transport("tokio").unwrap())
         .router(router)
         .pin_server_fingerprint(&server.fingerprint())
-        .unwrap()
-        .connect(server.local_addr())
-        .await
-        .expect("connects");
+        .unwrap();
+    let client = match ws {
+        true => {
+            let addr = server.ws_addr().expect("the server listens on WebSocket");
+            builder.connect_ws(&format!("ws://{addr}/")).await
+        }
+        false => builder.connect(server.local_addr()).await,
+    }
+    .expect("connects");
     Conn {
         client,
         events,
@@ -369,15 +375,19 @@ async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
         .unwrap_or_else(|| panic!("{what}: nothing within 10 s"))
 }
 
-async fn replay(lines: Vec<(usize, String)>, dir: std::path::PathBuf) -> Result<usize, String> {
+/// Replays the transcript `lines` against a fresh server with its data in `dir`, every
+/// connection over WebSocket with `ws` (else TCP); how many lines it replayed.
+async fn replay(
+    lines: Vec<(usize, String)>,
+    dir: std::path::PathBuf,
+    ws: bool,
+) -> Result<usize, String> {
     let transport = zserver::transport("tokio").unwrap();
-    let server = LoginServer::start(
-        transport,
-        "127.0.0.1:0".parse().unwrap(),
-        LoginConfig::new(dir),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let mut config = LoginConfig::new(dir);
+    config.ws_listen = ws.then(|| "127.0.0.1:0".parse().unwrap());
+    let server = LoginServer::start(transport, "127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut conns: HashMap<String, Conn> = HashMap::new();
     let mut steps = 0;
     for (n, line) in lines {
@@ -386,7 +396,7 @@ async fn replay(lines: Vec<(usize, String)>, dir: std::path::PathBuf) -> Result<
         let (arrow, rest) = word(rest);
         let (word, after) = word(rest);
         if !conns.contains_key(who) {
-            conns.insert(who.to_owned(), connect(&server).await);
+            conns.insert(who.to_owned(), connect(&server, ws).await);
         }
         let conn = conns.get_mut(who).expect("just made");
         steps += 1;
@@ -432,7 +442,7 @@ async fn replay(lines: Vec<(usize, String)>, dir: std::path::PathBuf) -> Result<
 }
 
 #[test]
-fn the_session_in_login_md_replays_against_a_real_server() {
+fn the_session_in_login_md_replays_against_a_real_server_over_tcp_and_websocket() {
     let doc = document("LOGIN.md");
     let session = blocks(&doc)
         .into_iter()
@@ -452,9 +462,13 @@ fn the_session_in_login_md_replays_against_a_real_server() {
         })
         .filter(|(_, l)| !l.trim().is_empty())
         .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let steps = support::run_on("tokio", Duration::from_secs(60), replay(lines, data));
-    let steps = steps.unwrap_or_else(|e| panic!("{e}"));
-    assert!(steps >= 40, "only {steps} steps replayed");
+    for ws in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let replayed = replay(lines.clone(), data, ws);
+        let steps = support::run_on("tokio", Duration::from_secs(60), replayed);
+        let over = if ws { "WebSocket" } else { "TCP" };
+        let steps = steps.unwrap_or_else(|e| panic!("over {over}: {e}"));
+        assert!(steps >= 40, "only {steps} steps replayed over {over}");
+    }
 }
