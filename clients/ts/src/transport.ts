@@ -81,6 +81,10 @@ export function openWebSocket(
       return;
     }
     ws.binaryType = "arraybuffer";
+    // Messages may come in the same tick as `open` (the server's preamble right behind its
+    // upgrade answer), before the connection starts reading: keep them until then.
+    const early: unknown[] = [];
+    ws.onmessage = (ev) => void early.push(ev.data);
     const timer = setTimeout(() => {
       ws.close();
       reject(new ZserverError("timeout", `WebSocket to ${url} did not open in time`));
@@ -95,7 +99,7 @@ export function openWebSocket(
     };
     ws.onopen = () => {
       clearTimeout(timer);
-      resolve(new WebSocketTransport(ws));
+      resolve(new WebSocketTransport(ws, early));
     };
   });
 }
@@ -107,27 +111,33 @@ class WebSocketTransport implements Transport {
   private paused = false;
   private backlog: Uint8Array[] = [];
 
-  constructor(private readonly ws: WebSocketLike) {}
+  constructor(
+    private readonly ws: WebSocketLike,
+    private readonly early: unknown[],
+  ) {}
 
   start(events: TransportEvents): void {
     this.events = events;
-    this.ws.onmessage = (ev) => {
-      const data = ev.data;
-      let chunk: Uint8Array;
-      if (data instanceof ArrayBuffer) chunk = new Uint8Array(data);
-      else if (ArrayBuffer.isView(data)) chunk = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-      else {
-        this.fail(new ZserverError("protocol", "a text WebSocket message (only binary carries the protocol)"));
-        return;
-      }
-      if (this.paused) this.backlog.push(chunk);
-      else events.data(chunk);
-    };
+    this.ws.onmessage = (ev) => this.onMessage(ev.data, events);
     this.ws.onclose = (ev) => {
       const clean = ev.wasClean !== false && (ev.code === 1000 || ev.code === 1005);
       this.finish(clean ? undefined : new ZserverError("io", `WebSocket closed (${ev.code} ${ev.reason ?? ""})`));
     };
     this.ws.onerror = () => this.finish(new ZserverError("io", "WebSocket error"));
+    for (const data of this.early.splice(0)) this.onMessage(data, events);
+    if (this.ws.readyState > 1) this.finish(undefined); // closed before we started
+  }
+
+  private onMessage(data: unknown, events: TransportEvents): void {
+    let chunk: Uint8Array;
+    if (data instanceof ArrayBuffer) chunk = new Uint8Array(data);
+    else if (ArrayBuffer.isView(data)) chunk = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    else {
+      this.fail(new ZserverError("protocol", "a text WebSocket message (only binary carries the protocol)"));
+      return;
+    }
+    if (this.paused) this.backlog.push(chunk);
+    else events.data(chunk);
   }
 
   write(data: Uint8Array): Promise<void> | void {
