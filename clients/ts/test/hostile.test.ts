@@ -5,7 +5,8 @@ import { createServer, type Server, type Socket, connect as netConnect } from "n
 import { after, before, describe, test } from "node:test";
 
 import { ZserverError } from "@zserver/client";
-import { connectTcp } from "@zserver/client/node";
+import { connectTcp, connectWebSocketNode } from "@zserver/client/node";
+import { type WebSocket, WebSocketServer } from "ws";
 
 import { sleep } from "./connect.js";
 import { type Peer, startPeer } from "./servers.js";
@@ -169,5 +170,42 @@ describe("a hostile server", { timeout: 60_000 }, () => {
     assert.equal(await client.console("hello", "ok"), "hello, ok");
     client.close();
     await sleep(10);
+  });
+});
+
+describe("a hostile WebSocket server", { timeout: 30_000 }, () => {
+  let server: WebSocketServer;
+  let script: (ws: WebSocket) => void = () => {};
+  let url = "";
+  before(async () => {
+    server = new WebSocketServer({ host: "127.0.0.1", port: 0 });
+    server.on("connection", (ws) => script(ws));
+    await new Promise<void>((r) => server.once("listening", () => r()));
+    url = `ws://127.0.0.1:${(server.address() as { port: number }).port}/`;
+  });
+  after(() => new Promise<void>((r) => server.close(() => r())));
+
+  test("a text message is refused", async () => {
+    script = (ws) => ws.send("ZSRV hello");
+    await assert.rejects(connectWebSocketNode(url), isKind("handshake", /text WebSocket message/));
+  });
+
+  test("garbage in binary messages is refused", async () => {
+    script = (ws) => ws.send(Buffer.from("GET / HTTP/1.1\r\n"));
+    await assert.rejects(connectWebSocketNode(url), isKind("protocol", /not a zserver preamble/));
+  });
+
+  test("the preamble in one-byte messages is reassembled (boundaries carry no meaning)", async () => {
+    script = (ws) => {
+      for (const b of PLAIN) ws.send(Uint8Array.of(b));
+      for (const b of [4, 0, 0, 0, 4, 0, 9, 0]) ws.send(Uint8Array.of(b)); // Ping id 9
+      ws.on("message", (d: Buffer) => {
+        if (d.length >= 8 && d.subarray(-8).equals(Buffer.from([4, 0, 0, 0, 5, 0, 9, 0]))) ws.close(1000);
+      });
+    };
+    const client = await connectWebSocketNode(url, { encrypted: false });
+    // The server closes cleanly once it got the Pong for its Ping.
+    const why = await client.closed;
+    assert.ok(why?.kind === "closed", String(why));
   });
 });
