@@ -54,6 +54,9 @@ export interface WebSocketLike {
 /** A WebSocket constructor (`globalThis.WebSocket`, or `ws`'s `WebSocket` in Node). */
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
 
+/** Largest WebSocket message this client sends (as zserver: 256 KiB). */
+const WS_MAX_MESSAGE = 256 * 1024;
+
 /** Bytes buffered in a WebSocket above which writes wait (there is no drain event). */
 const WS_HIGH_WATER = 4 * 1024 * 1024;
 
@@ -142,7 +145,10 @@ class WebSocketTransport implements Transport {
 
   write(data: Uint8Array): Promise<void> | void {
     if (this.closed) return;
-    this.ws.send(data);
+    // Boundaries carry no meaning (PROTOCOL.md 2d); keep messages well below the limit.
+    for (let at = 0; at < data.length; at += WS_MAX_MESSAGE) {
+      this.ws.send(data.subarray(at, at + WS_MAX_MESSAGE));
+    }
     if (this.ws.bufferedAmount <= WS_HIGH_WATER) return;
     return new Promise((resolve) => {
       const poll = () => {
