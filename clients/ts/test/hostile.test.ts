@@ -8,6 +8,7 @@ import { ZserverError } from "@zserver/client";
 import { connectTcp, connectWebSocketNode } from "@zserver/client/node";
 import { type WebSocket, WebSocketServer } from "ws";
 
+import { encodeFrame } from "../dist/frame.js";
 import { sleep } from "./connect.js";
 import { type Peer, startPeer } from "./servers.js";
 
@@ -125,6 +126,48 @@ describe("a hostile server", { timeout: 60_000 }, () => {
     assert.deepEqual([...bytes.subarray(0, 8)], [...PLAIN]);
     assert.deepEqual([...bytes.subarray(8, 16)], [4, 0, 0, 0, 5, 0, 5, 0], "Pong with id 5");
     assert.deepEqual([...bytes.subarray(16, 24)], [4, 0, 0, 0, 4, 0, 0, 0], "heartbeat Ping with id 0");
+  });
+
+  test("a flood of calls runs at most maxHandlers handlers at once; the rest wait unread", async () => {
+    const calls = 1000;
+    let answered = 0;
+    let allAnswered: () => void = () => {};
+    const done = new Promise<void>((r) => (allAnswered = r));
+    const port = await serve((s) => {
+      s.write(PLAIN);
+      const frames = [];
+      for (let id = 1; id <= calls; id++) frames.push(encodeFrame(0, 0, id, new TextEncoder().encode("slow"), new Uint8Array(0)));
+      s.write(Buffer.concat(frames));
+      let got = Buffer.alloc(0);
+      s.on("data", (d) => {
+        got = Buffer.concat([got, d]);
+        // Count Reply frames (kind 2) after the 8-byte preamble.
+        let at = answered === 0 && got.length >= 8 && got[0] === 0x5a ? 8 : 0;
+        while (got.length - at >= 4 && got.length - at >= 4 + got.readUInt32LE(at)) {
+          if (got[at + 4] === 2) answered++;
+          at += 4 + got.readUInt32LE(at);
+        }
+        got = got.subarray(at);
+        if (answered === calls) allAnswered();
+      });
+    });
+    const waiting: (() => void)[] = [];
+    let started = 0;
+    const client = await connectTcp("127.0.0.1", port, { encrypted: false, maxHandlers: 16 }, {
+      slow: () => {
+        started++;
+        return new Promise<void>((r) => waiting.push(r));
+      },
+    });
+    await sleep(200);
+    assert.equal(started, 16, "only maxHandlers handlers run");
+    while (answered < calls) {
+      for (const release of waiting.splice(0)) release();
+      await sleep(5);
+    }
+    await done;
+    assert.equal(started, calls);
+    client.close();
   });
 
   /** A proxy to the real peer that hands the server's bytes to `tamper` after the handshake. */
