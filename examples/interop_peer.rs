@@ -3,11 +3,12 @@
 //!
 //! ```text
 //! interop_peer serve [--rekey-records N]
-//!     serves the commands below, encrypted and plain (trusted link), on 127.0.0.1 port 0;
-//!     prints one JSON line {"encrypted":ADDR,"plain":ADDR,"fingerprint":HEX}, serves until
-//!     its standard input closes
+//!     serves the commands below, encrypted and plain (trusted link), on 127.0.0.1 port 0,
+//!     over TCP and (with the `ws` feature, on by default) WebSocket; prints one JSON line
+//!     {"encrypted":ADDR,"plain":ADDR,"encrypted_ws":ADDR,"plain_ws":ADDR,"fingerprint":HEX},
+//!     serves until its standard input closes
 //! interop_peer bench ADDR FINGERPRINT [--secs S] [--bulk-mib M]
-//!     the Rust client against ADDR: pipelined echo calls/s (64 in flight, 64-byte payloads)
+//!     the Rust client against ADDR (host:port, or ws://host:port/ over WebSocket): pipelined echo calls/s (64 in flight, 64-byte payloads)
 //!     and one upload of M MiB to `bulk`; prints one JSON line
 //! ```
 //!
@@ -26,7 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use zserver::{Config, Encryption, Error, Incoming, Outgoing, RekeyPolicy, Router};
+use zserver::{
+    Client, ClientBuilder, Config, Encryption, Error, Incoming, Outgoing, RekeyPolicy, Router,
+};
 
 fn router() -> Router {
     let sunk = Arc::new(AtomicU64::new(0));
@@ -118,12 +121,25 @@ fn serve(args: &[String]) -> Result<(), Error> {
             .router(router())
             .bind("127.0.0.1:0")
             .await?;
-        Ok::<_, Error>((encrypted, plain))
+        #[cfg(feature = "ws")]
+        let ws = format!(
+            ",\"encrypted_ws\":\"{}\",\"plain_ws\":\"{}\"",
+            encrypted
+                .listen_ws("127.0.0.1:0", zserver::WsOptions::new())
+                .await?,
+            plain
+                .listen_ws("127.0.0.1:0", zserver::WsOptions::new())
+                .await?
+        );
+        #[cfg(not(feature = "ws"))]
+        let ws = String::new();
+        Ok::<_, Error>((encrypted, plain, ws))
     })?;
     println!(
-        "{{\"encrypted\":\"{}\",\"plain\":\"{}\",\"fingerprint\":\"{}\"}}",
+        "{{\"encrypted\":\"{}\",\"plain\":\"{}\"{},\"fingerprint\":\"{}\"}}",
         servers.0.local_addr(),
         servers.1.local_addr(),
+        servers.2,
         servers.0.fingerprint()
     );
     let _ = std::io::stdin().lines().count();
@@ -142,10 +158,12 @@ fn bench(args: &[String]) -> Result<(), Error> {
     let secs: f64 = flag(args, "--secs").map_or(3.0, |s| s.parse().expect("--secs S"));
     let mib: u64 = flag(args, "--bulk-mib").map_or(256, |s| s.parse().expect("--bulk-mib M"));
     zserver::block_on(async move {
-        let client = zserver::client()
-            .pin_server_fingerprint(&pin)?
-            .connect(addr.as_str())
-            .await?;
+        let builder = zserver::client().pin_server_fingerprint(&pin)?;
+        let client = if addr.starts_with("ws://") {
+            connect_ws(builder, &addr).await?
+        } else {
+            builder.connect(addr.as_str()).await?
+        };
         // Pipelined echo: 64 calls of 64 bytes in flight; a short warm-up, then `secs`.
         let payload = [0xA5u8; 64];
         let mut inflight: FuturesUnordered<_> = (0..64)
@@ -182,6 +200,18 @@ fn bench(args: &[String]) -> Result<(), Error> {
         );
         Ok(())
     })
+}
+
+#[cfg(feature = "ws")]
+async fn connect_ws(builder: ClientBuilder, url: &str) -> Result<Client, Error> {
+    builder.connect_ws(url).await
+}
+
+#[cfg(not(feature = "ws"))]
+async fn connect_ws(_: ClientBuilder, _: &str) -> Result<Client, Error> {
+    Err(Error::msg(
+        "interop_peer was built without the `ws` feature",
+    ))
 }
 
 fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {

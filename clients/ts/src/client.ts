@@ -124,6 +124,8 @@ interface Pending {
 }
 
 const EMPTY = new Uint8Array(0);
+/** Most bytes held before the handshake has finished. */
+const HANDSHAKE_BUFFER = 1024 * 1024;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
@@ -554,6 +556,7 @@ export class Client {
         }
         this.outBytes -= batch.length;
         if (this.outBytes < this.opts.maxPendingWrite) this.wakeWriters();
+        if (this.paused) this.flow();
       }
     } catch (e) {
       this.fail(asZserverError(e, "io"));
@@ -595,6 +598,11 @@ export class Client {
     this.lastHeard = Date.now();
     this.pinged = false;
     if (this.hs) {
+      // Before the handshake ends the server has nothing to say beyond its few messages.
+      if (this.hs.buffered + chunk.length > HANDSHAKE_BUFFER) {
+        this.fail(protocolError(`more than ${HANDSHAKE_BUFFER} bytes arrived before the handshake finished`));
+        return;
+      }
       this.hs.push(chunk);
       return;
     }
@@ -603,6 +611,7 @@ export class Client {
     } else {
       this.frames.push(chunk);
     }
+    this.flow();
     void this.pump();
   }
 
@@ -618,6 +627,7 @@ export class Client {
         const plain = this.opener ? await this.opener.next() : undefined;
         if (!plain) break;
         this.frames.push(plain);
+        this.flow();
       }
       this.flow();
     } catch (e) {
@@ -630,8 +640,14 @@ export class Client {
 
   /** Pauses the transport while too much is buffered unprocessed, resumes once it drained. */
   private flow(): void {
+    if (this.closeReason) return;
     const buffered = (this.opener?.buffered ?? 0) + this.frames.buffered;
-    const busy = this.running >= this.opts.maxHandlers || buffered > 2 * MAX_RECORD_PLAINTEXT;
+    // Handlers saturated, received bytes piling up faster than they are opened, or answers
+    // piling up unwritten (a server that calls without reading): stop reading until it eases.
+    const busy =
+      this.running >= this.opts.maxHandlers ||
+      buffered > 2 * MAX_RECORD_PLAINTEXT ||
+      this.outBytes > 2 * this.opts.maxPendingWrite;
     if (busy && !this.paused) {
       this.paused = true;
       this.transport.pause();

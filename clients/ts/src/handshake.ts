@@ -41,6 +41,11 @@ export class ByteQueue {
   private waiter: (() => void) | undefined;
   private failure: Error | undefined;
 
+  /** Bytes held. */
+  get buffered(): number {
+    return this.held;
+  }
+
   /** Adds received bytes. */
   push(chunk: Uint8Array): void {
     this.chunks.push(chunk);

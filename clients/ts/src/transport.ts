@@ -54,6 +54,9 @@ export interface WebSocketLike {
 /** A WebSocket constructor (`globalThis.WebSocket`, or `ws`'s `WebSocket` in Node). */
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
 
+/** Largest WebSocket message this client sends (as zserver: 256 KiB). */
+const WS_MAX_MESSAGE = 256 * 1024;
+
 /** Bytes buffered in a WebSocket above which writes wait (there is no drain event). */
 const WS_HIGH_WATER = 4 * 1024 * 1024;
 
@@ -81,6 +84,10 @@ export function openWebSocket(
       return;
     }
     ws.binaryType = "arraybuffer";
+    // Messages may come in the same tick as `open` (the server's preamble right behind its
+    // upgrade answer), before the connection starts reading: keep them until then.
+    const early: unknown[] = [];
+    ws.onmessage = (ev) => void early.push(ev.data);
     const timer = setTimeout(() => {
       ws.close();
       reject(new ZserverError("timeout", `WebSocket to ${url} did not open in time`));
@@ -95,7 +102,7 @@ export function openWebSocket(
     };
     ws.onopen = () => {
       clearTimeout(timer);
-      resolve(new WebSocketTransport(ws));
+      resolve(new WebSocketTransport(ws, early));
     };
   });
 }
@@ -107,32 +114,41 @@ class WebSocketTransport implements Transport {
   private paused = false;
   private backlog: Uint8Array[] = [];
 
-  constructor(private readonly ws: WebSocketLike) {}
+  constructor(
+    private readonly ws: WebSocketLike,
+    private readonly early: unknown[],
+  ) {}
 
   start(events: TransportEvents): void {
     this.events = events;
-    this.ws.onmessage = (ev) => {
-      const data = ev.data;
-      let chunk: Uint8Array;
-      if (data instanceof ArrayBuffer) chunk = new Uint8Array(data);
-      else if (ArrayBuffer.isView(data)) chunk = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-      else {
-        this.fail(new ZserverError("protocol", "a text WebSocket message (only binary carries the protocol)"));
-        return;
-      }
-      if (this.paused) this.backlog.push(chunk);
-      else events.data(chunk);
-    };
+    this.ws.onmessage = (ev) => this.onMessage(ev.data, events);
     this.ws.onclose = (ev) => {
       const clean = ev.wasClean !== false && (ev.code === 1000 || ev.code === 1005);
       this.finish(clean ? undefined : new ZserverError("io", `WebSocket closed (${ev.code} ${ev.reason ?? ""})`));
     };
     this.ws.onerror = () => this.finish(new ZserverError("io", "WebSocket error"));
+    for (const data of this.early.splice(0)) this.onMessage(data, events);
+    if (this.ws.readyState > 1) this.finish(undefined); // closed before we started
+  }
+
+  private onMessage(data: unknown, events: TransportEvents): void {
+    let chunk: Uint8Array;
+    if (data instanceof ArrayBuffer) chunk = new Uint8Array(data);
+    else if (ArrayBuffer.isView(data)) chunk = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    else {
+      this.fail(new ZserverError("protocol", "a text WebSocket message (only binary carries the protocol)"));
+      return;
+    }
+    if (this.paused) this.backlog.push(chunk);
+    else events.data(chunk);
   }
 
   write(data: Uint8Array): Promise<void> | void {
     if (this.closed) return;
-    this.ws.send(data);
+    // Boundaries carry no meaning (PROTOCOL.md 2d); keep messages well below the limit.
+    for (let at = 0; at < data.length; at += WS_MAX_MESSAGE) {
+      this.ws.send(data.subarray(at, at + WS_MAX_MESSAGE));
+    }
     if (this.ws.bufferedAmount <= WS_HIGH_WATER) return;
     return new Promise((resolve) => {
       const poll = () => {

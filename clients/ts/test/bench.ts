@@ -2,7 +2,7 @@
 // one run, on one interop peer (examples/interop_peer.rs): pipelined echo calls/s (64
 // calls of 64 bytes in flight on one connection) and one encrypted upload's MiB/s.
 // Rounds alternate between the two clients; medians are printed with the ratio.
-// Options (env): BENCH_SECS (3), BENCH_MIB (256), BENCH_ROUNDS (3), BENCH_VIA (tcp).
+// Options (env): BENCH_SECS (3), BENCH_MIB (256), BENCH_ROUNDS (3), BENCH_VIA (tcp,websocket).
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 
@@ -14,7 +14,7 @@ import { type Addr, startPeer, workspaceBinary } from "./servers.js";
 const SECS = Number(process.env.BENCH_SECS ?? 3);
 const MIB = Number(process.env.BENCH_MIB ?? 256);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
-const VIAS = (process.env.BENCH_VIA ?? "tcp").split(",") as Via[];
+const VIAS = (process.env.BENCH_VIA ?? "tcp,websocket").split(",") as Via[];
 
 interface Figures {
   calls_per_s: number;
@@ -71,11 +71,11 @@ async function typescript(via: Via, addr: Addr, pin: string): Promise<Figures> {
   return { calls_per_s: calls, bulk_mib_per_s: mibs };
 }
 
-function rust(addr: Addr, pin: string): Figures {
+function rust(via: Via, addr: Addr, pin: string): Figures {
   const peer = workspaceBinary("INTEROP_PEER", join("examples", "interop_peer"));
   const out = spawnSync(
     peer,
-    ["bench", `${addr.host}:${addr.port}`, pin, "--secs", String(SECS), "--bulk-mib", String(MIB)],
+    ["bench", via === "tcp" ? `${addr.host}:${addr.port}` : `ws://${addr.host}:${addr.port}/`, pin, "--secs", String(SECS), "--bulk-mib", String(MIB)],
     { encoding: "utf8", timeout: 300_000 },
   );
   if (out.status !== 0) throw new Error(`interop_peer bench failed: ${out.stderr}`);
@@ -91,12 +91,12 @@ async function main() {
     console.log("| transport | measure | Rust client | TypeScript client | TS / Rust |");
     console.log("| --- | --- | ---: | ---: | ---: |");
     for (const via of VIAS) {
-      if (via !== "tcp") throw new Error(`BENCH_VIA=${via}: only tcp is wired to the interop peer`);
+      const addr = via === "tcp" ? peer.encrypted : peer.encryptedWs;
       const r: Figures[] = [];
       const t: Figures[] = [];
       for (let i = 0; i < ROUNDS; i++) {
-        r.push(rust(peer.encrypted, peer.fingerprint));
-        t.push(await typescript(via, peer.encrypted, peer.fingerprint));
+        r.push(rust(via, addr, peer.fingerprint));
+        t.push(await typescript(via, addr, peer.fingerprint));
       }
       for (const [key, label] of [
         ["calls_per_s", "pipelined echo calls/s"],

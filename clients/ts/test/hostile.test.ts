@@ -5,8 +5,10 @@ import { createServer, type Server, type Socket, connect as netConnect } from "n
 import { after, before, describe, test } from "node:test";
 
 import { ZserverError } from "@zserver/client";
-import { connectTcp } from "@zserver/client/node";
+import { connectTcp, connectWebSocketNode } from "@zserver/client/node";
+import { type WebSocket, WebSocketServer } from "ws";
 
+import { encodeFrame } from "../dist/frame.js";
 import { sleep } from "./connect.js";
 import { type Peer, startPeer } from "./servers.js";
 
@@ -126,6 +128,48 @@ describe("a hostile server", { timeout: 60_000 }, () => {
     assert.deepEqual([...bytes.subarray(16, 24)], [4, 0, 0, 0, 4, 0, 0, 0], "heartbeat Ping with id 0");
   });
 
+  test("a flood of calls runs at most maxHandlers handlers at once; the rest wait unread", async () => {
+    const calls = 1000;
+    let answered = 0;
+    let allAnswered: () => void = () => {};
+    const done = new Promise<void>((r) => (allAnswered = r));
+    const port = await serve((s) => {
+      s.write(PLAIN);
+      const frames = [];
+      for (let id = 1; id <= calls; id++) frames.push(encodeFrame(0, 0, id, new TextEncoder().encode("slow"), new Uint8Array(0)));
+      s.write(Buffer.concat(frames));
+      let got = Buffer.alloc(0);
+      s.on("data", (d) => {
+        got = Buffer.concat([got, d]);
+        // Count Reply frames (kind 2) after the 8-byte preamble.
+        let at = answered === 0 && got.length >= 8 && got[0] === 0x5a ? 8 : 0;
+        while (got.length - at >= 4 && got.length - at >= 4 + got.readUInt32LE(at)) {
+          if (got[at + 4] === 2) answered++;
+          at += 4 + got.readUInt32LE(at);
+        }
+        got = got.subarray(at);
+        if (answered === calls) allAnswered();
+      });
+    });
+    const waiting: (() => void)[] = [];
+    let started = 0;
+    const client = await connectTcp("127.0.0.1", port, { encrypted: false, maxHandlers: 16 }, {
+      slow: () => {
+        started++;
+        return new Promise<void>((r) => waiting.push(r));
+      },
+    });
+    await sleep(200);
+    assert.equal(started, 16, "only maxHandlers handlers run");
+    while (answered < calls) {
+      for (const release of waiting.splice(0)) release();
+      await sleep(5);
+    }
+    await done;
+    assert.equal(started, calls);
+    client.close();
+  });
+
   /** A proxy to the real peer that hands the server's bytes to `tamper` after the handshake. */
   async function proxy(tamper: (chunk: Buffer, offset: number) => Buffer): Promise<number> {
     const handshake = 8 + 2 + 96; // preamble and message 2 from the server
@@ -169,5 +213,42 @@ describe("a hostile server", { timeout: 60_000 }, () => {
     assert.equal(await client.console("hello", "ok"), "hello, ok");
     client.close();
     await sleep(10);
+  });
+});
+
+describe("a hostile WebSocket server", { timeout: 30_000 }, () => {
+  let server: WebSocketServer;
+  let script: (ws: WebSocket) => void = () => {};
+  let url = "";
+  before(async () => {
+    server = new WebSocketServer({ host: "127.0.0.1", port: 0 });
+    server.on("connection", (ws) => script(ws));
+    await new Promise<void>((r) => server.once("listening", () => r()));
+    url = `ws://127.0.0.1:${(server.address() as { port: number }).port}/`;
+  });
+  after(() => new Promise<void>((r) => server.close(() => r())));
+
+  test("a text message is refused", async () => {
+    script = (ws) => ws.send("ZSRV hello");
+    await assert.rejects(connectWebSocketNode(url), isKind("handshake", /text WebSocket message/));
+  });
+
+  test("garbage in binary messages is refused", async () => {
+    script = (ws) => ws.send(Buffer.from("GET / HTTP/1.1\r\n"));
+    await assert.rejects(connectWebSocketNode(url), isKind("protocol", /not a zserver preamble/));
+  });
+
+  test("the preamble in one-byte messages is reassembled (boundaries carry no meaning)", async () => {
+    script = (ws) => {
+      for (const b of PLAIN) ws.send(Uint8Array.of(b));
+      for (const b of [4, 0, 0, 0, 4, 0, 9, 0]) ws.send(Uint8Array.of(b)); // Ping id 9
+      ws.on("message", (d: Buffer) => {
+        if (d.length >= 8 && d.subarray(-8).equals(Buffer.from([4, 0, 0, 0, 5, 0, 9, 0]))) ws.close(1000);
+      });
+    };
+    const client = await connectWebSocketNode(url, { encrypted: false });
+    // The server closes cleanly once it got the Pong for its Ping.
+    const why = await client.closed;
+    assert.ok(why?.kind === "closed", String(why));
   });
 });

@@ -9,7 +9,7 @@ import { type LoginClient, ZserverError } from "@zserver/client";
 import { loginVia, type Via } from "./connect.js";
 import { type LoginServer, startLoginServer } from "./servers.js";
 
-const VIAS: Via[] = ["tcp"];
+const VIAS: Via[] = ["tcp", "websocket"];
 
 for (const via of VIAS) {
   describe(`the login server over ${via}`, { timeout: 120_000 }, () => {

@@ -22,12 +22,15 @@ function blob(from: number, to: number): Uint8Array {
   return out;
 }
 
-const VIAS: Via[] = ["tcp"];
+const VIAS: Via[] = ["tcp", "websocket"];
 
 for (const via of VIAS) {
   describe(`against the Rust engine over ${via}`, { timeout: 120_000 }, () => {
     let peer: Peer;
     let rekeying: Peer;
+    // The addresses of this transport.
+    const enc = (p: Peer) => (via === "tcp" ? p.encrypted : p.encryptedWs);
+    const plainOf = (p: Peer) => (via === "tcp" ? p.plain : p.plainWs);
     before(async () => {
       peer = await startPeer();
       rekeying = await startPeer({ rekeyRecords: 3 });
@@ -38,22 +41,22 @@ for (const via of VIAS) {
     });
 
     test("handshake: the pinned server is accepted, another key is refused", async () => {
-      const client = await connectVia(via, peer.encrypted, { pin: peer.fingerprint });
+      const client = await connectVia(via, enc(peer), { pin: peer.fingerprint });
       assert.equal(client.fingerprint, peer.fingerprint);
       assert.equal(await client.console("hello", "pinned"), "hello, pinned");
       client.close();
       assert.equal(await client.closed, undefined);
       // The other peer's key is a valid key, just not this server's.
-      await assert.rejects(connectVia(via, peer.encrypted, { pin: rekeying.fingerprint }), (e: unknown) => {
+      await assert.rejects(connectVia(via, enc(peer), { pin: rekeying.fingerprint }), (e: unknown) => {
         assert.ok(isKind("keyMismatch")(e), String(e));
         assert.match((e as Error).message, new RegExp(peer.fingerprint));
         return true;
       });
-      await assert.rejects(connectVia(via, peer.encrypted, { pin: "not hex" }), isKind("handshake"));
+      await assert.rejects(connectVia(via, enc(peer), { pin: "not hex" }), isKind("handshake"));
     });
 
     test("calls: stream, console, typed, errors with their kinds", async () => {
-      const client = await connectVia(via, peer.encrypted, { pin: peer.fingerprint });
+      const client = await connectVia(via, enc(peer), { pin: peer.fingerprint });
       for (const n of [0, 1, 1000, 100_000, 3_000_000]) {
         const payload = randomBytes(n);
         assert.deepEqual(Buffer.from(await client.call("echo", payload)), payload, `echo of ${n} bytes`);
@@ -80,7 +83,7 @@ for (const via of VIAS) {
     });
 
     test("one-way sends arrive in order before a later call", async () => {
-      const client = await connectVia(via, peer.encrypted, { pin: peer.fingerprint });
+      const client = await connectVia(via, enc(peer), { pin: peer.fingerprint });
       const before = new PostcardReader(await client.call("count")).u64();
       for (let i = 0; i < 300; i++) await client.send("sink", utf8(`m${i}`));
       const after = new PostcardReader(await client.call("count")).u64();
@@ -92,7 +95,7 @@ for (const via of VIAS) {
       const notes: string[] = [];
       let noted: () => void = () => {};
       const gotNote = new Promise<void>((r) => (noted = r));
-      const client = await connectVia(via, peer.encrypted, { pin: peer.fingerprint }, {
+      const client = await connectVia(via, enc(peer), { pin: peer.fingerprint }, {
         note: (payload, ctx) => {
           assert.equal(ctx.oneWay, true);
           notes.push(text(payload));
@@ -120,16 +123,16 @@ for (const via of VIAS) {
     });
 
     test("plain trusted-link mode, and a mode mismatch is refused", async () => {
-      const plain = await connectVia(via, peer.plain, { encrypted: false });
+      const plain = await connectVia(via, plainOf(peer), { encrypted: false });
       assert.equal(plain.fingerprint, undefined);
       assert.equal(await plain.console("hello", "plain"), "hello, plain");
       plain.close();
-      await assert.rejects(connectVia(via, peer.plain, {}), isKind("handshake"));
-      await assert.rejects(connectVia(via, peer.encrypted, { encrypted: false }), isKind("handshake"));
+      await assert.rejects(connectVia(via, plainOf(peer), {}), isKind("handshake"));
+      await assert.rejects(connectVia(via, enc(peer), { encrypted: false }), isKind("handshake"));
     });
 
     test("rekeying: the client rekeys by its own limits and the server follows", async () => {
-      const client = await connectVia(via, peer.encrypted, { pin: peer.fingerprint, rekey: { records: 3 } });
+      const client = await connectVia(via, enc(peer), { pin: peer.fingerprint, rekey: { records: 3 } });
       for (let i = 0; i < 40; i++) assert.equal(await client.console("hello", `${i}`), `hello, ${i}`);
       const sent = client.stats().rekeysSent;
       assert.ok(sent >= 12, `client rekeyed ${sent} times`);
@@ -139,7 +142,7 @@ for (const via of VIAS) {
     });
 
     test("rekeying: the client follows the server's rekeys", async () => {
-      const client = await connectVia(via, rekeying.encrypted, { pin: rekeying.fingerprint });
+      const client = await connectVia(via, enc(rekeying), { pin: rekeying.fingerprint });
       for (let i = 0; i < 40; i++) assert.equal(await client.console("hello", `${i}`), `hello, ${i}`);
       const [, serverRekeys] = readPair(await client.call("rekeys"));
       const followed = client.stats().rekeysReceived;
@@ -152,7 +155,7 @@ for (const via of VIAS) {
     });
 
     test("upload: credit, progress and the server's BLAKE3 check", async () => {
-      const client = await connectVia(via, peer.encrypted, { pin: peer.fingerprint });
+      const client = await connectVia(via, enc(peer), { pin: peer.fingerprint });
       const data = randomBytes(5 * 1024 * 1024 + 123);
       const seen: number[] = [];
       const reply = await client.upload("store", "meta", data, { onProgress: (done, total) => {
@@ -178,7 +181,7 @@ for (const via of VIAS) {
     });
 
     test("download: progress, resume from an offset, hash checked", async () => {
-      const client = await connectVia(via, peer.encrypted, { pin: peer.fingerprint });
+      const client = await connectVia(via, enc(peer), { pin: peer.fingerprint });
       const n = 3 * 1024 * 1024 + 5;
       let last = 0;
       const d = await client.download("blob", String(n), { onProgress: (done, total) => {

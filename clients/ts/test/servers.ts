@@ -72,6 +72,9 @@ function stopChild(child: ChildProcess, signal: NodeJS.Signals | "stdin"): Promi
 export interface Peer {
   encrypted: Addr;
   plain: Addr;
+  /** The same servers' WebSocket listeners. */
+  encryptedWs: Addr;
+  plainWs: Addr;
   fingerprint: string;
   stop(): Promise<void>;
 }
@@ -83,15 +86,18 @@ export async function startPeer(options: { rekeyRecords?: number } = {}): Promis
   const child = spawn(workspaceBinary("INTEROP_PEER", join("examples", "interop_peer")), args, {
     stdio: ["pipe", "pipe", "pipe"],
   });
-  let info: { encrypted: string; plain: string; fingerprint: string } | undefined;
+  let info: { encrypted: string; plain: string; encrypted_ws?: string; plain_ws?: string; fingerprint: string } | undefined;
   await readUntil(child, (line) => {
     if (!line.startsWith("{")) return false;
     info = JSON.parse(line);
     return true;
   }, "interop_peer");
+  if (!info!.encrypted_ws || !info!.plain_ws) throw new Error("interop_peer was built without WebSocket");
   return {
     encrypted: parseAddr(info!.encrypted),
     plain: parseAddr(info!.plain),
+    encryptedWs: parseAddr(info!.encrypted_ws),
+    plainWs: parseAddr(info!.plain_ws),
     fingerprint: info!.fingerprint,
     stop: () => stopChild(child, "stdin"),
   };
