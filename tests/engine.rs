@@ -360,7 +360,8 @@ fn blocking_client_from_std_thread(addr: &'static str) {
     let server = zserver::block_on(start(addr, router));
     let target = server.local_addr();
     // This is a plain std thread (the test body thread), not inside block_on.
-    let client = zserver::connect_blocking(target, Duration::from_secs(5)).expect("connect");
+    let client =
+        BlockingClient::connect(suite_client(), target, Duration::from_secs(5)).expect("connect");
     assert_eq!(client.console("echo", "hi"), Ok("hi".into()));
     assert_eq!(client.call::<_, i64>("add", &(40i64, 2i64)), Ok(42));
     assert_eq!(
@@ -413,7 +414,7 @@ fn blocking_call_inside_handler_is_refused(addr: &'static str) {
             };
             let call = kind(blocking.console("echo", "x"));
             let connect = kind(
-                zserver::connect_blocking(target, Duration::from_secs(2))
+                BlockingClient::connect(suite_client(), target, Duration::from_secs(2))
                     .map(|_| "connected".to_string()),
             );
             Ok(format!("{call}/{connect}"))
@@ -422,10 +423,12 @@ fn blocking_call_inside_handler_is_refused(addr: &'static str) {
     let server = zserver::block_on(start(addr, router));
     let target = server.local_addr();
     // Connected beforehand from this plain thread, then moved into the handler.
-    let inner = zserver::connect_blocking(target, Duration::from_secs(3)).expect("connect");
+    let inner =
+        BlockingClient::connect(suite_client(), target, Duration::from_secs(3)).expect("connect");
     assert_eq!(inner.console("echo", "works here"), Ok("works here".into()));
     *held.lock().unwrap() = Some((inner, target));
-    let caller = zserver::connect_blocking(target, Duration::from_secs(10)).expect("connect");
+    let caller =
+        BlockingClient::connect(suite_client(), target, Duration::from_secs(10)).expect("connect");
     assert_eq!(
         caller.console("try_blocking", ""),
         Ok("refused/refused".to_string())
@@ -1077,7 +1080,7 @@ async fn shutdown_waits_for_calls_in_flight(addr: &str) {
     let refused = within(
         WAIT,
         "connect after shutdown",
-        zserver::client()
+        suite_client()
             .connect_timeout(Duration::from_secs(3))
             .connect(target),
     )
@@ -1402,6 +1405,9 @@ async fn connect_config(server: &Server, config: Config) -> Client {
 
 both!(call_pending_when_peer_resets_fails_closed);
 async fn call_pending_when_peer_resets_fails_closed(addr: &str) {
+    if skip_over_ws("call_pending_when_peer_resets_fails_closed") {
+        return;
+    }
     // A peer that vanishes with a reset (here: closed with our call unread, which makes
     // the kernel send RST) fails the calls waiting on it with `Closed`, as a clean close
     // does, not with the socket's I/O error.
@@ -1420,7 +1426,7 @@ async fn call_pending_when_peer_resets_fails_closed(addr: &str) {
     let client = within(
         WAIT,
         "connect to the raw server",
-        zserver::client().config(plain()).connect(target),
+        suite_client().config(plain()).connect(target),
     )
     .await
     .expect("connect");
@@ -1431,6 +1437,9 @@ async fn call_pending_when_peer_resets_fails_closed(addr: &str) {
 
 both!(oversized_frame_from_raw_peer_closes_only_that_connection);
 async fn oversized_frame_from_raw_peer_closes_only_that_connection(addr: &str) {
+    if skip_over_ws("oversized_frame_from_raw_peer_closes_only_that_connection") {
+        return;
+    }
     let server = start_with(addr, base_router(), plain_limited()).await;
     let target = server.local_addr();
     let good = connect_config(&server, plain()).await;
@@ -1494,7 +1503,7 @@ async fn oversized_payload_is_refused_before_sending(addr: &str) {
     let client = within(
         WAIT,
         "connect",
-        zserver::client()
+        suite_client()
             .config(limited())
             .connect(server.local_addr()),
     )
@@ -1565,6 +1574,9 @@ async fn hostile_peer_is_closed_with(
 
 both!(garbage_header_closes_connection);
 async fn garbage_header_closes_connection(addr: &str) {
+    if skip_over_ws("garbage_header_closes_connection") {
+        return;
+    }
     hostile_peer_is_closed(addr, |target| {
         let mut raw = raw_handshaken(target);
         // A well-sized frame whose header is not a header (an overlong varint kind).
@@ -1577,6 +1589,9 @@ async fn garbage_header_closes_connection(addr: &str) {
 
 both!(unknown_frame_kind_closes_connection);
 async fn unknown_frame_kind_closes_connection(addr: &str) {
+    if skip_over_ws("unknown_frame_kind_closes_connection") {
+        return;
+    }
     hostile_peer_is_closed(addr, |target| {
         let mut raw = raw_handshaken(target);
         // kind 0x7f does not exist.
@@ -1588,6 +1603,9 @@ async fn unknown_frame_kind_closes_connection(addr: &str) {
 
 both!(wrong_preamble_closes_connection);
 async fn wrong_preamble_closes_connection(addr: &str) {
+    if skip_over_ws("wrong_preamble_closes_connection") {
+        return;
+    }
     hostile_peer_is_closed(addr, |target| {
         let mut raw = raw_connect(target);
         raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -1632,6 +1650,9 @@ async fn plain_peer_at_encrypted_server_is_closed(addr: &str) {
 
 both!(truncated_frame_closes_connection);
 async fn truncated_frame_closes_connection(addr: &str) {
+    if skip_over_ws("truncated_frame_closes_connection") {
+        return;
+    }
     hostile_peer_is_closed(addr, |target| {
         let mut raw = raw_handshaken(target);
         // Announce 100 bytes, send 10 of them, then close our side.

@@ -59,7 +59,7 @@ fn router(logins: &Arc<AtomicUsize>) -> Router {
 }
 
 async fn start(addr: impl std::net::ToSocketAddrs, router: Router, config: Config) -> Server {
-    zserver::server()
+    suite_server()
         .router(router)
         .config(config)
         .bind(addr)
@@ -72,7 +72,7 @@ async fn start(addr: impl std::net::ToSocketAddrs, router: Router, config: Confi
 async fn rebind(target: SocketAddr, router: Router, config: Config) -> Server {
     let deadline = Instant::now() + WAIT;
     loop {
-        match zserver::server()
+        match suite_server()
             .router(router.clone())
             .config(config.clone())
             .bind(target)
@@ -151,7 +151,7 @@ async fn reconnects_after_server_restart_on_same_port(addr: &str) {
     let client = within(
         WAIT,
         "first connect",
-        zserver::client()
+        suite_client()
             .reconnecting(target)
             .expect("address")
             .backoff(quick())
@@ -254,7 +254,7 @@ async fn calls_in_flight_fail_and_are_never_resent(addr: &str) {
     config.shutdown_grace = Duration::from_millis(200);
     let server = start(addr, work(), config.clone()).await;
     let target = server.local_addr();
-    let client = zserver::client()
+    let client = suite_client()
         .reconnecting(target)
         .unwrap()
         .backoff(quick())
@@ -347,7 +347,7 @@ async fn attempts_are_spaced_by_the_backoff(addr: &str) {
     let backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400))
         .with_factor(2.0)
         .with_jitter(0.0);
-    let client = zserver::client()
+    let client = suite_client()
         .reconnecting(refuser.addr)
         .unwrap()
         .backoff(backoff.clone())
@@ -379,7 +379,7 @@ async fn attempts_are_spaced_by_the_backoff(addr: &str) {
 v4!(gives_up_after_the_limit);
 async fn gives_up_after_the_limit(addr: &str) {
     let refuser = Refuser::new(addr);
-    let client = zserver::client()
+    let client = suite_client()
         .reconnecting(refuser.addr)
         .unwrap()
         .backoff(quick().give_up_after(3))
@@ -401,7 +401,7 @@ async fn gives_up_after_the_limit(addr: &str) {
 async fn stops_attempting(addr: &str, stop: impl AsyncFnOnce(ReconnectingClient)) {
     let refuser = Refuser::new(addr);
     let flat = Backoff::new(Duration::from_millis(20), Duration::from_millis(20)).with_jitter(0.0);
-    let client = zserver::client()
+    let client = suite_client()
         .reconnecting(refuser.addr)
         .unwrap()
         .backoff(flat)
@@ -433,7 +433,7 @@ async fn dropping_stops_reconnecting(addr: &str) {
     // Dropping a connected client closes its connection too.
     let logins = Arc::new(AtomicUsize::new(0));
     let server = start(addr, router(&logins), Config::default()).await;
-    let client = zserver::client()
+    let client = suite_client()
         .reconnecting(server.local_addr())
         .unwrap()
         .connect()
@@ -482,7 +482,7 @@ async fn failing_login_hook_retries_with_backoff(addr: &str) {
     let server = start(addr, router(&logins), Config::default()).await;
     let tries = Arc::new(AtomicUsize::new(0));
     let t = tries.clone();
-    let client = zserver::client()
+    let client = suite_client()
         .reconnecting(server.local_addr())
         .unwrap()
         .backoff(quick())
@@ -511,7 +511,7 @@ async fn failing_login_hook_retries_with_backoff(addr: &str) {
     assert_eq!(server.stats().connections_accepted, 3);
 
     // From `connect()`, a failing hook is the caller's error.
-    let refused = zserver::client()
+    let refused = suite_client()
         .reconnecting(server.local_addr())
         .unwrap()
         .on_connect(|_client: Client| async { Err(Error::msg("no")) })

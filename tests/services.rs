@@ -5,7 +5,7 @@ mod common;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::{bounded, until};
+use common::{bounded, suite_client, suite_server, until};
 use zserver::service::{Class, Method, ObjectId, Service, Services};
 use zserver::{Config, Error, Router};
 
@@ -67,7 +67,7 @@ fn services(drops: Arc<AtomicUsize>) -> Services {
 }
 
 async fn start(services: Services) -> Result<zserver::Server, Error> {
-    zserver::server()
+    suite_server()
         .router(Router::new().services(services))
         .config(Config::plain_trusted_link())
         .bind("127.0.0.1:0")
@@ -75,7 +75,7 @@ async fn start(services: Services) -> Result<zserver::Server, Error> {
 }
 
 async fn connect(server: &zserver::Server) -> Result<zserver::Client, Error> {
-    zserver::client()
+    suite_client()
         .config(Config::plain_trusted_link())
         .connect(server.local_addr())
         .await

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::generated::Probe;
-use common::{bounded, join_all, until, within, WAIT};
+use common::{bounded, join_all, skip_over_ws, suite_client, suite_server, until, within, WAIT};
 use zserver::stable::wire::{self, Answer, Open, Refusal};
 use zserver::{Config, Error, Outgoing, Router, StableSession};
 
@@ -119,13 +119,13 @@ fn ten_thousand_calls_survive_cut_links() {
         zserver::block_on(async {
             let runs = Arc::new(Mutex::new(HashMap::new()));
             let config = stable_config(Duration::from_secs(10));
-            let server = zserver::server()
+            let server = suite_server()
                 .router(counting_router(runs.clone()))
                 .config(config.clone())
                 .bind("127.0.0.1:0")
                 .await?;
             let proxy = Proxy::start(server.local_addr());
-            let client = zserver::client().config(config).connect(proxy.addr).await?;
+            let client = suite_client().config(config).connect(proxy.addr).await?;
             let mut cuts = 0;
             for batch in 0..100u64 {
                 let calls = (batch * 100..(batch + 1) * 100)
@@ -191,13 +191,13 @@ fn a_256_mib_upload_survives_cut_links() {
             Ok(hasher.finalize().as_bytes().to_vec())
         });
         let config = stable_config(Duration::from_secs(10));
-        let server = zserver::server()
+        let server = suite_server()
             .router(router)
             .config(config.clone())
             .bind("127.0.0.1:0")
             .await?;
         let proxy = Arc::new(Proxy::start(server.local_addr()));
-        let client = zserver::client().config(config).connect(proxy.addr).await?;
+        let client = suite_client().config(config).connect(proxy.addr).await?;
         let done = Arc::new(AtomicBool::new(false));
         let cutter = {
             let (proxy, done) = (proxy.clone(), done.clone());
@@ -240,13 +240,13 @@ fn a_session_gone_past_the_offline_timeout_fails_its_calls() {
                 })
             };
             let config = stable_config(Duration::from_millis(500));
-            let server = zserver::server()
+            let server = suite_server()
                 .router(router)
                 .config(config.clone())
                 .bind("127.0.0.1:0")
                 .await?;
             let proxy = Proxy::start(server.local_addr());
-            let client = zserver::client().config(config).connect(proxy.addr).await?;
+            let client = suite_client().config(config).connect(proxy.addr).await?;
             let call = client.call_bytes("park", b"");
             let cut = async {
                 until("the call is parked", || !parked.lock().unwrap().is_empty()).await;
@@ -275,10 +275,13 @@ fn a_session_gone_past_the_offline_timeout_fails_its_calls() {
 /// A resume for a session the server does not know is refused, and the server goes on.
 #[test]
 fn an_unknown_session_cannot_be_resumed() {
+    if skip_over_ws("an_unknown_session_cannot_be_resumed") {
+        return;
+    }
     bounded(|| {
         zserver::block_on(async {
             let config = stable_config(Duration::from_secs(5));
-            let server = zserver::server()
+            let server = suite_server()
                 .router(counting_router(Arc::default()))
                 .config(config.clone())
                 .bind("127.0.0.1:0")
@@ -303,7 +306,7 @@ fn an_unknown_session_cannot_be_resumed() {
             })
             .await;
             assert_eq!(answer, Answer::Refused(Refusal::Unknown));
-            let client = zserver::client().config(config).connect(addr).await?;
+            let client = suite_client().config(config).connect(addr).await?;
             assert_eq!(client.call::<u64, u64>("triple", &5).await?, 15);
             server.shutdown().await;
             Ok::<_, Error>(())
@@ -317,8 +320,8 @@ fn an_unknown_session_cannot_be_resumed() {
 fn both_ends_must_use_stable_sessions() {
     bounded(|| {
         zserver::block_on(async {
-            let server = zserver::server().bind("127.0.0.1:0").await?;
-            let err = zserver::client()
+            let server = suite_server().bind("127.0.0.1:0").await?;
+            let err = suite_client()
                 .config(stable_config(Duration::from_secs(1)))
                 .connect(server.local_addr())
                 .await
@@ -338,11 +341,14 @@ fn both_ends_must_use_stable_sessions() {
 /// offline time-out: silent sockets cannot pile up sessions.
 #[test]
 fn a_session_that_never_finishes_its_handshake_is_dropped() {
+    if skip_over_ws("a_session_that_never_finishes_its_handshake_is_dropped") {
+        return;
+    }
     bounded(|| {
         zserver::block_on(async {
             let mut config = stable_config(Duration::from_secs(60));
             config.handshake_timeout = Duration::from_millis(300);
-            let server = zserver::server().config(config).bind("127.0.0.1:0").await?;
+            let server = suite_server().config(config).bind("127.0.0.1:0").await?;
             let addr = server.local_addr();
             let raw = common::on_thread(move || {
                 let mut raw = TcpStream::connect(addr).unwrap();

@@ -12,6 +12,7 @@ use zserver::{Config, Error, Incoming, Outgoing, Router};
 
 mod common;
 use common::generated::Probe;
+use common::{suite_client, suite_server};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -76,11 +77,11 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
 #[test]
 fn a_generated_gigabyte_round_trips_while_small_calls_stay_quick() {
     zserver::block_on(async {
-        let server = zserver::server()
+        let server = suite_server()
             .router(hash_router())
             .bind("127.0.0.1:0")
             .await?;
-        let client = zserver::client().connect(server.local_addr()).await?;
+        let client = suite_client().connect(server.local_addr()).await?;
         let probe = Probe::default();
         let done = AtomicBool::new(false);
         let body = Outgoing::reader(probe.reader(1024 * MIB, 1), Some(1024 * MIB));
@@ -157,12 +158,12 @@ fn a_slow_reader_holds_the_sender_to_the_window() {
         });
         let mut config = Config::default();
         config.stream_window = WINDOW as usize;
-        let server = zserver::server()
+        let server = suite_server()
             .router(router)
             .config(config)
             .bind("127.0.0.1:0")
             .await?;
-        let client = zserver::client().connect(server.local_addr()).await?;
+        let client = suite_client().connect(server.local_addr()).await?;
         let body = Outgoing::reader(probe.reader(16 * MIB, 2), None);
         let reply = client.upload("slow", b"", body).await?;
         assert_eq!(u64::from_le_bytes(reply[..].try_into().unwrap()), 16 * MIB);
@@ -201,11 +202,11 @@ fn a_broken_download_resumes_from_where_it_stopped() {
     let expected = write_generated_file(&source, 24 * MIB);
     let target = dir.join("target.bin");
     zserver::block_on(async {
-        let server = zserver::server()
+        let server = suite_server()
             .router(file_router(dir.clone()))
             .bind("127.0.0.1:0")
             .await?;
-        let client = zserver::client().connect(server.local_addr()).await?;
+        let client = suite_client().connect(server.local_addr()).await?;
         let mut incoming = client.download("file", "source.bin", 0).await?;
         assert_eq!(incoming.total(), Some(24 * MIB));
         let mut file = std::fs::File::create(&target).unwrap();
@@ -231,7 +232,7 @@ fn a_broken_download_resumes_from_where_it_stopped() {
         let partial = std::fs::metadata(&target).unwrap().len();
         assert!((4 * MIB..24 * MIB).contains(&partial), "partial: {partial}");
 
-        let client = zserver::client().connect(server.local_addr()).await?;
+        let client = suite_client().connect(server.local_addr()).await?;
         let written = client
             .download_to_file("file", "source.bin", &target, true)
             .await?;
@@ -255,13 +256,13 @@ fn two_hundred_concurrent_downloads_all_match() {
     let dir = temp_dir("many");
     let expected = write_generated_file(&dir.join("big.bin"), 16 * MIB);
     zserver::block_on(async {
-        let server = zserver::server()
+        let server = suite_server()
             .router(file_router(dir.clone()))
             .bind("127.0.0.1:0")
             .await?;
         let mut clients = Vec::new();
         for _ in 0..20 {
-            clients.push(zserver::client().connect(server.local_addr()).await?);
+            clients.push(suite_client().connect(server.local_addr()).await?);
         }
         let downloads = clients.iter().flat_map(|client| {
             (0..10).map(move |_| async move {
@@ -305,8 +306,8 @@ fn either_side_can_cancel_a_transfer() {
                     result.map(|h| h.to_vec())
                 }
             });
-        let server = zserver::server().router(router).bind("127.0.0.1:0").await?;
-        let client = zserver::client().connect(server.local_addr()).await?;
+        let server = suite_server().router(router).bind("127.0.0.1:0").await?;
+        let client = suite_client().connect(server.local_addr()).await?;
 
         let mut incoming = client.download("endless", b"", 0).await?;
         assert!(incoming.chunk().await?.is_some());
@@ -353,8 +354,8 @@ fn a_complete_buffer_arrives_whole_and_limits_hold() {
                 "small",
                 |_ctx, body| async move { body.read_all(1 << 20).await },
             );
-        let server = zserver::server().router(router).bind("127.0.0.1:0").await?;
-        let client = zserver::client().connect(server.local_addr()).await?;
+        let server = suite_server().router(router).bind("127.0.0.1:0").await?;
+        let client = suite_client().connect(server.local_addr()).await?;
         let block: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
         let expected = blake3::hash(&block);
         let reply = client
@@ -378,11 +379,11 @@ fn a_complete_buffer_arrives_whole_and_limits_hold() {
 fn stream_and_plain_commands_do_not_mix() {
     zserver::block_on(async {
         let dir = temp_dir("shape");
-        let server = zserver::server()
+        let server = suite_server()
             .router(hash_router().merge(file_router(dir.clone())))
             .bind("127.0.0.1:0")
             .await?;
-        let client = zserver::client().connect(server.local_addr()).await?;
+        let client = suite_client().connect(server.local_addr()).await?;
         let upload = client
             .upload("echo", b"", Outgoing::bytes(vec![1u8; 1 << 20]))
             .await;
@@ -417,8 +418,8 @@ fn stream_and_plain_commands_do_not_mix() {
 #[test]
 fn the_server_can_stream_to_a_client() {
     zserver::block_on(async {
-        let server = zserver::server().bind("127.0.0.1:0").await?;
-        let client = zserver::client()
+        let server = suite_server().bind("127.0.0.1:0").await?;
+        let client = suite_client()
             .router(hash_router())
             .connect(server.local_addr())
             .await?;
@@ -448,13 +449,13 @@ fn the_server_can_stream_to_a_client() {
 #[test]
 fn a_corrupted_stream_fails_its_hash_check() {
     zserver::block_on(async {
-        let server = zserver::server()
+        let server = suite_server()
             .router(hash_router())
             .config(Config::plain_trusted_link())
             .bind("127.0.0.1:0")
             .await?;
         let flipper = flip_one_byte(server.local_addr(), 3 * MIB as usize / 2);
-        let client = zserver::client()
+        let client = suite_client()
             .config(Config::plain_trusted_link())
             .connect(flipper)
             .await?;
@@ -520,12 +521,12 @@ fn streams_past_the_limit_are_refused() {
             .stream("echo", |_ctx, b| async move { Ok(b) });
         let mut config = Config::default();
         config.max_streams = 2;
-        let server = zserver::server()
+        let server = suite_server()
             .router(router)
             .config(config)
             .bind("127.0.0.1:0")
             .await?;
-        let client = zserver::client().connect(server.local_addr()).await?;
+        let client = suite_client().connect(server.local_addr()).await?;
         let upload = |seed| {
             let body = Outgoing::reader(Probe::default().reader(MIB, seed), Some(MIB));
             client.upload("hold", b"", body)

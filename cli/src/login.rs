@@ -46,6 +46,18 @@ pub struct ServeArgs {
     pub cluster_name: String,
     #[command(flatten)]
     pub ops: ServeOps,
+    /// Also listen for WebSocket connections (browsers) on this address, with the same
+    /// sessions as `--listen`.
+    #[arg(long)]
+    pub listen_ws: Option<SocketAddr>,
+    /// A web page origin (`https://chat.example.com`) allowed to connect over WebSocket
+    /// besides pages served from the WebSocket port itself; repeatable; `*` allows any.
+    #[arg(long = "allowed-origin", value_name = "URL", requires = "listen_ws")]
+    pub allowed_origins: Vec<String>,
+    /// Serve the files of this directory to plain HTTP GETs on the WebSocket port (`/`
+    /// gives `index.html`).
+    #[arg(long, value_name = "DIR", requires = "listen_ws")]
+    pub web: Option<PathBuf>,
 }
 
 /// Arguments of `zserver user`.
@@ -107,6 +119,9 @@ pub struct ClientArgs {
     /// Network back end.
     #[arg(long, default_value = "tokio", value_parser = ["tokio", "async-std", "smol"])]
     pub backend: String,
+    /// Connect over WebSocket (`--server` is then the server's `--listen-ws` address).
+    #[arg(long)]
+    pub ws: bool,
     #[command(subcommand)]
     pub action: ClientAction,
 }
@@ -179,6 +194,9 @@ pub fn serve(args: ServeArgs) -> Result<(), BoxError> {
     }
     config.connection.compression = args.ops.compression.compression();
     config.observe_calls = args.ops.metrics.is_some();
+    config.ws_listen = args.listen_ws;
+    config.ws_options.allowed_origins = args.allowed_origins.clone();
+    config.ws_options.web_root = args.web.clone();
     let runtime = transport.runtime();
     let server = Arc::new(run_on(
         &runtime,
@@ -189,6 +207,12 @@ pub fn serve(args: ServeArgs) -> Result<(), BoxError> {
         server.local_addr(),
         args.backend
     );
+    if let Some(ws) = server.ws_addr() {
+        println!("WebSocket on ws://{ws}/");
+        if let Some(web) = &args.web {
+            println!("web page from {} on http://{ws}/", web.display());
+        }
+    }
     println!("data directory: {}", args.data.display());
     println!("server key fingerprint: {}", server.fingerprint());
     if let (Some(cluster), Some(node)) = (&config.cluster, server.node_id()) {
@@ -271,7 +295,10 @@ pub fn client(args: ClientArgs) -> Result<(), BoxError> {
     if let ClientAction::Known { forget } = &args.action {
         return known_servers::command(args.known_servers.as_deref(), forget.as_deref());
     }
-    let transport = zserver::transport(&args.backend).ok_or("unknown back end")?;
+    let mut transport = zserver::transport(&args.backend).ok_or("unknown back end")?;
+    if args.ws {
+        transport = Arc::new(zserver::WsTransport::new(transport));
+    }
     let runtime = transport.runtime();
     run_on(
         &runtime,

@@ -43,6 +43,18 @@ fn a_tiny_bench_run_reports_every_row() {
             );
         }
     }
+    let ws_rows = report["ws_rows"].as_array().unwrap();
+    assert_eq!(ws_rows.len(), 5, "{report:#}");
+    for row in ws_rows {
+        for key in ["values", "tcp"] {
+            let value = row[key][0].as_f64();
+            assert!(
+                value.is_some_and(|v| v > 0.0),
+                "WebSocket row not measured: {row}"
+            );
+        }
+    }
+    assert!(stdout.contains("ratio to the same over TCP"), "{stdout}");
     assert_eq!(report["targets"].as_array().unwrap().len(), 5);
     std::fs::remove_file(json).unwrap();
 }

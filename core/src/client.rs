@@ -28,6 +28,9 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     keypair: Option<Keypair>,
     pin: Option<[u8; 32]>,
+    /// Carry connections in WebSocket: the request's path and `Host`.
+    #[cfg(feature = "ws")]
+    websocket: Option<(String, Option<String>)>,
 }
 
 impl ClientBuilder {
@@ -40,6 +43,8 @@ impl ClientBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             keypair: None,
             pin: None,
+            #[cfg(feature = "ws")]
+            websocket: None,
         }
     }
 
@@ -87,20 +92,63 @@ impl ClientBuilder {
         &self.transport
     }
 
+    /// Carries this builder's connections in WebSocket binary messages (over its
+    /// transport's TCP) instead of bare TCP, requesting `path` (such as `/`); then
+    /// [`connect`](Self::connect) and [`reconnecting`](Self::reconnecting) take the
+    /// server's WebSocket address. See [`crate::ws`].
+    #[cfg(feature = "ws")]
+    pub fn websocket(mut self, path: impl Into<String>) -> Self {
+        self.websocket = Some((path.into(), None));
+        self
+    }
+
+    /// Connects over WebSocket to `url`, `ws://host[:port][/path]` (port 80 by default):
+    /// the protocol is the same as over TCP, Noise encryption and key pinning included.
+    ///
+    /// ```no_run
+    /// # async fn demo(transport: std::sync::Arc<dyn zserver_core::Transport>) -> Result<(), zserver_core::Error> {
+    /// let client = zserver_core::Client::builder(transport).connect_ws("ws://127.0.0.1:7180/").await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "ws")]
+    pub async fn connect_ws(mut self, url: &str) -> Result<Client, Error> {
+        let target = crate::ws::WsUrl::parse(url)?;
+        self.websocket = Some((target.path, Some(target.authority)));
+        self.connect((target.host.as_str(), target.port)).await
+    }
+
+    /// The transport connections go over: this builder's, or WebSocket over it.
+    fn carrier(&self) -> Arc<dyn Transport> {
+        #[cfg(feature = "ws")]
+        let carried = self.websocket.as_ref().map(|(path, host)| {
+            let mut ws = crate::ws::WsTransport::new(self.transport.clone())
+                .path(path.clone())
+                .max_frame(self.config.max_frame);
+            if let Some(host) = host {
+                ws = ws.host(host.clone());
+            }
+            Arc::new(ws) as Arc<dyn Transport>
+        });
+        #[cfg(not(feature = "ws"))]
+        let carried = None;
+        carried.unwrap_or_else(|| self.transport.clone())
+    }
+
     /// Connects to `addr` and completes the handshake.
     pub async fn connect(self, addr: impl ToSocketAddrs) -> Result<Client, Error> {
         let addr = resolve(addr)?;
-        let runtime = self.transport.runtime();
+        let transport = self.carrier();
+        let runtime = transport.runtime();
         let keypair = self.keypair.clone().unwrap_or_else(Keypair::generate);
         let attempt = async {
             let (peer, mut read, mut write, session) = match &self.config.stable {
                 Some(stable) => {
                     let (peer, read, write, session) =
-                        stable::connect(&self.transport, addr, stable).await?;
+                        stable::connect(&transport, addr, stable).await?;
                     (peer, read, write, Some(session))
                 }
                 None => {
-                    let io = self.transport.connect(addr).await?;
+                    let io = transport.connect(addr).await?;
                     let peer = io.peer_addr();
                     let (read, write) = io.into_halves();
                     (peer, read, write, None)

@@ -14,7 +14,8 @@
 //! - the command engine: [`Router`] and handlers, [`Connection`], [`Server`], [`Client`],
 //!   [`BlockingClient`], [`Stats`];
 //! - [`hooks`]: hooks around every command, to observe or veto it by name and connection;
-//!   [`metrics`]: call counts, errors and a duration histogram fed by such a hook;
+//! - [`metrics`]: call counts, errors and a duration histogram fed by such a hook;
+//! - [`ws`] (feature `ws`): the WebSocket transport, for browsers;
 //! - [`reconnect`]: [`ReconnectingClient`], a client that reconnects with back-off and
 //!   re-runs its login hook.
 //!
@@ -51,6 +52,8 @@ pub mod stable;
 pub mod stats;
 pub mod stream;
 pub mod transport;
+#[cfg(feature = "ws")]
+pub mod ws;
 
 pub use blocking::BlockingClient;
 pub use bytes::Bytes;
@@ -71,4 +74,6 @@ pub use service::{Class, Method, ObjectId, RemoteObject, Service, Services};
 pub use stable::StableSession;
 pub use stats::{ServerStats, Stats};
 pub use stream::{DownloadRequest, Incoming, Outgoing, Progress};
-pub use transport::{ClientIo, Listener, ServerIo, Transport};
+pub use transport::{ClientIo, Listener, ServerIo, Transport, Upgrade};
+#[cfg(feature = "ws")]
+pub use ws::{WsOptions, WsTransport};

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use crate::runtime::Runtime;
 use crate::secure::{Keypair, Role};
 use crate::stable::{self, Accepted, Sessions};
 use crate::stats::{Counters, ServerStats};
-use crate::transport::{BoxRead, BoxWrite, Listener, ServerIo, Transport};
+use crate::transport::{BoxRead, BoxWrite, Listener, ServerIo, Transport, Upgrade};
 
 /// How long the accept loop pauses after an accept error (such as running out of file
 /// descriptors) before trying again.
@@ -79,6 +79,7 @@ impl ServerBuilder {
         let runtime = self.transport.runtime();
         let shared = Arc::new(ServerShared {
             keypair: self.keypair.unwrap_or_else(Keypair::generate),
+            transport: self.transport.clone(),
             runtime: runtime.clone(),
             local_addr,
             router: Arc::new(self.router),
@@ -92,7 +93,7 @@ impl ServerBuilder {
             in_flight: Arc::new(InFlight::default()),
             stopping: AtomicBool::new(false),
             stop_event: Event::new(),
-            listening: AtomicBool::new(true),
+            listening: AtomicUsize::new(1),
             listener_closed: Event::new(),
             sessions: Arc::new(Sessions::default()),
         });
@@ -122,6 +123,7 @@ pub struct Server {
 
 struct ServerShared {
     keypair: Keypair,
+    transport: Arc<dyn Transport>,
     runtime: Arc<dyn Runtime>,
     local_addr: SocketAddr,
     router: Arc<Router>,
@@ -136,7 +138,8 @@ struct ServerShared {
     in_flight: Arc<InFlight>,
     stopping: AtomicBool,
     stop_event: Event,
-    listening: AtomicBool,
+    /// Accept loops still running (one per listener).
+    listening: AtomicUsize,
     listener_closed: Event,
     sessions: Arc<Sessions>,
 }
@@ -206,6 +209,7 @@ impl ServerShared {
     }
 
     async fn accept_loop(self: Arc<Self>, listener: Box<dyn Listener>) {
+        let upgrade = listener.upgrade();
         loop {
             let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
                 self.stopped().await;
@@ -222,7 +226,9 @@ impl ServerShared {
                         continue;
                     };
                     self.accepted.fetch_add(1, Ordering::Relaxed);
-                    self.runtime.spawn(Box::pin(self.clone().admit(io, slot)));
+                    let upgrade = upgrade.clone();
+                    self.runtime
+                        .spawn(Box::pin(self.clone().admit(io, slot, upgrade)));
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -231,16 +237,22 @@ impl ServerShared {
             }
         }
         drop(listener);
-        self.listening.store(false, Ordering::Release);
+        self.listening.fetch_sub(1, Ordering::SeqCst);
         self.listener_closed.notify(usize::MAX);
     }
 
-    /// Handshakes with a new connection and, if that succeeds, starts serving it.
-    async fn admit(self: Arc<Self>, io: Box<dyn ServerIo>, slot: Slot) {
+    /// Handshakes with a new connection (upgrading it first if its listener says so) and,
+    /// if that succeeds, starts serving it.
+    async fn admit(
+        self: Arc<Self>,
+        io: Box<dyn ServerIo>,
+        slot: Slot,
+        upgrade: Option<Arc<dyn Upgrade>>,
+    ) {
         let peer = io.peer_addr();
         let (read, write) = io.into_halves();
         let deadline = self.runtime.sleep(self.config.handshake_timeout);
-        let shaken = futures_lite::future::or(self.open(read, write), async {
+        let shaken = futures_lite::future::or(self.open(read, write, upgrade), async {
             deadline.await;
             Err(Error::Timeout)
         });
@@ -289,9 +301,22 @@ impl ServerShared {
 }
 
 impl ServerShared {
-    /// Opens a new connection: the stable-session hello (when on), the preambles and the
-    /// handshake. `None` when the link resumed an existing stable session.
-    async fn open(&self, read: BoxRead, write: BoxWrite) -> Result<Option<Opened>, Error> {
+    /// Opens a new connection: the listener's upgrade (WebSocket), the stable-session
+    /// hello (when on), the preambles and the handshake. `None` when the link resumed an
+    /// existing stable session, or the upgrade answered the peer in full.
+    async fn open(
+        &self,
+        read: BoxRead,
+        write: BoxWrite,
+        upgrade: Option<Arc<dyn Upgrade>>,
+    ) -> Result<Option<Opened>, Error> {
+        let (read, write) = match upgrade {
+            Some(upgrade) => match upgrade.upgrade(read, write).await? {
+                Some(halves) => halves,
+                None => return Ok(None),
+            },
+            None => (read, write),
+        };
         let (mut read, mut write, session) = match &self.config.stable {
             Some(stable) => {
                 match stable::accept(read, write, &self.sessions, stable, &self.runtime).await? {
@@ -345,6 +370,35 @@ impl Server {
     /// A builder for a server on `transport`.
     pub fn builder(transport: Arc<dyn Transport>) -> ServerBuilder {
         ServerBuilder::new(transport)
+    }
+
+    /// Also listens for WebSocket connections on `addr` (port 0 for an ephemeral port),
+    /// with the same router, sessions, settings and connection limits as the first
+    /// listener, so that browser and TCP clients reach each other. Returns the address
+    /// bound. Incoming messages are limited by [`Config::max_frame`] (see
+    /// [`crate::ws::max_message`]); the upgrade runs under [`Config::handshake_timeout`].
+    #[cfg(feature = "ws")]
+    pub async fn listen_ws(
+        &self,
+        addr: impl ToSocketAddrs,
+        options: crate::ws::WsOptions,
+    ) -> Result<SocketAddr, Error> {
+        let s = &self.shared;
+        let ws = crate::ws::WsTransport::new(s.transport.clone())
+            .options(options)
+            .max_frame(s.config.max_frame);
+        let listener = ws.listen(resolve(addr)?).await?;
+        let local = listener.local_addr()?;
+        // Counted before checking for shutdown, which waits for the count to reach 0.
+        s.listening.fetch_add(1, Ordering::SeqCst);
+        if s.stopping.load(Ordering::SeqCst) {
+            s.listening.fetch_sub(1, Ordering::SeqCst);
+            s.listener_closed.notify(usize::MAX);
+            return Err(Error::ShuttingDown);
+        }
+        s.runtime.spawn(Box::pin(s.clone().accept_loop(listener)));
+        tracing::info!(addr = %local, transport = "websocket", "listening");
+        Ok(local)
     }
 
     /// The address the server listens on.
@@ -432,7 +486,8 @@ impl Server {
     /// every connection after flushing what it has queued.
     pub async fn shutdown(&self) {
         let s = &self.shared;
-        if s.stopping.swap(true, Ordering::AcqRel) {
+        // SeqCst, as `listen_ws` counts its loop and then checks this flag.
+        if s.stopping.swap(true, Ordering::SeqCst) {
             return self.closed_all().await;
         }
         // Refuse new calls at once, on every connection admitted so far (admission checks
@@ -441,9 +496,9 @@ impl Server {
             conn.go_away();
         }
         s.stop_event.notify(usize::MAX);
-        while s.listening.load(Ordering::Acquire) {
+        while s.listening.load(Ordering::SeqCst) > 0 {
             let listener = s.listener_closed.listen();
-            if !s.listening.load(Ordering::Acquire) {
+            if s.listening.load(Ordering::SeqCst) == 0 {
                 break;
             }
             listener.await;

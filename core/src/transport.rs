@@ -44,6 +44,26 @@ pub trait Listener: Send + Sync {
     async fn accept(&self) -> io::Result<Box<dyn ServerIo>>;
     /// The address actually bound (useful after binding port 0).
     fn local_addr(&self) -> io::Result<SocketAddr>;
+    /// The step every accepted connection takes before the protocol's preamble, such as a
+    /// WebSocket upgrade; `None` (the default) when accepted connections carry the
+    /// protocol's bytes as they are.
+    fn upgrade(&self) -> Option<Arc<dyn Upgrade>> {
+        None
+    }
+}
+
+/// Turns an accepted connection into the protocol's byte stream (a WebSocket upgrade).
+/// The server runs it in the connection's own task, under the connection limits and the
+/// handshake time-out, so a slow or silent peer holds up nobody else.
+#[async_trait]
+pub trait Upgrade: Send + Sync {
+    /// The halves carrying the protocol's bytes, or `None` when the peer's request was
+    /// answered in full (a plain HTTP request for a file) and the connection is done.
+    async fn upgrade(
+        &self,
+        read: BoxRead,
+        write: BoxWrite,
+    ) -> io::Result<Option<(BoxRead, BoxWrite)>>;
 }
 
 /// A network back end: listens, connects, and runs tasks on its runtime.

@@ -294,13 +294,53 @@ pub async fn hostile_closed_alone(
     .await;
 }
 
+// ----- the transport under test --------------------------------------------------------
+
+/// Whether the suites run over WebSocket: `ZSERVER_TEST_TRANSPORT=ws`. Servers built with
+/// [`suite_server`] then listen, and clients built with [`suite_client`] connect, with
+/// WebSocket over the back end's TCP; the tests themselves do not change. Tests that
+/// speak the TCP wire format on raw sockets return early (see [`skip_over_ws`]).
+pub fn over_ws() -> bool {
+    std::env::var("ZSERVER_TEST_TRANSPORT").is_ok_and(|v| v == "ws")
+}
+
+/// The transport under test: the default back end's TCP, or WebSocket over it.
+pub fn suite_transport() -> Arc<dyn zserver::Transport> {
+    let tcp = zserver::default_transport();
+    if over_ws() {
+        Arc::new(zserver::WsTransport::new(tcp))
+    } else {
+        tcp
+    }
+}
+
+/// A server builder on the transport under test.
+pub fn suite_server() -> zserver::ServerBuilder {
+    zserver::ServerBuilder::new(suite_transport())
+}
+
+/// A client builder on the transport under test.
+pub fn suite_client() -> zserver::ClientBuilder {
+    zserver::ClientBuilder::new(suite_transport())
+}
+
+/// True (and says so) when running over WebSocket: for tests that write the TCP wire
+/// format on raw sockets, which a WebSocket listener rightly refuses.
+pub fn skip_over_ws(test: &str) -> bool {
+    let skip = over_ws();
+    if skip {
+        eprintln!("{test}: raw TCP wire test, skipped over WebSocket");
+    }
+    skip
+}
+
 /// Binds a server on `addr` (port 0 for any) with `router` and `config`.
 pub async fn start_server(
     addr: &str,
     router: zserver::Router,
     config: zserver::Config,
 ) -> zserver::Server {
-    let server = zserver::server()
+    let server = suite_server()
         .router(router)
         .config(config)
         .bind(addr)
@@ -319,7 +359,7 @@ pub async fn connect_client(
     within(
         WAIT,
         "connect",
-        zserver::client()
+        suite_client()
             .router(router)
             .config(config)
             .connect(server.local_addr()),

@@ -21,7 +21,15 @@ pub struct Target {
 
 impl Target {
     pub fn new(backend: &str, addr: SocketAddr, encrypted: bool) -> Self {
-        let transport = zserver::transport(backend).expect("built-in back end");
+        Self::over(backend, addr, encrypted, false)
+    }
+
+    /// Like [`new`](Self::new); over WebSocket (on the back end's TCP) if `ws`.
+    pub fn over(backend: &str, addr: SocketAddr, encrypted: bool, ws: bool) -> Self {
+        let mut transport = zserver::transport(backend).expect("built-in back end");
+        if ws {
+            transport = Arc::new(zserver::WsTransport::new(transport));
+        }
         Self {
             runtime: transport.runtime(),
             transport,

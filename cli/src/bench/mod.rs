@@ -380,6 +380,36 @@ pub fn run(args: BenchArgs) -> Result<(), BoxError> {
             let (t, bytes) = (target.clone(), s.bulk_bytes);
             add(key("bulk"), Box::new(move |_| load::bulk(&t, bytes)));
         }
+        // The same rows over WebSocket (same server, its WebSocket listener): the
+        // transport's cost against TCP.
+        for (mode, encrypted) in [("plain", false), ("enc", true)] {
+            let addr = server.addr(if encrypted {
+                "encrypted_ws"
+            } else {
+                "plain_ws"
+            });
+            let target = Arc::new(load::Target::over(b, addr, encrypted, true));
+            let key = |row: &str| format!("{b}/ws-{mode}/{row}");
+            if encrypted {
+                let t = target.clone();
+                add(
+                    key("pingpong"),
+                    Box::new(move |secs| load::pingpong(&t, ramp, secs)),
+                );
+                let t = target.clone();
+                add(
+                    key("pipelined1"),
+                    Box::new(move |secs| load::pipelined(&t, 1, ramp, secs)),
+                );
+                let t = target.clone();
+                add(
+                    key("pipelined8"),
+                    Box::new(move |secs| load::pipelined(&t, CONNS, ramp, secs)),
+                );
+            }
+            let (t, bytes) = (target.clone(), s.bulk_bytes);
+            add(key("bulk"), Box::new(move |_| load::bulk(&t, bytes)));
+        }
     }
 
     if let Some(only) = &args.only {

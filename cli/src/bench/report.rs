@@ -26,9 +26,21 @@ pub struct Target {
     pub results: Vec<(f64, bool)>,
 }
 
+/// A row over WebSocket, compared per back end with the same row over TCP.
+#[derive(Serialize)]
+pub struct WsRow {
+    pub label: String,
+    pub unit: &'static str,
+    /// Median over WebSocket per back end, in `Settings::backends` order.
+    pub values: Vec<f64>,
+    /// Median of the same row over TCP, per back end.
+    pub tcp: Vec<f64>,
+}
+
 pub struct Report {
     backends: Vec<String>,
     rows: Vec<Row>,
+    ws_rows: Vec<WsRow>,
     targets: Vec<Target>,
 }
 
@@ -145,9 +157,55 @@ impl Report {
             });
         }
         let targets = targets(s, &rows);
+        let ws_rows = [
+            (
+                "pingpong",
+                "enc",
+                Field::P50,
+                "round trip p50, 1 in flight, encrypted",
+                "us",
+            ),
+            (
+                "pipelined1",
+                "enc",
+                Field::Rate,
+                "calls/s, 1 conn x 64 in flight, encrypted",
+                "calls/s",
+            ),
+            (
+                "pipelined8",
+                "enc",
+                Field::Rate,
+                "calls/s, 8 conn x 64 in flight, encrypted",
+                "calls/s",
+            ),
+            (
+                "bulk",
+                "enc",
+                Field::Rate,
+                "bulk upload stream, encrypted",
+                "GiB/s",
+            ),
+            (
+                "bulk",
+                "plain",
+                Field::Rate,
+                "bulk upload stream, plain",
+                "GiB/s",
+            ),
+        ]
+        .into_iter()
+        .map(|(row, mode, f, label, unit)| WsRow {
+            label: label.into(),
+            unit,
+            values: per_backend(&format!("ws-{mode}"), row, f),
+            tcp: per_backend(mode, row, f),
+        })
+        .collect();
         Report {
             backends: s.backends.clone(),
             rows,
+            ws_rows,
             targets,
         }
     }
@@ -178,6 +236,19 @@ impl Report {
                 println!();
             }
         }
+        println!("\nover WebSocket (same servers, their WebSocket listeners):");
+        for row in &self.ws_rows {
+            print!("{:<46}", format!("{} ({})", row.label, row.unit));
+            for v in &row.values {
+                print!(" {:>W$}", fmt(*v, row.unit));
+            }
+            println!();
+            print!("{:<46}", "  ratio to the same over TCP");
+            for (v, tcp) in row.values.iter().zip(&row.tcp) {
+                print!(" {:>W$}", format!("{:.2}x", v / tcp));
+            }
+            println!();
+        }
         println!("\ntargets:");
         for t in &self.targets {
             print!("  {:<58}", t.goal);
@@ -203,6 +274,7 @@ impl Report {
             "settings": s,
             "backends": self.backends,
             "rows": self.rows,
+            "ws_rows": self.ws_rows,
             "targets": self.targets,
             "runs": samples,
             "scale_runs": scale,

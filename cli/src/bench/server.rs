@@ -1,5 +1,5 @@
-//! The server process of `zserver bench`: zserver on one back end (plain and encrypted),
-//! or the baselines (a raw tokio echo and a tarpc echo). It prints its addresses as one
+//! The server process of `zserver bench`: zserver on one back end (plain and encrypted,
+//! each on TCP and on WebSocket), or the baselines (a raw tokio echo and a tarpc echo). It prints its addresses as one
 //! JSON line and serves until its standard input closes.
 
 use std::collections::BTreeMap;
@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use zserver::{Config, Incoming, Router, ServerBuilder};
+use zserver::{Config, Incoming, Router, ServerBuilder, WsOptions};
 
 use super::{baseline, run_on, BoxError};
 use crate::options::CompressionArg;
@@ -71,10 +71,15 @@ pub fn run(args: ServerArgs) -> Result<(), BoxError> {
                 .router(router())
                 .bind("127.0.0.1:0")
                 .await?;
-            Ok::<_, zserver::Error>((plain, encrypted))
+            let plain_ws = plain.listen_ws("127.0.0.1:0", WsOptions::new()).await?;
+            let encrypted_ws = encrypted.listen_ws("127.0.0.1:0", WsOptions::new()).await?;
+            Ok::<_, zserver::Error>(((plain, encrypted), (plain_ws, encrypted_ws)))
         })?;
+        let (servers, (plain_ws, encrypted_ws)) = servers;
         addrs.insert("plain", servers.0.local_addr());
         addrs.insert("encrypted", servers.1.local_addr());
+        addrs.insert("plain_ws", plain_ws);
+        addrs.insert("encrypted_ws", encrypted_ws);
         _keep_alive = Some(servers);
     } else if args.baselines {
         let rt = baseline::runtime();

@@ -39,6 +39,10 @@ pub struct LoginConfig {
     ///
     /// [`LoginServer::metrics`]: super::LoginServer::metrics
     pub observe_calls: bool,
+    /// Also listen for WebSocket connections (browsers) here, with the same sessions.
+    pub ws_listen: Option<std::net::SocketAddr>,
+    /// The WebSocket listener's allowed origins and web root.
+    pub ws_options: zserver::WsOptions,
 }
 
 impl LoginConfig {
@@ -55,6 +59,8 @@ impl LoginConfig {
             cluster: None,
             connection: zserver::Config::default(),
             observe_calls: false,
+            ws_listen: None,
+            ws_options: zserver::WsOptions::new(),
         }
     }
 }

@@ -93,8 +93,13 @@ pub(super) fn router(state: Arc<State>) -> Router {
         let s = s.clone();
         async move {
             let user = s.user(&ctx)?;
-            let path = s.file_path(&user, req.meta_str()?)?;
-            let body = Outgoing::file(path, req.offset).await?;
+            let name = req.meta_str()?;
+            let path = s.file_path(&user, name)?;
+            // Not the I/O error itself: it names the path on the server.
+            let body = Outgoing::file(path, req.offset).await.map_err(|e| match e {
+                Error::Io(_) => Error::msg(format!("no file `{name}`")),
+                other => other,
+            })?;
             Ok(body.on_progress(s.metrics.download_progress()))
         }
     });

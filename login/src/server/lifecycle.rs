@@ -18,6 +18,7 @@ use crate::store::{Store, StoreError};
 pub struct LoginServer {
     server: Server,
     state: Arc<State>,
+    ws_addr: Option<SocketAddr>,
 }
 
 impl LoginServer {
@@ -95,16 +96,29 @@ impl LoginServer {
             .router(routes)
             .bind(addr)
             .await?;
+        let ws_addr = match config.ws_listen {
+            Some(ws) => Some(server.listen_ws(ws, config.ws_options.clone()).await?),
+            None => None,
+        };
         if let Some(cluster) = &state.cluster {
             let local: Arc<dyn LocalSessions> = state.clone();
             cluster.start(Arc::downgrade(&local)).await?;
         }
-        Ok(Self { server, state })
+        Ok(Self {
+            server,
+            state,
+            ws_addr,
+        })
     }
 
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// The address it listens on for WebSocket connections, if it does.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws_addr
     }
 
     /// The server key's fingerprint, for clients to pin.

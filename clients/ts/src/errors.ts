@@ -1,0 +1,102 @@
+/**
+ * Errors: one class, {@link ZserverError}, whose `kind` says what went wrong. Errors the
+ * peer sends (`Error` frames) keep their wire code (PROTOCOL.md section 5).
+ * @module
+ */
+
+/** What went wrong. */
+export type ErrorKind =
+  /** The peer's handler failed (wire code 1, and unknown codes). */
+  | "remote"
+  /** The peer has no handler under that name (code 2). */
+  | "unknownCommand"
+  /** The peer could not decode the request (code 3). */
+  | "badRequest"
+  /** The peer's handler dropped its responder without answering (code 4). */
+  | "noResponse"
+  /** The peer is shutting down and takes no new calls (code 5). */
+  | "shuttingDown"
+  /** A remote-object id the connection does not hold (code 6). */
+  | "noSuchObject"
+  /** A hook on the peer vetoed the command (code 7). */
+  | "denied"
+  /** The connection is closed (or closed before the answer came). */
+  | "closed"
+  /** A call or the connect did not finish in time. */
+  | "timeout"
+  /** The peer broke the wire protocol (bad preamble, header, length, stream frame...). */
+  | "protocol"
+  /** The Noise handshake failed. */
+  | "handshake"
+  /** The server's static key is not the pinned one. */
+  | "keyMismatch"
+  /** A record failed authentication (tampered, replayed, reordered or forged). */
+  | "auth"
+  /** A stream's BLAKE3 hash or length did not match what was announced. */
+  | "integrity"
+  /** The stream's sender gave up (`Abort`) or its receiver stopped it (`Stop`). */
+  | "streamAborted"
+  /** A frame would exceed `maxFrame`; nothing was sent. */
+  | "frameTooLarge"
+  /** Nothing heard from the peer within the idle time-out. */
+  | "idleTimeout"
+  /** A payload could not be decoded (postcard). */
+  | "codec"
+  /** The transport failed (socket error, refused connection). */
+  | "io";
+
+const KIND_BY_CODE: Record<number, ErrorKind> = {
+  1: "remote",
+  2: "unknownCommand",
+  3: "badRequest",
+  4: "noResponse",
+  5: "shuttingDown",
+  6: "noSuchObject",
+  7: "denied",
+};
+
+const CODE_BY_KIND: Partial<Record<ErrorKind, number>> = {
+  remote: 1,
+  unknownCommand: 2,
+  badRequest: 3,
+  noResponse: 4,
+  shuttingDown: 5,
+  noSuchObject: 6,
+  denied: 7,
+};
+
+/** Every error this package raises. */
+export class ZserverError extends Error {
+  /** What went wrong. */
+  readonly kind: ErrorKind;
+
+  /** @param kind what went wrong; @param message for people. */
+  constructor(kind: ErrorKind, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "ZserverError";
+    this.kind = kind;
+  }
+
+  /** The wire code this error travels with when a handler throws it (1 if none). */
+  get code(): number {
+    return CODE_BY_KIND[this.kind] ?? 1;
+  }
+
+  /** The error an `Error` frame with this code and message means. */
+  static fromWire(code: string, message: string): ZserverError {
+    const kind = KIND_BY_CODE[Number(code)] ?? "remote";
+    return new ZserverError(kind, message);
+  }
+}
+
+/** Shorthand for a protocol violation by the peer. */
+export function protocolError(message: string): ZserverError {
+  return new ZserverError("protocol", message);
+}
+
+/** Any thrown value as a {@link ZserverError} of `kind` (kept as is if it already is one). */
+export function asZserverError(e: unknown, kind: ErrorKind): ZserverError {
+  if (e instanceof ZserverError) return e;
+  const message = e instanceof Error ? e.message : String(e);
+  return new ZserverError(kind, message, { cause: e });
+}

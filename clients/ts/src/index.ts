@@ -1,0 +1,66 @@
+/**
+ * `@zserver/client`: a zserver client for browsers and Node ≥ 20 (docs/PROTOCOL.md).
+ *
+ * ```ts
+ * import { connectWebSocket, LoginClient } from "@zserver/client";
+ * const client = await connectWebSocket("ws://127.0.0.1:7180", { pin: FINGERPRINT });
+ * const login = new LoginClient(client);
+ * await login.login("ann", "secret");
+ * login.on("message", (m) => console.log(`${m.from}: ${m.text}`));
+ * ```
+ *
+ * In Node, `@zserver/client/node` adds `connectTcp`, `connect("host:port" | "ws://...")`.
+ * @module
+ */
+
+import { Client, type ClientOptions, type Handler } from "./client.js";
+import { LoginClient } from "./login.js";
+import { openWebSocket, type WebSocketConstructor } from "./transport.js";
+
+export {
+  Client,
+  type CallOptions,
+  type ClientOptions,
+  type ClientStats,
+  type DownloadOptions,
+  type Handler,
+  type HandlerContext,
+  type UploadOptions,
+} from "./client.js";
+export { type ErrorKind, ZserverError } from "./errors.js";
+export { LoginClient, MAX_WHO_PAGE, type FileInfo, type LoginEvent, type Message, type PushReport, type WhoPage } from "./login.js";
+export { generateKeypair, type Keypair } from "./noise.js";
+export { decodeAll, decodeString, encodeString, PostcardReader, PostcardWriter } from "./postcard.js";
+export { DEFAULT_REKEY, type RekeyPolicy } from "./record.js";
+export { Download, type Progress, type UploadSource } from "./stream.js";
+export { parseFingerprint, toHex } from "./handshake.js";
+export {
+  openWebSocket,
+  type Transport,
+  type TransportEvents,
+  type WebSocketConstructor,
+  type WebSocketLike,
+} from "./transport.js";
+export { type AeadProvider } from "./aead.js";
+
+/**
+ * Connects over WebSocket to `url` (`ws://host:port` of `zserver serve --listen-ws`) and
+ * runs the handshake. Uses the global `WebSocket` (browsers, Node 22+) unless `WebSocket`
+ * is given.
+ */
+export async function connectWebSocket(
+  url: string,
+  options: ClientOptions & { WebSocket?: WebSocketConstructor; timeoutMs?: number } = {},
+  handlers?: Record<string, Handler>,
+): Promise<Client> {
+  const transport = await openWebSocket(url, { WebSocket: options.WebSocket, timeoutMs: options.timeoutMs });
+  return Client.connect(transport, options, handlers);
+}
+
+/** Connects over WebSocket and wraps the connection in a {@link LoginClient}. */
+export async function connectLoginWebSocket(
+  url: string,
+  options: ClientOptions & { WebSocket?: WebSocketConstructor } = {},
+): Promise<LoginClient> {
+  return new LoginClient(await connectWebSocket(url, options));
+}

@@ -1,0 +1,259 @@
+/**
+ * The login server's typed API (`zserver serve`; `login/src/protocol.rs`): accounts,
+ * sessions, push to users or everyone, who is online, per-user files, and the two events
+ * the server pushes (`message`, `kicked`). Payloads are postcard.
+ * @module
+ */
+
+import { type CallOptions, Client, type HandlerContext } from "./client.js";
+import { ZserverError } from "./errors.js";
+import { decodeAll, decodeString, encodeString, PostcardReader, PostcardWriter } from "./postcard.js";
+import type { Download, Progress, UploadSource } from "./stream.js";
+
+/** A message as its recipient sees it. */
+export interface Message {
+  /** Who sent it. */
+  from: string;
+  /** The text. */
+  text: string;
+}
+
+/** What became of a push. */
+export interface PushReport {
+  /** Users it was delivered to now (for a push to everyone, at most 10,000 names). */
+  delivered: string[];
+  /** Users it was stored for, delivered at their next login (bounded likewise). */
+  stored: string[];
+  /** How many users it was delivered to now. */
+  deliveredCount: number;
+  /** How many users it was stored for. */
+  storedCount: number;
+}
+
+/** A page of the users online. */
+export interface WhoPage {
+  /** The names on this page, in byte order. */
+  users: string[];
+  /** How many users are online in all, on every node. */
+  online: number;
+  /** Whether names follow this page. */
+  more: boolean;
+}
+
+/** One file of the user's store. */
+export interface FileInfo {
+  /** Its name. */
+  name: string;
+  /** Its size in bytes. */
+  size: number;
+}
+
+/** What the server pushes to a logged-in client. */
+export type LoginEvent =
+  | { type: "message"; message: Message }
+  | { type: "kicked"; reason: string };
+
+/** Most names one `who` page may ask for. */
+export const MAX_WHO_PAGE = 65_536;
+
+function readMessage(r: PostcardReader): Message {
+  return { from: r.string(), text: r.string() };
+}
+
+function readStrings(r: PostcardReader): string[] {
+  return r.seq((r) => r.string());
+}
+
+function credentials(user: string, password: string): Uint8Array {
+  return new PostcardWriter().string(user).string(password).finish();
+}
+
+const UNIT = new Uint8Array(0);
+
+/** Checks that a `()` reply is empty. */
+function unit(reply: Uint8Array): void {
+  if (reply.length !== 0) throw new ZserverError("codec", `expected an empty reply, got ${reply.length} bytes`);
+}
+
+/**
+ * A client of the login server. Wrap a connected {@link Client}: its `message` and
+ * `kicked` handlers are registered at once (the server pushes only after `login`).
+ */
+export class LoginClient {
+  private readonly messageListeners: ((m: Message) => void)[] = [];
+  private readonly kickedListeners: ((reason: string) => void)[] = [];
+  private readonly queued: LoginEvent[] = [];
+  private readonly waiters: ((e: LoginEvent | undefined) => void)[] = [];
+  private ended = false;
+  /** Most events kept for {@link nextEvent} while nobody takes them (the oldest go first). */
+  maxQueuedEvents = 10_000;
+
+  /** @param client a connection to a login server. */
+  constructor(readonly client: Client) {
+    client.handle("message", (payload, ctx) => this.onMessage(payload, ctx));
+    client.handle("kicked", (payload) => this.onKicked(payload));
+    client.onClose(() => {
+      this.ended = true;
+      for (const w of this.waiters.splice(0)) w(undefined);
+    });
+  }
+
+  private onMessage(payload: Uint8Array, _ctx: HandlerContext): void {
+    const message = decodeAll(payload, readMessage);
+    for (const l of this.messageListeners) l(message);
+    this.enqueue({ type: "message", message });
+  }
+
+  private onKicked(payload: Uint8Array): void {
+    const reason = decodeString(payload);
+    for (const l of this.kickedListeners) l(reason);
+    this.enqueue({ type: "kicked", reason });
+  }
+
+  private enqueue(e: LoginEvent): void {
+    const w = this.waiters.shift();
+    if (w) return w(e);
+    this.queued.push(e);
+    if (this.queued.length > this.maxQueuedEvents) this.queued.shift();
+  }
+
+  /** Subscribes to an event: `"message"` (a {@link Message}) or `"kicked"` (the reason). */
+  on(event: "message", listener: (m: Message) => void): this;
+  on(event: "kicked", listener: (reason: string) => void): this;
+  on(event: "message" | "kicked", listener: ((m: Message) => void) | ((reason: string) => void)): this {
+    if (event === "message") this.messageListeners.push(listener as (m: Message) => void);
+    else this.kickedListeners.push(listener as (reason: string) => void);
+    return this;
+  }
+
+  /**
+   * The next event (in arrival order, including those that came before the call), or
+   * `undefined` once the connection has closed and none are left; `timeout` after `timeoutMs`.
+   */
+  nextEvent(timeoutMs?: number): Promise<LoginEvent | undefined> {
+    const e = this.queued.shift();
+    if (e) return Promise.resolve(e);
+    if (this.ended) return Promise.resolve(undefined);
+    return new Promise((resolve, reject) => {
+      const waiter = (ev: LoginEvent | undefined) => {
+        if (timer !== undefined) clearTimeout(timer);
+        resolve(ev);
+      };
+      const timer =
+        timeoutMs === undefined
+          ? undefined
+          : setTimeout(() => {
+              const i = this.waiters.indexOf(waiter);
+              if (i >= 0) this.waiters.splice(i, 1);
+              reject(new ZserverError("timeout", `no event within ${timeoutMs} ms`));
+            }, timeoutMs);
+      this.waiters.push(waiter);
+    });
+  }
+
+  /** Creates an account. */
+  async register(user: string, password: string, options?: CallOptions): Promise<void> {
+    unit(await this.client.call("register", credentials(user, password), options));
+  }
+
+  /** Logs in; resolves with the messages stored while the user was offline, oldest first. */
+  async login(user: string, password: string, options?: CallOptions): Promise<Message[]> {
+    const reply = await this.client.call("login", credentials(user, password), options);
+    return decodeAll(reply, (r) => r.seq(readMessage));
+  }
+
+  /** Ends the session (the connection stays open). */
+  async logout(options?: CallOptions): Promise<void> {
+    unit(await this.client.call("logout", UNIT, options));
+  }
+
+  /** Changes the password. */
+  async changePassword(old: string, next: string, options?: CallOptions): Promise<void> {
+    unit(await this.client.call("passwd", new PostcardWriter().string(old).string(next).finish(), options));
+  }
+
+  /** Deletes the account with its messages and files. */
+  async deleteAccount(password: string, options?: CallOptions): Promise<void> {
+    unit(await this.client.call("delete", encodeString(password), options));
+  }
+
+  /** One page of the users online: at most `limit` names sorting after `after`. */
+  async whoPage(after: string | undefined, limit = MAX_WHO_PAGE, options?: CallOptions): Promise<WhoPage> {
+    const req = new PostcardWriter().option(after, (w, a) => w.string(a)).u32(limit).finish();
+    const reply = await this.client.call("who", req, options);
+    return decodeAll(reply, (r) => ({ users: readStrings(r), online: r.u64(), more: r.bool() }));
+  }
+
+  /** Every user online, sorted (page after page). */
+  async who(options?: CallOptions): Promise<string[]> {
+    const users: string[] = [];
+    let after: string | undefined;
+    for (;;) {
+      const page = await this.whoPage(after, MAX_WHO_PAGE, options);
+      users.push(...page.users);
+      if (!page.more || page.users.length === 0) return users;
+      after = users[users.length - 1];
+    }
+  }
+
+  /** Sends `text` to `users` (stored for those offline). */
+  push(users: string[], text: string, options?: CallOptions): Promise<PushReport> {
+    // Recipients::Users is variant 0, with a Vec<String>.
+    const w = new PostcardWriter().varint(0).seq(users, (w, u) => w.string(u)).string(text);
+    return this.pushRaw(w.finish(), options);
+  }
+
+  /** Sends `text` to everyone online (Recipients::Everyone, variant 1). */
+  pushAll(text: string, options?: CallOptions): Promise<PushReport> {
+    return this.pushRaw(new PostcardWriter().varint(1).string(text).finish(), options);
+  }
+
+  private async pushRaw(payload: Uint8Array, options?: CallOptions): Promise<PushReport> {
+    const reply = await this.client.call("push", payload, options);
+    return decodeAll(reply, (r) => ({
+      delivered: readStrings(r),
+      stored: readStrings(r),
+      deliveredCount: r.u64(),
+      storedCount: r.u64(),
+    }));
+  }
+
+  /** Uploads `data` as the file `name`; resolves with the size stored. */
+  async put(
+    name: string,
+    data: UploadSource,
+    options: { total?: number; onProgress?: Progress } & CallOptions = {},
+  ): Promise<number> {
+    const reply = await this.client.upload("put", name, data, options);
+    if (reply.length !== 8) throw new ZserverError("codec", `bad put reply of ${reply.length} bytes`);
+    const size = new DataView(reply.buffer, reply.byteOffset, 8).getBigUint64(0, true);
+    return Number(size);
+  }
+
+  /** Downloads the file `name` from `offset` (resuming); read the returned stream. */
+  get(name: string, options: { offset?: number; onProgress?: Progress } & CallOptions = {}): Promise<Download> {
+    return this.client.download("get", name, options);
+  }
+
+  /** The user's files. */
+  async ls(options?: CallOptions): Promise<FileInfo[]> {
+    const reply = await this.client.call("ls", UNIT, options);
+    return decodeAll(reply, (r) => r.seq((r) => ({ name: r.string(), size: r.u64() })));
+  }
+
+  /** One file's size. */
+  async stat(name: string, options?: CallOptions): Promise<FileInfo> {
+    const reply = await this.client.call("stat", encodeString(name), options);
+    return decodeAll(reply, (r) => ({ name: r.string(), size: r.u64() }));
+  }
+
+  /** Deletes a file. */
+  async rm(name: string, options?: CallOptions): Promise<void> {
+    unit(await this.client.call("rm", encodeString(name), options));
+  }
+
+  /** Closes the connection. */
+  close(): void {
+    this.client.close();
+  }
+}

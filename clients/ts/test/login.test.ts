@@ -1,0 +1,113 @@
+// The typed login API against the real login server (`zserver serve`, fresh data dir):
+// register, login, push both ways, who, offline messages, kicked, files.
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { after, before, describe, test } from "node:test";
+
+import { type LoginClient, ZserverError } from "@zserver/client";
+
+import { loginVia, type Via } from "./connect.js";
+import { type LoginServer, startLoginServer } from "./servers.js";
+
+const VIAS: Via[] = ["tcp", "websocket"];
+
+for (const via of VIAS) {
+  describe(`the login server over ${via}`, { timeout: 120_000 }, () => {
+    let server: LoginServer;
+    const open: LoginClient[] = [];
+    const connect = async () => {
+      const addr = via === "tcp" ? server.addr : server.ws!;
+      const c = await loginVia(via, addr, server.fingerprint);
+      open.push(c);
+      return c;
+    };
+    before(async () => {
+      server = await startLoginServer({ ws: via === "websocket" });
+    });
+    after(async () => {
+      for (const c of open) c.close();
+      await server?.stop();
+    });
+
+    test("two clients push to each other; who lists them", async () => {
+      const ann = await connect();
+      const bob = await connect();
+      await ann.register("ann", "ann-password");
+      await bob.register("bob", "bob-password");
+      assert.deepEqual(await ann.login("ann", "ann-password"), []);
+      assert.deepEqual(await bob.login("bob", "bob-password"), []);
+      const online = await ann.who();
+      assert.ok(online.includes("ann") && online.includes("bob"), `who: ${online}`);
+      const heard: string[] = [];
+      bob.on("message", (m) => heard.push(`${m.from}: ${m.text}`));
+      const report = await ann.push(["bob"], "hello bob");
+      assert.deepEqual(report.delivered, ["bob"]);
+      assert.equal(report.deliveredCount, 1);
+      assert.deepEqual(await bob.nextEvent(5_000), { type: "message", message: { from: "ann", text: "hello bob" } });
+      assert.deepEqual(heard, ["ann: hello bob"]);
+      await bob.push(["ann"], "hi ann ✓");
+      assert.deepEqual(await ann.nextEvent(5_000), { type: "message", message: { from: "bob", text: "hi ann ✓" } });
+      const all = await ann.pushAll("to everyone");
+      assert.ok(all.deliveredCount >= 2);
+      assert.deepEqual(await bob.nextEvent(5_000), { type: "message", message: { from: "ann", text: "to everyone" } });
+      assert.deepEqual(await ann.nextEvent(5_000), { type: "message", message: { from: "ann", text: "to everyone" } });
+      const page = await ann.whoPage(undefined, 1);
+      assert.equal(page.users.length, 1);
+      assert.ok(page.more && page.online >= 2);
+    });
+
+    test("a message to an offline user is delivered at the next login", async () => {
+      const dan = await connect();
+      await dan.register("dan", "dan-password");
+      await dan.login("dan", "dan-password");
+      const eve = await connect();
+      await eve.register("eve", "eve-password");
+      const report = await dan.push(["eve"], "while you were away");
+      assert.deepEqual(report.stored, ["eve"]);
+      assert.equal(report.storedCount, 1);
+      assert.deepEqual(await eve.login("eve", "eve-password"), [{ from: "dan", text: "while you were away" }]);
+    });
+
+    test("a second login kicks the first session", async () => {
+      const first = await connect();
+      await first.register("fay", "fay-password");
+      await first.login("fay", "fay-password");
+      const second = await connect();
+      await second.login("fay", "fay-password");
+      const event = await first.nextEvent(5_000);
+      assert.equal(event?.type, "kicked");
+      assert.ok(event?.type === "kicked" && event.reason.length > 0);
+      const why = await first.client.closed;
+      assert.ok(why === undefined || why.kind === "closed", String(why));
+    });
+
+    test("files: put with progress, ls, stat, get (and resume), rm", async () => {
+      const gus = await connect();
+      await gus.register("gus", "gus-password");
+      await gus.login("gus", "gus-password");
+      const data = randomBytes(1_500_000);
+      let last = 0;
+      assert.equal(await gus.put("notes.bin", data, { onProgress: (done) => (last = done) }), data.length);
+      assert.equal(last, data.length);
+      assert.deepEqual(await gus.ls(), [{ name: "notes.bin", size: data.length }]);
+      assert.deepEqual(await gus.stat("notes.bin"), { name: "notes.bin", size: data.length });
+      const d = await gus.get("notes.bin");
+      assert.equal(d.total, data.length);
+      assert.deepEqual(Buffer.from(await d.readAll()), data);
+      const tail = await (await gus.get("notes.bin", { offset: 1_000_000 })).readAll();
+      assert.deepEqual(Buffer.from(tail), data.subarray(1_000_000));
+      await gus.rm("notes.bin");
+      assert.deepEqual(await gus.ls(), []);
+      await assert.rejects(gus.rm("notes.bin"), (e: unknown) => e instanceof ZserverError && e.kind === "remote");
+      await assert.rejects(gus.put("../escape", data.subarray(0, 10)), ZserverError);
+    });
+
+    test("errors: a wrong password, a duplicate account, a push without login", async () => {
+      const hal = await connect();
+      await hal.register("hal", "hal-password");
+      await assert.rejects(hal.register("hal", "other"), ZserverError);
+      await assert.rejects(hal.login("hal", "wrong"), (e: unknown) => e instanceof ZserverError && e.kind === "remote");
+      await assert.rejects(hal.push(["ann"], "x"), ZserverError);
+    });
+  });
+}
