@@ -117,8 +117,8 @@ struct Shared {
     /// Per-connection state of other modules (such as services' remote objects), one
     /// value per type; cleared when the connection closes.
     extensions: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
-    /// The `connection` tracing span (id, peer, user): the reader, the writer and spawned
-    /// handlers run in it.
+    /// The `connection` tracing span (id, peer, user): the reader and spawned handlers run
+    /// in it.
     span: tracing::Span,
 }
 
@@ -318,8 +318,9 @@ impl Connection {
         });
         let conn = Connection { shared };
         let (runtime, span) = (&conn.shared.runtime, &conn.shared.span);
-        let writer = conn.clone().run_writer(write, sealer);
-        runtime.spawn(Box::pin(writer.instrument(span.clone())));
+        // The writer logs little (its events name the connection id); only the reader, which
+        // dispatches and runs handlers inline, carries a copy of the span (40 bytes).
+        runtime.spawn(Box::pin(conn.clone().run_writer(write, sealer)));
         let reader = conn.clone().run_reader(read, opener);
         runtime.spawn(Box::pin(reader.instrument(span.clone())));
         conn
@@ -352,8 +353,8 @@ impl Connection {
     }
 
     /// This connection's tracing span, `connection` with fields `id`, `peer` and `user`
-    /// (empty until recorded): its tasks and spawned handlers run in it, so every event they
-    /// log carries them. A login handler records the user once known:
+    /// (empty until recorded): its reader task and spawned handlers run in it, so every
+    /// event they log carries them. A login handler records the user once known:
     /// `conn.span().record("user", name)`.
     pub fn span(&self) -> &tracing::Span {
         &self.shared.span
