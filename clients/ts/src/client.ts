@@ -146,6 +146,7 @@ export class Client {
   private writeWaiters: (() => void)[] = [];
   private pumping = false;
   private eof = false;
+  private again = false;
   private paused = false;
   private running = 0;
   private lastHeard = Date.now();
@@ -617,17 +618,26 @@ export class Client {
 
   /** Opens records and dispatches frames in order, holding back while handlers are saturated. */
   private async pump(): Promise<void> {
-    if (this.pumping) return;
+    if (this.pumping) {
+      // The running pump may have looked for a whole record before these bytes came (a
+      // WebSocket delivers several messages in one task): it looks again before it stops.
+      this.again = true;
+      return;
+    }
     this.pumping = true;
     try {
       for (;;) {
+        this.again = false;
         if (this.closeReason) return;
         this.dispatch();
         if (this.running >= this.opts.maxHandlers) break;
         const plain = this.opener ? await this.opener.next() : undefined;
-        if (!plain) break;
-        this.frames.push(plain);
-        this.flow();
+        if (plain) {
+          this.frames.push(plain);
+          this.flow();
+        } else if (!this.again) {
+          break;
+        }
       }
       this.flow();
     } catch (e) {

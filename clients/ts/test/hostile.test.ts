@@ -4,8 +4,8 @@ import assert from "node:assert/strict";
 import { createServer, type Server, type Socket, connect as netConnect } from "node:net";
 import { after, before, describe, test } from "node:test";
 
-import { ZserverError } from "@zserver/client";
-import { connectTcp, connectWebSocketNode } from "@zserver/client/node";
+import { Client, type Transport, ZserverError } from "@zserver/client";
+import { connectTcp, connectWebSocketNode, openTcp } from "@zserver/client/node";
 import { type WebSocket, WebSocketServer } from "ws";
 
 import { encodeFrame } from "../dist/frame.js";
@@ -206,6 +206,34 @@ describe("a hostile server", { timeout: 60_000 }, () => {
     const port = await proxy((chunk, offset) => (offset === 0 ? Buffer.from([0xff, 0xff, 0xff, 0x7f, 0]) : chunk.subarray(0, 0)));
     const client = await connectTcp("127.0.0.1", port, { pin: peer.fingerprint });
     await assert.rejects(client.console("hello", "x"), isKind("closed", /record length/));
+  });
+
+  test("bytes that complete a record while the client looks at it are not left waiting", async () => {
+    // Each chunk is handed over in two synchronous halves (as a WebSocket delivers several
+    // messages in one task): the second half lands while the first one's record is checked.
+    const inner = await openTcp(peer.encrypted.host, peer.encrypted.port);
+    const halves: Transport = {
+      kind: "halves",
+      start: (events) =>
+        inner.start({
+          data: (chunk) => {
+            const mid = chunk.length >> 1;
+            events.data(chunk.subarray(0, mid));
+            events.data(chunk.subarray(mid));
+          },
+          close: (e) => events.close(e),
+        }),
+      write: (d) => inner.write(d),
+      pause: () => inner.pause(),
+      resume: () => inner.resume(),
+      close: () => inner.close(),
+    };
+    const client = await Client.connect(halves, { pin: peer.fingerprint });
+    for (let i = 0; i < 20; i++) {
+      const answer = client.console("hello", `${i}`, { timeoutMs: 5_000 });
+      assert.equal(await answer, `hello, ${i}`);
+    }
+    client.close();
   });
 
   test("the real peer still serves after all that", async () => {

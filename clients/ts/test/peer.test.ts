@@ -205,6 +205,23 @@ for (const via of VIAS) {
       await assert.rejects(client.download("echo", ""), isKind("badRequest"));
       client.close();
     });
+
+    test("back-to-back downloads never stall (records split across messages in one task)", async () => {
+      // A regression test: bytes completing a record arrived while the client was still
+      // looking at the incomplete one, and waited for the next heartbeat (30 s).
+      for (let round = 0; round < 20; round++) {
+        const client = await connectVia(via, enc(peer), { pin: peer.fingerprint });
+        const n = 1024 * 1024 + round;
+        const read = (await client.download("blob", String(n))).readAll();
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const stall = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`round ${round} stalled`)), 5_000);
+        });
+        assert.equal((await Promise.race([read, stall])).length, n);
+        clearTimeout(timer);
+        client.close();
+      }
+    });
   });
 }
 
