@@ -5,6 +5,7 @@
 //!
 //! The behavioural suites (engine, streams, secure, reconnect, ...) also run over
 //! WebSocket as a whole with `ZSERVER_TEST_TRANSPORT=ws` (see `tests/common/mod.rs`).
+#![cfg(feature = "ws")]
 
 #[macro_use]
 mod common;

@@ -79,6 +79,7 @@ impl ServerBuilder {
         let runtime = self.transport.runtime();
         let shared = Arc::new(ServerShared {
             keypair: self.keypair.unwrap_or_else(Keypair::generate),
+            #[cfg(feature = "ws")]
             transport: self.transport.clone(),
             runtime: runtime.clone(),
             local_addr,
@@ -123,6 +124,8 @@ pub struct Server {
 
 struct ServerShared {
     keypair: Keypair,
+    /// For the listeners added later ([`Server::listen_ws`]).
+    #[cfg(feature = "ws")]
     transport: Arc<dyn Transport>,
     runtime: Arc<dyn Runtime>,
     local_addr: SocketAddr,

@@ -307,11 +307,18 @@ pub fn over_ws() -> bool {
 /// The transport under test: the default back end's TCP, or WebSocket over it.
 pub fn suite_transport() -> Arc<dyn zserver::Transport> {
     let tcp = zserver::default_transport();
-    if over_ws() {
+    #[cfg(feature = "ws")]
+    let tcp: Arc<dyn zserver::Transport> = if over_ws() {
         Arc::new(zserver::WsTransport::new(tcp))
     } else {
         tcp
-    }
+    };
+    #[cfg(not(feature = "ws"))]
+    assert!(
+        !over_ws(),
+        "ZSERVER_TEST_TRANSPORT=ws needs the `ws` feature"
+    );
+    tcp
 }
 
 /// A server builder on the transport under test.
