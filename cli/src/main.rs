@@ -8,6 +8,14 @@
 
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod bench;
 mod cluster_bench;
 mod login;
@@ -40,7 +48,35 @@ enum Command {
     BenchServer(bench::server::ServerArgs),
 }
 
+/// glibc's allocator keeps what a burst took: its mmap threshold rises to the largest block
+/// freed (Argon2's 19 MiB), and freed memory stays in its arenas unless the top of a heap
+/// passes the trim threshold. Fixed thresholds (which also turn off that rise) give memory
+/// back after a burst: a login flood's aftermath went from 6.5× to 1.5× the resident memory
+/// before it, at no cost in `zserver bench` (BENCHMARKS.md, "A login flood").
+#[cfg(all(
+    target_os = "linux",
+    target_env = "gnu",
+    not(any(feature = "mimalloc", feature = "jemalloc"))
+))]
+fn tune_allocator() {
+    const THRESHOLD: libc::c_int = 128 << 10;
+    // SAFETY: mallopt only sets the allocator's parameters; called first thing in main,
+    // before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, THRESHOLD);
+    }
+}
+
+#[cfg(not(all(
+    target_os = "linux",
+    target_env = "gnu",
+    not(any(feature = "mimalloc", feature = "jemalloc"))
+)))]
+fn tune_allocator() {}
+
 fn main() {
+    tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => login::serve(args),
