@@ -8,13 +8,26 @@
 
 use clap::{Parser, Subcommand};
 
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
+/// The `zserver` binary's allocator: jemalloc, with a background thread that gives freed
+/// memory back to the system after a second (`dirty_decay_ms:1000`, `muzzy_decay_ms:0`).
+/// Chosen by measurement (BENCHMARKS.md, "A login flood"): after 1,000 concurrent logins
+/// the server is back to 1.2× its memory before them, against 6.5× with glibc as is, and
+/// `zserver bench` is at par. The library crates pick no allocator.
 #[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options (read once, at its start; `_RJEM_MALLOC_CONF` in the environment
+/// overrides them).
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
+/// mimalloc instead, for comparing (`--features mimalloc`).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
 mod cluster_bench;
@@ -48,35 +61,7 @@ enum Command {
     BenchServer(bench::server::ServerArgs),
 }
 
-/// glibc's allocator keeps what a burst took: its mmap threshold rises to the largest block
-/// freed (Argon2's 19 MiB), and freed memory stays in its arenas unless the top of a heap
-/// passes the trim threshold. Fixed thresholds (which also turn off that rise) give memory
-/// back after a burst: a login flood's aftermath went from 6.5× to 1.5× the resident memory
-/// before it, at no cost in `zserver bench` (BENCHMARKS.md, "A login flood").
-#[cfg(all(
-    target_os = "linux",
-    target_env = "gnu",
-    not(any(feature = "mimalloc", feature = "jemalloc"))
-))]
-fn tune_allocator() {
-    const THRESHOLD: libc::c_int = 128 << 10;
-    // SAFETY: mallopt only sets the allocator's parameters; called first thing in main,
-    // before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, THRESHOLD);
-    }
-}
-
-#[cfg(not(all(
-    target_os = "linux",
-    target_env = "gnu",
-    not(any(feature = "mimalloc", feature = "jemalloc"))
-)))]
-fn tune_allocator() {}
-
 fn main() {
-    tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => login::serve(args),
