@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use zserver_login::{
-    ClusterConfig, Event, LoginClient, LoginConfig, LoginServer, SecondLogin, Store,
+    ClusterConfig, Event, LoginClient, LoginConfig, LoginError, LoginServer, PasswordParams,
+    SecondLogin, Store,
 };
 
 use crate::bench::{run_on, BoxError};
@@ -58,6 +59,31 @@ pub struct ServeArgs {
     /// gives `index.html`).
     #[arg(long, value_name = "DIR", requires = "listen_ws")]
     pub web: Option<PathBuf>,
+    /// Most password hashes computed at once (default: the number of cores). Each holds
+    /// --argon2-memory-kib of memory while it runs.
+    #[arg(long)]
+    pub hash_concurrency: Option<usize>,
+    /// Most logins/registrations waiting for a hashing slot; beyond, refused as busy.
+    #[arg(long, default_value_t = 64)]
+    pub hash_queue: usize,
+    /// Most logins/registrations in progress from one address; beyond, refused as busy.
+    #[arg(long, default_value_t = 4)]
+    pub hash_per_address: usize,
+    /// Failed logins allowed per address and per account per minute.
+    #[arg(long, default_value_t = 5)]
+    pub max_failed_logins: usize,
+    /// Registrations allowed per address per minute.
+    #[arg(long, default_value_t = 10)]
+    pub max_registrations: usize,
+    /// Argon2id memory per password hash, KiB (19456 = 19 MiB); new hashes only.
+    #[arg(long, default_value_t = PasswordParams::default().memory_kib)]
+    pub argon2_memory_kib: u32,
+    /// Argon2id passes over that memory (time cost); new hashes only.
+    #[arg(long, default_value_t = PasswordParams::default().iterations)]
+    pub argon2_iterations: u32,
+    /// Argon2id lanes (parallelism); new hashes only.
+    #[arg(long, default_value_t = PasswordParams::default().parallelism)]
+    pub argon2_parallelism: u32,
 }
 
 /// Arguments of `zserver user`.
@@ -187,6 +213,18 @@ pub fn serve(args: ServeArgs) -> Result<(), BoxError> {
         config.second_login = SecondLogin::Refuse;
     }
     config.store = args.store.clone();
+    if let Some(n) = args.hash_concurrency {
+        config.hash_concurrency = n;
+    }
+    config.hash_queue = args.hash_queue;
+    config.hash_per_address = args.hash_per_address;
+    config.max_failed_logins = args.max_failed_logins;
+    config.max_registrations = args.max_registrations;
+    config.password = PasswordParams {
+        memory_kib: args.argon2_memory_kib,
+        iterations: args.argon2_iterations,
+        parallelism: args.argon2_parallelism,
+    };
     if let Some(nats) = &args.cluster {
         let mut cluster = ClusterConfig::new(nats);
         cluster.name = args.cluster_name.clone();
@@ -214,6 +252,13 @@ pub fn serve(args: ServeArgs) -> Result<(), BoxError> {
         }
     }
     println!("data directory: {}", args.data.display());
+    println!(
+        "password hashing: {} at once ({} MiB each), {} waiting, {} per address",
+        config.hash_concurrency,
+        config.password.memory_kib / 1024,
+        config.hash_queue,
+        config.hash_per_address
+    );
     println!("server key fingerprint: {}", server.fingerprint());
     if let (Some(cluster), Some(node)) = (&config.cluster, server.node_id()) {
         println!(
@@ -306,6 +351,18 @@ pub fn client(args: ClientArgs) -> Result<(), BoxError> {
     )
 }
 
+/// A refusal, worded for the command line: a busy server says when to retry.
+fn explain(e: LoginError) -> BoxError {
+    match e {
+        LoginError::Busy { retry_after } => format!(
+            "the server is busy checking other passwords (nothing was checked); retry in {} s",
+            retry_after.as_secs()
+        )
+        .into(),
+        other => other.into(),
+    }
+}
+
 async fn client_action(
     transport: Arc<dyn zserver::Transport>,
     args: ClientArgs,
@@ -331,11 +388,14 @@ async fn client_action(
         eprintln!("zserver: payload compression {codec}");
     }
     if let ClientAction::Register = args.action {
-        client.register(&user, &password).await?;
+        client
+            .register(&user, &password)
+            .await
+            .map_err(explain)?;
         println!("registered `{user}`");
         return Ok(());
     }
-    let offline = client.login(&user, &password).await?;
+    let offline = client.login(&user, &password).await.map_err(explain)?;
     for m in &offline {
         println!("message from {}: {}", m.from, m.text);
     }

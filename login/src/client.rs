@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use zserver::{Client, ClientBuilder, Config, Error, Outgoing, Router, Transport};
 
+use crate::error::LoginError;
 use crate::protocol::{
     Credentials, Event, FileInfo, Incoming, NewPassword, Push, PushReport, Recipients, Welcome,
     WhoPage, WhoRequest, MAX_WHO_PAGE,
@@ -77,13 +78,16 @@ impl LoginClient {
         &self.client
     }
 
-    /// Creates an account.
-    pub async fn register(&self, user: &str, password: &str) -> Result<(), Error> {
-        self.client.call("register", &creds(user, password)).await
+    /// Creates an account. A busy server or an address that registered too often is told
+    /// apart ([`LoginError::Busy`], [`LoginError::RegistrationsLimited`]).
+    pub async fn register(&self, user: &str, password: &str) -> Result<(), LoginError> {
+        Ok(self.client.call("register", &creds(user, password)).await?)
     }
 
-    /// Logs in; returns the messages stored while the user was offline, oldest first.
-    pub async fn login(&self, user: &str, password: &str) -> Result<Vec<Incoming>, Error> {
+    /// Logs in; returns the messages stored while the user was offline, oldest first. A
+    /// wrong password, too many failures and a busy server are told apart
+    /// ([`LoginError::WrongPassword`], [`LoginError::Limited`], [`LoginError::Busy`]).
+    pub async fn login(&self, user: &str, password: &str) -> Result<Vec<Incoming>, LoginError> {
         let welcome: Welcome = self.client.call("login", &creds(user, password)).await?;
         Ok(welcome.offline)
     }
@@ -93,18 +97,18 @@ impl LoginClient {
         self.client.call("logout", &()).await
     }
 
-    /// Changes the password.
-    pub async fn change_password(&self, old: &str, new: &str) -> Result<(), Error> {
+    /// Changes the password (refusals as for [`Self::login`]).
+    pub async fn change_password(&self, old: &str, new: &str) -> Result<(), LoginError> {
         let p = NewPassword {
             old: old.into(),
             new: new.into(),
         };
-        self.client.call("passwd", &p).await
+        Ok(self.client.call("passwd", &p).await?)
     }
 
-    /// Deletes the account with its messages and files.
-    pub async fn delete_account(&self, password: &str) -> Result<(), Error> {
-        self.client.call("delete", password).await
+    /// Deletes the account with its messages and files (refusals as for [`Self::login`]).
+    pub async fn delete_account(&self, password: &str) -> Result<(), LoginError> {
+        Ok(self.client.call("delete", password).await?)
     }
 
     /// Users online now, on every node, sorted (page after page; see [`Self::who_page`]).

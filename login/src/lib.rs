@@ -24,6 +24,7 @@
 pub mod client;
 pub mod cluster;
 pub mod metrics;
+pub mod error;
 pub mod protocol;
 pub mod server;
 pub mod store;
@@ -31,9 +32,10 @@ pub mod store;
 pub use client::LoginClient;
 pub use cluster::ClusterConfig;
 pub use metrics::{LoginMetrics, LoginOutcome};
+pub use error::LoginError;
 pub use protocol::Event;
-pub use server::{check_file_name, LoginConfig, LoginServer, SecondLogin};
-pub use store::{PostgresStorage, SqliteStorage, Storage, Store, StoreError};
+pub use server::{check_file_name, HashingStats, LoginConfig, LoginServer, SecondLogin};
+pub use store::{PasswordParams, PostgresStorage, SqliteStorage, Storage, Store, StoreError};
 
 /// Locks `m`, recovering it if a panicking thread poisoned it (the guarded state stays
 /// usable: every update to it is a single step).

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use zserver::metrics::CallMetrics;
 
+use crate::error::LoginError;
+
 /// How a login attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginOutcome {
@@ -29,6 +31,17 @@ impl LoginOutcome {
         LoginOutcome::Limited,
         LoginOutcome::Busy,
     ];
+
+    /// The outcome a failed login's error stands for (`None` for other failures: a bad
+    /// name, the store, the connection).
+    pub fn of(error: &LoginError) -> Option<Self> {
+        match error {
+            LoginError::WrongPassword => Some(LoginOutcome::WrongPassword),
+            LoginError::Limited { .. } => Some(LoginOutcome::Limited),
+            LoginError::Busy { .. } => Some(LoginOutcome::Busy),
+            _ => None,
+        }
+    }
 
     /// The outcome's name in metrics: `ok`, `wrong_password`, `limited` or `busy`.
     pub fn name(self) -> &'static str {

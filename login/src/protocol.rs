@@ -18,6 +18,18 @@
 //!
 //! The server pushes two one-way events to a client: `message` ([`Event::Message`] as
 //! [`Incoming`]) and `kicked` (a reason string).
+//!
+//! `register`, `login`, `passwd` and `delete` hash a password, in a bounded pool, after
+//! counting the attempt against the server's limits. Their refusals are ordinary handler
+//! errors (`Error` frame, code 1) with fixed messages, which
+//! [`LoginError`](crate::LoginError) reads back into variants of their own:
+//!
+//! | message | meaning |
+//! | --- | --- |
+//! | `server busy, retry in N s` | the hashing pool is full (or this address has too many attempts in progress); nothing was checked, nothing counted; retry after N seconds |
+//! | `too many failed logins; try again in N s` | the address or the account reached its failed-login limit (attempts in progress count) |
+//! | `too many registrations from this address; try again in N s` | the address reached its registration limit |
+//! | `wrong user name or password` | the check failed (also for an unknown user, at the same cost) |
 
 use serde::{Deserialize, Serialize};
 

@@ -32,7 +32,7 @@ fn file_hash(path: &Path) -> blake3::Hash {
     blake3::hash(&std::fs::read(path).unwrap())
 }
 
-fn assert_err(result: Result<impl std::fmt::Debug, Error>, needle: &str) {
+fn assert_err(result: Result<impl std::fmt::Debug, impl std::fmt::Display>, needle: &str) {
     match result {
         Err(e) => assert!(e.to_string().contains(needle), "`{e}` lacks `{needle}`"),
         Ok(v) => panic!("expected an error with `{needle}`, got {v:?}"),

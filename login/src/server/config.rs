@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cluster::ClusterConfig;
+use crate::store::PasswordParams;
 
 /// What to do when a user who is logged in logs in again on another connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,9 +25,28 @@ pub struct LoginConfig {
     /// A second login of the same user.
     pub second_login: SecondLogin,
     /// Failed logins allowed per address and per account within [`Self::attempt_window`].
+    /// Attempts in progress count as failures until they end, so a burst cannot get more
+    /// guesses hashed than this.
     pub max_failed_logins: usize,
-    /// The window failed logins are counted over.
+    /// Registrations allowed per address within [`Self::attempt_window`] (each one counts,
+    /// whatever its outcome).
+    pub max_registrations: usize,
+    /// The window failed logins and registrations are counted over.
     pub attempt_window: Duration,
+    /// Most password hashes computed at once (for `register`, `login`, `passwd`, `delete`).
+    /// Each holds [`PasswordParams::memory_kib`] of memory while it runs, so this bounds
+    /// hashing's memory: 2 × 19 MiB with the defaults on 2 cores.
+    pub hash_concurrency: usize,
+    /// Most attempts waiting for a hashing slot (served round-robin by address); an attempt
+    /// finding the queue full is refused at once as busy
+    /// ([`LoginError::Busy`](crate::LoginError::Busy)). Waiting attempts hold no hashing
+    /// memory.
+    pub hash_queue: usize,
+    /// Most attempts in progress (hashing or waiting) from one address; more are refused as
+    /// busy.
+    pub hash_per_address: usize,
+    /// Argon2id's parameters for new password hashes (stored ones keep theirs).
+    pub password: PasswordParams,
     /// Where accounts and offline messages live: `embedded` (SQLite in the data directory)
     /// or a `postgres://` URL (required with [`Self::cluster`]).
     pub store: String,
@@ -47,14 +67,21 @@ pub struct LoginConfig {
 
 impl LoginConfig {
     /// Defaults with data under `data_dir`: 1 GiB per user, a second login kicks the first,
-    /// 5 failed logins per minute per address and per account, the embedded store, no cluster.
+    /// 5 failed logins per minute per address and per account, 10 registrations per minute
+    /// per address, as many hashes at once as there are cores with 64 more waiting and 4 in
+    /// progress per address, Argon2id at 19 MiB and 2 passes, the embedded store, no cluster.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
             quota_bytes: 1 << 30,
             second_login: SecondLogin::KickOld,
             max_failed_logins: 5,
+            max_registrations: 10,
             attempt_window: Duration::from_secs(60),
+            hash_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            hash_queue: 64,
+            hash_per_address: 4,
+            password: PasswordParams::default(),
             store: "embedded".into(),
             cluster: None,
             connection: zserver::Config::default(),

@@ -1,4 +1,5 @@
-//! The users' files under the data directory: names, paths, listing, quota, uploads.
+//! The users' files under the data directory: names, paths, listing, quota, uploads. All
+//! file-system work runs off the runtime's threads ([`State::on_disk`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,6 +10,15 @@ use super::State;
 use crate::protocol::FileInfo;
 
 impl State {
+    /// Runs blocking file-system `work` on a blocking thread, not the runtime's.
+    pub(super) async fn on_disk<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&State) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let state = self.clone();
+        blocking::unblock(move || work(&state)).await
+    }
+
     /// The user's file directory, created if needed.
     pub(super) fn user_dir(&self, user: &str) -> Result<PathBuf, Error> {
         let dir = self.files.join(user);
@@ -67,17 +77,30 @@ pub fn check_file_name(name: &str) -> Result<(), Error> {
 
 /// Stores an upload as `name`: written to a hidden temporary file, renamed into place once
 /// complete and verified, refused up front if the announced size would pass the quota.
-pub(super) async fn put(state: &Arc<State>, ctx: &Context, mut body: Upload) -> Result<Vec<u8>, Error> {
+pub(super) async fn put(
+    state: &Arc<State>,
+    ctx: &Context,
+    mut body: Upload,
+) -> Result<Vec<u8>, Error> {
     let user = state.user(ctx)?;
     let name = std::str::from_utf8(body.meta())
         .map_err(|_| Error::BadRequest("file name is not UTF-8".into()))?
         .to_owned();
-    let path = state.file_path(&user, &name)?;
-    let existing = std::fs::metadata(&path).map_or(0, |m| m.len());
-    let room = state
-        .config
-        .quota_bytes
-        .saturating_sub(state.usage(&user)? - existing);
+    let (upload, connection) = (next_upload(), ctx.connection_id());
+    let (path, temp, room) = state
+        .on_disk(move |state| {
+            let path = state.file_path(&user, &name)?;
+            let existing = std::fs::metadata(&path).map_or(0, |m| m.len());
+            let room = state
+                .config
+                .quota_bytes
+                .saturating_sub(state.usage(&user)? - existing);
+            let temp = state
+                .user_dir(&user)?
+                .join(format!(".upload-{connection}-{upload}"));
+            Ok((path, temp, room))
+        })
+        .await?;
     if body.total().is_some_and(|t| t > room) {
         return Err(Error::msg(format!(
             "quota exceeded: {} bytes free, the file has {}",
@@ -85,12 +108,9 @@ pub(super) async fn put(state: &Arc<State>, ctx: &Context, mut body: Upload) -> 
             body.total().unwrap_or(0)
         )));
     }
-    let temp =
-        state
-            .user_dir(&user)?
-            .join(format!(".upload-{}-{}", ctx.connection_id(), next_upload()));
     let result = async {
-        let file = Arc::new(std::fs::File::create(&temp)?);
+        let t = temp.clone();
+        let file = Arc::new(blocking::unblock(move || std::fs::File::create(t)).await?);
         let mut written = 0u64;
         while let Some(chunk) = body.chunk().await? {
             written += chunk.len() as u64;
@@ -102,13 +122,20 @@ pub(super) async fn put(state: &Arc<State>, ctx: &Context, mut body: Upload) -> 
             blocking::unblock(move || std::io::Write::write_all(&mut &*f, &chunk)).await?;
         }
         let f = file.clone();
-        blocking::unblock(move || f.sync_all()).await?;
-        std::fs::rename(&temp, &path)?;
+        let t = temp.clone();
+        blocking::unblock(move || {
+            f.sync_all()?;
+            std::fs::rename(t, path)
+        })
+        .await?;
         Ok(written)
     }
     .await;
     if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
+        blocking::unblock(move || {
+            let _ = std::fs::remove_file(temp);
+        })
+        .await;
     }
     Ok(result?.to_le_bytes().to_vec())
 }

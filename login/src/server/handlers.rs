@@ -1,33 +1,32 @@
 //! The commands' handlers: the router, and the login flow.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
 
 use zserver::{Context, DownloadRequest, Error, Outgoing, Router};
 
 use super::config::SecondLogin;
 use super::files::put;
+use super::passwords::{change_password, delete_account, register, Limit};
 use super::push::{bounded, kick_connection};
 use super::{db, State};
+use crate::error::LoginError;
 use crate::lock;
 use crate::metrics::LoginOutcome;
 use crate::protocol::{
     Credentials, FileInfo, Incoming, NewPassword, Push, Recipients, Welcome, WhoPage, WhoRequest,
     MAX_WHO_PAGE,
 };
-use crate::store::check_name;
 
 pub(super) fn router(state: Arc<State>) -> Router {
     let s = state.clone();
-    let router = Router::new().typed("register", move |_ctx, c: Credentials| {
+    let router = Router::new().typed("register", move |ctx, c: Credentials| {
         let s = s.clone();
-        async move { db(&s, move |st| st.add_user(&c.user, &c.password)).await }
+        async move { register(&s, &ctx, c.user, c.password).await }
     });
     let s = state.clone();
     let router = router.typed("login", move |ctx, c: Credentials| {
         let s = s.clone();
-        async move { login(&s, &ctx, c).await }
+        async move { Ok::<_, Error>(login(&s, &ctx, c).await?) }
     });
     let s = state.clone();
     let router = router.typed("logout", move |ctx, (): ()| {
@@ -41,26 +40,12 @@ pub(super) fn router(state: Arc<State>) -> Router {
     let s = state.clone();
     let router = router.typed("passwd", move |ctx, p: NewPassword| {
         let s = s.clone();
-        async move {
-            let user = s.user(&ctx)?;
-            db(&s, move |st| st.change_password(&user, &p.old, &p.new)).await
-        }
+        async move { change_password(&s, &ctx, p.old, p.new).await }
     });
     let s = state.clone();
     let router = router.typed("delete", move |ctx, password: String| {
         let s = s.clone();
-        async move {
-            let user = s.user(&ctx)?;
-            let name = user.clone();
-            db(&s, move |st| {
-                st.verify(&name, &password)?;
-                st.delete_user(&name)
-            })
-            .await?;
-            let _ = std::fs::remove_dir_all(s.files.join(&user));
-            s.end_session(&user, ctx.connection_id());
-            Ok::<_, Error>(())
-        }
+        async move { delete_account(&s, &ctx, password).await }
     });
     let s = state.clone();
     let router = router.typed("who", move |ctx, request: WhoRequest| {
@@ -92,12 +77,12 @@ pub(super) fn router(state: Arc<State>) -> Router {
     let router = router.download("get", move |ctx, req: DownloadRequest| {
         let s = s.clone();
         async move {
-            let user = s.user(&ctx)?;
-            let name = req.meta_str()?;
-            let path = s.file_path(&user, name)?;
+            let (user, name) = (s.user(&ctx)?, req.meta_str()?.to_owned());
+            let shown = name.clone();
+            let path = s.on_disk(move |s| s.file_path(&user, &name)).await?;
             // Not the I/O error itself: it names the path on the server.
             let body = Outgoing::file(path, req.offset).await.map_err(|e| match e {
-                Error::Io(_) => Error::msg(format!("no file `{name}`")),
+                Error::Io(_) => Error::msg(format!("no file `{shown}`")),
                 other => other,
             })?;
             Ok(body.on_progress(s.metrics.download_progress()))
@@ -106,58 +91,52 @@ pub(super) fn router(state: Arc<State>) -> Router {
     let s = state.clone();
     let router = router.typed("ls", move |ctx, (): ()| {
         let s = s.clone();
-        async move { s.list(&s.user(&ctx)?) }
+        async move {
+            let user = s.user(&ctx)?;
+            s.on_disk(move |s| s.list(&user)).await
+        }
     });
     let s = state.clone();
     let router = router.typed("stat", move |ctx, name: String| {
         let s = s.clone();
         async move {
-            let path = s.file_path(&s.user(&ctx)?, &name)?;
-            let meta =
-                std::fs::metadata(&path).map_err(|_| Error::msg(format!("no file `{name}`")))?;
-            Ok::<_, Error>(FileInfo {
-                name,
-                size: meta.len(),
+            let user = s.user(&ctx)?;
+            s.on_disk(move |s| {
+                let path = s.file_path(&user, &name)?;
+                let meta = std::fs::metadata(&path)
+                    .map_err(|_| Error::msg(format!("no file `{name}`")))?;
+                Ok(FileInfo {
+                    name,
+                    size: meta.len(),
+                })
             })
+            .await
         }
     });
     let s = state;
     router.typed("rm", move |ctx, name: String| {
         let s = s.clone();
         async move {
-            let path = s.file_path(&s.user(&ctx)?, &name)?;
-            std::fs::remove_file(&path).map_err(|_| Error::msg(format!("no file `{name}`")))
+            let user = s.user(&ctx)?;
+            s.on_disk(move |s| {
+                let path = s.file_path(&user, &name)?;
+                std::fs::remove_file(&path).map_err(|_| Error::msg(format!("no file `{name}`")))
+            })
+            .await
         }
     })
 }
 
-async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welcome, Error> {
+/// `login`: the password checked (limited, in the hashing pool), then the session bound to
+/// this connection and the stored messages taken. Its refusals are [`LoginError`]s: wrong
+/// password, limited, busy (the metrics count them apart).
+async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welcome, LoginError> {
     let config = &state.config;
-    let addr_key = format!("addr:{}", ip_of(ctx.peer_addr()));
-    // A name that breaks the naming rule cannot log in; its failures count against the
-    // address only (and one shared key), so a huge name is not kept as a key.
-    let user_key = match check_name(&c.user) {
-        Ok(()) => format!("user:{}", c.user),
-        Err(_) => "user:(bad name)".to_owned(),
-    };
-    let now = Instant::now();
-    {
-        let mut limiter = lock(&state.limiter);
-        if limiter.blocked(&addr_key, now) || limiter.blocked(&user_key, now) {
-            state.metrics.login(LoginOutcome::Limited);
-            return Err(Error::msg(format!(
-                "too many failed logins; try again in {} s",
-                config.attempt_window.as_secs()
-            )));
-        }
-    }
     let (user, password) = (c.user.clone(), c.password);
-    if let Err(e) = db(state, move |s| s.verify(&user, &password)).await {
-        state.metrics.login(LoginOutcome::WrongPassword);
-        let keys = vec![addr_key, user_key];
-        state.count_failures(keys.clone(), now);
-        if let Some(cluster) = &state.cluster {
-            cluster.failed(keys);
+    let check = move |s: &crate::store::Store| s.verify(&user, &password);
+    if let Err(e) = state.hashed(ctx, Limit::Failures, &c.user, check).await {
+        if let Some(outcome) = LoginOutcome::of(&e) {
+            state.metrics.login(outcome);
         }
         return Err(e);
     }
@@ -171,7 +150,8 @@ async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welc
                 .get(&c.user)
                 .is_some_and(|old| old.id() != ctx.connection_id());
             if here || elsewhere.is_some() {
-                return Err(Error::msg(format!("`{}` is already logged in", c.user)));
+                let taken = Error::msg(format!("`{}` is already logged in", c.user));
+                return Err(LoginError::Other(taken));
             }
         }
         let previous = sessions.by_conn.remove(&ctx.connection_id());
@@ -201,7 +181,9 @@ async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welc
     ctx.connection().span().record("user", c.user.as_str());
     tracing::info!(user = %c.user, "logged in");
     let user = c.user.clone();
-    let offline = db(state, move |s| s.take_messages(&user)).await?;
+    let offline = db(state, move |s| s.take_messages(&user))
+        .await
+        .map_err(LoginError::Other)?;
     Ok(Welcome {
         offline: offline
             .into_iter()
@@ -229,10 +211,6 @@ fn who_page(online: Vec<String>, request: WhoRequest) -> WhoPage {
         online: total as u64,
         more: end < total,
     }
-}
-
-fn ip_of(addr: SocketAddr) -> IpAddr {
-    addr.ip()
 }
 
 #[cfg(test)]

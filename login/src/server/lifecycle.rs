@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use zserver::{Error, Server, ServerBuilder, Transport};
 
 use super::handlers::router;
+use super::hashing::{HashPool, HashingStats, PoolLimits};
 use super::limiter::Limiter;
 use super::sessions::Sessions;
 use super::{store_err, LoginConfig, State};
@@ -37,7 +38,8 @@ impl LoginServer {
     }
 
     /// Like [`start`](Self::start), with a store the caller opened (over any
-    /// [`Storage`](crate::store::Storage) back end); `config.store` is not used.
+    /// [`Storage`](crate::store::Storage) back end); `config.store` is not used, and
+    /// `config.password` replaces the store's hashing parameters.
     ///
     /// ```no_run
     /// # async fn demo(transport: std::sync::Arc<dyn zserver::Transport>) -> Result<(), zserver::Error> {
@@ -56,6 +58,10 @@ impl LoginServer {
         config: LoginConfig,
         store: Store,
     ) -> Result<Self, Error> {
+        let params = config.password;
+        let store = blocking::unblock(move || store.with_password_params(params))
+            .await
+            .map_err(store_err)?;
         let cluster = match &config.cluster {
             Some(cluster) => {
                 if store.backend_name() != "postgres" {
@@ -69,7 +75,8 @@ impl LoginServer {
             None => None,
         };
         let files = config.data_dir.join("files");
-        std::fs::create_dir_all(&files)?;
+        let dir = files.clone();
+        blocking::unblock(move || std::fs::create_dir_all(dir)).await?;
         let state = Arc::new(State {
             runtime: transport.runtime(),
             cluster,
@@ -83,6 +90,15 @@ impl LoginServer {
                 config.attempt_window,
                 config.max_failed_logins,
             )),
+            registrations: Mutex::new(Limiter::new(
+                config.attempt_window,
+                config.max_registrations,
+            )),
+            hashing: HashPool::new(PoolLimits {
+                concurrency: config.hash_concurrency,
+                queue: config.hash_queue,
+                per_address: config.hash_per_address,
+            }),
             config: config.clone(),
             metrics: Arc::default(),
         });
@@ -145,6 +161,11 @@ impl LoginServer {
     /// Users logged in now, sorted: on any node of the cluster if there is one.
     pub fn online(&self) -> Vec<String> {
         self.state.online()
+    }
+
+    /// What the password-hashing pool is doing, and the most hashes it ever ran at once.
+    pub fn hashing(&self) -> HashingStats {
+        self.state.hashing.stats()
     }
 
     /// This node's id in its cluster (`None` without one).

@@ -1,6 +1,9 @@
-//! Failed-login counters over a sliding window, per address and per account.
+//! Failed-login counters over a sliding window, per address and per account, with the
+//! attempts in progress counted as failures until they end (so a burst of concurrent guesses
+//! cannot outrun the limit); the same counters limit registrations per address.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::State;
@@ -11,6 +14,9 @@ pub(super) struct Limiter {
     window: Duration,
     max: usize,
     failures: HashMap<String, VecDeque<Instant>>,
+    /// Attempts in progress per key (no entry for none): they count as failures until they
+    /// end. At most one entry per attempt in progress.
+    in_flight: HashMap<String, usize>,
     /// How many keys there may be before the next sweep of keys with no recent failure.
     sweep_at: usize,
 }
@@ -24,20 +30,54 @@ impl Limiter {
             window,
             max,
             failures: HashMap::new(),
+            in_flight: HashMap::new(),
             sweep_at: Self::FIRST_SWEEP,
         }
     }
 
-    /// Whether `key` has had `max` failures within the window before `now`.
+    /// Whether `key` has had `max` failures within the window before `now`, counting its
+    /// attempts in progress as failures.
     pub(super) fn blocked(&mut self, key: &str, now: Instant) -> bool {
         let window = self.window;
-        let Some(q) = self.failures.get_mut(key) else {
-            return false;
+        let in_flight = self.in_flight.get(key).copied().unwrap_or(0);
+        let recent = match self.failures.get_mut(key) {
+            Some(q) => {
+                while q.front().is_some_and(|t| now.duration_since(*t) > window) {
+                    q.pop_front();
+                }
+                q.len()
+            }
+            None => 0,
         };
-        while q.front().is_some_and(|t| now.duration_since(*t) > window) {
-            q.pop_front();
+        recent + in_flight >= self.max
+    }
+
+    /// Starts an attempt counted against each of `keys`, unless one of them is blocked
+    /// (then `false`, and nothing is counted).
+    pub(super) fn begin(&mut self, keys: &[String], now: Instant) -> bool {
+        if keys.iter().any(|key| self.blocked(key, now)) {
+            return false;
         }
-        q.len() >= self.max
+        for key in keys {
+            *self.in_flight.entry(key.clone()).or_default() += 1;
+        }
+        true
+    }
+
+    /// Ends an attempt [`begin`](Self::begin) started on `keys`; if `failed`, it stays
+    /// counted as a failure at `now`.
+    pub(super) fn end(&mut self, keys: &[String], failed: bool, now: Instant) {
+        for key in keys {
+            if let Some(n) = self.in_flight.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.in_flight.remove(key);
+                }
+            }
+            if failed {
+                self.fail(key.clone(), now);
+            }
+        }
     }
 
     /// Counts a failure against `key`. Keys whose failures have all left the window are
@@ -55,6 +95,42 @@ impl Limiter {
             self.failures
                 .retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) <= window));
             self.sweep_at = (self.failures.len() * 2).max(Self::FIRST_SWEEP);
+        }
+    }
+}
+
+/// An attempt in progress, counted against its keys until it ends. One dropped without an
+/// outcome (its caller stopped waiting, its connection closed) counts as a failure.
+pub(super) struct Attempt<'a> {
+    limiter: &'a Mutex<Limiter>,
+    keys: Vec<String>,
+    ended: bool,
+}
+
+impl<'a> Attempt<'a> {
+    /// Starts an attempt against `keys` of `limiter`; `None` if one of them is blocked.
+    pub(super) fn begin(limiter: &'a Mutex<Limiter>, keys: Vec<String>) -> Option<Self> {
+        // The lock is let go before an attempt exists (one dropped locks it again).
+        let started = lock(limiter).begin(&keys, Instant::now());
+        started.then(|| Self {
+            limiter,
+            keys,
+            ended: false,
+        })
+    }
+
+    /// Ends it, as a failure if `failed`; its keys, for telling other nodes.
+    pub(super) fn end(mut self, failed: bool) -> Vec<String> {
+        self.ended = true;
+        lock(self.limiter).end(&self.keys, failed, Instant::now());
+        std::mem::take(&mut self.keys)
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            lock(self.limiter).end(&self.keys, true, Instant::now());
         }
     }
 }
@@ -88,6 +164,36 @@ mod tests {
         assert!(!limiter.blocked("user:ann", t0 + window + Duration::from_millis(1)));
     }
 
+    #[test]
+    fn attempts_in_progress_count_until_they_end() {
+        let mut limiter = Limiter::new(Duration::from_secs(60), 3);
+        let t0 = Instant::now();
+        let (ann, bob) = (vec!["user:ann".to_owned()], vec!["user:bob".to_owned()]);
+        // Three at once use up the limit before any has failed.
+        assert!(limiter.begin(&ann, t0));
+        assert!(limiter.begin(&ann, t0));
+        assert!(limiter.begin(&ann, t0));
+        assert!(!limiter.begin(&ann, t0));
+        assert!(limiter.begin(&bob, t0));
+        // One succeeds: room for one more; the two that fail stay counted.
+        limiter.end(&ann, false, t0);
+        limiter.end(&ann, true, t0);
+        limiter.end(&ann, true, t0);
+        assert!(limiter.begin(&ann, t0));
+        assert!(!limiter.begin(&ann, t0));
+        limiter.end(&ann, false, t0);
+        limiter.end(&bob, false, t0);
+        assert!(limiter.in_flight.is_empty());
+        // An attempt blocked on one key counts against none.
+        let both = vec!["addr:a".to_owned(), "user:ann".to_owned()];
+        limiter.fail("user:ann".into(), t0);
+        assert!(!limiter.begin(&both, t0));
+        assert!(limiter.in_flight.is_empty());
+        // An attempt dropped without an outcome counts as a failure.
+        let shared = Mutex::new(Limiter::new(Duration::from_secs(60), 1));
+        drop(Attempt::begin(&shared, bob.clone()));
+        assert!(Attempt::begin(&shared, bob).is_none());
+    }
 
     #[test]
     fn limiter_forgets_keys_whose_failures_left_the_window() {

@@ -8,8 +8,10 @@
 mod config;
 mod files;
 mod handlers;
+mod hashing;
 mod lifecycle;
 mod limiter;
+mod passwords;
 mod push;
 mod sessions;
 
@@ -24,6 +26,8 @@ use crate::store::{Store, StoreError};
 
 pub use config::{LoginConfig, SecondLogin};
 pub use files::check_file_name;
+use hashing::HashPool;
+pub use hashing::HashingStats;
 pub use lifecycle::LoginServer;
 use limiter::Limiter;
 use sessions::Sessions;
@@ -35,6 +39,10 @@ struct State {
     config: LoginConfig,
     sessions: Mutex<Sessions>,
     limiter: Mutex<Limiter>,
+    /// Registrations per address.
+    registrations: Mutex<Limiter>,
+    /// Where every password hash runs: bounded, fair between addresses.
+    hashing: HashPool,
     cluster: Option<Arc<Cluster>>,
     metrics: Arc<LoginMetrics>,
 }

@@ -51,7 +51,6 @@ impl State {
         users
     }
 
-
     /// The connection of each of `users` logged in here (one look at the sessions, however
     /// many users: a push to everyone asks for all of them).
     pub(super) fn local_sessions(&self, users: &[String]) -> Vec<Option<Connection>> {
@@ -62,7 +61,6 @@ impl State {
             .map(|u| sessions.by_user.get(u).cloned())
             .collect()
     }
-
 
     /// Forgets the session on `connection` (logout, account deleted).
     pub(super) fn end_session(&self, user: &str, connection: u64) {

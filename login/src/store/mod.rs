@@ -1,8 +1,8 @@
 //! The login server's durable store: user accounts (Argon2id password hashes) and queued
 //! offline messages.
 //!
-//! [`Store`] holds the rules (user names, password lengths, Argon2id hashing, the constant-time
-//! answer for unknown users) and keeps the data in one of two [`Storage`] back ends with the
+//! [`Store`] holds the rules (user names, password lengths, Argon2id hashing with explicit
+//! [`PasswordParams`], the constant-cost answer for unknown users) and keeps the data in one of two [`Storage`] back ends with the
 //! same schema and behaviour:
 //!
 //! - [`SqliteStorage`], the embedded default: one SQLite database (`zserver.db` in the data
@@ -22,28 +22,32 @@
 //!
 //! User names are compared exactly (case-sensitive): `Alice` and `alice` are two users.
 
+mod password;
 mod postgres;
 mod sqlite;
 
 use std::path::Path;
-use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 
+pub use self::password::PasswordParams;
+use self::password::{check_password, hash_password, verify_hash};
 pub use self::postgres::PostgresStorage;
 pub use self::sqlite::SqliteStorage;
 
 /// Longest user name, in characters (all allowed characters are ASCII, so also bytes).
 const MAX_NAME: usize = 32;
-/// Longest password, in bytes.
-const MAX_PASSWORD: usize = 1024;
 
 /// The login server's durable store of accounts and offline messages (thread-safe).
 pub struct Store {
     storage: Box<dyn Storage>,
+    /// The parameters of new hashes, and their hasher.
+    params: PasswordParams,
+    hasher: Argon2<'static>,
+    /// A hash of a fixed password made with `params`, checked against for unknown users so
+    /// that such a check costs the same as a real one (`None` if hashing failed).
+    dummy: Option<String>,
 }
 
 /// An offline message, as returned by [`Store::take_messages`].
@@ -171,58 +175,6 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
     }
 }
 
-/// Checks a password's length (1 to 1024 bytes).
-fn check_password(password: &str) -> Result<(), StoreError> {
-    if (1..=MAX_PASSWORD).contains(&password.len()) {
-        Ok(())
-    } else {
-        Err(StoreError::BadPassword)
-    }
-}
-
-/// Hashes a password with Argon2id (default parameters) and a fresh random salt, as a PHC string.
-fn hash_password(password: &str) -> Result<String, StoreError> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| StoreError::Db(format!("password hashing failed: {e}")))
-}
-
-/// A hash of a fixed password with the same parameters as real ones, verified against when the
-/// user is unknown so that such a check costs the same time as a real one.
-fn dummy_hash() -> Option<&'static str> {
-    static DUMMY: OnceLock<Option<String>> = OnceLock::new();
-    DUMMY
-        .get_or_init(|| hash_password("zserver-login: no such user").ok())
-        .as_deref()
-}
-
-/// Checks `password` against `stored` (the user's PHC hash, `None` for an unknown user).
-/// Both cases run one Argon2 verification and fail with the same [`StoreError::WrongPassword`].
-fn verify_hash(stored: Option<&str>, password: &str) -> Result<(), StoreError> {
-    let found = stored.is_some();
-    let phc = match stored {
-        Some(phc) => phc,
-        None => match dummy_hash() {
-            Some(dummy) => dummy,
-            None => return Err(StoreError::WrongPassword),
-        },
-    };
-    let parsed = PasswordHash::new(phc)
-        .map_err(|e| StoreError::Db(format!("stored password hash unreadable: {e}")))?;
-    // A password of a length we never accept cannot match; skip the (costly) hash for it.
-    let matched = check_password(password).is_ok()
-        && Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok();
-    if matched && found {
-        Ok(())
-    } else {
-        Err(StoreError::WrongPassword)
-    }
-}
-
 /// The current time in milliseconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn now_unix_ms() -> i64 {
     SystemTime::now()
@@ -248,6 +200,9 @@ fn describe_spec(spec: &str) -> String {
         None => format!("`{spec}`"),
     }
 }
+
+/// The password the dummy hash is made of.
+const DUMMY_PASSWORD: &str = "zserver-login: no such user";
 
 impl Store {
     /// Opens (creating if needed) the embedded SQLite database `dir/zserver.db`; creates `dir`
@@ -285,10 +240,39 @@ impl Store {
     }
 
     /// A store over any [`Storage`] back end.
+    /// New hashes use the default [`PasswordParams`] (see [`Self::with_password_params`]).
     pub fn with_storage(storage: Box<dyn Storage>) -> Store {
-        // Compute the dummy hash now so the first unknown-user check is not slower than others.
-        let _ = dummy_hash();
-        Store { storage }
+        let params = PasswordParams::default();
+        let hasher = Argon2::default();
+        // The dummy hash is made now so the first unknown-user check is not slower than others.
+        let dummy = hash_password(&hasher, DUMMY_PASSWORD).ok();
+        Store {
+            storage,
+            params,
+            hasher,
+            dummy,
+        }
+    }
+
+    /// This store with new hashes made with `params` (stored hashes keep theirs: they still
+    /// verify); [`StoreError::Db`] if Argon2 rejects them. Computes one hash (the dummy).
+    pub fn with_password_params(self, params: PasswordParams) -> Result<Store, StoreError> {
+        if params == self.params {
+            return Ok(self);
+        }
+        let hasher = params.hasher()?;
+        let dummy = hash_password(&hasher, DUMMY_PASSWORD).ok();
+        Ok(Store {
+            params,
+            hasher,
+            dummy,
+            ..self
+        })
+    }
+
+    /// The parameters new hashes are made with.
+    pub fn password_params(&self) -> PasswordParams {
+        self.params
     }
 
     /// The back end's short name: `sqlite` or `postgres`.
@@ -303,7 +287,7 @@ impl Store {
         if self.storage.exists(name)? {
             return Err(StoreError::Duplicate(name.to_owned()));
         }
-        let hash = hash_password(password)?;
+        let hash = hash_password(&self.hasher, password)?;
         // The name may have been taken while hashing: the insert happens only if it is free.
         if self.storage.insert_user(name, &hash, now_unix_ms())? {
             Ok(())
@@ -315,7 +299,12 @@ impl Store {
     /// Ok if the password matches; WrongPassword for a wrong password or an unknown user.
     pub fn verify(&self, name: &str, password: &str) -> Result<(), StoreError> {
         let stored = self.hash_if_valid(name)?;
-        verify_hash(stored.as_deref(), password)
+        self.verify_against(stored.as_deref(), password)
+    }
+
+    /// Checks `password` against `stored` (the dummy hash if `None`).
+    fn verify_against(&self, stored: Option<&str>, password: &str) -> Result<(), StoreError> {
+        verify_hash(&self.hasher, stored, self.dummy.as_deref(), password)
     }
 
     /// The stored hash of `name`; `None` for an unknown user or a malformed name.
@@ -330,12 +319,12 @@ impl Store {
     /// breaks the length rule).
     pub fn change_password(&self, name: &str, old: &str, new: &str) -> Result<(), StoreError> {
         let stored = self.hash_if_valid(name)?;
-        verify_hash(stored.as_deref(), old)?;
+        self.verify_against(stored.as_deref(), old)?;
         let Some(old_hash) = stored else {
             return Err(StoreError::WrongPassword);
         };
         check_password(new)?;
-        let new_hash = hash_password(new)?;
+        let new_hash = hash_password(&self.hasher, new)?;
         // Only if the hash is still the one `old` was checked against (no concurrent change).
         if self.storage.replace_hash(name, &old_hash, &new_hash)? {
             Ok(())
