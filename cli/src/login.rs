@@ -388,10 +388,7 @@ async fn client_action(
         eprintln!("zserver: payload compression {codec}");
     }
     if let ClientAction::Register = args.action {
-        client
-            .register(&user, &password)
-            .await
-            .map_err(explain)?;
+        client.register(&user, &password).await.map_err(explain)?;
         println!("registered `{user}`");
         return Ok(());
     }

@@ -23,16 +23,16 @@
 
 pub mod client;
 pub mod cluster;
-pub mod metrics;
 pub mod error;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod store;
 
 pub use client::LoginClient;
 pub use cluster::ClusterConfig;
-pub use metrics::{LoginMetrics, LoginOutcome};
 pub use error::LoginError;
+pub use metrics::{LoginMetrics, LoginOutcome};
 pub use protocol::Event;
 pub use server::{check_file_name, HashingStats, LoginConfig, LoginServer, SecondLogin};
 pub use store::{PasswordParams, PostgresStorage, SqliteStorage, Storage, Store, StoreError};

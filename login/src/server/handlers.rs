@@ -81,10 +81,12 @@ pub(super) fn router(state: Arc<State>) -> Router {
             let shown = name.clone();
             let path = s.on_disk(move |s| s.file_path(&user, &name)).await?;
             // Not the I/O error itself: it names the path on the server.
-            let body = Outgoing::file(path, req.offset).await.map_err(|e| match e {
-                Error::Io(_) => Error::msg(format!("no file `{shown}`")),
-                other => other,
-            })?;
+            let body = Outgoing::file(path, req.offset)
+                .await
+                .map_err(|e| match e {
+                    Error::Io(_) => Error::msg(format!("no file `{shown}`")),
+                    other => other,
+                })?;
             Ok(body.on_progress(s.metrics.download_progress()))
         }
     });
