@@ -354,43 +354,20 @@ pub fn run(args: BenchArgs) -> Result<(), BoxError> {
         );
     }
     for (b, server) in &servers {
-        for (mode, encrypted) in [("plain", false), ("enc", true)] {
-            let addr = server.addr(if encrypted { "encrypted" } else { "plain" });
-            let mut target = load::Target::new(b, addr, encrypted);
+        // Every row over TCP; over WebSocket (the same server's WebSocket listener) the
+        // encrypted latency and call rows and both bulk rows: the transport's cost.
+        let transports = [("", "", false), ("ws-", "_ws", true)];
+        for ((prefix, suffix, ws), (mode, encrypted)) in transports
+            .into_iter()
+            .flat_map(|t| [(t, ("plain", false)), (t, ("enc", true))])
+        {
+            let name = if encrypted { "encrypted" } else { "plain" };
+            let addr = server.addr(&format!("{name}{suffix}"));
+            let mut target = load::Target::over(b, addr, encrypted, ws);
             target.config.compression = args.compression.compression();
             let target = Arc::new(target);
-            let key = |row: &str| format!("{b}/{mode}/{row}");
-            let t = target.clone();
-            add(
-                key("pingpong"),
-                Box::new(move |secs| load::pingpong(&t, ramp, secs)),
-            );
-            let t = target.clone();
-            add(
-                key("pipelined1"),
-                Box::new(move |secs| load::pipelined(&t, 1, ramp, secs)),
-            );
-            let t = target.clone();
-            add(
-                key("pipelined8"),
-                Box::new(move |secs| load::pipelined(&t, CONNS, ramp, secs)),
-            );
-            let t = target.clone();
-            add(key("oneway"), Box::new(move |secs| load::oneway(&t, secs)));
-            let (t, bytes) = (target.clone(), s.bulk_bytes);
-            add(key("bulk"), Box::new(move |_| load::bulk(&t, bytes)));
-        }
-        // The same rows over WebSocket (same server, its WebSocket listener): the
-        // transport's cost against TCP.
-        for (mode, encrypted) in [("plain", false), ("enc", true)] {
-            let addr = server.addr(if encrypted {
-                "encrypted_ws"
-            } else {
-                "plain_ws"
-            });
-            let target = Arc::new(load::Target::over(b, addr, encrypted, true));
-            let key = |row: &str| format!("{b}/ws-{mode}/{row}");
-            if encrypted {
+            let key = |row: &str| format!("{b}/{prefix}{mode}/{row}");
+            if encrypted || !ws {
                 let t = target.clone();
                 add(
                     key("pingpong"),
@@ -406,6 +383,10 @@ pub fn run(args: BenchArgs) -> Result<(), BoxError> {
                     key("pipelined8"),
                     Box::new(move |secs| load::pipelined(&t, CONNS, ramp, secs)),
                 );
+            }
+            if !ws {
+                let t = target.clone();
+                add(key("oneway"), Box::new(move |secs| load::oneway(&t, secs)));
             }
             let (t, bytes) = (target.clone(), s.bulk_bytes);
             add(key("bulk"), Box::new(move |_| load::bulk(&t, bytes)));
