@@ -211,8 +211,11 @@ both!(origins_are_checked_at_the_upgrade);
 
 /// Plain GETs get the web root's files with their content types; nothing outside it.
 async fn static_files_are_served_from_the_web_root(addr: &str) {
-    let dir = std::env::temp_dir().join(format!("zserver-web-{}", std::process::id()));
-    let root = dir.join(format!("root-{}", addr.len()));
+    // A directory per test (the v4 and v6 runs share the process, and each removes its own
+    // directory at the end).
+    let dir =
+        std::env::temp_dir().join(format!("zserver-web-{}-{}", std::process::id(), addr.len()));
+    let root = dir.join("root");
     std::fs::create_dir_all(root.join("js")).unwrap();
     std::fs::write(root.join("index.html"), "<h1>chat</h1>").unwrap();
     std::fs::write(root.join("js/app.js"), "export {};").unwrap();
