@@ -30,8 +30,13 @@ pub use zserver_core::*;
 #[cfg(not(any(feature = "tokio", feature = "async-std", feature = "smol")))]
 compile_error!("zserver needs one back-end feature: `tokio` (default), `smol` or `async-std`");
 
-/// The names of the back ends compiled into this build, the default first.
-pub fn backends() -> Vec<&'static str> {
+/// The environment variable that picks the default back end among those compiled in:
+/// `ZSERVER_BACKEND=smol` runs the same binary on smol. Unset, the default is tokio if
+/// compiled in, else async-std, else smol.
+pub const BACKEND_ENV: &str = "ZSERVER_BACKEND";
+
+/// The names of the back ends compiled into this build, in the order tokio, async-std, smol.
+fn compiled() -> Vec<&'static str> {
     [
         cfg!(feature = "tokio").then_some("tokio"),
         cfg!(feature = "async-std").then_some("async-std"),
@@ -40,6 +45,37 @@ pub fn backends() -> Vec<&'static str> {
     .into_iter()
     .flatten()
     .collect()
+}
+
+/// The default back end's name: [`BACKEND_ENV`] if set, else the first compiled in.
+///
+/// # Panics
+/// If [`BACKEND_ENV`] names a back end that is not compiled into this build: running on
+/// another one than asked would be worse than stopping.
+pub fn default_backend() -> &'static str {
+    static CHOSEN: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    CHOSEN.get_or_init(|| {
+        let compiled = compiled();
+        match std::env::var(BACKEND_ENV) {
+            Ok(name) if !name.is_empty() => compiled
+                .iter()
+                .copied()
+                .find(|b| *b == name)
+                .unwrap_or_else(|| {
+                    panic!("{BACKEND_ENV}={name}: this build has the back ends {compiled:?} only")
+                }),
+            _ => compiled[0],
+        }
+    })
+}
+
+/// The names of the back ends compiled into this build, the default first.
+pub fn backends() -> Vec<&'static str> {
+    let default = default_backend();
+    let mut names = compiled();
+    names.retain(|b| *b != default);
+    names.insert(0, default);
+    names
 }
 
 /// The transport of the back end called `name` (`"tokio"`, `"async-std"`, `"smol"`), if
@@ -58,10 +94,10 @@ pub fn transport(name: &str) -> Option<Arc<dyn Transport>> {
     }
 }
 
-/// The default back end's transport: tokio if compiled in, else async-std, else smol.
-/// With tokio it uses the caller's runtime if there is one, else a shared background one.
+/// The default back end's transport (see [`default_backend`]). With tokio it uses the
+/// caller's runtime if there is one, else a shared background one.
 pub fn default_transport() -> Arc<dyn Transport> {
-    transport(backends()[0]).expect("the first compiled-in back end has a transport")
+    transport(default_backend()).expect("the default back end is compiled in")
 }
 
 /// A server builder on the default back end.
@@ -91,12 +127,15 @@ pub fn connect_blocking(
 /// Runs a future to completion on the calling thread, driving the default back end.
 /// Not for use inside an async context.
 pub fn block_on<T>(fut: impl Future<Output = T>) -> T {
-    #[cfg(feature = "tokio")]
-    return zserver_tokio::background().block_on(fut);
-    #[cfg(all(not(feature = "tokio"), feature = "async-std"))]
-    return zserver_asyncstd::block_on(fut);
-    #[cfg(all(not(feature = "tokio"), not(feature = "async-std"), feature = "smol"))]
-    return zserver_smol::block_on(fut);
+    match default_backend() {
+        #[cfg(feature = "tokio")]
+        "tokio" => zserver_tokio::background().block_on(fut),
+        #[cfg(feature = "async-std")]
+        "async-std" => zserver_asyncstd::block_on(fut),
+        #[cfg(feature = "smol")]
+        "smol" => zserver_smol::block_on(fut),
+        other => unreachable!("default_backend() returned {other}, which is not compiled in"),
+    }
 }
 
 /// Runs `task` in the background on the default back end.

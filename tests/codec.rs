@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! cargo test --test codec
-//! cargo test --test codec --no-default-features --features async-std
-//! cargo test --test codec --no-default-features --features smol
+//! ZSERVER_BACKEND=async-std cargo test --workspace --test codec
+//! ZSERVER_BACKEND=smol cargo test --workspace --test codec
 //! ```
 //!
 //! Every case runs over IPv4 and IPv6 loopback and fails within 30 s if anything hangs.

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! cargo test --test engine
-//! cargo test --test engine --no-default-features --features async-std
-//! cargo test --test engine --no-default-features --features smol
+//! ZSERVER_BACKEND=async-std cargo test --workspace --test engine
+//! ZSERVER_BACKEND=smol cargo test --workspace --test engine
 //! ```
 //!
 //! Every case runs over IPv4 and IPv6 loopback (`<case>::v4`, `<case>::v6`), binds port 0

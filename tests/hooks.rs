@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! cargo test --test hooks
-//! cargo test --test hooks --no-default-features --features async-std
-//! cargo test --test hooks --no-default-features --features smol
+//! ZSERVER_BACKEND=async-std cargo test --workspace --test hooks
+//! ZSERVER_BACKEND=smol cargo test --workspace --test hooks
 //! ```
 
 #[macro_use]

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! cargo test --test reconnect
-//! cargo test --test reconnect --no-default-features --features async-std
-//! cargo test --test reconnect --no-default-features --features smol
+//! ZSERVER_BACKEND=async-std cargo test --workspace --test reconnect
+//! ZSERVER_BACKEND=smol cargo test --workspace --test reconnect
 //! ```
 //!
 //! Every case runs over IPv4 loopback (`<case>::v4`), binds port 0 and fails within 30 s
