@@ -462,7 +462,8 @@ fn a_corrupted_stream_fails_its_hash_check() {
         let body = Outgoing::reader(Probe::default().reader(4 * MIB, 6), Some(4 * MIB));
         let reply = client.upload("sink", b"", body).await;
         assert!(
-            matches!(&reply, Err(Error::Remote(m)) if m.contains("integrity")),
+            // docs/PROTOCOL.md §5b: `Error` code 1 (`Remote` here) with this message.
+            matches!(&reply, Err(Error::Remote(m)) if m.starts_with("stream integrity check failed: ")),
             "{reply:?}"
         );
         server.shutdown().await;

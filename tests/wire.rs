@@ -421,3 +421,65 @@ fn a_reused_stream_id_is_refused_and_orphans_nothing() {
     );
     zserver::block_on(server.shutdown());
 }
+
+/// Reads one frame from a raw socket: (kind, flags, id, payload). Ids and the command
+/// length are read as one-byte varints, enough for the small frames of these tests.
+fn read_raw_frame(sock: &mut std::net::TcpStream) -> (u8, u8, u8, Vec<u8>) {
+    let mut len = [0u8; 4];
+    sock.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    sock.read_exact(&mut body).unwrap();
+    let command_len = body[3] as usize;
+    (body[0], body[1], body[2], body[4 + command_len..].to_vec())
+}
+
+/// docs/PROTOCOL.md §5b and §7: `Data` after a stream's `End` is `Data` for a stream the
+/// receiver no longer knows. It is answered with `Stop` and the connection stays up; other
+/// stream frames for unknown streams are ignored.
+#[test]
+fn data_after_end_is_answered_with_stop_not_a_close() {
+    let router = Router::new()
+        .upload(
+            "sink",
+            |_ctx, body| async move { body.read_all(1 << 20).await },
+        )
+        .console("echo", |_ctx, text: String| async move { Ok(text) });
+    let server = zserver::block_on(
+        zserver::server()
+            .router(router)
+            .config(zserver::Config::plain_trusted_link())
+            .bind("127.0.0.1:0"),
+    )
+    .unwrap();
+    let mut sock = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    sock.write_all(b"ZSRV\x01\x00\x00\x00").unwrap();
+    let mut preamble = [0u8; 8];
+    sock.read_exact(&mut preamble).unwrap();
+    // Call (kind 0), flag UPLOAD, id 1, command "sink", head: unknown length, no meta.
+    sock.write_all(&[10, 0, 0, 0, 0, 1, 1, 4, b's', b'i', b'n', b'k', 0, 0])
+        .unwrap();
+    let data = [9, 0, 0, 0, 7, 1, 1, 0, b'h', b'e', b'l', b'l', b'o'];
+    sock.write_all(&data).unwrap();
+    let mut end = vec![36, 0, 0, 0, 8, 1, 1, 0];
+    end.extend_from_slice(blake3::hash(b"hello").as_bytes());
+    sock.write_all(&end).unwrap();
+    assert_eq!(read_raw_frame(&mut sock), (2, 0, 1, b"hello".to_vec()));
+    // The same Data again, after the End: a Stop for upload 1 comes back.
+    sock.write_all(&data).unwrap();
+    assert_eq!(read_raw_frame(&mut sock), (11, 1, 1, Vec::new()));
+    // An End, an Abort and a Credit for streams the server does not know: ignored.
+    sock.write_all(&end).unwrap();
+    sock.write_all(&[6, 0, 0, 0, 9, 1, 5, 0, b'n', b'o'])
+        .unwrap();
+    sock.write_all(&[12, 0, 0, 0, 10, 2, 5, 0, 1, 0, 0, 0, 0, 0, 0, 0])
+        .unwrap();
+    // The connection is still up, and the next frame is the answer to this call.
+    sock.write_all(&[10, 0, 0, 0, 0, 0, 2, 4, b'e', b'c', b'h', b'o', b'h', b'i'])
+        .unwrap();
+    assert_eq!(read_raw_frame(&mut sock), (2, 0, 2, b"hi".to_vec()));
+    assert_eq!(server.stats().totals.errors_in, 0, "no protocol error");
+    drop(sock);
+    zserver::block_on(server.shutdown());
+}
