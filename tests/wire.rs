@@ -521,3 +521,46 @@ fn plain_server_and_raw_peer(router: Router) -> (zserver::Server, std::net::TcpS
     sock.read_exact(&mut preamble).unwrap();
     (server, sock)
 }
+
+/// docs/PROTOCOL.md §9: the minimal Python client, run exactly as the document prints it
+/// (only its port changed), makes a call against a plain server. Skipped, saying so, where
+/// there is no `python3`.
+#[test]
+fn the_python_client_of_protocol_md_makes_a_call() {
+    let doc = include_str!("../docs/PROTOCOL.md");
+    let start = doc
+        .find("```python\n")
+        .expect("a python block in PROTOCOL.md")
+        + 10;
+    let code = &doc[start..start + doc[start..].find("```").expect("its end")];
+    let router = Router::new().stream("echo", |_ctx, b| async move { Ok(b) });
+    let (server, sock) = plain_server_and_raw_peer(router);
+    drop(sock);
+    let at = r#"("127.0.0.1", 7000)"#;
+    assert!(code.contains(at), "the block connects to {at}");
+    let code = code.replace(
+        at,
+        &format!(r#"("127.0.0.1", {})"#, server.local_addr().port()),
+    );
+    common::bounded(move || {
+        let output = match std::process::Command::new("python3")
+            .arg("-c")
+            .arg(&code)
+            .output()
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!("python3 not found: the PROTOCOL.md client was not run");
+                return;
+            }
+            other => other.expect("run python3"),
+        };
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "python3 failed: {stderr}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            "(2, 1, '', b'hi')",
+            "what the document says it prints"
+        );
+    });
+    zserver::block_on(server.shutdown());
+}
