@@ -273,8 +273,10 @@ impl Connection {
             %peer,
             user = tracing::field::Empty
         );
-        let sequential =
-            (setup.config.sequential).then(|| Sequential::start(&*setup.runtime, &span));
+        let sequential = setup
+            .config
+            .sequential
+            .then(|| Sequential::start(&*setup.runtime, &span));
         let shared = Arc::new(Shared {
             id: setup.id,
             peer,
