@@ -146,6 +146,21 @@ fn stream_typed_router() -> Router {
         })
 }
 
+// docs/PROTOCOL.md section 6: a typed payload may carry bytes after its value; zserver
+// decodes the value from the front and ignores them (`04 05` is `(2, -3)`).
+both!(typed_payloads_ignore_trailing_bytes);
+async fn typed_payloads_ignore_trailing_bytes(addr: &str) {
+    let server = start(addr, base_router()).await;
+    let client = connect(&server).await;
+    let reply = client.call_bytes("add", [0x04, 0x05, 0xff, 0xff]).await;
+    assert_eq!(
+        reply,
+        Ok(Bytes::from_static(&[0x01])),
+        "-1 as a zigzag varint"
+    );
+    shutdown(&server).await;
+}
+
 both!(stream_and_typed_awaited);
 async fn stream_and_typed_awaited(addr: &str) {
     let server = start(addr, stream_typed_router()).await;

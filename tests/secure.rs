@@ -17,8 +17,14 @@ use zserver::{Config, Encryption, Error, Keypair, Provider, RekeyPolicy, Router}
 #[derive(Clone, Copy)]
 enum Tamper {
     Nothing,
-    FlipBit { record: usize },
-    Replay { record: usize },
+    FlipBit {
+        record: usize,
+    },
+    Replay {
+        record: usize,
+    },
+    /// Hold handshake message 3 back and send it in one write with the first record.
+    Message3WithFirstRecord,
 }
 
 /// Records the client sent, per proxied connection.
@@ -68,11 +74,16 @@ fn forward_records(
         let mut preamble = [0u8; 8];
         down.read_exact(&mut preamble)?;
         up.write_all(&preamble)?;
-        for _ in 0..2 {
+        let mut held = Vec::new();
+        for message in 0..2 {
             let mut len = [0u8; 2];
             down.read_exact(&mut len)?;
             let mut msg = vec![0u8; usize::from(u16::from_le_bytes(len))];
             down.read_exact(&mut msg)?;
+            if message == 1 && matches!(tamper, Tamper::Message3WithFirstRecord) {
+                held = [&len[..], &msg].concat();
+                continue;
+            }
             up.write_all(&len)?;
             up.write_all(&msg)?;
         }
@@ -92,7 +103,7 @@ fn forward_records(
                     up.write_all(&record)?;
                     up.write_all(&record)?;
                 }
-                _ => up.write_all(&record)?,
+                _ => up.write_all(&[std::mem::take(&mut held), record].concat())?,
             }
         }
         Ok(())
@@ -144,6 +155,37 @@ fn same_plaintext_gives_different_ciphertext_on_two_connections() {
         Ok::<_, Error>(())
     })
     .unwrap();
+}
+
+/// docs/PROTOCOL.md section 2b: the client may send its first record in the same write as
+/// handshake message 3; the server reads message 3 and takes the bytes after it as records.
+#[test]
+fn the_first_record_may_share_a_write_with_message_3() {
+    zserver::block_on(async {
+        let server = zserver::server()
+            .router(echo_router())
+            .bind("127.0.0.1:0")
+            .await?;
+        let p = proxy(server.local_addr(), Tamper::Message3WithFirstRecord);
+        let client = zserver::client().connect(p.addr).await?;
+        let answer = within_ten_seconds(client.call_bytes("echo", b"first record"))
+            .await
+            .expect("an answer to the call sent with message 3")?;
+        assert_eq!(&answer[..], b"first record");
+        assert_eq!(p.captured.lock().unwrap()[0].len(), 1, "one record sent");
+        server.shutdown().await;
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+}
+
+/// `fut`'s output, or `None` after ten seconds.
+async fn within_ten_seconds<T>(fut: impl std::future::Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        zserver::sleep(Duration::from_secs(10)).await;
+        None
+    })
+    .await
 }
 
 #[test]

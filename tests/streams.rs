@@ -462,7 +462,8 @@ fn a_corrupted_stream_fails_its_hash_check() {
         let body = Outgoing::reader(Probe::default().reader(4 * MIB, 6), Some(4 * MIB));
         let reply = client.upload("sink", b"", body).await;
         assert!(
-            matches!(&reply, Err(Error::Remote(m)) if m.contains("integrity")),
+            // docs/PROTOCOL.md §5b: `Error` code 1 (`Remote` here) with this message.
+            matches!(&reply, Err(Error::Remote(m)) if m.starts_with("stream integrity check failed: ")),
             "{reply:?}"
         );
         server.shutdown().await;
@@ -553,4 +554,160 @@ fn streams_past_the_limit_are_refused() {
         Ok::<_, Error>(())
     })
     .unwrap();
+}
+
+/// A sequential server whose `sink` upload handler records when it ends (as `u32::MAX`) and
+/// whose `job` handler records its argument, so the run order of handlers can be checked.
+fn sequential_order_router(order: Arc<std::sync::Mutex<Vec<u32>>>) -> Router {
+    let o = order.clone();
+    Router::new()
+        .upload("sink", move |_ctx, body| {
+            let o = o.clone();
+            async move {
+                let hash = hash_of(body).await?;
+                o.lock().unwrap().push(u32::MAX);
+                Ok(hash.to_vec())
+            }
+        })
+        .typed("job", move |_ctx, i: u32| {
+            let o = order.clone();
+            async move {
+                o.lock().unwrap().push(i);
+                Ok::<_, Error>(i)
+            }
+        })
+}
+
+/// Sequential mode: thousands of calls queued behind an upload's handler (more than a
+/// 256-handler queue, more than `max_handlers_in_flight`) do not stop the reader that the
+/// upload's own `Data` frames need; every handler still runs once, in arrival order.
+#[test]
+fn sequential_calls_queued_behind_an_upload_do_not_stall_it() {
+    const CALLS: u32 = 2000;
+    const LEN: u64 = 2 * MIB;
+    common::bounded(|| {
+        zserver::block_on(async {
+            let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let mut config = Config::default();
+            config.sequential = true;
+            let server = suite_server()
+                .router(sequential_order_router(order.clone()))
+                .config(config)
+                .bind("127.0.0.1:0")
+                .await?;
+            let client = suite_client().connect(server.local_addr()).await?;
+            let probe = Probe::default();
+            // More than the initial credit: the rest of the upload's data is queued only
+            // after the calls below, so it reaches the server behind them.
+            let body = Outgoing::reader(probe.reader(LEN, 3), Some(LEN));
+            let results = common::Watch::new(Vec::new());
+            let calls = async {
+                for i in 0..CALLS {
+                    let r = results.clone();
+                    client
+                        .call_with("job", &i, move |x: Result<u32, Error>| {
+                            r.update(|v| v.push(x))
+                        })
+                        .unwrap();
+                }
+            };
+            // `zip` polls the upload first: its `Call` leaves before the jobs.
+            let (reply, ()) = common::within(
+                Duration::from_secs(15),
+                "an upload with calls queued behind it (sequential)",
+                futures_lite::future::zip(client.upload("sink", b"", body), calls),
+            )
+            .await;
+            assert_eq!(&reply?[..], &probe.hash()[..]);
+            results
+                .wait_within(Duration::from_secs(15), "every queued job", |v| {
+                    (v.len() == CALLS as usize).then_some(())
+                })
+                .await;
+            assert_eq!(results.snapshot(), (0..CALLS).map(Ok).collect::<Vec<_>>());
+            let mut expected = vec![u32::MAX];
+            expected.extend(0..CALLS);
+            assert_eq!(
+                *order.lock().unwrap(),
+                expected,
+                "handlers ran in arrival order"
+            );
+            server.shutdown().await;
+            Ok::<_, Error>(())
+        })
+        .unwrap()
+    });
+}
+
+/// Sequential mode still bounds what waiting calls hold: while the running handler is
+/// held, the server stops reading once the queued calls hold about 8 MiB (here 64 KiB
+/// each, so far fewer than 256 of them), and reads the rest once it is released.
+#[test]
+fn a_sequential_queue_stops_reading_at_its_byte_budget() {
+    const CALLS: usize = 300;
+    const PAYLOAD: usize = 64 * 1024;
+    common::bounded(|| {
+        zserver::block_on(async {
+            let (release_tx, release_rx) = async_channel::bounded::<()>(1);
+            let router = Router::new().stream("hold", move |_ctx, b| {
+                let release = release_rx.clone();
+                async move {
+                    if b.is_empty() {
+                        let _ = release.recv().await;
+                    }
+                    Ok(b.slice(..0))
+                }
+            });
+            let mut config = Config::default();
+            config.sequential = true;
+            config.heartbeat = None;
+            let server = suite_server()
+                .router(router)
+                .config(config)
+                .bind("127.0.0.1:0")
+                .await?;
+            let client = suite_client().connect(server.local_addr()).await?;
+            let answered = common::Watch::new(0usize);
+            let a = answered.clone();
+            client
+                .call_bytes_with("hold", b"", move |r| {
+                    r.unwrap();
+                    a.update(|n| *n += 1);
+                })
+                .unwrap();
+            let payload = vec![7u8; PAYLOAD];
+            for _ in 0..CALLS {
+                let a = answered.clone();
+                client
+                    .call_bytes_with("hold", &payload, move |r| {
+                        r.unwrap();
+                        a.update(|n| *n += 1);
+                    })
+                    .unwrap();
+            }
+            let conn = server.connections().pop().expect("the server's connection");
+            until("the server to read a few frames", || {
+                conn.stats().frames_in > 16
+            })
+            .await;
+            // Let the reader run into the budget and stop.
+            zserver::sleep(Duration::from_millis(300)).await;
+            let read = conn.stats().frames_in;
+            // 8 MiB of queued calls, plus the running one and the one read before waiting.
+            let budget = (8 << 20) / PAYLOAD as u64 + 4;
+            assert!(
+                read <= budget,
+                "read {read} frames with the queue full (budget {budget})"
+            );
+            release_tx.send(()).await.unwrap();
+            answered
+                .wait_within(Duration::from_secs(15), "every call", |n| {
+                    (*n == CALLS + 1).then_some(())
+                })
+                .await;
+            server.shutdown().await;
+            Ok::<_, Error>(())
+        })
+        .unwrap()
+    });
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use zserver::{Error, Router};
 
+mod common;
+
 /// Many small frames queued close together leave in far fewer socket writes.
 #[test]
 fn small_frames_are_coalesced_into_few_writes() {
@@ -384,19 +386,7 @@ fn a_reused_stream_id_is_refused_and_orphans_nothing() {
             result
         }
     });
-    let server = zserver::block_on(
-        zserver::server()
-            .router(router)
-            .config(zserver::Config::plain_trusted_link())
-            .bind("127.0.0.1:0"),
-    )
-    .unwrap();
-    let mut sock = std::net::TcpStream::connect(server.local_addr()).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    sock.write_all(b"ZSRV\x01\x00\x00\x00").unwrap();
-    let mut preamble = [0u8; 8];
-    sock.read_exact(&mut preamble).unwrap();
+    let (server, mut sock) = plain_server_and_raw_peer(router);
     // Call (kind 0), flag UPLOAD, id 1, command "sink", head: unknown length, no meta.
     let upload = [10, 0, 0, 0, 0, 1, 1, 4, b's', b'i', b'n', b'k', 0, 0];
     sock.write_all(&upload).unwrap();
@@ -419,5 +409,158 @@ fn a_reused_stream_id_is_refused_and_orphans_nothing() {
         Ok(false),
         "the first upload's handler ended with an error"
     );
+    zserver::block_on(server.shutdown());
+}
+
+/// Reads one frame from a raw socket: (kind, flags, id, payload). Ids and the command
+/// length are read as one-byte varints, enough for the small frames of these tests.
+fn read_raw_frame(sock: &mut std::net::TcpStream) -> (u8, u8, u8, Vec<u8>) {
+    let mut len = [0u8; 4];
+    sock.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    sock.read_exact(&mut body).unwrap();
+    let command_len = body[3] as usize;
+    (body[0], body[1], body[2], body[4 + command_len..].to_vec())
+}
+
+/// The next frame that is not a `Credit` for upload 1 (whether the upload's consumer grants
+/// credit before its `End` is processed is a race).
+fn read_raw_answer(sock: &mut std::net::TcpStream) -> (u8, u8, u8, Vec<u8>) {
+    loop {
+        let frame = read_raw_frame(sock);
+        if (frame.0, frame.1, frame.2) != (10, 1, 1) {
+            return frame;
+        }
+    }
+}
+
+/// docs/PROTOCOL.md §5b and §7: `Data` after a stream's `End` is `Data` for a stream the
+/// receiver no longer knows. It is answered with `Stop` and the connection stays up; other
+/// stream frames for unknown streams are ignored.
+#[test]
+fn data_after_end_is_answered_with_stop_not_a_close() {
+    let router = Router::new()
+        .upload(
+            "sink",
+            |_ctx, body| async move { body.read_all(1 << 20).await },
+        )
+        .console("echo", |_ctx, text: String| async move { Ok(text) });
+    let (server, mut sock) = plain_server_and_raw_peer(router);
+    // Call (kind 0), flag UPLOAD, id 1, command "sink", head: unknown length, no meta.
+    sock.write_all(&[10, 0, 0, 0, 0, 1, 1, 4, b's', b'i', b'n', b'k', 0, 0])
+        .unwrap();
+    let data = [9, 0, 0, 0, 7, 1, 1, 0, b'h', b'e', b'l', b'l', b'o'];
+    sock.write_all(&data).unwrap();
+    let mut end = vec![36, 0, 0, 0, 8, 1, 1, 0];
+    end.extend_from_slice(blake3::hash(b"hello").as_bytes());
+    sock.write_all(&end).unwrap();
+    assert_eq!(read_raw_answer(&mut sock), (2, 0, 1, b"hello".to_vec()));
+    // The same Data again, after the End: a Stop for upload 1 comes back.
+    sock.write_all(&data).unwrap();
+    assert_eq!(read_raw_frame(&mut sock), (11, 1, 1, Vec::new()));
+    // An End, an Abort and a Credit for streams the server does not know: ignored.
+    sock.write_all(&end).unwrap();
+    sock.write_all(&[6, 0, 0, 0, 9, 1, 5, 0, b'n', b'o'])
+        .unwrap();
+    sock.write_all(&[12, 0, 0, 0, 10, 2, 5, 0, 1, 0, 0, 0, 0, 0, 0, 0])
+        .unwrap();
+    // The connection is still up, and the next frame is the answer to this call.
+    sock.write_all(&[10, 0, 0, 0, 0, 0, 2, 4, b'e', b'c', b'h', b'o', b'h', b'i'])
+        .unwrap();
+    assert_eq!(read_raw_frame(&mut sock), (2, 0, 2, b"hi".to_vec()));
+    assert_eq!(server.stats().totals.errors_in, 0, "no protocol error");
+    drop(sock);
+    zserver::block_on(server.shutdown());
+}
+
+/// docs/PROTOCOL.md §5b, "Largest `Data` payload": no stream-specific size limit. One
+/// `Data` frame carrying the whole initial credit (262,144 bytes, four times what zserver
+/// sends per frame) is accepted; one byte more than the credit closes the connection.
+#[test]
+fn a_data_frame_may_use_the_whole_credit_and_no_more() {
+    const CREDIT: usize = 262_144;
+    let router = Router::new().upload("count", |_ctx, body| async move {
+        let all = body.read_all(1 << 20).await?;
+        Ok((all.len() as u64).to_le_bytes().to_vec())
+    });
+    let (server, mut sock) = plain_server_and_raw_peer(router);
+    let upload = |id: u8, len: usize| {
+        // Call (kind 0), flag UPLOAD, `id`, command "count", head: unknown length, no meta;
+        // then one Data frame of `len` bytes.
+        let mut bytes = vec![11, 0, 0, 0, 0, 1, id, 5, b'c', b'o', b'u', b'n', b't', 0, 0];
+        bytes.extend_from_slice(&(4 + len as u32).to_le_bytes());
+        bytes.extend_from_slice(&[7, 1, id, 0]);
+        bytes.resize(bytes.len() + len, 0x42);
+        bytes
+    };
+    sock.write_all(&upload(1, CREDIT)).unwrap();
+    let mut end = vec![36, 0, 0, 0, 8, 1, 1, 0];
+    end.extend_from_slice(blake3::hash(&[0x42; CREDIT]).as_bytes());
+    sock.write_all(&end).unwrap();
+    let answer = (CREDIT as u64).to_le_bytes().to_vec();
+    assert_eq!(read_raw_answer(&mut sock), (2, 0, 1, answer));
+    sock.write_all(&upload(2, CREDIT + 1)).unwrap();
+    assert_eq!(common::expect_closed(&mut sock), Ok(()));
+    zserver::block_on(server.shutdown());
+}
+
+/// A plain (trusted-link) server with `router`, and a raw socket to it past the preambles.
+fn plain_server_and_raw_peer(router: Router) -> (zserver::Server, std::net::TcpStream) {
+    let server = zserver::block_on(
+        zserver::server()
+            .router(router)
+            .config(zserver::Config::plain_trusted_link())
+            .bind("127.0.0.1:0"),
+    )
+    .unwrap();
+    let mut sock = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    sock.write_all(b"ZSRV\x01\x00\x00\x00").unwrap();
+    let mut preamble = [0u8; 8];
+    sock.read_exact(&mut preamble).unwrap();
+    (server, sock)
+}
+
+/// docs/PROTOCOL.md §9: the minimal Python client, run exactly as the document prints it
+/// (only its port changed), makes a call against a plain server. Skipped, saying so, where
+/// there is no `python3`.
+#[test]
+fn the_python_client_of_protocol_md_makes_a_call() {
+    let doc = include_str!("../docs/PROTOCOL.md");
+    let start = doc
+        .find("```python\n")
+        .expect("a python block in PROTOCOL.md")
+        + 10;
+    let code = &doc[start..start + doc[start..].find("```").expect("its end")];
+    let router = Router::new().stream("echo", |_ctx, b| async move { Ok(b) });
+    let (server, sock) = plain_server_and_raw_peer(router);
+    drop(sock);
+    let at = r#"("127.0.0.1", 7000)"#;
+    assert!(code.contains(at), "the block connects to {at}");
+    let code = code.replace(
+        at,
+        &format!(r#"("127.0.0.1", {})"#, server.local_addr().port()),
+    );
+    common::bounded(move || {
+        let output = match std::process::Command::new("python3")
+            .arg("-c")
+            .arg(&code)
+            .output()
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!("python3 not found: the PROTOCOL.md client was not run");
+                return;
+            }
+            other => other.expect("run python3"),
+        };
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "python3 failed: {stderr}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            "(2, 1, '', b'hi')",
+            "what the document says it prints"
+        );
+    });
     zserver::block_on(server.shutdown());
 }

@@ -39,6 +39,7 @@ use crate::runtime::{BoxFuture, Runtime};
 use crate::secure::cipher::TAG_LEN;
 use crate::secure::record::{Opener, Sealer, MAX_RECORD_PLAINTEXT, RECORD_HEADER, RECORD_TARGET};
 use crate::secure::{self, Encryption, Keypair, Role};
+use crate::sequential::Sequential;
 use crate::stats::{Counters, Stats};
 use crate::stream::{self, Dir, Incoming, Key, Outbound, StreamHead, Streams, WantStream};
 use crate::transport::{BoxRead, BoxWrite};
@@ -58,9 +59,6 @@ const SMALL_WRITE: usize = 64 * 1024;
 
 /// Write buffers larger than this are freed after use instead of kept for the next batch.
 const KEEP_WRITE_CAPACITY: usize = 64 * 1024;
-
-/// Handler futures queued for a sequential connection before the reader waits.
-const SEQUENTIAL_QUEUE: usize = 256;
 
 /// The reader's heartbeat state: the armed timer, and when the peer was last heard.
 struct Watch {
@@ -112,7 +110,7 @@ struct Shared {
     closed_event: Event,
     refusing_calls: AtomicBool,
     peer_going_away: AtomicBool,
-    sequential: Option<async_channel::Sender<BoxFuture<'static, ()>>>,
+    sequential: Option<Sequential>,
     on_close: Mutex<Option<OnClose>>,
     /// Per-connection state of other modules (such as services' remote objects), one
     /// value per type; cleared when the connection closes.
@@ -275,18 +273,10 @@ impl Connection {
             %peer,
             user = tracing::field::Empty
         );
-        let sequential = setup.config.sequential.then(|| {
-            let (tx, rx) = async_channel::bounded::<BoxFuture<'static, ()>>(SEQUENTIAL_QUEUE);
-            let queue = async move {
-                while let Ok(task) = rx.recv().await {
-                    task.await;
-                }
-            };
-            setup
-                .runtime
-                .spawn(Box::pin(queue.instrument(span.clone())));
-            tx
-        });
+        let sequential = setup
+            .config
+            .sequential
+            .then(|| Sequential::start(&*setup.runtime, &span));
         let shared = Arc::new(Shared {
             id: setup.id,
             peer,
@@ -933,9 +923,7 @@ impl Connection {
                 if matches!(frame.kind, Kind::Call | Kind::Send) && self.peer_over_limits() {
                     self.wait_peer_under_limits().await;
                 }
-                if let Some(work) = self.dispatch(frame)? {
-                    self.queue_sequential(work).await;
-                }
+                self.dispatch(frame)?;
             }
             if let Some(e) = failure.take() {
                 return Err(e);
@@ -1089,38 +1077,41 @@ impl Connection {
         }
     }
 
-    /// Back-pressure on the peer: whether too many of its requests are being handled, or
-    /// too many of its replies wait unread. While so, the reader stops reading.
+    /// Back-pressure on the peer: whether too many of its requests are being handled
+    /// (on a sequential connection: queued calls over their byte budget, or too many
+    /// handlers in flight besides those queued), or too many of its replies wait unread.
+    /// While so, the reader takes no new call and so stops reading.
     fn peer_over_limits(&self) -> bool {
         let config = &self.shared.config;
-        self.shared.in_flight.count() >= config.max_handlers_in_flight
+        let queued = self.shared.sequential.as_ref();
+        let waiting = queued.map_or(0, Sequential::waiting);
+        queued.is_some_and(Sequential::is_full)
+            || self.shared.in_flight.count().saturating_sub(waiting)
+                >= config.max_handlers_in_flight
             || self.shared.queued.load(Ordering::Relaxed)
                 >= config.max_pending_write.saturating_mul(2)
     }
 
     async fn wait_peer_under_limits(&self) {
         let config = &self.shared.config;
+        let queued = self.shared.sequential.as_ref();
+        if let Some(queued) = queued {
+            queued.room().await;
+        }
+        let waiting = queued.map_or(0, Sequential::waiting);
         self.shared
             .in_flight
-            .below(config.max_handlers_in_flight)
+            .below(config.max_handlers_in_flight.saturating_add(waiting))
             .await;
         self.wait_for_space_above(config.max_pending_write.saturating_mul(2))
             .await;
     }
 
-    /// Queues a handler for a sequential connection, waiting while the queue is full.
-    async fn queue_sequential(&self, work: BoxFuture<'static, ()>) {
-        if let Some(queue) = &self.shared.sequential {
-            let _ = queue.send(work).await;
-        }
-    }
-
-    /// Acts on one frame without waiting. Returns a handler future only when a sequential
-    /// connection's queue is full and the reader must wait to queue it. An error breaks the
-    /// protocol and closes the connection.
-    fn dispatch(&self, frame: Frame) -> Result<Option<BoxFuture<'static, ()>>, Error> {
+    /// Acts on one frame without waiting. An error breaks the protocol and closes the
+    /// connection.
+    fn dispatch(&self, frame: Frame) -> Result<(), Error> {
         match frame.kind {
-            Kind::Call | Kind::Send => return Ok(self.dispatch_request(frame)),
+            Kind::Call | Kind::Send => self.dispatch_request(frame),
             Kind::Data | Kind::End | Kind::Abort | Kind::Credit | Kind::Stop => {
                 stream::on_frame(self, frame)?
             }
@@ -1142,7 +1133,7 @@ impl Connection {
             Kind::Pong => self.complete(frame.id, Ok(Bytes::new())),
             Kind::GoAway => self.shared.peer_going_away.store(true, Ordering::Release),
         }
-        Ok(None)
+        Ok(())
     }
 
     fn complete(&self, id: u64, result: CallResult) {
@@ -1152,12 +1143,18 @@ impl Connection {
         }
     }
 
-    fn dispatch_request(&self, frame: Frame) -> Option<BoxFuture<'static, ()>> {
+    fn dispatch_request(&self, mut frame: Frame) {
         Counters::bump(&self.shared.counters.calls_in, 1);
         let is_call = frame.kind == Kind::Call;
         if is_call && self.shared.refusing_calls.load(Ordering::Acquire) {
             self.reply_error(frame.id, &Error::ShuttingDown);
-            return None;
+            return;
+        }
+        let payload_len = frame.payload.len();
+        if self.shared.sequential.is_some() {
+            // A queued call may wait long: its payload gets an allocation of its own instead
+            // of pinning the read buffer it was cut from, so the queue holds what it counts.
+            frame.payload = Bytes::copy_from_slice(&frame.payload);
         }
         let hooks = &self.shared.router.hooks;
         let info = CommandInfo {
@@ -1175,7 +1172,7 @@ impl Connection {
                         self.send_stream_frame(Kind::Stop, (Dir::Upload, frame.id), &[]);
                     }
                 }
-                return None;
+                return;
             }
         }
         let Some(handler) = self.shared.router.get(frame.command()) else {
@@ -1184,7 +1181,7 @@ impl Connection {
             } else {
                 Counters::bump(&self.shared.counters.errors_in, 1);
             }
-            return None;
+            return;
         };
         let shape = handler.shape();
         let request = match self.open_request_streams(&frame, shape) {
@@ -1198,7 +1195,7 @@ impl Connection {
                 if frame.flags & FLAG_UPLOAD != 0 && is_call {
                     self.send_stream_frame(Kind::Stop, (Dir::Upload, frame.id), &[]);
                 }
-                return None;
+                return;
             }
         };
         let responder = if is_call {
@@ -1221,10 +1218,12 @@ impl Connection {
         // a cached flag and the handler's future is not wrapped.
         let span = tracing::debug_span!("call", command = info.command, kind = ?info.kind);
         let invoked = catch_unwind(AssertUnwindSafe(|| handler.invoke(ctx, request, responder)));
-        let mut work = invoked.unwrap_or_else(|_| {
+        let Some(mut work) = invoked.unwrap_or_else(|_| {
             self.handler_panicked();
             None
-        })?;
+        }) else {
+            return;
+        };
         if !span.is_disabled() {
             work = Box::pin(work.instrument(span));
         }
@@ -1236,10 +1235,8 @@ impl Connection {
                     conn.handler_panicked();
                 }
             });
-            return match queue.try_send(work) {
-                Ok(()) | Err(async_channel::TrySendError::Closed(_)) => None,
-                Err(async_channel::TrySendError::Full(work)) => Some(work),
-            };
+            queue.push(work, payload_len);
+            return;
         }
         // Most handlers finish at once: poll inline and spawn only if the handler waits.
         // The spawned task polls again with its own waker, as the future contract requires.
@@ -1259,7 +1256,6 @@ impl Connection {
             }
             Err(_) => self.handler_panicked(),
         }
-        None
     }
 
     /// Checks that a request has the shape its handler takes, and opens its stream: the

@@ -46,6 +46,7 @@ pub mod reconnect;
 pub mod request;
 pub mod runtime;
 pub mod secure;
+mod sequential;
 pub mod server;
 pub mod service;
 pub mod stable;

@@ -167,8 +167,10 @@ impl Inbound {
         }
     }
 
-    /// A `Data` frame arrived. Data beyond the granted credit, or after the end, breaks
-    /// the protocol.
+    /// A `Data` frame arrived. Data beyond the granted credit breaks the protocol. (So
+    /// does data after the end, but the reader only meets that when the connection closed
+    /// under it: `End` and `Abort` make the connection forget the stream, so later `Data`
+    /// finds none and is answered with `Stop`, as docs/PROTOCOL.md §5b says.)
     pub(crate) fn on_data(&mut self, data: Bytes) -> Result<(), Error> {
         if self.end.is_some() {
             return Err(Error::Protocol(

@@ -87,7 +87,9 @@ impl CipherState {
         }
     }
 
-    /// The nonce for counter `n`: four zero bytes, then `n` little-endian (as in Noise).
+    /// The nonce for counter `n`: four zero bytes, then `n` little-endian. (Noise's own
+    /// AESGCM nonce, used inside the handshake by `snow`, puts `n` big-endian; the records
+    /// of `docs/PROTOCOL.md` section 2b are little-endian.)
     fn nonce(n: u64) -> [u8; 12] {
         let mut nonce = [0u8; 12];
         nonce[4..].copy_from_slice(&n.to_le_bytes());
@@ -227,6 +229,29 @@ mod tests {
             for mut rec in [a, b] {
                 let n = rx.open(b"ad", &mut rec).unwrap();
                 assert_eq!(&rec[..n], b"same message");
+            }
+        }
+    }
+
+    /// docs/PROTOCOL.md section 2b: record `n` under a key is sealed with the nonce
+    /// `00 00 00 00` followed by `n` as u64 little-endian (not Noise's big-endian order).
+    #[test]
+    fn record_nonces_are_little_endian_counters() {
+        use aes_gcm::{AeadInPlace, KeyInit};
+        let key = [7; KEY_LEN];
+        let reference = aes_gcm::Aes256Gcm::new((&key).into());
+        for p in Provider::all() {
+            let mut tx = CipherState::new(p, key);
+            for n in 0u8..3 {
+                let record = sealed(&mut tx, b"ad", b"hello");
+                let mut nonce = [0u8; 12];
+                nonce[4] = n;
+                let mut expected = b"hello".to_vec();
+                let tag = reference
+                    .encrypt_in_place_detached(&nonce.into(), b"ad", &mut expected)
+                    .unwrap();
+                expected.extend_from_slice(&tag);
+                assert_eq!(record, expected, "{}: record {n}", p.name());
             }
         }
     }
