@@ -120,7 +120,7 @@ impl ClientBuilder {
     /// The transport connections go over: this builder's, or WebSocket over it.
     fn carrier(&self) -> Arc<dyn Transport> {
         #[cfg(feature = "ws")]
-        let carried = self.websocket.as_ref().map(|(path, host)| {
+        if let Some(ws) = self.websocket.as_ref().map(|(path, host)| {
             let mut ws = crate::ws::WsTransport::new(self.transport.clone())
                 .path(path.clone())
                 .max_frame(self.config.max_frame);
@@ -128,10 +128,10 @@ impl ClientBuilder {
                 ws = ws.host(host.clone());
             }
             Arc::new(ws) as Arc<dyn Transport>
-        });
-        #[cfg(not(feature = "ws"))]
-        let carried = None;
-        carried.unwrap_or_else(|| self.transport.clone())
+        }) {
+            return ws;
+        }
+        self.transport.clone()
     }
 
     /// Connects to `addr` and completes the handshake.
