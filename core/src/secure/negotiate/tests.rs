@@ -44,73 +44,83 @@ struct Side {
     sent: Vec<u8>,
 }
 
+/// One end of an in-memory pair.
+struct End<'n, 'a> {
+    neg: &'n mut Negotiation<'a>,
+    client: bool,
+    result: Option<Result<Established, Error>>,
+    sent: Vec<u8>,
+    /// Bytes this end sent that the other has not taken yet.
+    unread: Vec<u8>,
+}
+
+impl End<'_, '_> {
+    /// Takes what the machine has to send (through `tamper`), then its result if ready.
+    fn transmit(&mut self, tamper: &mut dyn FnMut(bool, usize, &mut [u8])) {
+        let mut out = Vec::new();
+        if self.neg.poll_transmit(&mut out) {
+            tamper(self.client, self.sent.len(), &mut out);
+            self.sent.extend_from_slice(&out);
+            self.unread.extend_from_slice(&out);
+        }
+        if self.result.is_none() {
+            self.result = self.neg.poll_established().map(Ok);
+        }
+    }
+
+    /// Feeds up to `chunk` of the other end's unread bytes; whether there were any.
+    fn receive(&mut self, from: &mut Vec<u8>, chunk: usize) -> bool {
+        if self.result.is_some() || from.is_empty() {
+            return false;
+        }
+        let n = chunk.min(from.len());
+        match self.neg.handle_input(Instant::now(), &from[..n]) {
+            Ok(used) => {
+                assert!(used <= n);
+                from.drain(..used);
+            }
+            Err(e) => self.result = Some(Err(e)),
+        }
+        true
+    }
+
+    fn side(self) -> Side {
+        Side {
+            result: self
+                .result
+                .unwrap_or_else(|| Err(Error::Handshake("unfinished".into()))),
+            sent: self.sent,
+        }
+    }
+}
+
 /// Runs a client and a server against each other, handing over at most `chunk` bytes at a
-/// time, until both have a result. `tamper` may change the bytes in flight (client to
-/// server first, then server to client) at their offset in that direction's stream.
+/// time, until neither can go on. `tamper` may change bytes in flight: it is told the
+/// direction (true: client to server) and the offset of the piece in that direction.
 fn run_pair<'a>(
     client: &mut Negotiation<'a>,
     server: &mut Negotiation<'a>,
     chunk: usize,
     tamper: &mut dyn FnMut(bool, usize, &mut [u8]),
 ) -> (Side, Side) {
-    let now = Instant::now();
-    let mut sides = [None, None];
-    let mut sent = [Vec::new(), Vec::new()];
-    // Bytes each side has sent that the other has not taken yet.
-    let mut wire = [Vec::new(), Vec::new()];
+    let end = |neg, client| End {
+        neg,
+        client,
+        result: None,
+        sent: Vec::new(),
+        unread: Vec::new(),
+    };
+    let (mut c, mut s) = (end(client, true), end(server, false));
     for _round in 0..10_000 {
-        for from in 0..2 {
-            let neg = if from == 0 {
-                &mut *client
-            } else {
-                &mut *server
-            };
-            let mut out = Vec::new();
-            if neg.poll_transmit(&mut out) {
-                tamper(from == 0, sent[from].len(), &mut out);
-                sent[from].extend_from_slice(&out);
-                wire[from].extend_from_slice(&out);
-            }
-            if sides[from].is_none() {
-                if let Some(done) = neg.poll_established() {
-                    sides[from] = Some(Ok(done));
-                }
-            }
-        }
-        let mut progress = false;
-        for to in 0..2 {
-            let from = 1 - to;
-            if sides[to].is_some() || wire[from].is_empty() {
-                continue;
-            }
-            progress = true;
-            let neg = if to == 0 { &mut *client } else { &mut *server };
-            let n = chunk.min(wire[from].len());
-            match neg.handle_input(now, &wire[from][..n]) {
-                Ok(used) => {
-                    assert!(used <= n);
-                    wire[from].drain(..used);
-                }
-                Err(e) => sides[to] = Some(Err(e)),
-            }
-        }
-        if !progress {
+        c.transmit(tamper);
+        s.transmit(tamper);
+        let to_client = c.receive(&mut s.unread, chunk);
+        let to_server = s.receive(&mut c.unread, chunk);
+        if !to_client && !to_server {
             break;
         }
     }
-    let [c, s] = sides;
-    let [c_sent, s_sent] = sent;
-    let unfinished = || Err(Error::Handshake("unfinished".into()));
-    (
-        Side {
-            result: c.unwrap_or_else(unfinished),
-            sent: c_sent,
-        },
-        Side {
-            result: s.unwrap_or_else(unfinished),
-            sent: s_sent,
-        },
-    )
+    (c.side(), s.side())
 }
 
 fn pair(client: &Config, server: &Config, pin: Option<[u8; 32]>, chunk: usize) -> (Side, Side) {
