@@ -160,7 +160,7 @@ impl ClientBuilder {
                 &mut read,
                 &mut write,
                 negotiation,
-                &*runtime,
+                &|| runtime.now(),
                 session.as_ref(),
             )
             .await?;

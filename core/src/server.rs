@@ -339,7 +339,7 @@ impl ServerShared {
             &mut read,
             &mut write,
             negotiation,
-            &*self.runtime,
+            &|| self.runtime.now(),
             session.as_ref(),
         )
         .await?;
