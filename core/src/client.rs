@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::connection::{handshake, next_connection_id, Connection, Setup};
+use crate::connection::{next_connection_id, Connection, Setup};
 use crate::error::Error;
 use crate::handler::{InFlight, Router};
-use crate::secure::{unhex, Keypair, Role};
+use crate::link;
+use crate::secure::{unhex, Keypair, Negotiation};
 use crate::server::resolve;
 use crate::stable;
 use crate::transport::Transport;
@@ -154,20 +155,15 @@ impl ClientBuilder {
                     (peer, read, write, None)
                 }
             };
-            let role = Role::Initiator {
-                pin: self.pin.as_ref(),
-            };
-            let now = runtime.now();
-            // A failed or abandoned handshake ends a new stable session with it.
-            let guard = session.as_ref().map(|s| s.abort_on_drop());
-            let shaken =
-                handshake(&mut read, &mut write, &self.config, role, &keypair, now).await?;
-            if let Some(session) = session {
-                session.bind(shaken.secure.as_ref().map(|s| &s.handshake_hash[..]));
-            }
-            if let Some(guard) = guard {
-                guard.disarm();
-            }
+            let negotiation = Negotiation::client(&self.config, &keypair, self.pin);
+            let shaken = link::establish(
+                &mut read,
+                &mut write,
+                negotiation,
+                &|| runtime.now(),
+                session.as_ref(),
+            )
+            .await?;
             Ok::<_, Error>((peer, read, write, shaken))
         };
         let timeout = runtime.sleep(self.connect_timeout);

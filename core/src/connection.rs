@@ -25,20 +25,20 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::codec::{self, Codec};
+use crate::codec::Codec;
 use crate::config::Config;
 use crate::error::Error;
 use crate::frame::{
     self, EncodeError, Frame, FrameDecoder, Header, Kind, FLAG_COMPRESSED, FLAG_DOWNLOAD,
-    FLAG_UPLOAD, PREAMBLE_CODECS, PREAMBLE_LEN,
+    FLAG_UPLOAD,
 };
 use crate::handler::{Context as HandlerContext, InFlight, Request, Responder, Router, Shape};
 use crate::hooks::{self, CommandInfo, CommandKind, Completion};
 use crate::request::{CallResult, Callback, RequestTable, Wake};
 use crate::runtime::{BoxFuture, Runtime};
+use crate::secure;
 use crate::secure::cipher::TAG_LEN;
 use crate::secure::record::{Opener, Sealer, MAX_RECORD_PLAINTEXT, RECORD_HEADER, RECORD_TARGET};
-use crate::secure::{self, Encryption, Keypair, Role};
 use crate::sequential::Sequential;
 use crate::stats::{Counters, Stats};
 use crate::stream::{self, Dir, Incoming, Key, Outbound, StreamHead, Streams, WantStream};
@@ -150,109 +150,9 @@ pub(crate) fn next_connection_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// The keys and policy of an encrypted connection, from the handshake.
-pub(crate) struct Secure {
-    sealer: Sealer,
-    opener: Opener,
-    peer_key: [u8; 32],
-    /// The Noise handshake hash.
-    pub(crate) handshake_hash: [u8; 32],
-}
-
-/// What the handshake settled: the keys (when encrypted) and the payload codec.
-#[derive(Default)]
-pub(crate) struct Handshaken {
-    /// The keys of an encrypted connection; `None` on a plain one.
-    pub(crate) secure: Option<Secure>,
-    /// The codec both sides chose, if any.
-    pub(crate) codec: Option<Arc<dyn Codec>>,
-}
-
-/// Exchanges preambles (both sides must ask for the same security mode) and, when both
-/// offer codecs, the codec lists; then runs the Noise handshake if encryption is on.
-pub(crate) async fn handshake(
-    read: &mut BoxRead,
-    write: &mut BoxWrite,
-    config: &Config,
-    role: Role<'_>,
-    keypair: &Keypair,
-    now: Instant,
-) -> Result<Handshaken, Error> {
-    let flags = if config.compression.is_off() {
-        0
-    } else {
-        PREAMBLE_CODECS
-    };
-    let ours = frame::preamble_with(config.encryption.mode_byte(), flags);
-    write.write_all(&ours).await?;
-    let mut theirs = [0u8; PREAMBLE_LEN];
-    read.read_exact(&mut theirs).await?;
-    let (_version, mode) = frame::check_preamble(&theirs)?;
-    if mode != ours[6] {
-        let name = |m: u8| match m {
-            0 => "plain (trusted link)".to_string(),
-            1 => "encrypted (Noise XX)".to_string(),
-            other => format!("unknown mode {other}"),
-        };
-        return Err(Error::Handshake(format!(
-            "this side is {} but the peer is {}",
-            name(ours[6]),
-            name(mode)
-        )));
-    }
-    let initiator = matches!(role, Role::Initiator { .. });
-    let mut prologue = if initiator {
-        [ours, theirs].concat()
-    } else {
-        [theirs, ours].concat()
-    };
-    let mut codec = None;
-    if ours[7] & theirs[7] & PREAMBLE_CODECS != 0 {
-        // Both offer codecs: each sends its list (a count, then the ids) and both pick
-        // the first of the client's ids that the server lists too.
-        let our_offer = config.compression.offer();
-        write.write_all(&our_offer).await?;
-        let mut count = [0u8; 1];
-        read.read_exact(&mut count).await?;
-        let mut their_offer = vec![0u8; 1 + count[0] as usize];
-        their_offer[0] = count[0];
-        read.read_exact(&mut their_offer[1..]).await?;
-        let (client, server) = if initiator {
-            (&our_offer, &their_offer)
-        } else {
-            (&their_offer, &our_offer)
-        };
-        codec = codec::choose(&client[1..], &server[1..])
-            .and_then(|id| config.compression.find(id).cloned());
-        prologue.extend_from_slice(client);
-        prologue.extend_from_slice(server);
-    }
-    if config.encryption == Encryption::PlainTrustedLink {
-        return Ok(Handshaken {
-            secure: None,
-            codec,
-        });
-    }
-    let (sealer, opener, peer_key, handshake_hash) = secure::handshake(
-        read,
-        write,
-        role,
-        keypair,
-        &config.encryption,
-        &prologue,
-        now,
-    )
-    .await?;
-    Ok(Handshaken {
-        secure: Some(Secure {
-            sealer,
-            opener,
-            peer_key,
-            handshake_hash,
-        }),
-        codec,
-    })
-}
+/// What the link negotiation settled (keys when encrypted, the payload codec), which a
+/// connection starts with.
+pub(crate) use crate::secure::Established as Handshaken;
 
 impl Connection {
     /// Starts the reader and writer tasks of a connection whose handshake is done.

@@ -15,11 +15,11 @@ use futures_lite::io::Cursor;
 
 use crate::codec::{Compression, Lz4};
 use crate::config::Config;
-use crate::connection::{handshake, next_connection_id, Connection, Handshaken, Setup};
+use crate::connection::{next_connection_id, Connection, Handshaken, Setup};
 use crate::frame::{self, FrameDecoder, Header, PREAMBLE_LEN};
 use crate::handler::{InFlight, Router};
 use crate::runtime::{BoxFuture, Runtime};
-use crate::secure::{Keypair, Role};
+use crate::secure::{Keypair, Negotiation, MAX_HANDSHAKE_MESSAGE};
 use crate::stream::Outgoing;
 
 /// Frames up to this size in the fuzz targets (small, so inputs reach the limit).
@@ -85,28 +85,113 @@ impl futures_io::AsyncWrite for Sink {
     }
 }
 
-/// The server's side of the handshake (preamble, codec lists, then Noise XX as responder) against a
-/// peer that sends `data`: it must fail cleanly, never panic.
-pub fn handshake_responder(data: &[u8]) {
-    let mut read: crate::transport::BoxRead = Box::new(Cursor::new(data.to_vec()));
-    let mut write: crate::transport::BoxWrite = Box::new(Sink);
-    // Offers LZ4, so that an input whose preamble sets the codec flag exercises the codec
-    // lists too (an input without it runs the handshake as with compression off).
-    let config = Config {
-        compression: Compression::lz4(),
-        ..Config::default()
+/// The negotiation settings a fuzz input asks for in its first byte: bit 0 plain (else
+/// encrypted), bit 1 no codecs (else LZ4 and an application id offered); bits 2..8 the
+/// size of the pieces the rest is fed in (0: all at once). Returns them and the rest.
+fn negotiation_input(data: &[u8]) -> Option<(Config, usize, &[u8])> {
+    let (&first, rest) = data.split_first()?;
+    let mut config = if first & 1 != 0 {
+        Config::plain_trusted_link()
+    } else {
+        Config::default()
     };
-    let keypair = server_keypair();
+    if first & 2 == 0 {
+        config.compression = Compression::lz4().with_arc(Arc::new(AppCodec));
+    }
+    let chunk = match usize::from(first >> 2) {
+        0 => usize::MAX,
+        n => n,
+    };
+    Some((config, chunk, rest))
+}
+
+/// An application codec id (never run: only its id is negotiated).
+struct AppCodec;
+
+impl crate::codec::Codec for AppCodec {
+    fn id(&self) -> u8 {
+        200
+    }
+    fn name(&self) -> &'static str {
+        "app"
+    }
+    fn encode(&self, _: &[u8], _: &mut Vec<u8>) -> Result<(), crate::Error> {
+        Err(crate::Error::Codec("not used".into()))
+    }
+    fn decode(&self, _: &[u8], _: usize, _: &mut Vec<u8>) -> Result<(), crate::Error> {
+        Err(crate::Error::Codec("not used".into()))
+    }
+}
+
+/// Feeds `peer` to `negotiation` in pieces of `chunk` bytes, taking what it sends after
+/// each, and checks the machine's promises: it never uses more than it was given, uses
+/// less only once finished (and then nothing more), gives its result once, keeps its
+/// buffers within the protocol's limits, and once failed stays failed.
+fn drive(mut negotiation: Negotiation<'_>, peer: &[u8], chunk: usize) {
     let now = std::time::Instant::now();
-    let shake = handshake(
-        &mut read,
-        &mut write,
-        &config,
-        Role::Responder,
-        keypair,
-        now,
-    );
-    let _ = futures_lite::future::block_on(shake);
+    let mut out = Vec::new();
+    let mut finished = false;
+    let mut failed = None;
+    for piece in peer.chunks(chunk) {
+        negotiation.poll_transmit(&mut out);
+        assert!(out.len() <= 2 * PREAMBLE_LEN + 2 * 256 + 2 * MAX_HANDSHAKE_MESSAGE);
+        out.clear();
+        match negotiation.handle_input(now, piece) {
+            Ok(used) => {
+                assert!(failed.is_none(), "a failed negotiation took more input");
+                assert!(used <= piece.len());
+                if finished {
+                    assert_eq!(used, 0, "input used after the end");
+                } else if used < piece.len() {
+                    negotiation.poll_transmit(&mut out);
+                    assert!(
+                        negotiation.poll_established().is_some(),
+                        "input left over before the end"
+                    );
+                    finished = true;
+                }
+            }
+            Err(e) => {
+                if let Some(before) = &failed {
+                    assert_eq!(before, &e, "a failure sticks");
+                }
+                failed = Some(e);
+            }
+        }
+        if !finished && failed.is_none() {
+            negotiation.poll_transmit(&mut out);
+            if negotiation.poll_established().is_some() {
+                finished = true;
+            }
+        }
+        assert!(negotiation.wants() <= MAX_HANDSHAKE_MESSAGE);
+    }
+}
+
+/// The server's side of the negotiation (preamble, codec lists, Noise XX as responder),
+/// driven directly: the first byte picks the settings and the piece size
+/// ([`negotiation_input`]), the rest is what the client sends.
+pub fn negotiate_server(data: &[u8]) {
+    if let Some((config, chunk, peer)) = negotiation_input(data) {
+        drive(Negotiation::server(&config, server_keypair()), peer, chunk);
+    }
+}
+
+/// The client's side of the negotiation (Noise XX as initiator), against a server that
+/// sends the rest of `data` (settings and piece size as for [`negotiate_server`]).
+pub fn negotiate_client(data: &[u8]) {
+    if let Some((config, chunk, peer)) = negotiation_input(data) {
+        drive(
+            Negotiation::client(&config, client_keypair(), None),
+            peer,
+            chunk,
+        );
+    }
+}
+
+fn client_keypair() -> &'static Keypair {
+    static KEY: OnceLock<Keypair> = OnceLock::new();
+    KEY.get_or_init(Keypair::generate)
 }
 
 /// A single-threaded runtime for the dispatcher target: tasks run on one executor, timers

@@ -41,6 +41,7 @@ pub mod frame;
 pub mod fuzzing;
 pub mod handler;
 pub mod hooks;
+mod link;
 pub mod metrics;
 pub mod reconnect;
 pub mod request;

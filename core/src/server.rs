@@ -11,11 +11,12 @@ use event_listener::Event;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::connection::{handshake, next_connection_id, Connection, Handshaken, Setup};
+use crate::connection::{next_connection_id, Connection, Handshaken, Setup};
 use crate::error::Error;
 use crate::handler::{InFlight, Router};
+use crate::link;
 use crate::runtime::Runtime;
-use crate::secure::{Keypair, Role};
+use crate::secure::{Keypair, Negotiation};
 use crate::stable::{self, Accepted, Sessions};
 use crate::stats::{Counters, ServerStats};
 use crate::transport::{BoxRead, BoxWrite, Listener, ServerIo, Transport, Upgrade};
@@ -333,25 +334,15 @@ impl ServerShared {
             }
             None => (read, write, None),
         };
-        let now = self.runtime.now();
-        let role = Role::Responder;
-        // Dropped unfinished (time-out) or failed: a new stable session ends with it.
-        let guard = session.as_ref().map(|s| s.abort_on_drop());
-        let shaken = handshake(
+        let negotiation = Negotiation::server(&self.config, &self.keypair);
+        let shaken = link::establish(
             &mut read,
             &mut write,
-            &self.config,
-            role,
-            &self.keypair,
-            now,
+            negotiation,
+            &|| self.runtime.now(),
+            session.as_ref(),
         )
         .await?;
-        if let Some(session) = session {
-            session.bind(shaken.secure.as_ref().map(|s| &s.handshake_hash[..]));
-        }
-        if let Some(guard) = guard {
-            guard.disarm();
-        }
         Ok(Some((read, write, shaken)))
     }
 }

@@ -29,8 +29,13 @@ fn header_corpus() {
 }
 
 #[test]
-fn handshake_responder_corpus() {
-    replay("handshake_responder", fuzzing::handshake_responder);
+fn negotiate_server_corpus() {
+    replay("negotiate_server", fuzzing::negotiate_server);
+}
+
+#[test]
+fn negotiate_client_corpus() {
+    replay("negotiate_client", fuzzing::negotiate_client);
 }
 
 #[test]

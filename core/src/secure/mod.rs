@@ -2,12 +2,16 @@
 //! reviewed `snow` crate) gives each connection fresh keys, one per direction; after it,
 //! every byte travels in AES-256-GCM records ([`record`]) that rekey in-band.
 //!
+//! The preambles, codec lists and Noise handshake run as one sans-IO state machine
+//! (`negotiate`), which ends in the keys.
+//!
 //! The server has a long-term key pair ([`Keypair`], kept in a file it creates on first
 //! start); a client may pin the server's public key and then refuses any other server
 //! before a single command is sent.
 
 pub mod cipher;
 mod handshake;
+pub(crate) mod negotiate;
 pub mod record;
 
 use std::fmt;
@@ -15,7 +19,8 @@ use std::io;
 use std::path::Path;
 
 pub use cipher::Provider;
-pub(crate) use handshake::{handshake, Role};
+pub(crate) use handshake::MAX_MESSAGE as MAX_HANDSHAKE_MESSAGE;
+pub(crate) use negotiate::{Established, Negotiation};
 pub use record::RekeyPolicy;
 
 /// The Noise protocol name used for the handshake.
