@@ -42,6 +42,7 @@ pub mod fuzzing;
 pub mod handler;
 pub mod hooks;
 pub mod metrics;
+mod read_buf;
 pub mod reconnect;
 pub mod request;
 pub mod runtime;
