@@ -281,6 +281,25 @@ impl Drop for ServerProcess {
 
 // ----- the run ---------------------------------------------------------------------------
 
+/// Starts a fresh `b` server, opens `n` connections to its plain or encrypted address with
+/// `open` (which returns them and the seconds it took), and returns those seconds and the
+/// server's resident memory per connection in KiB, measured while they are open.
+fn server_rss_per_conn<T>(
+    b: &str,
+    encrypted: bool,
+    n: usize,
+    open: impl FnOnce(SocketAddr) -> Result<(T, f64), BoxError>,
+) -> Result<(f64, f64), BoxError> {
+    let server = ServerProcess::start(&["--backend", b])?;
+    std::thread::sleep(Duration::from_millis(100));
+    let before = server.rss_kib();
+    let (conns, secs) = open(server.addr(if encrypted { "encrypted" } else { "plain" }))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let after = server.rss_kib();
+    drop(conns);
+    Ok((secs, after.saturating_sub(before) as f64 / n as f64))
+}
+
 /// A timed row: run once per pass.
 struct Job {
     key: String,
@@ -441,37 +460,24 @@ pub fn run(args: BenchArgs) -> Result<(), BoxError> {
         for (mode, encrypted) in [("plain", false), ("enc", true)] {
             let mut runs = Vec::new();
             for _ in 0..s.scale_runs {
-                let server = ServerProcess::start(&["--backend", b])?;
-                std::thread::sleep(Duration::from_millis(100));
-                let before = server.rss_kib();
-                let addr = server.addr(if encrypted { "encrypted" } else { "plain" });
-                let target = load::Target::new(b, addr, encrypted);
-                let (clients, secs) = load::open_many(&target, s.connections, 256)?;
-                std::thread::sleep(Duration::from_millis(300));
-                let after = server.rss_kib();
-                let per_conn = after.saturating_sub(before) as f64 / s.connections as f64;
-                runs.push((secs, per_conn));
-                drop(clients);
-                drop(server);
+                runs.push(server_rss_per_conn(b, encrypted, s.connections, |addr| {
+                    let target = load::Target::new(b, addr, encrypted);
+                    load::open_many(&target, s.connections, 256)
+                })?);
             }
             scale.insert(format!("{b}/{mode}"), runs);
             // Peers that send 1 KB of a 4 MiB frame or record and go quiet.
             let mut runs = Vec::new();
             for _ in 0..s.scale_runs {
-                let server = ServerProcess::start(&["--backend", b])?;
-                std::thread::sleep(Duration::from_millis(100));
-                let before = server.rss_kib();
-                let addr = server.addr(if encrypted { "encrypted" } else { "plain" });
-                let peers = (0..s.partial_connections)
-                    .map(|_| partial::open(addr, encrypted))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| format!("partial-frame peer could not connect to {addr}: {e}"))?;
-                std::thread::sleep(Duration::from_millis(300));
-                let after = server.rss_kib();
-                let per_conn = after.saturating_sub(before) as f64 / peers.len() as f64;
+                let n = s.partial_connections;
+                let (_, per_conn) = server_rss_per_conn(b, encrypted, n, |addr| {
+                    let peers = (0..n)
+                        .map(|_| partial::open(addr, encrypted))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| format!("partial-frame peer, to {addr}: {e}"))?;
+                    Ok((peers, f64::NAN))
+                })?;
                 runs.push((f64::NAN, per_conn));
-                drop(peers);
-                drop(server);
             }
             scale.insert(format!("{b}/partial-{mode}"), runs);
         }
