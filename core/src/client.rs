@@ -1,7 +1,7 @@
 //! The client: one connection to a server, with its own handlers for calls the server
 //! pushes back over the same connection.
 
-use std::net::ToSocketAddrs;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use crate::link;
 use crate::secure::{unhex, Keypair, Negotiation};
 use crate::server::resolve;
 use crate::stable;
-use crate::transport::Transport;
+use crate::transport::{BoundTransport, Transport};
 
 /// How long [`ClientBuilder::connect`] waits for TCP and the handshake by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,6 +29,7 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     keypair: Option<Keypair>,
     pin: Option<[u8; 32]>,
+    local: Option<SocketAddr>,
     /// Carry connections in WebSocket: the request's path and `Host`.
     #[cfg(feature = "ws")]
     websocket: Option<(String, Option<String>)>,
@@ -44,6 +45,7 @@ impl ClientBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             keypair: None,
             pin: None,
+            local: None,
             #[cfg(feature = "ws")]
             websocket: None,
         }
@@ -88,6 +90,24 @@ impl ClientBuilder {
         self
     }
 
+    /// Connects from the local address `local` (bound before connecting; port 0 lets the
+    /// system pick the port), for example to spread many connections over the source
+    /// addresses 127.0.0.2, 127.0.0.3, … on loopback. Needs a transport that implements
+    /// [`Transport::connect_from`] (the built-in back ends do).
+    ///
+    /// ```no_run
+    /// # async fn demo(transport: std::sync::Arc<dyn zserver_core::Transport>) -> Result<(), zserver_core::Error> {
+    /// let client = zserver_core::Client::builder(transport)
+    ///     .bind(([127, 0, 0, 2], 0).into())
+    ///     .connect("127.0.0.1:7000")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn bind(mut self, local: SocketAddr) -> Self {
+        self.local = Some(local);
+        self
+    }
+
     /// The transport this builder connects with.
     pub fn transport(&self) -> &Arc<dyn Transport> {
         &self.transport
@@ -120,9 +140,13 @@ impl ClientBuilder {
 
     /// The transport connections go over: this builder's, or WebSocket over it.
     fn carrier(&self) -> Arc<dyn Transport> {
+        let base = match self.local {
+            Some(local) => Arc::new(BoundTransport::new(self.transport.clone(), local)),
+            None => self.transport.clone(),
+        };
         #[cfg(feature = "ws")]
         if let Some(ws) = self.websocket.as_ref().map(|(path, host)| {
-            let mut ws = crate::ws::WsTransport::new(self.transport.clone())
+            let mut ws = crate::ws::WsTransport::new(base.clone())
                 .path(path.clone())
                 .max_frame(self.config.max_frame);
             if let Some(host) = host {
@@ -132,7 +156,7 @@ impl ClientBuilder {
         }) {
             return ws;
         }
-        self.transport.clone()
+        base
     }
 
     /// Connects to `addr` and completes the handshake.

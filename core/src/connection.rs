@@ -7,7 +7,7 @@
 
 use std::any::Any;
 use std::future::{poll_fn, Future};
-use std::io::IoSlice;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
@@ -34,6 +34,7 @@ use crate::frame::{
 };
 use crate::handler::{Context as HandlerContext, InFlight, Request, Responder, Router, Shape};
 use crate::hooks::{self, CommandInfo, CommandKind, Completion};
+use crate::read_buf;
 use crate::request::{CallResult, Callback, RequestTable, Wake};
 use crate::runtime::{BoxFuture, Runtime};
 use crate::secure;
@@ -44,14 +45,8 @@ use crate::stats::{Counters, Stats};
 use crate::stream::{self, Dir, Incoming, Key, Outbound, StreamHead, Streams, WantStream};
 use crate::transport::{BoxRead, BoxWrite};
 
-/// Smallest read the reader asks the socket for.
-const READ_CHUNK: usize = 16 * 1024;
-
-/// Largest read: the window is zero-filled before each read, so it must not be the whole
-/// rest of a large frame (that would zero the same bytes again on every read).
-const READ_MAX: usize = 256 * 1024;
-
-/// Size of the stack buffer an idle connection waits for data with (no heap buffer).
+/// Size of the buffer (in the reader's own state, not on the heap) a connection waits
+/// for data with, idle or in the middle of a frame.
 const IDLE_READ: usize = 128;
 
 /// Sealed batches up to this size are copied into one buffer and written with one write.
@@ -795,6 +790,7 @@ impl Connection {
             Ok(())
         })
         .await;
+        (self.shared.counters.read_buffered).store(0, Ordering::Relaxed);
         if let Err(e) = &result {
             tracing::debug!(conn = self.id(), peer = %self.peer_addr(), error = %e, "connection failed");
             Counters::bump(&self.shared.counters.errors_in, 1);
@@ -816,6 +812,13 @@ impl Connection {
             timer: None,
             heard_at: self.shared.runtime.now(),
         };
+        // Whether the last read filled its buffer, so that more is probably waiting.
+        let mut more = false;
+        let mut held = 0;
+        if opener.is_some() {
+            let limit = secure::record::record_limit(self.shared.config.max_frame);
+            opener = opener.map(|o| o.capped(limit));
+        }
         loop {
             while let Some(frame) = decoder.decode(&mut plain)? {
                 Counters::bump(&counters.frames_in, 1);
@@ -828,13 +831,15 @@ impl Connection {
             if let Some(e) = failure.take() {
                 return Err(e);
             }
-            // An idle connection holds no read buffer: it waits for data with a small one
-            // on its stack and allocates only once something arrives.
-            let idle = plain.is_empty() && sealed.is_empty();
-            if idle {
-                plain = BytesMut::new();
-                sealed = BytesMut::new();
+            // Memory grows with the bytes that arrived: a read that may wait does so with
+            // the small buffer in the reader's state, after the heap buffers were cut down
+            // to their contents (an idle connection holds none); a larger window is read
+            // only while data keeps coming, and only as large as what is already held.
+            if !more {
+                read_buf::compact(&mut plain);
+                read_buf::compact(&mut sealed);
             }
+            held = self.account_read_buffers(held, plain.capacity() + sealed.capacity());
             let (buf, wanted) = match &opener {
                 Some(o) => {
                     let wanted = o.bytes_wanted(&sealed);
@@ -845,21 +850,24 @@ impl Connection {
                     (&mut plain, wanted)
                 }
             };
-            let n = if idle {
+            let n = if !more {
                 let n = self.read_watched(read, &mut first, &mut watch).await?;
                 buf.extend_from_slice(&first[..n]);
+                more = n == first.len();
                 n
             } else {
                 let start = buf.len();
-                // Room for the whole frame or record at once (it is bounded by the limits
-                // checked on its header), so that assembling it never regrows and recopies
-                // the buffer; only the zero-filled read window is capped.
-                buf.reserve(wanted.max(READ_CHUNK));
-                buf.resize(start + wanted.clamp(READ_CHUNK, READ_MAX), 0);
-                let n = self
-                    .read_watched(read, &mut buf[start..], &mut watch)
-                    .await?;
+                let window = read_buf::read_window(wanted, start);
+                buf.reserve(window);
+                buf.resize(start + window, 0);
+                let ready = self.try_read(read, &mut buf[start..], &mut watch).await;
+                let waiting = ready.is_none();
+                let n = ready.transpose()?.unwrap_or(0);
                 buf.truncate(start + n);
+                more = n == window;
+                if waiting {
+                    continue; // nothing waiting after all: wait with the small buffer
+                }
                 n
             };
             if n == 0 {
@@ -921,6 +929,37 @@ impl Connection {
         frame.payload = Bytes::from(out);
         frame.flags &= !FLAG_COMPRESSED;
         Ok(frame)
+    }
+
+    /// Reads once if bytes are ready, without waiting (`None` if none are), noting that
+    /// the peer was heard.
+    async fn try_read(
+        &self,
+        read: &mut BoxRead,
+        buf: &mut [u8],
+        watch: &mut Watch,
+    ) -> Option<io::Result<usize>> {
+        let polled = poll_fn(|cx| Poll::Ready(Pin::new(&mut **read).poll_read(cx, buf))).await;
+        match polled {
+            Poll::Ready(result) => {
+                if self.shared.config.heartbeat.is_some() {
+                    watch.heard_at = self.shared.runtime.now();
+                }
+                Some(result)
+            }
+            Poll::Pending => None,
+        }
+    }
+
+    /// Records the read buffers' capacity now (`Stats::read_buffered`); returns it.
+    fn account_read_buffers(&self, before: usize, now: usize) -> usize {
+        if now != before {
+            self.shared
+                .counters
+                .read_buffered
+                .store(now as u64, Ordering::Relaxed);
+        }
+        now
     }
 
     /// Reads once. With a heartbeat configured, a silence of one heartbeat sends a `Ping`

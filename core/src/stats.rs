@@ -50,6 +50,10 @@ pub struct Stats {
     pub compressed_in: u64,
     /// The same payloads once decoded.
     pub uncompressed_in: u64,
+    /// Bytes of read-buffer capacity the connection holds now: a gauge, 0 once closed (in
+    /// `ServerStats::totals`, the sum over open connections). A frame in progress holds
+    /// about twice what arrived of it, an idle connection none.
+    pub read_buffered: u64,
 }
 
 impl AddAssign for Stats {
@@ -74,6 +78,7 @@ impl AddAssign for Stats {
         self.compressed_out += o.compressed_out;
         self.compressed_in += o.compressed_in;
         self.uncompressed_in += o.uncompressed_in;
+        self.read_buffered += o.read_buffered;
     }
 }
 
@@ -116,6 +121,7 @@ pub(crate) struct Counters {
     pub compressed_out: AtomicU64,
     pub compressed_in: AtomicU64,
     pub uncompressed_in: AtomicU64,
+    pub read_buffered: AtomicU64,
 }
 
 impl Counters {
@@ -145,6 +151,7 @@ impl Counters {
             compressed_out: self.compressed_out.load(Relaxed),
             compressed_in: self.compressed_in.load(Relaxed),
             uncompressed_in: self.uncompressed_in.load(Relaxed),
+            read_buffered: self.read_buffered.load(Relaxed),
         }
     }
 
@@ -170,5 +177,6 @@ impl Counters {
         Self::bump(&self.compressed_out, s.compressed_out);
         Self::bump(&self.compressed_in, s.compressed_in);
         Self::bump(&self.uncompressed_in, s.uncompressed_in);
+        // `read_buffered` is a gauge: a closed connection holds nothing.
     }
 }

@@ -8,6 +8,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use socket2::{Domain, Protocol, Socket, Type};
+
 use async_trait::async_trait;
 use futures_io::{AsyncRead, AsyncWrite};
 
@@ -77,6 +79,97 @@ pub trait Transport: Send + Sync + 'static {
     async fn listen(&self, addr: SocketAddr) -> io::Result<Box<dyn Listener>>;
     /// Opens a TCP connection with Nagle's algorithm off (the engine coalesces writes itself).
     async fn connect(&self, addr: SocketAddr) -> io::Result<Box<dyn ClientIo>>;
+    /// Like [`connect`](Self::connect), from the local address `local` (bound before
+    /// connecting; port 0 lets the system pick the port), such as 127.0.0.2 to act as
+    /// another host on loopback. The default refuses with [`io::ErrorKind::Unsupported`].
+    async fn connect_from(
+        &self,
+        addr: SocketAddr,
+        local: SocketAddr,
+    ) -> io::Result<Box<dyn ClientIo>> {
+        let _ = (addr, local);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "the {} transport cannot choose a local address",
+                self.name()
+            ),
+        ))
+    }
+}
+
+/// Backlog asked for by [`bind_tcp_listener`]: connections the system queues before the
+/// server accepts them. The kernel caps it (on Linux at `net.core.somaxconn`, 4096 by
+/// default since 5.4).
+pub const LISTEN_BACKLOG: i32 = 65_535;
+
+/// Binds a non-blocking TCP listener on `addr` with a backlog of [`LISTEN_BACKLOG`], for a
+/// back end to adopt. A reconnect storm (every client at once after a restart) then waits
+/// in the queue instead of having its SYNs dropped, which costs each dropped client a
+/// retransmit about a second later. `SO_REUSEADDR` is set as the standard library does.
+pub fn bind_tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Starts a non-blocking TCP connect to `addr` from the local address `local`, for a back
+/// end to adopt: the connection is established once the socket turns writable and
+/// `take_error` reports nothing (back ends without a bind-before-connect of their own).
+pub fn start_tcp_connect(addr: SocketAddr, local: SocketAddr) -> io::Result<std::net::TcpStream> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.bind(&local.into())?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        #[cfg(unix)]
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    Ok(socket.into())
+}
+
+/// A transport whose connections leave from one local address
+/// ([`ClientBuilder::bind`](crate::ClientBuilder::bind)): `connect` is the inner
+/// transport's [`connect_from`](Transport::connect_from).
+pub(crate) struct BoundTransport {
+    inner: Arc<dyn Transport>,
+    local: SocketAddr,
+}
+
+impl BoundTransport {
+    /// Connections over `inner`, from `local`.
+    pub(crate) fn new(inner: Arc<dyn Transport>, local: SocketAddr) -> Self {
+        Self { inner, local }
+    }
+}
+
+#[async_trait]
+impl Transport for BoundTransport {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn runtime(&self) -> Arc<dyn Runtime> {
+        self.inner.runtime()
+    }
+    async fn listen(&self, addr: SocketAddr) -> io::Result<Box<dyn Listener>> {
+        self.inner.listen(addr).await
+    }
+    async fn connect(&self, addr: SocketAddr) -> io::Result<Box<dyn ClientIo>> {
+        self.inner.connect_from(addr, self.local).await
+    }
+    async fn connect_from(
+        &self,
+        addr: SocketAddr,
+        local: SocketAddr,
+    ) -> io::Result<Box<dyn ClientIo>> {
+        self.inner.connect_from(addr, local).await
+    }
 }
 
 /// Adapts a stream whose clones share one socket (async-std's and smol's `TcpStream`)

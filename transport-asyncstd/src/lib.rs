@@ -11,7 +11,9 @@ use std::time::Duration;
 use async_std::net::{TcpListener, TcpStream};
 use async_trait::async_trait;
 use zserver_core::runtime::{BoxFuture, Runtime};
-use zserver_core::transport::{ClientIo, CloneSplit, Listener, ServerIo, Transport};
+use zserver_core::transport::{
+    bind_tcp_listener, start_tcp_connect, ClientIo, CloneSplit, Listener, ServerIo, Transport,
+};
 
 /// A transport on async-std's global executor.
 #[derive(Clone, Copy, Debug, Default)]
@@ -63,9 +65,23 @@ impl Transport for AsyncStdTransport {
         Arc::new(*self)
     }
     async fn listen(&self, addr: SocketAddr) -> io::Result<Box<dyn Listener>> {
-        Ok(Box::new(AsyncStdListener(TcpListener::bind(addr).await?)))
+        let listener = TcpListener::from(bind_tcp_listener(addr)?);
+        Ok(Box::new(AsyncStdListener(listener)))
     }
     async fn connect(&self, addr: SocketAddr) -> io::Result<Box<dyn ClientIo>> {
         Ok(Box::new(conn(TcpStream::connect(addr).await?)?))
+    }
+    async fn connect_from(
+        &self,
+        addr: SocketAddr,
+        local: SocketAddr,
+    ) -> io::Result<Box<dyn ClientIo>> {
+        // async-std runs on async-io's reactor: wait there for the connect to finish.
+        let stream = async_io::Async::new(start_tcp_connect(addr, local)?)?;
+        stream.writable().await?;
+        if let Some(e) = stream.get_ref().take_error()? {
+            return Err(e);
+        }
+        Ok(Box::new(conn(TcpStream::from(stream.into_inner()?))?))
     }
 }

@@ -11,7 +11,9 @@ use async_executor::Executor;
 use async_net::{TcpListener, TcpStream};
 use async_trait::async_trait;
 use zserver_core::runtime::{BoxFuture, Runtime};
-use zserver_core::transport::{ClientIo, CloneSplit, Listener, ServerIo, Transport};
+use zserver_core::transport::{
+    bind_tcp_listener, start_tcp_connect, ClientIo, CloneSplit, Listener, ServerIo, Transport,
+};
 
 /// A transport on a shared smol executor, started on first use.
 #[derive(Clone, Copy, Debug, Default)]
@@ -88,9 +90,22 @@ impl Transport for SmolTransport {
         Arc::new(*self)
     }
     async fn listen(&self, addr: SocketAddr) -> io::Result<Box<dyn Listener>> {
-        Ok(Box::new(SmolListener(TcpListener::bind(addr).await?)))
+        let listener = TcpListener::try_from(bind_tcp_listener(addr)?)?;
+        Ok(Box::new(SmolListener(listener)))
     }
     async fn connect(&self, addr: SocketAddr) -> io::Result<Box<dyn ClientIo>> {
         Ok(Box::new(conn(TcpStream::connect(addr).await?)?))
+    }
+    async fn connect_from(
+        &self,
+        addr: SocketAddr,
+        local: SocketAddr,
+    ) -> io::Result<Box<dyn ClientIo>> {
+        let stream = async_io::Async::new(start_tcp_connect(addr, local)?)?;
+        stream.writable().await?;
+        if let Some(e) = stream.get_ref().take_error()? {
+            return Err(e);
+        }
+        Ok(Box::new(conn(TcpStream::from(stream))?))
     }
 }

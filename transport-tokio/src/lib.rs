@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::io::AsyncWrite;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Handle;
 use tokio_util::compat::TokioAsyncReadCompatExt;
 use zserver_core::runtime::{BoxFuture, Runtime};
-use zserver_core::transport::{BoxRead, BoxWrite, ClientIo, Listener, ServerIo, Transport};
+use zserver_core::transport::{
+    bind_tcp_listener, BoxRead, BoxWrite, ClientIo, Listener, ServerIo, Transport,
+};
 
 /// A transport whose connections and tasks run on one tokio runtime.
 #[derive(Clone, Debug)]
@@ -160,16 +162,40 @@ impl Transport for TokioTransport {
         Arc::new(self.clone())
     }
     async fn listen(&self, addr: SocketAddr) -> io::Result<Box<dyn Listener>> {
-        let listener = on_runtime(&self.handle, TcpListener::bind(addr)).await?;
+        let std_listener = bind_tcp_listener(addr)?;
+        let listener = on_runtime(
+            &self.handle,
+            async move { TcpListener::from_std(std_listener) },
+        )
+        .await?;
         Ok(Box::new(TokioListener(listener)))
     }
     async fn connect(&self, addr: SocketAddr) -> io::Result<Box<dyn ClientIo>> {
-        let stream = on_runtime(&self.handle, TcpStream::connect(addr)).await?;
-        stream.set_nodelay(true)?;
-        Ok(Box::new(Connected {
-            peer: stream.peer_addr()?,
-            local: stream.local_addr()?,
-            stream,
-        }))
+        connected(on_runtime(&self.handle, TcpStream::connect(addr)).await?)
     }
+    async fn connect_from(
+        &self,
+        addr: SocketAddr,
+        local: SocketAddr,
+    ) -> io::Result<Box<dyn ClientIo>> {
+        let connect = async move {
+            let socket = match local {
+                SocketAddr::V4(_) => TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => TcpSocket::new_v6()?,
+            };
+            socket.bind(local)?;
+            socket.connect(addr).await
+        };
+        connected(on_runtime(&self.handle, connect).await?)
+    }
+}
+
+/// A connected stream as the core's [`ClientIo`], with Nagle's algorithm off.
+fn connected(stream: TcpStream) -> io::Result<Box<dyn ClientIo>> {
+    stream.set_nodelay(true)?;
+    Ok(Box::new(Connected {
+        peer: stream.peer_addr()?,
+        local: stream.local_addr()?,
+        stream,
+    }))
 }

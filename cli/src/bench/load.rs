@@ -1,6 +1,6 @@
 //! The client side of the zserver rows, on any back end's runtime.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -9,7 +9,23 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use zserver::{Client, ClientBuilder, Config, Outgoing, Runtime, Transport};
 
 use super::baseline::gib_per_s;
-use super::{measure, run_on, Sample, Tally, PAYLOAD, RAMP, STOP, WINDOW};
+use super::{measure, run_on, BoxError, Sample, Tally, PAYLOAD, RAMP, STOP, WINDOW};
+
+/// Source addresses the scale rows spread their connections over (127.0.0.2, 127.0.0.3, …):
+/// each stays far below the server's default limit of 10,000 connections per address.
+const SOURCES: usize = 16;
+
+/// The local address connection `i` leaves from: one of [`SOURCES`] IPv4 loopback
+/// addresses when the server is on IPv4 loopback, else any.
+fn source(i: usize, server: SocketAddr) -> Option<SocketAddr> {
+    match server.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => {
+            let ip = Ipv4Addr::new(127, 0, 0, 2 + (i % SOURCES) as u8);
+            Some(SocketAddr::new(ip.into(), 0))
+        }
+        _ => None,
+    }
+}
 
 /// One back end's client side: its transport and a server to talk to.
 pub struct Target {
@@ -47,7 +63,7 @@ impl Target {
         run_on(&self.runtime, async move {
             ClientBuilder::new(t).config(c).connect(addr).await
         })
-        .expect("connect to the bench server")
+        .unwrap_or_else(|e| panic!("cannot connect to the bench server at {addr}: {e}"))
     }
 }
 
@@ -140,22 +156,36 @@ pub fn bulk(t: &Target, bytes: u64) -> Sample {
     .expect("bulk run")
 }
 
-/// Opens `n` connections, at most 256 handshakes at a time; returns them and the seconds
-/// it took.
-pub fn open_many(t: &Target, n: usize) -> (Vec<Client>, f64) {
+/// Opens `n` connections, at most `at_once` handshakes at a time, spread over the source
+/// addresses of [`source`]; returns them and the seconds it took, or which connection
+/// failed and why.
+pub fn open_many(t: &Target, n: usize, at_once: usize) -> Result<(Vec<Client>, f64), BoxError> {
     let (transport, config, addr) = (t.transport.clone(), t.config.clone(), t.addr);
     run_on(&t.runtime, async move {
         let start = Instant::now();
-        let connect = |_| {
-            let builder = ClientBuilder::new(transport.clone()).config(config.clone());
-            builder.connect(addr)
+        let connect = |i| {
+            let mut builder = ClientBuilder::new(transport.clone()).config(config.clone());
+            if let Some(local) = source(i, addr) {
+                builder = builder.bind(local);
+            }
+            async move { (i, builder.connect(addr).await) }
         };
-        let clients: Vec<Client> = futures::stream::iter(0..n)
+        let results: Vec<(usize, Result<Client, zserver::Error>)> = futures::stream::iter(0..n)
             .map(connect)
-            .buffer_unordered(256)
-            .map(|c| c.expect("connect"))
+            .buffer_unordered(at_once)
             .collect()
             .await;
-        (clients, start.elapsed().as_secs_f64())
+        let mut clients = Vec::with_capacity(n);
+        for (i, result) in results {
+            let local = source(i, addr).map_or("any".into(), |a| a.ip().to_string());
+            clients.push(result.map_err(|e| {
+                format!(
+                    "connection {} of {n} (from {local}) to {addr} failed: {e} \
+                     (the server's connection limits, or the file-descriptor limit?)",
+                    i + 1
+                )
+            })?);
+        }
+        Ok((clients, start.elapsed().as_secs_f64()))
     })
 }

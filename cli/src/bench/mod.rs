@@ -1,8 +1,9 @@
 //! `zserver bench`: every back end side by side, against a raw tokio echo and tarpc, in one
 //! run on one machine.
 //!
-//! Servers run in child processes (this binary's hidden `bench-server` command): one per
-//! back end (zserver plain and encrypted) and one for the baselines. Clients run in this
+//! Servers run in child processes (this binary's hidden `bench-server` command, or that of
+//! the binary named by the environment variable `ZSERVER_BENCH_SERVER`, to compare builds):
+//! one per back end (zserver plain and encrypted) and one for the baselines. Clients run in this
 //! process, each zserver client on its own back end's runtime, the baselines on a 2-worker
 //! tokio runtime. Timed rows run round-robin, `runs` passes over all of them, so that the
 //! machine's noise hits every row alike; each figure is the median over the passes, and each
@@ -23,6 +24,7 @@ use crate::options::CompressionArg;
 
 pub mod baseline;
 pub mod load;
+mod partial;
 mod report;
 pub mod server;
 
@@ -84,6 +86,10 @@ pub struct Settings {
     pub loopback_bytes: u64,
     pub connections: usize,
     pub scale_runs: usize,
+    /// Connections in the partial-frame rows.
+    pub partial_connections: usize,
+    /// Connections opened all at once in the connect-storm rows.
+    pub storms: Vec<usize>,
 }
 
 impl Settings {
@@ -103,6 +109,8 @@ impl Settings {
             loopback_bytes: if a.quick { 512 << 20 } else { 4 << 30 },
             connections: a.connections.unwrap_or(if a.quick { 500 } else { 10_000 }),
             scale_runs: 3,
+            partial_connections: if a.quick { 300 } else { 1000 },
+            storms: vec![500, 2000],
         };
         if s.runs == 0 || s.secs <= 0.0 || s.connections == 0 {
             return Err("--runs, --secs and --connections must be positive".into());
@@ -225,7 +233,12 @@ struct ServerProcess {
 
 impl ServerProcess {
     fn start(args: &[&str]) -> Result<Self, BoxError> {
-        let mut child = Command::new(std::env::current_exe()?)
+        // Another build's server (say, the one before a change) for side-by-side figures.
+        let exe = match std::env::var_os("ZSERVER_BENCH_SERVER") {
+            Some(path) => PathBuf::from(path),
+            None => std::env::current_exe()?,
+        };
+        let mut child = Command::new(exe)
             .arg("bench-server")
             .args(args)
             .stdin(Stdio::piped())
@@ -267,6 +280,25 @@ impl Drop for ServerProcess {
 }
 
 // ----- the run ---------------------------------------------------------------------------
+
+/// Starts a fresh `b` server, opens `n` connections to its plain or encrypted address with
+/// `open` (which returns them and the seconds it took), and returns those seconds and the
+/// server's resident memory per connection in KiB, measured while they are open.
+fn server_rss_per_conn<T>(
+    b: &str,
+    encrypted: bool,
+    n: usize,
+    open: impl FnOnce(SocketAddr) -> Result<(T, f64), BoxError>,
+) -> Result<(f64, f64), BoxError> {
+    let server = ServerProcess::start(&["--backend", b])?;
+    std::thread::sleep(Duration::from_millis(100));
+    let before = server.rss_kib();
+    let (conns, secs) = open(server.addr(if encrypted { "encrypted" } else { "plain" }))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let after = server.rss_kib();
+    drop(conns);
+    Ok((secs, after.saturating_sub(before) as f64 / n as f64))
+}
 
 /// A timed row: run once per pass.
 struct Job {
@@ -428,20 +460,40 @@ pub fn run(args: BenchArgs) -> Result<(), BoxError> {
         for (mode, encrypted) in [("plain", false), ("enc", true)] {
             let mut runs = Vec::new();
             for _ in 0..s.scale_runs {
+                runs.push(server_rss_per_conn(b, encrypted, s.connections, |addr| {
+                    let target = load::Target::new(b, addr, encrypted);
+                    load::open_many(&target, s.connections, 256)
+                })?);
+            }
+            scale.insert(format!("{b}/{mode}"), runs);
+            // Peers that send 1 KB of a 4 MiB frame or record and go quiet.
+            let mut runs = Vec::new();
+            for _ in 0..s.scale_runs {
+                let n = s.partial_connections;
+                let (_, per_conn) = server_rss_per_conn(b, encrypted, n, |addr| {
+                    let peers = (0..n)
+                        .map(|_| partial::open(addr, encrypted))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| format!("partial-frame peer, to {addr}: {e}"))?;
+                    Ok((peers, f64::NAN))
+                })?;
+                runs.push((f64::NAN, per_conn));
+            }
+            scale.insert(format!("{b}/partial-{mode}"), runs);
+        }
+        // A connect storm: every connection at once (plain, so that handshake CPU does not
+        // hide the listen queue), each on a fresh server.
+        for &n in &s.storms {
+            let mut runs = Vec::new();
+            for _ in 0..s.scale_runs {
                 let server = ServerProcess::start(&["--backend", b])?;
-                std::thread::sleep(Duration::from_millis(100));
-                let before = server.rss_kib();
-                let addr = server.addr(if encrypted { "encrypted" } else { "plain" });
-                let target = load::Target::new(b, addr, encrypted);
-                let (clients, secs) = load::open_many(&target, s.connections);
-                std::thread::sleep(Duration::from_millis(300));
-                let after = server.rss_kib();
-                let per_conn = after.saturating_sub(before) as f64 / s.connections as f64;
-                runs.push((secs, per_conn));
+                let target = load::Target::new(b, server.addr("plain"), false);
+                let (clients, secs) = load::open_many(&target, n, n)?;
+                runs.push((secs, f64::NAN));
                 drop(clients);
                 drop(server);
             }
-            scale.insert(format!("{b}/{mode}"), runs);
+            scale.insert(format!("{b}/storm{n}"), runs);
         }
         eprintln!(
             "  scale {b} done ({:.0} s)",

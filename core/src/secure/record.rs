@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! record = length:u32-le  kind:u8  ciphertext  tag:16
-//! length = bytes of ciphertext + tag (16 ..= 4 MiB + 64 KiB + 16)
+//! length = bytes of ciphertext + tag (16 ..= record_limit(max_frame) + 16)
 //! kind   = 0 data | 1 data, after which the sender switches to its next key
 //! AD     = the 5 header bytes; nonce = 4 zero bytes + per-key record counter (u64 le)
 //! ```
@@ -29,6 +29,17 @@ pub const MAX_RECORD_PLAINTEXT: usize = 4 * 1024 * 1024 + 64 * 1024;
 
 /// Size a sender aims for when it groups frames into records.
 pub const RECORD_TARGET: usize = 1024 * 1024;
+
+/// Slack above a frame or the grouping target that a record may hold.
+const RECORD_SLACK: usize = 64 * 1024;
+
+/// Largest record plaintext a receiver whose `max_frame` is given accepts:
+/// `min(4 MiB + 64 KiB, max(max_frame, 1 MiB) + 64 KiB)`. That is room for one whole frame
+/// it accepts, or for a group of smaller frames up to the 1 MiB a sender aims for, and
+/// exactly the protocol's fixed maximum with the default `max_frame` of 4 MiB.
+pub fn record_limit(max_frame: usize) -> usize {
+    (max_frame.max(RECORD_TARGET) + RECORD_SLACK).min(MAX_RECORD_PLAINTEXT)
+}
 
 /// The parts of one record sealed in place: its header and tag go around the ciphertext
 /// that replaced the plaintext in the caller's buffer.
@@ -172,12 +183,25 @@ impl Sealer {
 pub struct Opener {
     cipher: CipherState,
     rekeys: u64,
+    max_plaintext: usize,
 }
 
 impl Opener {
-    /// An opener with the peer's sending key.
+    /// An opener with the peer's sending key, accepting records of up to
+    /// [`MAX_RECORD_PLAINTEXT`] bytes of plaintext.
     pub fn new(cipher: CipherState) -> Self {
-        Self { cipher, rekeys: 0 }
+        Self {
+            cipher,
+            rekeys: 0,
+            max_plaintext: MAX_RECORD_PLAINTEXT,
+        }
+    }
+
+    /// Refuses, from their header, records of more than `max_plaintext` bytes of plaintext
+    /// (at most [`MAX_RECORD_PLAINTEXT`]; see [`record_limit`]).
+    pub fn capped(mut self, max_plaintext: usize) -> Self {
+        self.max_plaintext = max_plaintext.min(MAX_RECORD_PLAINTEXT);
+        self
     }
 
     /// Bytes still needed in `sealed` to complete the record at its front.
@@ -186,7 +210,7 @@ impl Opener {
             return RECORD_HEADER - sealed.len();
         }
         let len = u32::from_le_bytes([sealed[0], sealed[1], sealed[2], sealed[3]]) as usize;
-        let len = len.min(MAX_RECORD_PLAINTEXT + TAG_LEN);
+        let len = len.min(self.max_plaintext + TAG_LEN);
         (RECORD_HEADER + len).saturating_sub(sealed.len())
     }
 
@@ -195,7 +219,7 @@ impl Opener {
     pub fn open(&mut self, sealed: &mut BytesMut, plain: &mut BytesMut) -> Result<(), RecordError> {
         while sealed.len() >= RECORD_HEADER {
             let len = u32::from_le_bytes([sealed[0], sealed[1], sealed[2], sealed[3]]) as usize;
-            if !(TAG_LEN..=MAX_RECORD_PLAINTEXT + TAG_LEN).contains(&len) {
+            if !(TAG_LEN..=self.max_plaintext + TAG_LEN).contains(&len) {
                 return Err(RecordError::Length(len));
             }
             let kind = sealed[4];
@@ -337,6 +361,37 @@ mod tests {
         assert_eq!(o.open(&mut tiny, &mut plain), Err(RecordError::Length(1)));
         let mut kind = BytesMut::from(&[16, 0, 0, 0, 9][..]);
         assert_eq!(o.open(&mut kind, &mut plain), Err(RecordError::Kind(9)));
+    }
+
+    #[test]
+    fn the_cap_follows_max_frame_and_refuses_from_the_header() {
+        assert_eq!(record_limit(4 * 1024 * 1024), MAX_RECORD_PLAINTEXT);
+        assert_eq!(record_limit(64 * 1024), RECORD_TARGET + RECORD_SLACK);
+        assert_eq!(
+            record_limit(2 * 1024 * 1024),
+            2 * 1024 * 1024 + RECORD_SLACK
+        );
+        assert_eq!(record_limit(64 * 1024 * 1024), MAX_RECORD_PLAINTEXT);
+        let (mut s, o, now) = pair(RekeyPolicy::default());
+        let mut o = o.capped(record_limit(64 * 1024));
+        let cap = record_limit(64 * 1024);
+        // A record at the cap opens; one byte over is refused from its 5 header bytes alone.
+        let mut body = vec![7u8; cap];
+        let mut parts = Vec::new();
+        s.seal_in_place(&mut body, &[cap], &mut parts, now);
+        let mut wire = BytesMut::from(&parts[0].header[..]);
+        wire.extend_from_slice(&body);
+        wire.extend_from_slice(&parts[0].tag);
+        let mut plain = BytesMut::new();
+        o.open(&mut wire, &mut plain).unwrap();
+        assert_eq!(plain.len(), cap);
+        let over = ((cap + 1 + TAG_LEN) as u32).to_le_bytes();
+        let mut header = BytesMut::from(&[over[0], over[1], over[2], over[3], 0][..]);
+        assert_eq!(
+            o.open(&mut header, &mut plain),
+            Err(RecordError::Length(cap + 1 + TAG_LEN))
+        );
+        assert_eq!(o.bytes_wanted(&header), RECORD_HEADER + cap + TAG_LEN - 5);
     }
 
     proptest! {
