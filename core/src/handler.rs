@@ -398,6 +398,32 @@ where
     }
 }
 
+/// A synchronous handler: called on the connection's task as its request is read.
+struct SyncFn<F, B>(Arc<F>, PhantomData<fn() -> B>);
+
+impl<F, B> Handler for SyncFn<F, B>
+where
+    F: Fn(&Context, Bytes) -> Result<B, Error> + Send + Sync + 'static,
+    B: AsRef<[u8]> + 'static,
+{
+    fn invoke(
+        &self,
+        ctx: Context,
+        request: Request,
+        responder: Responder,
+    ) -> Option<BoxFuture<'static, ()>> {
+        if ctx.conn.is_sequential() {
+            // Its turn comes after the handlers queued before it.
+            let f = self.0.clone();
+            return Some(Box::pin(async move {
+                responder.respond(f(&ctx, request.payload))
+            }));
+        }
+        responder.respond((self.0)(&ctx, request.payload));
+        None
+    }
+}
+
 struct DelayedFn<F>(F);
 
 impl<F> Handler for DelayedFn<F>
@@ -620,6 +646,28 @@ impl Router {
     {
         self.hooks.complete.push(Arc::new(hook));
         self
+    }
+
+    /// Registers a synchronous stream command: a plain (not async) function, bytes in,
+    /// bytes out, called on the connection's own task as soon as its request is read, with
+    /// no task spawned and no future boxed; its reply leaves in the same write as the other
+    /// replies to that read. The cheapest kind of handler, for short work that never waits:
+    /// the connection reads nothing else while it runs (use [`blocking`](Self::blocking) for
+    /// heavy work, [`stream`](Self::stream) for anything that awaits). On a
+    /// [`Config::sequential`](crate::Config::sequential) connection it takes its turn in the
+    /// queue like any handler. A panic is caught and counted like any handler's.
+    ///
+    /// ```
+    /// use zserver_core::Router;
+    /// let router = Router::new().sync("len", |_ctx, bytes| Ok((bytes.len() as u64).to_le_bytes()));
+    /// assert!(router.contains("len"));
+    /// ```
+    pub fn sync<F, B>(self, name: &str, f: F) -> Self
+    where
+        F: Fn(&Context, Bytes) -> Result<B, Error> + Send + Sync + 'static,
+        B: AsRef<[u8]> + 'static,
+    {
+        self.add(name, Arc::new(SyncFn(Arc::new(f), PhantomData)))
     }
 
     /// Registers a handler that answers through its [`Responder`], now or later from any
