@@ -1695,7 +1695,9 @@ async fn sync_handlers_answer_calls_and_sends(addr: &str) {
         .sync("len", |_ctx, bytes| Ok((bytes.len() as u64).to_le_bytes()))
         .sync("conn", |ctx, _bytes| Ok(ctx.connection_id().to_le_bytes()))
         .sync("refuse", |_ctx, _bytes| Err::<Vec<u8>, _>(Error::msg("no")))
-        .sync("boom", |_ctx, _bytes| -> Result<Vec<u8>, Error> { panic!("boom") })
+        .sync("boom", |_ctx, _bytes| -> Result<Vec<u8>, Error> {
+            panic!("boom")
+        })
         .sync("sink", move |_ctx, _bytes| {
             s.fetch_add(1, Ordering::SeqCst);
             Ok(Vec::new())
@@ -1708,7 +1710,10 @@ async fn sync_handlers_answer_calls_and_sends(addr: &str) {
         assert_eq!(reply.unwrap()[..], (n as u64).to_le_bytes());
     }
     let id: u64 = client.call("whoami", &()).await.unwrap();
-    assert_eq!(client.call_bytes("conn", b"").await.unwrap()[..], id.to_le_bytes());
+    assert_eq!(
+        client.call_bytes("conn", b"").await.unwrap()[..],
+        id.to_le_bytes()
+    );
     assert_eq!(
         client.call_bytes("refuse", b"").await,
         Err(Error::Remote("no".into()))
@@ -1718,7 +1723,10 @@ async fn sync_handlers_answer_calls_and_sends(addr: &str) {
         client.send_bytes("sink", b"x").await.unwrap();
     }
     // Ordered after the sends: by the time it is answered, all of them have run.
-    assert_eq!(client.call_bytes("len", b"ab").await.unwrap()[..], 2u64.to_le_bytes());
+    assert_eq!(
+        client.call_bytes("len", b"ab").await.unwrap()[..],
+        2u64.to_le_bytes()
+    );
     assert_eq!(sent.load(Ordering::SeqCst), 50);
     let stats = server.connection(id).unwrap().stats();
     assert_eq!(stats.handler_panics, 1);

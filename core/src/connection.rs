@@ -7,10 +7,10 @@
 
 use std::any::Any;
 use std::future::{poll_fn, Future};
-use std::pin::pin;
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::pin;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,7 +32,9 @@ use crate::frame::{
     self, EncodeError, Frame, FrameDecoder, Header, Kind, FLAG_COMPRESSED, FLAG_DOWNLOAD,
     FLAG_UPLOAD, PREAMBLE_CODECS, PREAMBLE_LEN,
 };
-use crate::handler::{Context as HandlerContext, InFlight, Request, Responder, Router, Shape};
+use crate::handler::{
+    Context as HandlerContext, InFlight, Request, Responder, Router, Shape, SyncHandler,
+};
 use crate::hooks::{self, CommandInfo, CommandKind, Completion};
 use crate::request::{CallResult, Callback, RequestTable, Wake};
 use crate::runtime::{BoxFuture, Runtime};
@@ -470,7 +472,9 @@ impl Connection {
     ) -> CallResult {
         let deadline = self.shared.runtime.now() + timeout;
         self.wait_for_space().await;
-        let id = self.start_call(command, payload.as_ref(), Some(deadline)).await?;
+        let id = self
+            .start_call(command, payload.as_ref(), Some(deadline))
+            .await?;
         self.await_with_deadline(CallFuture::registered(self, id), deadline)
             .await
     }
@@ -717,9 +721,8 @@ impl Connection {
         deadline: Option<Instant>,
     ) -> Result<u64, Error> {
         self.check_send(command, CommandKind::Call, payload)?;
-        let started = poll_fn(|cx| {
-            Poll::Ready(lock(&self.shared.table).start_waiting(deadline, cx.waker()))
-        });
+        let started =
+            poll_fn(|cx| Poll::Ready(lock(&self.shared.table).start_waiting(deadline, cx.waker())));
         let id = started.await?;
         self.send_call_frame(id, command, payload)?;
         Ok(id)
@@ -1268,6 +1271,12 @@ impl Connection {
             }
             return None;
         };
+        if let Some(sync) = handler.as_sync() {
+            if self.shared.sequential.is_none() && hooks.complete.is_empty() && frame.flags == 0 {
+                self.run_sync(sync, frame, is_call);
+                return None;
+            }
+        }
         let shape = handler.shape();
         let request = match self.open_request_streams(&frame, shape) {
             Ok(request) => request,
@@ -1342,6 +1351,31 @@ impl Connection {
             Err(_) => self.handler_panicked(),
         }
         None
+    }
+
+    /// Runs a synchronous handler at once and queues its answer: no responder, no future.
+    /// It counts as in flight while it runs, like any handler.
+    fn run_sync(&self, handler: &dyn SyncHandler, frame: Frame, is_call: bool) {
+        let _in_flight = self.shared.in_flight.enter();
+        let ctx = HandlerContext::new(self.clone());
+        let id = frame.id;
+        let mut answered = false;
+        let ran = catch_unwind(AssertUnwindSafe(|| {
+            handler.call(&ctx, frame.payload, &mut |result| {
+                answered = true;
+                match result {
+                    Ok(reply) if is_call => self.reply(id, reply),
+                    Err(e) if is_call => self.reply_error(id, e),
+                    _ => {}
+                }
+            })
+        }));
+        if ran.is_err() {
+            self.handler_panicked();
+            if is_call && !answered {
+                self.reply_error(id, &Error::NoResponse);
+            }
+        }
     }
 
     /// Checks that a request has the shape its handler takes, and opens its stream: the
@@ -1530,10 +1564,13 @@ impl<'a> CallFuture<'a> {
     }
 
     /// For a call started by [`Connection::start_call`] in the same poll of the same task.
+    /// (Built field by field: a temporary `CallFuture` would cancel the call when dropped.)
     fn registered(conn: &'a Connection, id: u64) -> Self {
         Self {
+            conn,
+            id,
+            done: false,
             fresh: true,
-            ..Self::new(conn, id)
         }
     }
 }

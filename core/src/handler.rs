@@ -68,7 +68,7 @@ impl InFlight {
         }
     }
 
-    fn enter(self: &Arc<Self>) -> InFlightGuard {
+    pub(crate) fn enter(self: &Arc<Self>) -> InFlightGuard {
         let mut level = Some(self);
         while let Some(counter) = level {
             counter.count.fetch_add(1, Ordering::AcqRel);
@@ -309,6 +309,12 @@ pub(crate) trait Handler: Send + Sync {
         Shape::Call
     }
 
+    /// The handler as a synchronous one, if it is: the connection may then call it
+    /// directly, without a [`Responder`].
+    fn as_sync(&self) -> Option<&dyn SyncHandler> {
+        None
+    }
+
     /// Handles a request; returns the work still to do, if any, as a future to drive.
     fn invoke(
         &self,
@@ -401,11 +407,35 @@ where
 /// A synchronous handler: called on the connection's task as its request is read.
 struct SyncFn<F, B>(Arc<F>, PhantomData<fn() -> B>);
 
+/// A handler that answers at once, called with no [`Responder`] and no future.
+pub(crate) trait SyncHandler: Send + Sync {
+    /// Runs the handler and hands its answer to `answer`.
+    fn call(&self, ctx: &Context, payload: Bytes, answer: &mut dyn FnMut(Result<&[u8], &Error>));
+}
+
+impl<F, B> SyncHandler for SyncFn<F, B>
+where
+    F: Fn(&Context, Bytes) -> Result<B, Error> + Send + Sync + 'static,
+    B: AsRef<[u8]> + 'static,
+{
+    fn call(&self, ctx: &Context, payload: Bytes, answer: &mut dyn FnMut(Result<&[u8], &Error>)) {
+        match (self.0)(ctx, payload) {
+            Ok(reply) => answer(Ok(reply.as_ref())),
+            Err(e) => answer(Err(&e)),
+        }
+    }
+}
+
 impl<F, B> Handler for SyncFn<F, B>
 where
     F: Fn(&Context, Bytes) -> Result<B, Error> + Send + Sync + 'static,
     B: AsRef<[u8]> + 'static,
 {
+    fn as_sync(&self) -> Option<&dyn SyncHandler> {
+        Some(self)
+    }
+
+    /// The general path: on a sequential connection, or with `on_complete` hooks.
     fn invoke(
         &self,
         ctx: Context,

@@ -333,7 +333,10 @@ mod tests {
         t.complete(id, Ok(Bytes::from_static(b"R"))).unwrap().fire();
         assert!(*flag.0.lock().unwrap());
         let mut cx = Context::from_waker(&w);
-        assert_eq!(t.poll(id, &mut cx), Poll::Ready(Ok(Bytes::from_static(b"R"))));
+        assert_eq!(
+            t.poll(id, &mut cx),
+            Poll::Ready(Ok(Bytes::from_static(b"R")))
+        );
     }
 
     #[test]
