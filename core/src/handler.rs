@@ -407,10 +407,13 @@ where
 /// A synchronous handler: called on the connection's task as its request is read.
 struct SyncFn<F, B>(Arc<F>, PhantomData<fn() -> B>);
 
+/// Where a synchronous handler's answer goes: the reply bytes or the error.
+pub(crate) type Answer<'a> = &'a mut dyn FnMut(Result<&[u8], &Error>);
+
 /// A handler that answers at once, called with no [`Responder`] and no future.
 pub(crate) trait SyncHandler: Send + Sync {
     /// Runs the handler and hands its answer to `answer`.
-    fn call(&self, ctx: &Context, payload: Bytes, answer: &mut dyn FnMut(Result<&[u8], &Error>));
+    fn call(&self, ctx: &Context, payload: Bytes, answer: Answer<'_>);
 }
 
 impl<F, B> SyncHandler for SyncFn<F, B>
@@ -418,7 +421,7 @@ where
     F: Fn(&Context, Bytes) -> Result<B, Error> + Send + Sync + 'static,
     B: AsRef<[u8]> + 'static,
 {
-    fn call(&self, ctx: &Context, payload: Bytes, answer: &mut dyn FnMut(Result<&[u8], &Error>)) {
+    fn call(&self, ctx: &Context, payload: Bytes, answer: Answer<'_>) {
         match (self.0)(ctx, payload) {
             Ok(reply) => answer(Ok(reply.as_ref())),
             Err(e) => answer(Err(&e)),
