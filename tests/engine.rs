@@ -1699,3 +1699,80 @@ async fn ping_measures_round_trip(addr: &str) {
     assert_eq!(client.calls_in_flight(), 0);
     shutdown(&server).await;
 }
+
+// ----- 18. synchronous handlers ----------------------------------------------------------------
+
+both!(sync_handlers_answer_calls_and_sends);
+async fn sync_handlers_answer_calls_and_sends(addr: &str) {
+    let sent = Arc::new(AtomicUsize::new(0));
+    let s = sent.clone();
+    let router = base_router()
+        .sync("len", |_ctx, bytes| Ok((bytes.len() as u64).to_le_bytes()))
+        .sync("conn", |ctx, _bytes| Ok(ctx.connection_id().to_le_bytes()))
+        .sync("refuse", |_ctx, _bytes| Err::<Vec<u8>, _>(Error::msg("no")))
+        .sync("boom", |_ctx, _bytes| -> Result<Vec<u8>, Error> {
+            panic!("boom")
+        })
+        .sync("sink", move |_ctx, _bytes| {
+            s.fetch_add(1, Ordering::SeqCst);
+            Ok(Vec::new())
+        });
+    let server = start(addr, router).await;
+    let client = connect(&server).await;
+    // Many at once: each reply matches its own call.
+    let calls = (0..200usize).map(|n| client.call_bytes("len", vec![7u8; n]));
+    for (n, reply) in join_all(calls).await.into_iter().enumerate() {
+        assert_eq!(reply.unwrap()[..], (n as u64).to_le_bytes());
+    }
+    let id: u64 = client.call("whoami", &()).await.unwrap();
+    assert_eq!(
+        client.call_bytes("conn", b"").await.unwrap()[..],
+        id.to_le_bytes()
+    );
+    assert_eq!(
+        client.call_bytes("refuse", b"").await,
+        Err(Error::Remote("no".into()))
+    );
+    assert_eq!(client.call_bytes("boom", b"").await, Err(Error::NoResponse));
+    for _ in 0..50 {
+        client.send_bytes("sink", b"x").await.unwrap();
+    }
+    // Ordered after the sends: by the time it is answered, all of them have run.
+    assert_eq!(
+        client.call_bytes("len", b"ab").await.unwrap()[..],
+        2u64.to_le_bytes()
+    );
+    assert_eq!(sent.load(Ordering::SeqCst), 50);
+    let stats = server.connection(id).unwrap().stats();
+    assert_eq!(stats.handler_panics, 1);
+    assert_eq!(server.calls_in_flight(), 0);
+    shutdown(&server).await;
+}
+
+both!(sync_handler_waits_its_turn_when_sequential);
+async fn sync_handler_waits_its_turn_when_sequential(addr: &str) {
+    let log = Watch::new(Vec::new());
+    let (l1, l2) = (log.clone(), log.clone());
+    let router = Router::new()
+        .console("slow", move |_ctx, _text: String| {
+            let l = l1.clone();
+            async move {
+                l.update(|v| v.push("slow starts"));
+                zserver::sleep(Duration::from_millis(50)).await;
+                l.update(|v| v.push("slow ends"));
+                Ok(String::new())
+            }
+        })
+        .sync("quick", move |_ctx, _bytes| {
+            l2.update(|v| v.push("quick"));
+            Ok(Vec::new())
+        });
+    let mut config = Config::default();
+    config.sequential = true;
+    let server = start_with(addr, router, config).await;
+    let client = connect(&server).await;
+    let (slow, quick) = zip(client.console("slow", ""), client.call_bytes("quick", b"")).await;
+    assert!(slow.is_ok() && quick.is_ok(), "{slow:?} {quick:?}");
+    assert_eq!(log.snapshot(), ["slow starts", "slow ends", "quick"]);
+    shutdown(&server).await;
+}

@@ -10,13 +10,13 @@ use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::pin;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use atomic_waker::AtomicWaker;
 use bytes::{Bytes, BytesMut};
 use event_listener::Event;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,7 +32,9 @@ use crate::frame::{
     self, EncodeError, Frame, FrameDecoder, Header, Kind, FLAG_COMPRESSED, FLAG_DOWNLOAD,
     FLAG_UPLOAD,
 };
-use crate::handler::{Context as HandlerContext, InFlight, Request, Responder, Router, Shape};
+use crate::handler::{
+    Context as HandlerContext, InFlight, Request, Responder, Router, Shape, SyncHandler,
+};
 use crate::hooks::{self, CommandInfo, CommandKind, Completion};
 use crate::read_buf;
 use crate::request::{CallResult, Callback, RequestTable, Wake};
@@ -77,8 +79,13 @@ pub(crate) struct Setup {
 
 struct Outbox {
     buf: BytesMut,
+    /// Frames in `buf` (counted into `frames_out` once per batch, not per frame).
+    frames: u64,
     /// Flush what is queued, then close.
     closing: bool,
+    /// The driver, when its writer waits for something to send: taken (and woken) by the
+    /// first frame queued, so that later frames of the same batch cost no wake-up at all.
+    writer: Option<Waker>,
 }
 
 struct Shared {
@@ -94,7 +101,9 @@ struct Shared {
     outbox: Mutex<Outbox>,
     /// Bytes in the outbox (kept beside it so back-pressure checks need no lock).
     queued: AtomicUsize,
-    writer_waker: AtomicWaker,
+    /// Set by the reader when it hands the driver's turn to the writer (see
+    /// [`Connection::yield_to_writer`]).
+    handed_over: AtomicBool,
     write_space: Event,
     table: Mutex<RequestTable>,
     streams: Mutex<Streams>,
@@ -183,10 +192,12 @@ impl Connection {
             in_flight: Arc::new(InFlight::child(setup.in_flight)),
             outbox: Mutex::new(Outbox {
                 buf: BytesMut::new(),
+                frames: 0,
                 closing: false,
+                writer: None,
             }),
             queued: AtomicUsize::new(0),
-            writer_waker: AtomicWaker::new(),
+            handed_over: AtomicBool::new(false),
             write_space: Event::new(),
             table: Mutex::new(RequestTable::new()),
             streams: Mutex::new(Streams::default()),
@@ -203,11 +214,10 @@ impl Connection {
         });
         let conn = Connection { shared };
         let (runtime, span) = (&conn.shared.runtime, &conn.shared.span);
-        // The writer logs little (its events name the connection id); only the reader, which
-        // dispatches and runs handlers inline, carries a copy of the span (40 bytes).
-        runtime.spawn(Box::pin(conn.clone().run_writer(write, sealer)));
-        let reader = conn.clone().run_reader(read, opener);
-        runtime.spawn(Box::pin(reader.instrument(span.clone())));
+        // One task drives both directions: replies that handlers queue while a read is
+        // dispatched leave in the write that follows it, with no wake-up of another task.
+        let driver = conn.clone().run(read, write, opener, sealer);
+        runtime.spawn(Box::pin(driver.instrument(span.clone())));
         conn
     }
 
@@ -290,8 +300,19 @@ impl Connection {
     /// Starts a graceful close without waiting for it: frames already queued are sent,
     /// then the connection closes.
     pub fn begin_close(&self) {
-        lock(&self.shared.outbox).closing = true;
-        self.shared.writer_waker.wake();
+        let writer = {
+            let mut out = lock(&self.shared.outbox);
+            out.closing = true;
+            out.writer.take()
+        };
+        if let Some(w) = writer {
+            w.wake();
+        }
+    }
+
+    /// Whether this side runs its handlers one at a time ([`Config::sequential`]).
+    pub(crate) fn is_sequential(&self) -> bool {
+        self.shared.sequential.is_some()
     }
 
     pub(crate) fn runtime(&self) -> &Arc<dyn Runtime> {
@@ -322,8 +343,8 @@ impl Connection {
     /// Calls `command` with a raw payload and waits for the reply.
     pub async fn call_bytes(&self, command: &str, payload: impl AsRef<[u8]>) -> CallResult {
         self.wait_for_space().await;
-        let id = self.start_call(command, payload.as_ref(), None)?;
-        CallFuture::new(self, id).await
+        let id = self.start_call(command, payload.as_ref(), None).await?;
+        CallFuture::registered(self, id).await
     }
 
     /// Like [`call_bytes`](Self::call_bytes), failing with [`Error::Timeout`] if no reply
@@ -336,8 +357,10 @@ impl Connection {
     ) -> CallResult {
         let deadline = self.shared.runtime.now() + timeout;
         self.wait_for_space().await;
-        let id = self.start_call(command, payload.as_ref(), Some(deadline))?;
-        self.await_with_deadline(CallFuture::new(self, id), deadline)
+        let id = self
+            .start_call(command, payload.as_ref(), Some(deadline))
+            .await?;
+        self.await_with_deadline(CallFuture::registered(self, id), deadline)
             .await
     }
 
@@ -574,14 +597,18 @@ impl Connection {
         }
     }
 
-    fn start_call(
+    /// Starts a call with the waker of the task that awaits it, so that the task's first
+    /// poll of the reply needs no second look at the table.
+    async fn start_call(
         &self,
         command: &str,
         payload: &[u8],
         deadline: Option<Instant>,
     ) -> Result<u64, Error> {
         self.check_send(command, CommandKind::Call, payload)?;
-        let id = lock(&self.shared.table).start(deadline)?;
+        let started =
+            poll_fn(|cx| Poll::Ready(lock(&self.shared.table).start_waiting(deadline, cx.waker())));
+        let id = started.await?;
         self.send_call_frame(id, command, payload)?;
         Ok(id)
     }
@@ -659,21 +686,24 @@ impl Connection {
             }
             _ => (header, payload),
         };
-        {
+        let writer = {
             let mut out = lock(&self.shared.outbox);
             if out.closing || self.is_closed() {
                 return Err(Error::Closed);
             }
             frame::encode(&mut out.buf, header, payload, self.shared.config.max_frame)?;
+            out.frames += 1;
             self.shared.queued.store(out.buf.len(), Ordering::Relaxed);
-        }
-        let counters = &self.shared.counters;
-        Counters::bump(&counters.frames_out, 1);
+            out.writer.take()
+        };
         if raw_len > 0 {
+            let counters = &self.shared.counters;
             Counters::bump(&counters.uncompressed_out, raw_len as u64);
             Counters::bump(&counters.compressed_out, payload.len() as u64);
         }
-        self.shared.writer_waker.wake();
+        if let Some(w) = writer {
+            w.wake();
+        }
         Ok(())
     }
 
@@ -771,8 +801,7 @@ impl Connection {
         drop(std::mem::take(&mut *lock(&s.extensions)));
         let wakes = lock(&s.table).close(error);
         wakes.into_iter().for_each(Wake::fire);
-        lock(&s.outbox).closing = true;
-        s.writer_waker.wake();
+        self.begin_close();
         s.write_space.notify(usize::MAX);
         // The owner forgets the connection before waiters learn it is closed, so that
         // whoever awaited `closed()` sees it gone.
@@ -784,18 +813,73 @@ impl Connection {
         s.closed_event.notify(usize::MAX);
     }
 
-    async fn run_reader(self, mut read: BoxRead, opener: Option<Opener>) {
-        let result = futures_lite::future::or(self.read_loop(&mut read, opener), async {
-            self.closed().await;
-            Ok(())
+    /// The connection's one task: reads and dispatches, and writes what is queued, until
+    /// either direction ends or the connection is shut from elsewhere.
+    async fn run(
+        self,
+        mut read: BoxRead,
+        mut write: BoxWrite,
+        opener: Option<Opener>,
+        sealer: Option<Sealer>,
+    ) {
+        let reading = async {
+            let result = self.read_loop(&mut read, opener).await;
+            if let Err(e) = &result {
+                tracing::debug!(conn = self.id(), peer = %self.peer_addr(), error = %e, "connection failed");
+                Counters::bump(&self.shared.counters.errors_in, 1);
+            }
+            result
+        };
+        let writing = async {
+            let result = self.write_loop(&mut write, sealer).await;
+            if let Err(e) = &result {
+                tracing::debug!(conn = self.id(), error = %e, "write failed");
+            }
+            result
+        };
+        let closed = self.closed();
+        let (mut reading, mut writing, mut closed) = (pin!(reading), pin!(writing), pin!(closed));
+        let shared = &self.shared;
+        let result = poll_fn(|cx| loop {
+            // Frames the reader queues from here on need no wake-up: the writer is polled
+            // right after it.
+            drop(lock(&shared.outbox).writer.take());
+            shared.handed_over.store(false, Ordering::Relaxed);
+            if let Poll::Ready(r) = reading.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            if let Poll::Ready(r) = writing.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            if closed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            if !shared.handed_over.load(Ordering::Relaxed) {
+                return Poll::Pending;
+            }
         })
         .await;
         (self.shared.counters.read_buffered).store(0, Ordering::Relaxed);
-        if let Err(e) = &result {
-            tracing::debug!(conn = self.id(), peer = %self.peer_addr(), error = %e, "connection failed");
-            Counters::bump(&self.shared.counters.errors_in, 1);
-        }
         self.shut(result.err().unwrap_or(Error::Closed));
+    }
+
+    /// Lets the writer send what the frames just dispatched queued before the reader reads
+    /// again. Only the driver ([`run`](Self::run)) polls the reader, and it polls the reader
+    /// again at once when this returns `Pending` (so no waker is registered).
+    async fn yield_to_writer(&self) {
+        if self.shared.queued.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut handed = false;
+        poll_fn(|_| {
+            if handed {
+                return Poll::Ready(());
+            }
+            handed = true;
+            self.shared.handed_over.store(true, Ordering::Relaxed);
+            Poll::Pending
+        })
+        .await
     }
 
     /// Reads bytes, opens records (when encrypted), decodes frames and dispatches them.
@@ -831,6 +915,7 @@ impl Connection {
             if let Some(e) = failure.take() {
                 return Err(e);
             }
+            self.yield_to_writer().await;
             // Memory grows with the bytes that arrived: a read that may wait does so with
             // the small buffer in the reader's state, after the heap buffers were cut down
             // to their contents (an idle connection holds none); a larger window is read
@@ -1122,6 +1207,12 @@ impl Connection {
             }
             return;
         };
+        if let Some(sync) = handler.as_sync() {
+            if self.shared.sequential.is_none() && hooks.complete.is_empty() && frame.flags == 0 {
+                self.run_sync(sync, frame, is_call);
+                return;
+            }
+        }
         let shape = handler.shape();
         let request = match self.open_request_streams(&frame, shape) {
             Ok(request) => request,
@@ -1197,6 +1288,31 @@ impl Connection {
         }
     }
 
+    /// Runs a synchronous handler at once and queues its answer: no responder, no future.
+    /// It counts as in flight while it runs, like any handler.
+    fn run_sync(&self, handler: &dyn SyncHandler, frame: Frame, is_call: bool) {
+        let _in_flight = self.shared.in_flight.enter();
+        let ctx = HandlerContext::new(self.clone());
+        let id = frame.id;
+        let mut answered = false;
+        let ran = catch_unwind(AssertUnwindSafe(|| {
+            handler.call(&ctx, frame.payload, &mut |result| {
+                answered = true;
+                match result {
+                    Ok(reply) if is_call => self.reply(id, reply),
+                    Err(e) if is_call => self.reply_error(id, e),
+                    _ => {}
+                }
+            })
+        }));
+        if ran.is_err() {
+            self.handler_panicked();
+            if is_call && !answered {
+                self.reply_error(id, &Error::NoResponse);
+            }
+        }
+    }
+
     /// Checks that a request has the shape its handler takes, and opens its stream: the
     /// upload it carries, or the download it asks for.
     fn open_request_streams(&self, frame: &Frame, shape: Shape) -> Result<Request, Error> {
@@ -1262,18 +1378,6 @@ impl Connection {
     pub(crate) fn hook_panicked(&self, command: &str) {
         tracing::error!(conn = self.id(), command, "a hook panicked");
         Counters::bump(&self.shared.counters.hook_panics, 1);
-    }
-
-    async fn run_writer(self, mut write: BoxWrite, sealer: Option<Sealer>) {
-        let result = futures_lite::future::or(self.write_loop(&mut write, sealer), async {
-            self.closed().await;
-            Ok(())
-        })
-        .await;
-        if let Err(e) = &result {
-            tracing::debug!(conn = self.id(), error = %e, "write failed");
-        }
-        self.shut(result.err().unwrap_or(Error::Closed));
     }
 
     /// Takes everything queued, seals it in place as records (when encrypted) and writes it
@@ -1356,8 +1460,9 @@ impl Connection {
         if !out.buf.is_empty() {
             std::mem::swap(&mut out.buf, batch);
             self.shared.queued.store(0, Ordering::Relaxed);
-            let closing = out.closing;
+            let (closing, frames) = (out.closing, std::mem::take(&mut out.frames));
             drop(out);
+            Counters::bump(&self.shared.counters.frames_out, frames);
             // The outbox is empty again: senders may fill it while this batch is written.
             self.shared.write_space.notify(usize::MAX);
             return Poll::Ready(closing);
@@ -1365,7 +1470,10 @@ impl Connection {
         if out.closing {
             return Poll::Ready(true);
         }
-        self.shared.writer_waker.register(cx.waker());
+        match &mut out.writer {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
         Poll::Pending
     }
 }
@@ -1375,6 +1483,9 @@ struct CallFuture<'a> {
     conn: &'a Connection,
     id: u64,
     done: bool,
+    /// The call was started with this task's waker and this is the first poll, in the same
+    /// poll of the task: nothing to look up yet (a reply already in would have woken it).
+    fresh: bool,
 }
 
 impl<'a> CallFuture<'a> {
@@ -1383,6 +1494,18 @@ impl<'a> CallFuture<'a> {
             conn,
             id,
             done: false,
+            fresh: false,
+        }
+    }
+
+    /// For a call started by [`Connection::start_call`] in the same poll of the same task.
+    /// (Built field by field: a temporary `CallFuture` would cancel the call when dropped.)
+    fn registered(conn: &'a Connection, id: u64) -> Self {
+        Self {
+            conn,
+            id,
+            done: false,
+            fresh: true,
         }
     }
 }
@@ -1391,6 +1514,9 @@ impl Future for CallFuture<'_> {
     type Output = CallResult;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CallResult> {
+        if std::mem::take(&mut self.fresh) {
+            return Poll::Pending;
+        }
         let polled = lock(&self.conn.shared.table).poll(self.id, cx);
         if polled.is_ready() {
             self.done = true;

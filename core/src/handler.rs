@@ -68,7 +68,7 @@ impl InFlight {
         }
     }
 
-    fn enter(self: &Arc<Self>) -> InFlightGuard {
+    pub(crate) fn enter(self: &Arc<Self>) -> InFlightGuard {
         let mut level = Some(self);
         while let Some(counter) = level {
             counter.count.fetch_add(1, Ordering::AcqRel);
@@ -309,6 +309,12 @@ pub(crate) trait Handler: Send + Sync {
         Shape::Call
     }
 
+    /// The handler as a synchronous one, if it is: the connection may then call it
+    /// directly, without a [`Responder`].
+    fn as_sync(&self) -> Option<&dyn SyncHandler> {
+        None
+    }
+
     /// Handles a request; returns the work still to do, if any, as a future to drive.
     fn invoke(
         &self,
@@ -395,6 +401,59 @@ where
                 Err(e) => responder.fail(e),
             }
         }))
+    }
+}
+
+/// A synchronous handler: called on the connection's task as its request is read.
+struct SyncFn<F, B>(Arc<F>, PhantomData<fn() -> B>);
+
+/// Where a synchronous handler's answer goes: the reply bytes or the error.
+pub(crate) type Answer<'a> = &'a mut dyn FnMut(Result<&[u8], &Error>);
+
+/// A handler that answers at once, called with no [`Responder`] and no future.
+pub(crate) trait SyncHandler: Send + Sync {
+    /// Runs the handler and hands its answer to `answer`.
+    fn call(&self, ctx: &Context, payload: Bytes, answer: Answer<'_>);
+}
+
+impl<F, B> SyncHandler for SyncFn<F, B>
+where
+    F: Fn(&Context, Bytes) -> Result<B, Error> + Send + Sync + 'static,
+    B: AsRef<[u8]> + 'static,
+{
+    fn call(&self, ctx: &Context, payload: Bytes, answer: Answer<'_>) {
+        match (self.0)(ctx, payload) {
+            Ok(reply) => answer(Ok(reply.as_ref())),
+            Err(e) => answer(Err(&e)),
+        }
+    }
+}
+
+impl<F, B> Handler for SyncFn<F, B>
+where
+    F: Fn(&Context, Bytes) -> Result<B, Error> + Send + Sync + 'static,
+    B: AsRef<[u8]> + 'static,
+{
+    fn as_sync(&self) -> Option<&dyn SyncHandler> {
+        Some(self)
+    }
+
+    /// The general path: on a sequential connection, or with `on_complete` hooks.
+    fn invoke(
+        &self,
+        ctx: Context,
+        request: Request,
+        responder: Responder,
+    ) -> Option<BoxFuture<'static, ()>> {
+        if ctx.conn.is_sequential() {
+            // Its turn comes after the handlers queued before it.
+            let f = self.0.clone();
+            return Some(Box::pin(async move {
+                responder.respond(f(&ctx, request.payload))
+            }));
+        }
+        responder.respond((self.0)(&ctx, request.payload));
+        None
     }
 }
 
@@ -620,6 +679,28 @@ impl Router {
     {
         self.hooks.complete.push(Arc::new(hook));
         self
+    }
+
+    /// Registers a synchronous stream command: a plain (not async) function, bytes in,
+    /// bytes out, called on the connection's own task as soon as its request is read, with
+    /// no task spawned and no future boxed; its reply leaves in the same write as the other
+    /// replies to that read. The cheapest kind of handler, for short work that never waits:
+    /// the connection reads nothing else while it runs (use [`blocking`](Self::blocking) for
+    /// heavy work, [`stream`](Self::stream) for anything that awaits). On a
+    /// [`Config::sequential`](crate::Config::sequential) connection it takes its turn in the
+    /// queue like any handler. A panic is caught and counted like any handler's.
+    ///
+    /// ```
+    /// use zserver_core::Router;
+    /// let router = Router::new().sync("len", |_ctx, bytes| Ok((bytes.len() as u64).to_le_bytes()));
+    /// assert!(router.contains("len"));
+    /// ```
+    pub fn sync<F, B>(self, name: &str, f: F) -> Self
+    where
+        F: Fn(&Context, Bytes) -> Result<B, Error> + Send + Sync + 'static,
+        B: AsRef<[u8]> + 'static,
+    {
+        self.add(name, Arc::new(SyncFn(Arc::new(f), PhantomData)))
     }
 
     /// Registers a handler that answers through its [`Responder`], now or later from any

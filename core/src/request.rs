@@ -91,6 +91,16 @@ impl RequestTable {
         self.insert(Waiter::Task(None), deadline)
     }
 
+    /// Like [`start`](Self::start), with the waker of the task that will await the call
+    /// already known: it is woken when the result arrives, even if it never polled.
+    pub fn start_waiting(
+        &mut self,
+        deadline: Option<Instant>,
+        waker: &Waker,
+    ) -> Result<u64, Error> {
+        self.insert(Waiter::Task(Some(waker.clone())), deadline)
+    }
+
     /// Registers a call whose result goes to `callback`; returns its request id.
     pub fn start_callback(
         &mut self,
@@ -313,6 +323,20 @@ mod tests {
         );
         assert_eq!(t.start(None), Err(Error::Closed));
         assert_eq!(t.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_call_started_with_its_waker_is_woken_without_polling() {
+        let mut t = RequestTable::new();
+        let (flag, w) = waker();
+        let id = t.start_waiting(None, &w).unwrap();
+        t.complete(id, Ok(Bytes::from_static(b"R"))).unwrap().fire();
+        assert!(*flag.0.lock().unwrap());
+        let mut cx = Context::from_waker(&w);
+        assert_eq!(
+            t.poll(id, &mut cx),
+            Poll::Ready(Ok(Bytes::from_static(b"R")))
+        );
     }
 
     #[test]

@@ -27,14 +27,16 @@ pub struct ServerArgs {
 }
 
 /// The bench handlers: `echo` (a call), `sink` (one-way, counted), `count` (the count so
-/// far) and `bulk` (an upload, drained; answers with its length).
+/// far) and `bulk` (an upload, drained; answers with its length). `echo` and `sink` are
+/// synchronous handlers (`Router::sync`), run on the connection's task as they are read.
 pub fn router() -> Router {
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
     Router::new()
-        .stream("echo", |_ctx, b| async move { Ok(b) })
-        .delayed("sink", move |_ctx, _b, _r| {
+        .sync("echo", |_ctx, b| Ok(b))
+        .sync("sink", move |_ctx, _b| {
             received.fetch_add(1, Ordering::Relaxed);
+            Ok([])
         })
         .typed("count", move |_ctx, (): ()| {
             let n = counter.load(Ordering::Relaxed);
