@@ -32,7 +32,15 @@ fn a_tiny_bench_run_reports_every_row() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let rows = report["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 16, "{report:#}");
+    assert_eq!(rows.len(), 20, "{report:#}");
+    let labels: Vec<&str> = rows.iter().filter_map(|r| r["label"].as_str()).collect();
+    for hostile in [
+        "server RSS per peer with 1 KB of a 4 MiB frame, plain",
+        "server RSS per peer with 1 KB of a 4 MiB record, encrypted",
+        "open 500 connections at once, plain",
+    ] {
+        assert!(labels.contains(&hostile), "no row {hostile:?} in {labels:?}");
+    }
     for row in rows {
         let value = row["values"][0].as_f64();
         assert!(value.is_some_and(|v| v > 0.0), "row not measured: {row}");
@@ -55,7 +63,7 @@ fn a_tiny_bench_run_reports_every_row() {
         }
     }
     assert!(stdout.contains("ratio to the same over TCP"), "{stdout}");
-    assert_eq!(report["targets"].as_array().unwrap().len(), 5);
+    assert_eq!(report["targets"].as_array().unwrap().len(), 6);
     std::fs::remove_file(json).unwrap();
 }
 
