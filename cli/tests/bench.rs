@@ -39,7 +39,10 @@ fn a_tiny_bench_run_reports_every_row() {
         "server RSS per peer with 1 KB of a 4 MiB record, encrypted",
         "open 500 connections at once, plain",
     ] {
-        assert!(labels.contains(&hostile), "no row {hostile:?} in {labels:?}");
+        assert!(
+            labels.contains(&hostile),
+            "no row {hostile:?} in {labels:?}"
+        );
     }
     for row in rows {
         let value = row["values"][0].as_f64();
