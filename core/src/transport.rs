@@ -136,15 +136,16 @@ pub fn start_tcp_connect(addr: SocketAddr, local: SocketAddr) -> io::Result<std:
 
 /// A transport whose connections leave from one local address
 /// ([`ClientBuilder::bind`](crate::ClientBuilder::bind)): `connect` is the inner
-/// transport's [`connect_from`](Transport::connect_from).
-pub(crate) struct BoundTransport {
+/// transport's [`connect_from`](Transport::connect_from). Useful where a transport is
+/// passed on, such as to the login client, to act as several client addresses.
+pub struct BoundTransport {
     inner: Arc<dyn Transport>,
     local: SocketAddr,
 }
 
 impl BoundTransport {
-    /// Connections over `inner`, from `local`.
-    pub(crate) fn new(inner: Arc<dyn Transport>, local: SocketAddr) -> Self {
+    /// Connections over `inner`, from `local` (port 0: an ephemeral one).
+    pub fn new(inner: Arc<dyn Transport>, local: SocketAddr) -> Self {
         Self { inner, local }
     }
 }

@@ -28,10 +28,7 @@ use std::time::{Duration, Instant};
 use zserver::{Error, Transport};
 use zserver_login::{LoginClient, LoginError};
 
-#[path = "../tests/support/bound.rs"]
-mod bound;
-
-use bound::BoundTransport;
+use zserver::transport::BoundTransport;
 
 struct Opts {
     server: PathBuf,
@@ -172,7 +169,7 @@ fn main() {
     let (served, addr, pin) = serve(&o, dir.path());
     let pid = served.0.id();
     let transport = zserver::transport("tokio").expect("the tokio back end");
-    let honest = BoundTransport::from_address(transport.clone(), ip(2 + o.addresses));
+    let honest = bound(transport.clone(), ip(2 + o.addresses));
 
     // An honest user, registered and logged in once: the server has hashed before.
     let setup = {
@@ -211,10 +208,7 @@ fn main() {
         run_on(&transport.clone(), async move {
             let (tx, rx) = async_channel::unbounded();
             for i in 0..attempts {
-                let from = BoundTransport::from_address(
-                    transport.clone(),
-                    ip(2 + (i % addresses as usize) as u8),
-                );
+                let from = bound(transport.clone(), ip(2 + (i % addresses as usize) as u8));
                 let (pin, tx) = (pin.clone(), tx.clone());
                 transport.runtime().spawn(Box::pin(async move {
                     let result = async {
@@ -296,4 +290,15 @@ fn main() {
         after as f64 / before.max(1) as f64,
         threads
     );
+}
+
+/// `inner`, with its connections leaving from `from` (an ephemeral port on it).
+fn bound(
+    inner: Arc<dyn zserver::Transport>,
+    from: std::net::IpAddr,
+) -> Arc<dyn zserver::Transport> {
+    Arc::new(BoundTransport::new(
+        inner,
+        std::net::SocketAddr::new(from, 0),
+    ))
 }
