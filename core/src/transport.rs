@@ -5,7 +5,7 @@
 //! one task reads while another writes.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -147,6 +147,12 @@ impl BoundTransport {
     /// Connections over `inner`, from `local` (port 0: an ephemeral one).
     pub fn new(inner: Arc<dyn Transport>, local: SocketAddr) -> Self {
         Self { inner, local }
+    }
+
+    /// `inner`, shared, with its connections leaving from `ip` (an ephemeral port on it):
+    /// one process acting as another client address.
+    pub fn from_ip(inner: Arc<dyn Transport>, ip: IpAddr) -> Arc<dyn Transport> {
+        Arc::new(Self::new(inner, SocketAddr::new(ip, 0)))
     }
 }
 

@@ -169,7 +169,7 @@ fn main() {
     let (served, addr, pin) = serve(&o, dir.path());
     let pid = served.0.id();
     let transport = zserver::transport("tokio").expect("the tokio back end");
-    let honest = bound(transport.clone(), ip(2 + o.addresses));
+    let honest = BoundTransport::from_ip(transport.clone(), ip(2 + o.addresses));
 
     // An honest user, registered and logged in once: the server has hashed before.
     let setup = {
@@ -208,7 +208,10 @@ fn main() {
         run_on(&transport.clone(), async move {
             let (tx, rx) = async_channel::unbounded();
             for i in 0..attempts {
-                let from = bound(transport.clone(), ip(2 + (i % addresses as usize) as u8));
+                let from = BoundTransport::from_ip(
+                    transport.clone(),
+                    ip(2 + (i % addresses as usize) as u8),
+                );
                 let (pin, tx) = (pin.clone(), tx.clone());
                 transport.runtime().spawn(Box::pin(async move {
                     let result = async {
@@ -290,15 +293,4 @@ fn main() {
         after as f64 / before.max(1) as f64,
         threads
     );
-}
-
-/// `inner`, with its connections leaving from `from` (an ephemeral port on it).
-fn bound(
-    inner: Arc<dyn zserver::Transport>,
-    from: std::net::IpAddr,
-) -> Arc<dyn zserver::Transport> {
-    Arc::new(BoundTransport::new(
-        inner,
-        std::net::SocketAddr::new(from, 0),
-    ))
 }

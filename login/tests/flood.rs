@@ -50,7 +50,7 @@ async fn flood(
     let (addr, pin) = (server.local_addr(), server.fingerprint());
     let (connected_tx, connected) = async_channel::unbounded();
     for a in 0..ATTACKERS {
-        let from = bound(transport.clone(), ip(first + a));
+        let from = BoundTransport::from_ip(transport.clone(), ip(first + a));
         for i in 0..EACH {
             let (from, pin, tx) = (from.clone(), pin.clone(), connected_tx.clone());
             let name = user(a, i);
@@ -129,7 +129,7 @@ async fn scenario(backend: &'static str, dir: std::path::PathBuf) -> Result<(), 
     let server =
         LoginServer::start(transport.clone(), "127.0.0.1:0".parse().unwrap(), config).await?;
     let pin = server.fingerprint();
-    let honest = bound(transport.clone(), ip(2 + ATTACKERS));
+    let honest = BoundTransport::from_ip(transport.clone(), ip(2 + ATTACKERS));
     let admin = LoginClient::connect(honest.clone(), server.local_addr(), Some(&pin)).await?;
     admin.register("honest", "honest-pw").await?;
     admin.register("victim", "victim-pw").await?;
@@ -197,15 +197,4 @@ fn a_login_flood_is_bounded_on_async_std() {
 #[test]
 fn a_login_flood_is_bounded_on_smol() {
     run("smol");
-}
-
-/// `inner`, with its connections leaving from `from` (an ephemeral port on it).
-fn bound(
-    inner: Arc<dyn zserver::Transport>,
-    from: std::net::IpAddr,
-) -> Arc<dyn zserver::Transport> {
-    Arc::new(BoundTransport::new(
-        inner,
-        std::net::SocketAddr::new(from, 0),
-    ))
 }
