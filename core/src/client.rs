@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::connection::{next_connection_id, Connection, Setup};
+use crate::connection::driver::Setup;
+use crate::connection::{next_connection_id, Connection};
 use crate::error::Error;
 use crate::handler::{InFlight, Router};
 use crate::link;

@@ -15,7 +15,8 @@ use futures_lite::io::Cursor;
 
 use crate::codec::{Compression, Lz4};
 use crate::config::Config;
-use crate::connection::{next_connection_id, Connection, Handshaken, Setup};
+use crate::connection::driver::{Handshaken, Setup};
+use crate::connection::{next_connection_id, Connection};
 use crate::frame::{self, FrameDecoder, Header, PREAMBLE_LEN};
 use crate::handler::{InFlight, Router};
 use crate::runtime::{BoxFuture, Runtime};

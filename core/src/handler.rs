@@ -677,7 +677,7 @@ impl Router {
     where
         F: Fn(&CommandInfo<'_>, Result<(), &Error>, Duration) + Send + Sync + 'static,
     {
-        self.hooks.complete.push(Arc::new(hook));
+        Arc::make_mut(&mut self.hooks.complete).push(Arc::new(hook));
         self
     }
 

@@ -22,37 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::connection::Connection;
 use crate::error::Error;
-use crate::frame::{Kind, FLAG_DOWNLOAD, FLAG_UPLOAD};
-
-/// What kind of request a command is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[non_exhaustive]
-pub enum CommandKind {
-    /// A call awaiting a reply.
-    Call,
-    /// A one-way send.
-    Send,
-    /// A call carrying a stream (an upload).
-    Upload,
-    /// A call asking for a stream back (a download).
-    Download,
-}
-
-impl CommandKind {
-    pub(crate) fn of(kind: Kind, flags: u8) -> Self {
-        match kind {
-            Kind::Send => CommandKind::Send,
-            _ if flags & FLAG_UPLOAD != 0 => CommandKind::Upload,
-            _ if flags & FLAG_DOWNLOAD != 0 => CommandKind::Download,
-            _ => CommandKind::Call,
-        }
-    }
-
-    /// Whether the caller waits for an answer (everything but a one-way send).
-    pub fn expects_reply(self) -> bool {
-        self != CommandKind::Send
-    }
-}
+pub use crate::proto::CommandKind;
 
 /// One command as a hook sees it: its name, kind, payload size and connection.
 #[derive(Debug, Clone, Copy)]
@@ -113,14 +83,15 @@ pub(crate) type CompleteHook =
 pub(crate) struct Hooks {
     pub execute: Vec<CheckHook>,
     pub send: Vec<CheckHook>,
-    pub complete: Vec<CompleteHook>,
+    /// Shared with every [`Completion`] under way, so that making one costs a count.
+    pub complete: Arc<Vec<CompleteHook>>,
 }
 
 impl Hooks {
     pub(crate) fn merge(&mut self, other: Hooks) {
         self.execute.extend(other.execute);
         self.send.extend(other.send);
-        self.complete.extend(other.complete);
+        Arc::make_mut(&mut self.complete).extend(other.complete.iter().cloned());
     }
 }
 
@@ -150,16 +121,22 @@ pub(crate) struct Completion {
     payload_len: usize,
     conn: Connection,
     started: Instant,
+    hooks: Arc<Vec<CompleteHook>>,
 }
 
 impl Completion {
-    pub(crate) fn new(conn: &Connection, info: &CommandInfo<'_>) -> Box<Self> {
+    pub(crate) fn new(
+        conn: &Connection,
+        info: &CommandInfo<'_>,
+        hooks: &Arc<Vec<CompleteHook>>,
+    ) -> Box<Self> {
         Box::new(Self {
             command: info.command.into(),
             kind: info.kind,
             payload_len: info.payload_len,
             conn: conn.clone(),
             started: conn.runtime().now(),
+            hooks: hooks.clone(),
         })
     }
 
@@ -176,7 +153,7 @@ impl Completion {
             payload_len: self.payload_len,
             conn: &self.conn,
         };
-        for hook in &self.conn.router().hooks.complete {
+        for hook in self.hooks.iter() {
             if catch_unwind(AssertUnwindSafe(|| hook(&info, outcome, elapsed))).is_err() {
                 self.conn.hook_panicked(&self.command);
             }

@@ -43,6 +43,7 @@ pub mod handler;
 pub mod hooks;
 mod link;
 pub mod metrics;
+pub mod proto;
 mod read_buf;
 pub mod reconnect;
 pub mod request;

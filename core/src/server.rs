@@ -11,7 +11,8 @@ use event_listener::Event;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::connection::{next_connection_id, Connection, Handshaken, Setup};
+use crate::connection::driver::{Handshaken, Setup};
+use crate::connection::{next_connection_id, Connection};
 use crate::error::Error;
 use crate::handler::{InFlight, Router};
 use crate::link;
