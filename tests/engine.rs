@@ -338,11 +338,30 @@ async fn call_timeouts_then_connection_still_works(addr: &str) {
         client.console_timeout("never", "y", short).await,
         Err(Error::Timeout)
     );
+    // A callback call gets its time-out too, from the connection's one timer.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let start = Instant::now();
+    client
+        .call_bytes_with_timeout("never", b"z", short, move |r| {
+            let _ = tx.send((r, start.elapsed()));
+        })
+        .unwrap();
+    let mut called_back = None;
+    for _ in 0..250 {
+        if let Ok(got) = rx.try_recv() {
+            called_back = Some(got);
+            break;
+        }
+        zserver::sleep(Duration::from_millis(20)).await;
+    }
+    let (result, after) = called_back.expect("the callback ran");
+    assert_eq!(result, Err(Error::Timeout));
+    assert!(after >= Duration::from_millis(150), "{after:?}");
     assert_eq!(client.calls_in_flight(), 0, "timed-out calls are forgotten");
-    // The handler did receive all three; answering them now (late) must be harmless.
+    // The handler did receive all four; answering them now (late) must be harmless.
     let late = parked
-        .wait("three parked calls", |v| {
-            (v.len() == 3).then(|| std::mem::take(v))
+        .wait("four parked calls", |v| {
+            (v.len() == 4).then(|| std::mem::take(v))
         })
         .await;
     for (_, responder) in late {

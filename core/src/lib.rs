@@ -43,7 +43,7 @@ pub mod handler;
 pub mod hooks;
 mod link;
 pub mod metrics;
-pub mod proto;
+pub(crate) mod proto;
 mod read_buf;
 pub mod reconnect;
 pub mod request;

@@ -14,7 +14,7 @@ use super::{lock, Connection};
 use crate::error::Error;
 use crate::frame::{Header, Kind};
 use crate::proto::CommandKind;
-use crate::request::{CallResult, Callback, Wake};
+use crate::request::{CallResult, Callback};
 use crate::stats::Counters;
 
 impl Connection {
@@ -38,8 +38,8 @@ impl Connection {
         let id = self
             .start_call(command, payload.as_ref(), Some(deadline))
             .await?;
-        self.await_with_deadline(CallFuture::registered(self, id), deadline)
-            .await
+        // The driver's one timer expires the call at its deadline.
+        CallFuture::registered(self, id).await
     }
 
     /// Calls a console command: text in, text out.
@@ -90,9 +90,41 @@ impl Connection {
         payload: impl AsRef<[u8]>,
         callback: impl FnOnce(CallResult) + Send + 'static,
     ) -> Result<(), Error> {
-        self.check_send(command, CommandKind::Call, payload.as_ref())?;
-        let id = lock(&self.shared.table).start_callback(Box::new(callback) as Callback, None)?;
-        self.send_call_frame(id, command, payload.as_ref())
+        self.start_callback_call(command, payload.as_ref(), None, Box::new(callback))
+    }
+
+    /// Like [`call_bytes_with`](Self::call_bytes_with), running `callback` with
+    /// [`Error::Timeout`] if no reply arrives within `timeout` (the connection's one timer
+    /// expires it; a reply arriving later is dropped).
+    pub fn call_bytes_with_timeout(
+        &self,
+        command: &str,
+        payload: impl AsRef<[u8]>,
+        timeout: Duration,
+        callback: impl FnOnce(CallResult) + Send + 'static,
+    ) -> Result<(), Error> {
+        let deadline = self.shared.runtime.now() + timeout;
+        self.start_callback_call(
+            command,
+            payload.as_ref(),
+            Some(deadline),
+            Box::new(callback),
+        )
+    }
+
+    fn start_callback_call(
+        &self,
+        command: &str,
+        payload: &[u8],
+        deadline: Option<Instant>,
+        callback: Callback,
+    ) -> Result<(), Error> {
+        self.check_send(command, CommandKind::Call, payload)?;
+        let id = lock(&self.shared.state)
+            .proto
+            .requests()
+            .start_callback(callback, deadline)?;
+        self.send_call_frame(id, command, payload)
     }
 
     /// Console command with a callback; see [`call_bytes_with`](Self::call_bytes_with).
@@ -152,7 +184,7 @@ impl Connection {
     /// Measures one round trip with a ping frame.
     pub async fn ping(&self) -> Result<Duration, Error> {
         let start = Instant::now();
-        let id = lock(&self.shared.table).start(None)?;
+        let id = lock(&self.shared.state).proto.requests().start(None)?;
         let header = Header {
             kind: Kind::Ping,
             flags: 0,
@@ -160,7 +192,7 @@ impl Connection {
             command: "",
         };
         if let Err(e) = self.enqueue(&header, &[]) {
-            lock(&self.shared.table).cancel(id);
+            lock(&self.shared.state).proto.requests().cancel(id);
             return Err(e);
         }
         CallFuture::new(self, id).await?;
@@ -181,19 +213,20 @@ impl Connection {
         deadline: Option<Instant>,
     ) -> Result<u64, Error> {
         self.check_send(command, CommandKind::Call, payload)?;
-        let started =
-            poll_fn(|cx| Poll::Ready(lock(&self.shared.table).start_waiting(deadline, cx.waker())));
+        let started = poll_fn(|cx| {
+            Poll::Ready(
+                lock(&self.shared.state)
+                    .proto
+                    .requests()
+                    .start_waiting(deadline, cx.waker()),
+            )
+        });
         let id = started.await?;
         self.send_call_frame(id, command, payload)?;
         Ok(id)
     }
 
-    fn send_call_frame(
-        &self,
-        id: u64,
-        command: &str,
-        payload: &[u8],
-    ) -> Result<(), Error> {
+    fn send_call_frame(&self, id: u64, command: &str, payload: &[u8]) -> Result<(), Error> {
         let header = Header {
             kind: Kind::Call,
             flags: 0,
@@ -201,37 +234,11 @@ impl Connection {
             command,
         };
         if let Err(e) = self.enqueue(&header, payload) {
-            lock(&self.shared.table).cancel(id);
+            lock(&self.shared.state).proto.requests().cancel(id);
             return Err(e);
         }
         Counters::bump(&self.shared.counters.calls_out, 1);
         Ok(())
-    }
-
-    async fn await_with_deadline(
-        &self,
-        call: CallFuture<'_>,
-        deadline: Instant,
-    ) -> CallResult {
-        let mut call = call;
-        loop {
-            let remaining = deadline.saturating_duration_since(self.shared.runtime.now());
-            let sleep = self.shared.runtime.sleep(remaining);
-            let reply = poll_fn(|cx| Pin::new(&mut call).poll(cx).map(Some));
-            let woke = futures_lite::future::or(reply, async {
-                sleep.await;
-                None
-            })
-            .await;
-            match woke {
-                Some(result) => return result,
-                None => {
-                    let now = self.shared.runtime.now();
-                    let wakes = lock(&self.shared.table).expire(now);
-                    wakes.into_iter().for_each(Wake::fire);
-                }
-            }
-        }
     }
 }
 
@@ -274,7 +281,10 @@ impl Future for CallFuture<'_> {
         if std::mem::take(&mut self.fresh) {
             return Poll::Pending;
         }
-        let polled = lock(&self.conn.shared.table).poll(self.id, cx);
+        let polled = lock(&self.conn.shared.state)
+            .proto
+            .requests()
+            .poll(self.id, cx);
         if polled.is_ready() {
             self.done = true;
         }
@@ -285,7 +295,10 @@ impl Future for CallFuture<'_> {
 impl Drop for CallFuture<'_> {
     fn drop(&mut self) {
         if !self.done {
-            lock(&self.conn.shared.table).cancel(self.id);
+            lock(&self.conn.shared.state)
+                .proto
+                .requests()
+                .cancel(self.id);
         }
     }
 }

@@ -3,7 +3,6 @@
 //! past the execute hooks; replies complete calls; stream frames go to their streams.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -13,7 +12,7 @@ use tracing::Instrument;
 
 use super::{lock, Connection, SendCheck};
 use crate::error::Error;
-use crate::frame::{Frame, Header, Kind, FLAG_DOWNLOAD, FLAG_UPLOAD};
+use crate::frame::{Frame, Kind, FLAG_DOWNLOAD, FLAG_UPLOAD};
 use crate::handler::{
     Context as HandlerContext, InFlight, Request, Responder, Router, Shape, SyncHandler,
 };
@@ -60,8 +59,7 @@ impl Dispatcher {
         let waiting = queued.map_or(0, Sequential::waiting);
         queued.is_some_and(Sequential::is_full)
             || self.in_flight.count().saturating_sub(waiting) >= config.max_handlers_in_flight
-            || conn.shared.queued.load(Ordering::Relaxed)
-                >= config.max_pending_write.saturating_mul(2)
+            || lock(&conn.shared.state).proto.is_congested()
     }
 
     pub(super) async fn wait_peer_under_limits(&self, conn: &Connection) {
@@ -78,31 +76,12 @@ impl Dispatcher {
             .await;
     }
 
-    /// Acts on one frame without waiting. An error breaks the protocol and closes the
-    /// connection.
+    /// Acts on a request or a stream frame without waiting (the protocol state handled
+    /// the rest). An error breaks the protocol and closes the connection.
     pub(super) fn dispatch(&self, conn: &Connection, frame: Frame) -> Result<(), Error> {
         match frame.kind {
             Kind::Call | Kind::Send => self.dispatch_request(conn, frame),
-            Kind::Data | Kind::End | Kind::Abort | Kind::Credit | Kind::Stop => {
-                stream::on_frame(conn, frame)?
-            }
-            Kind::Reply => conn.complete(frame.id, Ok(frame.payload)),
-            Kind::Error => {
-                Counters::bump(&conn.shared.counters.errors_in, 1);
-                let message = String::from_utf8_lossy(&frame.payload).into_owned();
-                conn.complete(frame.id, Err(Error::from_wire(frame.command(), message)));
-            }
-            Kind::Ping => {
-                let header = Header {
-                    kind: Kind::Pong,
-                    flags: 0,
-                    id: frame.id,
-                    command: "",
-                };
-                let _ = conn.enqueue(&header, &[]);
-            }
-            Kind::Pong => conn.complete(frame.id, Ok(Bytes::new())),
-            Kind::GoAway => conn.shared.peer_going_away.store(true, Ordering::Release),
+            _ => stream::on_frame(conn, frame)?,
         }
         Ok(())
     }
@@ -110,10 +89,6 @@ impl Dispatcher {
     fn dispatch_request(&self, conn: &Connection, mut frame: Frame) {
         Counters::bump(&conn.shared.counters.calls_in, 1);
         let is_call = frame.kind == Kind::Call;
-        if is_call && conn.shared.refusing_calls.load(Ordering::Acquire) {
-            conn.reply_error(frame.id, &Error::ShuttingDown);
-            return;
-        }
         let payload_len = frame.payload.len();
         if conn.shared.sequential.is_some() {
             // A queued call may wait long: its payload gets an allocation of its own instead
@@ -230,13 +205,7 @@ impl Dispatcher {
 
     /// Runs a synchronous handler at once and queues its answer: no responder, no future.
     /// It counts as in flight while it runs, like any handler.
-    fn run_sync(
-        &self,
-        conn: &Connection,
-        handler: &dyn SyncHandler,
-        frame: Frame,
-        is_call: bool,
-    ) {
+    fn run_sync(&self, conn: &Connection, handler: &dyn SyncHandler, frame: Frame, is_call: bool) {
         let _in_flight = self.in_flight.enter();
         let ctx = HandlerContext::new(conn.clone());
         let id = frame.id;

@@ -1,5 +1,7 @@
-//! The connection's one task: it owns the socket, reads, opens records, decodes frames
-//! and hands them to the [`Dispatcher`], then seals and writes what the outbox holds.
+//! The connection's one task: it owns the socket and one timer. It reads, feeds the bytes
+//! to the protocol state, acts on its events (handing requests and stream frames to the
+//! [`Dispatcher`]), and writes what the state hands out; its timer is re-armed to the
+//! state's next deadline and fires [`Proto::handle_timeout`].
 
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
@@ -10,24 +12,19 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-use event_listener::Event;
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use event_listener::Event as Notify;
+use futures_lite::io::AsyncWriteExt;
 use tracing::Instrument;
 
 use super::dispatch::Dispatcher;
-use super::outbox::Outbox;
+use super::outbox::State;
 use super::{lock, Connection, OnClose, SendCheck, Shared};
 use crate::config::Config;
 use crate::error::Error;
-use crate::frame::{self, Frame, FrameDecoder, Header, Kind, FLAG_COMPRESSED};
 use crate::handler::{InFlight, Router};
+use crate::proto::{Event, Keys, Limits, Proto, Transmit};
 use crate::read_buf;
-use crate::request::RequestTable;
 use crate::runtime::{BoxFuture, Runtime};
-use crate::secure;
-use crate::secure::cipher::TAG_LEN;
-use crate::secure::record::{Opener, Sealer, MAX_RECORD_PLAINTEXT, RECORD_HEADER, RECORD_TARGET};
 use crate::sequential::Sequential;
 use crate::stats::Counters;
 use crate::stream::Streams;
@@ -37,16 +34,12 @@ use crate::transport::{BoxRead, BoxWrite};
 /// for data with, idle or in the middle of a frame.
 const IDLE_READ: usize = 128;
 
-/// Sealed batches up to this size are copied into one buffer and written with one write.
-const SMALL_WRITE: usize = 64 * 1024;
-
-/// Write buffers larger than this are freed after use instead of kept for the next batch.
-const KEEP_WRITE_CAPACITY: usize = 64 * 1024;
-
-/// The reader's heartbeat state: the armed timer, and when the peer was last heard.
-struct Watch {
-    timer: Option<BoxFuture<'static, ()>>,
-    heard_at: Instant,
+/// The driver's one timer: armed for the protocol state's next deadline, re-made only
+/// when that deadline changes.
+#[derive(Default)]
+struct Timer {
+    at: Option<Instant>,
+    sleep: Option<BoxFuture<'static, ()>>,
 }
 
 /// Everything a new connection needs from its server or client.
@@ -72,9 +65,15 @@ impl Connection {
         write: BoxWrite,
         handshaken: Handshaken,
     ) -> Self {
-        let (sealer, opener, peer_key) = match handshaken.secure {
-            Some(s) => (Some(s.sealer), Some(s.opener), Some(s.peer_key)),
-            None => (None, None, None),
+        let (keys, peer_key) = match handshaken.secure {
+            Some(s) => {
+                let keys = Keys {
+                    sealer: s.sealer,
+                    opener: s.opener,
+                };
+                (Some(keys), Some(s.peer_key))
+            }
+            None => (None, None),
         };
         let span = tracing::info_span!(
             "connection",
@@ -86,6 +85,14 @@ impl Connection {
             .config
             .sequential
             .then(|| Sequential::start(&*setup.runtime, &span));
+        let counters = Arc::new(Counters::default());
+        let proto = Proto::new(
+            Limits::of(&setup.config),
+            keys,
+            handshaken.codec.clone(),
+            counters.clone(),
+            setup.runtime.now(),
+        );
         let shared = Arc::new(Shared {
             id: setup.id,
             peer,
@@ -95,18 +102,18 @@ impl Connection {
             send_check: (!setup.router.hooks.send.is_empty())
                 .then(|| setup.router.clone() as Arc<dyn SendCheck>),
             config: setup.config,
-            outbox: Mutex::new(Outbox::new()),
+            state: Mutex::new(State {
+                proto,
+                writer: None,
+            }),
             queued: AtomicUsize::new(0),
             handed_over: AtomicBool::new(false),
-            write_space: Event::new(),
-            table: Mutex::new(RequestTable::new()),
+            write_space: Notify::new(),
             streams: Mutex::new(Streams::default()),
-            counters: Counters::default(),
+            counters,
             closed: AtomicBool::new(false),
             ended: AtomicBool::new(false),
-            closed_event: Event::new(),
-            refusing_calls: AtomicBool::new(false),
-            peer_going_away: AtomicBool::new(false),
+            closed_event: Notify::new(),
             sequential,
             on_close: Mutex::new(setup.on_close),
             extensions: Mutex::new(Vec::new()),
@@ -120,23 +127,16 @@ impl Connection {
             router: setup.router,
             in_flight: Arc::new(InFlight::child(setup.in_flight)),
         };
-        let driver = conn.clone().run(dispatcher, read, write, opener, sealer);
+        let driver = conn.clone().run(dispatcher, read, write);
         runtime.spawn(Box::pin(driver.instrument(span.clone())));
         conn
     }
 
     /// The connection's one task: reads and dispatches, and writes what is queued, until
     /// either direction ends or the connection is shut from elsewhere.
-    async fn run(
-        self,
-        dispatcher: Dispatcher,
-        mut read: BoxRead,
-        mut write: BoxWrite,
-        opener: Option<Opener>,
-        sealer: Option<Sealer>,
-    ) {
+    async fn run(self, dispatcher: Dispatcher, mut read: BoxRead, mut write: BoxWrite) {
         let reading = async {
-            let result = self.read_loop(&dispatcher, &mut read, opener).await;
+            let result = self.read_loop(&dispatcher, &mut read).await;
             if let Err(e) = &result {
                 tracing::debug!(conn = self.id(), peer = %self.peer_addr(), error = %e, "connection failed");
                 Counters::bump(&self.shared.counters.errors_in, 1);
@@ -144,7 +144,7 @@ impl Connection {
             result
         };
         let writing = async {
-            let result = self.write_loop(&mut write, sealer).await;
+            let result = self.write_loop(&mut write).await;
             if let Err(e) = &result {
                 tracing::debug!(conn = self.id(), error = %e, "write failed");
             }
@@ -156,7 +156,7 @@ impl Connection {
         let result = poll_fn(|cx| loop {
             // Frames the reader queues from here on need no wake-up: the writer is polled
             // right after it.
-            drop(lock(&shared.outbox).writer.take());
+            drop(lock(&shared.state).writer.take());
             shared.handed_over.store(false, Ordering::Relaxed);
             if let Poll::Ready(r) = reading.as_mut().poll(cx) {
                 return Poll::Ready(r);
@@ -195,165 +195,140 @@ impl Connection {
         .await
     }
 
-    /// Reads bytes, opens records (when encrypted), decodes frames and dispatches them.
-    async fn read_loop(
-        &self,
-        dispatcher: &Dispatcher,
-        read: &mut BoxRead,
-        mut opener: Option<Opener>,
-    ) -> Result<(), Error> {
-        let counters = &self.shared.counters;
-        let decoder = FrameDecoder::new(self.shared.config.max_frame);
-        let mut plain = BytesMut::new();
-        let mut sealed = BytesMut::new();
-        // A record that failed to open: reported once the authenticated ones before it
-        // have been dispatched.
-        let mut failure = None;
+    /// Reads bytes into the protocol state and acts on what it makes of them; fires its
+    /// deadlines when the timer rings.
+    async fn read_loop(&self, dispatcher: &Dispatcher, read: &mut BoxRead) -> Result<(), Error> {
+        let runtime = &self.shared.runtime;
         let mut first = [0u8; IDLE_READ];
-        let mut watch = Watch {
-            timer: None,
-            heard_at: self.shared.runtime.now(),
-        };
+        let mut window = Vec::new();
+        let mut timer = Timer::default();
         // Whether the last read filled its buffer, so that more is probably waiting.
         let mut more = false;
         let mut held = 0;
-        if opener.is_some() {
-            let limit = secure::record::record_limit(self.shared.config.max_frame);
-            opener = opener.map(|o| o.capped(limit));
-        }
         loop {
-            while let Some(frame) = decoder.decode(&mut plain)? {
-                Counters::bump(&counters.frames_in, 1);
-                let frame = self.inflate(frame)?;
-                if matches!(frame.kind, Kind::Call | Kind::Send)
-                    && dispatcher.peer_over_limits(self)
-                {
-                    dispatcher.wait_peer_under_limits(self).await;
-                }
-                dispatcher.dispatch(self, frame)?;
-            }
-            if let Some(e) = failure.take() {
-                return Err(e);
+            if self.act(dispatcher).await? {
+                return Ok(()); // the peer closed cleanly
             }
             self.yield_to_writer().await;
             // Memory grows with the bytes that arrived: a read that may wait does so with
             // the small buffer in the reader's state, after the heap buffers were cut down
             // to their contents (an idle connection holds none); a larger window is read
             // only while data keeps coming, and only as large as what is already held.
-            if !more {
-                read_buf::compact(&mut plain);
-                read_buf::compact(&mut sealed);
-            }
-            held = self.account_read_buffers(held, plain.capacity() + sealed.capacity());
-            let (buf, wanted) = match &opener {
-                Some(o) => {
-                    let wanted = o.bytes_wanted(&sealed);
-                    (&mut sealed, wanted)
+            let (wanted, buffered, due) = {
+                let mut state = lock(&self.shared.state);
+                if !more {
+                    state.proto.compact();
+                    window = Vec::new();
                 }
-                None => {
-                    let wanted = decoder.bytes_wanted(&plain);
-                    (&mut plain, wanted)
-                }
+                held = self
+                    .account_read_buffers(held, state.proto.read_buffered() + window.capacity());
+                let due = state.proto.poll_timeout();
+                (
+                    state.proto.bytes_wanted(),
+                    state.proto.buffered_input(),
+                    due,
+                )
             };
+            if more && due.is_some_and(|at| at <= runtime.now()) {
+                // Busy reading: the timer is not polled, so look at the clock here.
+                lock(&self.shared.state).proto.handle_timeout(runtime.now());
+                continue;
+            }
             let n = if !more {
-                let n = self.read_watched(read, &mut first, &mut watch).await?;
-                buf.extend_from_slice(&first[..n]);
+                let Some(n) = self.read_or_timer(read, &mut first, &mut timer).await? else {
+                    lock(&self.shared.state).proto.handle_timeout(runtime.now());
+                    continue;
+                };
                 more = n == first.len();
+                self.input(&first[..n]);
                 n
             } else {
-                let start = buf.len();
-                let window = read_buf::read_window(wanted, start);
-                buf.reserve(window);
-                buf.resize(start + window, 0);
-                let ready = self.try_read(read, &mut buf[start..], &mut watch).await;
-                let waiting = ready.is_none();
-                let n = ready.transpose()?.unwrap_or(0);
-                buf.truncate(start + n);
-                more = n == window;
-                if waiting {
+                let size = read_buf::read_window(wanted, buffered);
+                window.resize(size, 0);
+                let polled =
+                    poll_fn(|cx| Poll::Ready(Pin::new(&mut **read).poll_read(cx, &mut window)))
+                        .await;
+                let Poll::Ready(result) = polled else {
+                    more = false;
                     continue; // nothing waiting after all: wait with the small buffer
-                }
+                };
+                let n = result?;
+                more = n == size;
+                self.input(&window[..n]);
                 n
             };
             if n == 0 {
-                let unread = plain.len() + sealed.len();
-                return if unread == 0 {
-                    Ok(())
-                } else {
-                    Err(Error::Protocol(format!(
-                        "connection closed inside a frame ({unread} bytes unread)"
-                    )))
-                };
+                // The peer closed: clean between frames, an error inside one.
+                lock(&self.shared.state).proto.handle_eof();
+                self.act(dispatcher).await?;
+                return Ok(());
             }
-            Counters::bump(&counters.bytes_in, n as u64);
-            Counters::bump(&counters.reads, 1);
-            if let Some(o) = &mut opener {
-                let before = o.rekeys();
-                let opened = o.open(&mut sealed, &mut plain);
-                Counters::bump(&counters.rekeys_in, o.rekeys() - before);
-                if let Err(e) = opened {
-                    failure = Some(if matches!(e, secure::record::RecordError::Auth { .. }) {
-                        Counters::bump(&counters.auth_failures, 1);
+        }
+    }
+
+    /// Hands bytes read to the protocol state.
+    fn input(&self, bytes: &[u8]) {
+        let now = self.shared.runtime.now();
+        lock(&self.shared.state).proto.handle_input(now, bytes);
+    }
+
+    /// Acts on every event the protocol state has: requests and stream frames go to the
+    /// dispatcher (waiting first while the peer is over its limits), finished calls are
+    /// woken. Returns whether the peer closed cleanly; a failure is returned as the error.
+    async fn act(&self, dispatcher: &Dispatcher) -> Result<bool, Error> {
+        loop {
+            let event = lock(&self.shared.state).proto.poll_event();
+            match event {
+                None => return Ok(false),
+                Some(Event::Completed(wake)) => wake.fire(),
+                Some(Event::Request(frame)) => {
+                    if dispatcher.peer_over_limits(self) {
+                        dispatcher.wait_peer_under_limits(self).await;
+                    }
+                    dispatcher.dispatch(self, frame)?;
+                }
+                Some(Event::Stream(frame)) => dispatcher.dispatch(self, frame)?,
+                Some(Event::PeerGoingAway) => {}
+                Some(Event::Failed(Error::Closed)) => return Ok(true),
+                Some(Event::Failed(e)) => {
+                    if matches!(e, Error::Auth(_)) {
                         tracing::warn!(conn = self.id(), peer = %self.peer_addr(), error = %e, "closing connection");
-                        Error::Auth(e.to_string())
-                    } else {
-                        Error::Protocol(e.to_string())
-                    });
+                    }
+                    return Err(e);
                 }
             }
         }
     }
 
-    /// Decodes a compressed frame's payload with the negotiated codec, bounded by
-    /// `max_frame`. A compressed frame without a codec, or one that does not decode, breaks
-    /// the protocol.
-    fn inflate(&self, mut frame: Frame) -> Result<Frame, Error> {
-        if frame.flags & FLAG_COMPRESSED == 0 {
-            return Ok(frame);
-        }
-        let Some(codec) = &self.shared.codec else {
-            return Err(Error::Protocol(
-                "compressed frame, but no codec was negotiated".into(),
-            ));
-        };
-        let max = self.shared.config.max_frame;
-        let mut out = Vec::new();
-        codec
-            .decode(&frame.payload, max, &mut out)
-            .map_err(|e| Error::Protocol(format!("bad {} payload: {e}", codec.name())))?;
-        if out.len() > max {
-            return Err(Error::Protocol(format!(
-                "{} payload decodes to {} bytes, over the limit of {max}",
-                codec.name(),
-                out.len()
-            )));
-        }
-        let counters = &self.shared.counters;
-        Counters::bump(&counters.compressed_in, frame.payload.len() as u64);
-        Counters::bump(&counters.uncompressed_in, out.len() as u64);
-        frame.payload = Bytes::from(out);
-        frame.flags &= !FLAG_COMPRESSED;
-        Ok(frame)
-    }
-
-    /// Reads once if bytes are ready, without waiting (`None` if none are), noting that
-    /// the peer was heard.
-    async fn try_read(
+    /// Reads once into `buf`, or returns `None` when the timer rings first. The timer is
+    /// re-made only when the protocol state's next deadline has changed (a call with an
+    /// earlier time-out started, the peer was heard).
+    async fn read_or_timer(
         &self,
         read: &mut BoxRead,
         buf: &mut [u8],
-        watch: &mut Watch,
-    ) -> Option<io::Result<usize>> {
-        let polled = poll_fn(|cx| Poll::Ready(Pin::new(&mut **read).poll_read(cx, buf))).await;
-        match polled {
-            Poll::Ready(result) => {
-                if self.shared.config.heartbeat.is_some() {
-                    watch.heard_at = self.shared.runtime.now();
-                }
-                Some(result)
+        timer: &mut Timer,
+    ) -> io::Result<Option<usize>> {
+        let runtime = &self.shared.runtime;
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = Pin::new(&mut **read).poll_read(cx, buf) {
+                return Poll::Ready(r.map(Some));
             }
-            Poll::Pending => None,
-        }
+            let due = lock(&self.shared.state).proto.poll_timeout();
+            if due != timer.at {
+                timer.at = due;
+                timer.sleep =
+                    due.map(|at| runtime.sleep(at.saturating_duration_since(runtime.now())));
+            }
+            if let Some(sleep) = &mut timer.sleep {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    *timer = Timer::default();
+                    return Poll::Ready(Ok(None));
+                }
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Records the read buffers' capacity now (`Stats::read_buffered`); returns it.
@@ -367,71 +342,11 @@ impl Connection {
         now
     }
 
-    /// Reads once. With a heartbeat configured, a silence of one heartbeat sends a `Ping`
-    /// (the peer's `Pong` breaks the silence) and a silence of `idle_timeout` fails with
-    /// [`Error::IdleTimeout`]. The timer is armed once per heartbeat, not per read.
-    async fn read_watched(
-        &self,
-        read: &mut BoxRead,
-        buf: &mut [u8],
-        watch: &mut Watch,
-    ) -> Result<usize, Error> {
-        let config = &self.shared.config;
-        let Some(beat) = config.heartbeat else {
-            return Ok(read.read(buf).await?);
-        };
-        let runtime = &self.shared.runtime;
-        loop {
-            let polled = poll_fn(|cx| {
-                if let Poll::Ready(r) = Pin::new(&mut **read).poll_read(cx, buf) {
-                    return Poll::Ready(Some(r));
-                }
-                let timer = watch.timer.get_or_insert_with(|| runtime.sleep(beat));
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        watch.timer = None;
-                        Poll::Ready(None)
-                    }
-                    Poll::Pending => Poll::Pending,
-                }
-            })
-            .await;
-            let now = runtime.now();
-            match polled {
-                Some(result) => {
-                    watch.heard_at = now;
-                    return Ok(result?);
-                }
-                None => {
-                    let silent = now.saturating_duration_since(watch.heard_at);
-                    if silent >= config.idle_timeout {
-                        return Err(Error::IdleTimeout(silent));
-                    }
-                    if silent >= beat {
-                        let header = Header {
-                            kind: Kind::Ping,
-                            flags: 0,
-                            id: 0,
-                            command: "",
-                        };
-                        let _ = self.enqueue(&header, &[]);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Takes everything queued, seals it in place as records (when encrypted) and writes it
-    /// at once: a plain write, or one vectored write of headers, ciphertext and tags.
-    async fn write_loop(
-        &self,
-        write: &mut BoxWrite,
-        mut sealer: Option<Sealer>,
-    ) -> Result<(), Error> {
+    /// Takes everything the protocol state has to send (sealed when encrypted) and writes
+    /// it at once: one write, or one vectored write of headers, ciphertext and tags.
+    async fn write_loop(&self, write: &mut BoxWrite) -> Result<(), Error> {
         let counters = &self.shared.counters;
-        let mut batch = BytesMut::new();
-        let (mut parts, mut sizes) = (Vec::new(), Vec::new());
-        let mut small = Vec::new();
+        let mut batch = Transmit::default();
         loop {
             let closing = poll_fn(|cx| self.take_batch(&mut batch, cx)).await;
             if batch.is_empty() {
@@ -441,56 +356,15 @@ impl Connection {
                 }
                 continue;
             }
-            let written = match &mut sealer {
-                Some(s) => {
-                    let before = s.rekeys();
-                    sizes.clear();
-                    frame::group_frames(&batch, RECORD_TARGET, MAX_RECORD_PLAINTEXT, &mut sizes);
-                    s.seal_in_place(&mut batch, &sizes, &mut parts, self.shared.runtime.now());
-                    Counters::bump(&counters.rekeys_out, s.rekeys() - before);
-                    let total = batch.len() + parts.len() * (RECORD_HEADER + TAG_LEN);
-                    if total <= SMALL_WRITE {
-                        // One contiguous write: the copy is cheaper than several syscalls
-                        // on a stream without real vectored writes.
-                        small.clear();
-                        let mut rest = &batch[..];
-                        for (size, part) in sizes.iter().zip(&parts) {
-                            let (chunk, tail) = rest.split_at(*size);
-                            rest = tail;
-                            small.extend_from_slice(&part.header);
-                            small.extend_from_slice(chunk);
-                            small.extend_from_slice(&part.tag);
-                        }
-                        write.write_all(&small).await?;
-                    } else {
-                        let mut slices = Vec::with_capacity(parts.len() * 3);
-                        let mut rest = &batch[..];
-                        for (size, part) in sizes.iter().zip(&parts) {
-                            let (chunk, tail) = rest.split_at(*size);
-                            rest = tail;
-                            slices.push(IoSlice::new(&part.header));
-                            slices.push(IoSlice::new(chunk));
-                            slices.push(IoSlice::new(&part.tag));
-                        }
-                        write_all_vectored(write, &mut slices).await?;
-                    }
-                    total
-                }
-                None => {
-                    write.write_all(&batch).await?;
-                    batch.len()
-                }
-            };
+            let written = batch.len();
+            match batch.contiguous() {
+                Some(bytes) => write.write_all(bytes).await?,
+                None => write_all_vectored(write, &mut batch.slices()).await?,
+            }
             Counters::bump(&counters.bytes_out, written as u64);
             Counters::bump(&counters.writes, 1);
-            batch.clear();
             // Keep the buffers while busy; an idle connection (nothing queued) holds none.
-            if batch.capacity() > KEEP_WRITE_CAPACITY
-                || self.shared.queued.load(Ordering::Relaxed) == 0
-            {
-                batch = BytesMut::new();
-                small = Vec::new();
-            }
+            batch.clear(self.shared.queued.load(Ordering::Relaxed) == 0);
             self.shared.write_space.notify(usize::MAX);
         }
     }

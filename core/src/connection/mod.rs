@@ -23,13 +23,13 @@ use crate::codec::Codec;
 use crate::config::Config;
 use crate::error::Error;
 use crate::proto::CommandKind;
-use crate::request::{CallResult, RequestTable, Wake};
+use crate::request::Wake;
 use crate::runtime::Runtime;
 use crate::sequential::Sequential;
 use crate::stats::{Counters, Stats};
 use crate::stream::Streams;
 
-use outbox::Outbox;
+use outbox::State;
 
 /// Called once when a connection ends, before anyone waiting on [`Connection::closed`]
 /// is woken.
@@ -58,22 +58,21 @@ struct Shared {
     /// The send hooks, when the router has any.
     send_check: Option<Arc<dyn SendCheck>>,
     config: Arc<Config>,
-    outbox: Mutex<Outbox>,
-    /// Bytes in the outbox (kept beside it so back-pressure checks need no lock).
+    /// The protocol state (framing, records, the outgoing queue, calls awaiting replies,
+    /// timers) and the driver's waker: one lock for handles and driver alike.
+    state: Mutex<State>,
+    /// Bytes queued to send (mirrored beside the state so back-pressure checks need no lock).
     queued: AtomicUsize,
     /// Set by the reader when it hands the driver's turn to the writer (see
     /// [`Connection::yield_to_writer`]).
     handed_over: AtomicBool,
     write_space: Event,
-    table: Mutex<RequestTable>,
     streams: Mutex<Streams>,
-    counters: Counters,
+    counters: Arc<Counters>,
     closed: AtomicBool,
     /// Set once closing is complete (owner notified), just before `closed_event` fires.
     ended: AtomicBool,
     closed_event: Event,
-    refusing_calls: AtomicBool,
-    peer_going_away: AtomicBool,
     sequential: Option<Sequential>,
     on_close: Mutex<Option<OnClose>>,
     /// Per-connection state of other modules (such as services' remote objects), one
@@ -161,12 +160,12 @@ impl Connection {
 
     /// Whether the peer announced that it is shutting down.
     pub fn peer_going_away(&self) -> bool {
-        self.shared.peer_going_away.load(Ordering::Acquire)
+        lock(&self.shared.state).proto.peer_going_away()
     }
 
     /// Calls awaiting a reply on this connection.
     pub fn calls_in_flight(&self) -> usize {
-        lock(&self.shared.table).in_flight()
+        lock(&self.shared.state).proto.calls_in_flight()
     }
 
     /// Completes when the connection has closed (and its server has forgotten it).
@@ -195,9 +194,9 @@ impl Connection {
     /// then the connection closes.
     pub fn begin_close(&self) {
         let writer = {
-            let mut out = lock(&self.shared.outbox);
-            out.closing = true;
-            out.writer.take()
+            let mut state = lock(&self.shared.state);
+            state.proto.close();
+            state.writer.take()
         };
         if let Some(w) = writer {
             w.wake();
@@ -218,13 +217,6 @@ impl Connection {
         match &self.shared.send_check {
             Some(check) => check.check_send(self, command, kind, payload.len()),
             None => Ok(()),
-        }
-    }
-
-    fn complete(&self, id: u64, result: CallResult) {
-        let wake = lock(&self.shared.table).complete(id, result);
-        if let Some(wake) = wake {
-            wake.fire();
         }
     }
 
@@ -260,7 +252,7 @@ impl Connection {
         lock(&s.streams).close(&error);
         // What the connection owned (remote objects, caches) goes with it.
         drop(std::mem::take(&mut *lock(&s.extensions)));
-        let wakes = lock(&s.table).close(error);
+        let wakes = lock(&s.state).proto.shut(error);
         wakes.into_iter().for_each(Wake::fire);
         self.begin_close();
         s.write_space.notify(usize::MAX);

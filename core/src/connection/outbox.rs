@@ -1,37 +1,28 @@
-//! The outbox: frames encoded (and compressed) into one shared buffer under a short lock,
-//! for the driver to take and write in one go; back-pressure on senders while it is full.
+//! The outbox: handles encode (and compress) frames into the protocol state's outgoing
+//! queue under a short lock and wake the driver, which takes everything queued and writes
+//! it in one go; senders wait while the queue is full (back-pressure).
 
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
 
-use bytes::BytesMut;
-
 use super::{lock, Connection};
 use crate::error::Error;
 use crate::frame::{self, EncodeError, Header, Kind, FLAG_COMPRESSED};
+use crate::proto::{Proto, Transmit};
 use crate::stats::Counters;
 
-/// Frames queued for the driver to write.
-pub(super) struct Outbox {
-    pub(super) buf: BytesMut,
-    /// Frames in `buf` (counted into `frames_out` once per batch, not per frame).
-    pub(super) frames: u64,
-    /// Flush what is queued, then close.
-    pub(super) closing: bool,
+/// What the connection's lock guards: the protocol state and the driver's waker.
+pub(super) struct State {
+    pub(super) proto: Proto,
     /// The driver, when its writer waits for something to send: taken (and woken) by the
     /// first frame queued, so that later frames of the same batch cost no wake-up at all.
     pub(super) writer: Option<Waker>,
 }
 
-impl Outbox {
-    /// An empty outbox (no buffer allocated until the first frame).
-    pub(super) fn new() -> Self {
-        Self {
-            buf: BytesMut::new(),
-            frames: 0,
-            closing: false,
-            writer: None,
-        }
+impl State {
+    /// Takes the driver's waker after something changed that it must act on.
+    fn wake_writer(&mut self) -> Option<Waker> {
+        self.writer.take()
     }
 }
 
@@ -73,14 +64,15 @@ impl Connection {
             _ => (header, payload),
         };
         let writer = {
-            let mut out = lock(&self.shared.outbox);
-            if out.closing || self.is_closed() {
+            let mut state = lock(&self.shared.state);
+            if self.is_closed() {
                 return Err(Error::Closed);
             }
-            frame::encode(&mut out.buf, header, payload, self.shared.config.max_frame)?;
-            out.frames += 1;
-            self.shared.queued.store(out.buf.len(), Ordering::Relaxed);
-            out.writer.take()
+            state.proto.queue(header, payload)?;
+            self.shared
+                .queued
+                .store(state.proto.pending(), Ordering::Relaxed);
+            state.wake_writer()
         };
         if raw_len > 0 {
             let counters = &self.shared.counters;
@@ -142,63 +134,49 @@ impl Connection {
     }
 
     pub(crate) fn reply_error(&self, id: u64, err: &Error) {
-        let header = Header {
-            kind: Kind::Error,
-            flags: 0,
-            id,
-            command: err.code().as_str(),
-        };
-        let message = err.wire_message();
-        let max = self.shared.config.max_frame.saturating_sub(64);
-        let message = truncate_utf8(&message, max);
-        if self.enqueue(&header, message.as_bytes()).is_ok() {
-            Counters::bump(&self.shared.counters.errors_out, 1);
-        }
+        self.with_state(|proto| proto.reply_error(id, err));
     }
 
     /// Refuses new incoming calls from now on and tells the peer so.
     pub(crate) fn go_away(&self) {
-        self.shared.refusing_calls.store(true, Ordering::Release);
-        let header = Header {
-            kind: Kind::GoAway,
-            flags: 0,
-            id: 0,
-            command: "",
-        };
-        let _ = self.enqueue(&header, &[]);
+        self.with_state(Proto::go_away);
     }
 
-    /// Swaps the queued bytes into `batch`; returns whether the connection is closing.
-    pub(super) fn take_batch(&self, batch: &mut BytesMut, cx: &mut Context<'_>) -> Poll<bool> {
-        let mut out = lock(&self.shared.outbox);
-        if !out.buf.is_empty() {
-            std::mem::swap(&mut out.buf, batch);
+    /// Acts on the protocol state under the lock, then wakes the driver to write.
+    fn with_state(&self, act: impl FnOnce(&mut Proto)) {
+        let writer = {
+            let mut state = lock(&self.shared.state);
+            act(&mut state.proto);
+            self.shared
+                .queued
+                .store(state.proto.pending(), Ordering::Relaxed);
+            state.wake_writer()
+        };
+        if let Some(w) = writer {
+            w.wake();
+        }
+    }
+
+    /// Moves everything queued into `batch` (sealed when encrypted); returns whether the
+    /// connection is closing.
+    pub(super) fn take_batch(&self, batch: &mut Transmit, cx: &mut Context<'_>) -> Poll<bool> {
+        let now = self.shared.runtime.now();
+        let mut state = lock(&self.shared.state);
+        if state.proto.poll_transmit(now, batch) {
             self.shared.queued.store(0, Ordering::Relaxed);
-            let (closing, frames) = (out.closing, std::mem::take(&mut out.frames));
-            drop(out);
-            Counters::bump(&self.shared.counters.frames_out, frames);
-            // The outbox is empty again: senders may fill it while this batch is written.
+            let closing = state.proto.is_closing();
+            drop(state);
+            // The queue is empty again: senders may fill it while this batch is written.
             self.shared.write_space.notify(usize::MAX);
             return Poll::Ready(closing);
         }
-        if out.closing {
+        if state.proto.is_closing() {
             return Poll::Ready(true);
         }
-        match &mut out.writer {
+        match &mut state.writer {
             Some(w) if w.will_wake(cx.waker()) => {}
             slot => *slot = Some(cx.waker().clone()),
         }
         Poll::Pending
     }
-}
-
-fn truncate_utf8(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }

@@ -37,7 +37,7 @@ impl Connection {
     {
         self.wait_for_space().await;
         self.check_send(command, CommandKind::of(Kind::Call, flag), payload)?;
-        let id = lock(&self.shared.table).start(None)?;
+        let id = lock(&self.shared.state).proto.requests().start(None)?;
         let dir = if flag == FLAG_UPLOAD {
             Dir::Upload
         } else {
@@ -49,7 +49,7 @@ impl Connection {
         let state = match opened {
             Ok(state) => state,
             Err(e) => {
-                lock(&self.shared.table).cancel(id);
+                lock(&self.shared.state).proto.requests().cancel(id);
                 return Err(e);
             }
         };
@@ -60,7 +60,7 @@ impl Connection {
             command,
         };
         if let Err(e) = self.enqueue(&header, payload) {
-            lock(&self.shared.table).cancel(id);
+            lock(&self.shared.state).proto.requests().cancel(id);
             stream::Open::<S>::forget(&mut *lock(&self.shared.streams), key);
             return Err(e);
         }

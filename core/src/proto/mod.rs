@@ -1,6 +1,18 @@
 //! The protocol's own state, below the connection and everything that runs on it: no
-//! I/O, no clock, no tasks.
+//! I/O, no clock, no tasks (in the manner of quinn-proto).
+//!
+//! [`Proto`] is one connection after its handshake. Its driver feeds it the bytes it
+//! reads ([`Proto::handle_input`]) and the time when its one timer fires
+//! ([`Proto::handle_timeout`], re-armed to [`Proto::poll_timeout`]), acts on its events
+//! ([`Proto::poll_event`]) and writes what it hands out ([`Proto::poll_transmit`]).
+//! Handles queue frames and start calls on it under the connection's lock.
 
 mod command;
+mod state;
+#[cfg(test)]
+mod tests;
+mod transmit;
 
 pub use command::CommandKind;
+pub use state::{Event, Keys, Limits, Proto};
+pub use transmit::Transmit;
