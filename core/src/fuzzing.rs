@@ -345,3 +345,120 @@ pub fn stable_link(data: &[u8]) {
         at += used;
     }
 }
+
+/// The protocol state machine itself, with no runtime: the input is a script of steps,
+/// each a peer's bytes ([`Proto::handle_input`](crate::proto::Proto::handle_input)), time
+/// passing ([`handle_timeout`](crate::proto::Proto::handle_timeout)), or this side calling,
+/// going away or closing. The first byte picks the link: bit 0 encrypted (the peer's
+/// bytes are sealed as it would, so frames get past authentication; bit 1 sends them raw
+/// instead), bit 2 a heartbeat. Checks: no panic; input held stays bounded by what
+/// arrived; the next deadline never lies in the past after it was handled; after a
+/// failure nothing more comes out.
+pub fn proto(data: &[u8]) {
+    use crate::proto::{Event, Keys, Limits, Proto, Transmit};
+    use crate::secure::cipher::{CipherState, Provider};
+    use crate::secure::record::{Opener, RekeyPolicy, Sealer};
+    use crate::stats::Counters;
+    use std::time::Instant;
+
+    let Some((&mode, mut script)) = data.split_first() else {
+        return;
+    };
+    let mut now = Instant::now();
+    let limits = Limits {
+        max_frame: FUZZ_MAX_FRAME,
+        max_pending_write: 16 * 1024,
+        heartbeat: (mode & 4 != 0).then(|| Duration::from_secs(1)),
+        idle_timeout: Duration::from_secs(5),
+    };
+    let policy = RekeyPolicy {
+        bytes: 4096,
+        records: 8,
+        interval: Duration::from_secs(3),
+    };
+    let provider = Provider::all()[0];
+    let encrypted = mode & 1 != 0;
+    let keys = encrypted.then(|| Keys {
+        sealer: Sealer::new(CipherState::new(provider, [1; 32]), policy, now),
+        opener: Opener::new(CipherState::new(provider, [2; 32])),
+    });
+    // The peer's sealer, matching this side's opener.
+    let mut peer = Sealer::new(CipherState::new(provider, [2; 32]), policy, now);
+    let counters = Arc::new(Counters::default());
+    let mut proto = Proto::new(limits, keys, Some(Arc::new(Lz4)), counters, now);
+    let mut wire = Transmit::default();
+    let mut arrived = 0usize;
+    let mut failed = false;
+    while let [op, len, rest @ ..] = script {
+        let len = usize::from(*len).min(rest.len());
+        let (chunk, tail) = rest.split_at(len);
+        script = tail;
+        match op % 4 {
+            0 => {
+                if encrypted && mode & 2 == 0 && !chunk.is_empty() {
+                    let mut sealed = BytesMut::new();
+                    peer.seal(chunk, &mut sealed, now);
+                    arrived += sealed.len();
+                    proto.handle_input(now, &sealed);
+                } else {
+                    arrived += chunk.len();
+                    proto.handle_input(now, chunk);
+                }
+            }
+            1 => {
+                now += Duration::from_millis(len as u64 * 50);
+                proto.handle_timeout(now);
+                if let Some(at) = proto.poll_timeout() {
+                    assert!(at > now || failed, "a handled deadline is still due");
+                }
+            }
+            2 => {
+                let deadline = Some(now + Duration::from_millis(len as u64 * 20));
+                if let Ok(id) = proto.requests().start_callback(Box::new(|_| {}), deadline) {
+                    let header = Header {
+                        kind: frame::Kind::Call,
+                        flags: 0,
+                        id,
+                        command: "c",
+                    };
+                    if proto.queue(&header, chunk).is_err() {
+                        proto.requests().cancel(id);
+                    }
+                }
+            }
+            _ if len % 2 == 0 => proto.go_away(),
+            _ => proto.close(),
+        }
+        while let Some(event) = proto.poll_event() {
+            assert!(!failed, "an event after the failure");
+            match event {
+                Event::Completed(wake) => wake.fire(),
+                Event::Request(frame) if frame.kind == frame::Kind::Call => {
+                    let header = Header {
+                        kind: frame::Kind::Reply,
+                        flags: 0,
+                        id: frame.id,
+                        command: "",
+                    };
+                    let _ = proto.queue(&header, &frame.payload);
+                }
+                Event::Failed(_) => failed = true,
+                _ => {}
+            }
+        }
+        if proto.poll_transmit(now, &mut wire) {
+            assert!(!wire.is_empty());
+            wire.clear(false);
+        }
+        // Between reads the input held is cut down to at most twice what it holds (and it
+        // holds no more than arrived), whatever lengths the peer announced.
+        proto.compact();
+        assert!(
+            proto.read_buffered() <= 2 * arrived + 8192,
+            "{} bytes held for {arrived} received",
+            proto.read_buffered()
+        );
+    }
+    proto.handle_eof();
+    while proto.poll_event().is_some() {}
+}

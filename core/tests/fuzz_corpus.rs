@@ -47,3 +47,8 @@ fn dispatcher_corpus() {
 fn stable_link_corpus() {
     replay("stable_link", fuzzing::stable_link);
 }
+
+#[test]
+fn proto_corpus() {
+    replay("proto", fuzzing::proto);
+}

@@ -35,7 +35,7 @@ use crate::transport::{BoxRead, BoxWrite};
 const IDLE_READ: usize = 128;
 
 /// The driver's one timer: armed for the protocol state's next deadline, re-made only
-/// when that deadline changes.
+/// when that deadline comes earlier than the one it is armed for.
 #[derive(Default)]
 struct Timer {
     at: Option<Instant>,
@@ -301,8 +301,8 @@ impl Connection {
     }
 
     /// Reads once into `buf`, or returns `None` when the timer rings first. The timer is
-    /// re-made only when the protocol state's next deadline has changed (a call with an
-    /// earlier time-out started, the peer was heard).
+    /// re-made only when the protocol state's next deadline comes earlier than the one it
+    /// is armed for (a call with a shorter time-out started), not on every read.
     async fn read_or_timer(
         &self,
         read: &mut BoxRead,
@@ -314,11 +314,12 @@ impl Connection {
             if let Poll::Ready(r) = Pin::new(&mut **read).poll_read(cx, buf) {
                 return Poll::Ready(r.map(Some));
             }
+            // Re-made only for an earlier deadline: one that moved later (the peer was
+            // heard) lets the armed timer ring early, and it is re-armed then.
             let due = lock(&self.shared.state).proto.poll_timeout();
-            if due != timer.at {
-                timer.at = due;
-                timer.sleep =
-                    due.map(|at| runtime.sleep(at.saturating_duration_since(runtime.now())));
+            if let Some(at) = due.filter(|&at| timer.at.is_none_or(|armed| at < armed)) {
+                timer.at = Some(at);
+                timer.sleep = Some(runtime.sleep(at.saturating_duration_since(runtime.now())));
             }
             if let Some(sleep) = &mut timer.sleep {
                 if sleep.as_mut().poll(cx).is_ready() {

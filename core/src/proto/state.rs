@@ -85,6 +85,10 @@ pub struct Proto {
     frames_out: u64,
     requests: RequestTable,
     events: VecDeque<Event>,
+    /// A record that failed to open: reported once the frames before it are taken.
+    failure: Option<Error>,
+    /// The peer closed its side.
+    eof: bool,
     heard_at: Instant,
     pinged_at: Option<Instant>,
     /// Flush what is queued, then close (a graceful close).
@@ -124,6 +128,8 @@ impl Proto {
             frames_out: 0,
             requests: RequestTable::new(),
             events: VecDeque::new(),
+            failure: None,
+            eof: false,
             heard_at: now,
             pinged_at: None,
             closing: false,
@@ -135,62 +141,40 @@ impl Proto {
 
     // ----- input ----------------------------------------------------------------------
 
-    /// Takes bytes read from the peer: opens records, decodes frames and queues what they
-    /// mean as events (answering pings itself). A broken protocol queues
-    /// [`Event::Failed`] after the events of the frames authenticated before it.
+    /// Takes bytes read from the peer: opens the records among them (when encrypted) and
+    /// keeps the plaintext; frames are decoded one at a time as
+    /// [`poll_event`](Self::poll_event) asks, so a reader that stops taking events holds
+    /// only what it read. A broken record is reported, as [`Event::Failed`], after the
+    /// frames authenticated before it.
     pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
-        if self.closed || data.is_empty() {
+        if self.closed || self.failure.is_some() || data.is_empty() {
             return;
         }
         self.heard_at = now;
-        let counters = self.counters.clone();
-        Counters::bump(&counters.bytes_in, data.len() as u64);
-        Counters::bump(&counters.reads, 1);
-        let mut failure = None;
-        match &mut self.opener {
-            Some(opener) => {
-                self.sealed.extend_from_slice(data);
-                let before = opener.rekeys();
-                let opened = opener.open(&mut self.sealed, &mut self.plain);
-                Counters::bump(&counters.rekeys_in, opener.rekeys() - before);
-                if let Err(e) = opened {
-                    failure = Some(if matches!(e, RecordError::Auth { .. }) {
-                        Counters::bump(&counters.auth_failures, 1);
-                        Error::Auth(e.to_string())
-                    } else {
-                        Error::Protocol(e.to_string())
-                    });
-                }
-            }
-            None => self.plain.extend_from_slice(data),
-        }
-        loop {
-            match self.decoder.decode(&mut self.plain) {
-                Ok(Some(frame)) => {
-                    Counters::bump(&counters.frames_in, 1);
-                    if let Err(e) = self.on_frame(frame) {
-                        return self.fail(e);
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => return self.fail(e.into()),
-            }
-        }
-        if let Some(e) = failure {
-            self.fail(e);
+        Counters::bump(&self.counters.bytes_in, data.len() as u64);
+        Counters::bump(&self.counters.reads, 1);
+        let Some(opener) = &mut self.opener else {
+            self.plain.extend_from_slice(data);
+            return;
+        };
+        self.sealed.extend_from_slice(data);
+        let before = opener.rekeys();
+        let opened = opener.open(&mut self.sealed, &mut self.plain);
+        Counters::bump(&self.counters.rekeys_in, opener.rekeys() - before);
+        if let Err(e) = opened {
+            self.failure = Some(if matches!(e, RecordError::Auth { .. }) {
+                Counters::bump(&self.counters.auth_failures, 1);
+                Error::Auth(e.to_string())
+            } else {
+                Error::Protocol(e.to_string())
+            });
         }
     }
 
-    /// The peer closed its side: clean between frames, an error inside one.
+    /// The peer closed its side: once the frames before are taken, the connection ends,
+    /// cleanly between frames, with an error inside one.
     pub fn handle_eof(&mut self) {
-        let unread = self.plain.len() + self.sealed.len();
-        self.fail(if unread == 0 {
-            Error::Closed
-        } else {
-            Error::Protocol(format!(
-                "connection closed inside a frame ({unread} bytes unread)"
-            ))
-        });
+        self.eof = true;
     }
 
     fn on_frame(&mut self, frame: Frame) -> Result<(), Error> {
@@ -267,9 +251,42 @@ impl Proto {
         self.events.push_back(Event::Failed(error));
     }
 
-    /// The next thing to act on.
+    /// The next thing to act on: queued events first, then the next frame read (pings
+    /// are answered and replies matched here, without an event), then the end of input.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Some(event);
+            }
+            if self.closed {
+                return None;
+            }
+            match self.decoder.decode(&mut self.plain) {
+                Ok(Some(frame)) => {
+                    Counters::bump(&self.counters.frames_in, 1);
+                    if let Err(e) = self.on_frame(frame) {
+                        self.fail(e);
+                    }
+                }
+                Ok(None) => {
+                    if let Some(e) = self.failure.take() {
+                        self.fail(e);
+                    } else if self.eof {
+                        let unread = self.plain.len() + self.sealed.len();
+                        self.fail(if unread == 0 {
+                            Error::Closed
+                        } else {
+                            Error::Protocol(format!(
+                                "connection closed inside a frame ({unread} bytes unread)"
+                            ))
+                        });
+                    } else {
+                        return None;
+                    }
+                }
+                Err(e) => self.fail(e.into()),
+            }
+        }
     }
 
     /// Bytes still needed to complete the frame (or record) being read: how large a

@@ -106,3 +106,27 @@ fn back_pressure_reports_a_full_queue_until_it_is_written() {
     assert!(!pair.a.proto.is_congested());
     assert_eq!(pair.b.events.len(), 9);
 }
+
+#[test]
+fn frames_are_decoded_as_events_are_taken_and_the_end_comes_after_them() {
+    let mut b = Side::new(limits(), None, Instant::now());
+    let mut wire = bytes::BytesMut::new();
+    for n in 0..3u8 {
+        let header = Header {
+            kind: Kind::Send,
+            flags: 0,
+            id: 0,
+            command: "note",
+        };
+        crate::frame::encode(&mut wire, &header, &[n], 1 << 20).unwrap();
+    }
+    b.proto.handle_input(Instant::now(), &wire);
+    b.proto.handle_eof();
+    // A reader that stops taking events has decoded only what it took.
+    assert!(matches!(b.proto.poll_event(), Some(Event::Request(f)) if f.payload[..] == [0]));
+    assert_eq!(b.stats().frames_in, 1);
+    b.act();
+    assert_eq!(b.stats().frames_in, 3);
+    assert_eq!(b.events.len(), 2, "the other two sends, then the end");
+    assert_eq!(b.failed, Some(Error::Closed), "a clean end between frames");
+}
