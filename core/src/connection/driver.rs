@@ -200,7 +200,6 @@ impl Connection {
     async fn read_loop(&self, dispatcher: &Dispatcher, read: &mut BoxRead) -> Result<(), Error> {
         let runtime = &self.shared.runtime;
         let mut first = [0u8; IDLE_READ];
-        let mut window = Vec::new();
         let mut timer = Timer::default();
         // Whether the last read filled its buffer, so that more is probably waiting.
         let mut more = false;
@@ -218,10 +217,8 @@ impl Connection {
                 let mut state = lock(&self.shared.state);
                 if !more {
                     state.proto.compact();
-                    window = Vec::new();
                 }
-                held = self
-                    .account_read_buffers(held, state.proto.read_buffered() + window.capacity());
+                held = self.account_read_buffers(held, state.proto.read_buffered());
                 let due = state.proto.poll_timeout();
                 (
                     state.proto.bytes_wanted(),
@@ -243,18 +240,27 @@ impl Connection {
                 self.input(&first[..n]);
                 n
             } else {
+                // Read in place, into the state's own input buffer (no copy).
                 let size = read_buf::read_window(wanted, buffered);
-                window.resize(size, 0);
-                let polled =
-                    poll_fn(|cx| Poll::Ready(Pin::new(&mut **read).poll_read(cx, &mut window)))
-                        .await;
+                let (mut buf, start) = lock(&self.shared.state).proto.lend_input(size);
+                let polled = poll_fn(|cx| {
+                    Poll::Ready(Pin::new(&mut **read).poll_read(cx, &mut buf[start..]))
+                })
+                .await;
+                let n = match &polled {
+                    Poll::Ready(Ok(n)) => *n,
+                    _ => 0,
+                };
+                let now = runtime.now();
+                lock(&self.shared.state)
+                    .proto
+                    .handle_read(now, buf, start, n);
                 let Poll::Ready(result) = polled else {
                     more = false;
                     continue; // nothing waiting after all: wait with the small buffer
                 };
-                let n = result?;
+                result?;
                 more = n == size;
-                self.input(&window[..n]);
                 n
             };
             if n == 0 {

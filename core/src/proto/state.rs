@@ -150,14 +150,49 @@ impl Proto {
         if self.closed || self.failure.is_some() || data.is_empty() {
             return;
         }
+        self.input_buffer().extend_from_slice(data);
+        self.received(now, data.len());
+    }
+
+    /// Lends the buffer that input goes into, with `room` bytes (zeroed) after what it
+    /// holds, so that a large read lands in place instead of being copied in; hand it back
+    /// with [`handle_read`](Self::handle_read). Returns the buffer and where the room starts.
+    pub fn lend_input(&mut self, room: usize) -> (BytesMut, usize) {
+        let mut buf = std::mem::take(self.input_buffer());
+        let start = buf.len();
+        buf.resize(start + room, 0);
+        (buf, start)
+    }
+
+    /// Takes back the buffer lent by [`lend_input`](Self::lend_input), `n` bytes read into
+    /// its room: the same as [`handle_input`](Self::handle_input) with those bytes.
+    pub fn handle_read(&mut self, now: Instant, mut buf: BytesMut, start: usize, n: usize) {
+        buf.truncate(start + n);
+        if self.closed || self.failure.is_some() {
+            return;
+        }
+        *self.input_buffer() = buf;
+        if n > 0 {
+            self.received(now, n);
+        }
+    }
+
+    /// Where bytes read go: the sealed records on an encrypted link, else the frames.
+    fn input_buffer(&mut self) -> &mut BytesMut {
+        match self.opener {
+            Some(_) => &mut self.sealed,
+            None => &mut self.plain,
+        }
+    }
+
+    /// Accounts for `n` new bytes of input and opens the records they complete.
+    fn received(&mut self, now: Instant, n: usize) {
         self.heard_at = now;
-        Counters::bump(&self.counters.bytes_in, data.len() as u64);
+        Counters::bump(&self.counters.bytes_in, n as u64);
         Counters::bump(&self.counters.reads, 1);
         let Some(opener) = &mut self.opener else {
-            self.plain.extend_from_slice(data);
             return;
         };
-        self.sealed.extend_from_slice(data);
         let before = opener.rekeys();
         let opened = opener.open(&mut self.sealed, &mut self.plain);
         Counters::bump(&self.counters.rekeys_in, opener.rekeys() - before);

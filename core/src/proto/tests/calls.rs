@@ -130,3 +130,25 @@ fn frames_are_decoded_as_events_are_taken_and_the_end_comes_after_them() {
     assert_eq!(b.events.len(), 2, "the other two sends, then the end");
     assert_eq!(b.failed, Some(Error::Closed), "a clean end between frames");
 }
+
+#[test]
+fn input_read_in_place_is_the_same_as_input_handed_in() {
+    let mut pair = Pair::encrypted(limits(), RekeyPolicy::default());
+    let slot = pair.a.call("echo", &[5; 3000], None);
+    let mut wire = Transmit::default();
+    assert!(pair.a.proto.poll_transmit(pair.now, &mut wire));
+    let mut sealed = Vec::new();
+    wire.drain_into(&mut sealed);
+    // The server reads the record in two pieces straight into its lent buffer.
+    let (first, rest) = sealed.split_at(1000);
+    for (piece, room) in [(first, 4096), (rest, rest.len())] {
+        let (mut buf, start) = pair.b.proto.lend_input(room);
+        buf[start..start + piece.len()].copy_from_slice(piece);
+        pair.b.proto.handle_read(pair.now, buf, start, piece.len());
+        assert!(pair.b.proto.read_buffered() < 3 * 4096 + 3000);
+    }
+    pair.drive();
+    assert!(pair.b.failed.is_none(), "{:?}", pair.b.failed);
+    assert_eq!(pair.b.stats().frames_in, 1);
+    assert_eq!(taken(&slot).map(|r| r.map(|b| b.len())), Some(Ok(3000)));
+}

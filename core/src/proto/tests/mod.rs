@@ -158,6 +158,8 @@ impl Pair {
     /// Moves bytes both ways and acts on events until nothing moves.
     fn drive(&mut self) {
         for _ in 0..1000 {
+            self.a.act();
+            self.b.act();
             let mut moved = false;
             let mut bytes = Vec::new();
             if self.a.proto.poll_transmit(self.now, &mut self.wire) {
