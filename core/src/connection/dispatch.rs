@@ -53,13 +53,15 @@ impl Dispatcher {
     /// (on a sequential connection: queued calls over their byte budget, or too many
     /// handlers in flight besides those queued), or too many of its replies wait unread.
     /// While so, the reader takes no new call and so stops reading.
-    pub(super) fn peer_over_limits(&self, conn: &Connection) -> bool {
+    /// `congested`: whether the protocol state's outgoing queue is over twice
+    /// `max_pending_write` (taken under the lock the caller already held).
+    pub(super) fn peer_over_limits(&self, conn: &Connection, congested: bool) -> bool {
         let config = &conn.shared.config;
         let queued = conn.shared.sequential.as_ref();
         let waiting = queued.map_or(0, Sequential::waiting);
         queued.is_some_and(Sequential::is_full)
             || self.in_flight.count().saturating_sub(waiting) >= config.max_handlers_in_flight
-            || lock(&conn.shared.state).proto.is_congested()
+            || congested
     }
 
     pub(super) async fn wait_peer_under_limits(&self, conn: &Connection) {

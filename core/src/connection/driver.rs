@@ -283,12 +283,19 @@ impl Connection {
     /// woken. Returns whether the peer closed cleanly; a failure is returned as the error.
     async fn act(&self, dispatcher: &Dispatcher) -> Result<bool, Error> {
         loop {
-            let event = lock(&self.shared.state).proto.poll_event();
+            // One lock per event: take it, and what the state queued meanwhile (pongs).
+            let (event, congested) = {
+                let mut state = lock(&self.shared.state);
+                let event = state.proto.poll_event();
+                let pending = state.proto.pending();
+                self.shared.queued.store(pending, Ordering::Relaxed);
+                (event, state.proto.is_congested())
+            };
             match event {
                 None => return Ok(false),
                 Some(Event::Completed(wake)) => wake.fire(),
                 Some(Event::Request(frame)) => {
-                    if dispatcher.peer_over_limits(self) {
+                    if dispatcher.peer_over_limits(self, congested) {
                         dispatcher.wait_peer_under_limits(self).await;
                     }
                     dispatcher.dispatch(self, frame)?;
