@@ -71,7 +71,7 @@ impl Connection {
         match postcard::from_bytes::<StreamHead<'_>>(&head) {
             Ok(head) => Ok(Incoming::new(self.clone(), key, state, head)),
             Err(e) => {
-                lock(self.streams()).forget_incoming(key);
+                lock(self.streams()).stop_incoming(key);
                 self.send_stream_frame(Kind::Stop, key, &[]);
                 Err(Error::Codec(format!("bad stream head: {e}")))
             }

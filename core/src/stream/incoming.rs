@@ -225,8 +225,10 @@ impl AsyncRead for Incoming {
 
 impl Drop for Incoming {
     fn drop(&mut self) {
-        lock(self.conn.streams()).forget_incoming(self.key);
-        if !self.finished {
+        if self.finished {
+            lock(self.conn.streams()).forget_incoming(self.key);
+        } else {
+            lock(self.conn.streams()).stop_incoming(self.key);
             self.conn.send_stream_frame(Kind::Stop, self.key, &[]);
         }
     }

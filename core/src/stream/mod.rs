@@ -44,12 +44,13 @@ mod incoming;
 mod outgoing;
 mod progress;
 pub(crate) mod state;
+mod stops;
 
 pub use incoming::{DownloadRequest, Incoming};
 pub(crate) use outgoing::pump;
 pub use outgoing::Outgoing;
 pub use progress::Progress;
-pub(crate) use state::{on_frame, Dir, Key, Open, Outbound, Streams};
+pub(crate) use state::{Answer, Dir, Key, Open, Outbound, Streams};
 
 /// Largest piece of stream data in one `Data` frame.
 pub const CHUNK: usize = 64 * 1024;
@@ -87,19 +88,4 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stream_heads_round_trip() {
-        let head = StreamHead {
-            total: Some(5),
-            meta: b"name",
-        };
-        let bytes = postcard::to_allocvec(&head).unwrap();
-        assert_eq!(
-            postcard::from_bytes::<StreamHead<'_>>(&bytes).unwrap(),
-            head
-        );
-    }
-}
+mod tests;

@@ -8,8 +8,8 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
+use super::stops::StopAnswers;
 use super::{lock, HASH_LEN, INITIAL_WINDOW};
-use crate::connection::Connection;
 use crate::error::Error;
 use crate::frame::{Frame, Kind, FLAG_DOWNLOAD, FLAG_UPLOAD};
 
@@ -74,9 +74,9 @@ impl Inbound {
     }
 
     /// A `Data` frame arrived. Data beyond the granted credit breaks the protocol. (So
-    /// does data after the end, but the reader only meets that when the connection closed
-    /// under it: `End` and `Abort` make the connection forget the stream, so later `Data`
-    /// finds none and is answered with `Stop`, as docs/PROTOCOL.md §5b says.)
+    /// does data after the end, but only a stream failed by `Streams::close` meets that:
+    /// `End` and `Abort` make `Streams` forget the stream, so later `Data` finds none and
+    /// is answered with `Stop`, as docs/PROTOCOL.md §5b says.)
     pub(crate) fn on_data(&mut self, data: Bytes) -> Result<(), Error> {
         if self.end.is_some() {
             return Err(Error::Protocol(
@@ -212,6 +212,15 @@ pub(crate) struct Streams {
     incoming: FxHashMap<Key, Arc<Mutex<Inbound>>>,
     outgoing: FxHashMap<Key, Arc<Mutex<Outbound>>>,
     closed: Option<Error>,
+    /// Which `Data` for unknown streams to answer with `Stop`.
+    stops: StopAnswers,
+}
+
+/// What the connection must send in answer to a stream frame from the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// `Stop` for this stream: the peer sent `Data` for a stream this side does not know.
+    Stop(Key),
 }
 
 impl Streams {
@@ -233,6 +242,7 @@ impl Streams {
         }
         let state = Arc::new(Mutex::new(Inbound::new(window)));
         self.incoming.insert(key, state.clone());
+        self.stops.reopened(key);
         Ok(state)
     }
 
@@ -255,6 +265,13 @@ impl Streams {
 
     pub(crate) fn forget_incoming(&mut self, key: Key) {
         self.incoming.remove(&key);
+    }
+
+    /// Forgets stream `key`, for which this side sends `Stop`: the sender's data still in
+    /// flight draws no second `Stop`.
+    pub(crate) fn stop_incoming(&mut self, key: Key) {
+        self.incoming.remove(&key);
+        self.stops.stopped(key);
     }
 
     pub(crate) fn forget_outgoing(&mut self, key: Key) -> Option<Arc<Mutex<Outbound>>> {
@@ -303,174 +320,64 @@ impl Open<Outbound> for Streams {
     }
 }
 
-// ----- the reader's side ---------------------------------------------------------------
+// ----- the peer's stream frames -------------------------------------------------------
 
-/// Routes one stream frame from the peer. An error closes the connection.
-pub(crate) fn on_frame(conn: &Connection, frame: Frame) -> Result<(), Error> {
-    let key = (Dir::from_flags(frame.flags)?, frame.id);
-    match frame.kind {
-        Kind::Data | Kind::End | Kind::Abort => {
-            let state = lock(conn.streams()).incoming.get(&key).cloned();
-            let Some(state) = state else {
-                // Stopped or never opened here: tell the sender once it sends data.
-                if frame.kind == Kind::Data {
-                    conn.send_stream_frame(Kind::Stop, key, &[]);
-                }
-                return Ok(());
-            };
-            let mut state = lock(&state);
-            match frame.kind {
-                Kind::Data => state.on_data(frame.payload)?,
-                Kind::End => {
-                    let hash: [u8; HASH_LEN] = frame.payload[..].try_into().map_err(|_| {
-                        Error::Protocol(format!(
-                            "End frame with a {}-byte hash, {HASH_LEN} expected",
-                            frame.payload.len()
-                        ))
-                    })?;
-                    state.on_end(Ok(hash));
-                    drop(state);
-                    lock(conn.streams()).forget_incoming(key);
-                }
-                _ => {
-                    let why = String::from_utf8_lossy(&frame.payload).into_owned();
-                    state.on_end(Err(Error::StreamAborted(why)));
-                    drop(state);
-                    lock(conn.streams()).forget_incoming(key);
-                }
-            }
-        }
-        Kind::Credit | Kind::Stop => {
-            let state = lock(conn.streams()).outgoing.get(&key).cloned();
-            if let Some(state) = state {
-                if frame.kind == Kind::Credit {
-                    let n: [u8; 8] = frame.payload[..].try_into().map_err(|_| {
-                        Error::Protocol("Credit frame without an 8-byte amount".into())
-                    })?;
-                    lock(&state).on_credit(u64::from_le_bytes(n));
-                } else {
-                    lock(&state).on_stop(Error::StreamAborted(
-                        "the receiver stopped the stream".into(),
-                    ));
+impl Streams {
+    /// Acts on one stream frame from the peer (`Data`, `End`, `Abort`, `Credit`, `Stop`)
+    /// and returns what the connection must send in answer, if anything. An error breaks
+    /// the protocol and closes the connection.
+    pub(crate) fn on_frame(&mut self, frame: Frame) -> Result<Option<Answer>, Error> {
+        let key = (Dir::from_flags(frame.flags)?, frame.id);
+        match frame.kind {
+            Kind::Data | Kind::End | Kind::Abort => {
+                let Some(state) = self.incoming.get(&key) else {
+                    // Ended, stopped or never opened here: tell the sender once it sends
+                    // data (once per stream, and within a bound: see `StopAnswers`).
+                    let stop = frame.kind == Kind::Data && self.stops.answer(key);
+                    return Ok(stop.then_some(Answer::Stop(key)));
+                };
+                let mut state = lock(state);
+                match frame.kind {
+                    Kind::Data => state.on_data(frame.payload)?,
+                    Kind::End => {
+                        let hash: [u8; HASH_LEN] = frame.payload[..].try_into().map_err(|_| {
+                            Error::Protocol(format!(
+                                "End frame with a {}-byte hash, {HASH_LEN} expected",
+                                frame.payload.len()
+                            ))
+                        })?;
+                        state.on_end(Ok(hash));
+                        drop(state);
+                        self.incoming.remove(&key);
+                    }
+                    _ => {
+                        let why = String::from_utf8_lossy(&frame.payload).into_owned();
+                        state.on_end(Err(Error::StreamAborted(why)));
+                        drop(state);
+                        self.incoming.remove(&key);
+                    }
                 }
             }
-        }
-        _ => unreachable!("only stream frames are routed here"),
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::stream::CHUNK;
-
-    fn noop_cx() -> Context<'static> {
-        Context::from_waker(Waker::noop())
-    }
-
-    #[test]
-    fn data_beyond_the_window_is_a_protocol_error() {
-        let mut s = Inbound::new(INITIAL_WINDOW);
-        s.on_data(Bytes::from(vec![0; INITIAL_WINDOW as usize]))
-            .unwrap();
-        assert!(matches!(
-            s.on_data(Bytes::from_static(b"x")),
-            Err(Error::Protocol(_))
-        ));
-    }
-
-    #[test]
-    fn credit_follows_consumption_and_bounds_the_buffer() {
-        let window = 4 * INITIAL_WINDOW;
-        let mut s = Inbound::new(window);
-        // Credit past the initial window is granted once the consumer starts taking data
-        // (an unread stream costs only the initial window); here, up to its window at once.
-        assert_eq!(s.take_credit(), Some(window - INITIAL_WINDOW));
-        assert_eq!(s.take_credit(), None);
-        let chunk = Bytes::from(vec![7; CHUNK]);
-        let mut sent = 0;
-        while sent + (CHUNK as u64) <= window {
-            s.on_data(chunk.clone()).unwrap();
-            sent += CHUNK as u64;
-        }
-        assert_eq!(s.buffered(), window);
-        assert!(s.on_data(chunk.clone()).is_err(), "the window is full");
-        let mut cx = noop_cx();
-        let mut consumed = 0;
-        while consumed < window / 2 {
-            assert!(matches!(s.poll_next(&mut cx), Poll::Ready(Next::Chunk(_))));
-            consumed += CHUNK as u64;
-            if consumed < window / 2 {
-                assert_eq!(s.take_credit(), None, "no credit before half a window");
+            Kind::Credit | Kind::Stop => {
+                if let Some(state) = self.outgoing.get(&key) {
+                    if frame.kind == Kind::Credit {
+                        let n: [u8; 8] = frame.payload[..].try_into().map_err(|_| {
+                            Error::Protocol("Credit frame without an 8-byte amount".into())
+                        })?;
+                        lock(state).on_credit(u64::from_le_bytes(n));
+                    } else {
+                        lock(state).on_stop(Error::StreamAborted(
+                            "the receiver stopped the stream".into(),
+                        ));
+                    }
+                }
+            }
+            other => {
+                return Err(Error::Protocol(format!(
+                    "a {other:?} frame is not a stream frame"
+                )))
             }
         }
-        assert_eq!(s.take_credit(), Some(window / 2));
-    }
-
-    #[test]
-    fn end_comes_after_the_last_chunk_and_the_first_end_wins() {
-        let mut s = Inbound::new(INITIAL_WINDOW);
-        s.on_data(Bytes::from_static(b"abc")).unwrap();
-        s.on_end(Ok([1; HASH_LEN]));
-        s.on_end(Err(Error::Closed));
-        assert!(s.on_data(Bytes::from_static(b"late")).is_err());
-        let mut cx = noop_cx();
-        assert!(matches!(s.poll_next(&mut cx), Poll::Ready(Next::Chunk(c)) if &c[..] == b"abc"));
-        assert!(matches!(
-            s.poll_next(&mut cx),
-            Poll::Ready(Next::End(h, 3)) if h == [1; HASH_LEN]
-        ));
-    }
-
-    #[test]
-    fn a_sender_waits_for_credit_and_stops_when_told() {
-        let mut s = Outbound::new();
-        let mut cx = noop_cx();
-        assert!(matches!(
-            s.poll_credit(&mut cx),
-            Poll::Ready(Ok(INITIAL_WINDOW))
-        ));
-        s.credit = 0;
-        assert!(s.poll_credit(&mut cx).is_pending());
-        s.on_credit(10);
-        assert!(matches!(s.poll_credit(&mut cx), Poll::Ready(Ok(10))));
-        s.on_stop(Error::Closed);
-        assert!(matches!(
-            s.poll_credit(&mut cx),
-            Poll::Ready(Err(Error::Closed))
-        ));
-    }
-
-    #[test]
-    fn closing_fails_every_stream_and_refuses_new_ones() {
-        let mut streams = Streams::default();
-        let inbound = streams.open_incoming((Dir::Upload, 1), 0).unwrap();
-        let outbound = streams.open_outgoing((Dir::Download, 1)).unwrap();
-        streams.close(&Error::Closed);
-        assert_eq!(streams.len(), 0);
-        let mut cx = noop_cx();
-        assert!(matches!(
-            lock(&inbound).poll_next(&mut cx),
-            Poll::Ready(Next::Failed(Error::Closed))
-        ));
-        assert!(lock(&outbound).poll_credit(&mut cx).is_ready());
-        assert!(streams.open_outgoing((Dir::Upload, 2)).is_err());
-    }
-
-    #[test]
-    fn a_stream_id_in_use_cannot_be_opened_again() {
-        let mut streams = Streams::default();
-        streams.open_incoming((Dir::Upload, 7), 0).unwrap();
-        streams.open_outgoing((Dir::Download, 7)).unwrap();
-        assert!(matches!(
-            streams.open_incoming((Dir::Upload, 7), 0),
-            Err(Error::BadRequest(_))
-        ));
-        assert!(matches!(
-            streams.open_outgoing((Dir::Download, 7)),
-            Err(Error::BadRequest(_))
-        ));
-        assert_eq!(streams.len(), 2);
+        Ok(None)
     }
 }
