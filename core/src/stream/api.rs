@@ -1,13 +1,16 @@
-//! The caller's side of streams: [`Connection::upload`] and [`Connection::download`].
+//! The caller's side of streams: [`Connection::upload`] and [`Connection::download`];
+//! and the connection as the [`Carrier`] of its streams.
 
+use std::future::Future;
 use std::path::Path;
+use std::sync::Mutex;
 
 use bytes::Bytes;
 
 use super::incoming::Incoming;
 use super::outgoing::{pump, Outgoing};
-use super::state::Dir;
-use super::{lock, StreamHead, WantStream};
+use super::state::{Dir, Key, Streams};
+use super::{lock, Carrier, Sender, StreamHead, WantStream};
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::frame::{Kind, FLAG_DOWNLOAD, FLAG_UPLOAD};
@@ -100,5 +103,25 @@ impl Connection {
             .await?
             .save(path, resume)
             .await
+    }
+}
+
+impl Carrier for Connection {
+    fn streams(&self) -> &Mutex<Streams> {
+        Connection::streams(self)
+    }
+
+    fn send_stream_frame(&self, kind: Kind, key: Key, payload: &[u8]) {
+        Connection::send_stream_frame(self, kind, key, payload)
+    }
+}
+
+impl Sender for Connection {
+    fn send_stream_data(&self, key: Key, data: &[u8]) -> Result<(), Error> {
+        Connection::send_stream_data(self, key, data)
+    }
+
+    fn wait_for_stream_space(&self, limit: usize) -> impl Future<Output = ()> + Send {
+        Connection::wait_for_stream_space(self, limit)
     }
 }

@@ -12,8 +12,7 @@ use futures_lite::io::AsyncRead;
 
 use super::progress::{OnProgress, Progress};
 use super::state::{Inbound, Key, Next};
-use super::{lock, StreamHead, HASH_LEN};
-use crate::connection::Connection;
+use super::{lock, Carrier, StreamHead, HASH_LEN};
 use crate::error::Error;
 use crate::frame::Kind;
 
@@ -24,7 +23,7 @@ use crate::frame::Kind;
 /// reported only after the hash of everything received matched the sender's. Dropping it
 /// before the end stops the sender at once.
 pub struct Incoming {
-    conn: Connection,
+    conn: Box<dyn Carrier>,
     key: Key,
     state: Arc<Mutex<Inbound>>,
     meta: Bytes,
@@ -48,13 +47,13 @@ impl std::fmt::Debug for Incoming {
 
 impl Incoming {
     pub(crate) fn new(
-        conn: Connection,
+        conn: impl Carrier,
         key: Key,
         state: Arc<Mutex<Inbound>>,
         head: StreamHead<'_>,
     ) -> Self {
         Self {
-            conn,
+            conn: Box::new(conn),
             key,
             state,
             meta: Bytes::copy_from_slice(head.meta),

@@ -2,12 +2,14 @@
 //! flow-control window, hashed end to end, resumable from an offset, cancellable from
 //! either side.
 //!
-//! - An **upload** is a call whose body is a stream: [`Connection::upload`] on the caller,
+//! - An **upload** is a call whose body is a stream:
+//!   [`Connection::upload`](crate::Connection::upload) on the caller,
 //!   [`Router::upload`](crate::Router::upload) on the handler side, which reads it as an
 //!   [`Incoming`].
-//! - A **download** is a call whose reply is a stream: [`Connection::download`] on the
-//!   caller, [`Router::download`](crate::Router::download) on the handler side, which
-//!   answers with an [`Outgoing`].
+//! - A **download** is a call whose reply is a stream:
+//!   [`Connection::download`](crate::Connection::download) on the caller,
+//!   [`Router::download`](crate::Router::download) on the handler side, which answers
+//!   with an [`Outgoing`].
 //!
 //! Both work in either direction (a server can download from a client it calls back).
 //! The receiver grants credit as its consumer reads, so a slow consumer slows the sender
@@ -29,15 +31,19 @@
 //! let written = client.download_to_file("get", "report.pdf", "report.pdf", true).await?;
 //! # Ok(()) }
 //! ```
-
 //!
-//! The module's layers: [`state`] is the sans-IO bookkeeping of the streams open on a
-//! connection (credit, ends, what to answer a peer's stream frame); `outgoing`,
-//! `incoming` and `api` drive it from tasks through a [`Connection`](crate::Connection).
+//! The module's layers: `state` is the sans-IO bookkeeping of the streams open on a
+//! connection (credit, ends, what to answer a peer's stream frame); `outgoing` and
+//! `incoming` drive it from tasks through a `Carrier`; `api` is the caller's API on
+//! [`Connection`](crate::Connection), which is the one `Carrier`.
 
+use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::frame::Kind;
 
 mod api;
 mod incoming;
@@ -80,6 +86,27 @@ pub(crate) struct WantStream<'a> {
     /// Application data naming what to send.
     #[serde(borrow)]
     pub meta: &'a [u8],
+}
+
+/// What carries a connection's streams, as a stream's receiver sees it: the streams'
+/// state and a way to queue their control frames. [`Connection`](crate::Connection) is the
+/// implementation (in `api`), so `incoming` and `outgoing` need not know the connection.
+pub(crate) trait Carrier: Send + Sync + 'static {
+    /// The streams open on the connection.
+    fn streams(&self) -> &Mutex<Streams>;
+
+    /// Queues a stream control frame (`End`, `Abort`, `Credit`, `Stop`); once the
+    /// connection has closed there is nobody to tell, and it is dropped.
+    fn send_stream_frame(&self, kind: Kind, key: Key, payload: &[u8]);
+}
+
+/// A [`Carrier`] as a stream's sender sees it: it also takes data, under back-pressure.
+pub(crate) trait Sender: Carrier {
+    /// Queues one `Data` frame of stream `key`.
+    fn send_stream_data(&self, key: Key, data: &[u8]) -> Result<(), Error>;
+
+    /// Waits until fewer than `limit` bytes are queued to write (or the connection closed).
+    fn wait_for_stream_space(&self, limit: usize) -> impl Future<Output = ()> + Send;
 }
 
 /// Locks a stream state; a panic elsewhere while it was held does not poison it.

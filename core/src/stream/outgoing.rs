@@ -13,8 +13,7 @@ use futures_lite::io::{AsyncRead, AsyncReadExt};
 
 use super::progress::{OnProgress, Progress};
 use super::state::{Key, Outbound};
-use super::{lock, StreamHead, CHUNK};
-use crate::connection::Connection;
+use super::{lock, Sender, StreamHead, CHUNK};
 use crate::error::Error;
 use crate::frame::Kind;
 
@@ -146,18 +145,18 @@ impl Outgoing {
 
 /// Sends `body` as stream `key`: chunks under the receiver's credit, then `End` with the
 /// hash. Dropped or failed before the end, it tells the receiver with `Abort`.
-pub(crate) async fn pump(
-    conn: &Connection,
+pub(crate) async fn pump<C: Sender>(
+    conn: &C,
     key: Key,
     state: Arc<Mutex<Outbound>>,
     mut body: Outgoing,
 ) -> Result<u64, Error> {
-    struct Guard<'a> {
-        conn: &'a Connection,
+    struct Guard<'a, C: Sender> {
+        conn: &'a C,
         key: Key,
         done: bool,
     }
-    impl Drop for Guard<'_> {
+    impl<C: Sender> Drop for Guard<'_, C> {
         fn drop(&mut self) {
             SENDERS.fetch_sub(1, Ordering::Relaxed);
             lock(self.conn.streams()).forget_outgoing(self.key);
