@@ -229,6 +229,8 @@ impl Streams {
         self.incoming.len() + self.outgoing.len()
     }
 
+    /// Opens stream `key` for receiving, its consumer keeping up to `window` bytes; an id
+    /// still open, or a closed connection, is refused.
     pub(crate) fn open_incoming(
         &mut self,
         key: Key,
@@ -246,6 +248,7 @@ impl Streams {
         Ok(state)
     }
 
+    /// Opens stream `key` for sending; an id still open, or a closed connection, is refused.
     pub(crate) fn open_outgoing(&mut self, key: Key) -> Result<Arc<Mutex<Outbound>>, Error> {
         if let Some(e) = &self.closed {
             return Err(e.clone());
@@ -263,6 +266,7 @@ impl Streams {
         self.outgoing.get(&key).cloned()
     }
 
+    /// Forgets receiving stream `key` (it ended, or its call failed).
     pub(crate) fn forget_incoming(&mut self, key: Key) {
         self.incoming.remove(&key);
     }
@@ -274,6 +278,7 @@ impl Streams {
         self.stops.stopped(key);
     }
 
+    /// Forgets sending stream `key`; returns its state if it was open.
     pub(crate) fn forget_outgoing(&mut self, key: Key) -> Option<Arc<Mutex<Outbound>>> {
         self.outgoing.remove(&key)
     }
@@ -298,7 +303,9 @@ fn already_open(key: Key) -> Error {
 
 /// Opens and forgets streams of one direction, so that a call can open either kind.
 pub(crate) trait Open<S> {
+    /// Opens stream `key` (`window` matters to a receiving stream only).
     fn open(&mut self, key: Key, window: u64) -> Result<Arc<Mutex<S>>, Error>;
+    /// Forgets stream `key`.
     fn forget(&mut self, key: Key);
 }
 
