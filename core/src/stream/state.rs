@@ -212,8 +212,9 @@ pub(crate) struct Streams {
     incoming: FxHashMap<Key, Arc<Mutex<Inbound>>>,
     outgoing: FxHashMap<Key, Arc<Mutex<Outbound>>>,
     closed: Option<Error>,
-    /// Which `Data` for unknown streams to answer with `Stop`.
-    stops: StopAnswers,
+    /// Which `Data` for unknown streams to answer with `Stop`: allocated with the first
+    /// `Stop`, so that a connection without any costs one pointer.
+    stops: Option<Box<StopAnswers>>,
 }
 
 /// What the connection must send in answer to a stream frame from the peer.
@@ -244,7 +245,9 @@ impl Streams {
         }
         let state = Arc::new(Mutex::new(Inbound::new(window)));
         self.incoming.insert(key, state.clone());
-        self.stops.reopened(key);
+        if let Some(stops) = &mut self.stops {
+            stops.reopened(key);
+        }
         Ok(state)
     }
 
@@ -275,7 +278,7 @@ impl Streams {
     /// flight draws no second `Stop`.
     pub(crate) fn stop_incoming(&mut self, key: Key) {
         self.incoming.remove(&key);
-        self.stops.stopped(key);
+        self.stops.get_or_insert_default().stopped(key);
     }
 
     /// Forgets sending stream `key`; returns its state if it was open.
@@ -340,7 +343,8 @@ impl Streams {
                 let Some(state) = self.incoming.get(&key) else {
                     // Ended, stopped or never opened here: tell the sender once it sends
                     // data (once per stream, and within a bound: see `StopAnswers`).
-                    let stop = frame.kind == Kind::Data && self.stops.answer(key);
+                    let stop =
+                        frame.kind == Kind::Data && self.stops.get_or_insert_default().answer(key);
                     return Ok(stop.then_some(Answer::Stop(key)));
                 };
                 let mut state = lock(state);
