@@ -44,7 +44,7 @@ use crate::secure::cipher::TAG_LEN;
 use crate::secure::record::{Opener, Sealer, MAX_RECORD_PLAINTEXT, RECORD_HEADER, RECORD_TARGET};
 use crate::sequential::Sequential;
 use crate::stats::{Counters, Stats};
-use crate::stream::{self, Dir, Incoming, Key, Outbound, StreamHead, Streams, WantStream};
+use crate::stream::{self, Answer, Dir, Incoming, Key, Outbound, StreamHead, Streams, WantStream};
 use crate::transport::{BoxRead, BoxWrite};
 
 /// Size of the buffer (in the reader's own state, not on the heap) a connection waits
@@ -1137,7 +1137,10 @@ impl Connection {
         match frame.kind {
             Kind::Call | Kind::Send => self.dispatch_request(frame),
             Kind::Data | Kind::End | Kind::Abort | Kind::Credit | Kind::Stop => {
-                stream::on_frame(self, frame)?
+                let answer = lock(&self.shared.streams).on_frame(frame)?;
+                if let Some(Answer::Stop(key)) = answer {
+                    self.send_stream_frame(Kind::Stop, key, &[]);
+                }
             }
             Kind::Reply => self.complete(frame.id, Ok(frame.payload)),
             Kind::Error => {
