@@ -54,6 +54,10 @@ zs_free_port() {
 
 zs_install() {
   local missing=()
+  # .ci/run starts an install in the background while Rust compiles; a second one (from
+  # .ci/test) waits here for it instead of running apt-get beside it.
+  exec 8>"${TMPDIR:-/tmp}/zserver-services-install.lock"
+  flock 8
   command -v nats-server >/dev/null || missing+=(nats-server)
   zs_pg_bin >/dev/null 2>&1 || missing+=(postgresql)
   # tests/wire.rs runs docs/PROTOCOL.md's Python client as printed.

@@ -504,6 +504,72 @@ fn a_data_frame_may_use_the_whole_credit_and_no_more() {
     zserver::block_on(server.shutdown());
 }
 
+/// docs/PROTOCOL.md §5b: `Data` for streams the server does not know, from a peer that
+/// never reads, cannot make the server queue an answer per frame. A stream gets one `Stop`
+/// however much `Data` follows, and a connection answers at most 1,024 unknown streams in
+/// its life; the rest is read and dropped, and the connection is still served.
+#[test]
+fn data_for_unknown_streams_cannot_grow_the_outbox() {
+    const MAX_STOP_ANSWERS: usize = 1024;
+    let router = Router::new().console("echo", |_ctx, text: String| async move { Ok(text) });
+    let (server, mut sock) = plain_server_and_raw_peer(router);
+    // An empty Data frame (kind 7, flag UPLOAD) for stream `id`; ids are LEB128 varints.
+    let data = |out: &mut Vec<u8>, mut id: u64| {
+        let mut header = vec![7, 1];
+        while id >= 0x80 {
+            header.push(id as u8 | 0x80);
+            id >>= 7;
+        }
+        header.extend_from_slice(&[id as u8, 0]);
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        out.extend_from_slice(&header);
+    };
+    // Call `id` to "echo" with "hi": its Reply comes after every Stop queued before it.
+    let echo = |id: u8| [10, 0, 0, 0, 0, 0, id, 4, b'e', b'c', b'h', b'o', b'h', b'i'];
+    // The Stops read before the Reply to call `id`.
+    let stops_before_reply = |sock: &mut std::net::TcpStream, id: u8| {
+        let mut stops = 0;
+        loop {
+            let mut len = [0u8; 4];
+            sock.read_exact(&mut len).unwrap();
+            let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+            sock.read_exact(&mut body).unwrap();
+            match (body[0], body[1]) {
+                (11, 1) => stops += 1,
+                (2, 0) if body[2] == id => return stops,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    };
+    // 10,000 frames of Data for one unknown stream: one Stop.
+    let mut flood = Vec::new();
+    for _ in 0..10_000 {
+        data(&mut flood, 1);
+    }
+    flood.extend_from_slice(&echo(1));
+    sock.write_all(&flood).unwrap();
+    assert_eq!(stops_before_reply(&mut sock, 1), 1);
+    // Then 100,000 unknown streams (about 1 MB sent, nothing read meanwhile): Stops for the
+    // first of them only, up to the connection's bound.
+    flood.clear();
+    for id in 2..100_002 {
+        data(&mut flood, id);
+    }
+    flood.extend_from_slice(&echo(2));
+    sock.write_all(&flood).unwrap();
+    assert_eq!(stops_before_reply(&mut sock, 2), MAX_STOP_ANSWERS - 1);
+    let totals = server.stats().totals;
+    assert_eq!(totals.frames_in, 110_002, "every frame was read");
+    assert!(
+        totals.bytes_out < 16 * 1024,
+        "{} bytes sent in answer to {} received",
+        totals.bytes_out,
+        totals.bytes_in
+    );
+    drop(sock);
+    zserver::block_on(server.shutdown());
+}
+
 /// A plain (trusted-link) server with `router`, and a raw socket to it past the preambles.
 fn plain_server_and_raw_peer(router: Router) -> (zserver::Server, std::net::TcpStream) {
     let server = zserver::block_on(

@@ -21,7 +21,7 @@ use crate::proto::CommandKind;
 use crate::runtime::BoxFuture;
 use crate::sequential::Sequential;
 use crate::stats::Counters;
-use crate::stream::{self, Dir, Incoming, StreamHead, WantStream};
+use crate::stream::{Answer, Dir, Incoming, StreamHead, WantStream};
 
 impl SendCheck for Router {
     fn check_send(
@@ -83,7 +83,12 @@ impl Dispatcher {
     pub(super) fn dispatch(&self, conn: &Connection, frame: Frame) -> Result<(), Error> {
         match frame.kind {
             Kind::Call | Kind::Send => self.dispatch_request(conn, frame),
-            _ => stream::on_frame(conn, frame)?,
+            _ => {
+                let answer = lock(&conn.shared.streams).on_frame(frame)?;
+                if let Some(Answer::Stop(key)) = answer {
+                    conn.send_stream_frame(Kind::Stop, key, &[]);
+                }
+            }
         }
         Ok(())
     }

@@ -1,0 +1,127 @@
+//! The caller's side of streams: [`Connection::upload`] and [`Connection::download`];
+//! and the connection as the [`Carrier`] of its streams.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+use super::incoming::Incoming;
+use super::outgoing::{pump, Outgoing};
+use super::state::{Dir, Key, Streams};
+use super::{lock, Carrier, Sender, StreamHead, WantStream};
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::frame::{Kind, FLAG_DOWNLOAD, FLAG_UPLOAD};
+
+impl Connection {
+    /// Calls `command` with `body` as a stream after `meta`, and waits for the handler's
+    /// reply. The body is read and sent chunk by chunk as the receiver's window allows;
+    /// if the handler answers before reading it all, sending stops.
+    pub async fn upload(
+        &self,
+        command: &str,
+        meta: impl AsRef<[u8]>,
+        body: Outgoing,
+    ) -> Result<Bytes, Error> {
+        let head = postcard::to_allocvec(&StreamHead {
+            total: body.total(),
+            meta: meta.as_ref(),
+        })?;
+        let (id, state) = self.start_stream_call(command, FLAG_UPLOAD, &head).await?;
+        let mut reply = std::pin::pin!(self.call_future(id));
+        enum First {
+            Sent(Result<u64, Error>),
+            Replied(Result<Bytes, Error>),
+        }
+        let first = futures_lite::future::or(
+            async { First::Sent(pump(self, (Dir::Upload, id), state, body).await) },
+            async { First::Replied(reply.as_mut().await) },
+        )
+        .await;
+        match first {
+            First::Replied(result) => result,
+            // The source itself failed: that is this side's error.
+            First::Sent(Err(e @ (Error::Io(_) | Error::Integrity(_)))) => Err(e),
+            First::Sent(_) => reply.await,
+        }
+    }
+
+    /// Calls `command`, whose handler answers with a stream, starting at byte `offset`
+    /// (non-zero to resume). Returns as soon as the stream starts.
+    pub async fn download(
+        &self,
+        command: &str,
+        meta: impl AsRef<[u8]>,
+        offset: u64,
+    ) -> Result<Incoming, Error> {
+        let want = postcard::to_allocvec(&WantStream {
+            offset,
+            meta: meta.as_ref(),
+        })?;
+        let (id, state) = self
+            .start_stream_call(command, FLAG_DOWNLOAD, &want)
+            .await?;
+        let key = (Dir::Download, id);
+        let head = match self.call_future(id).await {
+            Ok(head) => head,
+            Err(e) => {
+                lock(self.streams()).forget_incoming(key);
+                return Err(e);
+            }
+        };
+        match postcard::from_bytes::<StreamHead<'_>>(&head) {
+            Ok(head) => Ok(Incoming::new(self.clone(), key, state, head)),
+            Err(e) => {
+                lock(self.streams()).stop_incoming(key);
+                self.send_stream_frame(Kind::Stop, key, &[]);
+                Err(Error::Codec(format!("bad stream head: {e}")))
+            }
+        }
+    }
+
+    /// Downloads into the file at `path`. With `resume`, an existing file is kept and the
+    /// download continues from its length; otherwise the file is replaced. Returns the
+    /// bytes written by this call.
+    pub async fn download_to_file(
+        &self,
+        command: &str,
+        meta: impl AsRef<[u8]>,
+        path: impl AsRef<Path>,
+        resume: bool,
+    ) -> Result<u64, Error> {
+        let path = path.as_ref();
+        let offset = match resume {
+            true => {
+                let path = path.to_owned();
+                blocking::unblock(move || std::fs::metadata(path).map_or(0, |m| m.len())).await
+            }
+            false => 0,
+        };
+        self.download(command, meta, offset)
+            .await?
+            .save(path, resume)
+            .await
+    }
+}
+
+impl Carrier for Connection {
+    fn streams(&self) -> &Mutex<Streams> {
+        Connection::streams(self)
+    }
+
+    fn send_stream_frame(&self, kind: Kind, key: Key, payload: &[u8]) {
+        Connection::send_stream_frame(self, kind, key, payload)
+    }
+}
+
+impl Sender for Connection {
+    fn send_stream_data(&self, key: Key, data: &[u8]) -> Result<(), Error> {
+        Connection::send_stream_data(self, key, data)
+    }
+
+    fn wait_for_stream_space(&self, limit: usize) -> impl Future<Output = ()> + Send {
+        Connection::wait_for_stream_space(self, limit)
+    }
+}
