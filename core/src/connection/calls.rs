@@ -3,6 +3,7 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -124,6 +125,7 @@ impl Connection {
             .proto
             .requests()
             .start_callback(callback, deadline)?;
+        self.deadline_added(deadline);
         self.send_call_frame(id, command, payload)
     }
 
@@ -222,8 +224,18 @@ impl Connection {
             )
         });
         let id = started.await?;
+        self.deadline_added(deadline);
         self.send_call_frame(id, command, payload)?;
         Ok(id)
+    }
+
+    /// Tells the driver to look at its timer again (before the call's frame wakes it): a
+    /// deadline registered while it was between reading and writing would otherwise wait
+    /// for the next wake-up.
+    fn deadline_added(&self, deadline: Option<Instant>) {
+        if deadline.is_some() {
+            self.shared.rearm.store(true, Ordering::Release);
+        }
     }
 
     fn send_call_frame(&self, id: u64, command: &str, payload: &[u8]) -> Result<(), Error> {

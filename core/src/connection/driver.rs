@@ -108,6 +108,7 @@ impl Connection {
             }),
             queued: AtomicUsize::new(0),
             handed_over: AtomicBool::new(false),
+            rearm: AtomicBool::new(false),
             write_space: Notify::new(),
             streams: Mutex::new(Streams::default()),
             counters,
@@ -166,6 +167,9 @@ impl Connection {
             }
             if closed.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ok(()));
+            }
+            if shared.rearm.swap(false, Ordering::AcqRel) {
+                continue; // a new deadline: the reader re-arms the timer
             }
             if !shared.handed_over.load(Ordering::Relaxed) {
                 return Poll::Pending;

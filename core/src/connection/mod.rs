@@ -66,6 +66,9 @@ struct Shared {
     /// Set by the reader when it hands the driver's turn to the writer (see
     /// [`Connection::yield_to_writer`]).
     handed_over: AtomicBool,
+    /// Set by a handle that registered a call's deadline: the driver re-polls its reader,
+    /// which re-arms the one timer if that deadline is the earliest.
+    rearm: AtomicBool,
     write_space: Event,
     streams: Mutex<Streams>,
     counters: Arc<Counters>,
