@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use event_listener::Event;
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::io::AsyncWriteExt;
 use futures_lite::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -47,14 +47,11 @@ use crate::stats::{Counters, Stats};
 use crate::stream::{self, Dir, Incoming, Key, Outbound, StreamHead, Streams, WantStream};
 use crate::transport::{BoxRead, BoxWrite};
 
-/// Size of the buffer (in the reader's own state, not on the heap) a connection waits
-/// for data with, idle or in the middle of a frame.
-const IDLE_READ: usize = 128;
-
 /// Sealed batches up to this size are copied into one buffer and written with one write.
 const SMALL_WRITE: usize = 64 * 1024;
 
-/// Write buffers larger than this are freed after use instead of kept for the next batch.
+/// Write buffers larger than this, and than twice the batch just written, are freed after
+/// use instead of kept for the next batch.
 const KEEP_WRITE_CAPACITY: usize = 64 * 1024;
 
 /// The reader's heartbeat state: the armed timer, and when the peer was last heard.
@@ -891,7 +888,6 @@ impl Connection {
         // A record that failed to open: reported once the authenticated ones before it
         // have been dispatched.
         let mut failure = None;
-        let mut first = [0u8; IDLE_READ];
         let mut watch = Watch {
             timer: None,
             heard_at: self.shared.runtime.now(),
@@ -936,19 +932,14 @@ impl Connection {
                 }
             };
             let n = if !more {
-                let n = self.read_watched(read, &mut first, &mut watch).await?;
-                buf.extend_from_slice(&first[..n]);
-                more = n == first.len();
+                let n = self.read_watched(read, buf, &mut watch).await?;
+                more = n == read_buf::IDLE_READ;
                 n
             } else {
-                let start = buf.len();
-                let window = read_buf::read_window(wanted, start);
-                buf.reserve(window);
-                buf.resize(start + window, 0);
-                let ready = self.try_read(read, &mut buf[start..], &mut watch).await;
+                let window = read_buf::read_window(wanted, buf.len());
+                let ready = self.try_read(read, buf, window, &mut watch).await;
                 let waiting = ready.is_none();
                 let n = ready.transpose()?.unwrap_or(0);
-                buf.truncate(start + n);
                 more = n == window;
                 if waiting {
                     continue; // nothing waiting after all: wait with the small buffer
@@ -1016,15 +1007,17 @@ impl Connection {
         Ok(frame)
     }
 
-    /// Reads once if bytes are ready, without waiting (`None` if none are), noting that
-    /// the peer was heard.
+    /// Reads up to `max` bytes onto `buf` if bytes are ready, without waiting (`None` if
+    /// none are), noting that the peer was heard.
     async fn try_read(
         &self,
         read: &mut BoxRead,
-        buf: &mut [u8],
+        buf: &mut BytesMut,
+        max: usize,
         watch: &mut Watch,
     ) -> Option<io::Result<usize>> {
-        let polled = poll_fn(|cx| Poll::Ready(Pin::new(&mut **read).poll_read(cx, buf))).await;
+        let polled =
+            poll_fn(|cx| Poll::Ready(read_buf::poll_read_append(&mut **read, cx, buf, max))).await;
         match polled {
             Poll::Ready(result) => {
                 if self.shared.config.heartbeat.is_some() {
@@ -1047,23 +1040,26 @@ impl Connection {
         now
     }
 
-    /// Reads once. With a heartbeat configured, a silence of one heartbeat sends a `Ping`
+    /// Reads once, appending to `buf` (see [`read_buf::poll_read_append`]). With a heartbeat configured, a silence of one heartbeat sends a `Ping`
     /// (the peer's `Pong` breaks the silence) and a silence of `idle_timeout` fails with
     /// [`Error::IdleTimeout`]. The timer is armed once per heartbeat, not per read.
     async fn read_watched(
         &self,
         read: &mut BoxRead,
-        buf: &mut [u8],
+        buf: &mut BytesMut,
         watch: &mut Watch,
     ) -> Result<usize, Error> {
         let config = &self.shared.config;
         let Some(beat) = config.heartbeat else {
-            return Ok(read.read(buf).await?);
+            let idle = read_buf::IDLE_READ;
+            return Ok(poll_fn(|cx| read_buf::poll_read_append(&mut **read, cx, buf, idle)).await?);
         };
         let runtime = &self.shared.runtime;
         loop {
             let polled = poll_fn(|cx| {
-                if let Poll::Ready(r) = Pin::new(&mut **read).poll_read(cx, buf) {
+                if let Poll::Ready(r) =
+                    read_buf::poll_read_append(&mut **read, cx, buf, read_buf::IDLE_READ)
+                {
                     return Poll::Ready(Some(r));
                 }
                 let timer = watch.timer.get_or_insert_with(|| runtime.sleep(beat));
@@ -1443,8 +1439,10 @@ impl Connection {
             Counters::bump(&counters.bytes_out, written as u64);
             Counters::bump(&counters.writes, 1);
             batch.clear();
-            // Keep the buffers while busy; an idle connection (nothing queued) holds none.
-            if batch.capacity() > KEEP_WRITE_CAPACITY
+            // Keep the buffers while busy, if sized like the batches being sent (a steady
+            // stream of large batches must not grow a fresh buffer, page by page, for each);
+            // an idle connection (nothing queued) holds none.
+            if batch.capacity() > KEEP_WRITE_CAPACITY.max(2 * written)
                 || self.shared.queued.load(Ordering::Relaxed) == 0
             {
                 batch = BytesMut::new();
