@@ -49,7 +49,9 @@ pub(crate) fn poll_read_append<R: AsyncRead + Unpin + ?Sized>(
     SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
         Ok(mut scratch) => {
             if scratch.len() < READ_MAX {
-                scratch.resize(READ_MAX, 0);
+                // Zeroed by the allocator: fresh pages stay untouched (and out of the
+                // process's resident memory) until a read fills them.
+                *scratch = vec![0; READ_MAX];
             }
             poll(&mut scratch[..max.clamp(1, READ_MAX)])
         }
