@@ -4,10 +4,9 @@
 
 use std::hint::black_box;
 
-use bytes::Buf;
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use zserver_core::frame::{encode, FrameDecoder, Header, Kind, DEFAULT_MAX_FRAME, LENGTH_PREFIX};
+use zserver_core::frame::{encode, FrameDecoder, Header, Kind, DEFAULT_MAX_FRAME};
 
 fn call(id: u64) -> Header<'static> {
     Header {
@@ -79,31 +78,6 @@ fn small(c: &mut Criterion) {
                 while let Some(f) = dec.decode(&mut buf).unwrap() {
                     n += f.payload.len();
                     black_box(&f);
-                }
-                assert_eq!(n, 64 * 64);
-                buf
-            },
-            BatchSize::SmallInput,
-        )
-    });
-    // The same, the way frames were decoded before the header was read by hand: postcard's
-    // serde decoder, then the command and the payload sliced off the body (side by side
-    // with the above in one run).
-    g.bench_function("decode_64_calls_postcard_header", |b| {
-        b.iter_batched(
-            || BytesMut::from(&bytes[..]),
-            |mut buf| {
-                let mut n = 0;
-                while buf.len() >= LENGTH_PREFIX {
-                    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                    buf.advance(LENGTH_PREFIX);
-                    let body = buf.split_to(len).freeze();
-                    let (header, rest) = postcard::take_from_bytes::<Header<'_>>(&body).unwrap();
-                    let at = header.command.as_ptr() as usize - body.as_ptr() as usize;
-                    let command = body.slice(at..at + header.command.len());
-                    let payload = body.slice(body.len() - rest.len()..);
-                    n += payload.len();
-                    black_box((header.kind, header.id, &command, &payload));
                 }
                 assert_eq!(n, 64 * 64);
                 buf
