@@ -942,7 +942,7 @@ impl Connection {
                 let n = ready.transpose()?.unwrap_or(0);
                 more = n == window;
                 if waiting {
-                    continue; // nothing waiting after all: wait with the small buffer
+                    continue; // nothing waiting after all: wait (no buffer held)
                 }
                 n
             };
@@ -1040,9 +1040,9 @@ impl Connection {
         now
     }
 
-    /// Reads once, appending to `buf` (see [`read_buf::poll_read_append`]). With a heartbeat configured, a silence of one heartbeat sends a `Ping`
-    /// (the peer's `Pong` breaks the silence) and a silence of `idle_timeout` fails with
-    /// [`Error::IdleTimeout`]. The timer is armed once per heartbeat, not per read.
+    /// Reads once, appending to `buf` (see [`read_buf::poll_read_append`]). With a
+    /// heartbeat configured, a silence of one heartbeat sends a `Ping` (the peer's `Pong`
+    /// breaks the silence) and a silence of `idle_timeout` fails with [`Error::IdleTimeout`]. The timer is armed once per heartbeat, not per read.
     async fn read_watched(
         &self,
         read: &mut BoxRead,
