@@ -912,9 +912,9 @@ impl Connection {
                 return Err(e);
             }
             self.yield_to_writer().await;
-            // Memory grows with the bytes that arrived: a read that may wait does so with
-            // the small buffer in the reader's state, after the heap buffers were cut down
-            // to their contents (an idle connection holds none); a larger window is read
+            // Memory grows with the bytes that arrived: a read that may wait goes through a
+            // buffer of the thread, after the heap buffers were cut down to their contents
+            // (an idle connection holds none); a larger window is read
             // only while data keeps coming, and only as large as what is already held.
             if !more {
                 read_buf::compact(&mut plain);
