@@ -66,7 +66,22 @@ fn a_tiny_bench_run_reports_every_row() {
         }
     }
     assert!(stdout.contains("ratio to the same over TCP"), "{stdout}");
-    assert_eq!(report["targets"].as_array().unwrap().len(), 6);
+    // Issue 15's six targets (1 conn, 8 conns, one-way, encrypted bulk, p50 plain and
+    // encrypted), the older encrypted-pipelined one, and the two memory targets.
+    let targets = report["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 9, "{targets:#?}");
+    for goal in [
+        "8 conns >= 0.5x",
+        "one-way messages/s >= 0.3x",
+        "encrypted <= 1.1x",
+    ] {
+        assert!(
+            targets
+                .iter()
+                .any(|t| t["goal"].as_str().is_some_and(|g| g.contains(goal))),
+            "no target {goal:?} in {targets:#?}"
+        );
+    }
     std::fs::remove_file(json).unwrap();
 }
 

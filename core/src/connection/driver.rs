@@ -30,10 +30,6 @@ use crate::stats::Counters;
 use crate::stream::Streams;
 use crate::transport::{BoxRead, BoxWrite};
 
-/// Size of the buffer (in the reader's own state, not on the heap) a connection waits
-/// for data with, idle or in the middle of a frame.
-const IDLE_READ: usize = 128;
-
 /// The driver's one timer: armed for the protocol state's next deadline, re-made only
 /// when that deadline comes earlier than the one it is armed for.
 #[derive(Default)]
@@ -203,7 +199,6 @@ impl Connection {
     /// deadlines when the timer rings.
     async fn read_loop(&self, dispatcher: &Dispatcher, read: &mut BoxRead) -> Result<(), Error> {
         let runtime = &self.shared.runtime;
-        let mut first = [0u8; IDLE_READ];
         let mut timer = Timer::default();
         // Whether the last read filled its buffer, so that more is probably waiting.
         let mut more = false;
@@ -213,10 +208,11 @@ impl Connection {
                 return Ok(()); // the peer closed cleanly
             }
             self.yield_to_writer().await;
-            // Memory grows with the bytes that arrived: a read that may wait does so with
-            // the small buffer in the reader's state, after the heap buffers were cut down
-            // to their contents (an idle connection holds none); a larger window is read
-            // only while data keeps coming, and only as large as what is already held.
+            // Memory grows with the bytes that arrived: a read that may wait goes through a
+            // buffer of the thread (up to a whole batch of small frames at once), after the
+            // heap buffers were cut down to their contents (an idle connection holds none);
+            // a larger window is read only while data keeps coming, and only as large as
+            // what is already held.
             let (wanted, buffered, due) = {
                 let mut state = lock(&self.shared.state);
                 if !more {
@@ -236,12 +232,11 @@ impl Connection {
                 continue;
             }
             let n = if !more {
-                let Some(n) = self.read_or_timer(read, &mut first, &mut timer).await? else {
+                let Some(n) = self.read_or_timer(read, &mut timer).await? else {
                     lock(&self.shared.state).proto.handle_timeout(runtime.now());
                     continue;
                 };
-                more = n == first.len();
-                self.input(&first[..n]);
+                more = n == read_buf::IDLE_READ;
                 n
             } else {
                 // Read in place, into the state's own input buffer (no copy).
@@ -261,7 +256,7 @@ impl Connection {
                     .handle_read(now, buf, start, n);
                 let Poll::Ready(result) = polled else {
                     more = false;
-                    continue; // nothing waiting after all: wait with the small buffer
+                    continue; // nothing waiting after all: wait (holding no buffer)
                 };
                 result?;
                 more = n == size;
@@ -317,18 +312,21 @@ impl Connection {
         }
     }
 
-    /// Reads once into `buf`, or returns `None` when the timer rings first. The timer is
+    /// Reads once (through the thread's buffer, handing what arrived to the protocol
+    /// state), or returns `None` when the timer rings first. The timer is
     /// re-made only when the protocol state's next deadline comes earlier than the one it
     /// is armed for (a call with a shorter time-out started), not on every read.
     async fn read_or_timer(
         &self,
         read: &mut BoxRead,
-        buf: &mut [u8],
         timer: &mut Timer,
     ) -> io::Result<Option<usize>> {
         let runtime = &self.shared.runtime;
         poll_fn(|cx| {
-            if let Poll::Ready(r) = Pin::new(&mut **read).poll_read(cx, buf) {
+            let read = read_buf::poll_read_with(&mut **read, cx, read_buf::IDLE_READ, |got| {
+                self.input(got)
+            });
+            if let Poll::Ready(r) = read {
                 return Poll::Ready(r.map(Some));
             }
             // Re-made only for an earlier deadline: one that moved later (the peer was

@@ -11,7 +11,8 @@ use crate::secure::record::{SealedParts, RECORD_HEADER};
 /// Sealed batches up to this size are best copied into one buffer and written at once.
 const SMALL_WRITE: usize = 64 * 1024;
 
-/// Buffers larger than this are freed after a write instead of kept for the next batch.
+/// Buffers larger than this (and than twice the batch just written) are freed after a
+/// write instead of kept for the next batch.
 const KEEP_CAPACITY: usize = 64 * 1024;
 
 /// One batch to write, filled by [`Proto::poll_transmit`](super::Proto::poll_transmit).
@@ -77,10 +78,13 @@ impl Transmit {
         slices
     }
 
-    /// Forgets the written batch; frees the buffers when large or when `idle`.
+    /// Forgets the written batch; frees the buffers when `idle`, or when larger than
+    /// [`KEEP_CAPACITY`] and than twice the batch just written (a steady stream of large
+    /// batches keeps its buffer instead of growing a fresh one, page by page, for each).
     pub fn clear(&mut self, idle: bool) {
+        let written = self.batch.len();
         self.batch.clear();
-        if idle || self.batch.capacity() > KEEP_CAPACITY {
+        if idle || self.batch.capacity() > KEEP_CAPACITY.max(2 * written) {
             self.batch = BytesMut::new();
             self.contiguous = Vec::new();
         } else {
