@@ -2,7 +2,7 @@
 //! back-pressure on a peer that never reads. Raw-socket tests use a plain trusted-link server.
 //! Runs unchanged on every back end.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::time::Duration;
 
 use zserver::{Error, Router};
@@ -570,12 +570,101 @@ fn data_for_unknown_streams_cannot_grow_the_outbox() {
     zserver::block_on(server.shutdown());
 }
 
+/// A peer that sends `Ping`s and never reads cannot make the server queue a `Pong` per
+/// `Ping` in memory: once twice `max_pending_write` of answers wait unsent, the server reads
+/// that peer no further (so the peer's writes block), and it answers every `Ping` once the
+/// peer reads again.
+#[test]
+fn pings_from_a_peer_that_never_reads_wait_in_the_socket_not_in_memory() {
+    const FLOOD: usize = 64 << 20;
+    let mut config = zserver::Config::plain_trusted_link();
+    config.max_pending_write = 64 * 1024;
+    let (server, sock) = plain_server_with_config_and_raw_peer(Router::new(), config);
+    // A small receive buffer, so that the kernel does not hold megabytes of Pongs for us.
+    socket2::SockRef::from(&sock)
+        .set_recv_buffer_size(16 * 1024)
+        .unwrap();
+    // Ping (kind 4), id 1, no command, no payload: 8 bytes on the wire.
+    let ping = [4u8, 0, 0, 0, 4, 0, 1, 0];
+    let chunk: Vec<u8> = ping.iter().copied().cycle().take(64 * 1024).collect();
+    let mut writer = sock.try_clone().unwrap();
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+    let (stalled_tx, stalled_rx) = std::sync::mpsc::channel();
+    let flooder = std::thread::spawn(move || {
+        writer
+            .set_write_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let (mut sent, mut blocked) = (0usize, false);
+        while sent < FLOOD {
+            match writer.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    blocked = true;
+                    break;
+                }
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        stalled_tx.send(blocked).unwrap();
+        // Complete the last frame (the reader below drains the server meanwhile).
+        writer.set_write_timeout(None).unwrap();
+        let tail = (ping.len() - sent % ping.len()) % ping.len();
+        writer.write_all(&ping[ping.len() - tail..]).unwrap();
+        sent_tx.send((sent + tail) / ping.len()).unwrap();
+    });
+    // Nothing is read until the flood stalls (a write blocked for a second) or ends.
+    let blocked = stalled_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    let read_while_flooded = server.stats().totals.bytes_in;
+    let mut reader = sock;
+    reader
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let (mut pongs, mut total) = (0usize, None);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut held = 0;
+    while total != Some(pongs) {
+        let n = reader
+            .read(&mut buf[held..])
+            .expect("every ping is answered");
+        assert!(n > 0, "the server closed the connection");
+        held += n;
+        let whole = held / 8 * 8;
+        for pong in buf[..whole].chunks(8) {
+            assert_eq!(pong, [4, 0, 0, 0, 5, 0, 1, 0], "a Pong for ping 1");
+        }
+        pongs += whole / 8;
+        buf.copy_within(whole..held, 0);
+        held -= whole;
+        if let Ok(n) = sent_rx.try_recv() {
+            total = Some(n);
+        }
+    }
+    flooder.join().unwrap();
+    assert!(
+        blocked,
+        "the server read all {FLOOD} bytes of Pings ({read_while_flooded} read) while the peer read nothing"
+    );
+    assert!(
+        read_while_flooded < FLOOD as u64 / 4,
+        "{read_while_flooded} bytes read while the peer read nothing"
+    );
+    zserver::block_on(server.shutdown());
+}
+
 /// A plain (trusted-link) server with `router`, and a raw socket to it past the preambles.
 fn plain_server_and_raw_peer(router: Router) -> (zserver::Server, std::net::TcpStream) {
+    plain_server_with_config_and_raw_peer(router, zserver::Config::plain_trusted_link())
+}
+
+/// The same, with the server's `config`.
+fn plain_server_with_config_and_raw_peer(
+    router: Router,
+    config: zserver::Config,
+) -> (zserver::Server, std::net::TcpStream) {
     let server = zserver::block_on(
         zserver::server()
             .router(router)
-            .config(zserver::Config::plain_trusted_link())
+            .config(config)
             .bind("127.0.0.1:0"),
     )
     .unwrap();

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Instant;
 
-use event_listener::Event as Notify;
+use event_listener::{Event as Notify, EventListener};
 use futures_lite::io::AsyncWriteExt;
 use tracing::Instrument;
 
@@ -36,6 +36,16 @@ use crate::transport::{BoxRead, BoxWrite};
 struct Timer {
     at: Option<Instant>,
     sleep: Option<BoxFuture<'static, ()>>,
+}
+
+/// What ended the driver's wait for input.
+enum Woke {
+    /// This many bytes were read and handed to the protocol state (0: the peer closed).
+    Read(usize),
+    /// The protocol state's next deadline came.
+    Timer,
+    /// The writer made room in a congested connection: reading may go on.
+    Space,
 }
 
 /// Everything a new connection needs from its server or client.
@@ -215,6 +225,10 @@ impl Connection {
             // what is already held.
             let (wanted, buffered, due) = {
                 let mut state = lock(&self.shared.state);
+                // A peer whose answers pile up unsent (it sends pings, calls or data for
+                // unknown streams and never reads) is read no further until they drain:
+                // the wait below reads nothing while congested.
+                more &= !state.proto.is_congested();
                 if !more {
                     state.proto.compact();
                 }
@@ -232,12 +246,17 @@ impl Connection {
                 continue;
             }
             let n = if !more {
-                let Some(n) = self.read_or_timer(read, &mut timer).await? else {
-                    lock(&self.shared.state).proto.handle_timeout(runtime.now());
-                    continue;
-                };
-                more = n == read_buf::IDLE_READ;
-                n
+                match self.read_or_timer(read, &mut timer).await? {
+                    Woke::Read(n) => {
+                        more = n == read_buf::IDLE_READ;
+                        n
+                    }
+                    Woke::Timer => {
+                        lock(&self.shared.state).proto.handle_timeout(runtime.now());
+                        continue;
+                    }
+                    Woke::Space => continue,
+                }
             } else {
                 // Read in place, into the state's own input buffer (no copy).
                 let size = read_buf::read_window(wanted, buffered);
@@ -313,21 +332,30 @@ impl Connection {
     }
 
     /// Reads once (through the thread's buffer, handing what arrived to the protocol
-    /// state), or returns `None` when the timer rings first. The timer is
+    /// state), or returns when the timer rings first. While the connection is congested
+    /// (twice `max_pending_write` queued unsent) it reads nothing and returns when the
+    /// writer made room, the timer still armed (so a peer that neither reads nor sends
+    /// still times out). The timer is
     /// re-made only when the protocol state's next deadline comes earlier than the one it
     /// is armed for (a call with a shorter time-out started), not on every read.
-    async fn read_or_timer(
-        &self,
-        read: &mut BoxRead,
-        timer: &mut Timer,
-    ) -> io::Result<Option<usize>> {
+    async fn read_or_timer(&self, read: &mut BoxRead, timer: &mut Timer) -> io::Result<Woke> {
         let runtime = &self.shared.runtime;
+        let limit = self.shared.config.max_pending_write.saturating_mul(2);
+        let congested = || !self.is_closed() && self.shared.queued.load(Ordering::Relaxed) >= limit;
+        let mut space: Option<EventListener> = None;
         poll_fn(|cx| {
-            let read = read_buf::poll_read_with(&mut **read, cx, read_buf::IDLE_READ, |got| {
-                self.input(got)
-            });
-            if let Poll::Ready(r) = read {
-                return Poll::Ready(r.map(Some));
+            if congested() {
+                let listener = space.get_or_insert_with(|| self.shared.write_space.listen());
+                if !congested() || Pin::new(listener).poll(cx).is_ready() {
+                    return Poll::Ready(Ok(Woke::Space));
+                }
+            } else {
+                let read = read_buf::poll_read_with(&mut **read, cx, read_buf::IDLE_READ, |got| {
+                    self.input(got)
+                });
+                if let Poll::Ready(r) = read {
+                    return Poll::Ready(r.map(Woke::Read));
+                }
             }
             // Re-made only for an earlier deadline: one that moved later (the peer was
             // heard) lets the armed timer ring early, and it is re-armed then.
@@ -339,7 +367,7 @@ impl Connection {
             if let Some(sleep) = &mut timer.sleep {
                 if sleep.as_mut().poll(cx).is_ready() {
                     *timer = Timer::default();
-                    return Poll::Ready(Ok(None));
+                    return Poll::Ready(Ok(Woke::Timer));
                 }
             }
             Poll::Pending
