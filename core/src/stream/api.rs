@@ -8,8 +8,9 @@ use std::sync::Mutex;
 use bytes::Bytes;
 
 use super::incoming::Incoming;
+use super::key::{Dir, Key};
 use super::outgoing::{pump, Outgoing};
-use super::state::{Dir, Key, Streams};
+use super::state::Streams;
 use super::{lock, Carrier, Sender, StreamHead, WantStream};
 use crate::connection::Connection;
 use crate::error::Error;

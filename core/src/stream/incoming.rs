@@ -10,8 +10,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_lite::io::AsyncRead;
 
+use super::key::Key;
 use super::progress::{OnProgress, Progress};
-use super::state::{Inbound, Key, Next};
+use super::state::{Inbound, Next};
 use super::{lock, Carrier, StreamHead, HASH_LEN};
 use crate::error::Error;
 use crate::frame::Kind;

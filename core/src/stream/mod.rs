@@ -47,16 +47,18 @@ use crate::frame::Kind;
 
 mod api;
 mod incoming;
+mod key;
 mod outgoing;
 mod progress;
 pub(crate) mod state;
 mod stops;
 
 pub use incoming::{DownloadRequest, Incoming};
+pub(crate) use key::{Dir, Key};
 pub(crate) use outgoing::pump;
 pub use outgoing::Outgoing;
 pub use progress::Progress;
-pub(crate) use state::{Answer, Dir, Key, Open, Outbound, Streams};
+pub(crate) use state::{Answer, Open, Outbound, Streams};
 
 /// Largest piece of stream data in one `Data` frame.
 pub const CHUNK: usize = 64 * 1024;

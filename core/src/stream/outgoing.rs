@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_lite::io::{AsyncRead, AsyncReadExt};
 
+use super::key::Key;
 use super::progress::{OnProgress, Progress};
-use super::state::{Key, Outbound};
+use super::state::Outbound;
 use super::{lock, Sender, StreamHead, CHUNK};
 use crate::error::Error;
 use crate::frame::Kind;

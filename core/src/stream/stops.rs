@@ -2,7 +2,7 @@
 //! bounded: a peer that sends such `Data` and never reads must not make the connection
 //! queue an answer for each frame it sends.
 
-use super::state::Key;
+use super::key::Key;
 
 /// Streams remembered as stopped: more `Data` for them draws no second `Stop`. Enough for
 /// the data in flight behind every stream a connection stops at once in ordinary use.

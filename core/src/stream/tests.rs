@@ -4,7 +4,8 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 
-use super::state::{Answer, Dir, Inbound, Key, Next, Outbound, Streams};
+use super::key::{Dir, Key};
+use super::state::{Answer, Inbound, Next, Outbound, Streams};
 use super::stops::MAX_STOP_ANSWERS;
 use super::{lock, StreamHead, CHUNK, HASH_LEN, INITIAL_WINDOW};
 use crate::error::Error;
