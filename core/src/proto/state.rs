@@ -357,15 +357,16 @@ impl Proto {
     /// Acts on every deadline at or before `now`: expires calls, sends a heartbeat `Ping`,
     /// fails a connection silent for the idle time-out.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // Failed or shut: nothing follows `Failed`, and `shut` fails the calls left.
+        if self.closed {
+            return;
+        }
         for wake in self.requests.expire(now) {
             self.events.push_back(Event::Completed(wake));
         }
         let Some(beat) = self.limits.heartbeat else {
             return;
         };
-        if self.closed {
-            return;
-        }
         let silent = now.saturating_duration_since(self.heard_at);
         if silent >= self.limits.idle_timeout {
             return self.fail(Error::IdleTimeout(silent));
@@ -386,9 +387,12 @@ impl Proto {
 
     /// The one next deadline: a call's time-out, the next heartbeat or the idle time-out.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed {
+            return None;
+        }
         let calls = self.requests.next_deadline();
         let beat = match self.limits.heartbeat {
-            Some(beat) if !self.closed => {
+            Some(beat) => {
                 let idle = self.heard_at + self.limits.idle_timeout;
                 Some(self.ping_due(beat).min(idle))
             }
