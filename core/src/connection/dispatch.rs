@@ -74,8 +74,7 @@ impl Dispatcher {
         self.in_flight
             .below(config.max_handlers_in_flight.saturating_add(waiting))
             .await;
-        conn.wait_for_space_above(config.max_pending_write.saturating_mul(2))
-            .await;
+        conn.wait_until_uncongested().await;
     }
 
     /// Acts on a request or a stream frame without waiting (the protocol state handled

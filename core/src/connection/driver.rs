@@ -340,13 +340,11 @@ impl Connection {
     /// is armed for (a call with a shorter time-out started), not on every read.
     async fn read_or_timer(&self, read: &mut BoxRead, timer: &mut Timer) -> io::Result<Woke> {
         let runtime = &self.shared.runtime;
-        let limit = self.shared.config.max_pending_write.saturating_mul(2);
-        let congested = || !self.is_closed() && self.shared.queued.load(Ordering::Relaxed) >= limit;
         let mut space: Option<EventListener> = None;
         poll_fn(|cx| {
-            if congested() {
+            if self.is_congested() {
                 let listener = space.get_or_insert_with(|| self.shared.write_space.listen());
-                if !congested() || Pin::new(listener).poll(cx).is_ready() {
+                if !self.is_congested() || Pin::new(listener).poll(cx).is_ready() {
                     return Poll::Ready(Ok(Woke::Space));
                 }
             } else {

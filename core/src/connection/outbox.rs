@@ -91,12 +91,32 @@ impl Connection {
             .await
     }
 
+    /// Whether the connection is open and so many answers wait unsent (twice
+    /// `max_pending_write`, the bound of `Proto::is_congested`) that its peer is read no
+    /// further until they drain.
+    pub(super) fn is_congested(&self) -> bool {
+        self.is_full(self.congestion_limit())
+    }
+
+    fn congestion_limit(&self) -> usize {
+        self.shared.config.max_pending_write.saturating_mul(2)
+    }
+
+    /// Whether the connection is open with `limit` bytes or more queued.
+    fn is_full(&self, limit: usize) -> bool {
+        !self.is_closed() && self.shared.queued.load(Ordering::Relaxed) >= limit
+    }
+
+    /// Waits while the connection [is congested](Self::is_congested).
+    pub(super) async fn wait_until_uncongested(&self) {
+        self.wait_for_space_above(self.congestion_limit()).await
+    }
+
     /// Waits while `limit` bytes or more are queued and the connection is open.
     pub(super) async fn wait_for_space_above(&self, limit: usize) {
-        let full = || !self.is_closed() && self.shared.queued.load(Ordering::Relaxed) >= limit;
-        while full() {
+        while self.is_full(limit) {
             let listener = self.shared.write_space.listen();
-            if !full() {
+            if !self.is_full(limit) {
                 return;
             }
             listener.await;
