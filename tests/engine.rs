@@ -378,6 +378,42 @@ async fn call_timeouts_then_connection_still_works(addr: &str) {
     shutdown(&server).await;
 }
 
+both!(time_outs_fire_while_the_peer_is_over_its_handler_limit);
+/// A connection that reads no more requests until its peer's drain (the peer is over
+/// `max_handlers_in_flight`) still keeps time: a call it makes meanwhile times out.
+async fn time_outs_fire_while_the_peer_is_over_its_handler_limit(addr: &str) {
+    let (router, parked) = parking(base_router(), "never");
+    let mut config = Config::default();
+    config.max_handlers_in_flight = 1;
+    config.shutdown_grace = Duration::from_millis(100);
+    let server = start_with(addr, router, config).await;
+    let (client_router, _held) = parking(Router::new(), "hang");
+    let client = connect_with(&server, client_router).await;
+    // The first call takes the server's one handler; the second waits in its reader.
+    for n in [b"1", b"2"] {
+        client.call_bytes_with("never", n, |_| {}).unwrap();
+    }
+    parked
+        .wait_for("the first call parked", |v| v.len() == 1)
+        .await;
+    until("the second call read", || {
+        server.stats().totals.frames_in >= 2
+    })
+    .await;
+    let conn = server.connections().pop().expect("the client's connection");
+    let start = Instant::now();
+    let result = within(
+        Duration::from_secs(10),
+        "the server's call to time out",
+        conn.call_bytes_timeout("hang", b"", Duration::from_millis(300)),
+    )
+    .await;
+    assert_eq!(result, Err(Error::Timeout));
+    assert!(start.elapsed() >= Duration::from_millis(250));
+    assert_eq!(parked.get(|v| v.len()), 1, "the second call still waits");
+    shutdown(&server).await;
+}
+
 // ----- 5. the blocking client --------------------------------------------------------------
 
 both!(sync blocking_client_from_std_thread);

@@ -184,7 +184,7 @@ impl Responder {
         let (head, state) = match (head, state) {
             (Ok(head), Some(state)) => (head, state),
             (Err(e), _) => {
-                conn.forget_outbound(key);
+                conn.finish_outgoing(key, None);
                 self.finish(Err(&e));
                 return conn.reply_error(id, &e);
             }
@@ -215,7 +215,7 @@ impl Responder {
     pub fn respond(mut self, result: Result<impl AsRef<[u8]>, Error>) {
         let failed = match self.target.take() {
             Some((conn, id)) if self.download => {
-                conn.forget_outbound((Dir::Download, id));
+                conn.finish_outgoing((Dir::Download, id), None);
                 let err = result.err().unwrap_or_else(|| {
                     Error::msg("the handler answered a download without a stream")
                 });
@@ -258,7 +258,7 @@ impl Drop for Responder {
     fn drop(&mut self) {
         if let Some((conn, id)) = self.target.take() {
             if self.download {
-                conn.forget_outbound((Dir::Download, id));
+                conn.finish_outgoing((Dir::Download, id), None);
             }
             conn.reply_error(id, &Error::NoResponse);
             self.finish(Err(&Error::NoResponse));

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_lite::FutureExt;
 use tracing::Instrument;
 
-use super::{lock, Connection, SendCheck};
+use super::{Connection, SendCheck};
 use crate::error::Error;
 use crate::frame::{Frame, Kind, FLAG_DOWNLOAD, FLAG_UPLOAD};
 use crate::handler::{
@@ -21,7 +21,7 @@ use crate::proto::CommandKind;
 use crate::runtime::BoxFuture;
 use crate::sequential::Sequential;
 use crate::stats::Counters;
-use crate::stream::{Answer, Dir, Incoming, StreamHead, WantStream};
+use crate::stream::{Dir, Incoming, StreamHead, Streams, WantStream};
 
 impl SendCheck for Router {
     fn check_send(
@@ -77,22 +77,9 @@ impl Dispatcher {
         conn.wait_until_uncongested().await;
     }
 
-    /// Acts on a request or a stream frame without waiting (the protocol state handled
-    /// the rest). An error breaks the protocol and closes the connection.
-    pub(super) fn dispatch(&self, conn: &Connection, frame: Frame) -> Result<(), Error> {
-        match frame.kind {
-            Kind::Call | Kind::Send => self.dispatch_request(conn, frame),
-            _ => {
-                let answer = lock(&conn.shared.streams).on_frame(frame)?;
-                if let Some(Answer::Stop(key)) = answer {
-                    conn.send_stream_frame(Kind::Stop, key, &[]);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn dispatch_request(&self, conn: &Connection, mut frame: Frame) {
+    /// Acts on a request (a `Call` or a `Send`) without waiting: past the execute hooks
+    /// to its handler, or answered with an error.
+    pub(super) fn dispatch(&self, conn: &Connection, mut frame: Frame) {
         Counters::bump(&conn.shared.counters.calls_in, 1);
         let is_call = frame.kind == Kind::Call;
         let payload_len = frame.payload.len();
@@ -114,7 +101,7 @@ impl Dispatcher {
                 if is_call {
                     conn.reply_error(frame.id, &e);
                     if frame.flags & FLAG_UPLOAD != 0 {
-                        conn.send_stream_frame(Kind::Stop, (Dir::Upload, frame.id), &[]);
+                        conn.refuse_upload(frame.id);
                     }
                 }
                 return;
@@ -144,7 +131,7 @@ impl Dispatcher {
                     Counters::bump(&conn.shared.counters.errors_in, 1);
                 }
                 if frame.flags & FLAG_UPLOAD != 0 && is_call {
-                    conn.send_stream_frame(Kind::Stop, (Dir::Upload, frame.id), &[]);
+                    conn.refuse_upload(frame.id);
                 }
                 return;
             }
@@ -179,10 +166,15 @@ impl Dispatcher {
             work = Box::pin(work.instrument(span));
         }
         if let Some(queue) = &conn.shared.sequential {
-            // A panic fails that one call (its responder is dropped), not the queue.
+            // A panic fails that one call (its responder is dropped, after the panic is
+            // counted), not the queue.
             let conn = conn.clone();
             let work: BoxFuture<'static, ()> = Box::pin(async move {
-                if AssertUnwindSafe(work).catch_unwind().await.is_err() {
+                if AssertUnwindSafe(work.as_mut())
+                    .catch_unwind()
+                    .await
+                    .is_err()
+                {
                     conn.handler_panicked();
                 }
             });
@@ -196,8 +188,15 @@ impl Dispatcher {
             Ok(Poll::Ready(())) => {}
             Ok(Poll::Pending) => {
                 let owner = conn.clone();
+                // Counted before the handler's future (and the responder in it, whose drop
+                // answers the caller) is dropped, so a caller that sees `NoResponse` sees
+                // the panic counted.
                 let task = async move {
-                    if AssertUnwindSafe(work).catch_unwind().await.is_err() {
+                    if AssertUnwindSafe(work.as_mut())
+                        .catch_unwind()
+                        .await
+                        .is_err()
+                    {
                         owner.handler_panicked();
                     }
                 };
@@ -270,23 +269,30 @@ impl Dispatcher {
             return Ok(request);
         }
         let config = &conn.shared.config;
-        let mut streams = lock(&conn.shared.streams);
-        if streams.len() >= config.max_streams {
-            return Err(Error::BadRequest(format!(
-                "too many streams open on this connection (limit {})",
-                config.max_streams
-            )));
-        }
         let bad = |e: postcard::Error| Error::BadRequest(format!("bad stream request: {e}"));
+        let room = |streams: &Streams| {
+            if streams.len() >= config.max_streams {
+                return Err(Error::BadRequest(format!(
+                    "too many streams open on this connection (limit {})",
+                    config.max_streams
+                )));
+            }
+            Ok(())
+        };
         if shape == Shape::Upload {
             let head: StreamHead<'_> = postcard::from_bytes(&frame.payload).map_err(bad)?;
             let key = (Dir::Upload, frame.id);
-            let state = streams.open_incoming(key, config.stream_window as u64)?;
-            drop(streams);
+            let state = conn.with_streams(|streams| {
+                room(streams)?;
+                streams.open_incoming(key, config.stream_window as u64)
+            })?;
             request.body = Some(Incoming::new(conn.clone(), key, state, head));
         } else {
             let want: WantStream<'_> = postcard::from_bytes(&frame.payload).map_err(bad)?;
-            streams.open_outgoing((Dir::Download, frame.id))?;
+            conn.with_streams(|streams| {
+                room(streams)?;
+                streams.open_outgoing((Dir::Download, frame.id))
+            })?;
             request.payload = frame.payload.slice_ref(want.meta);
             request.offset = want.offset;
         }

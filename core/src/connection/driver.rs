@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use event_listener::{Event as Notify, EventListener};
@@ -22,12 +22,12 @@ use super::{lock, Connection, OnClose, SendCheck, Shared};
 use crate::config::Config;
 use crate::error::Error;
 use crate::handler::{InFlight, Router};
-use crate::proto::{Event, Keys, Limits, Proto, Transmit};
+use crate::proto::{Event, Keys, Limits, Packer, Proto, Transmit};
 use crate::read_buf;
+use crate::request::Wake;
 use crate::runtime::{BoxFuture, Runtime};
 use crate::sequential::Sequential;
 use crate::stats::Counters;
-use crate::stream::Streams;
 use crate::transport::{BoxRead, BoxWrite};
 
 /// The driver's one timer: armed for the protocol state's next deadline, re-made only
@@ -36,6 +36,30 @@ use crate::transport::{BoxRead, BoxWrite};
 struct Timer {
     at: Option<Instant>,
     sleep: Option<BoxFuture<'static, ()>>,
+}
+
+impl Timer {
+    /// Rings when `due` (the protocol state's next deadline) comes. Re-made only for an
+    /// earlier deadline: one that moved later (the peer was heard) lets the armed timer
+    /// ring early, and it is re-armed then.
+    fn poll(
+        &mut self,
+        due: Option<Instant>,
+        runtime: &dyn Runtime,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        if let Some(at) = due.filter(|&at| self.at.is_none_or(|armed| at < armed)) {
+            self.at = Some(at);
+            self.sleep = Some(runtime.sleep(at.saturating_duration_since(runtime.now())));
+        }
+        if let Some(sleep) = &mut self.sleep {
+            if sleep.as_mut().poll(cx).is_ready() {
+                *self = Timer::default();
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
 }
 
 /// What ended the driver's wait for input.
@@ -103,7 +127,11 @@ impl Connection {
             id: setup.id,
             peer,
             peer_key,
-            codec: handshaken.codec,
+            packer: Packer::new(
+                handshaken.codec,
+                setup.config.compression.threshold,
+                setup.config.max_frame,
+            ),
             runtime: setup.runtime,
             send_check: (!setup.router.hooks.send.is_empty())
                 .then(|| setup.router.clone() as Arc<dyn SendCheck>),
@@ -116,7 +144,6 @@ impl Connection {
             handed_over: AtomicBool::new(false),
             rearm: AtomicBool::new(false),
             write_space: Notify::new(),
-            streams: Mutex::new(Streams::default()),
             counters,
             closed: AtomicBool::new(false),
             ended: AtomicBool::new(false),
@@ -214,7 +241,7 @@ impl Connection {
         let mut more = false;
         let mut held = 0;
         loop {
-            if self.act(dispatcher).await? {
+            if self.act(dispatcher, &mut timer).await? {
                 return Ok(()); // the peer closed cleanly
             }
             self.yield_to_writer().await;
@@ -284,7 +311,7 @@ impl Connection {
             if n == 0 {
                 // The peer closed: clean between frames, an error inside one.
                 lock(&self.shared.state).proto.handle_eof();
-                self.act(dispatcher).await?;
+                self.act(dispatcher, &mut timer).await?;
                 return Ok(());
             }
         }
@@ -296,10 +323,10 @@ impl Connection {
         lock(&self.shared.state).proto.handle_input(now, bytes);
     }
 
-    /// Acts on every event the protocol state has: requests and stream frames go to the
-    /// dispatcher (waiting first while the peer is over its limits), finished calls are
+    /// Acts on every event the protocol state has: requests go to the dispatcher (waiting
+    /// first while the peer is over its limits, the timer still firing), finished calls are
     /// woken. Returns whether the peer closed cleanly; a failure is returned as the error.
-    async fn act(&self, dispatcher: &Dispatcher) -> Result<bool, Error> {
+    async fn act(&self, dispatcher: &Dispatcher, timer: &mut Timer) -> Result<bool, Error> {
         loop {
             // One lock per event: take it, and what the state queued meanwhile (pongs).
             let (event, congested) = {
@@ -314,11 +341,13 @@ impl Connection {
                 Some(Event::Completed(wake)) => wake.fire(),
                 Some(Event::Request(frame)) => {
                     if dispatcher.peer_over_limits(self, congested) {
-                        dispatcher.wait_peer_under_limits(self).await;
+                        let under = dispatcher.wait_peer_under_limits(self);
+                        if !self.wait_keeping_time(under, timer).await {
+                            continue; // failed meanwhile (idle): `Failed` comes next
+                        }
                     }
-                    dispatcher.dispatch(self, frame)?;
+                    dispatcher.dispatch(self, frame);
                 }
-                Some(Event::Stream(frame)) => dispatcher.dispatch(self, frame)?,
                 Some(Event::PeerGoingAway) => {}
                 Some(Event::Failed(Error::Closed)) => return Ok(true),
                 Some(Event::Failed(e)) => {
@@ -327,6 +356,36 @@ impl Connection {
                     }
                     return Err(e);
                 }
+            }
+        }
+    }
+
+    /// Waits for `until` while the protocol state's deadlines keep firing, so that calls
+    /// time out and heartbeats go on while the reader waits for the peer's requests to
+    /// drain. Returns `false` if the connection failed meanwhile (the idle time-out).
+    async fn wait_keeping_time(&self, until: impl Future<Output = ()>, timer: &mut Timer) -> bool {
+        let runtime = &self.shared.runtime;
+        let mut until = pin!(until);
+        loop {
+            let rang = poll_fn(|cx| {
+                if until.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
+                let due = lock(&self.shared.state).proto.poll_timeout();
+                timer.poll(due, &**runtime, cx).map(|()| true)
+            })
+            .await;
+            if !rang {
+                return true;
+            }
+            let (wakes, open) = {
+                let mut state = lock(&self.shared.state);
+                state.proto.handle_timeout(runtime.now());
+                (state.proto.take_completed(), !state.proto.is_closed())
+            };
+            wakes.into_iter().for_each(Wake::fire);
+            if !open {
+                return false;
             }
         }
     }
@@ -355,20 +414,8 @@ impl Connection {
                     return Poll::Ready(r.map(Woke::Read));
                 }
             }
-            // Re-made only for an earlier deadline: one that moved later (the peer was
-            // heard) lets the armed timer ring early, and it is re-armed then.
             let due = lock(&self.shared.state).proto.poll_timeout();
-            if let Some(at) = due.filter(|&at| timer.at.is_none_or(|armed| at < armed)) {
-                timer.at = Some(at);
-                timer.sleep = Some(runtime.sleep(at.saturating_duration_since(runtime.now())));
-            }
-            if let Some(sleep) = &mut timer.sleep {
-                if sleep.as_mut().poll(cx).is_ready() {
-                    *timer = Timer::default();
-                    return Poll::Ready(Ok(Woke::Timer));
-                }
-            }
-            Poll::Pending
+            timer.poll(due, &**runtime, cx).map(|()| Ok(Woke::Timer))
         })
         .await
     }

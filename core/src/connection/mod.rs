@@ -19,15 +19,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use event_listener::Event;
 
-use crate::codec::Codec;
 use crate::config::Config;
 use crate::error::Error;
-use crate::proto::CommandKind;
+use crate::proto::{CommandKind, Packer};
 use crate::request::Wake;
 use crate::runtime::Runtime;
 use crate::sequential::Sequential;
 use crate::stats::{Counters, Stats};
-use crate::stream::Streams;
 
 use outbox::State;
 
@@ -52,8 +50,8 @@ struct Shared {
     id: u64,
     peer: SocketAddr,
     peer_key: Option<[u8; 32]>,
-    /// The payload codec negotiated in the handshake, if any.
-    codec: Option<Arc<dyn Codec>>,
+    /// Compresses what is sent, with the codec negotiated in the handshake (if any).
+    packer: Packer,
     runtime: Arc<dyn Runtime>,
     /// The send hooks, when the router has any.
     send_check: Option<Arc<dyn SendCheck>>,
@@ -70,7 +68,6 @@ struct Shared {
     /// which re-arms the one timer if that deadline is the earliest.
     rearm: AtomicBool,
     write_space: Event,
-    streams: Mutex<Streams>,
     counters: Arc<Counters>,
     closed: AtomicBool,
     /// Set once closing is complete (owner notified), just before `closed_event` fires.
@@ -140,7 +137,7 @@ impl Connection {
     /// The name of the payload codec negotiated in the handshake (such as `"lz4"`), or
     /// `None` when payloads travel as they are.
     pub fn codec(&self) -> Option<&'static str> {
-        self.shared.codec.as_ref().map(|c| c.name())
+        self.shared.packer.codec_name()
     }
 
     /// This connection's tracing span, `connection` with fields `id`, `peer` and `user`
@@ -248,11 +245,11 @@ impl Connection {
         }
         // For calls and streams still waiting, a socket that failed (reset, broken pipe)
         // is the connection closing under them: they get `Closed`, as for a clean close.
+        // (The protocol state fails its streams with it, waking their tasks.)
         let error = match error {
             Error::Io(_) => Error::Closed,
             other => other,
         };
-        lock(&s.streams).close(&error);
         // What the connection owned (remote objects, caches) goes with it.
         drop(std::mem::take(&mut *lock(&s.extensions)));
         let wakes = lock(&s.state).proto.shut(error);

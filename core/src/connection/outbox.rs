@@ -7,8 +7,8 @@ use std::task::{Context, Poll, Waker};
 
 use super::{lock, Connection};
 use crate::error::Error;
-use crate::frame::{self, EncodeError, Header, Kind, FLAG_COMPRESSED};
-use crate::proto::{Proto, Transmit};
+use crate::frame::{Header, Kind};
+use crate::proto::{Packed, Proto, Transmit};
 use crate::stats::Counters;
 
 /// What the connection's lock guards: the protocol state and the driver's waker.
@@ -31,56 +31,29 @@ impl Connection {
     /// payload at or above the threshold is compressed first (if that makes it smaller);
     /// the frame must fit `max_frame` uncompressed all the same.
     pub(super) fn enqueue(&self, header: &Header<'_>, payload: &[u8]) -> Result<(), Error> {
-        let config = &self.shared.config;
-        let mut packed = Vec::new();
-        let flagged;
-        let mut raw_len = 0;
-        let (header, payload) = match &self.shared.codec {
-            Some(codec) if !payload.is_empty() && payload.len() >= config.compression.threshold => {
-                let len = frame::header_len(header) + payload.len();
-                if len > config.max_frame {
-                    return Err(EncodeError::TooLarge {
-                        len,
-                        max: config.max_frame,
-                    }
-                    .into());
-                }
-                match codec.encode(payload, &mut packed) {
-                    Ok(()) if packed.len() < payload.len() => {
-                        raw_len = payload.len();
-                        flagged = Header {
-                            flags: header.flags | FLAG_COMPRESSED,
-                            ..*header
-                        };
-                        (&flagged, &packed[..])
-                    }
-                    Ok(()) => (header, payload),
-                    Err(e) => {
-                        tracing::debug!(conn = self.id(), codec = codec.name(), error = %e, "sending uncompressed");
-                        (header, payload)
-                    }
-                }
-            }
-            _ => (header, payload),
-        };
-        let writer = {
-            let mut state = lock(&self.shared.state);
-            if self.is_closed() {
-                return Err(Error::Closed);
-            }
-            state.proto.queue(header, payload)?;
-            self.shared
-                .queued
-                .store(state.proto.pending(), Ordering::Relaxed);
-            state.wake_writer()
-        };
-        if raw_len > 0 {
+        self.queue_packed(header, payload, |proto, packed| {
+            proto.queue(&packed.header, packed.payload)
+        })
+    }
+
+    /// Packs a frame (compressing it before the lock is taken), hands it to `queue` under
+    /// the lock, wakes the writer, and counts what compression saved.
+    pub(super) fn queue_packed(
+        &self,
+        header: &Header<'_>,
+        payload: &[u8],
+        queue: impl FnOnce(&mut Proto, &Packed<'_>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut scratch = Vec::new();
+        let packed = self.shared.packer.pack(header, payload, &mut scratch)?;
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        self.with_state(|proto| queue(proto, &packed))?;
+        if let Some(raw_len) = packed.raw_len {
             let counters = &self.shared.counters;
             Counters::bump(&counters.uncompressed_out, raw_len as u64);
-            Counters::bump(&counters.compressed_out, payload.len() as u64);
-        }
-        if let Some(w) = writer {
-            w.wake();
+            Counters::bump(&counters.compressed_out, packed.payload.len() as u64);
         }
         Ok(())
     }
@@ -163,18 +136,19 @@ impl Connection {
     }
 
     /// Acts on the protocol state under the lock, then wakes the driver to write.
-    fn with_state(&self, act: impl FnOnce(&mut Proto)) {
-        let writer = {
+    pub(super) fn with_state<R>(&self, act: impl FnOnce(&mut Proto) -> R) -> R {
+        let (result, writer) = {
             let mut state = lock(&self.shared.state);
-            act(&mut state.proto);
+            let result = act(&mut state.proto);
             self.shared
                 .queued
                 .store(state.proto.pending(), Ordering::Relaxed);
-            state.wake_writer()
+            (result, state.wake_writer())
         };
         if let Some(w) = writer {
             w.wake();
         }
+        result
     }
 
     /// Moves everything queued into `batch` (sealed when encrypted); returns whether the

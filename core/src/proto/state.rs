@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use super::streams::Streams;
 use super::transmit::Transmit;
 use crate::codec::Codec;
 use crate::config::Config;
@@ -50,8 +51,6 @@ impl Limits {
 pub enum Event {
     /// A call or a one-way send for a handler (payload already decompressed).
     Request(Frame),
-    /// A frame of a stream: `Data`, `End`, `Abort`, `Credit` or `Stop`.
-    Stream(Frame),
     /// A call of ours finished (reply, error or time-out): fire it.
     Completed(Wake),
     /// The peer announced it is shutting down (`GoAway`).
@@ -69,7 +68,8 @@ pub struct Keys {
 }
 
 /// One connection's protocol state: framing, records and rekeying, the outgoing buffer,
-/// the calls awaiting replies with their deadlines, heartbeat and idle deadlines,
+/// the calls awaiting replies with their deadlines, the streams and their credit,
+/// heartbeat and idle deadlines,
 /// `GoAway` and graceful close, and the limits. No clock, no I/O, no tasks.
 pub struct Proto {
     limits: Limits,
@@ -84,6 +84,8 @@ pub struct Proto {
     out: BytesMut,
     frames_out: u64,
     requests: RequestTable,
+    /// The streams open on the connection, with their credit.
+    pub(super) streams: Streams,
     events: VecDeque<Event>,
     /// A record that failed to open: reported once the frames before it are taken.
     failure: Option<Error>,
@@ -127,6 +129,7 @@ impl Proto {
             out: BytesMut::new(),
             frames_out: 0,
             requests: RequestTable::new(),
+            streams: Streams::default(),
             events: VecDeque::new(),
             failure: None,
             eof: false,
@@ -221,7 +224,7 @@ impl Proto {
             }
             Kind::Call | Kind::Send => self.events.push_back(Event::Request(frame)),
             Kind::Data | Kind::End | Kind::Abort | Kind::Credit | Kind::Stop => {
-                self.events.push_back(Event::Stream(frame))
+                self.on_stream_frame(frame)?
             }
             Kind::Reply => self.complete(frame.id, Ok(frame.payload)),
             Kind::Error => {
@@ -377,6 +380,20 @@ impl Proto {
         }
     }
 
+    /// Takes the wake-ups of the calls finished so far (replies matched, time-outs
+    /// expired) out of the queued events, leaving the others queued in order: for a
+    /// driver that cannot take the next request yet but must not hold up its callers.
+    pub fn take_completed(&mut self) -> Vec<Wake> {
+        let mut wakes = Vec::new();
+        for event in std::mem::take(&mut self.events) {
+            match event {
+                Event::Completed(wake) => wakes.push(wake),
+                other => self.events.push_back(other),
+            }
+        }
+        wakes
+    }
+
     fn ping_due(&self, beat: Duration) -> Instant {
         let since = match self.pinged_at {
             Some(p) if p > self.heard_at => p,
@@ -509,7 +526,6 @@ impl Proto {
     }
 
     /// Whether the connection is gone (failed or shut).
-    #[cfg(test)]
     pub fn is_closed(&self) -> bool {
         self.closed
     }
@@ -522,6 +538,7 @@ impl Proto {
         self.closing = true;
         self.plain = BytesMut::new();
         self.sealed = BytesMut::new();
+        self.streams.close(&error);
         self.requests.close(error)
     }
 }

@@ -3,18 +3,15 @@
 
 use std::future::Future;
 use std::path::Path;
-use std::sync::Mutex;
 
 use bytes::Bytes;
 
 use super::incoming::Incoming;
-use super::key::{Dir, Key};
 use super::outgoing::{pump, Outgoing};
-use super::state::Streams;
-use super::{lock, Carrier, Sender, StreamHead, WantStream};
+use super::{Carrier, Dir, Key, Sender, StreamHead, WantStream, HASH_LEN};
 use crate::connection::Connection;
 use crate::error::Error;
-use crate::frame::{Kind, FLAG_DOWNLOAD, FLAG_UPLOAD};
+use crate::frame::{FLAG_DOWNLOAD, FLAG_UPLOAD};
 
 impl Connection {
     /// Calls `command` with `body` as a stream after `meta`, and waits for the handler's
@@ -68,15 +65,14 @@ impl Connection {
         let head = match self.call_future(id).await {
             Ok(head) => head,
             Err(e) => {
-                lock(self.streams()).forget_incoming(key);
+                self.finish_incoming(key, false);
                 return Err(e);
             }
         };
         match postcard::from_bytes::<StreamHead<'_>>(&head) {
             Ok(head) => Ok(Incoming::new(self.clone(), key, state, head)),
             Err(e) => {
-                lock(self.streams()).stop_incoming(key);
-                self.send_stream_frame(Kind::Stop, key, &[]);
+                self.finish_incoming(key, true);
                 Err(Error::Codec(format!("bad stream head: {e}")))
             }
         }
@@ -108,12 +104,20 @@ impl Connection {
 }
 
 impl Carrier for Connection {
-    fn streams(&self) -> &Mutex<Streams> {
-        Connection::streams(self)
+    fn finish_incoming(&self, key: Key, stop: bool) {
+        Connection::finish_incoming(self, key, stop)
     }
 
-    fn send_stream_frame(&self, kind: Kind, key: Key, payload: &[u8]) {
-        Connection::send_stream_frame(self, kind, key, payload)
+    fn grant_credit(&self, key: Key) {
+        Connection::grant_credit(self, key)
+    }
+
+    fn finish_outgoing(&self, key: Key, abort: Option<&str>) {
+        Connection::finish_outgoing(self, key, abort)
+    }
+
+    fn end_outgoing(&self, key: Key, hash: &[u8; HASH_LEN]) {
+        Connection::end_outgoing(self, key, hash)
     }
 }
 

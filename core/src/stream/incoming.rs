@@ -10,12 +10,10 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_lite::io::AsyncRead;
 
-use super::key::Key;
 use super::progress::{OnProgress, Progress};
-use super::state::{Inbound, Next};
-use super::{lock, Carrier, StreamHead, HASH_LEN};
+use super::{lock, Carrier, Key, StreamHead, HASH_LEN};
 use crate::error::Error;
-use crate::frame::Kind;
+use crate::proto::streams::{Inbound, Next};
 
 /// A stream being received: an upload's body in a handler, or a download's answer.
 ///
@@ -195,11 +193,7 @@ impl Incoming {
     }
 
     fn grant_credit(&self) {
-        let credit = lock(&self.state).take_credit();
-        if let Some(n) = credit {
-            self.conn
-                .send_stream_frame(Kind::Credit, self.key, &n.to_le_bytes());
-        }
+        self.conn.grant_credit(self.key);
     }
 }
 
@@ -225,12 +219,7 @@ impl AsyncRead for Incoming {
 
 impl Drop for Incoming {
     fn drop(&mut self) {
-        if self.finished {
-            lock(self.conn.streams()).forget_incoming(self.key);
-        } else {
-            lock(self.conn.streams()).stop_incoming(self.key);
-            self.conn.send_stream_frame(Kind::Stop, self.key, &[]);
-        }
+        self.conn.finish_incoming(self.key, !self.finished);
     }
 }
 

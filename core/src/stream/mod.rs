@@ -32,43 +32,33 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The module's layers: `state` is the sans-IO bookkeeping of the streams open on a
-//! connection (credit, ends, what to answer a peer's stream frame); `outgoing` and
-//! `incoming` drive it from tasks through a `Carrier`; `api` is the caller's API on
-//! [`Connection`](crate::Connection), which is the one `Carrier`.
+//! The module's layers: the sans-IO bookkeeping of the streams open on a connection
+//! (credit, ends, what to answer a peer's stream frame) is part of the protocol state
+//! (`crate::proto`); `outgoing` and `incoming` drive it from tasks through a `Carrier`;
+//! `api` is the caller's API on [`Connection`](crate::Connection), which is the one
+//! `Carrier`.
 
 use std::future::Future;
-use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::frame::Kind;
+use crate::proto::streams::lock;
 
 mod api;
 mod incoming;
-mod key;
 mod outgoing;
 mod progress;
-pub(crate) mod state;
-mod stops;
 
+pub(crate) use crate::proto::streams::{Dir, Key, Open, Outbound, Streams};
+pub use crate::proto::streams::{HASH_LEN, INITIAL_WINDOW};
 pub use incoming::{DownloadRequest, Incoming};
-pub(crate) use key::{Dir, Key};
 pub(crate) use outgoing::pump;
 pub use outgoing::Outgoing;
 pub use progress::Progress;
-pub(crate) use state::{Answer, Open, Outbound, Streams};
 
 /// Largest piece of stream data in one `Data` frame.
 pub const CHUNK: usize = 64 * 1024;
-
-/// Credit every stream starts with: the sender may send this many bytes before the
-/// receiver grants more with `Credit` frames. Part of the protocol.
-pub const INITIAL_WINDOW: u64 = 256 * 1024;
-
-/// Length of the hash in an `End` frame (BLAKE3).
-pub const HASH_LEN: usize = 32;
 
 /// The head of a stream: sent as the payload of an upload `Call` and of a download `Reply`.
 #[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
@@ -90,31 +80,50 @@ pub(crate) struct WantStream<'a> {
     pub meta: &'a [u8],
 }
 
-/// What carries a connection's streams, as a stream's receiver sees it: the streams'
-/// state and a way to queue their control frames. [`Connection`](crate::Connection) is the
-/// implementation (in `api`), so `incoming` and `outgoing` need not know the connection.
+/// What carries a connection's streams, as a stream's receiver sees it: the protocol
+/// state that holds them, and its queue for their frames. [`Connection`](crate::Connection)
+/// is the implementation (in `api`), so `incoming` and `outgoing` need not know the
+/// connection. Once the connection has closed there is nobody to tell, and these do
+/// nothing.
 pub(crate) trait Carrier: Send + Sync + 'static {
-    /// The streams open on the connection.
-    fn streams(&self) -> &Mutex<Streams>;
+    /// The receiver of stream `key` is done with it: forgets it, and unless it reached
+    /// the end (`stop`), tells the sender to stop (`Stop`).
+    fn finish_incoming(&self, key: Key, stop: bool);
 
-    /// Queues a stream control frame (`End`, `Abort`, `Credit`, `Stop`); once the
-    /// connection has closed there is nobody to tell, and it is dropped.
-    fn send_stream_frame(&self, kind: Kind, key: Key, payload: &[u8]);
+    /// Grants the sender of stream `key` the room its consumer has freed (`Credit`), if
+    /// that is at least half a window.
+    fn grant_credit(&self, key: Key);
+
+    /// Forgets sending stream `key`; unless it ended, tells the receiver why (`Abort`).
+    fn finish_outgoing(&self, key: Key, abort: Option<&str>);
+
+    /// Ends sending stream `key` with the hash of everything sent (`End`).
+    fn end_outgoing(&self, key: Key, hash: &[u8; HASH_LEN]);
 }
 
 /// A [`Carrier`] as a stream's sender sees it: it also takes data, under back-pressure.
 pub(crate) trait Sender: Carrier {
-    /// Queues one `Data` frame of stream `key`.
+    /// Queues one `Data` frame of stream `key`, spending as much of its credit.
     fn send_stream_data(&self, key: Key, data: &[u8]) -> Result<(), Error>;
 
     /// Waits until fewer than `limit` bytes are queued to write (or the connection closed).
     fn wait_for_stream_space(&self, limit: usize) -> impl Future<Output = ()> + Send;
 }
 
-/// Locks a stream state; a panic elsewhere while it was held does not poison it.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::StreamHead;
+
+    #[test]
+    fn stream_heads_round_trip() {
+        let head = StreamHead {
+            total: Some(5),
+            meta: b"name",
+        };
+        let bytes = postcard::to_allocvec(&head).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<StreamHead<'_>>(&bytes).unwrap(),
+            head
+        );
+    }
+}

@@ -11,12 +11,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_lite::io::{AsyncRead, AsyncReadExt};
 
-use super::key::Key;
 use super::progress::{OnProgress, Progress};
-use super::state::Outbound;
-use super::{lock, Sender, StreamHead, CHUNK};
+use super::{lock, Key, Outbound, Sender, StreamHead, CHUNK};
 use crate::error::Error;
-use crate::frame::Kind;
 
 /// Most bytes a stream sender lets queue in its connection's outbox before it waits: big
 /// write batches for a lone transfer, and a bound on what a small call queued beside it
@@ -152,29 +149,24 @@ pub(crate) async fn pump<C: Sender>(
     state: Arc<Mutex<Outbound>>,
     mut body: Outgoing,
 ) -> Result<u64, Error> {
+    /// Forgets the stream however the pump ends; one that did not end tells the receiver
+    /// why (`Abort`): cancelled unless a reason was set.
     struct Guard<'a, C: Sender> {
         conn: &'a C,
         key: Key,
-        done: bool,
+        abort: Option<String>,
     }
     impl<C: Sender> Drop for Guard<'_, C> {
         fn drop(&mut self) {
             SENDERS.fetch_sub(1, Ordering::Relaxed);
-            lock(self.conn.streams()).forget_outgoing(self.key);
-            if !self.done {
-                self.conn.send_stream_frame(
-                    Kind::Abort,
-                    self.key,
-                    b"the sender cancelled the stream",
-                );
-            }
+            self.conn.finish_outgoing(self.key, self.abort.as_deref());
         }
     }
     SENDERS.fetch_add(1, Ordering::Relaxed);
     let mut guard = Guard {
         conn,
         key,
-        done: false,
+        abort: Some("the sender cancelled the stream".into()),
     };
     let mut hasher = blake3::Hasher::new();
     let mut buf = Vec::new();
@@ -210,9 +202,7 @@ pub(crate) async fn pump<C: Sender>(
             Some(Ok(0)) => break,
             Some(Ok(n)) => &buf[..n],
             Some(Err(e)) => {
-                let why = format!("the sender's source failed: {e}");
-                guard.done = true;
-                conn.send_stream_frame(Kind::Abort, key, why.as_bytes());
+                guard.abort = Some(format!("the sender's source failed: {e}"));
                 return Err(e.into());
             }
         };
@@ -223,7 +213,6 @@ pub(crate) async fn pump<C: Sender>(
             let take = rest.len().min(credit.min(CHUNK as u64) as usize);
             conn.wait_for_stream_space(queue_share()).await;
             conn.send_stream_data(key, &rest[..take])?;
-            lock(&state).spend(take as u64);
             rest = &rest[take..];
             sent += take as u64;
             let done = body.progress.advance(take as u64);
@@ -234,11 +223,10 @@ pub(crate) async fn pump<C: Sender>(
     }
     if let Some(total) = body.total.filter(|t| *t != sent) {
         let why = format!("the source yielded {sent} bytes but {total} were announced");
-        guard.done = true;
-        conn.send_stream_frame(Kind::Abort, key, why.as_bytes());
+        guard.abort = Some(why.clone());
         return Err(Error::Integrity(why));
     }
-    guard.done = true;
-    conn.send_stream_frame(Kind::End, key, hasher.finalize().as_bytes());
+    guard.abort = None;
+    conn.end_outgoing(key, hasher.finalize().as_bytes());
     Ok(sent)
 }

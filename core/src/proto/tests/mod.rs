@@ -4,6 +4,7 @@
 mod calls;
 mod hostile;
 mod link;
+mod streams;
 mod timers;
 
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{Event, Keys, Limits, Proto, Transmit};
+use crate::codec::Codec;
 use crate::error::Error;
 use crate::frame::{Header, Kind};
 use crate::request::CallResult;
@@ -45,9 +47,18 @@ struct Side {
 
 impl Side {
     fn new(limits: Limits, keys: Option<Keys>, now: Instant) -> Self {
+        Self::with_codec(limits, keys, None, now)
+    }
+
+    fn with_codec(
+        limits: Limits,
+        keys: Option<Keys>,
+        codec: Option<Arc<dyn Codec>>,
+        now: Instant,
+    ) -> Self {
         let counters = Arc::new(Counters::default());
         Self {
-            proto: Proto::new(limits, keys, None, counters.clone(), now),
+            proto: Proto::new(limits, keys, codec, counters.clone(), now),
             counters,
             events: Vec::new(),
             answers: true,

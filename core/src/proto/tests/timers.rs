@@ -140,3 +140,36 @@ fn the_one_timer_is_the_earliest_of_calls_and_heartbeat() {
         Some(t0 + Duration::from_millis(300))
     );
 }
+
+/// A driver that waits before taking the next request (its peer is over its handler
+/// limits) still fires its timer: the calls it expires are taken out of the events at
+/// once, and the requests stay queued, in order, for later.
+#[test]
+fn calls_expire_while_the_driver_holds_back_requests() {
+    let mut pair = Pair::plain(limits(), limits());
+    pair.b.answers = false;
+    let deadline = pair.now + Duration::from_secs(1);
+    let mine = pair.b.call("slow", b"", Some(deadline));
+    // Two requests from `a` reach `b`, which takes only the first.
+    let mut wire = bytes::BytesMut::new();
+    for n in [b"1", b"2"] {
+        let header = Header {
+            kind: Kind::Call,
+            flags: 0,
+            id: u64::from(n[0]),
+            command: "req",
+        };
+        crate::frame::encode(&mut wire, &header, n, 1 << 20).unwrap();
+    }
+    pair.b.proto.handle_input(pair.now, &wire);
+    let first = pair.b.proto.poll_event();
+    assert!(matches!(first, Some(Event::Request(f)) if &f.payload[..] == b"1"));
+    pair.now = deadline;
+    pair.b.proto.handle_timeout(pair.now);
+    let wakes = pair.b.proto.take_completed();
+    assert_eq!(wakes.len(), 1);
+    wakes.into_iter().for_each(crate::request::Wake::fire);
+    assert_eq!(taken(&mine), Some(Err(Error::Timeout)));
+    let second = pair.b.proto.poll_event();
+    assert!(matches!(second, Some(Event::Request(f)) if &f.payload[..] == b"2"));
+}

@@ -1,18 +1,39 @@
 //! The streams open on one connection, with no I/O: credit and window accounting on both
 //! sides, ends and failures, and what to do with a stream frame from the peer.
+//!
+//! [`Proto`](super::Proto) owns the [`Streams`]; each stream's side is shared with the
+//! task that reads or sends it (`crate::stream`), which waits on its waker. Lock order:
+//! the connection's state first, then a stream's side, never the other way round.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
-use super::key::{Dir, Key};
-use super::stops::StopAnswers;
-use super::{lock, HASH_LEN, INITIAL_WINDOW};
 use crate::error::Error;
 use crate::frame::{Frame, Kind};
+use stops::StopAnswers;
+
+mod key;
+mod stops;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use key::{Dir, Key};
+
+/// Credit every stream starts with: the sender may send this many bytes before the
+/// receiver grants more with `Credit` frames. Part of the protocol.
+pub const INITIAL_WINDOW: u64 = 256 * 1024;
+
+/// Length of the hash in an `End` frame (BLAKE3).
+pub const HASH_LEN: usize = 32;
+
+/// Locks a stream's side; a panic elsewhere while it was held does not poison it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Receiving side of one stream: chunks not yet consumed, and the credit accounting.
 #[derive(Debug)]
@@ -93,7 +114,7 @@ impl Inbound {
     }
 
     /// The next chunk, or the end of the stream.
-    pub(super) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Next> {
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Next> {
         if let Some(chunk) = self.queue.pop_front() {
             self.consumed += chunk.len() as u64;
             return Poll::Ready(Next::Chunk(chunk));
@@ -115,7 +136,7 @@ impl Inbound {
     }
 }
 
-pub(super) enum Next {
+pub(crate) enum Next {
     Chunk(Bytes),
     End([u8; HASH_LEN], u64),
     Failed(Error),
@@ -152,13 +173,27 @@ impl Outbound {
         }
     }
 
+    /// Whether `n` more bytes may be sent now: not once stopped, nor beyond the credit.
+    pub(crate) fn check_room(&self, n: u64) -> Result<(), Error> {
+        if let Some(e) = &self.stopped {
+            return Err(e.clone());
+        }
+        if n > self.credit {
+            return Err(Error::Protocol(format!(
+                "{n} bytes of stream data, but the receiver granted only {}",
+                self.credit
+            )));
+        }
+        Ok(())
+    }
+
     /// `n` bytes of the credit were sent.
-    pub(super) fn spend(&mut self, n: u64) {
+    pub(crate) fn spend(&mut self, n: u64) {
         self.credit = self.credit.saturating_sub(n);
     }
 
     /// Waits for credit; returns how many bytes may be sent now.
-    pub(super) fn poll_credit(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64, Error>> {
+    pub(crate) fn poll_credit(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64, Error>> {
         if let Some(e) = &self.stopped {
             return Poll::Ready(Err(e.clone()));
         }
@@ -232,6 +267,11 @@ impl Streams {
         let state = Arc::new(Mutex::new(Outbound::new()));
         self.outgoing.insert(key, state.clone());
         Ok(state)
+    }
+
+    /// The receiving state of stream `key`, if it is open.
+    pub(crate) fn incoming(&self, key: Key) -> Option<Arc<Mutex<Inbound>>> {
+        self.incoming.get(&key).cloned()
     }
 
     /// The sending state of stream `key`, if it is open.
