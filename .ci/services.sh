@@ -60,7 +60,7 @@ zs_install() {
   flock 8
   command -v nats-server >/dev/null || missing+=(nats-server)
   zs_pg_bin >/dev/null 2>&1 || missing+=(postgresql)
-  # tests/wire.rs runs docs/PROTOCOL.md's Python client as printed.
+  # tests/suite/wire.rs runs docs/PROTOCOL.md's Python client as printed.
   command -v python3 >/dev/null || missing+=(python3-minimal)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing ${missing[*]} from Debian's packages"

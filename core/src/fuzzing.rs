@@ -348,13 +348,16 @@ pub fn stable_link(data: &[u8]) {
 
 /// The protocol state machine itself, with no runtime: the input is a script of steps,
 /// each a peer's bytes ([`Proto::handle_input`](crate::proto::Proto::handle_input)), time
-/// passing ([`handle_timeout`](crate::proto::Proto::handle_timeout)), or this side calling,
-/// going away or closing. The first byte picks the link: bit 0 encrypted (the peer's
+/// passing ([`handle_timeout`](crate::proto::Proto::handle_timeout)), this side calling,
+/// going away or closing, or acting on a stream (uploads 1 to 3 are open for the peer to
+/// send, downloads 1 to 3 for this side to send: data, consuming and granting credit,
+/// stopping, ending, aborting). The first byte picks the link: bit 0 encrypted (the peer's
 /// bytes are sealed as it would, so frames get past authentication; bit 1 sends them raw
 /// instead), bit 2 a heartbeat. Checks: no panic; input held stays bounded by what
-/// arrived; the next deadline never lies in the past after it was handled; after a
-/// failure nothing more comes out.
+/// arrived; no stream holds more than its window; the next deadline never lies in the
+/// past after it was handled; after a failure nothing more comes out.
 pub fn proto(data: &[u8]) {
+    use crate::proto::streams::{Dir, INITIAL_WINDOW};
     use crate::proto::{Event, Keys, Limits, Proto, Transmit};
     use crate::secure::cipher::{CipherState, Provider};
     use crate::secure::record::{Opener, RekeyPolicy, Sealer};
@@ -386,6 +389,20 @@ pub fn proto(data: &[u8]) {
     let mut peer = Sealer::new(CipherState::new(provider, [2; 32]), policy, now);
     let counters = Arc::new(Counters::default());
     let mut proto = Proto::new(limits, keys, Some(Arc::new(Lz4)), counters, now);
+    let mut incoming = Vec::new();
+    for id in 1..=3 {
+        let key = (Dir::Upload, id);
+        incoming.push(
+            proto
+                .streams()
+                .open_incoming(key, 0)
+                .expect("a fresh state"),
+        );
+        proto
+            .streams()
+            .open_outgoing((Dir::Download, id))
+            .expect("a fresh state");
+    }
     let mut wire = Transmit::default();
     let mut arrived = 0usize;
     let mut failed = false;
@@ -393,8 +410,8 @@ pub fn proto(data: &[u8]) {
         let len = usize::from(*len).min(rest.len());
         let (chunk, tail) = rest.split_at(len);
         script = tail;
-        match op % 4 {
-            0 => {
+        match op % 8 {
+            0 | 4 => {
                 if encrypted && mode & 2 == 0 && !chunk.is_empty() {
                     let mut sealed = BytesMut::new();
                     peer.seal(chunk, &mut sealed, now);
@@ -405,14 +422,14 @@ pub fn proto(data: &[u8]) {
                     proto.handle_input(now, chunk);
                 }
             }
-            1 => {
+            1 | 5 => {
                 now += Duration::from_millis(len as u64 * 50);
                 proto.handle_timeout(now);
                 if let Some(at) = proto.poll_timeout() {
                     assert!(at > now || failed, "a handled deadline is still due");
                 }
             }
-            2 => {
+            2 | 6 => {
                 let deadline = Some(now + Duration::from_millis(len as u64 * 20));
                 if let Ok(id) = proto.requests().start_callback(Box::new(|_| {}), deadline) {
                     let header = Header {
@@ -426,8 +443,13 @@ pub fn proto(data: &[u8]) {
                     }
                 }
             }
-            _ if len % 2 == 0 => proto.go_away(),
-            _ => proto.close(),
+            3 if len % 2 == 0 => proto.go_away(),
+            3 => proto.close(),
+            _ => proto_stream_step(&mut proto, &incoming, len, chunk),
+        }
+        for stream in &incoming {
+            let held = crate::proto::streams::lock(stream).buffered();
+            assert!(held <= INITIAL_WINDOW, "a stream holds {held} bytes");
         }
         while let Some(event) = proto.poll_event() {
             assert!(!failed, "an event after the failure");
@@ -461,4 +483,41 @@ pub fn proto(data: &[u8]) {
     }
     proto.handle_eof();
     while proto.poll_event().is_some() {}
+}
+
+/// One stream step of the [`proto`] target: `len` picks the action and the stream
+/// (uploads 1 to 3 received, downloads 1 to 3 sent), `chunk` is the data sent.
+fn proto_stream_step(
+    proto: &mut crate::proto::Proto,
+    incoming: &[Arc<std::sync::Mutex<crate::proto::streams::Inbound>>],
+    len: usize,
+    chunk: &[u8],
+) {
+    use crate::proto::streams::{lock, Dir, Next};
+    use crate::proto::{stream_header, Packed};
+    use std::task::Waker;
+
+    let id = (len / 8 % 3) as u64 + 1;
+    let (up, down) = ((Dir::Upload, id), (Dir::Download, id));
+    match len % 8 {
+        0 | 1 => {
+            let packed = Packed {
+                header: stream_header(frame::Kind::Data, down),
+                payload: chunk,
+                raw_len: None,
+            };
+            let _ = proto.queue_stream_data(down, &packed);
+        }
+        2 | 3 => {
+            // The consumer takes what arrived, then the receiver grants credit.
+            let mut cx = Context::from_waker(Waker::noop());
+            let stream = &incoming[id as usize - 1];
+            while let Poll::Ready(Next::Chunk(_)) = lock(stream).poll_next(&mut cx) {}
+            proto.grant_credit(up);
+        }
+        4 => proto.finish_incoming(up, true),
+        5 => proto.end_outgoing(down, &[0; crate::proto::streams::HASH_LEN]),
+        6 => proto.finish_outgoing(down, Some("aborted")),
+        _ => proto.finish_outgoing(down, None),
+    }
 }

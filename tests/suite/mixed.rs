@@ -2,14 +2,11 @@
 //! in one process, encrypted and plain. Calls both ways, one-way sends, a big payload and
 //! a graceful shutdown must work whichever runtime drives each end.
 
-#[macro_use]
-mod common;
-
 use std::time::Duration;
 
 use zserver::{Bytes, ClientBuilder, Config, Error, Router, ServerBuilder};
 
-use common::*;
+use crate::common::*;
 
 /// The ordered pairs (server back end, client back end) of different back ends.
 fn pairs() -> Vec<(&'static str, &'static str)> {

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use zserver_login::store::{check_name, Message};
 use zserver_login::{Store, StoreError};
 
-mod support;
-use support::pg::{admin, with_db, Postgres};
+use crate::support::pg::{admin, with_db, Postgres};
 
 /// Where the stores of one test live; [`Backend::open`] gives a new [`Store`] on the same data
 /// each time (a reopen, or another node).

@@ -9,15 +9,14 @@ use zserver::Error;
 use zserver_login::protocol::Incoming;
 use zserver_login::{Event, LoginClient, LoginConfig, LoginServer};
 
-mod support;
-use support::next_event;
+use crate::support::next_event;
 
 /// Runs `fut` on `backend`'s runtime and waits for it here.
 fn run_on<T: Send + 'static>(
     backend: &str,
     fut: impl std::future::Future<Output = T> + Send + 'static,
 ) -> T {
-    support::run_on(backend, Duration::from_secs(120), fut)
+    crate::support::run_on(backend, Duration::from_secs(120), fut)
 }
 
 fn write_file(path: &Path, len: usize, seed: u8) -> blake3::Hash {

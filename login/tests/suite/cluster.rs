@@ -9,15 +9,14 @@ use zserver::Error;
 use zserver_login::protocol::Incoming;
 use zserver_login::{ClusterConfig, Event, LoginClient, LoginConfig, LoginServer};
 
-mod support;
-use support::pg::Postgres;
+use crate::support::pg::Postgres;
 
 /// Runs `fut` on `backend`'s runtime and waits for it here.
 fn run_on<T: Send + 'static>(
     backend: &str,
     fut: impl std::future::Future<Output = T> + Send + 'static,
 ) -> T {
-    support::run_on(backend, Duration::from_secs(60), fut)
+    crate::support::run_on(backend, Duration::from_secs(60), fut)
 }
 
 fn node_config(db: &Postgres, dir: &std::path::Path) -> LoginConfig {
@@ -169,7 +168,7 @@ fn a_recipient_who_does_not_read_holds_up_no_push_from_another_node() {
         let bob = LoginClient::connect(transport.clone(), b_addr, Some(&pin)).await?;
         bob.login("bob", "pw").await?;
         // `slow`, on node b, handles one message and never finishes it.
-        let slow = support::stuck_client(transport, b_addr, Some(&pin), "slow").await?;
+        let slow = crate::support::stuck_client(transport, b_addr, Some(&pin), "slow").await?;
         until("node a sees both users on node b", || {
             a.online() == ["ann", "bob", "slow"]
         })
@@ -197,7 +196,10 @@ fn a_recipient_who_does_not_read_holds_up_no_push_from_another_node() {
             }
         }
         for _ in 0..sent {
-            assert!(matches!(support::next_event(&bob).await, Event::Message(_)));
+            assert!(matches!(
+                crate::support::next_event(&bob).await,
+                Event::Message(_)
+            ));
         }
         drop(slow);
         a.shutdown().await;

@@ -2,15 +2,12 @@
 //! only, so that the same file runs on every back end:
 //!
 //! ```text
-//! cargo test --test codec
-//! ZSERVER_BACKEND=async-std cargo test --workspace --test codec
-//! ZSERVER_BACKEND=smol cargo test --workspace --test codec
+//! cargo test --test suite codec::
+//! ZSERVER_BACKEND=async-std cargo test --workspace --test suite codec::
+//! ZSERVER_BACKEND=smol cargo test --workspace --test suite codec::
 //! ```
 //!
 //! Every case runs over IPv4 and IPv6 loopback and fails within 30 s if anything hangs.
-
-#[macro_use]
-mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use zserver::codec::{Codec, Lz4};
 use zserver::{Bytes, Client, Compression, Config, Error, Outgoing, Router, Server, StableSession};
 
-use common::*;
+use crate::common::*;
 
 /// Repetitive text: LZ4 shrinks it many times over.
 fn compressible(len: usize) -> Vec<u8> {

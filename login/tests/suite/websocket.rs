@@ -9,8 +9,6 @@ use std::time::Duration;
 use zserver::{Error, WsTransport};
 use zserver_login::{Event, LoginClient, LoginConfig, LoginServer};
 
-mod support;
-
 async fn scenario(backend: &'static str) -> Result<(), Error> {
     let dir = tempfile::tempdir().unwrap();
     let tcp = zserver::transport(backend).unwrap();
@@ -33,7 +31,7 @@ async fn scenario(backend: &'static str) -> Result<(), Error> {
 
     let report = ann.push(&["web"], "hello browser").await?;
     assert_eq!(report.delivered, ["web"]);
-    match support::next_event(&web).await {
+    match crate::support::next_event(&web).await {
         Event::Message(m) => {
             assert_eq!((m.from.as_str(), m.text.as_str()), ("ann", "hello browser"))
         }
@@ -41,7 +39,7 @@ async fn scenario(backend: &'static str) -> Result<(), Error> {
     }
     let report = web.push(&["ann"], "hello tcp").await?;
     assert_eq!(report.delivered, ["ann"]);
-    match support::next_event(&ann).await {
+    match crate::support::next_event(&ann).await {
         Event::Message(m) => assert_eq!((m.from.as_str(), m.text.as_str()), ("web", "hello tcp")),
         other => panic!("unexpected {other:?}"),
     }
@@ -60,7 +58,7 @@ async fn scenario(backend: &'static str) -> Result<(), Error> {
 }
 
 fn run(backend: &'static str) {
-    support::run_on(backend, Duration::from_secs(60), scenario(backend)).unwrap();
+    crate::support::run_on(backend, Duration::from_secs(60), scenario(backend)).unwrap();
 }
 
 #[test]

@@ -17,8 +17,6 @@ use zserver_login::protocol::{
 };
 use zserver_login::{LoginConfig, LoginServer};
 
-mod support;
-
 /// The stream head of an upload `Call` and a download `Reply` (PROTOCOL.md §5b), as
 /// zserver's crate-private `StreamHead` has it; postcard encodes bytes and strings alike.
 #[derive(Serialize, Deserialize)]
@@ -370,7 +368,7 @@ fn start(conn: &mut Conn, command: &str, rest: &str) {
 }
 
 async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    support::within(Duration::from_secs(10), fut)
+    crate::support::within(Duration::from_secs(10), fut)
         .await
         .unwrap_or_else(|| panic!("{what}: nothing within 10 s"))
 }
@@ -466,7 +464,7 @@ fn the_session_in_login_md_replays_against_a_real_server_over_tcp_and_websocket(
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let replayed = replay(lines.clone(), data, ws);
-        let steps = support::run_on("tokio", Duration::from_secs(60), replayed);
+        let steps = crate::support::run_on("tokio", Duration::from_secs(60), replayed);
         let over = if ws { "WebSocket" } else { "TCP" };
         let steps = steps.unwrap_or_else(|e| panic!("over {over}: {e}"));
         assert!(steps >= 40, "only {steps} steps replayed over {over}");

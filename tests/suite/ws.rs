@@ -7,9 +7,6 @@
 //! WebSocket as a whole with `ZSERVER_TEST_TRANSPORT=ws` (see `tests/common/mod.rs`).
 #![cfg(feature = "ws")]
 
-#[macro_use]
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, OnceLock};
@@ -19,7 +16,7 @@ use tungstenite::protocol::Message;
 use zserver::ws::{max_message, WsOptions};
 use zserver::{Bytes, Client, Config, Error, Router, Server};
 
-use common::*;
+use crate::common::*;
 
 /// A server on TCP `addr` that also listens for WebSocket on the same host, with
 /// `echo` and `relay` (sends `note` with the payload to every other connection).

@@ -2,16 +2,13 @@
 //! same file runs unchanged on every back end:
 //!
 //! ```text
-//! cargo test --test engine
-//! ZSERVER_BACKEND=async-std cargo test --workspace --test engine
-//! ZSERVER_BACKEND=smol cargo test --workspace --test engine
+//! cargo test --test suite engine::
+//! ZSERVER_BACKEND=async-std cargo test --workspace --test suite engine::
+//! ZSERVER_BACKEND=smol cargo test --workspace --test suite engine::
 //! ```
 //!
 //! Every case runs over IPv4 and IPv6 loopback (`<case>::v4`, `<case>::v6`), binds port 0
 //! and fails within 30 s if anything hangs.
-
-#[macro_use]
-mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -24,7 +21,7 @@ use futures_lite::future::zip;
 use serde::{Deserialize, Serialize};
 use zserver::{BlockingClient, Bytes, Client, Config, Error, Responder, Router, Server};
 
-use common::*;
+use crate::common::*;
 
 // ----- shared fixtures ------------------------------------------------------------------
 

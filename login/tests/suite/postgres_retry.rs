@@ -14,8 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use zserver_login::{Store, StoreError};
 
-mod support;
-use support::pg::Postgres;
+use crate::support::pg::Postgres;
 
 /// A TCP proxy to PostgreSQL that cuts the connection carrying the next reply with one of the
 /// armed command tags.

@@ -11,8 +11,6 @@ use zserver::{Error, Transport};
 use zserver_login::store::PasswordParams;
 use zserver_login::{LoginClient, LoginConfig, LoginError, LoginServer};
 
-mod support;
-
 use zserver::transport::BoundTransport;
 
 /// Hashing slots, queue places and attempts per address of the server under test.
@@ -181,7 +179,7 @@ async fn scenario(backend: &'static str, dir: std::path::PathBuf) -> Result<(), 
 fn run(backend: &'static str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
-    support::run_on(backend, Duration::from_secs(60), scenario(backend, path)).unwrap();
+    crate::support::run_on(backend, Duration::from_secs(60), scenario(backend, path)).unwrap();
 }
 
 #[test]

@@ -8,8 +8,6 @@ use std::time::Duration;
 use zserver::Error;
 use zserver_login::{Event, LoginClient, LoginConfig, LoginServer};
 
-mod support;
-
 /// A push's text: big, so that a few of them fill a connection's buffers.
 fn text(i: usize) -> String {
     format!("{i:>6}").repeat(256 << 10 >> 3)
@@ -33,7 +31,7 @@ async fn scenario(backend: &'static str) -> Result<(), Error> {
     bob.login("bob", "pw").await?;
 
     // `slow` handles one message and never finishes it: its connection stops reading.
-    let slow = support::stuck_client(transport.clone(), addr, None, "slow").await?;
+    let slow = crate::support::stuck_client(transport.clone(), addr, None, "slow").await?;
 
     let mut pushes = 0;
     let mut stored_for_slow = false;
@@ -41,7 +39,7 @@ async fn scenario(backend: &'static str) -> Result<(), Error> {
         assert!(pushes < 200, "the slow reader never filled its buffers");
         let body = text(pushes);
         let push = ann.push(&["slow", "bob"], &body);
-        let report = support::within(Duration::from_secs(10), push)
+        let report = crate::support::within(Duration::from_secs(10), push)
             .await
             .expect("a push is not held up by a recipient who does not read")?;
         assert!(report.delivered.iter().any(|u| u == "bob"), "{report:?}");
@@ -50,7 +48,7 @@ async fn scenario(backend: &'static str) -> Result<(), Error> {
     }
     eprintln!("{backend}: the push stored for the slow reader after {pushes} pushes");
     for i in 0..pushes {
-        match support::next_event(&bob).await {
+        match crate::support::next_event(&bob).await {
             Event::Message(m) => assert_eq!(m.text, text(i)),
             other => panic!("unexpected {other:?}"),
         }
@@ -59,7 +57,7 @@ async fn scenario(backend: &'static str) -> Result<(), Error> {
     // and gets what was stored for it.
     let again = LoginClient::connect(transport.clone(), addr, None).await?;
     let login = again.login("slow", "pw");
-    let offline = support::within(Duration::from_secs(10), login)
+    let offline = crate::support::within(Duration::from_secs(10), login)
         .await
         .expect("a login is not held up by the session it kicks")?;
     assert_eq!(offline.last().map(|m| &m.text), Some(&text(pushes - 1)));
@@ -69,7 +67,7 @@ async fn scenario(backend: &'static str) -> Result<(), Error> {
 }
 
 fn run(backend: &'static str) {
-    support::run_on(backend, Duration::from_secs(120), scenario(backend)).unwrap();
+    crate::support::run_on(backend, Duration::from_secs(120), scenario(backend)).unwrap();
 }
 
 #[test]

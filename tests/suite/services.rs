@@ -1,11 +1,9 @@
 //! Typed services, remote objects and discovery, through the facade on every back end.
 
-mod common;
-
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::{bounded, suite_client, suite_server, until};
+use crate::common::{bounded, suite_client, suite_server, until};
 use zserver::service::{Class, Method, ObjectId, Service, Services};
 use zserver::{Config, Error, Router};
 

@@ -2,8 +2,6 @@
 //! connection through it) while calls and a transfer run, and the application sees no
 //! error, no loss and no duplicate. Runs unchanged on every back end.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -11,8 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::generated::Probe;
-use common::{bounded, join_all, skip_over_ws, suite_client, suite_server, until, within, WAIT};
+use crate::common::generated::Probe;
+use crate::common::{
+    bounded, join_all, skip_over_ws, suite_client, suite_server, until, within, WAIT,
+};
 use zserver::stable::wire::{self, Answer, Open, Refusal};
 use zserver::{Config, Error, Outgoing, Router, StableSession};
 
@@ -287,7 +287,7 @@ fn an_unknown_session_cannot_be_resumed() {
                 .bind("127.0.0.1:0")
                 .await?;
             let addr = server.local_addr();
-            let answer = common::on_thread(move || {
+            let answer = crate::common::on_thread(move || {
                 let mut raw = TcpStream::connect(addr).unwrap();
                 let mut challenge = [0u8; wire::CHALLENGE_LEN];
                 raw.read_exact(&mut challenge).unwrap();
@@ -350,7 +350,7 @@ fn a_session_that_never_finishes_its_handshake_is_dropped() {
             config.handshake_timeout = Duration::from_millis(300);
             let server = suite_server().config(config).bind("127.0.0.1:0").await?;
             let addr = server.local_addr();
-            let raw = common::on_thread(move || {
+            let raw = crate::common::on_thread(move || {
                 let mut raw = TcpStream::connect(addr).unwrap();
                 let mut challenge = [0u8; wire::CHALLENGE_LEN];
                 raw.read_exact(&mut challenge).unwrap();

@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use zserver::{Error, Router};
 
-mod common;
-
 /// Many small frames queued close together leave in far fewer socket writes.
 #[test]
 fn small_frames_are_coalesced_into_few_writes() {
@@ -500,7 +498,7 @@ fn a_data_frame_may_use_the_whole_credit_and_no_more() {
     let answer = (CREDIT as u64).to_le_bytes().to_vec();
     assert_eq!(read_raw_answer(&mut sock), (2, 0, 1, answer));
     sock.write_all(&upload(2, CREDIT + 1)).unwrap();
-    assert_eq!(common::expect_closed(&mut sock), Ok(()));
+    assert_eq!(crate::common::expect_closed(&mut sock), Ok(()));
     zserver::block_on(server.shutdown());
 }
 
@@ -682,7 +680,7 @@ fn plain_server_with_config_and_raw_peer(
 /// there is no `python3`.
 #[test]
 fn the_python_client_of_protocol_md_makes_a_call() {
-    let doc = include_str!("../docs/PROTOCOL.md");
+    let doc = include_str!("../../docs/PROTOCOL.md");
     let start = doc
         .find("```python\n")
         .expect("a python block in PROTOCOL.md")
@@ -697,7 +695,7 @@ fn the_python_client_of_protocol_md_makes_a_call() {
         at,
         &format!(r#"("127.0.0.1", {})"#, server.local_addr().port()),
     );
-    common::bounded(move || {
+    crate::common::bounded(move || {
         let output = match std::process::Command::new("python3")
             .arg("-c")
             .arg(&code)

@@ -13,8 +13,7 @@ use zserver_login::store::Message;
 use zserver_login::{Event, LoginClient, LoginConfig, LoginServer};
 use zserver_login::{SqliteStorage, Storage, Store, StoreError};
 
-mod support;
-use support::next_event;
+use crate::support::next_event;
 
 /// The next `queue_message` says it has started, then waits for a go before it writes.
 struct Gate {
@@ -120,7 +119,7 @@ async fn scenario(backend: &'static str) -> Result<(), Error> {
 }
 
 fn run(backend: &'static str) {
-    support::run_on(backend, Duration::from_secs(60), scenario(backend)).unwrap();
+    crate::support::run_on(backend, Duration::from_secs(60), scenario(backend)).unwrap();
 }
 
 #[test]

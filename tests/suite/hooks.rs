@@ -2,13 +2,10 @@
 //! a call to another server; through the `zserver` facade only, on every back end:
 //!
 //! ```text
-//! cargo test --test hooks
-//! ZSERVER_BACKEND=async-std cargo test --workspace --test hooks
-//! ZSERVER_BACKEND=smol cargo test --workspace --test hooks
+//! cargo test --test suite hooks::
+//! ZSERVER_BACKEND=async-std cargo test --workspace --test suite hooks::
+//! ZSERVER_BACKEND=smol cargo test --workspace --test suite hooks::
 //! ```
-
-#[macro_use]
-mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +14,7 @@ use std::time::Duration;
 
 use zserver::{Bytes, Client, CommandKind, Config, Error, Router, Server};
 
-use common::*;
+use crate::common::*;
 
 async fn start(addr: &str, router: Router) -> Server {
     start_server(addr, router, Config::default()).await

@@ -2,15 +2,13 @@
 //! unchanged on every back end:
 //!
 //! ```text
-//! cargo test --test reconnect
-//! ZSERVER_BACKEND=async-std cargo test --workspace --test reconnect
-//! ZSERVER_BACKEND=smol cargo test --workspace --test reconnect
+//! cargo test --test suite reconnect::
+//! ZSERVER_BACKEND=async-std cargo test --workspace --test suite reconnect::
+//! ZSERVER_BACKEND=smol cargo test --workspace --test suite reconnect::
 //! ```
 //!
 //! Every case runs over IPv4 loopback (`<case>::v4`), binds port 0 and fails within 30 s
 //! if anything hangs. Timing checks are loose: timers may fire late, never early.
-
-mod common;
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -22,7 +20,7 @@ use std::time::{Duration, Instant};
 use futures_lite::future::zip;
 use zserver::{Backoff, Client, Config, Error, LinkState, ReconnectingClient, Router, Server};
 
-use common::*;
+use crate::common::*;
 
 /// `v4!(case)`: a test `case::v4` running `async fn case(addr)` under `zserver::block_on`
 /// within the time limit.

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use zserver::{Config, Error, Incoming, Outgoing, Router};
 
-mod common;
-use common::generated::Probe;
-use common::{suite_client, suite_server};
+use crate::common::generated::Probe;
+use crate::common::{suite_client, suite_server};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -585,7 +584,7 @@ fn sequential_order_router(order: Arc<std::sync::Mutex<Vec<u32>>>) -> Router {
 fn sequential_calls_queued_behind_an_upload_do_not_stall_it() {
     const CALLS: u32 = 2000;
     const LEN: u64 = 2 * MIB;
-    common::bounded(|| {
+    crate::common::bounded(|| {
         zserver::block_on(async {
             let order = Arc::new(std::sync::Mutex::new(Vec::new()));
             let mut config = Config::default();
@@ -600,7 +599,7 @@ fn sequential_calls_queued_behind_an_upload_do_not_stall_it() {
             // More than the initial credit: the rest of the upload's data is queued only
             // after the calls below, so it reaches the server behind them.
             let body = Outgoing::reader(probe.reader(LEN, 3), Some(LEN));
-            let results = common::Watch::new(Vec::new());
+            let results = crate::common::Watch::new(Vec::new());
             let calls = async {
                 for i in 0..CALLS {
                     let r = results.clone();
@@ -612,7 +611,7 @@ fn sequential_calls_queued_behind_an_upload_do_not_stall_it() {
                 }
             };
             // `zip` polls the upload first: its `Call` leaves before the jobs.
-            let (reply, ()) = common::within(
+            let (reply, ()) = crate::common::within(
                 Duration::from_secs(15),
                 "an upload with calls queued behind it (sequential)",
                 futures_lite::future::zip(client.upload("sink", b"", body), calls),
@@ -646,7 +645,7 @@ fn sequential_calls_queued_behind_an_upload_do_not_stall_it() {
 fn a_sequential_queue_stops_reading_at_its_byte_budget() {
     const CALLS: usize = 300;
     const PAYLOAD: usize = 64 * 1024;
-    common::bounded(|| {
+    crate::common::bounded(|| {
         zserver::block_on(async {
             let (release_tx, release_rx) = async_channel::bounded::<()>(1);
             let router = Router::new().stream("hold", move |_ctx, b| {
@@ -667,7 +666,7 @@ fn a_sequential_queue_stops_reading_at_its_byte_budget() {
                 .bind("127.0.0.1:0")
                 .await?;
             let client = suite_client().connect(server.local_addr()).await?;
-            let answered = common::Watch::new(0usize);
+            let answered = crate::common::Watch::new(0usize);
             let a = answered.clone();
             client
                 .call_bytes_with("hold", b"", move |r| {

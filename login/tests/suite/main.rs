@@ -1,0 +1,21 @@
+//! The login crate's integration tests, in one test binary (built and linked once, instead
+//! of once per file): a module per area. The cluster and PostgreSQL tests are ignored
+//! unless asked for (`-- --ignored`): they need the services `bash .ci/test` starts.
+//!
+//! ```text
+//! cargo test -p zserver-login --test suite            # everything but the ignored
+//! cargo test -p zserver-login --test suite e2e::      # one area
+//! ```
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod cluster;
+mod e2e;
+mod flood;
+mod login_doc;
+mod postgres_retry;
+mod push_during_login;
+mod slow_reader;
+mod store;
+mod websocket;

@@ -1,0 +1,28 @@
+//! The facade's behavioural suite, in one test binary (built and linked once, instead of
+//! once per file): each module is one area, run on the back end `ZSERVER_BACKEND` picks,
+//! over TCP or, with `ZSERVER_TEST_TRANSPORT=ws`, WebSocket.
+//!
+//! ```text
+//! cargo test --test suite                     # every area, default back end
+//! cargo test --test suite engine:: streams::  # some areas
+//! ZSERVER_BACKEND=smol cargo test --workspace --test suite
+//! ```
+//!
+//! `tests/leaks.rs`, `tests/memory.rs` and `tests/backend.rs` stay binaries of their own:
+//! they measure the whole process or run it again.
+
+#[macro_use]
+#[path = "../common/mod.rs"]
+mod common;
+
+mod codec;
+mod engine;
+mod hooks;
+mod mixed;
+mod reconnect;
+mod secure;
+mod services;
+mod stable;
+mod streams;
+mod wire;
+mod ws;
