@@ -5,8 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{lock, Connection};
 use crate::error::Error;
-use crate::frame::Header;
-use crate::frame::{Kind, FLAG_UPLOAD};
+use crate::frame::{Header, Kind, FLAG_UPLOAD};
 use crate::proto::{stream_header, CommandKind};
 use crate::stats::Counters;
 use crate::stream::{self, Dir, Key, Outbound, Streams, HASH_LEN};

@@ -94,13 +94,20 @@ impl Incoming {
         if self.finished {
             return Poll::Ready(Ok(None));
         }
-        let next = lock(&self.state).poll_next(cx);
+        let (next, credit_due) = {
+            let mut state = lock(&self.state);
+            let next = state.poll_next(cx);
+            (next, state.credit_due())
+        };
         let Poll::Ready(next) = next else {
             return Poll::Pending;
         };
         Poll::Ready(match next {
             Next::Chunk(chunk) => {
-                self.grant_credit();
+                // Granted under the connection's lock, so only when half a window is free.
+                if credit_due {
+                    self.conn.grant_credit(self.key);
+                }
                 self.hasher.update(&chunk);
                 let done = self.progress.advance(chunk.len() as u64);
                 if let Some(f) = &mut self.on_progress {
@@ -190,10 +197,6 @@ impl Incoming {
             ));
         }
         Ok(())
-    }
-
-    fn grant_credit(&self) {
-        self.conn.grant_credit(self.key);
     }
 }
 

@@ -103,11 +103,17 @@ impl Inbound {
         self.received - self.consumed
     }
 
-    /// Credit to grant now, if the consumer has freed at least half a window.
-    pub(crate) fn take_credit(&mut self) -> Option<u64> {
+    /// Whether the consumer has freed at least half a window: credit is due.
+    pub(crate) fn credit_due(&self) -> bool {
         let target = self.consumed + self.window;
-        let grant = target - self.allowed.min(target);
-        (grant >= self.window / 2 && self.end.is_none()).then(|| {
+        target.saturating_sub(self.allowed) >= self.window / 2 && self.end.is_none()
+    }
+
+    /// Credit to grant now, if [due](Self::credit_due).
+    pub(crate) fn take_credit(&mut self) -> Option<u64> {
+        self.credit_due().then(|| {
+            let target = self.consumed + self.window;
+            let grant = target - self.allowed;
             self.allowed = target;
             grant
         })
