@@ -3,8 +3,8 @@
 //! unless asked for (`-- --ignored`): they need the services `bash .ci/test` starts.
 //!
 //! ```text
-//! cargo test -p zserver-login --test suite            # everything but the ignored
-//! cargo test -p zserver-login --test suite e2e::      # one area
+//! cargo test -p zserver-login --test login_suite            # everything but the ignored
+//! cargo test -p zserver-login --test login_suite e2e::      # one area
 //! ```
 
 #[path = "../support/mod.rs"]
