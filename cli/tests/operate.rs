@@ -278,6 +278,12 @@ fn metrics_move_with_real_traffic_and_health_turns_503_on_shutdown() {
     junk.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
     let mut rest = Vec::new();
     let _ = junk.read_to_end(&mut rest);
+    // The server counts a failed handshake as it lets the link go, so the junk peer can see
+    // the close a moment before the count: wait for it, then read every series at once.
+    let failed = tcp("zserver_handshakes_failed_total");
+    eventually("the failed handshake counted", || {
+        sample(&served.scrape(), &failed) > sample(&before, &failed)
+    });
     let mid = served.scrape();
     let moved = |series: &str| sample(&mid, series) - sample(&before, series);
 
