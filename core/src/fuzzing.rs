@@ -501,11 +501,7 @@ fn proto_stream_step(
     let (up, down) = ((Dir::Upload, id), (Dir::Download, id));
     match len % 8 {
         0 | 1 => {
-            let packed = Packed {
-                header: stream_header(frame::Kind::Data, down),
-                payload: chunk,
-                raw_len: None,
-            };
+            let packed = Packed::plain(stream_header(frame::Kind::Data, down), chunk);
             let _ = proto.queue_stream_data(down, &packed);
         }
         2 | 3 => {

@@ -360,6 +360,12 @@ impl Connection {
         }
     }
 
+    /// Polls the driver's one timer, armed for the protocol state's next deadline.
+    fn poll_timer(&self, timer: &mut Timer, cx: &mut Context<'_>) -> Poll<()> {
+        let due = lock(&self.shared.state).proto.poll_timeout();
+        timer.poll(due, &*self.shared.runtime, cx)
+    }
+
     /// Waits for `until` while the protocol state's deadlines keep firing, so that calls
     /// time out and heartbeats go on while the reader waits for the peer's requests to
     /// drain. Returns `false` if the connection failed meanwhile (the idle time-out).
@@ -371,8 +377,7 @@ impl Connection {
                 if until.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(false);
                 }
-                let due = lock(&self.shared.state).proto.poll_timeout();
-                timer.poll(due, &**runtime, cx).map(|()| true)
+                self.poll_timer(timer, cx).map(|()| true)
             })
             .await;
             if !rang {
@@ -398,7 +403,6 @@ impl Connection {
     /// re-made only when the protocol state's next deadline comes earlier than the one it
     /// is armed for (a call with a shorter time-out started), not on every read.
     async fn read_or_timer(&self, read: &mut BoxRead, timer: &mut Timer) -> io::Result<Woke> {
-        let runtime = &self.shared.runtime;
         let mut space: Option<EventListener> = None;
         poll_fn(|cx| {
             if self.is_congested() {
@@ -414,8 +418,7 @@ impl Connection {
                     return Poll::Ready(r.map(Woke::Read));
                 }
             }
-            let due = lock(&self.shared.state).proto.poll_timeout();
-            timer.poll(due, &**runtime, cx).map(|()| Ok(Woke::Timer))
+            self.poll_timer(timer, cx).map(|()| Ok(Woke::Timer))
         })
         .await
     }

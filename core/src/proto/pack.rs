@@ -30,6 +30,17 @@ pub(crate) struct Packed<'a> {
     pub(crate) raw_len: Option<usize>,
 }
 
+impl<'a> Packed<'a> {
+    /// A frame sent as it is, not compressed.
+    pub(crate) fn plain(header: Header<'a>, payload: &'a [u8]) -> Self {
+        Self {
+            header,
+            payload,
+            raw_len: None,
+        }
+    }
+}
+
 impl Packer {
     /// Compresses payloads of `threshold` bytes or more with `codec`, if any.
     pub(crate) fn new(codec: Option<Arc<dyn Codec>>, threshold: usize, max_frame: usize) -> Self {
@@ -54,11 +65,7 @@ impl Packer {
         payload: &'a [u8],
         scratch: &'a mut Vec<u8>,
     ) -> Result<Packed<'a>, Error> {
-        let plain = Packed {
-            header: *header,
-            payload,
-            raw_len: None,
-        };
+        let plain = Packed::plain(*header, payload);
         let codec = match &self.codec {
             Some(codec) if !payload.is_empty() && payload.len() >= self.threshold => codec,
             _ => return Ok(plain),

@@ -20,11 +20,7 @@ fn streaming(pair: &mut Pair, window: u64) -> Arc<Mutex<Inbound>> {
 
 /// `data` packed as a `Data` frame of `key`, not compressed.
 fn plain<'a>(key: Key, data: &'a [u8]) -> Packed<'a> {
-    Packed {
-        header: stream_header(Kind::Data, key),
-        payload: data,
-        raw_len: None,
-    }
+    Packed::plain(stream_header(Kind::Data, key), data)
 }
 
 /// Queues one chunk of `UP` on `a`, as the stream's pump would.
