@@ -26,6 +26,8 @@ fn env(name: &str) -> String {
     })
 }
 
+mod common;
+use common::free_addr;
 #[path = "../../login/tests/support/mod.rs"]
 mod support;
 use support::next_event;
@@ -70,7 +72,7 @@ impl Cluster {
 
     /// Starts a node on `backend` and waits until it has joined (its log: `node-N.log`).
     fn start(&self, n: usize, backend: &str) -> Node {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let addr = free_addr();
         let log = File::create(self.dir.join(format!("node-{n}.log"))).unwrap();
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", &addr.to_string(), "--backend", backend])
@@ -339,35 +341,27 @@ fn an_unreachable_nats_fails_the_start_clearly() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A `nats-server` of the test's own on loopback, so the test can stop and restart it.
 struct Nats(Child);
 
 impl Nats {
-    fn start(port: u16) -> Self {
-        Self::start_with(port, &[])
+    fn start(addr: SocketAddr) -> Self {
+        Self::start_with(addr, &[])
     }
 
-    /// Starts a `nats-server` on `port` with these extra arguments.
-    fn start_with(port: u16, args: &[&str]) -> Self {
+    /// Starts a `nats-server` at `addr` with these extra arguments.
+    fn start_with(addr: SocketAddr, args: &[&str]) -> Self {
         let mut child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-a", &addr.ip().to_string(), "-p", &addr.port().to_string()])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server runs (bash .ci/services.sh install)");
         let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect(addr).is_err() {
             if let Some(status) = child.try_wait().unwrap() {
-                panic!("nats-server on port {port} exited ({status}) before listening");
+                panic!("nats-server at {addr} exited ({status}) before listening");
             }
             assert!(start.elapsed() < Duration::from_secs(10), "nats-server up");
             std::thread::sleep(Duration::from_millis(20));
@@ -387,10 +381,10 @@ impl Drop for Nats {
 #[ignore = "needs PostgreSQL and nats-server: bash .ci/test starts them"]
 fn a_nats_outage_falls_back_to_stored_messages_and_heals() {
     let db = Database::new("outage");
-    let port = free_port();
-    let nats = Nats::start(port);
+    let nats_addr = free_addr();
+    let nats = Nats::start(nats_addr);
     let mut cluster = Cluster::new("outage", &db, &[]);
-    cluster.nats = format!("nats://127.0.0.1:{port}");
+    cluster.nats = format!("nats://{nats_addr}");
     let n1 = cluster.start(1, "tokio");
     let n2 = cluster.start(2, "smol");
     let (a1, a2) = (at(&n1), at(&n2));
@@ -417,7 +411,7 @@ fn a_nats_outage_falls_back_to_stored_messages_and_heals() {
     .unwrap();
 
     // NATS comes back on the same address: the nodes reconnect and presence heals.
-    let _nats = Nats::start(port);
+    let _nats = Nats::start(nats_addr);
     let a2 = at(&n2);
     run(async move {
         let healed = until_who(&ann, &["ann", "bob"]).await;
@@ -634,20 +628,20 @@ fn a_push_from_a_node_that_does_not_know_the_user_yet_is_still_delivered_live() 
 #[ignore = "needs PostgreSQL and nats-server: bash .ci/test starts them"]
 fn a_nats_password_in_the_url_is_used_and_never_shown() {
     let db = Database::new("nats_auth");
-    let port = free_port();
-    let _nats = Nats::start_with(port, &["--user", "zs", "--pass", "p@ss w/rd"]);
+    let nats_addr = free_addr();
+    let _nats = Nats::start_with(nats_addr, &["--user", "zs", "--pass", "p@ss w/rd"]);
     // Credentials with reserved characters are percent-encoded in the URL.
     let mut cluster = Cluster::new("natsauth", &db, &[]);
-    cluster.nats = format!("nats://zs:p%40ss%20w%2Frd@127.0.0.1:{port}");
+    cluster.nats = format!("nats://zs:p%40ss%20w%2Frd@{nats_addr}");
     let node = cluster.start(1, "tokio");
     drop(node);
 
-    let wrong = format!("nats://zs:not-the-password@127.0.0.1:{port}");
+    let wrong = format!("nats://zs:not-the-password@{nats_addr}");
     let dir = cluster.dir.join("wrong-password");
     let stderr = serve_fails(&dir, &["--store", &db.url, "--cluster", &wrong]);
     assert!(stderr.contains("authorization violation"), "{stderr}");
     assert!(
-        stderr.contains(&format!("nats://***@127.0.0.1:{port}")),
+        stderr.contains(&format!("nats://***@{nats_addr}")),
         "{stderr}"
     );
     assert!(!stderr.contains("not-the-password"), "{stderr}");

@@ -7,6 +7,9 @@ use std::process::{Child, Command, Output, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zserver");
 
+mod common;
+use common::free_addr;
+
 struct Served {
     child: Child,
     addr: String,
@@ -21,12 +24,7 @@ impl Drop for Served {
 }
 
 fn serve(data: &Path, backend: &str) -> Served {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr().to_string();
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", &addr, "--backend", backend, "--data"])
         .arg(data)

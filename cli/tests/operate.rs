@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zserver");
 
+mod common;
+use common::free_addr;
+
 /// A `zserver serve` process; killed when dropped. Its standard error is collected.
 struct Served {
     child: Child,
@@ -47,14 +50,6 @@ impl Served {
             .success();
         assert!(ok, "kill -INT");
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Starts `zserver serve ARGS` and reads its standard output up to the line that tells
@@ -360,18 +355,18 @@ fn metrics_move_with_real_traffic_and_health_turns_503_on_shutdown() {
 #[test]
 fn a_config_file_sets_where_the_server_listens_and_flags_win() {
     let temp = Temp::new("config");
-    let port = free_port();
+    let addr = free_addr();
     let config = temp.path("zserver.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\ndata = \"{}\"\nquota-mib = 1\ncompression = \"lz4\"\n",
+            "listen = \"{addr}\"\ndata = \"{}\"\nquota-mib = 1\ncompression = \"lz4\"\n",
             temp.path("data")
         ),
     )
     .unwrap();
     let served = serve(&["--config", &config]);
-    assert_eq!(served.addr, format!("127.0.0.1:{port}"));
+    assert_eq!(served.addr, addr.to_string());
     // The file's quota (1 MiB) is in force.
     let big = temp.path("big.bin");
     std::fs::write(&big, vec![0u8; 2 << 20]).unwrap();
@@ -381,8 +376,7 @@ fn a_config_file_sets_where_the_server_listens_and_flags_win() {
     assert!(err.contains("quota exceeded"), "{err}");
     drop(served);
 
-    let other = free_port();
-    let listen = format!("127.0.0.1:{other}");
+    let listen = free_addr().to_string();
     let served = serve(&["--config", &config, "--listen", &listen]);
     assert_eq!(served.addr, listen, "the command line wins");
     drop(served);
@@ -397,8 +391,7 @@ fn a_config_file_sets_where_the_server_listens_and_flags_win() {
 fn a_changed_server_key_is_refused_with_both_fingerprints_until_forgotten() {
     let temp = Temp::new("tofu");
     let known = temp.path("known_servers");
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_addr().to_string();
     let first = serve(&["--listen", &listen, "--data", &temp.path("one")]);
     let client = |rest: &[&str]| {
         let mut args = vec!["client", "--server", &listen, "--known-servers", &known];
