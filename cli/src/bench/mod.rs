@@ -22,6 +22,7 @@ use zserver::Runtime;
 
 use crate::options::CompressionArg;
 
+mod bare;
 pub mod baseline;
 pub mod load;
 mod partial;
@@ -423,6 +424,11 @@ pub fn run(args: BenchArgs) -> Result<(), BoxError> {
             let (t, bytes) = (target.clone(), s.bulk_bytes);
             add(key("bulk"), Box::new(move |_| load::bulk(&t, bytes)));
         }
+        let target = Arc::new(load::Target::new(b, server.addr("bare"), false));
+        add(
+            format!("{b}/bare/pingpong"),
+            Box::new(move |secs| bare::pingpong(&target, ramp, secs)),
+        );
     }
 
     if let Some(only) = &args.only {

@@ -93,6 +93,12 @@ impl Report {
                 });
             }
         }
+        rows.push(Row {
+            label: "round trip p50, the back end's transport alone".into(),
+            unit: "us",
+            values: per_backend("bare", "pingpong", Field::P50),
+            baselines: vec![("raw tokio".into(), m("raw/pingpong", Field::P50))],
+        });
         for (row, conns) in [("pipelined1", 1), ("pipelined8", CONNS)] {
             for (mode, name) in [("plain", "plain"), ("enc", "encrypted")] {
                 rows.push(Row {

@@ -1,6 +1,7 @@
 //! The server process of `zserver bench`: zserver on one back end (plain and encrypted,
-//! each on TCP and on WebSocket), or the baselines (a raw tokio echo and a tarpc echo). It prints its addresses as one
-//! JSON line and serves until its standard input closes.
+//! each on TCP and on WebSocket, and a bare echo on the back end's transport), or the
+//! baselines (a raw tokio echo and a tarpc echo). It prints its addresses as one JSON line
+//! and serves until its standard input closes.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -58,6 +59,7 @@ pub fn run(args: ServerArgs) -> Result<(), BoxError> {
         let transport =
             zserver::transport(name).ok_or_else(|| format!("back end `{name}` is not built in"))?;
         let runtime = transport.runtime();
+        addrs.insert("bare", super::bare::serve(transport.clone())?);
         let mut plain_config = Config::plain_trusted_link();
         plain_config.compression = args.compression.compression();
         let mut config = Config::default();
