@@ -20,6 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
+use zserver::Calls;
 use zserver::{
     ClientBuilder, Config, Error, Outgoing, Router, Runtime, ServerBuilder, StableSession,
 };

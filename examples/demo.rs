@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use zserver::Calls;
 use zserver::{Error, Responder, Router};
 
 /// A typed request: serde in, serde out.
@@ -33,10 +34,10 @@ fn main() -> Result<(), Error> {
                 ctx.connection_id()
             ))
         })
-        .stream("reverse", |_ctx, bytes| async move {
+        .bytes("reverse", |_ctx, bytes| async move {
             Ok(bytes.iter().rev().copied().collect::<Vec<u8>>())
         })
-        .typed("move", |_ctx, m: Move| async move {
+        .call("move", |_ctx, m: Move| async move {
             Ok::<_, Error>(format!("{} moved to ({}, {})", m.player, m.x, m.y))
         })
         .console("fail", |_ctx, _text: String| async move {
@@ -66,7 +67,7 @@ fn main() -> Result<(), Error> {
             let answer = ctx.connection().console("notify", &text).await?;
             Ok(format!("client answered: {answer}"))
         })
-        .stream("log", |_ctx, bytes| async move {
+        .bytes("log", |_ctx, bytes| async move {
             println!(
                 "  server got one-way message: {}",
                 String::from_utf8_lossy(&bytes)
@@ -88,7 +89,7 @@ fn main() -> Result<(), Error> {
             .console("notify", |_ctx, text: String| async move {
                 Ok(format!("client saw `{text}`"))
             })
-            .stream("news", move |_ctx, bytes| {
+            .bytes("news", move |_ctx, bytes| {
                 let pushed = pushed_in_handler.clone();
                 async move {
                     pushed
@@ -104,7 +105,7 @@ fn main() -> Result<(), Error> {
             .pin_server_fingerprint(&server.fingerprint())?
             .connect(addr)
             .await?;
-        println!("encrypted: {}", client.is_encrypted());
+        println!("encrypted: {}", client.connection().is_encrypted());
 
         println!("console:  {}", client.console("hello", "world").await?);
         println!(
@@ -128,15 +129,19 @@ fn main() -> Result<(), Error> {
         println!(
             "timeout:  {}",
             client
-                .console_timeout("slow", "", Duration::from_millis(100))
+                .request("slow")
+                .timeout(Duration::from_millis(100))
+                .console("")
                 .await
                 .unwrap_err()
         );
 
         let (tx, rx) = async_channel::bounded(1);
-        client.console_with("hello", "callback", move |reply| {
-            let _ = tx.try_send(reply);
-        })?;
+        client
+            .request("hello")
+            .console_then("callback", move |reply| {
+                let _ = tx.try_send(reply);
+            })?;
         let reply = rx.recv().await.map_err(|_| Error::Closed)??;
         println!("callback: {reply}");
 
@@ -177,7 +182,7 @@ fn main() -> Result<(), Error> {
         .expect("blocking thread panicked")?;
         println!("blocking: {blocking}");
 
-        println!("client stats: {:?}", client.stats());
+        println!("client stats: {:?}", client.connection().stats());
         let stats = server.stats();
         println!("server stats: {:?}", stats);
         server.shutdown().await;

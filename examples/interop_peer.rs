@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use zserver::Calls;
 use zserver::{
     Client, ClientBuilder, Config, Encryption, Error, Incoming, Outgoing, RekeyPolicy, Router,
 };
@@ -35,11 +36,11 @@ fn router() -> Router {
     let sunk = Arc::new(AtomicU64::new(0));
     let counter = sunk.clone();
     Router::new()
-        .stream("echo", |_ctx, b| async move { Ok(b) })
+        .bytes("echo", |_ctx, b| async move { Ok(b) })
         .console("hello", |_ctx, name: String| async move {
             Ok(format!("hello, {name}"))
         })
-        .typed("add", |_ctx, (a, b): (i64, i64)| async move {
+        .call("add", |_ctx, (a, b): (i64, i64)| async move {
             Ok::<_, Error>(a.wrapping_add(b))
         })
         .console("fail", |_ctx, _t: String| async move {
@@ -48,7 +49,7 @@ fn router() -> Router {
         .delayed("sink", move |_ctx, _b, _r| {
             sunk.fetch_add(1, Ordering::Relaxed);
         })
-        .typed("count", move |_ctx, (): ()| {
+        .call("count", move |_ctx, (): ()| {
             let n = counter.load(Ordering::Relaxed);
             async move { Ok::<_, Error>(n) }
         })
@@ -64,7 +65,7 @@ fn router() -> Router {
             ctx.connection().send_bytes("note", text.as_bytes()).await?;
             Ok(String::new())
         })
-        .typed("rekeys", |ctx, (): ()| {
+        .call("rekeys", |ctx, (): ()| {
             let s = ctx.connection().stats();
             async move { Ok::<_, Error>((s.rekeys_in, s.rekeys_out)) }
         })

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use zserver::Calls;
 use zserver::{Bytes, Error, Router};
 
 fn main() -> Result<(), Error> {
@@ -24,7 +25,7 @@ async fn run() -> Result<(), Error> {
     let backend = zserver::server()
         .router(
             Router::new()
-                .stream("echo", |_ctx, bytes: Bytes| async move { Ok(bytes) })
+                .bytes("echo", |_ctx, bytes: Bytes| async move { Ok(bytes) })
                 .console("lookup", |_ctx, key: String| async move {
                     zserver::sleep(Duration::from_millis(300)).await;
                     Ok(format!("value of {key}"))
@@ -32,7 +33,7 @@ async fn run() -> Result<(), Error> {
                 .console("fail", |_ctx, _: String| async move {
                     Err::<String, _>(Error::msg("the back end refuses"))
                 })
-                .blocking("crunch", |_ctx, bytes| {
+                .blocking_bytes("crunch", |_ctx, bytes| {
                     // Stands for real CPU work; it runs on the blocking pool, not the runtime.
                     std::thread::sleep(Duration::from_millis(100));
                     Ok(fnv1a(&bytes).to_le_bytes().to_vec())
@@ -47,7 +48,7 @@ async fn run() -> Result<(), Error> {
     let relayed = Arc::new(AtomicU64::new(0));
     let count = relayed.clone();
     let front_router = Router::new()
-        .typed(
+        .call(
             "relay",
             move |_ctx, (command, payload): (String, Vec<u8>)| {
                 let backend = to_backend.clone();

@@ -5,7 +5,7 @@
 //! applications should pick tokio or smol). Application code is the same under each.
 //!
 //! ```
-//! use zserver::{Error, Router};
+//! use zserver::{Calls, Error, Router};
 //!
 //! zserver::block_on(async {
 //!     let router = Router::new()

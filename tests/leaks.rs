@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
+use zserver::Calls;
 use zserver::{Error, Router};
 
 fn open_fds() -> usize {
@@ -26,7 +27,7 @@ async fn cycles(addr: std::net::SocketAddr, n: usize) -> Result<(), Error> {
             let client = zserver::client().connect(addr).await?;
             let reply = client.call_bytes("echo", (i as u64).to_le_bytes()).await?;
             assert_eq!(&reply[..], (i as u64).to_le_bytes());
-            client.close().await;
+            client.connection().close().await;
             Ok(())
         })
         .buffer_unordered(32)
@@ -38,7 +39,7 @@ async fn cycles(addr: std::net::SocketAddr, n: usize) -> Result<(), Error> {
 #[test]
 fn ten_thousand_short_connections_leak_nothing() {
     zserver::block_on(async {
-        let router = Router::new().stream("echo", |_ctx, b| async move { Ok(b) });
+        let router = Router::new().bytes("echo", |_ctx, b| async move { Ok(b) });
         let server = zserver::server().router(router).bind("127.0.0.1:0").await?;
         let addr = server.local_addr();
         // Warm up: runtime threads, allocator arenas and caches reach their working size.

@@ -215,7 +215,7 @@ fn a_client_connects_from_the_address_it_binds() {
             zserver::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(server.connections()[0].peer_addr().ip(), local.ip());
-        client.close().await;
+        client.connection().close().await;
         server.shutdown().await;
         Ok::<_, Error>(())
     })

@@ -380,11 +380,12 @@ async fn client_action(
         .map_err(|e| trust.explain(e))?;
     let key = client
         .client()
+        .connection()
         .peer_key()
         .ok_or("the server's key is unknown")?;
     trust.connected(&zserver::secure::hex(&key))?;
     if args.compression != CompressionArg::None {
-        let codec = client.client().codec().unwrap_or("none");
+        let codec = client.client().connection().codec().unwrap_or("none");
         eprintln!("zserver: payload compression {codec}");
     }
     if let ClientAction::Register = args.action {

@@ -209,7 +209,7 @@ fn three_nodes_push_kick_survive_a_killed_node_and_deliver_after_restart() {
         // A second login on another node kicks the first session.
         let bob2 = user(a3.clone(), "bob").await?;
         assert!(matches!(next_event(&bob).await, Event::Kicked(_)));
-        bob.client().closed().await;
+        bob.client().connection().closed().await;
         until_who(&ann, &["ann", "bob", "cid"]).await;
         ann.push(&["bob"], "which bob?").await?;
         assert_eq!(next_event(&bob2).await, message("ann", "which bob?"));
@@ -227,7 +227,7 @@ fn three_nodes_push_kick_survive_a_killed_node_and_deliver_after_restart() {
         eprintln!("a killed node's users left presence after {gone:?}");
         assert!(gone < Duration::from_secs(10), "presence took {gone:?}");
         // The users of the dead node lost their connection.
-        bob2.client().closed().await;
+        bob2.client().connection().closed().await;
         let report = ann
             .push(&["cid", "bob", "dan"], "while you were out")
             .await?;

@@ -1,18 +1,23 @@
 //! A blocking client for code that is not async (ZServer4D's WaitSend family).
 //!
-//! Every call blocks the calling thread until the reply or the time-out. The connection's
+//! It has the methods of [`Calls`], each blocking the calling thread until the reply or
+//! the time-out. The connection's
 //! I/O runs on the transport's runtime; a call made from one of that runtime's worker
 //! threads is refused with [`Error::BlockingInRuntime`] instead of stalling it.
 
 use std::net::ToSocketAddrs;
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::calls::{Calls, RequestBuilder};
 use crate::client::{Client, ClientBuilder};
 use crate::error::Error;
+use crate::service::{Method, ObjectId, RemoteObject, ServiceInfo};
+use crate::stream::{Incoming, Outgoing};
 
 /// A client whose calls block the calling thread, each bounded by a time-out.
 #[derive(Clone)]
@@ -54,44 +59,107 @@ impl BlockingClient {
         &self,
         fut: impl std::future::Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
-        if self.client.runtime().on_worker_thread() {
+        if self.client.link()?.runtime().on_worker_thread() {
             return Err(Error::BlockingInRuntime);
         }
         futures_lite::future::block_on(fut)
     }
 
-    /// Calls `command` with raw bytes and waits for the reply.
+    fn request<'a>(&'a self, command: &'a str) -> RequestBuilder<'a> {
+        self.client.request(command).timeout(self.timeout)
+    }
+
+    /// [`Calls::call_bytes`], blocking.
     pub fn call_bytes(&self, command: &str, payload: impl AsRef<[u8]>) -> Result<Bytes, Error> {
-        self.block(
-            self.client
-                .call_bytes_timeout(command, payload, self.timeout),
-        )
+        self.block(self.request(command).bytes(payload))
     }
 
-    /// Calls a console command and waits for its text reply.
+    /// [`Calls::console`], blocking.
     pub fn console(&self, command: &str, text: &str) -> Result<String, Error> {
-        self.block(self.client.console_timeout(command, text, self.timeout))
+        self.block(self.request(command).console(text))
     }
 
-    /// Calls a typed command and waits for its reply.
+    /// [`Calls::call`], blocking.
     pub fn call<T, R>(&self, command: &str, value: &T) -> Result<R, Error>
     where
         T: Serialize + ?Sized,
-        R: DeserializeOwned,
+        R: DeserializeOwned + Send,
     {
-        self.block(self.client.call_timeout(command, value, self.timeout))
+        self.block(self.request(command).call(value))
     }
 
-    /// Sends a one-way message, waiting (up to the time-out) only for buffer space.
+    /// [`Calls::send_bytes`], blocking; waits (up to the time-out) only for buffer space.
     pub fn send_bytes(&self, command: &str, payload: impl AsRef<[u8]>) -> Result<(), Error> {
-        let client = &self.client;
-        let sleep = client.runtime().sleep(self.timeout);
-        self.block(futures_lite::future::or(
-            client.send_bytes(command, payload),
-            async {
-                sleep.await;
-                Err(Error::Timeout)
-            },
-        ))
+        self.block(self.request(command).send_bytes(payload))
+    }
+
+    /// [`Calls::send`], blocking; waits (up to the time-out) only for buffer space.
+    pub fn send<T: Serialize + ?Sized>(&self, command: &str, value: &T) -> Result<(), Error> {
+        self.block(self.request(command).send(value))
+    }
+
+    /// [`Calls::upload`], blocking until the handler's reply.
+    pub fn upload(
+        &self,
+        command: &str,
+        meta: impl AsRef<[u8]>,
+        body: Outgoing,
+    ) -> Result<Bytes, Error> {
+        self.block(self.request(command).upload(meta, body))
+    }
+
+    /// [`Calls::download`], blocking until the stream starts. Reading the [`Incoming`] is
+    /// async; from blocking code, [`download_to_file`](Self::download_to_file) is simpler.
+    pub fn download(
+        &self,
+        command: &str,
+        meta: impl AsRef<[u8]>,
+        offset: u64,
+    ) -> Result<Incoming, Error> {
+        self.block(self.request(command).download(meta, offset))
+    }
+
+    /// [`Calls::download_to_file`], blocking until the file is written (no time-out: a
+    /// big file takes as long as it takes).
+    pub fn download_to_file(
+        &self,
+        command: &str,
+        meta: impl AsRef<[u8]>,
+        path: impl AsRef<Path>,
+        resume: bool,
+    ) -> Result<u64, Error> {
+        let (meta, path) = (meta.as_ref(), path.as_ref());
+        self.block(self.client.download_to_file(command, meta, path, resume))
+    }
+
+    /// [`Calls::ping`], blocking.
+    pub fn ping(&self) -> Result<Duration, Error> {
+        self.block(self.client.ping())
+    }
+
+    /// [`Calls::services`], blocking.
+    pub fn services(&self) -> Result<Vec<ServiceInfo>, Error> {
+        self.block(self.client.services())
+    }
+
+    /// [`Calls::invoke`], blocking.
+    pub fn invoke<A, R>(&self, method: &Method<A, R>, argument: &A) -> Result<R, Error>
+    where
+        A: Serialize + Sync,
+        R: DeserializeOwned + Send,
+    {
+        self.block(self.client.invoke(method, argument))
+    }
+
+    /// [`Calls::create`], blocking.
+    pub fn create<A>(
+        &self,
+        constructor: &Method<A, ObjectId>,
+        argument: &A,
+    ) -> Result<RemoteObject, Error>
+    where
+        A: Serialize + Sync,
+    {
+        self.block(self.client.create(constructor, argument))
     }
 }

@@ -1,11 +1,12 @@
 //! The client: one connection to a server, with its own handlers for calls the server
 //! pushes back over the same connection.
 
+use std::borrow::Cow;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::calls::Calls;
 use crate::config::Config;
 use crate::connection::driver::Setup;
 use crate::connection::{next_connection_id, Connection};
@@ -213,11 +214,13 @@ impl ClientBuilder {
     }
 }
 
-/// A connection to a server. Derefs to [`Connection`] for calls and sends.
+/// A connection to a server: calls and sends through [`Calls`], the connection itself
+/// (its id, keys, statistics, closing) through [`connection`](Self::connection).
 /// Cheap to clone; the connection closes when the last clone is dropped.
 ///
 /// ```no_run
 /// # async fn demo(transport: std::sync::Arc<dyn zserver_core::Transport>) -> Result<(), zserver_core::Error> {
+/// use zserver_core::Calls;
 /// let client = zserver_core::Client::builder(transport).connect("127.0.0.1:7000").await?;
 /// let answer = client.console("hello", "world").await?;
 /// # Ok(()) }
@@ -248,10 +251,14 @@ impl Client {
     }
 }
 
-impl Deref for Client {
-    type Target = Connection;
+impl Calls for Client {
+    fn link(&self) -> Result<Cow<'_, Connection>, Error> {
+        Ok(Cow::Borrowed(&self.inner.0))
+    }
+}
 
-    fn deref(&self) -> &Connection {
+impl AsRef<Connection> for Client {
+    fn as_ref(&self) -> &Connection {
         &self.inner.0
     }
 }

@@ -213,12 +213,12 @@ impl Runtime for LocalRuntime {
 
 fn fuzz_router() -> Router {
     Router::new()
-        .stream("echo", |_ctx, b| async move { Ok(b) })
+        .bytes("echo", |_ctx, b| async move { Ok(b) })
         .console(
             "upper",
             |_ctx, t: String| async move { Ok(t.to_uppercase()) },
         )
-        .typed("add", |_ctx, (a, b): (i64, i64)| async move {
+        .call("add", |_ctx, (a, b): (i64, i64)| async move {
             Ok::<_, crate::Error>(a.wrapping_add(b))
         })
         .delayed("later", |_ctx, b, responder| responder.reply(b))

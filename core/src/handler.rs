@@ -161,7 +161,7 @@ impl Responder {
         self
     }
 
-    /// Whether the caller asked for a stream back ([`Connection::download`]); answer it
+    /// Whether the caller asked for a stream back ([`Calls::download`](crate::Calls::download)); answer it
     /// with [`reply_stream`](Self::reply_stream).
     pub fn wants_stream(&self) -> bool {
         self.download
@@ -480,8 +480,8 @@ where
 /// use zserver_core::{Error, Router};
 /// let router = Router::new()
 ///     .console("hello", |_ctx, name: String| async move { Ok(format!("hello, {name}")) })
-///     .stream("echo", |_ctx, bytes| async move { Ok(bytes) })
-///     .typed("add", |_ctx, (a, b): (i64, i64)| async move { Ok::<_, Error>(a + b) });
+///     .bytes("echo", |_ctx, bytes| async move { Ok(bytes) })
+///     .call("add", |_ctx, (a, b): (i64, i64)| async move { Ok::<_, Error>(a + b) });
 /// assert!(router.contains("echo"));
 /// ```
 #[derive(Clone, Default)]
@@ -506,14 +506,15 @@ impl Router {
         self
     }
 
-    /// Registers a console command: UTF-8 text in, text out (ZServer4D's console command).
+    /// Registers a console command, reached with [`Calls::console`](crate::Calls::console):
+    /// UTF-8 text in, text out (ZServer4D's console command).
     pub fn console<F, Fut>(self, name: &str, f: F) -> Self
     where
         F: Fn(Context, String) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<String, Error>> + Send + 'static,
     {
         let f = Arc::new(f);
-        self.stream(name, move |ctx, bytes: Bytes| {
+        self.bytes(name, move |ctx, bytes: Bytes| {
             let f = f.clone();
             async move {
                 let text = String::from_utf8(bytes.into())
@@ -523,9 +524,10 @@ impl Router {
         })
     }
 
-    /// Registers a stream command: bytes in, bytes out (ZServer4D's stream command).
+    /// Registers a bytes command, reached with [`Calls::call_bytes`](crate::Calls::call_bytes):
+    /// bytes in, bytes out (ZServer4D's stream command).
     /// The reply may be any byte container (`Bytes`, `Vec<u8>`, `String`, ...).
-    pub fn stream<F, Fut, B>(self, name: &str, f: F) -> Self
+    pub fn bytes<F, Fut, B>(self, name: &str, f: F) -> Self
     where
         F: Fn(Context, Bytes) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<B, Error>> + Send + 'static,
@@ -534,9 +536,10 @@ impl Router {
         self.add(name, Arc::new(AsyncFn(f, PhantomData)))
     }
 
-    /// Registers a typed command: a serde value in, a serde value out, both as postcard.
+    /// Registers a typed command, reached with [`Calls::call`](crate::Calls::call): a serde
+    /// value in, a serde value out, both as postcard.
     /// A payload that does not decode as `T` is answered with [`Error::BadRequest`].
-    pub fn typed<T, R, F, Fut>(self, name: &str, f: F) -> Self
+    pub fn call<T, R, F, Fut>(self, name: &str, f: F) -> Self
     where
         T: DeserializeOwned + Send + 'static,
         R: Serialize + 'static,
@@ -544,7 +547,7 @@ impl Router {
         Fut: Future<Output = Result<R, Error>> + Send + 'static,
     {
         let f = Arc::new(f);
-        self.stream(name, move |ctx, bytes: Bytes| {
+        self.bytes(name, move |ctx, bytes: Bytes| {
             let f = f.clone();
             async move {
                 let value: T =
@@ -555,26 +558,26 @@ impl Router {
         })
     }
 
-    /// Registers a CPU-heavy or blocking stream command: a plain (not async) function run
+    /// Registers a CPU-heavy or blocking bytes command: a plain (not async) function run
     /// on a blocking thread pool (the `blocking` crate), so that it never stalls the
     /// connection's runtime thread (ZServer4D's HPC offload). Bytes in, bytes out; a panic
     /// inside is caught and counted like any handler's ([`Error::NoResponse`] to the caller).
     ///
     /// ```
     /// use zserver_core::Router;
-    /// let router = Router::new().blocking("hash", |_ctx, bytes| {
+    /// let router = Router::new().blocking_bytes("hash", |_ctx, bytes| {
     ///     Ok(blake3_like_work(&bytes).to_le_bytes().to_vec())
     /// });
     /// # fn blake3_like_work(b: &[u8]) -> u64 { b.iter().map(|&x| x as u64).sum() }
     /// assert!(router.contains("hash"));
     /// ```
-    pub fn blocking<F, B>(self, name: &str, f: F) -> Self
+    pub fn blocking_bytes<F, B>(self, name: &str, f: F) -> Self
     where
         F: Fn(Context, Bytes) -> Result<B, Error> + Send + Sync + 'static,
         B: AsRef<[u8]> + Send + 'static,
     {
         let f = Arc::new(f);
-        self.stream(name, move |ctx, bytes: Bytes| {
+        self.bytes(name, move |ctx, bytes: Bytes| {
             let f = f.clone();
             async move {
                 let run = move || catch_unwind(AssertUnwindSafe(|| f(ctx, bytes)));
@@ -586,15 +589,15 @@ impl Router {
         })
     }
 
-    /// Like [`blocking`](Self::blocking) for a typed command: a serde value in, a serde
+    /// Like [`blocking_bytes`](Self::blocking_bytes) for a typed command: a serde value in, a serde
     /// value out (postcard), the function run on a blocking thread pool.
-    pub fn blocking_typed<T, R, F>(self, name: &str, f: F) -> Self
+    pub fn blocking_call<T, R, F>(self, name: &str, f: F) -> Self
     where
         T: DeserializeOwned + Send + 'static,
         R: Serialize + 'static,
         F: Fn(Context, T) -> Result<R, Error> + Send + Sync + 'static,
     {
-        self.blocking(name, move |ctx, bytes: Bytes| {
+        self.blocking_bytes(name, move |ctx, bytes: Bytes| {
             let value: T =
                 postcard::from_bytes(&bytes).map_err(|e| Error::BadRequest(e.to_string()))?;
             Ok(postcard::to_allocvec(&f(ctx, value)?)?)
@@ -681,21 +684,21 @@ impl Router {
         self
     }
 
-    /// Registers a synchronous stream command: a plain (not async) function, bytes in,
+    /// Registers a synchronous bytes command: a plain (not async) function, bytes in,
     /// bytes out, called on the connection's own task as soon as its request is read, with
     /// no task spawned and no future boxed; its reply leaves in the same write as the other
     /// replies to that read. The cheapest kind of handler, for short work that never waits:
-    /// the connection reads nothing else while it runs (use [`blocking`](Self::blocking) for
+    /// the connection reads nothing else while it runs (use [`blocking_bytes`](Self::blocking_bytes) for
     /// heavy work, [`stream`](Self::stream) for anything that awaits). On a
     /// [`Config::sequential`](crate::Config::sequential) connection it takes its turn in the
     /// queue like any handler. A panic is caught and counted like any handler's.
     ///
     /// ```
     /// use zserver_core::Router;
-    /// let router = Router::new().sync("len", |_ctx, bytes| Ok((bytes.len() as u64).to_le_bytes()));
+    /// let router = Router::new().sync_bytes("len", |_ctx, bytes| Ok((bytes.len() as u64).to_le_bytes()));
     /// assert!(router.contains("len"));
     /// ```
-    pub fn sync<F, B>(self, name: &str, f: F) -> Self
+    pub fn sync_bytes<F, B>(self, name: &str, f: F) -> Self
     where
         F: Fn(&Context, Bytes) -> Result<B, Error> + Send + Sync + 'static,
         B: AsRef<[u8]> + 'static,
@@ -712,7 +715,7 @@ impl Router {
         self.add(name, Arc::new(DelayedFn(f)))
     }
 
-    /// Registers an upload command: the caller sends a stream ([`Connection::upload`]) and
+    /// Registers an upload command: the caller sends a stream ([`Calls::upload`](crate::Calls::upload)) and
     /// the handler reads it as an [`Incoming`], then replies. The caller's meta is
     /// [`Incoming::meta`].
     pub fn upload<F, Fut, B>(self, name: &str, f: F) -> Self
@@ -724,7 +727,7 @@ impl Router {
         self.add(name, Arc::new(UploadFn(f, PhantomData)))
     }
 
-    /// Registers a download command: the caller asks with [`Connection::download`] and the
+    /// Registers a download command: the caller asks with [`Calls::download`](crate::Calls::download) and the
     /// handler answers with an [`Outgoing`] stream, starting at the requested offset.
     pub fn download<F, Fut>(self, name: &str, f: F) -> Self
     where

@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod blocking;
+pub mod calls;
 pub mod client;
 pub mod codec;
 pub mod config;
@@ -61,6 +62,7 @@ pub mod ws;
 
 pub use blocking::BlockingClient;
 pub use bytes::Bytes;
+pub use calls::{Calls, RequestBuilder};
 pub use client::{Client, ClientBuilder};
 #[cfg(feature = "zstd")]
 pub use codec::Zstd;

@@ -26,18 +26,18 @@
 //! noticed at once; one that vanishes silently (host down, cable cut) is noticed by the
 //! heartbeat, after [`Config::idle_timeout`](crate::Config::idle_timeout).
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
 use event_listener::Event;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
+use crate::calls::Calls;
 use crate::client::{Client, ClientBuilder};
+use crate::connection::Connection;
 use crate::error::Error;
 use crate::runtime::{BoxFuture, Runtime};
 use crate::server::resolve;
@@ -194,7 +194,7 @@ impl ReconnectingBuilder {
     /// If it fails, that connection is closed, the attempt counts as failed (its error is
     /// [`last_error`](ReconnectingClient::last_error)) and the back-off continues; from
     /// [`connect`](Self::connect), the first attempt's error is returned instead. The hook
-    /// should bound its own calls (`call_timeout`, ...): a hook that never returns stalls
+    /// should bound its own calls (`request(..).timeout(..)`): a hook that never returns stalls
     /// reconnection until [`close`](ReconnectingClient::close). It should not hold a
     /// [`ReconnectingClient`] of its own: that clone would keep the background task alive
     /// after the application dropped its handles.
@@ -308,7 +308,7 @@ impl Shared {
             link.client.take()
         };
         if let Some(client) = client {
-            client.begin_close();
+            client.connection().begin_close();
         }
         self.stop_event.notify(usize::MAX);
         self.changed.notify(usize::MAX);
@@ -319,7 +319,7 @@ impl Shared {
         let client = self.builder.clone().connect(self.addr).await?;
         if let Some(hook) = &self.hook {
             if let Err(e) = hook(client.clone()).await {
-                client.begin_close();
+                client.connection().begin_close();
                 return Err(e);
             }
         }
@@ -343,7 +343,7 @@ impl Shared {
                 return true;
             }
         }
-        client.begin_close();
+        client.connection().begin_close();
         false
     }
 
@@ -386,7 +386,11 @@ impl Shared {
         let mut ever_connected = live.is_some();
         'outer: loop {
             if let Some(client) = live.take() {
-                if self.unless_stopped(client.closed()).await.is_none() {
+                if self
+                    .unless_stopped(client.connection().closed())
+                    .await
+                    .is_none()
+                {
                     break;
                 }
                 drop(client);
@@ -449,14 +453,14 @@ impl Shared {
 /// ```no_run
 /// # async fn demo(transport: std::sync::Arc<dyn zserver_core::Transport>) -> Result<(), zserver_core::Error> {
 /// use std::time::Duration;
-/// use zserver_core::{Backoff, Client, Error};
+/// use zserver_core::{Backoff, Calls, Client, Error};
 ///
 /// let client = Client::builder(transport)
 ///     .reconnecting("127.0.0.1:7000")?
 ///     .backoff(Backoff::new(Duration::from_millis(100), Duration::from_secs(10)))
 ///     .on_connect(|client: Client| async move {
 ///         // Runs after every (re)connect, before callers get the connection.
-///         client.console_timeout("login", "ann", Duration::from_secs(5)).await?;
+///         client.request("login").timeout(Duration::from_secs(5)).console("ann").await?;
 ///         Ok(())
 ///     })
 ///     .connect()
@@ -531,7 +535,9 @@ impl ReconnectingClient {
     pub fn current(&self) -> Result<Client, Error> {
         let link = self.shared().link();
         match (link.state, &link.client) {
-            (LinkState::Connected, Some(client)) if !client.is_closed() => Ok(client.clone()),
+            (LinkState::Connected, Some(client)) if !client.connection().is_closed() => {
+                Ok(client.clone())
+            }
             (LinkState::Connected | LinkState::Connecting, _) => Err(Error::Disconnected),
             (LinkState::GaveUp | LinkState::Closed, _) => Err(Error::Closed),
         }
@@ -554,7 +560,9 @@ impl ReconnectingClient {
     pub fn state(&self) -> LinkState {
         let link = self.shared().link();
         match (link.state, &link.client) {
-            (LinkState::Connected, Some(client)) if client.is_closed() => LinkState::Connecting,
+            (LinkState::Connected, Some(client)) if client.connection().is_closed() => {
+                LinkState::Connecting
+            }
             (state, _) => state,
         }
     }
@@ -596,7 +604,7 @@ impl ReconnectingClient {
         let client = shared.link().client.clone();
         shared.stop();
         if let Some(client) = client {
-            client.closed().await;
+            client.connection().closed().await;
         }
         while !shared.finished.load(Ordering::Acquire) {
             let listener = shared.changed.listen();
@@ -606,83 +614,15 @@ impl ReconnectingClient {
             listener.await;
         }
     }
+}
 
-    // ----- calls on the current connection ---------------------------------------------
-
-    /// [`Connection::call_bytes`](crate::Connection::call_bytes) on the live connection.
-    pub async fn call_bytes(
-        &self,
-        command: &str,
-        payload: impl AsRef<[u8]>,
-    ) -> Result<Bytes, Error> {
-        self.current()?.call_bytes(command, payload).await
-    }
-
-    /// [`Connection::call_bytes_timeout`](crate::Connection::call_bytes_timeout) on the live
-    /// connection.
-    pub async fn call_bytes_timeout(
-        &self,
-        command: &str,
-        payload: impl AsRef<[u8]>,
-        timeout: Duration,
-    ) -> Result<Bytes, Error> {
-        self.current()?
-            .call_bytes_timeout(command, payload, timeout)
-            .await
-    }
-
-    /// [`Connection::console`](crate::Connection::console) on the live connection.
-    pub async fn console(&self, command: &str, text: &str) -> Result<String, Error> {
-        self.current()?.console(command, text).await
-    }
-
-    /// [`Connection::console_timeout`](crate::Connection::console_timeout) on the live
-    /// connection.
-    pub async fn console_timeout(
-        &self,
-        command: &str,
-        text: &str,
-        timeout: Duration,
-    ) -> Result<String, Error> {
-        self.current()?
-            .console_timeout(command, text, timeout)
-            .await
-    }
-
-    /// [`Connection::call`](crate::Connection::call) on the live connection.
-    pub async fn call<T, R>(&self, command: &str, value: &T) -> Result<R, Error>
-    where
-        T: Serialize + ?Sized,
-        R: DeserializeOwned,
-    {
-        self.current()?.call(command, value).await
-    }
-
-    /// [`Connection::call_timeout`](crate::Connection::call_timeout) on the live connection.
-    pub async fn call_timeout<T, R>(
-        &self,
-        command: &str,
-        value: &T,
-        timeout: Duration,
-    ) -> Result<R, Error>
-    where
-        T: Serialize + ?Sized,
-        R: DeserializeOwned,
-    {
-        self.current()?.call_timeout(command, value, timeout).await
-    }
-
-    /// [`Connection::send_bytes`](crate::Connection::send_bytes) on the live connection. A
-    /// send that returned `Ok` was queued, not necessarily delivered: it is lost without an
-    /// error if the connection drops before it is written.
-    pub async fn send_bytes(&self, command: &str, payload: impl AsRef<[u8]>) -> Result<(), Error> {
-        self.current()?.send_bytes(command, payload).await
-    }
-
-    /// [`Connection::send`](crate::Connection::send) on the live connection (see
-    /// [`send_bytes`](Self::send_bytes) about delivery).
-    pub async fn send<T: Serialize + ?Sized>(&self, command: &str, value: &T) -> Result<(), Error> {
-        self.current()?.send(command, value).await
+/// Calls go over the live connection; while there is none they fail at once with
+/// [`Error::Disconnected`] (or [`Error::Closed`] once closed). A send that returned `Ok` was
+/// queued, not necessarily delivered: it is lost without an error if the connection drops
+/// before it is written.
+impl Calls for ReconnectingClient {
+    fn link(&self) -> Result<Cow<'_, Connection>, Error> {
+        Ok(Cow::Owned(self.current()?.connection().clone()))
     }
 }
 

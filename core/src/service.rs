@@ -4,14 +4,14 @@
 //! - A [`Method`] names a method of a service and fixes its argument and result types; a
 //!   constant shared by server and client code makes calls typed end to end.
 //! - A [`Service`] is a set of stateless methods; a [`Class`] is a service whose instances
-//!   a client creates ([`Connection::create`]), calls ([`RemoteObject::call`]) and frees.
+//!   a client creates ([`Calls::create`](crate::Calls::create)), calls ([`RemoteObject::call`]) and frees.
 //!   Instances belong to the connection that created them and are dropped when it closes.
 //! - [`Services`] holds them all and is mounted on a [`Router`] with
 //!   [`Router::services`]; it can expose only an allow-list ([`Services::expose_only`],
 //!   DataSnap's "registered only").
 //! - A client resolves a service's method names to numeric ids once per connection (one
 //!   `$svc.resolve` call); every call after that carries the id, not the name.
-//! - [`Connection::services`] lists what the server offers, with type names.
+//! - [`Calls::services`](crate::Calls::services) lists what the server offers, with type names.
 //!
 //! ```
 //! use serde::{Deserialize, Serialize};
@@ -52,6 +52,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::calls::Calls;
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::handler::{Context, Router};
@@ -566,19 +567,19 @@ impl Router {
     pub fn services(self, services: Services) -> Self {
         let services = Arc::new(services);
         let (list, resolve, call) = (services.clone(), services.clone(), services);
-        self.stream(LIST, move |_ctx, _bytes| {
+        self.bytes(LIST, move |_ctx, _bytes| {
             let infos = list.list();
             async move { Ok(postcard::to_allocvec(&infos)?) }
         })
-        .stream(RESOLVE, move |_ctx, bytes| {
+        .bytes(RESOLVE, move |_ctx, bytes| {
             let info = decode::<String>(&bytes).and_then(|name| resolve.resolve(&name));
             async move { Ok(postcard::to_allocvec(&info?)?) }
         })
-        .stream(CALL, move |ctx, bytes| {
+        .bytes(CALL, move |ctx, bytes| {
             let services = call.clone();
             async move { services.call(ctx, bytes).await }
         })
-        .stream(FREE, |ctx, bytes| async move {
+        .bytes(FREE, |ctx, bytes| async move {
             let ObjectId(id) = decode(&bytes)?;
             ctx.connection().extension::<Objects>().free(id)?;
             Ok(Vec::new())
@@ -594,7 +595,7 @@ struct Resolved {
 
 impl Connection {
     /// The services the peer offers, with their methods' ids and type names.
-    pub async fn services(&self) -> Result<Vec<ServiceInfo>, Error> {
+    pub(crate) async fn list_services(&self) -> Result<Vec<ServiceInfo>, Error> {
         let bytes = self.call_bytes(LIST, b"").await?;
         postcard::from_bytes(&bytes).map_err(|e| Error::Codec(e.to_string()))
     }
@@ -644,7 +645,7 @@ impl Connection {
     }
 
     /// Calls a service method, typed end to end.
-    pub async fn invoke<A: Serialize, R: DeserializeOwned>(
+    pub(crate) async fn invoke_method<A: Serialize, R: DeserializeOwned>(
         &self,
         method: &Method<A, R>,
         argument: &A,
@@ -654,7 +655,7 @@ impl Connection {
 
     /// Creates an instance of a class on the peer with its constructor; the object lives
     /// until [`RemoteObject::free`] or until this connection closes.
-    pub async fn create<A: Serialize>(
+    pub(crate) async fn create_object<A: Serialize>(
         &self,
         constructor: &Method<A, ObjectId>,
         argument: &A,

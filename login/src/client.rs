@@ -12,6 +12,7 @@ use crate::protocol::{
     Credentials, Event, FileInfo, Incoming, NewPassword, Push, PushReport, Recipients, Welcome,
     WhoPage, WhoRequest, MAX_WHO_PAGE,
 };
+use zserver::Calls;
 
 /// One connection to a login server.
 pub struct LoginClient {
@@ -40,14 +41,14 @@ impl LoginClient {
         let (tx, events) = async_channel::unbounded();
         let kicked = tx.clone();
         let router = Router::new()
-            .typed("message", move |_ctx, m: Incoming| {
+            .call("message", move |_ctx, m: Incoming| {
                 let tx = tx.clone();
                 async move {
                     let _ = tx.send(Event::Message(m)).await;
                     Ok::<_, Error>(())
                 }
             })
-            .typed("kicked", move |_ctx, why: String| {
+            .call("kicked", move |_ctx, why: String| {
                 let tx = kicked.clone();
                 async move {
                     let _ = tx.send(Event::Kicked(why)).await;

@@ -17,6 +17,7 @@ use zserver::codec::{Codec, Lz4};
 use zserver::{Bytes, Client, Compression, Config, Error, Outgoing, Router, Server, StableSession};
 
 use crate::common::*;
+use zserver::Calls;
 
 /// Repetitive text: LZ4 shrinks it many times over.
 fn compressible(len: usize) -> Vec<u8> {
@@ -30,11 +31,11 @@ fn compressible(len: usize) -> Vec<u8> {
 
 fn router() -> Router {
     Router::new()
-        .stream("echo", |_ctx, bytes: Bytes| async move { Ok(bytes) })
-        .stream("len", |_ctx, bytes: Bytes| async move {
+        .bytes("echo", |_ctx, bytes: Bytes| async move { Ok(bytes) })
+        .bytes("len", |_ctx, bytes: Bytes| async move {
             Ok(Bytes::from((bytes.len() as u64).to_le_bytes().to_vec()))
         })
-        .typed("codec", |ctx, (): ()| async move {
+        .call("codec", |ctx, (): ()| async move {
             Ok::<_, Error>(ctx.connection().codec().map(str::to_owned))
         })
         .download("big", |_ctx, req| async move {
@@ -70,12 +71,12 @@ async fn shutdown(server: &Server) {
 /// (as the client received it). Receive counters are bumped before the frame is acted on,
 /// so both are complete once the reply is in; send counters may still lag the write.
 async fn echo_costs(server: &Server, client: &Client, payload: &[u8]) -> (u64, u64) {
-    let (server_before, before) = (server.stats().totals, client.stats());
+    let (server_before, before) = (server.stats().totals, client.connection().stats());
     let reply = client.call_bytes("echo", payload).await.expect("echo");
     assert_eq!(&reply[..], payload, "echo round trip");
     (
         server.stats().totals.bytes_in - server_before.bytes_in,
-        client.stats().bytes_in - before.bytes_in,
+        client.connection().stats().bytes_in - before.bytes_in,
     )
 }
 
@@ -88,15 +89,15 @@ async fn lz4_shrinks_large_payloads_on_the_wire(addr: &str) {
     for base in [Config::default(), Config::plain_trusted_link()] {
         let server = start(addr, with(base.clone(), Compression::lz4())).await;
         let client = connect(&server, with(base.clone(), Compression::lz4())).await;
-        assert_eq!(client.codec(), Some("lz4"));
+        assert_eq!(client.connection().codec(), Some("lz4"));
         let server_side: Option<String> = client.call("codec", &()).await.unwrap();
         assert_eq!(server_side.as_deref(), Some("lz4"));
-        let before = client.stats();
+        let before = client.connection().stats();
         let (out, back) = echo_costs(&server, &client, &payload).await;
         assert!(out < payload.len() as u64 / 4, "sent {out} bytes");
         assert!(back < payload.len() as u64 / 4, "received {back} bytes");
         // The counters of bytes before and after compression, both ways.
-        let after = client.stats();
+        let after = client.connection().stats();
         let n = payload.len() as u64;
         assert_eq!(after.uncompressed_out - before.uncompressed_out, n);
         assert_eq!(after.uncompressed_in - before.uncompressed_in, n);
@@ -107,7 +108,7 @@ async fn lz4_shrinks_large_payloads_on_the_wire(addr: &str) {
 
         let plain_server = start(addr, base.clone()).await;
         let plain_client = connect(&plain_server, base.clone()).await;
-        assert_eq!(plain_client.codec(), None);
+        assert_eq!(plain_client.connection().codec(), None);
         let (raw_out, raw_back) = echo_costs(&plain_server, &plain_client, &payload).await;
         assert!(raw_out >= payload.len() as u64, "sent {raw_out} bytes");
         assert!(raw_back >= payload.len() as u64);
@@ -123,12 +124,12 @@ async fn lz4_compresses_stream_data(addr: &str) {
     let server = start(addr, config.clone()).await;
     let client = connect(&server, config).await;
     let len = 3 * 1024 * 1024;
-    let before = client.stats();
+    let before = client.connection().stats();
     let incoming = client.download("big", b"", len as u64).await.unwrap();
     let body = incoming.read_all(len + 1).await.unwrap();
     assert_eq!(body.len(), len);
     assert!(body == compressible(len), "download intact");
-    let received = client.stats().bytes_in - before.bytes_in;
+    let received = client.connection().stats().bytes_in - before.bytes_in;
     assert!(received < len as u64 / 4, "received {received} bytes");
     // An upload: the handler sees the bytes as sent, and they cost a fraction on the wire.
     let before = server.stats().totals;
@@ -149,12 +150,12 @@ async fn payloads_under_the_threshold_are_sent_as_they_are(addr: &str) {
     let config = with(Config::plain_trusted_link(), Compression::lz4());
     let server = start(addr, config.clone()).await;
     let client = connect(&server, config).await;
-    assert_eq!(client.codec(), Some("lz4"));
+    assert_eq!(client.connection().codec(), Some("lz4"));
     // Just under the default 1 KiB: as it is, framing on top.
     let small = vec![0u8; 1023];
     let (out, back) = echo_costs(&server, &client, &small).await;
     assert!(out > 1023 && back > 1023, "{out} / {back}");
-    let stats = client.stats();
+    let stats = client.connection().stats();
     assert_eq!(
         stats.uncompressed_out + stats.uncompressed_in,
         0,
@@ -195,7 +196,7 @@ async fn one_sided_offer_negotiates_none(addr: &str) {
         for base in [Config::default(), Config::plain_trusted_link()] {
             let server = start(addr, with(base.clone(), server_c.clone())).await;
             let client = connect(&server, with(base, client_c.clone())).await;
-            assert_eq!(client.codec(), None);
+            assert_eq!(client.connection().codec(), None);
             let server_side: Option<String> = client.call("codec", &()).await.unwrap();
             assert_eq!(server_side, None);
             let (out, back) = echo_costs(&server, &client, &payload).await;
@@ -253,7 +254,7 @@ async fn user_codec_is_negotiated_and_used(addr: &str) {
         with(Config::default(), Compression::off().with(Rle).with(Lz4)),
     )
     .await;
-    assert_eq!(client.codec(), Some("rle"));
+    assert_eq!(client.connection().codec(), Some("rle"));
     let server_side: Option<String> = client.call("codec", &()).await.unwrap();
     assert_eq!(server_side.as_deref(), Some("rle"));
     let (enc, dec) = (
@@ -281,7 +282,7 @@ async fn user_codec_is_negotiated_and_used(addr: &str) {
         with(Config::plain_trusted_link(), Compression::lz4().with(Rle)),
     )
     .await;
-    assert_eq!(client.codec(), Some("rle"));
+    assert_eq!(client.connection().codec(), Some("rle"));
     let (out, _) = echo_costs(&server, &client, &payload).await;
     assert!(out < payload.len() as u64 / 10, "sent {out}");
     shutdown(&server).await;
@@ -446,7 +447,7 @@ async fn lz4_over_a_stable_session(addr: &str) {
     config.stable = Some(StableSession::default());
     let server = start(addr, config.clone()).await;
     let client = connect(&server, config).await;
-    assert_eq!(client.codec(), Some("lz4"));
+    assert_eq!(client.connection().codec(), Some("lz4"));
     let payload = compressible(200_000);
     let (out, back) = echo_costs(&server, &client, &payload).await;
     assert!(out < 50_000 && back < 50_000, "{out} / {back}");
@@ -516,13 +517,13 @@ async fn zstd_is_negotiated_when_both_offer_it(addr: &str) {
     let payload = compressible(300_000);
     let server = start(addr, with(Config::default(), Compression::zstd())).await;
     let client = connect(&server, with(Config::default(), Compression::zstd())).await;
-    assert_eq!(client.codec(), Some("zstd"));
+    assert_eq!(client.connection().codec(), Some("zstd"));
     let (out, back) = echo_costs(&server, &client, &payload).await;
     assert!(out < 10_000 && back < 10_000, "{out} / {back}");
     // A server with LZ4 only: the client's second choice.
     let lz4_server = start(addr, with(Config::default(), Compression::lz4())).await;
     let client = connect(&lz4_server, with(Config::default(), Compression::zstd())).await;
-    assert_eq!(client.codec(), Some("lz4"));
+    assert_eq!(client.connection().codec(), Some("lz4"));
     let (out, _) = echo_costs(&lz4_server, &client, &payload).await;
     assert!(out < payload.len() as u64 / 4, "{out}");
     shutdown(&server).await;

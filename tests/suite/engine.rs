@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use zserver::{BlockingClient, Bytes, Client, Config, Error, Responder, Router, Server};
 
 use crate::common::*;
+use zserver::Calls;
 
 // ----- shared fixtures ------------------------------------------------------------------
 
@@ -36,11 +37,11 @@ struct Point {
 fn base_router() -> Router {
     Router::new()
         .console("echo", |_ctx, text: String| async move { Ok(text) })
-        .stream("echo_bytes", |_ctx, bytes: Bytes| async move { Ok(bytes) })
-        .typed("add", |_ctx, (a, b): (i64, i64)| async move {
+        .bytes("echo_bytes", |_ctx, bytes: Bytes| async move { Ok(bytes) })
+        .call("add", |_ctx, (a, b): (i64, i64)| async move {
             Ok::<_, Error>(a + b)
         })
-        .typed("whoami", |ctx, (): ()| async move {
+        .call("whoami", |ctx, (): ()| async move {
             Ok::<_, Error>(ctx.connection_id())
         })
 }
@@ -93,7 +94,9 @@ async fn console_awaited(addr: &str) {
     );
     assert_eq!(
         client
-            .console_timeout("hello", "soon", Duration::from_secs(5))
+            .request("hello")
+            .timeout(Duration::from_secs(5))
+            .console("soon")
             .await,
         Ok("hello, soon".into())
     );
@@ -111,12 +114,14 @@ async fn console_with_callback(addr: &str) {
     for name in ["a", "b"] {
         let g = got.clone();
         client
-            .console_with("hello", name, move |r| g.update(|v| v.push(r)))
+            .request("hello")
+            .console_then(name, move |r| g.update(|v| v.push(r)))
             .expect("console_with queued");
     }
     let g = got.clone();
     client
-        .console_with("missing", "x", move |r| g.update(|v| v.push(r)))
+        .request("missing")
+        .console_then("x", move |r| g.update(|v| v.push(r)))
         .unwrap();
     got.wait_for("three console callbacks", |v| v.len() == 3)
         .await;
@@ -131,10 +136,10 @@ async fn console_with_callback(addr: &str) {
 
 fn stream_typed_router() -> Router {
     base_router()
-        .stream("rev", |_ctx, bytes: Bytes| async move {
+        .bytes("rev", |_ctx, bytes: Bytes| async move {
             Ok(bytes.iter().rev().copied().collect::<Vec<u8>>())
         })
-        .typed("mirror", |_ctx, p: Point| async move {
+        .call("mirror", |_ctx, p: Point| async move {
             Ok::<_, Error>(Point {
                 x: -p.x,
                 y: -p.y,
@@ -190,7 +195,9 @@ async fn stream_and_typed_awaited(addr: &str) {
     assert_eq!(client.call::<_, i64>("add", &(40i64, 2i64)).await, Ok(42));
     assert_eq!(
         client
-            .call_timeout::<_, i64>("add", &(1i64, 1i64), Duration::from_secs(5))
+            .request("add")
+            .timeout(Duration::from_secs(5))
+            .call::<_, i64>(&(1i64, 1i64))
             .await,
         Ok(2)
     );
@@ -204,7 +211,8 @@ async fn stream_and_typed_callbacks(addr: &str) {
     let bytes_result = Watch::new(None);
     let b = bytes_result.clone();
     client
-        .call_bytes_with("rev", b"abc", move |r| b.update(|v| *v = Some(r)))
+        .request("rev")
+        .bytes_then(b"abc", move |r| b.update(|v| *v = Some(r)))
         .unwrap();
     let typed_result = Watch::new(None);
     let t = typed_result.clone();
@@ -214,14 +222,16 @@ async fn stream_and_typed_callbacks(addr: &str) {
         label: "q".into(),
     };
     client
-        .call_with("mirror", &p, move |r: Result<Point, Error>| {
+        .request("mirror")
+        .call_then(&p, move |r: Result<Point, Error>| {
             t.update(|v| *v = Some(r))
         })
         .unwrap();
     let sum_result = Watch::new(None);
     let s = sum_result.clone();
     client
-        .call_with("add", &(5i64, 6i64), move |r: Result<i64, Error>| {
+        .request("add")
+        .call_then(&(5i64, 6i64), move |r: Result<i64, Error>| {
             s.update(|v| *v = Some(r))
         })
         .unwrap();
@@ -250,14 +260,14 @@ fn recording_router(base: Router) -> (Router, Arc<Watch<Vec<u32>>>) {
     let log = Watch::new(Vec::new());
     let (a, b) = (log.clone(), log.clone());
     let router = base
-        .typed("rec", move |_ctx, n: u32| {
+        .call("rec", move |_ctx, n: u32| {
             let a = a.clone();
             async move {
                 a.update(|v| v.push(n));
                 Ok::<_, Error>(())
             }
         })
-        .stream("rec_bytes", move |_ctx, bytes: Bytes| {
+        .bytes("rec_bytes", move |_ctx, bytes: Bytes| {
             let b = b.clone();
             async move {
                 let n = u32::from_le_bytes(bytes[..].try_into().map_err(|_| "not 4 bytes")?);
@@ -323,23 +333,29 @@ async fn call_timeouts_then_connection_still_works(addr: &str) {
     let short = Duration::from_millis(200);
     let start = Instant::now();
     assert_eq!(
-        client.call_timeout::<_, u32>("never", &1u32, short).await,
+        client
+            .request("never")
+            .timeout(short)
+            .call::<_, u32>(&1u32)
+            .await,
         Err(Error::Timeout)
     );
     assert!(start.elapsed() >= Duration::from_millis(150));
     assert_eq!(
-        client.call_bytes_timeout("never", b"x", short).await,
+        client.request("never").timeout(short).bytes(b"x").await,
         Err(Error::Timeout)
     );
     assert_eq!(
-        client.console_timeout("never", "y", short).await,
+        client.request("never").timeout(short).console("y").await,
         Err(Error::Timeout)
     );
     // A callback call gets its time-out too, from the connection's one timer.
     let (tx, rx) = std::sync::mpsc::channel();
     let start = Instant::now();
     client
-        .call_bytes_with_timeout("never", b"z", short, move |r| {
+        .request("never")
+        .timeout(short)
+        .bytes_then(b"z", move |r| {
             let _ = tx.send((r, start.elapsed()));
         })
         .unwrap();
@@ -354,7 +370,11 @@ async fn call_timeouts_then_connection_still_works(addr: &str) {
     let (result, after) = called_back.expect("the callback ran");
     assert_eq!(result, Err(Error::Timeout));
     assert!(after >= Duration::from_millis(150), "{after:?}");
-    assert_eq!(client.calls_in_flight(), 0, "timed-out calls are forgotten");
+    assert_eq!(
+        client.connection().calls_in_flight(),
+        0,
+        "timed-out calls are forgotten"
+    );
     // The handler did receive all four; answering them now (late) must be harmless.
     let late = parked
         .wait("four parked calls", |v| {
@@ -367,11 +387,13 @@ async fn call_timeouts_then_connection_still_works(addr: &str) {
     assert_eq!(client.console("echo", "after").await, Ok("after".into()));
     assert_eq!(
         client
-            .call_bytes_timeout("echo_bytes", b"in time", Duration::from_secs(5))
+            .request("echo_bytes")
+            .timeout(Duration::from_secs(5))
+            .bytes(b"in time")
             .await,
         Ok(Bytes::from_static(b"in time"))
     );
-    assert!(!client.is_closed());
+    assert!(!client.connection().is_closed());
     shutdown(&server).await;
 }
 
@@ -388,7 +410,7 @@ async fn time_outs_fire_while_the_peer_is_over_its_handler_limit(addr: &str) {
     let client = connect_with(&server, client_router).await;
     // The first call takes the server's one handler; the second waits in its reader.
     for n in [b"1", b"2"] {
-        client.call_bytes_with("never", n, |_| {}).unwrap();
+        client.request("never").bytes_then(n, |_| {}).unwrap();
     }
     parked
         .wait_for("the first call parked", |v| v.len() == 1)
@@ -402,7 +424,9 @@ async fn time_outs_fire_while_the_peer_is_over_its_handler_limit(addr: &str) {
     let result = within(
         Duration::from_secs(10),
         "the server's call to time out",
-        conn.call_bytes_timeout("hang", b"", Duration::from_millis(300)),
+        conn.request("hang")
+            .timeout(Duration::from_millis(300))
+            .bytes(b""),
     )
     .await;
     assert_eq!(result, Err(Error::Timeout));
@@ -417,7 +441,7 @@ both!(sync blocking_client_from_std_thread);
 fn blocking_client_from_std_thread(addr: &'static str) {
     let (router, log) = recording_router(base_router());
     let (router, parked) = parking(router, "never");
-    let router = router.typed("count", {
+    let router = router.call("count", {
         let log = log.clone();
         move |_ctx, (): ()| {
             let n = log.get(Vec::len) as u64;
@@ -601,7 +625,7 @@ async fn dropped_responder_gives_no_response(addr: &str) {
 
 both!(server_calls_client_handlers);
 async fn server_calls_client_handlers(addr: &str) {
-    let router = base_router().typed("push_me", |ctx, n: u32| async move {
+    let router = base_router().call("push_me", |ctx, n: u32| async move {
         // Inside a handler: call back the client this call came from.
         let doubled: u32 = ctx.connection().call("double", &n).await?;
         Ok::<_, Error>(doubled + 1)
@@ -611,7 +635,7 @@ async fn server_calls_client_handlers(addr: &str) {
     for i in 0..3 {
         let name = format!("client-{i}");
         let router = Router::new()
-            .typed(
+            .call(
                 "double",
                 |_ctx, n: u32| async move { Ok::<_, Error>(n * 2) },
             )
@@ -659,7 +683,7 @@ async fn errors_travel_as_distinct_kinds(addr: &str) {
         .console("boom", |_ctx, _text: String| async move {
             Err::<String, _>(Error::msg("boom"))
         })
-        .typed("pair", |_ctx, (n, s): (u32, String)| async move {
+        .call("pair", |_ctx, (n, s): (u32, String)| async move {
             Ok::<_, Error>(format!("{n}{s}"))
         });
     let server = start(addr, router).await;
@@ -707,11 +731,11 @@ async fn closed_after_client_close(addr: &str) {
         parked
             .wait_for("the call to be parked", |v| v.len() == 1)
             .await;
-        within(WAIT, "client close", client.close()).await;
+        within(WAIT, "client close", client.connection().close()).await;
     })
     .await;
     assert_eq!(pending, Err(Error::Closed), "pending call on close");
-    assert!(client.is_closed());
+    assert!(client.connection().is_closed());
     assert_eq!(client.console("echo", "x").await, Err(Error::Closed));
     assert_eq!(
         client.call_bytes("echo_bytes", b"x").await,
@@ -724,7 +748,9 @@ async fn closed_after_client_close(addr: &str) {
     assert_eq!(client.ping().await, Err(Error::Closed));
     let r = Watch::new(None);
     let r2 = r.clone();
-    let queued = client.call_bytes_with("echo_bytes", b"x", move |x| r2.update(|v| *v = Some(x)));
+    let queued = client
+        .request("echo_bytes")
+        .bytes_then(b"x", move |x| r2.update(|v| *v = Some(x)));
     assert!(
         queued == Err(Error::Closed)
             || r.wait("callback", Option::take).await == Err(Error::Closed)
@@ -748,7 +774,8 @@ async fn closed_after_server_shutdown(addr: &str) {
     let callback = Watch::new(None);
     let cb = callback.clone();
     client
-        .console_with("never", "cb", move |r| cb.update(|v| *v = Some(r)))
+        .request("never")
+        .console_then("cb", move |r| cb.update(|v| *v = Some(r)))
         .unwrap();
     let (pending, ()) = zip(client.call_bytes("never", b""), async {
         parked
@@ -766,7 +793,7 @@ async fn closed_after_server_shutdown(addr: &str) {
         callback.wait("pending callback", Option::take).await,
         Err(Error::Closed)
     );
-    within(WAIT, "client sees the close", client.closed()).await;
+    within(WAIT, "client sees the close", client.connection().closed()).await;
     assert_eq!(client.console("echo", "x").await, Err(Error::Closed));
     assert_eq!(
         client.call::<_, i64>("add", &(1i64, 2i64)).await,
@@ -820,9 +847,8 @@ async fn many_parked_calls_answered_in_reverse(addr: &str) {
     for i in 0..N as u32 {
         let d = done.clone();
         client
-            .call_bytes_with("park", i.to_le_bytes(), move |r| {
-                d.update(|v| v.push((i, r)))
-            })
+            .request("park")
+            .bytes_then(i.to_le_bytes(), move |r| d.update(|v| v.push((i, r))))
             .unwrap();
     }
     let all = parked
@@ -830,7 +856,7 @@ async fn many_parked_calls_answered_in_reverse(addr: &str) {
             (v.len() == N).then(|| std::mem::take(v))
         })
         .await;
-    assert_eq!(client.calls_in_flight(), N);
+    assert_eq!(client.connection().calls_in_flight(), N);
     // Answer in reverse arrival order, each with its own payload doubled.
     for (payload, responder) in all.into_iter().rev() {
         let mut twice = payload.to_vec();
@@ -845,7 +871,7 @@ async fn many_parked_calls_answered_in_reverse(addr: &str) {
         let b = i.to_le_bytes();
         assert_eq!(r.as_deref(), Ok(&[b, b].concat()[..]), "reply to call {i}");
     }
-    assert_eq!(client.calls_in_flight(), 0);
+    assert_eq!(client.connection().calls_in_flight(), 0);
     shutdown(&server).await;
 }
 
@@ -858,7 +884,7 @@ async fn sequential_handlers_never_overlap(addr: &str) {
     let active = Arc::new(AtomicUsize::new(0));
     let max_active = Arc::new(AtomicUsize::new(0));
     let (l, a, m) = (log.clone(), active.clone(), max_active.clone());
-    let router = Router::new().typed("job", move |_ctx, i: u32| {
+    let router = Router::new().call("job", move |_ctx, i: u32| {
         let (l, a, m) = (l.clone(), a.clone(), m.clone());
         async move {
             l.update(|v| v.push(('s', i)));
@@ -878,9 +904,8 @@ async fn sequential_handlers_never_overlap(addr: &str) {
     for i in 0..N {
         let r = results.clone();
         client
-            .call_with("job", &i, move |x: Result<u32, Error>| {
-                r.update(|v| v.push(x))
-            })
+            .request("job")
+            .call_then(&i, move |x: Result<u32, Error>| r.update(|v| v.push(x)))
             .unwrap();
     }
     results
@@ -939,14 +964,14 @@ async fn broadcast_reaches_every_client(addr: &str) {
         let log = Watch::new(Vec::<String>::new());
         let (a, b) = (log.clone(), log.clone());
         let router = Router::new()
-            .stream("news", move |_ctx, bytes: Bytes| {
+            .bytes("news", move |_ctx, bytes: Bytes| {
                 let a = a.clone();
                 async move {
                     a.update(|v| v.push(String::from_utf8_lossy(&bytes).into_owned()));
                     Ok(Bytes::new())
                 }
             })
-            .typed("typed_news", move |_ctx, p: Point| {
+            .call("typed_news", move |_ctx, p: Point| {
                 let b = b.clone();
                 async move {
                     b.update(|v| v.push(format!("{}@{},{}", p.label, p.x, p.y)));
@@ -1001,7 +1026,7 @@ async fn statistics_are_consistent(addr: &str) {
     // One send + CALLS calls so far; the send is dispatched before this reply arrives.
     assert_eq!(client.console("echo", "last").await, Ok("last".into()));
     assert_eq!(log.snapshot(), vec![5]);
-    let cs = client.stats();
+    let cs = client.connection().stats();
     assert_eq!(cs.calls_out, CALLS + 2, "calls and sends made: {cs:?}");
     assert_eq!(cs.calls_in, 0);
     assert!(
@@ -1019,7 +1044,7 @@ async fn statistics_are_consistent(addr: &str) {
     );
     assert_eq!(ss.frames_in, cs.frames_out);
     until("the server's frame count settles", || {
-        conn.stats().frames_out == client.stats().frames_in
+        conn.stats().frames_out == client.connection().stats().frames_in
     })
     .await;
 
@@ -1033,7 +1058,7 @@ async fn statistics_are_consistent(addr: &str) {
         server.stats().totals.errors_out == totals_before.totals.errors_out + 1
     })
     .await;
-    assert_eq!(client.stats().errors_in, 1);
+    assert_eq!(client.connection().stats().errors_in, 1);
     assert_eq!(conn.stats().errors_out, 1);
 
     until("both connections counted", || {
@@ -1050,7 +1075,7 @@ async fn statistics_are_consistent(addr: &str) {
         other.console("echo", "x").await.unwrap();
     }
     let calls_in_before_close = server.stats().totals.calls_in;
-    within(WAIT, "close", other.close()).await;
+    within(WAIT, "close", other.connection().close()).await;
     until("one connection left", || {
         server.stats().connections_open == 1
     })
@@ -1087,7 +1112,7 @@ async fn server_totals_never_go_backwards(addr: &str) {
             }
             let client = connect_config(&server, plain()).await;
             assert_eq!(client.console("echo", "x").await, Ok("x".into()), "{i}");
-            within(WAIT, "close", client.close()).await;
+            within(WAIT, "close", client.connection().close()).await;
         }
         done.store(true, Ordering::SeqCst);
     })
@@ -1125,7 +1150,10 @@ async fn shutdown_waits_for_calls_in_flight(addr: &str) {
         assert_eq!(server.calls_in_flight(), 1);
         let (_, during) = zip(shutdown(&server), async {
             // Once the client has been told the server is going away, new calls are refused.
-            until("GoAway reaches the client", || client.peer_going_away()).await;
+            until("GoAway reaches the client", || {
+                client.connection().peer_going_away()
+            })
+            .await;
             assert!(server.is_shutting_down());
             client.console("echo", "too late").await
         })
@@ -1139,7 +1167,12 @@ async fn shutdown_waits_for_calls_in_flight(addr: &str) {
         "{during:?}"
     );
     assert_eq!(server.calls_in_flight(), 0);
-    within(WAIT, "client closed by server", client.closed()).await;
+    within(
+        WAIT,
+        "client closed by server",
+        client.connection().closed(),
+    )
+    .await;
     assert_eq!(client.console("echo", "x").await, Err(Error::Closed));
     // (That the count is 0 as soon as shutdown returns is checked, and currently fails,
     // in `shutdown_leaves_no_open_connections`.)
@@ -1188,7 +1221,7 @@ async fn shutdown_grace_bounds_a_slow_handler(addr: &str) {
         matches!(pending, Err(Error::Closed) | Err(Error::ShuttingDown)),
         "{pending:?}"
     );
-    within(WAIT, "client closed", client.closed()).await;
+    within(WAIT, "client closed", client.connection().closed()).await;
     until("no connections left", || server.connection_count() == 0).await;
 }
 
@@ -1274,7 +1307,7 @@ async fn shutdown_under_load_round(addr: &str, grace: Duration) {
     let progress = Watch::new(0u64);
     let router = {
         let (started, returned, progress) = (started.clone(), returned.clone(), progress.clone());
-        Router::new().typed("job", move |_ctx, id: u64| {
+        Router::new().call("job", move |_ctx, id: u64| {
             let (started, returned, progress) =
                 (started.clone(), returned.clone(), progress.clone());
             async move {
@@ -1378,7 +1411,7 @@ both!(load_many_clients_many_calls);
 async fn load_many_clients_many_calls(addr: &str) {
     const CLIENTS: u32 = 100;
     const CALLS: u32 = 100;
-    let router = Router::new().typed("tag", |ctx, (c, n): (u32, u32)| async move {
+    let router = Router::new().call("tag", |ctx, (c, n): (u32, u32)| async move {
         Ok::<_, Error>((
             c,
             n,
@@ -1554,7 +1587,12 @@ async fn frame_over_server_limit_from_client_fails_not_hangs(addr: &str) {
     )
     .await;
     assert!(r.is_err(), "{r:?}");
-    within(WAIT, "the refused client to be closed", client.closed()).await;
+    within(
+        WAIT,
+        "the refused client to be closed",
+        client.connection().closed(),
+    )
+    .await;
     assert_eq!(client.console("echo", "x").await, Err(Error::Closed));
     assert_eq!(
         other.console("echo", "still fine").await,
@@ -1578,33 +1616,35 @@ async fn oversized_payload_is_refused_before_sending(addr: &str) {
     .unwrap();
     let id: u64 = client.call("whoami", &()).await.unwrap();
     let server_side = server.connection(id).unwrap();
-    let before = client.stats();
+    let before = client.connection().stats();
     let received_before = server_side.stats().calls_in;
     let huge = vec![1u8; LIMIT + 1];
     let r = client.call_bytes("echo_bytes", &huge).await;
     assert!(matches!(r, Err(Error::Encode(_))), "{r:?}");
     let r = client
-        .call_bytes_timeout("echo_bytes", &huge, Duration::from_secs(5))
+        .request("echo_bytes")
+        .timeout(Duration::from_secs(5))
+        .bytes(&huge)
         .await;
     assert!(matches!(r, Err(Error::Encode(_))), "{r:?}");
     let r = client.send_bytes("rec_bytes", &huge).await;
     assert!(matches!(r, Err(Error::Encode(_))), "{r:?}");
     let called_back = Arc::new(AtomicUsize::new(0));
     let cb = called_back.clone();
-    let r = client.call_bytes_with("echo_bytes", &huge, move |_| {
+    let r = client.request("echo_bytes").bytes_then(&huge, move |_| {
         cb.fetch_add(1, Ordering::SeqCst);
     });
     assert!(matches!(r, Err(Error::Encode(_))), "{r:?}");
     let r = client.call::<_, Vec<u8>>("echo_bytes", &huge).await;
     assert!(matches!(r, Err(Error::Encode(_))), "{r:?}");
     // Nothing was sent or left waiting.
-    let after = client.stats();
+    let after = client.connection().stats();
     assert_eq!(
         after.frames_out, before.frames_out,
         "{before:?} -> {after:?}"
     );
     assert_eq!(after.calls_out, before.calls_out);
-    assert_eq!(client.calls_in_flight(), 0);
+    assert_eq!(client.connection().calls_in_flight(), 0);
     assert_eq!(client.console("echo", "ok").await, Ok("ok".into()));
     assert_eq!(server_side.stats().calls_in, received_before + 1);
     assert!(log.snapshot().is_empty());
@@ -1632,7 +1672,7 @@ async fn hostile_peer_is_closed_with(
     assert_eq!(good.console("echo", "before").await, Ok("before".into()));
     hostile_closed_alone(&server, hostile).await;
     assert_eq!(good.console("echo", "after").await, Ok("after".into()));
-    assert!(!good.is_closed());
+    assert!(!good.connection().is_closed());
     // The server still accepts and serves new clients.
     let fresh = connect_config(&server, config).await;
     assert_eq!(fresh.call::<_, i64>("add", &(2i64, 2i64)).await, Ok(4));
@@ -1748,7 +1788,7 @@ async fn ping_measures_round_trip(addr: &str) {
         .await
         .expect("server ping");
     assert!(back < WAIT, "{back:?}");
-    assert_eq!(client.calls_in_flight(), 0);
+    assert_eq!(client.connection().calls_in_flight(), 0);
     shutdown(&server).await;
 }
 
@@ -1759,13 +1799,13 @@ async fn sync_handlers_answer_calls_and_sends(addr: &str) {
     let sent = Arc::new(AtomicUsize::new(0));
     let s = sent.clone();
     let router = base_router()
-        .sync("len", |_ctx, bytes| Ok((bytes.len() as u64).to_le_bytes()))
-        .sync("conn", |ctx, _bytes| Ok(ctx.connection_id().to_le_bytes()))
-        .sync("refuse", |_ctx, _bytes| Err::<Vec<u8>, _>(Error::msg("no")))
-        .sync("boom", |_ctx, _bytes| -> Result<Vec<u8>, Error> {
+        .sync_bytes("len", |_ctx, bytes| Ok((bytes.len() as u64).to_le_bytes()))
+        .sync_bytes("conn", |ctx, _bytes| Ok(ctx.connection_id().to_le_bytes()))
+        .sync_bytes("refuse", |_ctx, _bytes| Err::<Vec<u8>, _>(Error::msg("no")))
+        .sync_bytes("boom", |_ctx, _bytes| -> Result<Vec<u8>, Error> {
             panic!("boom")
         })
-        .sync("sink", move |_ctx, _bytes| {
+        .sync_bytes("sink", move |_ctx, _bytes| {
             s.fetch_add(1, Ordering::SeqCst);
             Ok(Vec::new())
         });
@@ -1815,7 +1855,7 @@ async fn sync_handler_waits_its_turn_when_sequential(addr: &str) {
                 Ok(String::new())
             }
         })
-        .sync("quick", move |_ctx, _bytes| {
+        .sync_bytes("quick", move |_ctx, _bytes| {
             l2.update(|v| v.push("quick"));
             Ok(Vec::new())
         });

@@ -15,6 +15,7 @@ use std::time::Duration;
 use zserver::{Bytes, Client, CommandKind, Config, Error, Router, Server};
 
 use crate::common::*;
+use zserver::Calls;
 
 async fn start(addr: &str, router: Router) -> Server {
     start_server(addr, router, Config::default()).await
@@ -35,7 +36,7 @@ fn base_router(notes: Arc<AtomicUsize>) -> Router {
         .console("secret", |_ctx, _: String| async move {
             Ok("the secret".to_string())
         })
-        .stream("note", move |_ctx, _bytes: Bytes| {
+        .bytes("note", move |_ctx, _bytes: Bytes| {
             let notes = notes.clone();
             async move {
                 notes.fetch_add(1, Ordering::SeqCst);
@@ -254,7 +255,9 @@ async fn on_send_vetoes_locally(addr: &str) {
     );
     assert_eq!(
         client
-            .call_bytes_timeout("secret", b"", Duration::from_secs(5))
+            .request("secret")
+            .timeout(Duration::from_secs(5))
+            .bytes(b"")
             .await,
         Err(Error::Denied("not from here".into()))
     );
@@ -265,7 +268,7 @@ async fn on_send_vetoes_locally(addr: &str) {
     let called_back = Arc::new(AtomicUsize::new(0));
     let c = called_back.clone();
     assert_eq!(
-        client.console_with("secret", "", move |_| {
+        client.request("secret").console_then("", move |_| {
             c.fetch_add(1, Ordering::SeqCst);
         }),
         Err(Error::Denied("not from here".into()))
@@ -275,7 +278,7 @@ async fn on_send_vetoes_locally(addr: &str) {
     assert_eq!(client.console("echo", "sync").await.unwrap(), "sync");
     until("the allowed note ran", || notes.load(Ordering::SeqCst) == 1).await;
     // Nothing vetoed reached the server.
-    let client_stats = client.stats();
+    let client_stats = client.connection().stats();
     assert_eq!(client_stats.calls_out, 3, "two echoes and one note left");
     until("the server counted them", || {
         server.stats().totals.calls_in == 3
@@ -322,7 +325,7 @@ async fn panicking_hooks_do_not_kill_the_connection(addr: &str) {
         client.console("boom", "").await,
         Err(Error::Denied(_))
     ));
-    assert_eq!(client.stats().hook_panics, 1);
+    assert_eq!(client.connection().stats().hook_panics, 1);
     for _ in 0..3 {
         assert_eq!(client.console("echo", "ok").await.unwrap(), "ok");
     }
@@ -333,7 +336,7 @@ async fn panicking_hooks_do_not_kill_the_connection(addr: &str) {
     let stats = server.stats().totals;
     assert_eq!(stats.commands_vetoed, 1);
     assert_eq!(stats.handler_panics, 0);
-    assert!(!client.is_closed());
+    assert!(!client.connection().is_closed());
     assert_eq!(server.connection_count(), 1);
     server.shutdown().await;
 }
@@ -432,16 +435,16 @@ async fn blocking_handlers_do_not_stall_the_runtime(addr: &str) {
     let started = Arc::new(AtomicUsize::new(0));
     let (g, s) = (gate.clone(), started.clone());
     let router = base_router(Arc::default())
-        .blocking("crunch", move |_ctx, bytes| {
+        .blocking_bytes("crunch", move |_ctx, bytes| {
             s.fetch_add(1, Ordering::SeqCst);
             g.wait();
             std::thread::sleep(Duration::from_millis(300));
             Ok(bytes.iter().map(|b| b.wrapping_add(1)).collect::<Vec<u8>>())
         })
-        .blocking_typed("sum", |_ctx, v: Vec<u64>| {
+        .blocking_call("sum", |_ctx, v: Vec<u64>| {
             Ok::<_, Error>(v.iter().sum::<u64>())
         })
-        .blocking("explode", |_ctx, _bytes| -> Result<Vec<u8>, Error> {
+        .blocking_bytes("explode", |_ctx, _bytes| -> Result<Vec<u8>, Error> {
             panic!("cpu handler bug")
         });
     let server = start(addr, router).await;
@@ -497,14 +500,14 @@ async fn blocking_handlers_do_not_stall_the_runtime(addr: &str) {
 /// Server B: an echo, a slow command answered when the test says so, and errors.
 fn backend_router(parked: Arc<Watch<Vec<zserver::Responder>>>) -> Router {
     Router::new()
-        .stream("echo", |_ctx, bytes: Bytes| async move { Ok(bytes) })
+        .bytes("echo", |_ctx, bytes: Bytes| async move { Ok(bytes) })
         .delayed("slow", move |_ctx, _bytes, responder| {
             parked.update(|p| p.push(responder))
         })
-        .stream("fail", |_ctx, _bytes: Bytes| async move {
+        .bytes("fail", |_ctx, _bytes: Bytes| async move {
             Err::<Bytes, _>(Error::msg("backend says no"))
         })
-        .typed("typed", |_ctx, n: u32| async move { Ok::<_, Error>(n * 2) })
+        .call("typed", |_ctx, n: u32| async move { Ok::<_, Error>(n * 2) })
         .on_execute(|info| {
             if info.command() == "private" {
                 return Err(Error::Denied("private".into()));
@@ -516,7 +519,7 @@ fn backend_router(parked: Arc<Watch<Vec<zserver::Responder>>>) -> Router {
 /// Server A: `relay` takes `(command, payload)` and answers with B's reply to it, or with
 /// B's error.
 fn relay_router(backend: Client) -> Router {
-    Router::new().typed(
+    Router::new().call(
         "relay",
         move |_ctx, (command, payload): (String, Vec<u8>)| {
             let backend = backend.clone();

@@ -7,6 +7,7 @@ use std::time::Duration;
 use zserver::{Bytes, ClientBuilder, Config, Error, Router, ServerBuilder};
 
 use crate::common::*;
+use zserver::Calls;
 
 /// The ordered pairs (server back end, client back end) of different back ends.
 fn pairs() -> Vec<(&'static str, &'static str)> {
@@ -28,10 +29,10 @@ async fn one_pair(addr: &str, server_on: &str, client_on: &str, config: Config) 
     let seen = sent.clone();
     let router = Router::new()
         .console("echo", |_ctx, text: String| async move { Ok(text) })
-        .stream("len", |_ctx, bytes: Bytes| async move {
+        .bytes("len", |_ctx, bytes: Bytes| async move {
             Ok(Bytes::from((bytes.len() as u64).to_le_bytes().to_vec()))
         })
-        .typed("push", |ctx, n: u32| async move {
+        .call("push", |ctx, n: u32| async move {
             let doubled: u32 = ctx.connection().call("double", &n).await?;
             Ok::<_, Error>(doubled + 1)
         })
@@ -49,7 +50,7 @@ async fn one_pair(addr: &str, server_on: &str, client_on: &str, config: Config) 
         .await
         .unwrap_or_else(|e| panic!("{what}: bind: {e}"));
     let client_router =
-        Router::new().typed(
+        Router::new().call(
             "double",
             |_ctx, n: u32| async move { Ok::<_, Error>(n * 2) },
         );
@@ -83,7 +84,7 @@ async fn one_pair(addr: &str, server_on: &str, client_on: &str, config: Config) 
     assert_eq!(sent.snapshot()[99], "n99", "{what}: one-way sends in order");
 
     within(Duration::from_secs(10), &what, server.shutdown()).await;
-    within(Duration::from_secs(10), &what, client.closed()).await;
+    within(Duration::from_secs(10), &what, client.connection().closed()).await;
 }
 
 async fn all_pairs(addr: &str, config: Config) {

@@ -21,6 +21,7 @@ use futures_lite::future::zip;
 use zserver::{Backoff, Client, Config, Error, LinkState, ReconnectingClient, Router, Server};
 
 use crate::common::*;
+use zserver::Calls;
 
 /// `v4!(case)`: a test `case::v4` running `async fn case(addr)` under `zserver::block_on`
 /// within the time limit.
@@ -195,7 +196,7 @@ async fn reconnects_after_server_restart_on_same_port(addr: &str) {
         let live = within(WAIT, "reconnect", client.connected())
             .await
             .expect("reconnected");
-        assert_eq!(live.peer_addr(), target);
+        assert_eq!(live.connection().peer_addr(), target);
         assert_eq!(hook_runs.load(Ordering::SeqCst), 1 + restart, "hook re-ran");
         assert_eq!(
             server_logins.load(Ordering::SeqCst),
@@ -232,7 +233,7 @@ async fn calls_in_flight_fail_and_are_never_resent(addr: &str) {
         let runs = runs.clone();
         move || {
             let runs = runs.clone();
-            Router::new().typed("work", move |_ctx, (id, long): (u64, bool)| {
+            Router::new().call("work", move |_ctx, (id, long): (u64, bool)| {
                 let runs = runs.clone();
                 async move {
                     runs.update(|m| m.entry(id).or_default().0 += 1);

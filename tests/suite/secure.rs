@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use zserver::Calls;
 use zserver::{Config, Encryption, Error, Keypair, Provider, RekeyPolicy, Router};
 
 /// What the proxy does to the client's records.
@@ -114,7 +115,7 @@ fn forward_records(
 }
 
 fn echo_router() -> Router {
-    Router::new().stream("echo", |_ctx, b| async move { Ok(b) })
+    Router::new().bytes("echo", |_ctx, b| async move { Ok(b) })
 }
 
 /// Polls `cond` until it holds or ten seconds pass.
@@ -137,7 +138,7 @@ fn same_plaintext_gives_different_ciphertext_on_two_connections() {
         let secret = b"the same secret plaintext, sent twice".to_vec();
         for _ in 0..2 {
             let client = zserver::client().connect(p.addr).await?;
-            assert!(client.is_encrypted());
+            assert!(client.connection().is_encrypted());
             assert_eq!(client.call_bytes("echo", &secret).await?, secret);
         }
         let captured = p.captured.lock().unwrap().clone();
@@ -199,7 +200,9 @@ fn a_flipped_bit_closes_the_connection_with_an_auth_error() {
         let tampered = zserver::client().connect(p.addr).await?;
         let bystander = zserver::client().connect(server.local_addr()).await?;
         let err = tampered
-            .call_bytes_timeout("echo", b"payload", Duration::from_secs(10))
+            .request("echo")
+            .timeout(Duration::from_secs(10))
+            .bytes(b"payload")
             .await
             .unwrap_err();
         assert_eq!(err, Error::Closed);
@@ -219,7 +222,7 @@ fn a_replayed_record_is_refused() {
     zserver::block_on(async {
         let calls = Arc::new(Mutex::new(0u32));
         let counted = calls.clone();
-        let router = Router::new().stream("count", move |_ctx, _b| {
+        let router = Router::new().bytes("count", move |_ctx, _b| {
             let counted = counted.clone();
             async move {
                 *counted.lock().unwrap() += 1;
@@ -230,13 +233,15 @@ fn a_replayed_record_is_refused() {
         let p = proxy(server.local_addr(), Tamper::Replay { record: 0 });
         let client = zserver::client().connect(p.addr).await?;
         let _ = client
-            .call_bytes_timeout("count", b"once", Duration::from_secs(10))
+            .request("count")
+            .timeout(Duration::from_secs(10))
+            .bytes(b"once")
             .await;
         eventually("the replay is refused", || {
             server.stats().totals.auth_failures == 1
         })
         .await;
-        client.closed().await;
+        client.connection().closed().await;
         assert_eq!(*calls.lock().unwrap(), 1, "the replayed call ran twice");
         server.shutdown().await;
         Ok::<_, Error>(())
@@ -353,11 +358,11 @@ fn a_256_mib_transfer_rekeying_every_mib_arrives_with_the_same_hash() {
         let hasher = Arc::new(Mutex::new(blake3::Hasher::new()));
         let (sink, digest) = (hasher.clone(), hasher.clone());
         let router = Router::new()
-            .stream("chunk", move |_ctx, b| {
+            .bytes("chunk", move |_ctx, b| {
                 sink.lock().unwrap().update(&b);
                 async { Ok(Vec::new()) }
             })
-            .stream("digest", move |_ctx, _b| {
+            .bytes("digest", move |_ctx, _b| {
                 let hash = *digest.lock().unwrap().finalize().as_bytes();
                 async move { Ok(hash.to_vec()) }
             });
@@ -382,7 +387,7 @@ fn a_256_mib_transfer_rekeying_every_mib_arrives_with_the_same_hash() {
         }
         let remote = client.call_bytes("digest", b"").await?;
         assert_eq!(&remote[..], local.finalize().as_bytes());
-        let stats = client.stats();
+        let stats = client.connection().stats();
         assert!(
             stats.rekeys_out >= 250,
             "client rekeyed {} times",

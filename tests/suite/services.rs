@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::common::{bounded, suite_client, suite_server, until};
 use zserver::service::{Class, Method, ObjectId, Service, Services};
+use zserver::Calls;
 use zserver::{Config, Error, Router};
 
 const ADD: Method<(i64, i64), i64> = Method::new("calc", "add");
@@ -94,11 +95,11 @@ fn typed_calls_carry_ids_not_names() {
                 client.invoke(&MISSING, &1).await,
                 Err(Error::UnknownCommand("calc.mul".into()))
             );
-            let before = client.stats();
+            let before = client.connection().stats();
             for i in 0..100u8 {
                 assert_eq!(client.invoke(&LONG, &i).await?, i);
             }
-            let after = client.stats();
+            let after = client.connection().stats();
             let out = (after.bytes_out - before.bytes_out) / 100;
             let back = (after.bytes_in - before.bytes_in) / 100;
             assert!(
@@ -221,7 +222,7 @@ fn remote_object_lifecycle() {
             assert_eq!(c.call(&BUMP, &2).await?, 2);
 
             // Closing the connection frees what it held (b and c).
-            client.close().await;
+            client.connection().close().await;
             until("the connection's objects are dropped", || {
                 drops.load(Ordering::Acquire) == 3
             })

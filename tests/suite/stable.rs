@@ -14,6 +14,7 @@ use crate::common::{
     bounded, join_all, skip_over_ws, suite_client, suite_server, until, within, WAIT,
 };
 use zserver::stable::wire::{self, Answer, Open, Refusal};
+use zserver::Calls;
 use zserver::{Config, Error, Outgoing, Router, StableSession};
 
 const MIB: u64 = 1024 * 1024;
@@ -101,7 +102,7 @@ fn stable_config(offline: Duration) -> Config {
 
 /// A handler that counts how often it ran for each request id.
 fn counting_router(runs: Arc<Mutex<HashMap<u64, u32>>>) -> Router {
-    Router::new().typed("triple", move |_ctx, id: u64| {
+    Router::new().call("triple", move |_ctx, id: u64| {
         let runs = runs.clone();
         async move {
             *runs.lock().unwrap().entry(id).or_default() += 1;
@@ -166,7 +167,7 @@ fn ten_thousand_calls_survive_cut_links() {
                 "{} links for {cuts} cuts",
                 proxy.accepted()
             );
-            assert!(!client.is_closed());
+            assert!(!client.connection().is_closed());
             assert_eq!(server.connection_count(), 1, "one connection throughout");
             assert_eq!(server.stable_sessions(), 1);
             eprintln!("10,000 calls over {} links ({cuts} cuts)", proxy.accepted());
@@ -260,7 +261,7 @@ fn a_session_gone_past_the_offline_timeout_fails_its_calls() {
             )
             .await;
             assert_eq!(result.unwrap_err(), Error::Closed);
-            within(WAIT, "the client closing", client.closed()).await;
+            within(WAIT, "the client closing", client.connection().closed()).await;
             until("the server forgets the session", || {
                 server.stable_sessions() == 0 && server.connection_count() == 0
             })

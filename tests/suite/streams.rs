@@ -12,6 +12,7 @@ use zserver::{Config, Error, Incoming, Outgoing, Router};
 
 use crate::common::generated::Probe;
 use crate::common::{suite_client, suite_server};
+use zserver::Calls;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -29,7 +30,7 @@ fn hash_router() -> Router {
         .upload("sink", |_ctx, body| async move {
             Ok(hash_of(body).await?.to_vec())
         })
-        .stream("echo", |_ctx, b| async move { Ok(b) })
+        .bytes("echo", |_ctx, b| async move { Ok(b) })
 }
 
 /// A fresh directory under the system's temporary directory.
@@ -518,7 +519,7 @@ fn streams_past_the_limit_are_refused() {
                     Ok(hash_of(body).await?.to_vec())
                 }
             })
-            .stream("echo", |_ctx, b| async move { Ok(b) });
+            .bytes("echo", |_ctx, b| async move { Ok(b) });
         let mut config = Config::default();
         config.max_streams = 2;
         let server = suite_server()
@@ -568,7 +569,7 @@ fn sequential_order_router(order: Arc<std::sync::Mutex<Vec<u32>>>) -> Router {
                 Ok(hash.to_vec())
             }
         })
-        .typed("job", move |_ctx, i: u32| {
+        .call("job", move |_ctx, i: u32| {
             let o = order.clone();
             async move {
                 o.lock().unwrap().push(i);
@@ -604,9 +605,8 @@ fn sequential_calls_queued_behind_an_upload_do_not_stall_it() {
                 for i in 0..CALLS {
                     let r = results.clone();
                     client
-                        .call_with("job", &i, move |x: Result<u32, Error>| {
-                            r.update(|v| v.push(x))
-                        })
+                        .request("job")
+                        .call_then(&i, move |x: Result<u32, Error>| r.update(|v| v.push(x)))
                         .unwrap();
                 }
             };
@@ -648,7 +648,7 @@ fn a_sequential_queue_stops_reading_at_its_byte_budget() {
     crate::common::bounded(|| {
         zserver::block_on(async {
             let (release_tx, release_rx) = async_channel::bounded::<()>(1);
-            let router = Router::new().stream("hold", move |_ctx, b| {
+            let router = Router::new().bytes("hold", move |_ctx, b| {
                 let release = release_rx.clone();
                 async move {
                     if b.is_empty() {
@@ -669,7 +669,8 @@ fn a_sequential_queue_stops_reading_at_its_byte_budget() {
             let answered = crate::common::Watch::new(0usize);
             let a = answered.clone();
             client
-                .call_bytes_with("hold", b"", move |r| {
+                .request("hold")
+                .bytes_then(b"", move |r| {
                     r.unwrap();
                     a.update(|n| *n += 1);
                 })
@@ -678,7 +679,8 @@ fn a_sequential_queue_stops_reading_at_its_byte_budget() {
             for _ in 0..CALLS {
                 let a = answered.clone();
                 client
-                    .call_bytes_with("hold", &payload, move |r| {
+                    .request("hold")
+                    .bytes_then(&payload, move |r| {
                         r.unwrap();
                         a.update(|n| *n += 1);
                     })

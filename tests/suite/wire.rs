@@ -5,6 +5,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::time::Duration;
 
+use zserver::Calls;
 use zserver::{Error, Router};
 
 /// Many small frames queued close together leave in far fewer socket writes.
@@ -12,7 +13,7 @@ use zserver::{Error, Router};
 fn small_frames_are_coalesced_into_few_writes() {
     zserver::block_on(async {
         let (tx, rx) = async_channel::unbounded::<()>();
-        let router = Router::new().stream("tick", move |_ctx, _b| {
+        let router = Router::new().bytes("tick", move |_ctx, _b| {
             let tx = tx.clone();
             async move {
                 let _ = tx.try_send(());
@@ -30,10 +31,10 @@ fn small_frames_are_coalesced_into_few_writes() {
         }
         // The writer counts a write once the socket took it, which can be just after the
         // server has already handled the frames: read the counters once they stop moving.
-        let mut stats = client.stats();
+        let mut stats = client.connection().stats();
         for _ in 0..100 {
             zserver::sleep(Duration::from_millis(20)).await;
-            let now = client.stats();
+            let now = client.connection().stats();
             if now.writes == stats.writes && now.bytes_out == stats.bytes_out && now.writes > 0 {
                 break;
             }
@@ -84,7 +85,7 @@ fn server_opens_with_magic_and_version() {
 /// has pushed 512 MiB, while another client is still served.
 #[test]
 fn a_peer_that_never_reads_is_throttled_not_buffered() {
-    let router = Router::new().stream("echo", |_ctx, b| async move { Ok(b) });
+    let router = Router::new().bytes("echo", |_ctx, b| async move { Ok(b) });
     let plain = zserver::Config::plain_trusted_link();
     let server = zserver::block_on(
         zserver::server()
@@ -145,13 +146,13 @@ fn a_peer_that_never_reads_is_throttled_not_buffered() {
 fn a_panic_in_sequential_mode_fails_only_that_call() {
     zserver::block_on(async {
         let router = Router::new()
-            .stream("boom", |_ctx, _b| async move {
+            .bytes("boom", |_ctx, _b| async move {
                 if true {
                     panic!("handler bug");
                 }
                 Ok(Vec::new())
             })
-            .stream("echo", |_ctx, b| async move { Ok(b) });
+            .bytes("echo", |_ctx, b| async move { Ok(b) });
         let mut config = zserver::Config::default();
         config.sequential = true;
         let server = zserver::server()
@@ -180,20 +181,20 @@ fn a_panic_in_sequential_mode_fails_only_that_call() {
 fn a_panicking_handler_fails_only_its_call() {
     zserver::block_on(async {
         let router = Router::new()
-            .stream("boom-now", |_ctx, _b| async move {
+            .bytes("boom-now", |_ctx, _b| async move {
                 if true {
                     panic!("handler bug");
                 }
                 Ok(Vec::new())
             })
-            .stream("boom-later", |_ctx, _b| async move {
+            .bytes("boom-later", |_ctx, _b| async move {
                 zserver::sleep(std::time::Duration::from_millis(5)).await;
                 if true {
                     panic!("handler bug");
                 }
                 Ok(Vec::new())
             })
-            .stream("echo", |_ctx, b| async move { Ok(b) });
+            .bytes("echo", |_ctx, b| async move { Ok(b) });
         let server = zserver::server().router(router).bind("127.0.0.1:0").await?;
         let client = zserver::client().connect(server.local_addr()).await?;
         assert_eq!(
@@ -263,7 +264,7 @@ fn a_silent_peer_is_pinged_then_disconnected() {
 #[test]
 fn heartbeats_keep_a_quiet_connection_open() {
     zserver::block_on(async {
-        let router = Router::new().stream("echo", |_ctx, b| async move { Ok(b) });
+        let router = Router::new().bytes("echo", |_ctx, b| async move { Ok(b) });
         let server = zserver::server()
             .router(router)
             .config(heartbeat_config(40, 200))
@@ -275,14 +276,17 @@ fn heartbeats_keep_a_quiet_connection_open() {
             .await?;
         zserver::sleep(Duration::from_millis(1000)).await;
         assert!(
-            !client.is_closed(),
+            !client.connection().is_closed(),
             "the connection outlived five idle time-outs"
         );
         assert_eq!(
             &client.call_bytes("echo", b"still here").await?[..],
             b"still here"
         );
-        assert!(client.stats().frames_in >= 5, "heartbeat pongs arrived");
+        assert!(
+            client.connection().stats().frames_in >= 5,
+            "heartbeat pongs arrived"
+        );
         server.shutdown().await;
         Ok::<_, Error>(())
     })
@@ -295,7 +299,7 @@ fn heartbeats_keep_a_quiet_connection_open() {
 fn silent_sockets_do_not_starve_real_clients() {
     let mut config = zserver::Config::default();
     config.handshake_timeout = Duration::from_millis(1500);
-    let router = Router::new().stream("echo", |_ctx, b| async move { Ok(b) });
+    let router = Router::new().bytes("echo", |_ctx, b| async move { Ok(b) });
     let server = zserver::block_on(
         zserver::server()
             .router(router)
@@ -352,7 +356,7 @@ fn connections_past_the_per_address_limit_are_refused() {
             "a third connection from one address is refused"
         );
         assert_eq!(server.stats().connections_refused, 1);
-        first.close().await;
+        first.connection().close().await;
         let start = std::time::Instant::now();
         let again = loop {
             match zserver::client().connect(server.local_addr()).await {
@@ -363,7 +367,7 @@ fn connections_past_the_per_address_limit_are_refused() {
                 Err(e) => return Err(e),
             }
         };
-        assert!(!again.is_closed() && !second.is_closed());
+        assert!(!again.connection().is_closed() && !second.connection().is_closed());
         server.shutdown().await;
         Ok::<_, Error>(())
     })
@@ -686,7 +690,7 @@ fn the_python_client_of_protocol_md_makes_a_call() {
         .expect("a python block in PROTOCOL.md")
         + 10;
     let code = &doc[start..start + doc[start..].find("```").expect("its end")];
-    let router = Router::new().stream("echo", |_ctx, b| async move { Ok(b) });
+    let router = Router::new().bytes("echo", |_ctx, b| async move { Ok(b) });
     let (server, sock) = plain_server_and_raw_peer(router);
     drop(sock);
     let at = r#"("127.0.0.1", 7000)"#;

@@ -17,6 +17,7 @@ use zserver::ws::{max_message, WsOptions};
 use zserver::{Bytes, Client, Config, Error, Router, Server};
 
 use crate::common::*;
+use zserver::Calls;
 
 /// A server on TCP `addr` that also listens for WebSocket on the same host, with
 /// `echo` and `relay` (sends `note` with the payload to every other connection).
@@ -25,7 +26,7 @@ async fn dual(addr: &str, config: Config, options: WsOptions) -> (Server, Socket
     let m = me.clone();
     let router = Router::new()
         .console("echo", |_ctx, text: String| async move { Ok(text) })
-        .stream("relay", move |ctx, payload: Bytes| {
+        .bytes("relay", move |ctx, payload: Bytes| {
             let m = m.clone();
             async move {
                 let server = m.get().expect("server set");
@@ -54,7 +55,7 @@ async fn dual(addr: &str, config: Config, options: WsOptions) -> (Server, Socket
 fn notes() -> (Router, Arc<Watch<Vec<Bytes>>>) {
     let seen = Watch::new(Vec::new());
     let s = seen.clone();
-    let router = Router::new().stream("note", move |_ctx, payload: Bytes| {
+    let router = Router::new().bytes("note", move |_ctx, payload: Bytes| {
         s.update(|v| v.push(payload.clone()));
         async move { Ok(Bytes::new()) }
     });

@@ -10,6 +10,7 @@ use zserver::{Client, ClientBuilder, Config, Outgoing, Runtime, Transport};
 
 use super::baseline::gib_per_s;
 use super::{measure, run_on, BoxError, Sample, Tally, PAYLOAD, RAMP, STOP, WINDOW};
+use zserver::Calls;
 
 /// Source addresses the scale rows spread their connections over (127.0.0.2, 127.0.0.3, …):
 /// each stays far below the server's default limit of 10,000 connections per address.

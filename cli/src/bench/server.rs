@@ -29,17 +29,17 @@ pub struct ServerArgs {
 
 /// The bench handlers: `echo` (a call), `sink` (one-way, counted), `count` (the count so
 /// far) and `bulk` (an upload, drained; answers with its length). `echo` and `sink` are
-/// synchronous handlers (`Router::sync`), run on the connection's task as they are read.
+/// synchronous handlers (`Router::sync_bytes`), run on the connection's task as they are read.
 pub fn router() -> Router {
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
     Router::new()
-        .sync("echo", |_ctx, b| Ok(b))
-        .sync("sink", move |_ctx, _b| {
+        .sync_bytes("echo", |_ctx, b| Ok(b))
+        .sync_bytes("sink", move |_ctx, _b| {
             received.fetch_add(1, Ordering::Relaxed);
             Ok([])
         })
-        .typed("count", move |_ctx, (): ()| {
+        .call("count", move |_ctx, (): ()| {
             let n = counter.load(Ordering::Relaxed);
             async move { Ok::<_, zserver::Error>(n) }
         })

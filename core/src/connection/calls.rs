@@ -1,15 +1,11 @@
-//! The call API of a [`Connection`]: calls awaited, with a time-out or with a callback,
-//! one-way sends and pings.
+//! What the call surface ([`Calls`](crate::Calls)) asks of a [`Connection`]: calls
+//! awaited or with a callback, one-way sends and pings.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-
-use bytes::Bytes;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use super::{lock, Connection};
 use crate::error::Error;
@@ -19,107 +15,31 @@ use crate::request::{CallResult, Callback};
 use crate::stats::Counters;
 
 impl Connection {
-    /// Calls `command` with a raw payload and waits for the reply.
-    pub async fn call_bytes(&self, command: &str, payload: impl AsRef<[u8]>) -> CallResult {
-        self.wait_for_space().await;
-        let id = self.start_call(command, payload.as_ref(), None).await?;
-        CallFuture::registered(self, id).await
-    }
-
-    /// Like [`call_bytes`](Self::call_bytes), failing with [`Error::Timeout`] if no reply
-    /// arrives within `timeout`.
-    pub async fn call_bytes_timeout(
-        &self,
-        command: &str,
-        payload: impl AsRef<[u8]>,
-        timeout: Duration,
-    ) -> CallResult {
-        let deadline = self.shared.runtime.now() + timeout;
-        self.wait_for_space().await;
-        let id = self
-            .start_call(command, payload.as_ref(), Some(deadline))
-            .await?;
-        // The driver's one timer expires the call at its deadline.
-        CallFuture::registered(self, id).await
-    }
-
-    /// Calls a console command: text in, text out.
-    pub async fn console(&self, command: &str, text: &str) -> Result<String, Error> {
-        decode_text(self.call_bytes(command, text).await?)
-    }
-
-    /// Like [`console`](Self::console), with a time-out.
-    pub async fn console_timeout(
-        &self,
-        command: &str,
-        text: &str,
-        timeout: Duration,
-    ) -> Result<String, Error> {
-        decode_text(self.call_bytes_timeout(command, text, timeout).await?)
-    }
-
-    /// Calls a typed command: `value` is sent as postcard and the reply decoded as `R`.
-    pub async fn call<T, R>(&self, command: &str, value: &T) -> Result<R, Error>
-    where
-        T: Serialize + ?Sized,
-        R: DeserializeOwned,
-    {
-        let payload = postcard::to_allocvec(value)?;
-        decode_value(&self.call_bytes(command, payload).await?)
-    }
-
-    /// Like [`call`](Self::call), with a time-out.
-    pub async fn call_timeout<T, R>(
-        &self,
-        command: &str,
-        value: &T,
-        timeout: Duration,
-    ) -> Result<R, Error>
-    where
-        T: Serialize + ?Sized,
-        R: DeserializeOwned,
-    {
-        let payload = postcard::to_allocvec(value)?;
-        decode_value(&self.call_bytes_timeout(command, payload, timeout).await?)
-    }
-
-    /// Calls `command` and runs `callback` with the result when it arrives (on the
-    /// connection's reader task: keep it short). Returns at once; no back-pressure wait.
-    pub fn call_bytes_with(
-        &self,
-        command: &str,
-        payload: impl AsRef<[u8]>,
-        callback: impl FnOnce(CallResult) + Send + 'static,
-    ) -> Result<(), Error> {
-        self.start_callback_call(command, payload.as_ref(), None, Box::new(callback))
-    }
-
-    /// Like [`call_bytes_with`](Self::call_bytes_with), running `callback` with
-    /// [`Error::Timeout`] if no reply arrives within `timeout` (the connection's one timer
-    /// expires it; a reply arriving later is dropped).
-    pub fn call_bytes_with_timeout(
-        &self,
-        command: &str,
-        payload: impl AsRef<[u8]>,
-        timeout: Duration,
-        callback: impl FnOnce(CallResult) + Send + 'static,
-    ) -> Result<(), Error> {
-        let deadline = self.shared.runtime.now() + timeout;
-        self.start_callback_call(
-            command,
-            payload.as_ref(),
-            Some(deadline),
-            Box::new(callback),
-        )
-    }
-
-    fn start_callback_call(
+    /// Calls `command` and waits for the reply, failing with [`Error::Timeout`] after
+    /// `timeout` (the driver's one timer expires the call at its deadline).
+    pub(crate) async fn call_raw(
         &self,
         command: &str,
         payload: &[u8],
-        deadline: Option<Instant>,
+        timeout: Option<Duration>,
+    ) -> CallResult {
+        let deadline = timeout.map(|t| self.shared.runtime.now() + t);
+        self.wait_for_space().await;
+        let id = self.start_call(command, payload, deadline).await?;
+        CallFuture::registered(self, id).await
+    }
+
+    /// Calls `command` and runs `callback` with the result when it arrives (on the
+    /// connection's task), or with [`Error::Timeout`] after `timeout` (a reply arriving
+    /// later is dropped). Returns at once; no back-pressure wait.
+    pub(crate) fn call_with_callback(
+        &self,
+        command: &str,
+        payload: &[u8],
+        timeout: Option<Duration>,
         callback: Callback,
     ) -> Result<(), Error> {
+        let deadline = timeout.map(|t| self.shared.runtime.now() + t);
         self.check_send(command, CommandKind::Call, payload)?;
         let id = lock(&self.shared.state)
             .proto
@@ -127,46 +47,6 @@ impl Connection {
             .start_callback(callback, deadline)?;
         self.deadline_added(deadline);
         self.send_call_frame(id, command, payload)
-    }
-
-    /// Console command with a callback; see [`call_bytes_with`](Self::call_bytes_with).
-    pub fn console_with(
-        &self,
-        command: &str,
-        text: &str,
-        callback: impl FnOnce(Result<String, Error>) + Send + 'static,
-    ) -> Result<(), Error> {
-        self.call_bytes_with(command, text, move |r| callback(r.and_then(decode_text)))
-    }
-
-    /// Typed call with a callback; see [`call_bytes_with`](Self::call_bytes_with).
-    pub fn call_with<T, R>(
-        &self,
-        command: &str,
-        value: &T,
-        callback: impl FnOnce(Result<R, Error>) + Send + 'static,
-    ) -> Result<(), Error>
-    where
-        T: Serialize + ?Sized,
-        R: DeserializeOwned,
-    {
-        let payload = postcard::to_allocvec(value)?;
-        self.call_bytes_with(command, payload, move |r| {
-            callback(r.and_then(|b| decode_value(&b)))
-        })
-    }
-
-    /// Sends a one-way message: the peer runs the handler and no reply comes back.
-    /// Sends from one task arrive in the order they were made.
-    pub async fn send_bytes(&self, command: &str, payload: impl AsRef<[u8]>) -> Result<(), Error> {
-        self.wait_for_space().await;
-        self.send_now(command, payload.as_ref())
-    }
-
-    /// Sends a one-way serde value (postcard).
-    pub async fn send<T: Serialize + ?Sized>(&self, command: &str, value: &T) -> Result<(), Error> {
-        let payload = postcard::to_allocvec(value)?;
-        self.send_bytes(command, payload).await
     }
 
     /// Queues a one-way message without waiting for buffer space.
@@ -184,7 +64,7 @@ impl Connection {
     }
 
     /// Measures one round trip with a ping frame.
-    pub async fn ping(&self) -> Result<Duration, Error> {
+    pub(crate) async fn round_trip(&self) -> Result<Duration, Error> {
         let start = Instant::now();
         let id = lock(&self.shared.state).proto.requests().start(None)?;
         let header = Header {
@@ -313,12 +193,4 @@ impl Drop for CallFuture<'_> {
                 .cancel(self.id);
         }
     }
-}
-
-fn decode_text(bytes: Bytes) -> Result<String, Error> {
-    String::from_utf8(bytes.into()).map_err(|e| Error::Codec(format!("reply is not UTF-8: {e}")))
-}
-
-fn decode_value<R: DeserializeOwned>(bytes: &[u8]) -> Result<R, Error> {
-    postcard::from_bytes(bytes).map_err(Error::from)
 }

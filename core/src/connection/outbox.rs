@@ -59,7 +59,7 @@ impl Connection {
     }
 
     /// Waits while more than `max_pending_write` bytes are queued (back-pressure).
-    pub(super) async fn wait_for_space(&self) {
+    pub(crate) async fn wait_for_space(&self) {
         self.wait_for_space_above(self.shared.config.max_pending_write)
             .await
     }

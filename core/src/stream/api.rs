@@ -1,5 +1,5 @@
-//! The caller's side of streams: [`Connection::upload`] and [`Connection::download`];
-//! and the connection as the [`Carrier`] of its streams.
+//! The caller's side of streams (reached through [`Calls`](crate::Calls)): uploads and
+//! downloads; and the connection as the [`Carrier`] of its streams.
 
 use std::future::Future;
 use std::path::Path;
@@ -17,7 +17,7 @@ impl Connection {
     /// Calls `command` with `body` as a stream after `meta`, and waits for the handler's
     /// reply. The body is read and sent chunk by chunk as the receiver's window allows;
     /// if the handler answers before reading it all, sending stops.
-    pub async fn upload(
+    pub(crate) async fn upload_body(
         &self,
         command: &str,
         meta: impl AsRef<[u8]>,
@@ -48,7 +48,7 @@ impl Connection {
 
     /// Calls `command`, whose handler answers with a stream, starting at byte `offset`
     /// (non-zero to resume). Returns as soon as the stream starts.
-    pub async fn download(
+    pub(crate) async fn open_download(
         &self,
         command: &str,
         meta: impl AsRef<[u8]>,
@@ -81,7 +81,7 @@ impl Connection {
     /// Downloads into the file at `path`. With `resume`, an existing file is kept and the
     /// download continues from its length; otherwise the file is replaced. Returns the
     /// bytes written by this call.
-    pub async fn download_to_file(
+    pub(crate) async fn download_into(
         &self,
         command: &str,
         meta: impl AsRef<[u8]>,
@@ -96,7 +96,7 @@ impl Connection {
             }
             false => 0,
         };
-        self.download(command, meta, offset)
+        self.open_download(command, meta, offset)
             .await?
             .save(path, resume)
             .await

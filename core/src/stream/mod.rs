@@ -3,11 +3,11 @@
 //! either side.
 //!
 //! - An **upload** is a call whose body is a stream:
-//!   [`Connection::upload`](crate::Connection::upload) on the caller,
+//!   [`Calls::upload`](crate::Calls::upload) on the caller,
 //!   [`Router::upload`](crate::Router::upload) on the handler side, which reads it as an
 //!   [`Incoming`].
 //! - A **download** is a call whose reply is a stream:
-//!   [`Connection::download`](crate::Connection::download) on the caller,
+//!   [`Calls::download`](crate::Calls::download) on the caller,
 //!   [`Router::download`](crate::Router::download) on the handler side, which answers
 //!   with an [`Outgoing`].
 //!
@@ -18,7 +18,7 @@
 //!
 //! ```no_run
 //! # async fn demo(client: zserver_core::Client) -> Result<(), zserver_core::Error> {
-//! use zserver_core::{Error, Outgoing, Router};
+//! use zserver_core::{Calls, Error, Outgoing, Router};
 //! let router = Router::new()
 //!     .download("get", |_ctx, req| async move {
 //!         match req.meta_str()? {

@@ -19,17 +19,17 @@ use crate::protocol::{
 
 pub(super) fn router(state: Arc<State>) -> Router {
     let s = state.clone();
-    let router = Router::new().typed("register", move |ctx, c: Credentials| {
+    let router = Router::new().call("register", move |ctx, c: Credentials| {
         let s = s.clone();
         async move { register(&s, &ctx, c.user, c.password).await }
     });
     let s = state.clone();
-    let router = router.typed("login", move |ctx, c: Credentials| {
+    let router = router.call("login", move |ctx, c: Credentials| {
         let s = s.clone();
         async move { Ok::<_, Error>(login(&s, &ctx, c).await?) }
     });
     let s = state.clone();
-    let router = router.typed("logout", move |ctx, (): ()| {
+    let router = router.call("logout", move |ctx, (): ()| {
         let s = s.clone();
         async move {
             let user = s.user(&ctx)?;
@@ -38,17 +38,17 @@ pub(super) fn router(state: Arc<State>) -> Router {
         }
     });
     let s = state.clone();
-    let router = router.typed("passwd", move |ctx, p: NewPassword| {
+    let router = router.call("passwd", move |ctx, p: NewPassword| {
         let s = s.clone();
         async move { change_password(&s, &ctx, p.old, p.new).await }
     });
     let s = state.clone();
-    let router = router.typed("delete", move |ctx, password: String| {
+    let router = router.call("delete", move |ctx, password: String| {
         let s = s.clone();
         async move { delete_account(&s, &ctx, password).await }
     });
     let s = state.clone();
-    let router = router.typed("who", move |ctx, request: WhoRequest| {
+    let router = router.call("who", move |ctx, request: WhoRequest| {
         let s = s.clone();
         async move {
             s.user(&ctx)?;
@@ -56,7 +56,7 @@ pub(super) fn router(state: Arc<State>) -> Router {
         }
     });
     let s = state.clone();
-    let router = router.typed("push", move |ctx, push: Push| {
+    let router = router.call("push", move |ctx, push: Push| {
         let s = s.clone();
         async move {
             let from = s.user(&ctx)?;
@@ -91,7 +91,7 @@ pub(super) fn router(state: Arc<State>) -> Router {
         }
     });
     let s = state.clone();
-    let router = router.typed("ls", move |ctx, (): ()| {
+    let router = router.call("ls", move |ctx, (): ()| {
         let s = s.clone();
         async move {
             let user = s.user(&ctx)?;
@@ -99,7 +99,7 @@ pub(super) fn router(state: Arc<State>) -> Router {
         }
     });
     let s = state.clone();
-    let router = router.typed("stat", move |ctx, name: String| {
+    let router = router.call("stat", move |ctx, name: String| {
         let s = s.clone();
         async move {
             let user = s.user(&ctx)?;
@@ -116,7 +116,7 @@ pub(super) fn router(state: Arc<State>) -> Router {
         }
     });
     let s = state;
-    router.typed("rm", move |ctx, name: String| {
+    router.call("rm", move |ctx, name: String| {
         let s = s.clone();
         async move {
             let user = s.user(&ctx)?;

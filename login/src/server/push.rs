@@ -12,6 +12,7 @@ use crate::cluster::{BoxFuture, Deliver, LocalSessions, NodeId};
 use crate::lock;
 use crate::protocol::{Incoming, PushReport, MAX_REPORTED};
 use crate::store::check_name;
+use zserver::Calls;
 
 /// How long a push waits for room in one recipient's send buffer (their client is not
 /// reading) before it stores the message for them instead; a kick waits as long, then closes

@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use zserver::frame::{encode, FrameDecoder, Header, DEFAULT_MAX_FRAME};
+use zserver::Calls;
 use zserver::{Client, ClientBuilder, Error, Outgoing, Router};
 use zserver_login::protocol::{
     Credentials, FileInfo, Incoming, NewPassword, Push, PushReport, Welcome, WhoPage, WhoRequest,
@@ -294,7 +295,7 @@ async fn connect(server: &LoginServer, ws: bool) -> Conn {
     let mut router = Router::new();
     for name in ["message", "kicked"] {
         let tx = tx.clone();
-        router = router.stream(name, move |_ctx, payload: bytes::Bytes| {
+        router = router.bytes(name, move |_ctx, payload: bytes::Bytes| {
             let tx = tx.clone();
             async move {
                 let _ = tx.send((name.to_owned(), payload.to_vec())).await;

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+use zserver::Calls;
 use zserver::{Client, ClientBuilder, Config, Error, Router, Transport};
 use zserver_login::protocol::{Credentials, Incoming, Welcome};
 use zserver_login::{Event, LoginClient};
@@ -55,7 +56,7 @@ pub async fn stuck_client(
 ) -> Result<Client, Error> {
     let mut stuck = Config::default();
     stuck.max_handlers_in_flight = 1;
-    let router = Router::new().typed("message", |_ctx, _m: Incoming| async {
+    let router = Router::new().call("message", |_ctx, _m: Incoming| async {
         std::future::pending::<()>().await;
         Ok::<_, Error>(())
     });
