@@ -32,12 +32,13 @@ fn a_tiny_bench_run_reports_every_row() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let rows = report["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 20, "{report:#}");
+    assert_eq!(rows.len(), 21, "{report:#}");
     let labels: Vec<&str> = rows.iter().filter_map(|r| r["label"].as_str()).collect();
     for hostile in [
         "server RSS per peer with 1 KB of a 4 MiB frame, plain",
         "server RSS per peer with 1 KB of a 4 MiB record, encrypted",
         "open 500 connections at once, plain",
+        "round trip p50, the back end's transport alone",
     ] {
         assert!(
             labels.contains(&hostile),
