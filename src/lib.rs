@@ -18,7 +18,7 @@
 //! })
 //! .unwrap();
 //! ```
-#![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 use std::future::Future;
 use std::net::ToSocketAddrs;

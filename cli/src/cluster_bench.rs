@@ -15,7 +15,7 @@ use crate::bench::{median, run_on, BoxError};
 
 /// Arguments of `zserver bench-cluster`.
 #[derive(clap::Args, Debug)]
-pub struct ClusterBenchArgs {
+pub(crate) struct ClusterBenchArgs {
     /// The NATS server the two nodes share.
     #[arg(long, env = "ZSERVER_TEST_NATS")]
     pub nats: String,
@@ -34,7 +34,7 @@ pub struct ClusterBenchArgs {
 }
 
 /// Runs the benchmark and prints its table.
-pub fn run(args: ClusterBenchArgs) -> Result<(), BoxError> {
+pub(crate) fn run(args: ClusterBenchArgs) -> Result<(), BoxError> {
     let transport = zserver::transport("tokio").ok_or("no tokio back end")?;
     let runtime = transport.runtime();
     run_on(&runtime, async move { bench(transport, args).await })

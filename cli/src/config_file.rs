@@ -17,7 +17,7 @@ use crate::bench::BoxError;
 const NOT_KEYS: [&str; 3] = ["config", "help", "version"];
 
 /// `cmd` with subcommand `sub`'s defaults taken from the TOML file at `path`.
-pub fn apply(cmd: Command, sub: &str, path: &Path) -> Result<Command, BoxError> {
+pub(crate) fn apply(cmd: Command, sub: &str, path: &Path) -> Result<Command, BoxError> {
     let shown = path.display();
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the config file {shown}: {e}"))?;
@@ -87,7 +87,7 @@ fn scalars(value: &toml::Value) -> Option<Vec<String>> {
 
 /// A parse error once the file's defaults are in: a refused value may be the file's, which
 /// clap reports under the flag's name; this adds the file's name.
-pub fn parse_error(error: clap::Error, path: &Path) -> clap::Error {
+pub(crate) fn parse_error(error: clap::Error, path: &Path) -> clap::Error {
     use clap::error::ErrorKind;
     match error.kind() {
         ErrorKind::InvalidValue | ErrorKind::ValueValidation => {

@@ -13,20 +13,20 @@ use std::path::{Path, PathBuf};
 use crate::bench::BoxError;
 
 /// The known-servers file's default place, under the user's config directory.
-pub fn default_path() -> Option<PathBuf> {
+pub(crate) fn default_path() -> Option<PathBuf> {
     dirs::config_dir().map(|d| d.join("zserver").join("known_servers"))
 }
 
 /// The entries of one known-servers file.
 #[derive(Debug)]
-pub struct KnownServers {
+pub(crate) struct KnownServers {
     path: PathBuf,
     entries: Vec<(String, String)>,
 }
 
 impl KnownServers {
     /// Reads `path` (a missing file has no entries).
-    pub fn load(path: &Path) -> Result<Self, BoxError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, BoxError> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -60,17 +60,17 @@ impl KnownServers {
     }
 
     /// The file's path.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Every (address, fingerprint), in file order.
-    pub fn entries(&self) -> &[(String, String)] {
+    pub(crate) fn entries(&self) -> &[(String, String)] {
         &self.entries
     }
 
     /// The fingerprint recorded for `addr`.
-    pub fn get(&self, addr: &str) -> Option<&str> {
+    pub(crate) fn get(&self, addr: &str) -> Option<&str> {
         self.entries
             .iter()
             .find(|(a, _)| a == addr)
@@ -78,7 +78,7 @@ impl KnownServers {
     }
 
     /// Records `fingerprint` for `addr` (appended; the directory is created if needed).
-    pub fn add(&mut self, addr: &str, fingerprint: &str) -> Result<(), BoxError> {
+    pub(crate) fn add(&mut self, addr: &str, fingerprint: &str) -> Result<(), BoxError> {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -94,7 +94,7 @@ impl KnownServers {
 
     /// Forgets `addr`; whether it was known. The file is rewritten whole (a temporary file
     /// renamed over it), comments included only as entries: they are not kept.
-    pub fn forget(&mut self, addr: &str) -> Result<bool, BoxError> {
+    pub(crate) fn forget(&mut self, addr: &str) -> Result<bool, BoxError> {
         let before = self.entries.len();
         self.entries.retain(|(a, _)| a != addr);
         if self.entries.len() == before {
@@ -114,7 +114,7 @@ impl KnownServers {
 
 /// What a client connection trusts: an explicit pin, a recorded key, or (first use) any key,
 /// to be recorded once the handshake proves it.
-pub struct Trust {
+pub(crate) struct Trust {
     addr: String,
     known: Option<KnownServers>,
     /// The key to insist on, if any.
@@ -124,7 +124,11 @@ pub struct Trust {
 
 impl Trust {
     /// The trust for a connection to `addr`: `pin` if given; otherwise what `file` records.
-    pub fn new(addr: &str, pin: Option<&str>, file: Option<&Path>) -> Result<Self, BoxError> {
+    pub(crate) fn new(
+        addr: &str,
+        pin: Option<&str>,
+        file: Option<&Path>,
+    ) -> Result<Self, BoxError> {
         if let Some(pin) = pin {
             return Ok(Self {
                 addr: addr.to_owned(),
@@ -147,7 +151,7 @@ impl Trust {
     }
 
     /// Explains a refused connection: a key that differs from the recorded one.
-    pub fn explain(&self, error: zserver::Error) -> BoxError {
+    pub(crate) fn explain(&self, error: zserver::Error) -> BoxError {
         match (&error, &self.known) {
             (zserver::Error::KeyMismatch { expected, got }, Some(known)) if self.from_file => {
                 format!(
@@ -165,7 +169,7 @@ impl Trust {
     }
 
     /// After a successful handshake: on first use, records the server's key `fingerprint`.
-    pub fn connected(&mut self, fingerprint: &str) -> Result<(), BoxError> {
+    pub(crate) fn connected(&mut self, fingerprint: &str) -> Result<(), BoxError> {
         if let (None, Some(known)) = (&self.pin, &mut self.known) {
             known.add(&self.addr, fingerprint)?;
             eprintln!(
@@ -179,7 +183,7 @@ impl Trust {
 }
 
 /// `zserver client known [--forget ADDR]`: lists the file's entries, or forgets one.
-pub fn command(file: Option<&Path>, forget: Option<&str>) -> Result<(), BoxError> {
+pub(crate) fn command(file: Option<&Path>, forget: Option<&str>) -> Result<(), BoxError> {
     let path = file
         .map(Path::to_owned)
         .or_else(default_path)

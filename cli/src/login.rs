@@ -18,7 +18,7 @@ use crate::options::{init_logs, CompressionArg, ServeOps};
 
 /// Arguments of `zserver serve`.
 #[derive(clap::Args, Debug)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7100")]
     pub listen: SocketAddr,
@@ -88,7 +88,7 @@ pub struct ServeArgs {
 
 /// Arguments of `zserver user`.
 #[derive(clap::Args, Debug)]
-pub struct UserArgs {
+pub(crate) struct UserArgs {
     /// Data directory of the server.
     #[arg(long, default_value = "zserver-data", global = true)]
     pub data: PathBuf,
@@ -101,7 +101,7 @@ pub struct UserArgs {
 
 /// What `zserver user` does.
 #[derive(clap::Subcommand, Debug)]
-pub enum UserAction {
+pub(crate) enum UserAction {
     /// Creates an account.
     Add {
         /// The user name.
@@ -121,7 +121,7 @@ pub enum UserAction {
 
 /// Arguments of `zserver client`.
 #[derive(clap::Args, Debug)]
-pub struct ClientArgs {
+pub(crate) struct ClientArgs {
     /// The server's address.
     #[arg(long, default_value = "127.0.0.1:7100")]
     pub server: SocketAddr,
@@ -154,7 +154,7 @@ pub struct ClientArgs {
 
 /// What `zserver client` does (every action but `register` logs in first).
 #[derive(clap::Subcommand, Debug)]
-pub enum ClientAction {
+pub(crate) enum ClientAction {
     /// Creates the account.
     Register,
     /// Logs in and prints the messages stored while offline.
@@ -204,7 +204,7 @@ pub enum ClientAction {
     },
 }
 
-pub fn serve(args: ServeArgs) -> Result<(), BoxError> {
+pub(crate) fn serve(args: ServeArgs) -> Result<(), BoxError> {
     init_logs(args.ops.log_format);
     let transport = zserver::transport(&args.backend).ok_or("unknown back end")?;
     let mut config = LoginConfig::new(&args.data);
@@ -292,7 +292,7 @@ pub fn serve(args: ServeArgs) -> Result<(), BoxError> {
     Ok(())
 }
 
-pub fn user(args: UserArgs) -> Result<(), BoxError> {
+pub(crate) fn user(args: UserArgs) -> Result<(), BoxError> {
     let store = Store::open_spec(&args.store, &args.data)?;
     match args.action {
         UserAction::Add { name, password } => {
@@ -336,7 +336,7 @@ fn track(bar: &ProgressBar) -> impl FnMut(u64, Option<u64>) + Send + 'static {
     }
 }
 
-pub fn client(args: ClientArgs) -> Result<(), BoxError> {
+pub(crate) fn client(args: ClientArgs) -> Result<(), BoxError> {
     if let ClientAction::Known { forget } = &args.action {
         return known_servers::command(args.known_servers.as_deref(), forget.as_deref());
     }

@@ -15,6 +15,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 /// `zserver bench` is at par. The library crates pick no allocator.
 #[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
 #[global_allocator]
+#[allow(unsafe_code)] // the attribute expands to an exported static
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options (read once, at its start; `_RJEM_MALLOC_CONF` in the environment
@@ -22,11 +23,13 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
+#[allow(unsafe_code)] // an exported static jemalloc reads at start
 pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 /// mimalloc instead, for comparing (`--features mimalloc`).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
+#[allow(unsafe_code)] // the attribute expands to an exported static
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;

@@ -24,7 +24,7 @@ use crate::bench::BoxError;
 type Series<'a> = (Vec<(&'a str, &'a str)>, u64);
 
 /// The running metrics endpoint; stops when dropped.
-pub struct Exporter {
+pub(crate) struct Exporter {
     http: Arc<tiny_http::Server>,
     thread: Option<JoinHandle<()>>,
     serving: Arc<AtomicBool>,
@@ -33,7 +33,7 @@ pub struct Exporter {
 
 impl Exporter {
     /// Serves `figures` on `addr` (`/metrics`, `/health`).
-    pub fn start(addr: SocketAddr, figures: Figures) -> Result<Self, BoxError> {
+    pub(crate) fn start(addr: SocketAddr, figures: Figures) -> Result<Self, BoxError> {
         let http = Arc::new(
             tiny_http::Server::http(addr)
                 .map_err(|e| format!("metrics endpoint on {addr}: {e}"))?,
@@ -58,12 +58,12 @@ impl Exporter {
     }
 
     /// The address it listens on.
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// From now on `/health` answers 503: the server is shutting down.
-    pub fn shutting_down(&self) {
+    pub(crate) fn shutting_down(&self) {
         self.serving.store(false, Ordering::Release);
     }
 }
@@ -110,7 +110,7 @@ fn answer_requests(http: &tiny_http::Server, registry: &Registry, serving: &Atom
 }
 
 /// What `/metrics` reports, read at each scrape.
-pub struct Figures {
+pub(crate) struct Figures {
     login: Arc<LoginServer>,
     /// Listeners by transport label (`tcp`, later `ws`): add one with [`Figures::transport`].
     transports: Vec<(&'static str, zserver::Server)>,
@@ -126,7 +126,7 @@ impl fmt::Debug for Figures {
 
 impl Figures {
     /// The figures of `login`, whose own listener is the `tcp` transport.
-    pub fn new(login: Arc<LoginServer>) -> Self {
+    pub(crate) fn new(login: Arc<LoginServer>) -> Self {
         let tcp = login.server().clone();
         Self {
             login,
@@ -137,7 +137,7 @@ impl Figures {
     /// Adds another listener's connections and bytes under the label `transport` (such
     /// as `ws` for a WebSocket listener): one call per listener.
     #[allow(dead_code, reason = "for listeners other than TCP, such as WebSocket")]
-    pub fn transport(mut self, transport: &'static str, server: zserver::Server) -> Self {
+    pub(crate) fn transport(mut self, transport: &'static str, server: zserver::Server) -> Self {
         self.transports.push((transport, server));
         self
     }

@@ -10,7 +10,7 @@ use tracing_subscriber::fmt::format::FmtSpan;
 /// `--compression`: the payload codecs a side offers ([`zserver::codec`]). Both sides must
 /// offer a codec for it to be used; the client's preference wins.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum CompressionArg {
+pub(crate) enum CompressionArg {
     /// Offer nothing: payloads travel as they are (the handshake is the same as without
     /// codecs).
     #[default]
@@ -23,7 +23,7 @@ pub enum CompressionArg {
 
 impl CompressionArg {
     /// The library setting this choice stands for.
-    pub fn compression(self) -> zserver::Compression {
+    pub(crate) fn compression(self) -> zserver::Compression {
         match self {
             CompressionArg::None => zserver::Compression::off(),
             CompressionArg::Lz4 => zserver::Compression::lz4(),
@@ -32,7 +32,7 @@ impl CompressionArg {
     }
 
     /// The flag's value as written on the command line.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             CompressionArg::None => "none",
             CompressionArg::Lz4 => "lz4",
@@ -43,7 +43,7 @@ impl CompressionArg {
 
 /// `--log-format`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines.
     #[default]
     Text,
@@ -53,7 +53,7 @@ pub enum LogFormat {
 
 /// `serve`'s operator flags (flattened into its arguments, so each is a config-file key too).
 #[derive(clap::Args, Debug)]
-pub struct ServeOps {
+pub(crate) struct ServeOps {
     /// Read flags from this TOML file: each key is a flag's name (`quota-mib = 2048`); a
     /// flag given on the command line wins. See zserver.example.toml.
     #[arg(long, value_name = "FILE")]
@@ -77,7 +77,7 @@ pub struct ServeOps {
 /// Installs the global log subscriber: `format` on standard error, filtered by RUST_LOG
 /// (default `info`). A span's close is logged with its duration (`time.busy`, `time.idle`):
 /// a connection's at `info`, each call's at `debug` (`RUST_LOG=zserver_core=debug`).
-pub fn init_logs(format: LogFormat) {
+pub(crate) fn init_logs(format: LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()

@@ -2,6 +2,7 @@
 //! incompressible bytes (what a sender pays before it falls back to the raw payload).
 //!
 //! `cargo bench -p zserver-core --bench codec`
+#![allow(missing_docs)] // criterion_group! makes an undocumented `pub fn`
 
 use std::hint::black_box;
 

@@ -1,6 +1,7 @@
 //! Framing micro-benchmarks: encoding and decoding call frames, small and large.
 //!
 //! `cargo bench -p zserver-core --bench frame`
+#![allow(missing_docs)] // criterion_group! makes an undocumented `pub fn`
 
 use std::hint::black_box;
 

@@ -27,7 +27,7 @@
 //! - Handlers run concurrently by default: a slow call does not hold up later ones, and
 //!   replies may arrive out of order (they are matched by request id).
 //! - With [`Config::sequential`], each handler finishes before the next one starts.
-#![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod blocking;
 pub mod calls;

@@ -9,6 +9,8 @@
 //!   small allocation for the reference count); every later frame, with its command and
 //!   payload `Bytes`, only bumps that reference count. Dropping the frames allocates nothing.
 
+#![allow(unsafe_code)] // a counting global allocator needs it, and nothing else here
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 

@@ -3,6 +3,7 @@
 //! embedded SQLite store (WAL, `synchronous=FULL`: each commit waits for the disk).
 //!
 //! `cargo bench -p zserver-login --bench store`
+#![allow(missing_docs)] // criterion_group! makes an undocumented `pub fn`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use zserver_login::Store;

@@ -19,7 +19,7 @@
 //! let offline = client.login("ann", "secret").await?;
 //! # Ok(()) }
 //! ```
-#![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod client;
 pub mod cluster;

@@ -10,7 +10,7 @@ use futures_lite::io::AsyncRead;
 
 /// A reader of `len` pseudo-random bytes that never exist in memory all at once. It hashes
 /// what it yields, counts it, and notes when it is dropped.
-pub struct Generated {
+pub(crate) struct Generated {
     left: u64,
     state: u64,
     produced: Arc<AtomicU64>,
@@ -19,14 +19,14 @@ pub struct Generated {
 }
 
 #[derive(Clone, Default)]
-pub struct Probe {
+pub(crate) struct Probe {
     pub produced: Arc<AtomicU64>,
     pub hasher: Arc<Mutex<blake3::Hasher>>,
     pub dropped: Arc<AtomicBool>,
 }
 
 impl Probe {
-    pub fn reader(&self, len: u64, seed: u64) -> Generated {
+    pub(crate) fn reader(&self, len: u64, seed: u64) -> Generated {
         Generated {
             left: len,
             state: seed | 1,
@@ -36,7 +36,7 @@ impl Probe {
         }
     }
 
-    pub fn hash(&self) -> [u8; 32] {
+    pub(crate) fn hash(&self) -> [u8; 32] {
         *self.hasher.lock().unwrap().finalize().as_bytes()
     }
 }

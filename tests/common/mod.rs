@@ -4,7 +4,7 @@
 //! facade are used, so the same code runs under every back end.
 #![allow(dead_code)]
 
-pub mod generated;
+pub(crate) mod generated;
 
 /// `both!(case)`: two tests, `case::v4` and `case::v6`, each running `async fn case(addr)`
 /// under `zserver::block_on` within the time limit. `both!(sync case)` does the same for a
@@ -51,14 +51,14 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// Every test fails if it has not finished within this time.
-pub const TEST_LIMIT: Duration = Duration::from_secs(30);
+pub(crate) const TEST_LIMIT: Duration = Duration::from_secs(30);
 
 /// How long a test waits for one expected event before failing.
-pub const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
 /// Runs `f` on its own thread and fails if it panics or does not finish within
 /// [`TEST_LIMIT`]. A hung body (async or blocking) thus fails instead of hanging the suite.
-pub fn bounded(f: impl FnOnce() + Send + 'static) {
+pub(crate) fn bounded(f: impl FnOnce() + Send + 'static) {
     let (tx, rx) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("bounded-test-body".into())
@@ -75,7 +75,7 @@ pub fn bounded(f: impl FnOnce() + Send + 'static) {
 }
 
 /// Awaits `fut`, failing the test with `what` if it takes longer than `limit`.
-pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+pub(crate) async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
     let timed = futures_lite::future::or(async { Some(fut.await) }, async {
         zserver::sleep(limit).await;
         None
@@ -86,7 +86,7 @@ pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>
 
 /// Polls `cond` every few milliseconds until it holds, failing after [`WAIT`]. Only for
 /// state that has no event to await (such as a connection count dropping).
-pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !cond() {
         assert!(
@@ -98,7 +98,7 @@ pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// A shared value whose changes can be awaited from any task or thread.
-pub struct Watch<T> {
+pub(crate) struct Watch<T> {
     inner: Mutex<WatchInner<T>>,
 }
 
@@ -108,7 +108,7 @@ struct WatchInner<T> {
 }
 
 impl<T> Watch<T> {
-    pub fn new(value: T) -> Arc<Self> {
+    pub(crate) fn new(value: T) -> Arc<Self> {
         Arc::new(Self {
             inner: Mutex::new(WatchInner {
                 value,
@@ -122,7 +122,7 @@ impl<T> Watch<T> {
     }
 
     /// Changes the value and wakes every waiter.
-    pub fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+    pub(crate) fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         let (result, wakers) = {
             let mut inner = self.lock();
             let result = f(&mut inner.value);
@@ -133,12 +133,12 @@ impl<T> Watch<T> {
     }
 
     /// Reads the value.
-    pub fn get<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+    pub(crate) fn get<R>(&self, f: impl FnOnce(&T) -> R) -> R {
         f(&self.lock().value)
     }
 
     /// Waits until `f` returns `Some`, failing the test after `limit`.
-    pub async fn wait_within<R>(
+    pub(crate) async fn wait_within<R>(
         &self,
         limit: Duration,
         what: &str,
@@ -158,24 +158,24 @@ impl<T> Watch<T> {
     }
 
     /// Waits (up to [`WAIT`]) until `f` returns `Some`.
-    pub async fn wait<R>(&self, what: &str, f: impl FnMut(&mut T) -> Option<R>) -> R {
+    pub(crate) async fn wait<R>(&self, what: &str, f: impl FnMut(&mut T) -> Option<R>) -> R {
         self.wait_within(WAIT, what, f).await
     }
 
     /// Waits (up to [`WAIT`]) until `pred` holds.
-    pub async fn wait_for(&self, what: &str, mut pred: impl FnMut(&T) -> bool) {
+    pub(crate) async fn wait_for(&self, what: &str, mut pred: impl FnMut(&T) -> bool) {
         self.wait(what, |v| pred(v).then_some(())).await
     }
 }
 
 impl<T: Clone> Watch<T> {
-    pub fn snapshot(&self) -> T {
+    pub(crate) fn snapshot(&self) -> T {
         self.get(T::clone)
     }
 }
 
 /// Awaits every future, polling only those not yet done; results in input order.
-pub async fn join_all<F: Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+pub(crate) async fn join_all<F: Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
     let mut futs: Vec<Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
     let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
     poll_fn(|cx| {
@@ -200,7 +200,7 @@ pub async fn join_all<F: Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Ou
 
 /// Runs blocking code on a plain std thread and awaits its result without blocking the
 /// executor; a panic on that thread is re-raised here.
-pub async fn on_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) async fn on_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     let slot = Watch::new(None);
     let s = slot.clone();
     std::thread::spawn(move || {
@@ -219,18 +219,18 @@ pub async fn on_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static
 // ----- raw sockets --------------------------------------------------------------------
 
 /// The preamble of protocol version 1: magic, version 1 (LE), reserved 0.
-pub const PREAMBLE: [u8; 8] = *b"ZSRV\x01\x00\x00\x00";
+pub(crate) const PREAMBLE: [u8; 8] = *b"ZSRV\x01\x00\x00\x00";
 
 /// `Call` id 1 of command `echo` with payload `hi` (docs/PROTOCOL.md, "Worked example").
-pub const ECHO_HI_CALL: [u8; 14] = [
+pub(crate) const ECHO_HI_CALL: [u8; 14] = [
     0x0a, 0, 0, 0, 0x00, 0x00, 0x01, 0x04, b'e', b'c', b'h', b'o', b'h', b'i',
 ];
 
 /// The `Reply` to [`ECHO_HI_CALL`] from a console `echo` handler.
-pub const ECHO_HI_REPLY: [u8; 10] = [0x06, 0, 0, 0, 0x02, 0x00, 0x01, 0x00, b'h', b'i'];
+pub(crate) const ECHO_HI_REPLY: [u8; 10] = [0x06, 0, 0, 0, 0x02, 0x00, 0x01, 0x00, b'h', b'i'];
 
 /// A blocking std socket with bounded reads and writes.
-pub fn raw_connect(addr: SocketAddr) -> TcpStream {
+pub(crate) fn raw_connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("raw connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -239,7 +239,7 @@ pub fn raw_connect(addr: SocketAddr) -> TcpStream {
 }
 
 /// Connects, exchanges preambles correctly and checks one documented call round trip.
-pub fn raw_handshaken(addr: SocketAddr) -> TcpStream {
+pub(crate) fn raw_handshaken(addr: SocketAddr) -> TcpStream {
     let mut s = raw_connect(addr);
     s.write_all(&PREAMBLE).unwrap();
     let mut theirs = [0u8; 8];
@@ -255,7 +255,7 @@ pub fn raw_handshaken(addr: SocketAddr) -> TcpStream {
 
 /// Reads until the peer closes (EOF or reset). Fails if the socket stays open for the
 /// read time-out, i.e. the server did not close the connection.
-pub fn expect_closed(s: &mut TcpStream) -> Result<(), String> {
+pub(crate) fn expect_closed(s: &mut TcpStream) -> Result<(), String> {
     let mut buf = [0u8; 4096];
     loop {
         match s.read(&mut buf) {
@@ -273,7 +273,7 @@ pub fn expect_closed(s: &mut TcpStream) -> Result<(), String> {
 /// Runs `hostile` on a std thread against `server`, which holds exactly one good
 /// connection, and waits until the server has closed the hostile one alone and counted
 /// its error.
-pub async fn hostile_closed_alone(
+pub(crate) async fn hostile_closed_alone(
     server: &zserver::Server,
     hostile: impl FnOnce(SocketAddr) -> Result<(), String> + Send + 'static,
 ) {
@@ -300,12 +300,12 @@ pub async fn hostile_closed_alone(
 /// [`suite_server`] then listen, and clients built with [`suite_client`] connect, with
 /// WebSocket over the back end's TCP; the tests themselves do not change. Tests that
 /// speak the TCP wire format on raw sockets return early (see [`skip_over_ws`]).
-pub fn over_ws() -> bool {
+pub(crate) fn over_ws() -> bool {
     std::env::var("ZSERVER_TEST_TRANSPORT").is_ok_and(|v| v == "ws")
 }
 
 /// The transport under test: the default back end's TCP, or WebSocket over it.
-pub fn suite_transport() -> Arc<dyn zserver::Transport> {
+pub(crate) fn suite_transport() -> Arc<dyn zserver::Transport> {
     let tcp = zserver::default_transport();
     #[cfg(feature = "ws")]
     let tcp: Arc<dyn zserver::Transport> = if over_ws() {
@@ -322,18 +322,18 @@ pub fn suite_transport() -> Arc<dyn zserver::Transport> {
 }
 
 /// A server builder on the transport under test.
-pub fn suite_server() -> zserver::ServerBuilder {
+pub(crate) fn suite_server() -> zserver::ServerBuilder {
     zserver::ServerBuilder::new(suite_transport())
 }
 
 /// A client builder on the transport under test.
-pub fn suite_client() -> zserver::ClientBuilder {
+pub(crate) fn suite_client() -> zserver::ClientBuilder {
     zserver::ClientBuilder::new(suite_transport())
 }
 
 /// True (and says so) when running over WebSocket: for tests that write the TCP wire
 /// format on raw sockets, which a WebSocket listener rightly refuses.
-pub fn skip_over_ws(test: &str) -> bool {
+pub(crate) fn skip_over_ws(test: &str) -> bool {
     let skip = over_ws();
     if skip {
         eprintln!("{test}: raw TCP wire test, skipped over WebSocket");
@@ -342,7 +342,7 @@ pub fn skip_over_ws(test: &str) -> bool {
 }
 
 /// Binds a server on `addr` (port 0 for any) with `router` and `config`.
-pub async fn start_server(
+pub(crate) async fn start_server(
     addr: &str,
     router: zserver::Router,
     config: zserver::Config,
@@ -358,7 +358,7 @@ pub async fn start_server(
 }
 
 /// Connects a client with `router` and `config` to `server`, failing after [`WAIT`].
-pub async fn connect_client(
+pub(crate) async fn connect_client(
     server: &zserver::Server,
     router: zserver::Router,
     config: zserver::Config,
@@ -376,7 +376,7 @@ pub async fn connect_client(
 }
 
 /// Shuts `server` down, failing if that takes over 15 s.
-pub async fn shutdown(server: &zserver::Server) {
+pub(crate) async fn shutdown(server: &zserver::Server) {
     within(
         Duration::from_secs(15),
         "server shutdown",

@@ -2,6 +2,7 @@
 //!
 //! async-std is discontinued upstream (RUSTSEC-2025-0052). This back end is kept for
 //! existing async-std applications; new ones should pick the tokio or smol back end.
+#![forbid(unsafe_code)]
 
 use std::io;
 use std::net::SocketAddr;

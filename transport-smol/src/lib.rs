@@ -1,5 +1,6 @@
 //! The smol back end for zserver: TCP over IPv4 and IPv6 on a smol executor with one
 //! worker thread per core.
+#![forbid(unsafe_code)]
 
 use std::cell::Cell;
 use std::io;

@@ -1,4 +1,5 @@
 //! The tokio back end for zserver: TCP over IPv4 and IPv6 on a tokio runtime.
+#![forbid(unsafe_code)]
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;

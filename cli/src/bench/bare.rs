@@ -17,7 +17,7 @@ use super::{measure, run_on, Sample, Tally, PAYLOAD, RAMP, STOP};
 
 /// Listens on `transport` and answers each `u32-LE length + payload` frame with itself;
 /// returns the address.
-pub fn serve(transport: Arc<dyn Transport>) -> std::io::Result<SocketAddr> {
+pub(super) fn serve(transport: Arc<dyn Transport>) -> std::io::Result<SocketAddr> {
     let runtime = transport.runtime();
     let rt = runtime.clone();
     run_on(&runtime, async move {
@@ -51,7 +51,7 @@ async fn echo(mut r: BoxRead, mut w: BoxWrite) -> std::io::Result<()> {
 }
 
 /// One frame in flight over the back end's transport: frames/s and round-trip percentiles.
-pub fn pingpong(t: &Target, ramp: f64, secs: f64) -> Sample {
+pub(super) fn pingpong(t: &Target, ramp: f64, secs: f64) -> Sample {
     let (transport, addr) = (t.transport.clone(), t.addr);
     let conn = run_on(&t.runtime, async move { transport.connect(addr).await })
         .unwrap_or_else(|e| panic!("cannot connect to the bare echo at {addr}: {e}"));

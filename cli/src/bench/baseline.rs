@@ -21,7 +21,7 @@ use super::{measure, Sample, Tally, PAYLOAD, RAMP, STOP, WINDOW};
 const IO_BUF: usize = 64 * 1024;
 
 /// The tokio runtime the baselines run on: 2 workers, like zserver's tokio back end.
-pub fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -46,7 +46,7 @@ impl Echo for EchoServer {
 }
 
 /// Starts the three baseline servers; returns raw echo, raw sink and tarpc addresses.
-pub async fn serve() -> std::io::Result<(SocketAddr, SocketAddr, SocketAddr)> {
+pub(crate) async fn serve() -> std::io::Result<(SocketAddr, SocketAddr, SocketAddr)> {
     let echo = TcpListener::bind("127.0.0.1:0").await?;
     let sink = TcpListener::bind("127.0.0.1:0").await?;
     let addrs = (echo.local_addr()?, sink.local_addr()?);
@@ -152,7 +152,12 @@ async fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 /// One call in flight: calls/s and round-trip percentiles.
-pub fn raw_pingpong(rt: &tokio::runtime::Handle, addr: SocketAddr, ramp: f64, secs: f64) -> Sample {
+pub(crate) fn raw_pingpong(
+    rt: &tokio::runtime::Handle,
+    addr: SocketAddr,
+    ramp: f64,
+    secs: f64,
+) -> Sample {
     let phase = Arc::new(AtomicU8::new(RAMP));
     let (tx, rx) = mpsc::channel();
     let p = phase.clone();
@@ -176,7 +181,7 @@ pub fn raw_pingpong(rt: &tokio::runtime::Handle, addr: SocketAddr, ramp: f64, se
 }
 
 /// `conns` connections, each with 64 calls kept in flight: calls/s.
-pub fn raw_pipelined(
+pub(crate) fn raw_pipelined(
     rt: &tokio::runtime::Handle,
     addr: SocketAddr,
     conns: usize,
@@ -222,7 +227,7 @@ pub fn raw_pipelined(
 
 /// One-way frames for `secs` through a buffered writer, then the sink's count: messages
 /// received per second.
-pub fn raw_oneway(rt: &tokio::runtime::Handle, addr: SocketAddr, secs: f64) -> Sample {
+pub(crate) fn raw_oneway(rt: &tokio::runtime::Handle, addr: SocketAddr, secs: f64) -> Sample {
     rt.block_on(async move {
         let (mut r, w) = connect(addr).await.into_split();
         let mut w = BufWriter::with_capacity(IO_BUF, w);
@@ -250,7 +255,7 @@ async fn tarpc_client(addr: SocketAddr) -> EchoClient {
 }
 
 /// tarpc, one call in flight.
-pub fn tarpc_pingpong(
+pub(crate) fn tarpc_pingpong(
     rt: &tokio::runtime::Handle,
     addr: SocketAddr,
     ramp: f64,
@@ -280,7 +285,7 @@ pub fn tarpc_pingpong(
 }
 
 /// tarpc, `conns` connections with 64 calls in flight on each.
-pub fn tarpc_pipelined(
+pub(crate) fn tarpc_pipelined(
     rt: &tokio::runtime::Handle,
     addr: SocketAddr,
     conns: usize,
@@ -311,7 +316,7 @@ pub fn tarpc_pipelined(
 }
 
 /// One core sealing 64 KiB records with ring's AES-256-GCM for about `secs`: GiB/s.
-pub fn aes_rate(secs: f64) -> f64 {
+pub(crate) fn aes_rate(secs: f64) -> f64 {
     use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
     let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7; 32]).unwrap());
     let mut record = vec![0u8; 64 * 1024];
@@ -331,7 +336,7 @@ pub fn aes_rate(secs: f64) -> f64 {
 }
 
 /// Raw tokio TCP on 127.0.0.1, 1 MiB writes, no framing: GiB/s.
-pub fn loopback_rate(rt: &tokio::runtime::Handle, total: u64) -> f64 {
+pub(crate) fn loopback_rate(rt: &tokio::runtime::Handle, total: u64) -> f64 {
     rt.block_on(async move {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -358,6 +363,6 @@ pub fn loopback_rate(rt: &tokio::runtime::Handle, total: u64) -> f64 {
     })
 }
 
-pub fn gib_per_s(bytes: u64, elapsed: Duration) -> f64 {
+pub(crate) fn gib_per_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / elapsed.as_secs_f64() / (1u64 << 30) as f64
 }

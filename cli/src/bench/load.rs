@@ -29,7 +29,7 @@ fn source(i: usize, server: SocketAddr) -> Option<SocketAddr> {
 }
 
 /// One back end's client side: its transport and a server to talk to.
-pub struct Target {
+pub(crate) struct Target {
     pub transport: Arc<dyn Transport>,
     pub runtime: Arc<dyn Runtime>,
     pub addr: SocketAddr,
@@ -37,12 +37,12 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn new(backend: &str, addr: SocketAddr, encrypted: bool) -> Self {
+    pub(crate) fn new(backend: &str, addr: SocketAddr, encrypted: bool) -> Self {
         Self::over(backend, addr, encrypted, false)
     }
 
     /// Like [`new`](Self::new); over WebSocket (on the back end's TCP) if `ws`.
-    pub fn over(backend: &str, addr: SocketAddr, encrypted: bool, ws: bool) -> Self {
+    pub(crate) fn over(backend: &str, addr: SocketAddr, encrypted: bool, ws: bool) -> Self {
         let mut transport = zserver::transport(backend).expect("built-in back end");
         if ws {
             transport = Arc::new(zserver::WsTransport::new(transport));
@@ -59,7 +59,7 @@ impl Target {
         }
     }
 
-    pub fn connect(&self) -> Client {
+    pub(crate) fn connect(&self) -> Client {
         let (t, c, addr) = (self.transport.clone(), self.config.clone(), self.addr);
         run_on(&self.runtime, async move {
             ClientBuilder::new(t).config(c).connect(addr).await
@@ -69,7 +69,7 @@ impl Target {
 }
 
 /// One call in flight: calls/s and round-trip percentiles.
-pub fn pingpong(t: &Target, ramp: f64, secs: f64) -> Sample {
+pub(crate) fn pingpong(t: &Target, ramp: f64, secs: f64) -> Sample {
     let client = t.connect();
     let phase = Arc::new(AtomicU8::new(RAMP));
     let (tx, rx) = mpsc::channel();
@@ -94,7 +94,7 @@ pub fn pingpong(t: &Target, ramp: f64, secs: f64) -> Sample {
 }
 
 /// `conns` connections, each with one task keeping 64 calls in flight: calls/s.
-pub fn pipelined(t: &Target, conns: usize, ramp: f64, secs: f64) -> Sample {
+pub(crate) fn pipelined(t: &Target, conns: usize, ramp: f64, secs: f64) -> Sample {
     let clients: Vec<Client> = (0..conns).map(|_| t.connect()).collect();
     let phase = Arc::new(AtomicU8::new(RAMP));
     let (tx, rx) = mpsc::channel();
@@ -122,7 +122,7 @@ pub fn pipelined(t: &Target, conns: usize, ramp: f64, secs: f64) -> Sample {
 
 /// One-way sends for `secs`, then a call for the server's count: messages received per
 /// second (the call is ordered after the sends, so it counts them all).
-pub fn oneway(t: &Target, secs: f64) -> Sample {
+pub(crate) fn oneway(t: &Target, secs: f64) -> Sample {
     let client = t.connect();
     run_on(&t.runtime, async move {
         let payload = [0xA5u8; PAYLOAD];
@@ -142,7 +142,7 @@ pub fn oneway(t: &Target, secs: f64) -> Sample {
 }
 
 /// One upload of `bytes` as a stream: GiB/s.
-pub fn bulk(t: &Target, bytes: u64) -> Sample {
+pub(crate) fn bulk(t: &Target, bytes: u64) -> Sample {
     let client = t.connect();
     run_on(&t.runtime, async move {
         let source = futures::io::AsyncReadExt::take(futures::io::repeat(0x5A), bytes);
@@ -160,7 +160,11 @@ pub fn bulk(t: &Target, bytes: u64) -> Sample {
 /// Opens `n` connections, at most `at_once` handshakes at a time, spread over the source
 /// addresses of [`source`]; returns them and the seconds it took, or which connection
 /// failed and why.
-pub fn open_many(t: &Target, n: usize, at_once: usize) -> Result<(Vec<Client>, f64), BoxError> {
+pub(crate) fn open_many(
+    t: &Target,
+    n: usize,
+    at_once: usize,
+) -> Result<(Vec<Client>, f64), BoxError> {
     let (transport, config, addr) = (t.transport.clone(), t.config.clone(), t.addr);
     run_on(&t.runtime, async move {
         let start = Instant::now();

@@ -23,29 +23,29 @@ use zserver::Runtime;
 use crate::options::CompressionArg;
 
 mod bare;
-pub mod baseline;
-pub mod load;
+pub(crate) mod baseline;
+pub(crate) mod load;
 mod partial;
 mod report;
-pub mod server;
+pub(crate) mod server;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Payload of every small call and one-way message, in bytes.
-pub const PAYLOAD: usize = 64;
+pub(crate) const PAYLOAD: usize = 64;
 /// Calls kept in flight per connection in the pipelined rows.
-pub const WINDOW: usize = 64;
+pub(crate) const WINDOW: usize = 64;
 /// Connections in the multi-connection rows.
-pub const CONNS: usize = 8;
+pub(crate) const CONNS: usize = 8;
 
 /// Phases of a timed run, shared by the driver and the load tasks.
-pub const RAMP: u8 = 0;
-pub const MEASURE: u8 = 1;
-pub const STOP: u8 = 2;
+pub(crate) const RAMP: u8 = 0;
+pub(crate) const MEASURE: u8 = 1;
+pub(crate) const STOP: u8 = 2;
 
 /// Arguments of `zserver bench`.
 #[derive(clap::Args, Debug)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// Back ends to compare, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "tokio,async-std,smol")]
     pub backends: Vec<String>,
@@ -77,7 +77,7 @@ pub struct BenchArgs {
 
 /// The settings of one run, after defaults.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub backends: Vec<String>,
     pub quick: bool,
     pub runs: usize,
@@ -127,7 +127,7 @@ impl Settings {
 
 /// What one load task counted.
 #[derive(Default)]
-pub struct Tally {
+pub(crate) struct Tally {
     calls: u64,
     /// Round trips in nanoseconds (ping-pong rows only).
     rtts: Vec<u64>,
@@ -135,7 +135,7 @@ pub struct Tally {
 
 impl Tally {
     /// Counts one call finished in `phase`, with its round trip if measured.
-    pub fn record(&mut self, phase: u8, rtt: Option<Duration>) {
+    pub(crate) fn record(&mut self, phase: u8, rtt: Option<Duration>) {
         if phase == MEASURE {
             self.calls += 1;
             if let Some(rtt) = rtt {
@@ -147,7 +147,7 @@ impl Tally {
 
 /// One run of one row.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Calls, messages or GiB per second.
     pub rate: f64,
     /// Round-trip percentiles in microseconds (NaN where not measured).
@@ -156,7 +156,7 @@ pub struct Sample {
 }
 
 impl Sample {
-    pub fn rate(rate: f64) -> Self {
+    pub(crate) fn rate(rate: f64) -> Self {
         Sample {
             rate,
             p50_us: f64::NAN,
@@ -166,7 +166,7 @@ impl Sample {
 }
 
 /// Lets the load tasks ramp up, counts for `secs`, stops them and gathers their tallies.
-pub fn measure(
+pub(crate) fn measure(
     phase: &AtomicU8,
     done: mpsc::Receiver<Tally>,
     tasks: usize,
@@ -198,7 +198,7 @@ pub fn measure(
 }
 
 /// Runs `fut` on `rt` and blocks this (non-worker) thread for its result.
-pub fn run_on<T: Send + 'static>(
+pub(crate) fn run_on<T: Send + 'static>(
     rt: &Arc<dyn Runtime>,
     fut: impl std::future::Future<Output = T> + Send + 'static,
 ) -> T {
@@ -209,7 +209,7 @@ pub fn run_on<T: Send + 'static>(
     rx.recv().expect("the task panicked")
 }
 
-pub fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.retain(|x| !x.is_nan());
     if v.is_empty() {
         return f64::NAN;
@@ -308,7 +308,7 @@ struct Job {
     samples: Vec<Sample>,
 }
 
-pub fn run(args: BenchArgs) -> Result<(), BoxError> {
+pub(crate) fn run(args: BenchArgs) -> Result<(), BoxError> {
     let s = Settings::from_args(&args)?;
     let started = Instant::now();
     eprintln!(

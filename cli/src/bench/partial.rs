@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::BoxError;
 
 /// Bytes each peer sends of its frame or record (after the header).
-pub const SENT: usize = 1000;
+pub(super) const SENT: usize = 1000;
 
 /// Length a peer announces: a whole 4 MiB frame, the default `max_frame`.
 const ANNOUNCED: u32 = 4 * 1024 * 1024;
@@ -20,7 +20,7 @@ const NOISE_PARAMS: &str = "Noise_XX_25519_AESGCM_SHA256";
 /// Opens one connection to `addr` that announces a 4 MiB frame (or, if `encrypted`, after
 /// the Noise handshake, a 4 MiB record) and sends [`SENT`] bytes of it. The caller keeps
 /// the socket open for as long as the server should hold the partial frame.
-pub fn open(addr: SocketAddr, encrypted: bool) -> Result<TcpStream, BoxError> {
+pub(super) fn open(addr: SocketAddr, encrypted: bool) -> Result<TcpStream, BoxError> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.set_nodelay(true)?;

@@ -9,7 +9,7 @@ use super::{median, Sample, Settings, CONNS, WINDOW};
 
 /// One figure per back end, with the baselines it is compared to.
 #[derive(Serialize)]
-pub struct Row {
+pub(super) struct Row {
     pub label: String,
     pub unit: &'static str,
     /// Median per back end, in `Settings::backends` order.
@@ -20,7 +20,7 @@ pub struct Row {
 
 /// A target from the issue, per back end.
 #[derive(Serialize)]
-pub struct Target {
+pub(super) struct Target {
     pub goal: &'static str,
     /// (measured ratio or value, met) per back end.
     pub results: Vec<(f64, bool)>,
@@ -28,7 +28,7 @@ pub struct Target {
 
 /// A row over WebSocket, compared per back end with the same row over TCP.
 #[derive(Serialize)]
-pub struct WsRow {
+pub(super) struct WsRow {
     pub label: String,
     pub unit: &'static str,
     /// Median over WebSocket per back end, in `Settings::backends` order.
@@ -37,7 +37,7 @@ pub struct WsRow {
     pub tcp: Vec<f64>,
 }
 
-pub struct Report {
+pub(super) struct Report {
     backends: Vec<String>,
     rows: Vec<Row>,
     ws_rows: Vec<WsRow>,
@@ -67,7 +67,7 @@ fn med(samples: &BTreeMap<String, Vec<Sample>>, key: &str, field: Field) -> f64 
 }
 
 impl Report {
-    pub fn new(
+    pub(super) fn new(
         s: &Settings,
         samples: &BTreeMap<String, Vec<Sample>>,
         scale: &BTreeMap<String, Vec<(f64, f64)>>,
@@ -232,7 +232,7 @@ impl Report {
         }
     }
 
-    pub fn print(&self) {
+    pub(super) fn print(&self) {
         const W: usize = 12;
         print!("\n{:<46}", "row (median of runs)");
         for b in &self.backends {
@@ -286,7 +286,7 @@ impl Report {
         );
     }
 
-    pub fn json(
+    pub(super) fn json(
         &self,
         s: &Settings,
         samples: &BTreeMap<String, Vec<Sample>>,

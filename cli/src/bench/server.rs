@@ -15,7 +15,7 @@ use crate::options::CompressionArg;
 
 /// Arguments of the hidden `bench-server` command.
 #[derive(clap::Args, Debug)]
-pub struct ServerArgs {
+pub(crate) struct ServerArgs {
     /// Serve zserver on this back end (plain and encrypted).
     #[arg(long, conflicts_with = "baselines")]
     pub backend: Option<String>,
@@ -30,7 +30,7 @@ pub struct ServerArgs {
 /// The bench handlers: `echo` (a call), `sink` (one-way, counted), `count` (the count so
 /// far) and `bulk` (an upload, drained; answers with its length). `echo` and `sink` are
 /// synchronous handlers (`Router::sync_bytes`), run on the connection's task as they are read.
-pub fn router() -> Router {
+pub(crate) fn router() -> Router {
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
     Router::new()
@@ -52,7 +52,7 @@ pub fn router() -> Router {
         })
 }
 
-pub fn run(args: ServerArgs) -> Result<(), BoxError> {
+pub(crate) fn run(args: ServerArgs) -> Result<(), BoxError> {
     let mut addrs: BTreeMap<&str, SocketAddr> = BTreeMap::new();
     let _keep_alive;
     if let Some(name) = &args.backend {

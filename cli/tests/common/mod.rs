@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 ///
 /// A port found free on 127.0.0.1 can be taken, before the server binds it, as the source
 /// port of any other test's outgoing connection; nothing else uses these addresses.
-pub fn free_addr() -> SocketAddr {
+pub(crate) fn free_addr() -> SocketAddr {
     static NEXT: AtomicU8 = AtomicU8::new(1);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let ip = Ipv4Addr::new(127, 77, (std::process::id() % 250) as u8, n);

@@ -22,6 +22,6 @@ mod transmit;
 
 pub use command::CommandKind;
 pub(crate) use pack::{Packed, Packer};
-pub use state::{Event, Keys, Limits, Proto};
+pub(crate) use state::{Event, Keys, Limits, Proto};
 pub(crate) use stream_frames::stream_header;
-pub use transmit::Transmit;
+pub(crate) use transmit::Transmit;

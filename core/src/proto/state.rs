@@ -24,7 +24,7 @@ use crate::stats::Counters;
 
 /// The limits and timers a connection runs with (from its [`Config`]).
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Largest frame accepted or sent; it caps records too.
     pub max_frame: usize,
     /// Bytes queued for sending above which senders should wait.
@@ -37,7 +37,7 @@ pub struct Limits {
 
 impl Limits {
     /// The limits of `config`.
-    pub fn of(config: &Config) -> Self {
+    pub(crate) fn of(config: &Config) -> Self {
         Self {
             max_frame: config.max_frame,
             max_pending_write: config.max_pending_write,
@@ -48,7 +48,7 @@ impl Limits {
 }
 
 /// Something the layer above must act on, in the order it happened.
-pub enum Event {
+pub(crate) enum Event {
     /// A call or a one-way send for a handler (payload already decompressed).
     Request(Frame),
     /// A call of ours finished (reply, error or time-out): fire it.
@@ -60,7 +60,7 @@ pub enum Event {
 }
 
 /// The record layer of an encrypted link, both directions.
-pub struct Keys {
+pub(crate) struct Keys {
     /// Seals what this side sends.
     pub sealer: Sealer,
     /// Opens what the peer sends.
@@ -71,7 +71,7 @@ pub struct Keys {
 /// the calls awaiting replies with their deadlines, the streams and their credit,
 /// heartbeat and idle deadlines,
 /// `GoAway` and graceful close, and the limits. No clock, no I/O, no tasks.
-pub struct Proto {
+pub(crate) struct Proto {
     limits: Limits,
     counters: Arc<Counters>,
     codec: Option<Arc<dyn Codec>>,
@@ -103,7 +103,7 @@ pub struct Proto {
 
 impl Proto {
     /// A connection starting at `now`, encrypted when `keys` are given.
-    pub fn new(
+    pub(crate) fn new(
         limits: Limits,
         keys: Option<Keys>,
         codec: Option<Arc<dyn Codec>>,
@@ -149,7 +149,7 @@ impl Proto {
     /// [`poll_event`](Self::poll_event) asks, so a reader that stops taking events holds
     /// only what it read. A broken record is reported, as [`Event::Failed`], after the
     /// frames authenticated before it.
-    pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
+    pub(crate) fn handle_input(&mut self, now: Instant, data: &[u8]) {
         if self.closed || self.failure.is_some() || data.is_empty() {
             return;
         }
@@ -160,7 +160,7 @@ impl Proto {
     /// Lends the buffer that input goes into, with `room` bytes (zeroed) after what it
     /// holds, so that a large read lands in place instead of being copied in; hand it back
     /// with [`handle_read`](Self::handle_read). Returns the buffer and where the room starts.
-    pub fn lend_input(&mut self, room: usize) -> (BytesMut, usize) {
+    pub(crate) fn lend_input(&mut self, room: usize) -> (BytesMut, usize) {
         let mut buf = std::mem::take(self.input_buffer());
         let start = buf.len();
         buf.resize(start + room, 0);
@@ -169,7 +169,7 @@ impl Proto {
 
     /// Takes back the buffer lent by [`lend_input`](Self::lend_input), `n` bytes read into
     /// its room: the same as [`handle_input`](Self::handle_input) with those bytes.
-    pub fn handle_read(&mut self, now: Instant, mut buf: BytesMut, start: usize, n: usize) {
+    pub(crate) fn handle_read(&mut self, now: Instant, mut buf: BytesMut, start: usize, n: usize) {
         buf.truncate(start + n);
         if self.closed || self.failure.is_some() {
             return;
@@ -211,7 +211,7 @@ impl Proto {
 
     /// The peer closed its side: once the frames before are taken, the connection ends,
     /// cleanly between frames, with an error inside one.
-    pub fn handle_eof(&mut self) {
+    pub(crate) fn handle_eof(&mut self) {
         self.eof = true;
     }
 
@@ -291,7 +291,7 @@ impl Proto {
 
     /// The next thing to act on: queued events first, then the next frame read (pings
     /// are answered and replies matched here, without an event), then the end of input.
-    pub fn poll_event(&mut self) -> Option<Event> {
+    pub(crate) fn poll_event(&mut self) -> Option<Event> {
         loop {
             if let Some(event) = self.events.pop_front() {
                 return Some(event);
@@ -329,7 +329,7 @@ impl Proto {
 
     /// Bytes still needed to complete the frame (or record) being read: how large a
     /// read may usefully be.
-    pub fn bytes_wanted(&self) -> usize {
+    pub(crate) fn bytes_wanted(&self) -> usize {
         match &self.opener {
             Some(o) => o.bytes_wanted(&self.sealed),
             None => self.decoder.bytes_wanted(&self.plain),
@@ -337,7 +337,7 @@ impl Proto {
     }
 
     /// Bytes of an incomplete frame (or record) held, waiting for the rest.
-    pub fn buffered_input(&self) -> usize {
+    pub(crate) fn buffered_input(&self) -> usize {
         match &self.opener {
             Some(_) => self.sealed.len(),
             None => self.plain.len(),
@@ -345,13 +345,13 @@ impl Proto {
     }
 
     /// Cuts the read buffers down to their contents (none when between frames).
-    pub fn compact(&mut self) {
+    pub(crate) fn compact(&mut self) {
         read_buf::compact(&mut self.plain);
         read_buf::compact(&mut self.sealed);
     }
 
     /// Heap held by the read buffers.
-    pub fn read_buffered(&self) -> usize {
+    pub(crate) fn read_buffered(&self) -> usize {
         self.plain.capacity() + self.sealed.capacity()
     }
 
@@ -359,7 +359,7 @@ impl Proto {
 
     /// Acts on every deadline at or before `now`: expires calls, sends a heartbeat `Ping`,
     /// fails a connection silent for the idle time-out.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
         // Failed or shut: nothing follows `Failed`, and `shut` fails the calls left.
         if self.closed {
             return;
@@ -383,7 +383,7 @@ impl Proto {
     /// Takes the wake-ups of the calls finished so far (replies matched, time-outs
     /// expired) out of the queued events, leaving the others queued in order: for a
     /// driver that cannot take the next request yet but must not hold up its callers.
-    pub fn take_completed(&mut self) -> Vec<Wake> {
+    pub(crate) fn take_completed(&mut self) -> Vec<Wake> {
         let mut wakes = Vec::new();
         for event in std::mem::take(&mut self.events) {
             match event {
@@ -403,7 +403,7 @@ impl Proto {
     }
 
     /// The one next deadline: a call's time-out, the next heartbeat or the idle time-out.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         if self.closed {
             return None;
         }
@@ -425,7 +425,7 @@ impl Proto {
 
     /// Queues one frame (its payload already compressed if wanted). Fails with
     /// [`Error::Closed`] once closing, or with an encoding error (too large).
-    pub fn queue(&mut self, header: &Header<'_>, payload: &[u8]) -> Result<(), Error> {
+    pub(crate) fn queue(&mut self, header: &Header<'_>, payload: &[u8]) -> Result<(), Error> {
         if self.closing || self.closed {
             return Err(Error::Closed);
         }
@@ -435,7 +435,7 @@ impl Proto {
     }
 
     /// Queues an `Error` answer to call `id`, its message cut to fit a frame.
-    pub fn reply_error(&mut self, id: u64, err: &Error) {
+    pub(crate) fn reply_error(&mut self, id: u64, err: &Error) {
         let header = Header {
             kind: Kind::Error,
             flags: 0,
@@ -453,19 +453,19 @@ impl Proto {
     }
 
     /// Bytes queued and not yet handed out to write.
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.out.len()
     }
 
     /// Whether the peer should be read no further until the queue drains: its replies
     /// (twice `max_pending_write`) are piling up unsent.
-    pub fn is_congested(&self) -> bool {
+    pub(crate) fn is_congested(&self) -> bool {
         self.out.len() >= self.limits.max_pending_write.saturating_mul(2)
     }
 
     /// Moves everything queued into `out`, sealed into records when encrypted (rekeying
     /// by the policy, with `now` for its clock). Returns whether there is anything to write.
-    pub fn poll_transmit(&mut self, now: Instant, out: &mut Transmit) -> bool {
+    pub(crate) fn poll_transmit(&mut self, now: Instant, out: &mut Transmit) -> bool {
         if self.out.is_empty() {
             return false;
         }
@@ -494,46 +494,46 @@ impl Proto {
     // ----- calls and closing ------------------------------------------------------------
 
     /// The calls awaiting replies (to start, poll or cancel them).
-    pub fn requests(&mut self) -> &mut RequestTable {
+    pub(crate) fn requests(&mut self) -> &mut RequestTable {
         &mut self.requests
     }
 
     /// Calls awaiting a reply.
-    pub fn calls_in_flight(&self) -> usize {
+    pub(crate) fn calls_in_flight(&self) -> usize {
         self.requests.in_flight()
     }
 
     /// Refuses new incoming calls from now on (answering them `ShuttingDown`) and tells
     /// the peer so with `GoAway`.
-    pub fn go_away(&mut self) {
+    pub(crate) fn go_away(&mut self) {
         self.refusing_calls = true;
         let _ = self.queue(&control(Kind::GoAway, 0), &[]);
     }
 
     /// Whether the peer announced it is shutting down.
-    pub fn peer_going_away(&self) -> bool {
+    pub(crate) fn peer_going_away(&self) -> bool {
         self.peer_going_away
     }
 
     /// Starts a graceful close: what is queued is still sent, nothing more is queued.
-    pub fn close(&mut self) {
+    pub(crate) fn close(&mut self) {
         self.closing = true;
     }
 
     /// Whether a graceful close has begun (or the connection is shut).
-    pub fn is_closing(&self) -> bool {
+    pub(crate) fn is_closing(&self) -> bool {
         self.closing || self.closed
     }
 
     /// Whether the connection is gone (failed or shut).
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed
     }
 
     /// Closes at once: nothing more is read or queued (what is queued is still handed out
     /// to write, then the link closes), every waiting call fails with `error`; returns
     /// their wake-ups, to fire once the state is unlocked.
-    pub fn shut(&mut self, error: Error) -> Vec<Wake> {
+    pub(crate) fn shut(&mut self, error: Error) -> Vec<Wake> {
         self.closed = true;
         self.closing = true;
         self.plain = BytesMut::new();

@@ -18,7 +18,7 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 /// One batch to write, filled by [`Proto::poll_transmit`](super::Proto::poll_transmit).
 /// Reused from batch to batch: an idle connection's is empty and holds no heap buffer.
 #[derive(Default)]
-pub struct Transmit {
+pub(crate) struct Transmit {
     /// The frames (plaintext, or ciphertext when sealed).
     pub(super) batch: BytesMut,
     /// Plaintext size of each record (empty on a plain link).
@@ -30,19 +30,19 @@ pub struct Transmit {
 
 impl Transmit {
     /// Whether there is nothing to write.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.batch.is_empty()
     }
 
     /// Bytes on the wire.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.batch.len() + self.parts.len() * (RECORD_HEADER + TAG_LEN)
     }
 
     /// The batch as one contiguous buffer when that is cheap (plain, or sealed and at most
     /// [`SMALL_WRITE`]): the copy costs less than several syscalls. `None` for a large
     /// sealed batch: write [`slices`](Self::slices) instead.
-    pub fn contiguous(&mut self) -> Option<&[u8]> {
+    pub(crate) fn contiguous(&mut self) -> Option<&[u8]> {
         if self.parts.is_empty() {
             return Some(&self.batch);
         }
@@ -62,7 +62,7 @@ impl Transmit {
     }
 
     /// The batch as slices for one vectored write: header, ciphertext and tag per record.
-    pub fn slices(&self) -> Vec<IoSlice<'_>> {
+    pub(crate) fn slices(&self) -> Vec<IoSlice<'_>> {
         if self.parts.is_empty() {
             return vec![IoSlice::new(&self.batch)];
         }
@@ -81,7 +81,7 @@ impl Transmit {
     /// Forgets the written batch; frees the buffers when `idle`, or when larger than
     /// [`KEEP_CAPACITY`] and than twice the batch just written (a steady stream of large
     /// batches keeps its buffer instead of growing a fresh one, page by page, for each).
-    pub fn clear(&mut self, idle: bool) {
+    pub(crate) fn clear(&mut self, idle: bool) {
         let written = self.batch.len();
         self.batch.clear();
         if idle || self.batch.capacity() > KEEP_CAPACITY.max(2 * written) {
@@ -94,7 +94,7 @@ impl Transmit {
 
     /// Appends the batch as wire bytes to `out` (for the in-memory pair).
     #[cfg(test)]
-    pub fn drain_into(&mut self, out: &mut Vec<u8>) {
+    pub(crate) fn drain_into(&mut self, out: &mut Vec<u8>) {
         if let Some(bytes) = self.contiguous() {
             out.extend_from_slice(bytes);
         } else {

@@ -186,7 +186,7 @@ impl Drop for Place {
 
 impl HashPool {
     /// A pool with these bounds (each at least 1).
-    pub fn new(limits: PoolLimits) -> Self {
+    pub(super) fn new(limits: PoolLimits) -> Self {
         let limits = PoolLimits {
             concurrency: limits.concurrency.max(1),
             queue: limits.queue,
@@ -204,7 +204,7 @@ impl HashPool {
     }
 
     /// What the pool is doing now, and has done.
-    pub fn stats(&self) -> HashingStats {
+    pub(super) fn stats(&self) -> HashingStats {
         let state = lock(&self.inner.state);
         HashingStats {
             running: state.running,
@@ -217,7 +217,7 @@ impl HashPool {
     /// Runs `work` (which hashes) for a client at `addr` on a blocking thread once a slot is
     /// free, or refuses at once if the queue is full or `addr` has too many attempts in
     /// flight. The slot is held until `work` returns, even if the caller stops waiting.
-    pub async fn run<T: Send + 'static>(
+    pub(super) async fn run<T: Send + 'static>(
         &self,
         addr: IpAddr,
         work: impl FnOnce() -> T + Send + 'static,

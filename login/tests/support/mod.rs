@@ -3,7 +3,7 @@
 //! PostgreSQL database per test.
 #![allow(dead_code)]
 
-pub mod pg;
+pub(crate) mod pg;
 
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
@@ -15,7 +15,7 @@ use zserver_login::protocol::{Credentials, Incoming, Welcome};
 use zserver_login::{Event, LoginClient};
 
 /// Runs `fut` on `backend`'s runtime and waits here, at most `limit`, for its result.
-pub fn run_on<T: Send + 'static>(
+pub(crate) fn run_on<T: Send + 'static>(
     backend: &str,
     limit: Duration,
     fut: impl std::future::Future<Output = T> + Send + 'static,
@@ -30,7 +30,10 @@ pub fn run_on<T: Send + 'static>(
 }
 
 /// `fut`'s output, or `None` if it takes longer than `limit`.
-pub async fn within<T>(limit: Duration, fut: impl std::future::Future<Output = T>) -> Option<T> {
+pub(crate) async fn within<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
     futures_lite::future::or(async { Some(fut.await) }, async {
         zserver::sleep(limit).await;
         None
@@ -39,7 +42,7 @@ pub async fn within<T>(limit: Duration, fut: impl std::future::Future<Output = T
 }
 
 /// The next event the server pushed to `client`, waiting at most 10 s.
-pub async fn next_event(client: &LoginClient) -> Event {
+pub(crate) async fn next_event(client: &LoginClient) -> Event {
     within(Duration::from_secs(10), client.next_event())
         .await
         .flatten()
@@ -48,7 +51,7 @@ pub async fn next_event(client: &LoginClient) -> Event {
 
 /// A client logged in as `user` that handles one pushed message and never finishes it, so
 /// its connection stops reading: a recipient whose buffers fill up.
-pub async fn stuck_client(
+pub(crate) async fn stuck_client(
     transport: Arc<dyn Transport>,
     addr: SocketAddr,
     pin: Option<&str>,

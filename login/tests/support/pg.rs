@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A fresh PostgreSQL database on the test server, dropped (best effort) when this is.
-pub struct Postgres {
+pub(crate) struct Postgres {
     /// The server's admin URL.
     pub admin_url: String,
     /// The database's name.
@@ -13,11 +13,11 @@ pub struct Postgres {
     pub url: String,
 }
 
-pub const PG_ENV: &str = "ZSERVER_TEST_POSTGRES";
+pub(crate) const PG_ENV: &str = "ZSERVER_TEST_POSTGRES";
 
 /// The test server's URL (a superuser); panics if it is not set, so that asking for the
 /// PostgreSQL tests without a server fails loudly instead of passing.
-pub fn admin_url() -> String {
+pub(crate) fn admin_url() -> String {
     std::env::var(PG_ENV).unwrap_or_else(|_| {
         panic!(
             "{PG_ENV} is not set: the PostgreSQL tests need a server, e.g. \
@@ -27,14 +27,14 @@ pub fn admin_url() -> String {
     })
 }
 
-pub fn admin() -> ::postgres::Client {
+pub(crate) fn admin() -> ::postgres::Client {
     let url = admin_url();
     ::postgres::Client::connect(&url, ::postgres::NoTls)
         .unwrap_or_else(|e| panic!("cannot connect to {PG_ENV}={url}: {e:?}"))
 }
 
 /// `url` with its database name replaced by `db` (query parameters kept).
-pub fn with_db(url: &str, db: &str) -> String {
+pub(crate) fn with_db(url: &str, db: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((base, query)) => (base, format!("?{query}")),
         None => (url, String::new()),
@@ -49,7 +49,7 @@ pub fn with_db(url: &str, db: &str) -> String {
 
 impl Postgres {
     /// Creates database `zs_<pid>_<counter>_<test>` for the test `name`.
-    pub fn new(name: &str) -> Postgres {
+    pub(crate) fn new(name: &str) -> Postgres {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let mut db = format!("zs_{}_{n}_{name}", std::process::id()).to_lowercase();
@@ -63,7 +63,7 @@ impl Postgres {
     }
 
     /// Ends every connection to this test's database but the caller's.
-    pub fn terminate_backends(&self) -> u64 {
+    pub(crate) fn terminate_backends(&self) -> u64 {
         let mut admin = admin();
         let rows = admin
             .query(
@@ -76,7 +76,7 @@ impl Postgres {
     }
 
     /// A direct connection to this test's database.
-    pub fn raw(&self) -> ::postgres::Client {
+    pub(crate) fn raw(&self) -> ::postgres::Client {
         ::postgres::Client::connect(&self.url, ::postgres::NoTls).unwrap()
     }
 }
@@ -95,7 +95,7 @@ impl Drop for Postgres {
 impl Postgres {
     /// Makes the database unreachable (its sessions cut, new ones refused), or reachable
     /// again: a PostgreSQL outage as its clients see it.
-    pub fn set_reachable(&self, reachable: bool) {
+    pub(crate) fn set_reachable(&self, reachable: bool) {
         admin()
             .batch_execute(&format!(
                 "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS {reachable}",
