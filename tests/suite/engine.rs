@@ -1868,3 +1868,40 @@ async fn sync_handler_waits_its_turn_when_sequential(addr: &str) {
     assert_eq!(log.snapshot(), ["slow starts", "slow ends", "quick"]);
     shutdown(&server).await;
 }
+
+/// A value kept with each connection (`Connection::extension`): made on first use, shared
+/// by the connection's later calls, apart from other connections', dropped when it closes.
+#[derive(Default)]
+struct PerConnection(AtomicUsize);
+
+static PER_CONNECTION_DROPS: AtomicUsize = AtomicUsize::new(0);
+
+impl Drop for PerConnection {
+    fn drop(&mut self) {
+        PER_CONNECTION_DROPS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+both!(extensions_are_per_connection_and_go_with_it);
+async fn extensions_are_per_connection_and_go_with_it(addr: &str) {
+    let router = Router::new().call("count", |ctx, (): ()| async move {
+        let count = ctx.connection().extension::<PerConnection>();
+        Ok::<_, Error>(count.0.fetch_add(1, Ordering::SeqCst) + 1)
+    });
+    let server = start(addr, router).await;
+    let (a, b) = (connect(&server).await, connect(&server).await);
+    for expected in 1..=3usize {
+        assert_eq!(a.call::<_, usize>("count", &()).await.unwrap(), expected);
+    }
+    assert_eq!(b.call::<_, usize>("count", &()).await.unwrap(), 1);
+    // Both connections' values are alive; closing one drops its value (the v4 and v6
+    // runs share the counter, so count the change).
+    let before = PER_CONNECTION_DROPS.load(Ordering::SeqCst);
+    a.connection().close().await;
+    until("the closed connection's value dropped", || {
+        PER_CONNECTION_DROPS.load(Ordering::SeqCst) > before
+    })
+    .await;
+    assert_eq!(b.call::<_, usize>("count", &()).await.unwrap(), 2);
+    server.shutdown().await;
+}

@@ -220,9 +220,27 @@ impl Connection {
         }
     }
 
-    /// This connection's state of type `T`, created on first use. After the connection
-    /// has closed a fresh, unattached value is returned.
-    pub(crate) fn extension<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+    /// This connection's value of type `T`, created (with `T::default()`) on first use and
+    /// shared by every later call: state that a service built on top keeps with the
+    /// connection (a login, a cache, counters), found from any handler through
+    /// [`Context::connection`](crate::Context::connection). It is dropped when the
+    /// connection closes; after that a fresh, unattached value is returned. Use a type of
+    /// your own (a newtype) so that two services do not share one by accident.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use zserver_core::{Error, Router};
+    ///
+    /// #[derive(Default)]
+    /// struct Calls(AtomicU64);
+    ///
+    /// let router = Router::new().call("count", |ctx, (): ()| async move {
+    ///     let calls = ctx.connection().extension::<Calls>();
+    ///     Ok::<_, Error>(calls.0.fetch_add(1, Ordering::Relaxed) + 1)
+    /// });
+    /// # assert!(router.contains("count"));
+    /// ```
+    pub fn extension<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
         let mut extensions = lock(&self.shared.extensions);
         if let Some(found) = extensions
             .iter()

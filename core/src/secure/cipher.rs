@@ -20,8 +20,11 @@ impl fmt::Display for AuthError {
     }
 }
 
-/// Which AES-256-GCM implementation seals and opens records.
+/// Which AES-256-GCM implementation seals and opens records. More may come (and `Ring`
+/// is there only with the `ring` feature): match it with a `_` arm, or list what this
+/// build has with [`Provider::all`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Provider {
     /// `ring`'s assembly implementation (AES-NI, VAES): several GiB/s per core.
     #[cfg(feature = "ring")]
