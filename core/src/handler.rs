@@ -1,6 +1,7 @@
 //! Handlers by command name: the [`Router`], the [`Context`] a handler sees and the
 //! [`Responder`] that carries its answer back.
 
+use std::any::Any;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
@@ -22,15 +23,39 @@ use crate::hooks::{CommandInfo, Completion, Hooks};
 use crate::runtime::BoxFuture;
 use crate::stream::{pump, Dir, DownloadRequest, Incoming, Outgoing};
 
-/// What a handler is given besides its payload: the connection the call came in on.
+/// The state a router shares with its handlers ([`Router::with_state`]).
+type State = Arc<dyn Any + Send + Sync>;
+
+/// What a handler is given besides its payload: the connection the call came in on, and
+/// the router's state.
 #[derive(Clone)]
 pub struct Context {
     conn: Connection,
+    state: Option<State>,
 }
 
 impl Context {
-    pub(crate) fn new(conn: Connection) -> Self {
-        Self { conn }
+    pub(crate) fn new(conn: Connection, state: Option<State>) -> Self {
+        Self { conn, state }
+    }
+
+    /// The state given to the router with [`Router::with_state`], if it is an `S`.
+    pub fn try_state<S: Send + Sync + 'static>(&self) -> Option<&S> {
+        self.state.as_deref()?.downcast_ref()
+    }
+
+    /// The state given to the router with [`Router::with_state`].
+    ///
+    /// # Panics
+    /// If the router has no state of type `S` (a mistake in the program: the handler then
+    /// fails like any panicking handler, and the caller gets [`Error::NoResponse`]).
+    pub fn state<S: Send + Sync + 'static>(&self) -> &S {
+        self.try_state().unwrap_or_else(|| {
+            panic!(
+                "no state of type {} (Router::with_state)",
+                std::any::type_name::<S>()
+            )
+        })
     }
 
     /// The connection the call arrived on; use it to call or push back to the peer.
@@ -488,12 +513,35 @@ where
 pub struct Router {
     handlers: FxHashMap<Box<str>, Arc<dyn Handler>>,
     pub(crate) hooks: Hooks,
+    pub(crate) state: Option<State>,
 }
 
 impl Router {
     /// A router with no handlers.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Shares `state` with every handler of this router, through
+    /// [`Context::state`]: given once here instead of cloned into each handler. A later
+    /// call replaces it.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use zserver_core::{Error, Router};
+    ///
+    /// struct Hits(AtomicU64);
+    ///
+    /// let router = Router::new()
+    ///     .with_state(Hits(AtomicU64::new(0)))
+    ///     .call("hit", |ctx, (): ()| async move {
+    ///         Ok::<_, Error>(ctx.state::<Hits>().0.fetch_add(1, Ordering::Relaxed) + 1)
+    ///     });
+    /// # assert!(router.contains("hit"));
+    /// ```
+    pub fn with_state<S: Send + Sync + 'static>(mut self, state: S) -> Self {
+        self.state = Some(Arc::new(state));
+        self
     }
 
     fn add(mut self, name: &str, handler: Arc<dyn Handler>) -> Self {
@@ -741,8 +789,12 @@ impl Router {
     ///
     /// # Panics
     /// If both register the same command name.
-    /// Hooks are kept too: `other`'s run after this router's.
+    /// Hooks are kept too: `other`'s run after this router's. So is `other`'s state
+    /// ([`with_state`](Self::with_state)) if this router has none.
     pub fn merge(mut self, other: Router) -> Self {
+        if self.state.is_none() {
+            self.state = other.state.clone();
+        }
         for (name, handler) in other.handlers {
             self = self.add(&name, handler);
         }

@@ -1905,3 +1905,40 @@ async fn extensions_are_per_connection_and_go_with_it(addr: &str) {
     assert_eq!(b.call::<_, usize>("count", &()).await.unwrap(), 2);
     server.shutdown().await;
 }
+
+/// What `Router::with_state` shares with every handler.
+struct Tally {
+    hits: AtomicUsize,
+    name: &'static str,
+}
+
+both!(router_state_reaches_every_handler_given_once);
+async fn router_state_reaches_every_handler_given_once(addr: &str) {
+    let tally = Router::new().call("hit", |ctx, (): ()| async move {
+        let tally = ctx.state::<Tally>();
+        Ok::<_, Error>(tally.hits.fetch_add(1, Ordering::SeqCst) + 1)
+    });
+    let router = Router::new()
+        .with_state(Tally {
+            hits: AtomicUsize::new(0),
+            name: "shared",
+        })
+        .console("name", |ctx, _: String| async move {
+            Ok(ctx.state::<Tally>().name.to_owned())
+        })
+        // A router built elsewhere sees the state of the router it is merged into.
+        .merge(tally)
+        // Asking for a state of another type is the handler's bug: it fails that call.
+        .call("wrong", |ctx, (): ()| async move {
+            Ok::<_, Error>(ctx.state::<String>().len())
+        });
+    let server = start(addr, router).await;
+    let (a, b) = (connect(&server).await, connect(&server).await);
+    assert_eq!(a.call::<_, usize>("hit", &()).await.unwrap(), 1);
+    assert_eq!(b.call::<_, usize>("hit", &()).await.unwrap(), 2, "one state for all");
+    assert_eq!(a.console("name", "").await.unwrap(), "shared");
+    let wrong = a.call::<_, usize>("wrong", &()).await;
+    assert!(matches!(wrong, Err(Error::NoResponse)), "{wrong:?}");
+    assert_eq!(a.call::<_, usize>("hit", &()).await.unwrap(), 3);
+    server.shutdown().await;
+}

@@ -151,7 +151,7 @@ impl Dispatcher {
         } else {
             responder.track(Completion::new(conn, &info, &hooks.complete))
         };
-        let ctx = HandlerContext::new(conn.clone());
+        let ctx = HandlerContext::new(conn.clone(), self.router.state.clone());
         // Per-call span at debug level: when disabled (the usual case) this is one check of
         // a cached flag and the handler's future is not wrapped.
         let span = tracing::debug_span!("call", command = info.command, kind = ?info.kind);
@@ -212,7 +212,7 @@ impl Dispatcher {
     /// It counts as in flight while it runs, like any handler.
     fn run_sync(&self, conn: &Connection, handler: &dyn SyncHandler, frame: Frame, is_call: bool) {
         let _in_flight = self.in_flight.enter();
-        let ctx = HandlerContext::new(conn.clone());
+        let ctx = HandlerContext::new(conn.clone(), self.router.state.clone());
         let id = frame.id;
         let mut answered = false;
         let ran = catch_unwind(AssertUnwindSafe(|| {

@@ -18,47 +18,33 @@ use crate::protocol::{
 };
 
 pub(super) fn router(state: Arc<State>) -> Router {
-    let s = state.clone();
-    let router = Router::new().call("register", move |ctx, c: Credentials| {
-        let s = s.clone();
-        async move { register(&s, &ctx, c.user, c.password).await }
-    });
-    let s = state.clone();
-    let router = router.call("login", move |ctx, c: Credentials| {
-        let s = s.clone();
-        async move { Ok::<_, Error>(login(&s, &ctx, c).await?) }
-    });
-    let s = state.clone();
-    let router = router.call("logout", move |ctx, (): ()| {
-        let s = s.clone();
-        async move {
+    Router::new()
+        .with_state(state)
+        .call("register", |ctx, c: Credentials| async move {
+            register(state_of(&ctx), &ctx, c.user, c.password).await
+        })
+        .call("login", |ctx, c: Credentials| async move {
+            Ok::<_, Error>(login(state_of(&ctx), &ctx, c).await?)
+        })
+        .call("logout", |ctx, (): ()| async move {
+            let s = state_of(&ctx);
             let user = s.user(&ctx)?;
             s.end_session(&user, ctx.connection_id());
             Ok::<_, Error>(())
-        }
-    });
-    let s = state.clone();
-    let router = router.call("passwd", move |ctx, p: NewPassword| {
-        let s = s.clone();
-        async move { change_password(&s, &ctx, p.old, p.new).await }
-    });
-    let s = state.clone();
-    let router = router.call("delete", move |ctx, password: String| {
-        let s = s.clone();
-        async move { delete_account(&s, &ctx, password).await }
-    });
-    let s = state.clone();
-    let router = router.call("who", move |ctx, request: WhoRequest| {
-        let s = s.clone();
-        async move {
+        })
+        .call("passwd", |ctx, p: NewPassword| async move {
+            change_password(state_of(&ctx), &ctx, p.old, p.new).await
+        })
+        .call("delete", |ctx, password: String| async move {
+            delete_account(state_of(&ctx), &ctx, password).await
+        })
+        .call("who", |ctx, request: WhoRequest| async move {
+            let s = state_of(&ctx);
             s.user(&ctx)?;
             Ok::<_, Error>(who_page(s.online(), request))
-        }
-    });
-    let s = state.clone();
-    let router = router.call("push", move |ctx, push: Push| {
-        let s = s.clone();
-        async move {
+        })
+        .call("push", |ctx, push: Push| async move {
+            let s = state_of(&ctx);
             let from = s.user(&ctx)?;
             let (to, everyone) = match push.to {
                 Recipients::Users(users) => (users, false),
@@ -66,17 +52,12 @@ pub(super) fn router(state: Arc<State>) -> Router {
             };
             let report = s.push_to(&from, to, &push.text).await?;
             Ok::<_, Error>(if everyone { bounded(report) } else { report })
-        }
-    });
-    let s = state.clone();
-    let router = router.upload("put", move |ctx, body| {
-        let s = s.clone();
-        async move { put(&s, &ctx, body).await }
-    });
-    let s = state.clone();
-    let router = router.download("get", move |ctx, req: DownloadRequest| {
-        let s = s.clone();
-        async move {
+        })
+        .upload("put", |ctx, body| async move {
+            put(state_of(&ctx), &ctx, body).await
+        })
+        .download("get", |ctx, req: DownloadRequest| async move {
+            let s = state_of(&ctx);
             let (user, name) = (s.user(&ctx)?, req.meta_str()?.to_owned());
             let shown = name.clone();
             let path = s.on_disk(move |s| s.file_path(&user, &name)).await?;
@@ -88,20 +69,14 @@ pub(super) fn router(state: Arc<State>) -> Router {
                     other => other,
                 })?;
             Ok(body.on_progress(s.metrics.download_progress()))
-        }
-    });
-    let s = state.clone();
-    let router = router.call("ls", move |ctx, (): ()| {
-        let s = s.clone();
-        async move {
+        })
+        .call("ls", |ctx, (): ()| async move {
+            let s = state_of(&ctx);
             let user = s.user(&ctx)?;
             s.on_disk(move |s| s.list(&user)).await
-        }
-    });
-    let s = state.clone();
-    let router = router.call("stat", move |ctx, name: String| {
-        let s = s.clone();
-        async move {
+        })
+        .call("stat", |ctx, name: String| async move {
+            let s = state_of(&ctx);
             let user = s.user(&ctx)?;
             s.on_disk(move |s| {
                 let path = s.file_path(&user, &name)?;
@@ -113,20 +88,21 @@ pub(super) fn router(state: Arc<State>) -> Router {
                 })
             })
             .await
-        }
-    });
-    let s = state;
-    router.call("rm", move |ctx, name: String| {
-        let s = s.clone();
-        async move {
+        })
+        .call("rm", |ctx, name: String| async move {
+            let s = state_of(&ctx);
             let user = s.user(&ctx)?;
             s.on_disk(move |s| {
                 let path = s.file_path(&user, &name)?;
                 std::fs::remove_file(&path).map_err(|_| Error::msg(format!("no file `{name}`")))
             })
             .await
-        }
-    })
+        })
+}
+
+/// The login server's state, shared with every handler through the router.
+fn state_of(ctx: &Context) -> &Arc<State> {
+    ctx.state::<Arc<State>>()
 }
 
 /// `login`: the password checked (limited, in the hashing pool), then the session bound to
