@@ -385,7 +385,7 @@ async fn client_action(
         .ok_or("the server's key is unknown")?;
     trust.connected(&zserver::secure::hex(&key))?;
     if args.compression != CompressionArg::None {
-        let codec = client.client().connection().codec().unwrap_or("none");
+        let codec = client.client().connection().compression().unwrap_or("none");
         eprintln!("zserver: payload compression {codec}");
     }
     if let ClientAction::Register = args.action {

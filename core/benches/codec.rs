@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use zserver_core::codec::{Codec, Lz4};
+use zserver_core::compression::{CompressionCodec, Lz4};
 use zserver_core::frame::DEFAULT_MAX_FRAME;
 
 fn text(len: usize) -> Vec<u8> {

@@ -325,7 +325,7 @@ async fn within<T>(
 }
 
 fn decode_text(bytes: Bytes) -> Result<String, Error> {
-    String::from_utf8(bytes.into()).map_err(|e| Error::Codec(format!("reply is not UTF-8: {e}")))
+    String::from_utf8(bytes.into()).map_err(|e| Error::Payload(format!("reply is not UTF-8: {e}")))
 }
 
 fn decode_value<R: DeserializeOwned>(bytes: &[u8]) -> Result<R, Error> {

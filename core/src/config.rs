@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::codec::Compression;
+use crate::compression::Compression;
 use crate::frame::DEFAULT_MAX_FRAME;
 use crate::secure::Encryption;
 use crate::stable::StableSession;
@@ -64,7 +64,7 @@ pub struct Config {
     /// Stable sessions: a dropped link is re-established within an offline time-out and
     /// nothing is lost or repeated ([`crate::stable`]). Off by default; both ends must agree.
     pub stable: Option<StableSession>,
-    /// Payload compression ([`crate::codec`]): the codecs this side offers, most preferred
+    /// Payload compression ([`crate::compression`]): the codecs this side offers, most preferred
     /// first, and the payload size from which it compresses. Off by default; a codec is
     /// used only if both ends offer it (the client's preference wins).
     pub compression: Compression,

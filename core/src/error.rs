@@ -67,10 +67,14 @@ pub enum Error {
     /// connection was closed.
     #[error("authentication failed: {0}")]
     Auth(String),
-    /// A value could not be encoded, or a reply could not be decoded, on this side; also
-    /// what a payload [`Codec`](crate::Codec) returns when it cannot encode or decode.
-    #[error("codec error: {0}")]
-    Codec(String),
+    /// A value could not be encoded as a payload, or a payload (a reply, a stream's head)
+    /// could not be decoded as the value or text asked for, on this side.
+    #[error("payload error: {0}")]
+    Payload(String),
+    /// A payload could not be compressed or decompressed: what a
+    /// [`CompressionCodec`](crate::CompressionCodec) returns when it fails.
+    #[error("compression error: {0}")]
+    Compression(String),
     /// A frame could not be encoded (name too long, frame too large); nothing was sent.
     #[error(transparent)]
     Encode(#[from] EncodeError),
@@ -98,7 +102,9 @@ impl Error {
     pub(crate) fn code(&self) -> ErrorCode {
         match self {
             Error::UnknownCommand(_) => ErrorCode::UnknownCommand,
-            Error::BadRequest(_) | Error::Codec(_) => ErrorCode::BadRequest,
+            Error::BadRequest(_) | Error::Payload(_) | Error::Compression(_) => {
+                ErrorCode::BadRequest
+            }
             Error::NoResponse => ErrorCode::NoResponse,
             Error::ShuttingDown => ErrorCode::ShuttingDown,
             Error::NoSuchObject(_) => ErrorCode::NoSuchObject,
@@ -112,7 +118,8 @@ impl Error {
         match self {
             Error::Remote(m)
             | Error::BadRequest(m)
-            | Error::Codec(m)
+            | Error::Payload(m)
+            | Error::Compression(m)
             | Error::UnknownCommand(m)
             | Error::NoSuchObject(m)
             | Error::Denied(m) => m.clone(),
@@ -148,7 +155,7 @@ impl From<FrameError> for Error {
 
 impl From<postcard::Error> for Error {
     fn from(e: postcard::Error) -> Self {
-        Error::Codec(e.to_string())
+        Error::Payload(e.to_string())
     }
 }
 

@@ -73,7 +73,7 @@ pub const FLAG_UPLOAD: u8 = 0x01;
 pub const FLAG_DOWNLOAD: u8 = 0x02;
 
 /// Flag on any frame: the payload is encoded with the codec negotiated in the handshake
-/// ([`crate::codec`]); the receiver decodes it before acting on the frame. A frame with
+/// ([`crate::compression`]); the receiver decodes it before acting on the frame. A frame with
 /// this flag on a connection without a codec is a protocol error.
 pub const FLAG_COMPRESSED: u8 = 0x80;
 

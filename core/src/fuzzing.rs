@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_lite::io::Cursor;
 
-use crate::codec::{Compression, Lz4};
+use crate::compression::{Compression, Lz4};
 use crate::config::Config;
 use crate::connection::driver::{Handshaken, Setup};
 use crate::connection::{next_connection_id, Connection};
@@ -109,7 +109,7 @@ fn negotiation_input(data: &[u8]) -> Option<(Config, usize, &[u8])> {
 /// An application codec id (never run: only its id is negotiated).
 struct AppCodec;
 
-impl crate::codec::Codec for AppCodec {
+impl crate::compression::CompressionCodec for AppCodec {
     fn id(&self) -> u8 {
         200
     }
@@ -117,10 +117,10 @@ impl crate::codec::Codec for AppCodec {
         "app"
     }
     fn encode(&self, _: &[u8], _: &mut Vec<u8>) -> Result<(), crate::Error> {
-        Err(crate::Error::Codec("not used".into()))
+        Err(crate::Error::Compression("not used".into()))
     }
     fn decode(&self, _: &[u8], _: usize, _: &mut Vec<u8>) -> Result<(), crate::Error> {
-        Err(crate::Error::Codec("not used".into()))
+        Err(crate::Error::Compression("not used".into()))
     }
 }
 

@@ -6,8 +6,8 @@
 //! - [`request`]: the table of calls awaiting replies (sans-IO, time passed in);
 //! - [`secure`]: the Noise XX handshake and the AES-256-GCM record layer with rekeying;
 //! - [`service`]: typed services, remote objects and discovery (DataSnap's server classes);
-//! - [`codec`]: per-frame payload codecs (compression) negotiated in the handshake, and
-//!   the [`Codec`] trait for your own;
+//! - [`compression`]: per-frame payload compression codecs negotiated in the handshake, and
+//!   the [`CompressionCodec`] trait for your own;
 //! - [`stable`]: stable sessions, which survive dropped links without loss or duplicates;
 //! - [`stream`]: big streams tied to a call (uploads and downloads) with flow control,
 //!   progress, resume and an end-to-end hash;
@@ -32,7 +32,7 @@
 pub mod blocking;
 pub mod calls;
 pub mod client;
-pub mod codec;
+pub mod compression;
 pub mod config;
 pub mod connection;
 pub mod error;
@@ -65,8 +65,8 @@ pub use bytes::Bytes;
 pub use calls::{Calls, RequestBuilder};
 pub use client::{Client, ClientBuilder};
 #[cfg(feature = "zstd")]
-pub use codec::Zstd;
-pub use codec::{Codec, Compression, Lz4};
+pub use compression::Zstd;
+pub use compression::{Compression, CompressionCodec, Lz4};
 pub use config::Config;
 pub use connection::Connection;
 pub use error::Error;

@@ -597,7 +597,7 @@ impl Connection {
     /// The services the peer offers, with their methods' ids and type names.
     pub(crate) async fn list_services(&self) -> Result<Vec<ServiceInfo>, Error> {
         let bytes = self.call_bytes(LIST, b"").await?;
-        postcard::from_bytes(&bytes).map_err(|e| Error::Codec(e.to_string()))
+        postcard::from_bytes(&bytes).map_err(|e| Error::Payload(e.to_string()))
     }
 
     /// The id of `method` on this connection, asking the peer once per service.
@@ -615,7 +615,7 @@ impl Connection {
                 let request = postcard::to_allocvec(method.service)?;
                 let bytes = self.call_bytes(RESOLVE, request).await?;
                 let info: ServiceInfo =
-                    postcard::from_bytes(&bytes).map_err(|e| Error::Codec(e.to_string()))?;
+                    postcard::from_bytes(&bytes).map_err(|e| Error::Payload(e.to_string()))?;
                 let ids: Arc<HashMap<String, u32>> =
                     Arc::new(info.methods.into_iter().map(|m| (m.name, m.id)).collect());
                 resolved
@@ -641,7 +641,7 @@ impl Connection {
         let head = CallHead { method: id, object };
         let request = postcard::to_extend(argument, postcard::to_allocvec(&head)?)?;
         let bytes = self.call_bytes(CALL, request).await?;
-        postcard::from_bytes(&bytes).map_err(|e| Error::Codec(e.to_string()))
+        postcard::from_bytes(&bytes).map_err(|e| Error::Payload(e.to_string()))
     }
 
     /// Calls a service method, typed end to end.

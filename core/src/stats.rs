@@ -42,7 +42,7 @@ pub struct Stats {
     /// Hooks that panicked (caught; a veto hook's panic vetoes its command).
     pub hook_panics: u64,
     /// Payload bytes of the frames this side sent compressed, before compression
-    /// ([`crate::codec`]).
+    /// ([`crate::compression`]).
     pub uncompressed_out: u64,
     /// The same payloads after compression: `uncompressed_out - compressed_out` bytes saved.
     pub compressed_out: u64,

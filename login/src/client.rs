@@ -156,7 +156,7 @@ impl LoginClient {
         let reply = self.client.upload("put", name, body).await?;
         let n: [u8; 8] = reply[..]
             .try_into()
-            .map_err(|_| Error::Codec("bad put reply".into()))?;
+            .map_err(|_| Error::Payload("bad put reply".into()))?;
         Ok(u64::from_le_bytes(n))
     }
 

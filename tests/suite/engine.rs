@@ -1935,7 +1935,11 @@ async fn router_state_reaches_every_handler_given_once(addr: &str) {
     let server = start(addr, router).await;
     let (a, b) = (connect(&server).await, connect(&server).await);
     assert_eq!(a.call::<_, usize>("hit", &()).await.unwrap(), 1);
-    assert_eq!(b.call::<_, usize>("hit", &()).await.unwrap(), 2, "one state for all");
+    assert_eq!(
+        b.call::<_, usize>("hit", &()).await.unwrap(),
+        2,
+        "one state for all"
+    );
     assert_eq!(a.console("name", "").await.unwrap(), "shared");
     let wrong = a.call::<_, usize>("wrong", &()).await;
     assert!(matches!(wrong, Err(Error::NoResponse)), "{wrong:?}");

@@ -15,7 +15,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-mod codec;
+mod compression;
 mod engine;
 mod hooks;
 mod mixed;

@@ -136,7 +136,7 @@ impl Connection {
 
     /// The name of the payload codec negotiated in the handshake (such as `"lz4"`), or
     /// `None` when payloads travel as they are.
-    pub fn codec(&self) -> Option<&'static str> {
+    pub fn compression(&self) -> Option<&'static str> {
         self.shared.packer.codec_name()
     }
 

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::codec::Codec;
+use crate::compression::CompressionCodec;
 use crate::error::Error;
 use crate::frame::{self, EncodeError, Header, FLAG_COMPRESSED};
 
@@ -14,7 +14,7 @@ use crate::frame::{self, EncodeError, Header, FLAG_COMPRESSED};
 /// payload size from which it is tried, and the frame limit.
 #[derive(Clone)]
 pub(crate) struct Packer {
-    codec: Option<Arc<dyn Codec>>,
+    codec: Option<Arc<dyn CompressionCodec>>,
     threshold: usize,
     max_frame: usize,
 }
@@ -43,7 +43,11 @@ impl<'a> Packed<'a> {
 
 impl Packer {
     /// Compresses payloads of `threshold` bytes or more with `codec`, if any.
-    pub(crate) fn new(codec: Option<Arc<dyn Codec>>, threshold: usize, max_frame: usize) -> Self {
+    pub(crate) fn new(
+        codec: Option<Arc<dyn CompressionCodec>>,
+        threshold: usize,
+        max_frame: usize,
+    ) -> Self {
         Self {
             codec,
             threshold,

@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::streams::Streams;
 use super::transmit::Transmit;
-use crate::codec::Codec;
+use crate::compression::CompressionCodec;
 use crate::config::Config;
 use crate::error::Error;
 use crate::frame::{self, Frame, FrameDecoder, Header, Kind, FLAG_COMPRESSED};
@@ -74,7 +74,7 @@ pub(crate) struct Keys {
 pub(crate) struct Proto {
     limits: Limits,
     counters: Arc<Counters>,
-    codec: Option<Arc<dyn Codec>>,
+    codec: Option<Arc<dyn CompressionCodec>>,
     decoder: FrameDecoder,
     plain: BytesMut,
     sealed: BytesMut,
@@ -106,7 +106,7 @@ impl Proto {
     pub(crate) fn new(
         limits: Limits,
         keys: Option<Keys>,
-        codec: Option<Arc<dyn Codec>>,
+        codec: Option<Arc<dyn CompressionCodec>>,
         counters: Arc<Counters>,
         now: Instant,
     ) -> Self {

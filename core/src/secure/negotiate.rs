@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use super::handshake::{Noise, Secure, LENGTH_PREFIX, MAX_MESSAGE};
 use super::{hex, Encryption, Keypair};
-use crate::codec::{self, Codec};
+use crate::compression::{self, CompressionCodec};
 use crate::config::Config;
 use crate::error::Error;
 use crate::frame::{self, PREAMBLE_CODECS, PREAMBLE_LEN};
@@ -34,7 +34,7 @@ pub(crate) struct Established {
     /// The keys, peer key and handshake hash of an encrypted link; `None` on a plain one.
     pub(crate) secure: Option<Secure>,
     /// The codec both sides chose, if any.
-    pub(crate) codec: Option<Arc<dyn Codec>>,
+    pub(crate) codec: Option<Arc<dyn CompressionCodec>>,
 }
 
 /// Which part of the peer's bytes comes next.
@@ -66,7 +66,7 @@ pub(crate) struct Negotiation<'a> {
     our_offer: Vec<u8>,
     /// The Noise prologue: the client's preamble, the server's, then both codec lists.
     prologue: Vec<u8>,
-    codec: Option<Arc<dyn Codec>>,
+    codec: Option<Arc<dyn CompressionCodec>>,
     noise: Option<Noise>,
     step: Step,
     /// The bytes of the current item received so far (never more than the item).
@@ -259,7 +259,7 @@ impl<'a> Negotiation<'a> {
             (&theirs[..], &ours[..])
         };
         // Both pick the first of the client's ids that the server lists too.
-        self.codec = codec::choose(&client[1..], &server[1..])
+        self.codec = compression::choose(&client[1..], &server[1..])
             .and_then(|id| self.config.compression.find(id).cloned());
         self.prologue.extend_from_slice(client);
         self.prologue.extend_from_slice(server);

@@ -73,7 +73,7 @@ impl Connection {
             Ok(head) => Ok(Incoming::new(self.clone(), key, state, head)),
             Err(e) => {
                 self.finish_incoming(key, true);
-                Err(Error::Codec(format!("bad stream head: {e}")))
+                Err(Error::Payload(format!("bad stream head: {e}")))
             }
         }
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{Event, Keys, Limits, Proto, Transmit};
-use crate::codec::Codec;
+use crate::compression::CompressionCodec;
 use crate::error::Error;
 use crate::frame::{Header, Kind};
 use crate::request::CallResult;
@@ -53,7 +53,7 @@ impl Side {
     fn with_codec(
         limits: Limits,
         keys: Option<Keys>,
-        codec: Option<Arc<dyn Codec>>,
+        codec: Option<Arc<dyn CompressionCodec>>,
         now: Instant,
     ) -> Self {
         let counters = Arc::new(Counters::default());

@@ -5,7 +5,7 @@
 use std::task::{Context, Poll, Waker};
 
 use super::*;
-use crate::codec::Lz4;
+use crate::compression::Lz4;
 use crate::proto::streams::{lock, Dir, Inbound, Key, Next, INITIAL_WINDOW};
 use crate::proto::{stream_header, Packed, Packer};
 
@@ -192,7 +192,7 @@ fn shutting_fails_every_open_stream() {
 #[test]
 fn compressed_data_spends_and_is_granted_its_uncompressed_length() {
     let now = Instant::now();
-    let lz4 = || Some(Arc::new(Lz4) as Arc<dyn Codec>);
+    let lz4 = || Some(Arc::new(Lz4) as Arc<dyn CompressionCodec>);
     let a = Side::with_codec(limits(), None, lz4(), now);
     let b = Side::with_codec(limits(), None, lz4(), now);
     let mut pair = Pair::with(now, a, b);

@@ -5,13 +5,13 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use super::*;
-use crate::codec::Compression;
+use crate::compression::Compression;
 use crate::secure::record::{Opener, Sealer};
 
 /// A payload codec that only needs an id (the negotiation never runs it).
 struct Id(u8);
 
-impl Codec for Id {
+impl CompressionCodec for Id {
     fn id(&self) -> u8 {
         self.0
     }

@@ -1,5 +1,5 @@
 //! Per-frame payload codecs: compression negotiated in the handshake (DataSnap's
-//! "interceptor"), and the [`Codec`] trait for codecs of your own.
+//! "interceptor"), and the [`CompressionCodec`] trait for codecs of your own.
 //!
 //! Both ends list the codecs they offer in [`Config::compression`](crate::Config::compression),
 //! in order of preference. Right after the preambles they exchange the lists (before the
@@ -38,19 +38,19 @@ pub const LZ4_ID: u8 = 1;
 /// Wire id of the Zstandard codec (`Zstd`, with the `zstd` cargo feature).
 pub const ZSTD_ID: u8 = 2;
 
-/// A payload codec, negotiated per connection by its [`id`](Codec::id).
+/// A payload codec, negotiated per connection by its [`id`](CompressionCodec::id).
 ///
 /// Ids are one byte; 0 means "no codec" and cannot be used. 1 is the built-in [`Lz4`],
 /// 2 Zstandard (`zstd` feature); 3..=127 are reserved for codecs zserver may add; **use
 /// 128..=255 for your own**. Both ends must mean the same codec by an id.
 ///
 /// ```
-/// use zserver_core::{Codec, Error};
+/// use zserver_core::{CompressionCodec, Error};
 ///
 /// /// Run-length encoding: (count, byte) pairs.
 /// struct Rle;
 ///
-/// impl Codec for Rle {
+/// impl CompressionCodec for Rle {
 ///     fn id(&self) -> u8 { 200 }
 ///     fn name(&self) -> &'static str { "rle" }
 ///     fn encode(&self, input: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
@@ -63,9 +63,9 @@ pub const ZSTD_ID: u8 = 2;
 ///     }
 ///     fn decode(&self, input: &[u8], max_len: usize, out: &mut Vec<u8>) -> Result<(), Error> {
 ///         for pair in input.chunks(2) {
-///             let &[n, byte] = pair else { return Err(Error::Codec("odd length".into())) };
+///             let &[n, byte] = pair else { return Err(Error::Compression("odd length".into())) };
 ///             if out.len() + n as usize > max_len {
-///                 return Err(Error::Codec("decodes past the limit".into()));
+///                 return Err(Error::Compression("decodes past the limit".into()));
 ///             }
 ///             out.resize(out.len() + n as usize, byte);
 ///         }
@@ -76,7 +76,7 @@ pub const ZSTD_ID: u8 = 2;
 /// let mut config = zserver_core::Config::default();
 /// config.compression = zserver_core::Compression::off().with(Rle);
 /// ```
-pub trait Codec: Send + Sync + 'static {
+pub trait CompressionCodec: Send + Sync + 'static {
     /// The codec's wire id (1..=255; see the trait's documentation for the ranges).
     fn id(&self) -> u8;
 
@@ -105,7 +105,7 @@ pub trait Codec: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Lz4;
 
-impl Codec for Lz4 {
+impl CompressionCodec for Lz4 {
     fn id(&self) -> u8 {
         LZ4_ID
     }
@@ -115,8 +115,8 @@ impl Codec for Lz4 {
     }
 
     fn encode(&self, input: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
-        let len =
-            u32::try_from(input.len()).map_err(|_| Error::Codec("lz4: input over 4 GiB".into()))?;
+        let len = u32::try_from(input.len())
+            .map_err(|_| Error::Compression("lz4: input over 4 GiB".into()))?;
         let start = out.len();
         out.extend_from_slice(&len.to_le_bytes());
         out.resize(
@@ -130,18 +130,20 @@ impl Codec for Lz4 {
             }
             Err(e) => {
                 out.truncate(start);
-                Err(Error::Codec(format!("lz4: {e}")))
+                Err(Error::Compression(format!("lz4: {e}")))
             }
         }
     }
 
     fn decode(&self, input: &[u8], max_len: usize, out: &mut Vec<u8>) -> Result<(), Error> {
         let Some((len, block)) = input.split_first_chunk::<4>() else {
-            return Err(Error::Codec("lz4: shorter than its length prefix".into()));
+            return Err(Error::Compression(
+                "lz4: shorter than its length prefix".into(),
+            ));
         };
         let len = u32::from_le_bytes(*len) as usize;
         if len > max_len {
-            return Err(Error::Codec(format!(
+            return Err(Error::Compression(format!(
                 "lz4: decodes to {len} bytes, over the limit of {max_len}"
             )));
         }
@@ -151,13 +153,13 @@ impl Codec for Lz4 {
             Ok(n) if n == len => Ok(()),
             Ok(n) => {
                 out.truncate(start);
-                Err(Error::Codec(format!(
+                Err(Error::Compression(format!(
                     "lz4: announced {len} bytes, decoded {n}"
                 )))
             }
             Err(e) => {
                 out.truncate(start);
-                Err(Error::Codec(format!("lz4: {e}")))
+                Err(Error::Compression(format!("lz4: {e}")))
             }
         }
     }
@@ -174,7 +176,7 @@ impl Codec for Lz4 {
 pub struct Zstd;
 
 #[cfg(feature = "zstd")]
-impl Codec for Zstd {
+impl CompressionCodec for Zstd {
     fn id(&self) -> u8 {
         ZSTD_ID
     }
@@ -185,7 +187,7 @@ impl Codec for Zstd {
 
     fn encode(&self, input: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
         let packed =
-            zstd::bulk::compress(input, 0).map_err(|e| Error::Codec(format!("zstd: {e}")))?;
+            zstd::bulk::compress(input, 0).map_err(|e| Error::Compression(format!("zstd: {e}")))?;
         out.extend_from_slice(&packed);
         Ok(())
     }
@@ -193,11 +195,15 @@ impl Codec for Zstd {
     fn decode(&self, input: &[u8], max_len: usize, out: &mut Vec<u8>) -> Result<(), Error> {
         let len = match zstd::zstd_safe::get_frame_content_size(input) {
             Ok(Some(len)) => len,
-            Ok(None) => return Err(Error::Codec("zstd: frame without a content size".into())),
-            Err(_) => return Err(Error::Codec("zstd: not a zstd frame".into())),
+            Ok(None) => {
+                return Err(Error::Compression(
+                    "zstd: frame without a content size".into(),
+                ))
+            }
+            Err(_) => return Err(Error::Compression("zstd: not a zstd frame".into())),
         };
         if len > max_len as u64 {
-            return Err(Error::Codec(format!(
+            return Err(Error::Compression(format!(
                 "zstd: decodes to {len} bytes, over the limit of {max_len}"
             )));
         }
@@ -208,13 +214,13 @@ impl Codec for Zstd {
             Ok(n) if n == len => Ok(()),
             Ok(n) => {
                 out.truncate(start);
-                Err(Error::Codec(format!(
+                Err(Error::Compression(format!(
                     "zstd: announced {len} bytes, decoded {n}"
                 )))
             }
             Err(e) => {
                 out.truncate(start);
-                Err(Error::Codec(format!("zstd: {e}")))
+                Err(Error::Compression(format!("zstd: {e}")))
             }
         }
     }
@@ -224,7 +230,7 @@ impl Codec for Zstd {
 /// compresses. Part of [`Config`](crate::Config); off by default.
 #[derive(Clone)]
 pub struct Compression {
-    codecs: Vec<Arc<dyn Codec>>,
+    codecs: Vec<Arc<dyn CompressionCodec>>,
     /// Payloads of at least this many bytes are compressed (when the codec makes them
     /// smaller); smaller ones are sent as they are. Each side applies its own threshold to
     /// what it sends. Default [`DEFAULT_THRESHOLD`] (1 KiB).
@@ -272,7 +278,7 @@ impl Compression {
     ///
     /// # Panics
     /// If the codec's id is 0, or another codec in the offer has the same id.
-    pub fn with(self, codec: impl Codec) -> Self {
+    pub fn with(self, codec: impl CompressionCodec) -> Self {
         self.with_arc(Arc::new(codec))
     }
 
@@ -280,7 +286,7 @@ impl Compression {
     ///
     /// # Panics
     /// If the codec's id is 0, or another codec in the offer has the same id.
-    pub fn with_arc(mut self, codec: Arc<dyn Codec>) -> Self {
+    pub fn with_arc(mut self, codec: Arc<dyn CompressionCodec>) -> Self {
         let id = codec.id();
         assert!(id != 0, "codec `{}`: id 0 means no codec", codec.name());
         assert!(
@@ -299,7 +305,7 @@ impl Compression {
     }
 
     /// The codecs offered, most preferred first.
-    pub fn codecs(&self) -> &[Arc<dyn Codec>] {
+    pub fn codecs(&self) -> &[Arc<dyn CompressionCodec>] {
         &self.codecs
     }
 
@@ -309,7 +315,7 @@ impl Compression {
     }
 
     /// The offered codec with wire id `id`.
-    pub fn find(&self, id: u8) -> Option<&Arc<dyn Codec>> {
+    pub fn find(&self, id: u8) -> Option<&Arc<dyn CompressionCodec>> {
         self.codecs.iter().find(|c| c.id() == id)
     }
 
@@ -337,7 +343,7 @@ mod tests {
 
     struct Xor(u8);
 
-    impl Codec for Xor {
+    impl CompressionCodec for Xor {
         fn id(&self) -> u8 {
             self.0
         }
@@ -350,7 +356,7 @@ mod tests {
         }
         fn decode(&self, input: &[u8], max_len: usize, out: &mut Vec<u8>) -> Result<(), Error> {
             if input.len() > max_len {
-                return Err(Error::Codec("too long".into()));
+                return Err(Error::Compression("too long".into()));
             }
             out.extend(input.iter().map(|b| b ^ 0x5a));
             Ok(())

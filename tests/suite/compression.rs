@@ -1,4 +1,4 @@
-//! Payload compression negotiated in the handshake (`zserver::codec`), through the facade
+//! Payload compression negotiated in the handshake (`zserver::compression`), through the facade
 //! only, so that the same file runs on every back end:
 //!
 //! ```text
@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use zserver::codec::{Codec, Lz4};
+use zserver::compression::{CompressionCodec, Lz4};
 use zserver::{Bytes, Client, Compression, Config, Error, Outgoing, Router, Server, StableSession};
 
 use crate::common::*;
@@ -36,7 +36,7 @@ fn router() -> Router {
             Ok(Bytes::from((bytes.len() as u64).to_le_bytes().to_vec()))
         })
         .call("codec", |ctx, (): ()| async move {
-            Ok::<_, Error>(ctx.connection().codec().map(str::to_owned))
+            Ok::<_, Error>(ctx.connection().compression().map(str::to_owned))
         })
         .download("big", |_ctx, req| async move {
             Ok(Outgoing::bytes(compressible(req.offset as usize)))
@@ -89,7 +89,7 @@ async fn lz4_shrinks_large_payloads_on_the_wire(addr: &str) {
     for base in [Config::default(), Config::plain_trusted_link()] {
         let server = start(addr, with(base.clone(), Compression::lz4())).await;
         let client = connect(&server, with(base.clone(), Compression::lz4())).await;
-        assert_eq!(client.connection().codec(), Some("lz4"));
+        assert_eq!(client.connection().compression(), Some("lz4"));
         let server_side: Option<String> = client.call("codec", &()).await.unwrap();
         assert_eq!(server_side.as_deref(), Some("lz4"));
         let before = client.connection().stats();
@@ -108,7 +108,7 @@ async fn lz4_shrinks_large_payloads_on_the_wire(addr: &str) {
 
         let plain_server = start(addr, base.clone()).await;
         let plain_client = connect(&plain_server, base.clone()).await;
-        assert_eq!(plain_client.connection().codec(), None);
+        assert_eq!(plain_client.connection().compression(), None);
         let (raw_out, raw_back) = echo_costs(&plain_server, &plain_client, &payload).await;
         assert!(raw_out >= payload.len() as u64, "sent {raw_out} bytes");
         assert!(raw_back >= payload.len() as u64);
@@ -150,7 +150,7 @@ async fn payloads_under_the_threshold_are_sent_as_they_are(addr: &str) {
     let config = with(Config::plain_trusted_link(), Compression::lz4());
     let server = start(addr, config.clone()).await;
     let client = connect(&server, config).await;
-    assert_eq!(client.connection().codec(), Some("lz4"));
+    assert_eq!(client.connection().compression(), Some("lz4"));
     // Just under the default 1 KiB: as it is, framing on top.
     let small = vec![0u8; 1023];
     let (out, back) = echo_costs(&server, &client, &small).await;
@@ -196,7 +196,7 @@ async fn one_sided_offer_negotiates_none(addr: &str) {
         for base in [Config::default(), Config::plain_trusted_link()] {
             let server = start(addr, with(base.clone(), server_c.clone())).await;
             let client = connect(&server, with(base, client_c.clone())).await;
-            assert_eq!(client.connection().codec(), None);
+            assert_eq!(client.connection().compression(), None);
             let server_side: Option<String> = client.call("codec", &()).await.unwrap();
             assert_eq!(server_side, None);
             let (out, back) = echo_costs(&server, &client, &payload).await;
@@ -214,7 +214,7 @@ static RLE_DECODED: AtomicUsize = AtomicUsize::new(0);
 /// Run-length encoding: (count, byte) pairs.
 struct Rle;
 
-impl Codec for Rle {
+impl CompressionCodec for Rle {
     fn id(&self) -> u8 {
         200
     }
@@ -234,10 +234,10 @@ impl Codec for Rle {
         RLE_DECODED.fetch_add(1, Ordering::Relaxed);
         for pair in input.chunks(2) {
             let &[n, byte] = pair else {
-                return Err(Error::Codec("odd length".into()));
+                return Err(Error::Compression("odd length".into()));
             };
             if out.len() + n as usize > max_len {
-                return Err(Error::Codec("decodes past the limit".into()));
+                return Err(Error::Compression("decodes past the limit".into()));
             }
             out.resize(out.len() + n as usize, byte);
         }
@@ -254,7 +254,7 @@ async fn user_codec_is_negotiated_and_used(addr: &str) {
         with(Config::default(), Compression::off().with(Rle).with(Lz4)),
     )
     .await;
-    assert_eq!(client.connection().codec(), Some("rle"));
+    assert_eq!(client.connection().compression(), Some("rle"));
     let server_side: Option<String> = client.call("codec", &()).await.unwrap();
     assert_eq!(server_side.as_deref(), Some("rle"));
     let (enc, dec) = (
@@ -282,7 +282,7 @@ async fn user_codec_is_negotiated_and_used(addr: &str) {
         with(Config::plain_trusted_link(), Compression::lz4().with(Rle)),
     )
     .await;
-    assert_eq!(client.connection().codec(), Some("rle"));
+    assert_eq!(client.connection().compression(), Some("rle"));
     let (out, _) = echo_costs(&server, &client, &payload).await;
     assert!(out < payload.len() as u64 / 10, "sent {out}");
     shutdown(&server).await;
@@ -447,7 +447,7 @@ async fn lz4_over_a_stable_session(addr: &str) {
     config.stable = Some(StableSession::default());
     let server = start(addr, config.clone()).await;
     let client = connect(&server, config).await;
-    assert_eq!(client.connection().codec(), Some("lz4"));
+    assert_eq!(client.connection().compression(), Some("lz4"));
     let payload = compressible(200_000);
     let (out, back) = echo_costs(&server, &client, &payload).await;
     assert!(out < 50_000 && back < 50_000, "{out} / {back}");
@@ -517,13 +517,13 @@ async fn zstd_is_negotiated_when_both_offer_it(addr: &str) {
     let payload = compressible(300_000);
     let server = start(addr, with(Config::default(), Compression::zstd())).await;
     let client = connect(&server, with(Config::default(), Compression::zstd())).await;
-    assert_eq!(client.connection().codec(), Some("zstd"));
+    assert_eq!(client.connection().compression(), Some("zstd"));
     let (out, back) = echo_costs(&server, &client, &payload).await;
     assert!(out < 10_000 && back < 10_000, "{out} / {back}");
     // A server with LZ4 only: the client's second choice.
     let lz4_server = start(addr, with(Config::default(), Compression::lz4())).await;
     let client = connect(&lz4_server, with(Config::default(), Compression::zstd())).await;
-    assert_eq!(client.connection().codec(), Some("lz4"));
+    assert_eq!(client.connection().compression(), Some("lz4"));
     let (out, _) = echo_costs(&lz4_server, &client, &payload).await;
     assert!(out < payload.len() as u64 / 4, "{out}");
     shutdown(&server).await;
