@@ -40,7 +40,7 @@ impl KnownServers {
             }
             let mut words = line.split_whitespace();
             match (words.next(), words.next(), words.next()) {
-                (Some(addr), Some(fp), None) if zserver::secure::unhex(fp).is_some() => {
+                (Some(addr), Some(fp), None) if zserver::parse_fingerprint(fp).is_some() => {
                     entries.push((addr.to_owned(), fp.to_ascii_lowercase()))
                 }
                 _ => {

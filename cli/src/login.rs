@@ -383,7 +383,7 @@ async fn client_action(
         .connection()
         .peer_key()
         .ok_or("the server's key is unknown")?;
-    trust.connected(&zserver::secure::hex(&key))?;
+    trust.connected(&zserver::fingerprint(&key))?;
     if args.compression != CompressionArg::None {
         let codec = client.client().connection().compression().unwrap_or("none");
         eprintln!("zserver: payload compression {codec}");

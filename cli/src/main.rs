@@ -73,7 +73,7 @@ fn command() -> clap::Command {
     Cli::command().version(format!(
         "{} (wire protocol {})",
         env!("CARGO_PKG_VERSION"),
-        zserver::frame::PROTOCOL_VERSION
+        zserver::PROTOCOL_VERSION
     ))
 }
 

@@ -158,7 +158,7 @@ impl Collector for Figures {
                 .collect()
         };
         let version = env!("CARGO_PKG_VERSION");
-        let protocol = zserver::frame::PROTOCOL_VERSION.to_string();
+        let protocol = zserver::PROTOCOL_VERSION.to_string();
         let info = [(
             vec![("version", version), ("protocol", protocol.as_str())],
             1,

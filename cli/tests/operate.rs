@@ -560,7 +560,7 @@ fn json_logs_carry_the_connection_and_the_user() {
 #[test]
 fn version_names_the_wire_protocol() {
     let (stdout, _) = ok(zserver(&["--version"]));
-    let expected = format!("wire protocol {}", zserver::frame::PROTOCOL_VERSION);
+    let expected = format!("wire protocol {}", zserver::PROTOCOL_VERSION);
     assert!(stdout.contains(&expected), "{stdout}");
     assert!(stdout.contains(env!("CARGO_PKG_VERSION")), "{stdout}");
 }

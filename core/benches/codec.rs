@@ -8,7 +8,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use zserver_core::compression::{CompressionCodec, Lz4};
-use zserver_core::frame::DEFAULT_MAX_FRAME;
+use zserver_core::internal::frame::DEFAULT_MAX_FRAME;
 
 fn text(len: usize) -> Vec<u8> {
     b"{\"user\":\"ann\",\"score\":1234,\"items\":[1,2,3],\"note\":\"hello zserver\"} "

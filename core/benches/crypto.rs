@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use zserver_core::secure::cipher::{CipherState, Provider};
-use zserver_core::secure::record::{Opener, RekeyPolicy, Sealer, MAX_RECORD_PLAINTEXT};
+use zserver_core::internal::cipher::{CipherState, Provider};
+use zserver_core::internal::record::{Opener, RekeyPolicy, Sealer, MAX_RECORD_PLAINTEXT};
 
 fn sealer(p: Provider) -> Sealer {
     Sealer::new(

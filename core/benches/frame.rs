@@ -7,7 +7,7 @@ use std::hint::black_box;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use zserver_core::frame::{encode, FrameDecoder, Header, Kind, DEFAULT_MAX_FRAME};
+use zserver_core::internal::frame::{encode, FrameDecoder, Header, Kind, DEFAULT_MAX_FRAME};
 
 fn call(id: u64) -> Header<'static> {
     Header {

@@ -330,7 +330,7 @@ impl Compression {
 
 /// The negotiated codec id: the first id in the client's list, other than 0, that the
 /// server's list holds too. Both ends compute it from the same two lists.
-pub fn choose(client_ids: &[u8], server_ids: &[u8]) -> Option<u8> {
+pub(crate) fn choose(client_ids: &[u8], server_ids: &[u8]) -> Option<u8> {
     client_ids
         .iter()
         .copied()

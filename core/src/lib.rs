@@ -29,52 +29,55 @@
 //! - With [`Config::sequential`], each handler finishes before the next one starts.
 #![forbid(unsafe_code)]
 
-pub mod blocking;
-pub mod calls;
-pub mod client;
+mod blocking;
+mod calls;
+mod client;
 pub mod compression;
-pub mod config;
-pub mod connection;
-pub mod error;
-pub mod frame;
+mod config;
+mod connection;
+mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod handler;
+mod handler;
 pub mod hooks;
 mod link;
 pub mod metrics;
 pub(crate) mod proto;
 mod read_buf;
-pub mod reconnect;
-pub mod request;
+mod reconnect;
 pub mod runtime;
 pub mod secure;
 mod sequential;
-pub mod server;
+mod server;
 pub mod service;
 pub mod stable;
-pub mod stats;
+mod stats;
 pub mod stream;
 pub mod transport;
 #[cfg(feature = "ws")]
 pub mod ws;
 
+#[doc(hidden)]
+pub mod internal;
+pub(crate) use internal::{frame, request};
+
 pub use blocking::BlockingClient;
 pub use bytes::Bytes;
 pub use calls::{Calls, RequestBuilder};
-pub use client::{Client, ClientBuilder};
+pub use client::{Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT};
 #[cfg(feature = "zstd")]
 pub use compression::Zstd;
 pub use compression::{Compression, CompressionCodec, Lz4};
 pub use config::Config;
 pub use connection::Connection;
 pub use error::Error;
+pub use frame::{DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
 pub use handler::{Context, Responder, Router};
 pub use hooks::{CommandInfo, CommandKind};
 pub use reconnect::{Backoff, LinkState, ReconnectingBuilder, ReconnectingClient};
 pub use runtime::Runtime;
-pub use secure::{Encryption, Keypair, Provider, RekeyPolicy};
+pub use secure::{fingerprint, parse_fingerprint, Encryption, Keypair, Provider, RekeyPolicy};
 pub use server::{Server, ServerBuilder};
 pub use service::{Class, Method, ObjectId, RemoteObject, Service, Services};
 pub use stable::StableSession;

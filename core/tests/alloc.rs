@@ -15,7 +15,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use bytes::BytesMut;
-use zserver_core::frame::{encode, FrameDecoder, Header, Kind, DEFAULT_MAX_FRAME};
+use zserver_core::internal::frame::{encode, FrameDecoder, Header, Kind, DEFAULT_MAX_FRAME};
 
 struct Counting;
 

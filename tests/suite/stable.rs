@@ -13,7 +13,7 @@ use crate::common::generated::Probe;
 use crate::common::{
     bounded, join_all, skip_over_ws, suite_client, suite_server, until, within, WAIT,
 };
-use zserver::stable::wire::{self, Answer, Open, Refusal};
+use zserver::internal::wire::{self, Answer, Open, Refusal};
 use zserver::Calls;
 use zserver::{Config, Error, Outgoing, Router, StableSession};
 

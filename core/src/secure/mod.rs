@@ -9,10 +9,10 @@
 //! start); a client may pin the server's public key and then refuses any other server
 //! before a single command is sent.
 
-pub mod cipher;
+pub(crate) use crate::internal::cipher;
 mod handshake;
 pub(crate) mod negotiate;
-pub mod record;
+pub(crate) use crate::internal::record;
 
 use std::fmt;
 use std::io;
@@ -164,13 +164,26 @@ fn write_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     std::fs::write(path, bytes)
 }
 
+/// A public key as its fingerprint: 64 lower-case hex digits (what
+/// [`Keypair::fingerprint`] prints, and what
+/// [`ClientBuilder::pin_server_fingerprint`](crate::ClientBuilder::pin_server_fingerprint)
+/// takes).
+pub fn fingerprint(key: &[u8; 32]) -> String {
+    hex(key)
+}
+
+/// Parses a fingerprint (64 hex digits) back into a public key; `None` if it is not one.
+pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
+    unhex(text)
+}
+
 /// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Parses 64 hex digits into a 32-byte key.
-pub fn unhex(text: &str) -> Option<[u8; 32]> {
+pub(crate) fn unhex(text: &str) -> Option<[u8; 32]> {
     if text.len() != 64 || !text.is_ascii() {
         return None;
     }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 
-use super::cipher::{AuthError, CipherState, TAG_LEN};
+use crate::secure::cipher::{AuthError, CipherState, TAG_LEN};
 
 /// Bytes of a record header.
 pub const RECORD_HEADER: usize = 5;
@@ -260,8 +260,8 @@ impl Opener {
 
 #[cfg(test)]
 mod tests {
-    use super::super::cipher::Provider;
     use super::*;
+    use crate::secure::cipher::Provider;
     use proptest::prelude::*;
 
     fn pair(policy: RekeyPolicy) -> (Sealer, Opener, Instant) {

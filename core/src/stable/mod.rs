@@ -19,7 +19,7 @@
 
 mod replay;
 mod session;
-pub mod wire;
+pub(crate) use crate::internal::wire;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

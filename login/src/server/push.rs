@@ -310,6 +310,9 @@ mod tests {
             ..PushReport::default()
         };
         let bytes = postcard::to_allocvec(&full).unwrap().len();
-        assert!(bytes < zserver::frame::DEFAULT_MAX_FRAME / 4, "{bytes}");
+        assert!(
+            bytes < zserver::internal::frame::DEFAULT_MAX_FRAME / 4,
+            "{bytes}"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use zserver::frame::{encode, FrameDecoder, Header, DEFAULT_MAX_FRAME};
+use zserver::internal::frame::{encode, FrameDecoder, Header, DEFAULT_MAX_FRAME};
 use zserver::Calls;
 use zserver::{Client, ClientBuilder, Error, Outgoing, Router};
 use zserver_login::protocol::{
