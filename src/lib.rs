@@ -47,12 +47,8 @@ fn compiled() -> Vec<&'static str> {
     .collect()
 }
 
-/// The default back end's name: [`BACKEND_ENV`] if set, else the first compiled in.
-///
-/// # Panics
-/// If [`BACKEND_ENV`] names a back end that is not compiled into this build: running on
-/// another one than asked would be worse than stopping.
-pub fn default_backend() -> &'static str {
+/// The process's default back end: [`BACKEND_ENV`] if set, else the first compiled in.
+fn process_default() -> &'static str {
     static CHOSEN: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
     CHOSEN.get_or_init(|| {
         let compiled = compiled();
@@ -69,9 +65,70 @@ pub fn default_backend() -> &'static str {
     })
 }
 
-/// The names of the back ends compiled into this build, the default first.
+thread_local! {
+    /// The back end [`with_backend`] chose for this thread, while it runs.
+    static CHOSEN_HERE: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+/// The default back end's name, which [`server`], [`client`], [`block_on`], [`spawn`] and
+/// [`sleep`] use: the one [`with_backend`] chose for this thread; else, on a thread of a
+/// back end's runtime (a handler, a spawned task), that back end; else [`BACKEND_ENV`] if
+/// set; else the first compiled in.
+///
+/// # Panics
+/// If [`BACKEND_ENV`] names a back end that is not compiled into this build: running on
+/// another one than asked would be worse than stopping.
+pub fn default_backend() -> &'static str {
+    if let Some(name) = CHOSEN_HERE.with(std::cell::Cell::get) {
+        return name;
+    }
+    #[cfg(feature = "tokio")]
+    if zserver_tokio::on_worker_thread() {
+        return "tokio";
+    }
+    #[cfg(feature = "async-std")]
+    if zserver_asyncstd::on_worker_thread() {
+        return "async-std";
+    }
+    #[cfg(feature = "smol")]
+    if zserver_smol::on_worker_thread() {
+        return "smol";
+    }
+    process_default()
+}
+
+/// Runs `f` with `name` as this thread's default back end (see [`default_backend`]), as a
+/// test suite does to run each case on every back end of one build.
+///
+/// ```
+/// for name in zserver::backends() {
+///     zserver::with_backend(name, || {
+///         assert_eq!(zserver::default_backend(), name);
+///         zserver::block_on(zserver::sleep(std::time::Duration::from_millis(1)));
+///     });
+/// }
+/// ```
+///
+/// # Panics
+/// If `name` is not a back end compiled into this build.
+pub fn with_backend<T>(name: &str, f: impl FnOnce() -> T) -> T {
+    let name = compiled()
+        .into_iter()
+        .find(|b| *b == name)
+        .unwrap_or_else(|| panic!("back end `{name}` is not compiled into this build"));
+    struct Restore(Option<&'static str>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CHOSEN_HERE.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(CHOSEN_HERE.with(|c| c.replace(Some(name))));
+    f()
+}
+
+/// The names of the back ends compiled into this build, the process's default first.
 pub fn backends() -> Vec<&'static str> {
-    let default = default_backend();
+    let default = process_default();
     let mut names = compiled();
     names.retain(|b| *b != default);
     names.insert(0, default);

@@ -6,37 +6,102 @@
 
 pub(crate) mod generated;
 
-/// `both!(case)`: two tests, `case::v4` and `case::v6`, each running `async fn case(addr)`
-/// under `zserver::block_on` within the time limit. `both!(sync case)` does the same for a
-/// plain `fn case(addr)` (run on a std thread, outside any runtime).
+/// `both!(case)`: the tests `case::BACKEND::v4` and `case::BACKEND::v6` for every back end
+/// compiled in (`tokio`, `async_std`, `smol`), each running `async fn case(addr)` under
+/// that back end's `block_on`, with that back end as the test thread's default, within the
+/// time limit. `both!(sync case)` does the same for a plain `fn case(addr)` (run on a std
+/// thread, outside any runtime).
 #[allow(unused_macros)]
 macro_rules! both {
     ($(#[$m:meta])* $name:ident) => {
+        per_backend!(v4_and_v6, $(#[$m])* $name, |addr| zserver::block_on(super::super::$name(addr)));
+    };
+    ($(#[$m:meta])* sync $name:ident) => {
+        per_backend!(v4_and_v6, $(#[$m])* $name, |addr| super::super::$name(addr));
+    };
+}
+
+/// `every_backend!(case)`: the test `case::BACKEND::run` for every back end compiled in,
+/// each running the plain `fn case()` with that back end as its thread's default, within
+/// the time limit.
+#[allow(unused_macros)]
+macro_rules! every_backend {
+    ($(#[$m:meta])* $name:ident) => {
+        per_backend!(run_once, $(#[$m])* $name, |_unused| super::super::$name());
+    };
+}
+
+/// The test `run` of one back end: `$body`, once.
+#[allow(unused_macros)]
+macro_rules! run_once {
+    ($(#[$m:meta])* $backend:literal, |$addr:ident| $body:expr) => {
+        #[test]
+        $(#[$m])*
+        fn run() {
+            crate::common::bounded_on($backend, || {
+                let $addr = ();
+                $body
+            })
+        }
+    };
+}
+
+/// `mod case { mod tokio { .. } mod async_std { .. } mod smol { .. } }`, each back end's
+/// module holding the tests `$tests!` makes, for the back ends compiled in.
+#[allow(unused_macros)]
+macro_rules! per_backend {
+    ($tests:ident, $(#[$m:meta])* $name:ident, |$addr:ident| $body:expr) => {
         mod $name {
-            #[test]
-            $(#[$m])*
-            fn v4() {
-                crate::common::bounded(|| zserver::block_on(super::$name("127.0.0.1:0")))
+            #[cfg(feature = "tokio")]
+            mod tokio {
+                $tests!($(#[$m])* "tokio", |$addr| $body);
             }
-            #[test]
-            $(#[$m])*
-            fn v6() {
-                crate::common::bounded(|| zserver::block_on(super::$name("[::1]:0")))
+            #[cfg(feature = "async-std")]
+            mod async_std {
+                $tests!($(#[$m])* "async-std", |$addr| $body);
+            }
+            #[cfg(feature = "smol")]
+            mod smol {
+                $tests!($(#[$m])* "smol", |$addr| $body);
             }
         }
     };
-    ($(#[$m:meta])* sync $name:ident) => {
-        mod $name {
-            #[test]
-            $(#[$m])*
-            fn v4() {
-                crate::common::bounded(|| super::$name("127.0.0.1:0"))
-            }
-            #[test]
-            $(#[$m])*
-            fn v6() {
-                crate::common::bounded(|| super::$name("[::1]:0"))
-            }
+}
+
+/// The tests `v4` and `v6` of one back end: `$body` with `$addr` on IPv4 and IPv6 loopback.
+#[allow(unused_macros)]
+macro_rules! v4_and_v6 {
+    ($(#[$m:meta])* $backend:literal, |$addr:ident| $body:expr) => {
+        #[test]
+        $(#[$m])*
+        fn v4() {
+            crate::common::bounded_on($backend, || {
+                let $addr = "127.0.0.1:0";
+                $body
+            })
+        }
+        #[test]
+        $(#[$m])*
+        fn v6() {
+            crate::common::bounded_on($backend, || {
+                let $addr = "[::1]:0";
+                $body
+            })
+        }
+    };
+}
+
+/// The test `v4` of one back end: `$body` with `$addr` on IPv4 loopback.
+#[allow(unused_macros)]
+macro_rules! v4_only {
+    ($(#[$m:meta])* $backend:literal, |$addr:ident| $body:expr) => {
+        #[test]
+        $(#[$m])*
+        fn v4() {
+            crate::common::bounded_on($backend, || {
+                let $addr = "127.0.0.1:0";
+                $body
+            })
         }
     };
 }
@@ -59,11 +124,16 @@ pub(crate) const WAIT: Duration = Duration::from_secs(10);
 /// Runs `f` on its own thread and fails if it panics or does not finish within
 /// [`TEST_LIMIT`]. A hung body (async or blocking) thus fails instead of hanging the suite.
 pub(crate) fn bounded(f: impl FnOnce() + Send + 'static) {
+    bounded_on(zserver::default_backend(), f)
+}
+
+/// [`bounded`], with `backend` as the default back end of the thread that runs `f`.
+pub(crate) fn bounded_on(backend: &'static str, f: impl FnOnce() + Send + 'static) {
     let (tx, rx) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("bounded-test-body".into())
         .spawn(move || {
-            let result = catch_unwind(AssertUnwindSafe(f));
+            let result = zserver::with_backend(backend, || catch_unwind(AssertUnwindSafe(f)));
             let _ = tx.send(result);
         })
         .expect("spawn the test body thread");
@@ -203,8 +273,10 @@ pub(crate) async fn join_all<F: Future>(futs: impl IntoIterator<Item = F>) -> Ve
 pub(crate) async fn on_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     let slot = Watch::new(None);
     let s = slot.clone();
+    // The same back end as the test's, on this thread too.
+    let backend = zserver::default_backend();
     std::thread::spawn(move || {
-        let result = catch_unwind(AssertUnwindSafe(f));
+        let result = zserver::with_backend(backend, || catch_unwind(AssertUnwindSafe(f)));
         s.update(|v| *v = Some(result));
     });
     match slot

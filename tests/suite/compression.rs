@@ -2,9 +2,8 @@
 //! only, so that the same file runs on every back end:
 //!
 //! ```text
-//! cargo test --test suite codec::
-//! ZSERVER_BACKEND=async-std cargo test --workspace --test suite codec::
-//! ZSERVER_BACKEND=smol cargo test --workspace --test suite codec::
+//! cargo test --test suite compression::                                          # every back end
+//! cargo test --test suite -- compression:: --skip ::tokio:: --skip ::async_std::  # smol only
 //! ```
 //!
 //! Every case runs over IPv4 and IPv6 loopback and fails within 30 s if anything hangs.

@@ -2,12 +2,11 @@
 //! same file runs unchanged on every back end:
 //!
 //! ```text
-//! cargo test --test suite engine::
-//! ZSERVER_BACKEND=async-std cargo test --workspace --test suite engine::
-//! ZSERVER_BACKEND=smol cargo test --workspace --test suite engine::
+//! cargo test --test suite engine::                                          # every back end
+//! cargo test --test suite -- engine:: --skip ::tokio:: --skip ::async_std::  # smol only
 //! ```
 //!
-//! Every case runs over IPv4 and IPv6 loopback (`<case>::v4`, `<case>::v6`), binds port 0
+//! Every case runs over IPv4 and IPv6 loopback (`<case>::<back end>::v4`, `::v6`), binds port 0
 //! and fails within 30 s if anything hangs.
 
 use std::collections::{HashMap, HashSet};

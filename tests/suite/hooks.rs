@@ -2,9 +2,8 @@
 //! a call to another server; through the `zserver` facade only, on every back end:
 //!
 //! ```text
-//! cargo test --test suite hooks::
-//! ZSERVER_BACKEND=async-std cargo test --workspace --test suite hooks::
-//! ZSERVER_BACKEND=smol cargo test --workspace --test suite hooks::
+//! cargo test --test suite hooks::                                          # every back end
+//! cargo test --test suite -- hooks:: --skip ::tokio:: --skip ::async_std::  # smol only
 //! ```
 
 use std::collections::{HashMap, HashSet};

@@ -1,11 +1,11 @@
 //! The facade's behavioural suite, in one test binary (built and linked once, instead of
-//! once per file): each module is one area, run on the back end `ZSERVER_BACKEND` picks,
+//! once per file): each module is one area, each case run on every back end compiled in,
 //! over TCP or, with `ZSERVER_TEST_TRANSPORT=ws`, WebSocket.
 //!
 //! ```text
-//! cargo test --test suite                     # every area, default back end
+//! cargo test --test suite                     # every area, every back end
 //! cargo test --test suite engine:: streams::  # some areas
-//! ZSERVER_BACKEND=smol cargo test --workspace --test suite
+//! cargo test --test suite ::smol::            # one back end
 //! ```
 //!
 //! `tests/leaks.rs`, `tests/memory.rs` and `tests/backend.rs` stay binaries of their own:

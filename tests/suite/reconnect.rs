@@ -2,12 +2,11 @@
 //! unchanged on every back end:
 //!
 //! ```text
-//! cargo test --test suite reconnect::
-//! ZSERVER_BACKEND=async-std cargo test --workspace --test suite reconnect::
-//! ZSERVER_BACKEND=smol cargo test --workspace --test suite reconnect::
+//! cargo test --test suite reconnect::                                          # every back end
+//! cargo test --test suite -- reconnect:: --skip ::tokio:: --skip ::async_std::  # smol only
 //! ```
 //!
-//! Every case runs over IPv4 loopback (`<case>::v4`), binds port 0 and fails within 30 s
+//! Every case runs over IPv4 loopback (`<case>::<back end>::v4`), binds port 0 and fails within 30 s
 //! if anything hangs. Timing checks are loose: timers may fire late, never early.
 
 use std::collections::HashMap;
@@ -23,16 +22,13 @@ use zserver::{Backoff, Client, Config, Error, LinkState, ReconnectingClient, Rou
 use crate::common::*;
 use zserver::Calls;
 
-/// `v4!(case)`: a test `case::v4` running `async fn case(addr)` under `zserver::block_on`
-/// within the time limit.
+/// `v4!(case)`: a test `case::BACKEND::v4` per back end, running `async fn case(addr)`
+/// under that back end's `block_on` within the time limit.
 macro_rules! v4 {
     ($name:ident) => {
-        mod $name {
-            #[test]
-            fn v4() {
-                crate::common::bounded(|| zserver::block_on(super::$name("127.0.0.1:0")))
-            }
-        }
+        per_backend!(v4_only, $name, |addr| zserver::block_on(
+            super::super::$name(addr)
+        ));
     };
 }
 

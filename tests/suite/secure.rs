@@ -127,7 +127,7 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-#[test]
+every_backend!(same_plaintext_gives_different_ciphertext_on_two_connections);
 fn same_plaintext_gives_different_ciphertext_on_two_connections() {
     zserver::block_on(async {
         let server = zserver::server()
@@ -158,9 +158,9 @@ fn same_plaintext_gives_different_ciphertext_on_two_connections() {
     .unwrap();
 }
 
+every_backend!(the_first_record_may_share_a_write_with_message_3);
 /// docs/PROTOCOL.md section 2b: the client may send its first record in the same write as
 /// handshake message 3; the server reads message 3 and takes the bytes after it as records.
-#[test]
 fn the_first_record_may_share_a_write_with_message_3() {
     zserver::block_on(async {
         let server = zserver::server()
@@ -189,7 +189,7 @@ async fn within_ten_seconds<T>(fut: impl std::future::Future<Output = T>) -> Opt
     .await
 }
 
-#[test]
+every_backend!(a_flipped_bit_closes_the_connection_with_an_auth_error);
 fn a_flipped_bit_closes_the_connection_with_an_auth_error() {
     zserver::block_on(async {
         let server = zserver::server()
@@ -217,7 +217,7 @@ fn a_flipped_bit_closes_the_connection_with_an_auth_error() {
     .unwrap();
 }
 
-#[test]
+every_backend!(a_replayed_record_is_refused);
 fn a_replayed_record_is_refused() {
     zserver::block_on(async {
         let calls = Arc::new(Mutex::new(0u32));
@@ -249,7 +249,7 @@ fn a_replayed_record_is_refused() {
     .unwrap();
 }
 
-#[test]
+every_backend!(a_wrong_pinned_key_is_refused_before_any_command_runs);
 fn a_wrong_pinned_key_is_refused_before_any_command_runs() {
     zserver::block_on(async {
         let server = zserver::server()
@@ -282,9 +282,13 @@ fn a_wrong_pinned_key_is_refused_before_any_command_runs() {
     .unwrap();
 }
 
-#[test]
+every_backend!(the_key_file_keeps_the_server_identity_across_restarts);
 fn the_key_file_keeps_the_server_identity_across_restarts() {
-    let dir = std::env::temp_dir().join(format!("zserver-secure-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "zserver-secure-{}-{}",
+        std::process::id(),
+        zserver::default_backend()
+    ));
     let path = dir.join("server.key");
     let _ = std::fs::remove_dir_all(&dir);
     zserver::block_on(async {
@@ -315,7 +319,7 @@ fn the_key_file_keeps_the_server_identity_across_restarts() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
+every_backend!(plain_and_encrypted_peers_refuse_each_other_clearly);
 fn plain_and_encrypted_peers_refuse_each_other_clearly() {
     zserver::block_on(async {
         let server = zserver::server().bind("127.0.0.1:0").await?;
@@ -334,9 +338,9 @@ fn plain_and_encrypted_peers_refuse_each_other_clearly() {
     .unwrap();
 }
 
+every_backend!(a_256_mib_transfer_rekeying_every_mib_arrives_with_the_same_hash);
 /// 256 MiB in one-way sends with a rekey every MiB in each direction arrives intact, with
 /// the providers mixed (ring on one side, aes-gcm on the other, where ring is built).
-#[test]
 fn a_256_mib_transfer_rekeying_every_mib_arrives_with_the_same_hash() {
     const CHUNK: usize = 1 << 20;
     const CHUNKS: usize = 256;
@@ -402,9 +406,9 @@ fn a_256_mib_transfer_rekeying_every_mib_arrives_with_the_same_hash() {
     .unwrap();
 }
 
+every_backend!(a_frame_larger_than_a_record_spans_records);
 /// A frame larger than the largest record (possible with a raised `max_frame`) spans
 /// records and still arrives intact.
-#[test]
 fn a_frame_larger_than_a_record_spans_records() {
     let mut config = Config::default();
     config.max_frame = 16 << 20;

@@ -80,10 +80,10 @@ async fn connect(server: &zserver::Server) -> Result<zserver::Client, Error> {
         .await
 }
 
+every_backend!(typed_calls_carry_ids_not_names);
 /// Typed calls work, an unknown method is a clear error, and after the first call of a
 /// service no call carries a method name: 100 calls of a 90-byte method name cost far
 /// less than 90 bytes each, each way.
-#[test]
 fn typed_calls_carry_ids_not_names() {
     bounded(|| {
         zserver::block_on(async {
@@ -113,9 +113,9 @@ fn typed_calls_carry_ids_not_names() {
     });
 }
 
+every_backend!(discovery_and_the_allow_list);
 /// Discovery lists every service with its methods' ids and type names; an allow-list
 /// hides the rest, which then cannot be called either.
-#[test]
 fn discovery_and_the_allow_list() {
     bounded(|| {
         zserver::block_on(async {
@@ -169,10 +169,10 @@ fn discovery_and_the_allow_list() {
     });
 }
 
+every_backend!(remote_object_lifecycle);
 /// Remote objects: created, called independently, freed; a freed, foreign or
 /// wrong-class id is a clear error; a connection's objects go when it closes; the
 /// per-connection limit holds.
-#[test]
 fn remote_object_lifecycle() {
     bounded(|| {
         zserver::block_on(async {
@@ -234,9 +234,9 @@ fn remote_object_lifecycle() {
     });
 }
 
+every_backend!(on_call_vetoes_by_method);
 /// `on_call` sees every method by name and can veto it: the caller gets `Denied` and the
 /// method does not run.
-#[test]
 fn on_call_vetoes_by_method() {
     bounded(|| {
         zserver::block_on(async {

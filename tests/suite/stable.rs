@@ -111,10 +111,10 @@ fn counting_router(runs: Arc<Mutex<HashMap<u64, u32>>>) -> Router {
     })
 }
 
+every_backend!(ten_thousand_calls_survive_cut_links);
 /// 10,000 calls, 100 at a time, with the link cut under every tenth batch: every call
 /// succeeds with its own answer, every handler ran exactly once, and the connection (one
 /// and the same) never saw an error.
-#[test]
 fn ten_thousand_calls_survive_cut_links() {
     bounded(|| {
         zserver::block_on(async {
@@ -180,8 +180,8 @@ fn ten_thousand_calls_survive_cut_links() {
     });
 }
 
+every_backend!(a_256_mib_upload_survives_cut_links);
 /// A 256 MiB upload with the link cut every 100 ms arrives whole, with the sender's hash.
-#[test]
 fn a_256_mib_upload_survives_cut_links() {
     let result = zserver::block_on(async {
         let router = Router::new().upload("sink", |_ctx, mut body| async move {
@@ -227,9 +227,9 @@ fn a_256_mib_upload_survives_cut_links() {
     result.unwrap();
 }
 
+every_backend!(a_session_gone_past_the_offline_timeout_fails_its_calls);
 /// When the server cannot be reached again within the offline time-out, a call in flight
 /// fails with an error (it does not hang), and the server forgets the session.
-#[test]
 fn a_session_gone_past_the_offline_timeout_fails_its_calls() {
     bounded(|| {
         zserver::block_on(async {
@@ -273,8 +273,8 @@ fn a_session_gone_past_the_offline_timeout_fails_its_calls() {
     });
 }
 
+every_backend!(an_unknown_session_cannot_be_resumed);
 /// A resume for a session the server does not know is refused, and the server goes on.
-#[test]
 fn an_unknown_session_cannot_be_resumed() {
     if skip_over_ws("an_unknown_session_cannot_be_resumed") {
         return;
@@ -316,8 +316,8 @@ fn an_unknown_session_cannot_be_resumed() {
     });
 }
 
+every_backend!(both_ends_must_use_stable_sessions);
 /// A stable client at a server without stable sessions gets a clear error.
-#[test]
 fn both_ends_must_use_stable_sessions() {
     bounded(|| {
         zserver::block_on(async {
@@ -338,9 +338,9 @@ fn both_ends_must_use_stable_sessions() {
     });
 }
 
+every_backend!(a_session_that_never_finishes_its_handshake_is_dropped);
 /// A new session whose handshake never finishes is dropped with it, not kept for the
 /// offline time-out: silent sockets cannot pile up sessions.
-#[test]
 fn a_session_that_never_finishes_its_handshake_is_dropped() {
     if skip_over_ws("a_session_that_never_finishes_its_handshake_is_dropped") {
         return;

@@ -72,9 +72,9 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+every_backend!(a_generated_gigabyte_round_trips_while_small_calls_stay_quick);
 /// A generated 1 GiB stream arrives with the sender's hash, and small calls on the same
 /// connection keep answering quickly while it runs (chunks interleave with them).
-#[test]
 fn a_generated_gigabyte_round_trips_while_small_calls_stay_quick() {
     zserver::block_on(async {
         let server = suite_server()
@@ -132,9 +132,9 @@ fn a_generated_gigabyte_round_trips_while_small_calls_stay_quick() {
     .unwrap();
 }
 
+every_backend!(a_slow_reader_holds_the_sender_to_the_window);
 /// A slow consumer holds the sender to the window: what the source has produced never
 /// runs more than the window (plus the one chunk being sent) ahead of what was consumed.
-#[test]
 fn a_slow_reader_holds_the_sender_to_the_window() {
     const WINDOW: u64 = 512 * 1024;
     zserver::block_on(async {
@@ -193,9 +193,9 @@ fn file_router(dir: PathBuf) -> Router {
     })
 }
 
+every_backend!(a_broken_download_resumes_from_where_it_stopped);
 /// A download cut off by a dropped connection continues from the file's length after
 /// reconnecting, and the file ends up identical to the source.
-#[test]
 fn a_broken_download_resumes_from_where_it_stopped() {
     let dir = temp_dir("resume");
     let source = dir.join("source.bin");
@@ -250,8 +250,8 @@ fn a_broken_download_resumes_from_where_it_stopped() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+every_backend!(two_hundred_concurrent_downloads_all_match);
 /// 200 downloads of one 16 MiB file at once (20 connections, 10 each) all arrive whole.
-#[test]
 fn two_hundred_concurrent_downloads_all_match() {
     let dir = temp_dir("many");
     let expected = write_generated_file(&dir.join("big.bin"), 16 * MIB);
@@ -285,9 +285,9 @@ fn two_hundred_concurrent_downloads_all_match() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+every_backend!(either_side_can_cancel_a_transfer);
 /// Dropping a download's receiver stops the sender and frees its source at once; dropping
 /// an upload's sender fails the handler's stream with `StreamAborted`.
-#[test]
 fn either_side_can_cancel_a_transfer() {
     zserver::block_on(async {
         let endless = Probe::default();
@@ -340,9 +340,9 @@ fn either_side_can_cancel_a_transfer() {
     .unwrap();
 }
 
+every_backend!(a_complete_buffer_arrives_whole_and_limits_hold);
 /// A complete buffer (one in-memory block) arrives as one buffer; a block over the
 /// receiver's limit is refused with a clear error.
-#[test]
 fn a_complete_buffer_arrives_whole_and_limits_hold() {
     zserver::block_on(async {
         let router = Router::new()
@@ -373,9 +373,9 @@ fn a_complete_buffer_arrives_whole_and_limits_hold() {
     .unwrap();
 }
 
+every_backend!(stream_and_plain_commands_do_not_mix);
 /// A request of the wrong shape (a stream to a plain command, a plain call to a stream
 /// command) gets a clear error and the connection lives on.
-#[test]
 fn stream_and_plain_commands_do_not_mix() {
     zserver::block_on(async {
         let dir = temp_dir("shape");
@@ -414,8 +414,8 @@ fn stream_and_plain_commands_do_not_mix() {
     .unwrap();
 }
 
+every_backend!(the_server_can_stream_to_a_client);
 /// Streams work in the other direction too: the server uploads to a handler on the client.
-#[test]
 fn the_server_can_stream_to_a_client() {
     zserver::block_on(async {
         let server = suite_server().bind("127.0.0.1:0").await?;
@@ -444,9 +444,9 @@ fn the_server_can_stream_to_a_client() {
     .unwrap();
 }
 
+every_backend!(a_corrupted_stream_fails_its_hash_check);
 /// On a plain (trusted-link) connection nothing but the stream hash guards the bytes: a
 /// byte flipped on the wire fails the stream with an integrity error.
-#[test]
 fn a_corrupted_stream_fails_its_hash_check() {
     zserver::block_on(async {
         let server = suite_server()
@@ -505,9 +505,9 @@ fn flip_one_byte(target: SocketAddr, offset: usize) -> SocketAddr {
     addr
 }
 
+every_backend!(streams_past_the_limit_are_refused);
 /// A peer may hold only `max_streams` streams open on a connection; past that a stream call
 /// is refused with a clear error, and the connection carries on.
-#[test]
 fn streams_past_the_limit_are_refused() {
     zserver::block_on(async {
         let (release_tx, release_rx) = async_channel::bounded::<()>(8);
@@ -578,10 +578,10 @@ fn sequential_order_router(order: Arc<std::sync::Mutex<Vec<u32>>>) -> Router {
         })
 }
 
+every_backend!(sequential_calls_queued_behind_an_upload_do_not_stall_it);
 /// Sequential mode: thousands of calls queued behind an upload's handler (more than a
 /// 256-handler queue, more than `max_handlers_in_flight`) do not stop the reader that the
 /// upload's own `Data` frames need; every handler still runs once, in arrival order.
-#[test]
 fn sequential_calls_queued_behind_an_upload_do_not_stall_it() {
     const CALLS: u32 = 2000;
     const LEN: u64 = 2 * MIB;
@@ -638,10 +638,10 @@ fn sequential_calls_queued_behind_an_upload_do_not_stall_it() {
     });
 }
 
+every_backend!(a_sequential_queue_stops_reading_at_its_byte_budget);
 /// Sequential mode still bounds what waiting calls hold: while the running handler is
 /// held, the server stops reading once the queued calls hold about 8 MiB (here 64 KiB
 /// each, so far fewer than 256 of them), and reads the rest once it is released.
-#[test]
 fn a_sequential_queue_stops_reading_at_its_byte_budget() {
     const CALLS: usize = 300;
     const PAYLOAD: usize = 64 * 1024;

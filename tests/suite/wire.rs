@@ -8,8 +8,8 @@ use std::time::Duration;
 use zserver::Calls;
 use zserver::{Error, Router};
 
+every_backend!(small_frames_are_coalesced_into_few_writes);
 /// Many small frames queued close together leave in far fewer socket writes.
-#[test]
 fn small_frames_are_coalesced_into_few_writes() {
     zserver::block_on(async {
         let (tx, rx) = async_channel::unbounded::<()>();
@@ -60,8 +60,8 @@ fn small_frames_are_coalesced_into_few_writes() {
     .unwrap();
 }
 
+every_backend!(server_opens_with_magic_and_version);
 /// The first bytes a server sends are the preamble: magic and protocol version.
-#[test]
 fn server_opens_with_magic_and_version() {
     let plain = zserver::server().config(zserver::Config::plain_trusted_link());
     let server = zserver::block_on(plain.bind("127.0.0.1:0")).unwrap();
@@ -80,10 +80,10 @@ fn server_opens_with_magic_and_version() {
     zserver::block_on(server.shutdown());
 }
 
+every_backend!(a_peer_that_never_reads_is_throttled_not_buffered);
 /// A peer that pipelines calls and never reads its replies is throttled: the server stops
 /// reading from it (its replies queue to a bound), so the peer's writes stall long before it
 /// has pushed 512 MiB, while another client is still served.
-#[test]
 fn a_peer_that_never_reads_is_throttled_not_buffered() {
     let router = Router::new().bytes("echo", |_ctx, b| async move { Ok(b) });
     let plain = zserver::Config::plain_trusted_link();
@@ -140,9 +140,9 @@ fn a_peer_that_never_reads_is_throttled_not_buffered() {
     .unwrap();
 }
 
+every_backend!(a_panic_in_sequential_mode_fails_only_that_call);
 /// A panicking handler on a sequential connection fails only its own call: the calls after
 /// it are still handled, in order.
-#[test]
 fn a_panic_in_sequential_mode_fails_only_that_call() {
     zserver::block_on(async {
         let router = Router::new()
@@ -175,9 +175,9 @@ fn a_panic_in_sequential_mode_fails_only_that_call() {
     .unwrap();
 }
 
+every_backend!(a_panicking_handler_fails_only_its_call);
 /// A handler that panics, before or after its first await, fails its own call with
 /// `NoResponse`; the panic is counted and the connection keeps serving.
-#[test]
 fn a_panicking_handler_fails_only_its_call() {
     zserver::block_on(async {
         let router = Router::new()
@@ -225,9 +225,9 @@ fn heartbeat_config(beat_ms: u64, idle_ms: u64) -> zserver::Config {
     config
 }
 
+every_backend!(a_silent_peer_is_pinged_then_disconnected);
 /// A peer that goes silent is probed with a `Ping` after one heartbeat, and disconnected
 /// once the idle time-out passes without a word from it (DataSnap's idle disconnect).
-#[test]
 fn a_silent_peer_is_pinged_then_disconnected() {
     let server = zserver::block_on(
         zserver::server()
@@ -259,9 +259,9 @@ fn a_silent_peer_is_pinged_then_disconnected() {
     zserver::block_on(server.shutdown());
 }
 
+every_backend!(heartbeats_keep_a_quiet_connection_open);
 /// Two live peers with nothing to say keep each other alive with heartbeats, well past
 /// the idle time-out.
-#[test]
 fn heartbeats_keep_a_quiet_connection_open() {
     zserver::block_on(async {
         let router = Router::new().bytes("echo", |_ctx, b| async move { Ok(b) });
@@ -293,9 +293,9 @@ fn heartbeats_keep_a_quiet_connection_open() {
     .unwrap();
 }
 
+every_backend!(silent_sockets_do_not_starve_real_clients);
 /// 2,000 sockets that connect and say nothing (slowloris) do not stop a normal client's
 /// calls, and each is dropped once the handshake time-out passes.
-#[test]
 fn silent_sockets_do_not_starve_real_clients() {
     let mut config = zserver::Config::default();
     config.handshake_timeout = Duration::from_millis(1500);
@@ -337,9 +337,9 @@ fn silent_sockets_do_not_starve_real_clients() {
     zserver::block_on(server.shutdown());
 }
 
+every_backend!(connections_past_the_per_address_limit_are_refused);
 /// Connections past `max_connections_per_ip` are closed at once and counted; a place frees
 /// up when a connection ends.
-#[test]
 fn connections_past_the_per_address_limit_are_refused() {
     zserver::block_on(async {
         let mut config = zserver::Config::default();
@@ -374,10 +374,10 @@ fn connections_past_the_per_address_limit_are_refused() {
     .unwrap();
 }
 
+every_backend!(a_reused_stream_id_is_refused_and_orphans_nothing);
 /// A peer that opens a second upload under the id of one still open gets an error for the
 /// second, and the first handler is not orphaned: when the connection closes it ends (with
 /// an error) instead of waiting forever. (Found by the dispatcher fuzz target.)
-#[test]
 fn a_reused_stream_id_is_refused_and_orphans_nothing() {
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let router = Router::new().upload("sink", move |_ctx, body| {
@@ -436,10 +436,10 @@ fn read_raw_answer(sock: &mut std::net::TcpStream) -> (u8, u8, u8, Vec<u8>) {
     }
 }
 
+every_backend!(data_after_end_is_answered_with_stop_not_a_close);
 /// docs/PROTOCOL.md §5b and §7: `Data` after a stream's `End` is `Data` for a stream the
 /// receiver no longer knows. It is answered with `Stop` and the connection stays up; other
 /// stream frames for unknown streams are ignored.
-#[test]
 fn data_after_end_is_answered_with_stop_not_a_close() {
     let router = Router::new()
         .upload(
@@ -475,10 +475,10 @@ fn data_after_end_is_answered_with_stop_not_a_close() {
     zserver::block_on(server.shutdown());
 }
 
+every_backend!(a_data_frame_may_use_the_whole_credit_and_no_more);
 /// docs/PROTOCOL.md §5b, "Largest `Data` payload": no stream-specific size limit. One
 /// `Data` frame carrying the whole initial credit (262,144 bytes, four times what zserver
 /// sends per frame) is accepted; one byte more than the credit closes the connection.
-#[test]
 fn a_data_frame_may_use_the_whole_credit_and_no_more() {
     const CREDIT: usize = 262_144;
     let router = Router::new().upload("count", |_ctx, body| async move {
@@ -506,11 +506,11 @@ fn a_data_frame_may_use_the_whole_credit_and_no_more() {
     zserver::block_on(server.shutdown());
 }
 
+every_backend!(data_for_unknown_streams_cannot_grow_the_outbox);
 /// docs/PROTOCOL.md §5b: `Data` for streams the server does not know, from a peer that
 /// never reads, cannot make the server queue an answer per frame. A stream gets one `Stop`
 /// however much `Data` follows, and a connection answers at most 1,024 unknown streams in
 /// its life; the rest is read and dropped, and the connection is still served.
-#[test]
 fn data_for_unknown_streams_cannot_grow_the_outbox() {
     const MAX_STOP_ANSWERS: usize = 1024;
     let router = Router::new().console("echo", |_ctx, text: String| async move { Ok(text) });
@@ -572,11 +572,11 @@ fn data_for_unknown_streams_cannot_grow_the_outbox() {
     zserver::block_on(server.shutdown());
 }
 
+every_backend!(pings_from_a_peer_that_never_reads_wait_in_the_socket_not_in_memory);
 /// A peer that sends `Ping`s and never reads cannot make the server queue a `Pong` per
 /// `Ping` in memory: once twice `max_pending_write` of answers wait unsent, the server reads
 /// that peer no further (so the peer's writes block), and it answers every `Ping` once the
 /// peer reads again.
-#[test]
 fn pings_from_a_peer_that_never_reads_wait_in_the_socket_not_in_memory() {
     const FLOOD: usize = 64 << 20;
     let mut config = zserver::Config::plain_trusted_link();
@@ -679,10 +679,10 @@ fn plain_server_with_config_and_raw_peer(
     (server, sock)
 }
 
+every_backend!(the_python_client_of_protocol_md_makes_a_call);
 /// docs/PROTOCOL.md §9: the minimal Python client, run exactly as the document prints it
 /// (only its port changed), makes a call against a plain server. Skipped, saying so, where
 /// there is no `python3`.
-#[test]
 fn the_python_client_of_protocol_md_makes_a_call() {
     let doc = include_str!("../../docs/PROTOCOL.md");
     let start = doc

@@ -33,8 +33,14 @@ impl Runtime for AsyncStdTransport {
         Box::pin(async_std::task::sleep(duration))
     }
     fn on_worker_thread(&self) -> bool {
-        async_std::task::try_current().is_some()
+        on_worker_thread()
     }
+}
+
+/// Whether the calling thread is running an async-std task (a worker, or in its
+/// `block_on`).
+pub fn on_worker_thread() -> bool {
+    async_std::task::try_current().is_some()
 }
 
 /// Turns a connected stream into the core's split adapter, with Nagle's algorithm off.

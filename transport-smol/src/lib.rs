@@ -58,8 +58,13 @@ impl Runtime for SmolTransport {
         })
     }
     fn on_worker_thread(&self) -> bool {
-        WORKER.with(Cell::get)
+        on_worker_thread()
     }
+}
+
+/// Whether the calling thread is one of the shared executor's worker threads.
+pub fn on_worker_thread() -> bool {
+    WORKER.with(Cell::get)
 }
 
 /// Turns a connected stream into the core's split adapter, with Nagle's algorithm off.

@@ -66,8 +66,13 @@ impl Runtime for TokioTransport {
     }
 
     fn on_worker_thread(&self) -> bool {
-        Handle::try_current().is_ok()
+        on_worker_thread()
     }
+}
+
+/// Whether the calling thread is inside a tokio runtime (a worker, or in its `block_on`).
+pub fn on_worker_thread() -> bool {
+    Handle::try_current().is_ok()
 }
 
 /// The write half as a futures-io writer. Unlike tokio-util's `Compat`, it forwards
