@@ -15,7 +15,6 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 /// `zserver bench` is at par. The library crates pick no allocator.
 #[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
 #[global_allocator]
-#[allow(unsafe_code)] // the attribute expands to an exported static
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options (read once, at its start; `_RJEM_MALLOC_CONF` in the environment
@@ -29,7 +28,6 @@ pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muz
 /// mimalloc instead, for comparing (`--features mimalloc`).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-#[allow(unsafe_code)] // the attribute expands to an exported static
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;

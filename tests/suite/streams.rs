@@ -686,6 +686,11 @@ fn a_sequential_queue_stops_reading_at_its_byte_budget() {
                     })
                     .unwrap();
             }
+            // The client's connect can return before the server has listed the connection.
+            until("the server sees the client", || {
+                server.connection_count() == 1
+            })
+            .await;
             let conn = server.connections().pop().expect("the server's connection");
             until("the server to read a few frames", || {
                 conn.stats().frames_in > 16

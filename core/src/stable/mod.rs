@@ -31,7 +31,7 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use crate::error::Error;
 use crate::runtime::Runtime;
 use crate::transport::{BoxRead, BoxWrite, Transport};
-pub use replay::Replay;
+pub(crate) use replay::Replay;
 pub(crate) use session::Session;
 use session::{Link, Source};
 use wire::{Answer, Open, Refusal, SessionId, ANSWER_LEN, CHALLENGE_LEN, OPEN_LEN};

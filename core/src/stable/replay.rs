@@ -11,7 +11,7 @@ use crate::error::Error;
 
 /// Bytes written and not yet acknowledged, and how far they have been sent on this link.
 #[derive(Debug, Default)]
-pub struct Replay {
+pub(crate) struct Replay {
     /// Position of `buf[0]`: everything before it is acknowledged.
     base: u64,
     buf: BytesMut,
@@ -23,44 +23,44 @@ pub struct Replay {
 
 impl Replay {
     /// Units written so far (bytes, plus one once the stream has ended).
-    pub fn written(&self) -> u64 {
+    pub(crate) fn written(&self) -> u64 {
         self.base + self.buf.len() as u64 + u64::from(self.fin)
     }
 
     /// Units the peer has acknowledged.
-    pub fn acked(&self) -> u64 {
+    pub(crate) fn acked(&self) -> u64 {
         self.base
     }
 
     /// Bytes held for a possible resend.
-    pub fn held(&self) -> usize {
+    pub(crate) fn held(&self) -> usize {
         self.buf.len()
     }
 
     /// Whether the stream has ended and the peer has acknowledged all of it.
-    pub fn all_acked(&self) -> bool {
+    pub(crate) fn all_acked(&self) -> bool {
         self.fin && self.buf.is_empty()
     }
 
     /// Whether the stream has ended.
-    pub fn ended(&self) -> bool {
+    pub(crate) fn ended(&self) -> bool {
         self.fin
     }
 
     /// Appends bytes to the stream.
-    pub fn push(&mut self, bytes: &[u8]) {
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
         debug_assert!(!self.fin, "bytes after the end of the stream");
         self.buf.extend_from_slice(bytes);
     }
 
     /// Ends the stream.
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         self.fin = true;
     }
 
     /// The peer has received `received` units: frees them. An old (smaller) count is
     /// ignored; a count beyond what was sent breaks the protocol.
-    pub fn ack(&mut self, received: u64) -> Result<(), Error> {
+    pub(crate) fn ack(&mut self, received: u64) -> Result<(), Error> {
         if received > self.sent {
             return Err(Error::Protocol(format!(
                 "stable session: the peer acknowledged {received} units but {} were sent",
@@ -72,7 +72,7 @@ impl Replay {
     }
 
     /// A new link: the peer says it has `received` units, so sending restarts from there.
-    pub fn rewind(&mut self, received: u64) -> Result<(), Error> {
+    pub(crate) fn rewind(&mut self, received: u64) -> Result<(), Error> {
         if received < self.base || received > self.written() {
             return Err(Error::Protocol(format!(
                 "stable session: the peer resumes at {received}, outside the {}..={} still held",
@@ -98,24 +98,24 @@ impl Replay {
     }
 
     /// The next bytes to send on this link, at most `max`, if any.
-    pub fn unsent(&self, max: usize) -> Option<&[u8]> {
+    pub(crate) fn unsent(&self, max: usize) -> Option<&[u8]> {
         let start = (self.sent - self.base) as usize;
         let end = self.buf.len().min(start + max);
         (start < end).then(|| &self.buf[start..end])
     }
 
     /// Records that `n` bytes from [`unsent`](Self::unsent) were handed to the link.
-    pub fn mark_sent(&mut self, n: usize) {
+    pub(crate) fn mark_sent(&mut self, n: usize) {
         self.sent += n as u64;
     }
 
     /// Whether the FIN is due: the stream has ended and every byte has been sent.
-    pub fn fin_unsent(&self) -> bool {
+    pub(crate) fn fin_unsent(&self) -> bool {
         self.fin && self.sent == self.base + self.buf.len() as u64
     }
 
     /// Records that the FIN was handed to the link.
-    pub fn mark_fin_sent(&mut self) {
+    pub(crate) fn mark_fin_sent(&mut self) {
         self.sent += 1;
     }
 }

@@ -291,21 +291,21 @@ impl Upgrade for Acceptor {
 
 /// A `ws://` URL taken apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WsUrl {
+pub(crate) struct WsUrl {
     /// The host name or address (an IPv6 address without brackets).
-    pub host: String,
+    pub(crate) host: String,
     /// The port (80 if the URL has none).
-    pub port: u16,
+    pub(crate) port: u16,
     /// `host[:port]` as written, for the `Host` header.
-    pub authority: String,
+    pub(crate) authority: String,
     /// The path and query (`/` if the URL has none).
-    pub path: String,
+    pub(crate) path: String,
 }
 
 impl WsUrl {
     /// Parses `ws://host[:port][/path]`. `wss://` is refused: terminate TLS in front of
     /// the server if a page needs it (the protocol's Noise layer already encrypts).
-    pub fn parse(url: &str) -> Result<Self, Error> {
+    pub(crate) fn parse(url: &str) -> Result<Self, Error> {
         let bad = |why: &str| Error::Io(format!("bad WebSocket URL `{url}`: {why}"));
         let uri: Uri = url.parse().map_err(|e| bad(&format!("{e}")))?;
         match uri.scheme_str() {
