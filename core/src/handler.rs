@@ -282,6 +282,10 @@ impl Responder {
 impl Drop for Responder {
     fn drop(&mut self) {
         if let Some((conn, id)) = self.target.take() {
+            if std::thread::panicking() {
+                // Counted before the caller can see the `NoResponse` (connection/panics.rs).
+                conn.handler_panicked_while_answering();
+            }
             if self.download {
                 conn.finish_outgoing((Dir::Download, id), None);
             }

@@ -35,14 +35,7 @@ macro_rules! every_backend {
 #[allow(unused_macros)]
 macro_rules! run_once {
     ($(#[$m:meta])* $backend:literal, |$addr:ident| $body:expr) => {
-        #[test]
-        $(#[$m])*
-        fn run() {
-            crate::common::bounded_on($backend, || {
-                let $addr = ();
-                $body
-            })
-        }
+        one_test!($(#[$m])* run, $backend, (), |$addr| $body);
     };
 }
 
@@ -72,22 +65,8 @@ macro_rules! per_backend {
 #[allow(unused_macros)]
 macro_rules! v4_and_v6 {
     ($(#[$m:meta])* $backend:literal, |$addr:ident| $body:expr) => {
-        #[test]
-        $(#[$m])*
-        fn v4() {
-            crate::common::bounded_on($backend, || {
-                let $addr = "127.0.0.1:0";
-                $body
-            })
-        }
-        #[test]
-        $(#[$m])*
-        fn v6() {
-            crate::common::bounded_on($backend, || {
-                let $addr = "[::1]:0";
-                $body
-            })
-        }
+        one_test!($(#[$m])* v4, $backend, "127.0.0.1:0", |$addr| $body);
+        one_test!($(#[$m])* v6, $backend, "[::1]:0", |$addr| $body);
     };
 }
 
@@ -95,11 +74,20 @@ macro_rules! v4_and_v6 {
 #[allow(unused_macros)]
 macro_rules! v4_only {
     ($(#[$m:meta])* $backend:literal, |$addr:ident| $body:expr) => {
+        one_test!($(#[$m])* v4, $backend, "127.0.0.1:0", |$addr| $body);
+    };
+}
+
+/// One test `$test` of one back end: `$body` with `$addr` bound to `$at`, on a thread
+/// whose default back end is `$backend`, within the time limit.
+#[allow(unused_macros)]
+macro_rules! one_test {
+    ($(#[$m:meta])* $test:ident, $backend:literal, $at:expr, |$addr:ident| $body:expr) => {
         #[test]
         $(#[$m])*
-        fn v4() {
+        fn $test() {
             crate::common::bounded_on($backend, || {
-                let $addr = "127.0.0.1:0";
+                let $addr = $at;
                 $body
             })
         }

@@ -585,3 +585,46 @@ async fn relay_forwards_without_blocking(addr: &str) {
     front.shutdown().await;
     backend.shutdown().await;
 }
+
+both!(a_panic_is_counted_before_its_caller_hears_of_it);
+/// A handler's panic is counted before its caller is sent `NoResponse`: the responder the
+/// unwinding drops counts it, then queues the answer. The `on_complete` hook runs right
+/// after the answer is queued, on the same thread, so it sees what the caller could: the
+/// panic already counted (before, it was counted only once the unwinding had finished).
+async fn a_panic_is_counted_before_its_caller_hears_of_it(addr: &str) {
+    let seen = Watch::new(Vec::<u64>::new());
+    let record = seen.clone();
+    let router = Router::new()
+        .bytes("boom", |_ctx, _b| async move {
+            zserver::sleep(Duration::from_millis(5)).await;
+            if true {
+                panic!("handler bug");
+            }
+            Ok(Vec::new())
+        })
+        .bytes("boom-now", |_ctx, _b| async move {
+            if true {
+                panic!("handler bug");
+            }
+            Ok(Vec::new())
+        })
+        .on_complete(move |info, _outcome, _elapsed| {
+            let panics = info.connection().stats().handler_panics;
+            record.update(|v| v.push(panics));
+        });
+    let server = start(addr, router).await;
+    let client = connect(&server).await;
+    assert_eq!(client.call_bytes("boom", b"").await, Err(Error::NoResponse));
+    assert_eq!(
+        client.call_bytes("boom-now", b"").await,
+        Err(Error::NoResponse)
+    );
+    seen.wait_for("both completions", |v| v.len() == 2).await;
+    assert_eq!(
+        seen.snapshot(),
+        [1, 2],
+        "counted before the answer was queued"
+    );
+    assert_eq!(server.stats().totals.handler_panics, 2, "and counted once");
+    server.shutdown().await;
+}

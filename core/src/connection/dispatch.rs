@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use futures_lite::FutureExt;
 use tracing::Instrument;
 
+use super::panics::Caught;
 use super::{Connection, SendCheck};
 use crate::error::Error;
 use crate::frame::{Frame, Kind, FLAG_DOWNLOAD, FLAG_UPLOAD};
@@ -18,7 +18,6 @@ use crate::handler::{
 };
 use crate::hooks::{self, CommandInfo, Completion};
 use crate::proto::CommandKind;
-use crate::runtime::BoxFuture;
 use crate::sequential::Sequential;
 use crate::stats::Counters;
 use crate::stream::{Dir, Incoming, StreamHead, Streams, WantStream};
@@ -155,56 +154,25 @@ impl Dispatcher {
         // Per-call span at debug level: when disabled (the usual case) this is one check of
         // a cached flag and the handler's future is not wrapped.
         let span = tracing::debug_span!("call", command = info.command, kind = ?info.kind);
-        let invoked = catch_unwind(AssertUnwindSafe(|| handler.invoke(ctx, request, responder)));
-        let Some(mut work) = invoked.unwrap_or_else(|_| {
-            conn.handler_panicked();
-            None
-        }) else {
+        let Some(Some(mut work)) = conn.catch_handler(|| handler.invoke(ctx, request, responder))
+        else {
             return;
         };
         if !span.is_disabled() {
             work = Box::pin(work.instrument(span));
         }
         if let Some(queue) = &conn.shared.sequential {
-            // A panic fails that one call (its responder is dropped, after the panic is
-            // counted), not the queue.
-            let conn = conn.clone();
-            let work: BoxFuture<'static, ()> = Box::pin(async move {
-                if AssertUnwindSafe(work.as_mut())
-                    .catch_unwind()
-                    .await
-                    .is_err()
-                {
-                    conn.handler_panicked();
-                }
-            });
-            queue.push(work, payload_len);
+            // A panic fails that one call, not the queue.
+            queue.push(Box::pin(Caught::new(conn.clone(), work)), payload_len);
             return;
         }
         // Most handlers finish at once: poll inline and spawn only if the handler waits.
         // The spawned task polls again with its own waker, as the future contract requires.
         let mut cx = Context::from_waker(Waker::noop());
-        match catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(&mut cx))) {
-            Ok(Poll::Ready(())) => {}
-            Ok(Poll::Pending) => {
-                let owner = conn.clone();
-                // Counted before the handler's future (and the responder in it, whose drop
-                // answers the caller) is dropped, so a caller that sees `NoResponse` sees
-                // the panic counted.
-                let task = async move {
-                    if AssertUnwindSafe(work.as_mut())
-                        .catch_unwind()
-                        .await
-                        .is_err()
-                    {
-                        owner.handler_panicked();
-                    }
-                };
-                // In the connection's span (a clone of a disabled span costs nothing).
-                let task = task.instrument(conn.shared.span.clone());
-                conn.shared.runtime.spawn(Box::pin(task));
-            }
-            Err(_) => conn.handler_panicked(),
+        if let Some(Poll::Pending) = conn.catch_handler(|| work.as_mut().poll(&mut cx)) {
+            // In the connection's span (a clone of a disabled span costs nothing).
+            let task = Caught::new(conn.clone(), work).instrument(conn.shared.span.clone());
+            conn.shared.runtime.spawn(Box::pin(task));
         }
     }
 

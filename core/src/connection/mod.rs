@@ -10,6 +10,7 @@ mod calls;
 pub(crate) mod dispatch;
 pub(crate) mod driver;
 mod outbox;
+mod panics;
 mod streams;
 
 use std::any::Any;
