@@ -52,7 +52,6 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::calls::Calls;
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::handler::{Context, Router};
@@ -596,7 +595,7 @@ struct Resolved {
 impl Connection {
     /// The services the peer offers, with their methods' ids and type names.
     pub(crate) async fn list_services(&self) -> Result<Vec<ServiceInfo>, Error> {
-        let bytes = self.call_bytes(LIST, b"").await?;
+        let bytes = self.call_raw(LIST, b"", None).await?;
         postcard::from_bytes(&bytes).map_err(|e| Error::Payload(e.to_string()))
     }
 
@@ -613,7 +612,7 @@ impl Connection {
             Some(ids) => ids,
             None => {
                 let request = postcard::to_allocvec(method.service)?;
-                let bytes = self.call_bytes(RESOLVE, request).await?;
+                let bytes = self.call_raw(RESOLVE, &request, None).await?;
                 let info: ServiceInfo =
                     postcard::from_bytes(&bytes).map_err(|e| Error::Payload(e.to_string()))?;
                 let ids: Arc<HashMap<String, u32>> =
@@ -640,7 +639,7 @@ impl Connection {
         let id = self.method_id(method).await?;
         let head = CallHead { method: id, object };
         let request = postcard::to_extend(argument, postcard::to_allocvec(&head)?)?;
-        let bytes = self.call_bytes(CALL, request).await?;
+        let bytes = self.call_raw(CALL, &request, None).await?;
         postcard::from_bytes(&bytes).map_err(|e| Error::Payload(e.to_string()))
     }
 
@@ -706,7 +705,7 @@ impl RemoteObject {
     /// Frees it on the peer; calls on it fail from then on with [`Error::NoSuchObject`].
     pub async fn free(&self) -> Result<(), Error> {
         let request = postcard::to_allocvec(&ObjectId(self.id))?;
-        self.conn.call_bytes(FREE, request).await?;
+        self.conn.call_raw(FREE, &request, None).await?;
         Ok(())
     }
 }
