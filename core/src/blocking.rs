@@ -1,9 +1,9 @@
 //! A blocking client for code that is not async (ZServer4D's WaitSend family).
 //!
 //! It has the methods of [`Calls`], each blocking the calling thread until the reply or
-//! the time-out. The connection's
-//! I/O runs on the transport's runtime; a call made from one of that runtime's worker
-//! threads is refused with [`Error::BlockingInRuntime`] instead of stalling it.
+//! the time-out. The connection's I/O runs on the transport's runtime; a call made from one
+//! of that runtime's worker threads is refused with [`Error::BlockingInRuntime`] instead of
+//! stalling it.
 
 use std::net::ToSocketAddrs;
 use std::path::Path;
@@ -63,6 +63,18 @@ impl BlockingClient {
             return Err(Error::BlockingInRuntime);
         }
         futures_lite::future::block_on(fut)
+    }
+
+    /// [`block`](Self::block), failing with [`Error::Timeout`] after the time-out.
+    fn block_timed<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let sleep = self.client.link()?.runtime().sleep(self.timeout);
+        self.block(futures_lite::future::or(fut, async {
+            sleep.await;
+            Err(Error::Timeout)
+        }))
     }
 
     fn request<'a>(&'a self, command: &'a str) -> RequestBuilder<'a> {
@@ -134,12 +146,12 @@ impl BlockingClient {
 
     /// [`Calls::ping`], blocking.
     pub fn ping(&self) -> Result<Duration, Error> {
-        self.block(self.client.ping())
+        self.block_timed(self.client.ping())
     }
 
     /// [`Calls::services`], blocking.
     pub fn services(&self) -> Result<Vec<ServiceInfo>, Error> {
-        self.block(self.client.services())
+        self.block_timed(self.client.services())
     }
 
     /// [`Calls::invoke`], blocking.
@@ -148,7 +160,7 @@ impl BlockingClient {
         A: Serialize + Sync,
         R: DeserializeOwned + Send,
     {
-        self.block(self.client.invoke(method, argument))
+        self.block_timed(self.client.invoke(method, argument))
     }
 
     /// [`Calls::create`], blocking.
@@ -160,6 +172,6 @@ impl BlockingClient {
     where
         A: Serialize + Sync,
     {
-        self.block(self.client.create(constructor, argument))
+        self.block_timed(self.client.create(constructor, argument))
     }
 }

@@ -473,6 +473,13 @@ fn blocking_client_from_std_thread(addr: &'static str) {
     assert_eq!(impatient.call_bytes("never", b"x"), Err(Error::Timeout));
     assert_eq!(impatient.call::<_, u8>("never", &()), Err(Error::Timeout));
 
+    // The rest of the call surface, blocking: typed sends, pings, and the services listing.
+    client.send("rec", &5u32).unwrap();
+    assert_eq!(client.call::<_, u64>("count", &()), Ok(2));
+    assert!(client.ping().is_ok());
+    // No services on this server: the listing is an unknown command, answered in time.
+    assert!(matches!(client.services(), Err(Error::UnknownCommand(_))));
+
     // Still usable afterwards, also from another plain thread at the same time.
     let other = client.clone();
     let worker = std::thread::spawn(move || other.console("echo", "from another thread"));

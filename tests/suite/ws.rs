@@ -209,10 +209,14 @@ both!(origins_are_checked_at_the_upgrade);
 
 /// Plain GETs get the web root's files with their content types; nothing outside it.
 async fn static_files_are_served_from_the_web_root(addr: &str) {
-    // A directory per test (the v4 and v6 runs share the process, and each removes its own
-    // directory at the end).
-    let dir =
-        std::env::temp_dir().join(format!("zserver-web-{}-{}", std::process::id(), addr.len()));
+    // A directory per test: the runs of every back end and address family share the
+    // process, run at once, and each removes its own directory at the end.
+    let dir = std::env::temp_dir().join(format!(
+        "zserver-web-{}-{}-{}",
+        std::process::id(),
+        zserver::default_backend(),
+        addr.len()
+    ));
     let root = dir.join("root");
     std::fs::create_dir_all(root.join("js")).unwrap();
     std::fs::write(root.join("index.html"), "<h1>chat</h1>").unwrap();
