@@ -31,6 +31,7 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use crate::error::Error;
 use crate::runtime::Runtime;
 use crate::transport::{BoxRead, BoxWrite, Transport};
+#[cfg(feature = "fuzzing")]
 pub(crate) use replay::Replay;
 pub(crate) use session::Session;
 use session::{Link, Source};

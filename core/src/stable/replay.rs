@@ -28,6 +28,7 @@ impl Replay {
     }
 
     /// Units the peer has acknowledged.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn acked(&self) -> u64 {
         self.base
     }
