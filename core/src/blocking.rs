@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::calls::{Calls, RequestBuilder};
+use crate::calls::{within, Calls, RequestBuilder};
 use crate::client::{Client, ClientBuilder};
 use crate::error::Error;
 use crate::service::{Method, ObjectId, RemoteObject, ServiceInfo};
@@ -70,11 +70,8 @@ impl BlockingClient {
         &self,
         fut: impl std::future::Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
-        let sleep = self.client.link()?.runtime().sleep(self.timeout);
-        self.block(futures_lite::future::or(fut, async {
-            sleep.await;
-            Err(Error::Timeout)
-        }))
+        let conn = self.client.link()?;
+        self.block(async { within(&conn, self.timeout, fut).await? })
     }
 
     fn request<'a>(&'a self, command: &'a str) -> RequestBuilder<'a> {

@@ -311,7 +311,7 @@ impl<'a> RequestBuilder<'a> {
 }
 
 /// `fut`'s output, or [`Error::Timeout`] once `limit` has passed (on `conn`'s runtime).
-async fn within<T>(
+pub(crate) async fn within<T>(
     conn: &Connection,
     limit: Duration,
     fut: impl Future<Output = T>,
