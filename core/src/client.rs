@@ -201,7 +201,7 @@ impl ClientBuilder {
         let setup = Setup {
             id: next_connection_id(),
             runtime,
-            router: Arc::new(self.router),
+            router: Arc::new(crate::channels::client_router().merge(self.router)),
             config: Arc::new(self.config),
             in_flight: Arc::new(InFlight::default()),
             on_close: None,
@@ -256,6 +256,8 @@ impl Calls for Client {
         Ok(Cow::Borrowed(&self.inner.0))
     }
 }
+
+impl crate::channels::ChannelCalls for Client {}
 
 impl AsRef<Connection> for Client {
     fn as_ref(&self) -> &Connection {

@@ -33,6 +33,10 @@ pub enum Error {
     /// not run. Hooks return it to refuse a command (authorisation).
     #[error("denied: {0}")]
     Denied(String),
+    /// The request would take the peer over one of its limits (channels per connection,
+    /// subscribers per channel, publication size); nothing was done.
+    #[error("over a limit: {0}")]
+    Limit(String),
     /// No reply arrived within the time-out; the call was abandoned.
     #[error("call timed out")]
     Timeout,
@@ -109,6 +113,7 @@ impl Error {
             Error::ShuttingDown => ErrorCode::ShuttingDown,
             Error::NoSuchObject(_) => ErrorCode::NoSuchObject,
             Error::Denied(_) => ErrorCode::Denied,
+            Error::Limit(_) => ErrorCode::Limit,
             _ => ErrorCode::Handler,
         }
     }
@@ -122,7 +127,8 @@ impl Error {
             | Error::Compression(m)
             | Error::UnknownCommand(m)
             | Error::NoSuchObject(m)
-            | Error::Denied(m) => m.clone(),
+            | Error::Denied(m)
+            | Error::Limit(m) => m.clone(),
             other => other.to_string(),
         }
     }
@@ -136,6 +142,7 @@ impl Error {
             Some(ErrorCode::ShuttingDown) => Error::ShuttingDown,
             Some(ErrorCode::NoSuchObject) => Error::NoSuchObject(message),
             Some(ErrorCode::Denied) => Error::Denied(message),
+            Some(ErrorCode::Limit) => Error::Limit(message),
             Some(ErrorCode::Handler) | None => Error::Remote(message),
         }
     }
@@ -188,6 +195,8 @@ pub(crate) enum ErrorCode {
     NoSuchObject,
     /// "7": a hook on the peer vetoed the command; the handler did not run.
     Denied,
+    /// "8": the request would take the peer over a limit; nothing was done.
+    Limit,
 }
 
 impl ErrorCode {
@@ -200,6 +209,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "5",
             ErrorCode::NoSuchObject => "6",
             ErrorCode::Denied => "7",
+            ErrorCode::Limit => "8",
         }
     }
 
@@ -213,6 +223,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::NoSuchObject => "no_such_object",
             ErrorCode::Denied => "denied",
+            ErrorCode::Limit => "limit",
         }
     }
 
@@ -225,6 +236,7 @@ impl ErrorCode {
             "5" => ErrorCode::ShuttingDown,
             "6" => ErrorCode::NoSuchObject,
             "7" => ErrorCode::Denied,
+            "8" => ErrorCode::Limit,
             _ => return None,
         })
     }
@@ -240,6 +252,7 @@ mod tests {
             Error::Remote("boom".into()),
             Error::UnknownCommand("nope".into()),
             Error::BadRequest("bad".into()),
+            Error::Limit("too many".into()),
             Error::NoResponse,
             Error::ShuttingDown,
             Error::Denied("no".into()),

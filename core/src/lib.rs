@@ -13,6 +13,7 @@
 //!   progress, resume and an end-to-end hash;
 //! - the command engine: [`Router`] and handlers, [`Connection`], [`Server`], [`Client`],
 //!   [`BlockingClient`], [`Stats`];
+//! - [`channels`]: subscribe, publish, presence and history, with recovery from a position;
 //! - [`hooks`]: hooks around every command, to observe or veto it by name and connection;
 //! - [`metrics`]: call counts, errors and a duration histogram fed by such a hook;
 //! - [`ws`] (feature `ws`): the WebSocket transport, for browsers;
@@ -31,6 +32,7 @@
 
 mod blocking;
 mod calls;
+pub mod channels;
 mod client;
 pub mod compression;
 mod config;

@@ -36,6 +36,7 @@ use std::time::Duration;
 use event_listener::Event;
 
 use crate::calls::Calls;
+use crate::channels::{self, ChannelCalls, Owner, Position, Resubscribe, Subscription};
 use crate::client::{Client, ClientBuilder};
 use crate::connection::Connection;
 use crate::error::Error;
@@ -241,6 +242,7 @@ impl ReconnectingBuilder {
             finished: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             attempts: AtomicU64::new(0),
+            resubscribe: Arc::default(),
         })
     }
 }
@@ -275,6 +277,9 @@ struct Shared {
     finished: AtomicBool,
     reconnects: AtomicU64,
     attempts: AtomicU64,
+    /// The channel subscriptions made through this client, made again on every new
+    /// connection after the login hook.
+    resubscribe: Arc<Resubscribe>,
 }
 
 impl Shared {
@@ -322,6 +327,10 @@ impl Shared {
                 client.connection().begin_close();
                 return Err(e);
             }
+        }
+        if let Err(e) = self.resubscribe.again(client.connection()).await {
+            client.connection().begin_close();
+            return Err(e);
         }
         Ok(client)
     }
@@ -623,6 +632,34 @@ impl ReconnectingClient {
 impl Calls for ReconnectingClient {
     fn link(&self) -> Result<Cow<'_, Connection>, Error> {
         Ok(Cow::Owned(self.current()?.connection().clone()))
+    }
+}
+
+/// Subscriptions made through a reconnecting client are made again on every new
+/// connection (after the login hook), each from its last position: the subscription sees
+/// [`Event::Resubscribed`](crate::channels::Event::Resubscribed), then what it missed.
+impl ChannelCalls for ReconnectingClient {
+    async fn subscribe_from(
+        &self,
+        channel: &str,
+        since: Option<Position>,
+    ) -> Result<Subscription, Error> {
+        let conn = self.link()?.into_owned();
+        let (shared, rx) = channels::new_shared(channel);
+        let answer = channels::subscribe_on(&conn, &shared, since, false).await?;
+        let resubscribe = self.shared().resubscribe.clone();
+        resubscribe.add(shared.clone());
+        let client = self.clone();
+        let link: channels::Link = Arc::new(move || Ok(client.current()?.connection().clone()));
+        let owner = Owner::Reconnecting(resubscribe, link, self.runtime());
+        Ok(Subscription::new(shared, rx, answer, owner))
+    }
+}
+
+impl ReconnectingClient {
+    /// The runtime its connections run on.
+    pub(crate) fn runtime(&self) -> Arc<dyn Runtime> {
+        self.shared().runtime.clone()
     }
 }
 

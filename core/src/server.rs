@@ -10,6 +10,7 @@ use std::time::Duration;
 use event_listener::Event;
 use serde::Serialize;
 
+use crate::channels::Channels;
 use crate::config::Config;
 use crate::connection::driver::{Handshaken, Setup};
 use crate::connection::{next_connection_id, Connection};
@@ -35,6 +36,7 @@ pub struct ServerBuilder {
     router: Router,
     config: Config,
     keypair: Option<Keypair>,
+    channels: Channels,
 }
 
 impl ServerBuilder {
@@ -45,7 +47,16 @@ impl ServerBuilder {
             router: Router::new(),
             config: Config::default(),
             keypair: None,
+            channels: Channels::new(),
         }
+    }
+
+    /// The channels clients may subscribe and publish to (by default none: every channel
+    /// is refused). Keep a clone to publish from the app's code, or use
+    /// [`Server::channels`].
+    pub fn channels(mut self, channels: Channels) -> Self {
+        self.channels = channels;
+        self
     }
 
     /// The handlers clients can call.
@@ -79,14 +90,17 @@ impl ServerBuilder {
         let listener = self.transport.listen(addr).await?;
         let local_addr = listener.local_addr()?;
         let runtime = self.transport.runtime();
+        self.channels.bind(&runtime, self.config.max_frame);
+        let router = self.router.merge(self.channels.router());
         let shared = Arc::new(ServerShared {
             keypair: self.keypair.unwrap_or_else(Keypair::generate),
             #[cfg(feature = "ws")]
             transport: self.transport.clone(),
             runtime: runtime.clone(),
             local_addr,
-            router: Arc::new(self.router),
+            router: Arc::new(router),
             config: Arc::new(self.config),
+            channels: self.channels,
             conns: Mutex::new(HashMap::new()),
             retired: Counters::default(),
             accepted: AtomicU64::new(0),
@@ -133,6 +147,7 @@ struct ServerShared {
     local_addr: SocketAddr,
     router: Arc<Router>,
     config: Arc<Config>,
+    channels: Channels,
     conns: Mutex<HashMap<u64, Connection>>,
     retired: Counters,
     accepted: AtomicU64,
@@ -414,6 +429,11 @@ impl Server {
     /// The connection with this id, if it is open.
     pub fn connection(&self, id: u64) -> Option<Connection> {
         self.shared.conns().get(&id).cloned()
+    }
+
+    /// The server's channels: publish from the app's code, presence, history, unsubscribe.
+    pub fn channels(&self) -> &Channels {
+        &self.shared.channels
     }
 
     /// Every open connection.

@@ -15,6 +15,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod channels;
 mod compression;
 mod engine;
 mod hooks;

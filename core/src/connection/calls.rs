@@ -63,6 +63,26 @@ impl Connection {
         Ok(())
     }
 
+    /// Queues a one-way frame encoded beforehand (a `Send` of `command`, length prefix
+    /// included) without waiting for buffer space, past the send hooks; returns the bytes
+    /// then queued on this connection. It goes uncompressed, whatever codec was negotiated.
+    pub(crate) fn send_encoded(
+        &self,
+        command: &str,
+        frame: &[u8],
+        payload_len: usize,
+    ) -> Result<usize, Error> {
+        if let Some(check) = &self.shared.send_check {
+            check.check_send(self, command, CommandKind::Send, payload_len)?;
+        }
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let queued = self.with_state(|proto| proto.queue_encoded(frame))?;
+        Counters::bump(&self.shared.counters.calls_out, 1);
+        Ok(queued)
+    }
+
     /// Measures one round trip with a ping frame.
     pub(crate) async fn round_trip(&self) -> Result<Duration, Error> {
         let start = Instant::now();

@@ -434,6 +434,18 @@ impl Proto {
         Ok(())
     }
 
+    /// Queues one frame encoded beforehand (length prefix included), such as a channel
+    /// publication encoded once for all its subscribers. Fails with [`Error::Closed`] once
+    /// closing. Returns the bytes queued after it.
+    pub(crate) fn queue_encoded(&mut self, frame: &[u8]) -> Result<usize, Error> {
+        if self.closing || self.closed {
+            return Err(Error::Closed);
+        }
+        self.out.extend_from_slice(frame);
+        self.frames_out += 1;
+        Ok(self.out.len())
+    }
+
     /// Queues an `Error` answer to call `id`, its message cut to fit a frame.
     pub(crate) fn reply_error(&mut self, id: u64, err: &Error) {
         let header = Header {

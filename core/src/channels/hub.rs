@@ -1,0 +1,641 @@
+//! The server's channels: who is subscribed to what, history, and fan-out. A publication
+//! is encoded into one frame once and copied into each subscriber's outgoing queue (only
+//! sealing is per connection); a subscriber too slow to drain its queue is closed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use serde::Serialize;
+
+use super::history::{Entry, History};
+use super::options::{Identity, Limits, Namespace};
+use super::wire::{
+    self, Blob, DeliveryOut, HistoryPage, Member, Position, PresenceEvent, Subscribed, Unsubscribed,
+};
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::frame::{self, Header, Kind};
+use crate::runtime::Runtime;
+
+/// Bytes kept free in a frame for everything but the publications of a subscribe or
+/// history answer.
+const ANSWER_SLACK: usize = 1024;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The channels of one server.
+pub(crate) struct Hub {
+    namespaces: Vec<Namespace>,
+    pub(crate) limits: Limits,
+    channels: Mutex<HashMap<Arc<str>, Arc<Channel>>>,
+    history_bytes: AtomicUsize,
+    /// The server's clock and frame limit, set when it binds.
+    bound: OnceLock<Bound>,
+    pub(crate) slow_closed: AtomicU64,
+    pub(crate) published: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+}
+
+struct Bound {
+    runtime: Arc<dyn Runtime>,
+    max_frame: usize,
+}
+
+struct Channel {
+    name: Arc<str>,
+    ns: usize,
+    state: Mutex<ChannelState>,
+}
+
+struct ChannelState {
+    subscribers: Vec<Subscriber>,
+    history: Option<History>,
+    /// Taken out of the map: whoever still holds it looks the channel up again.
+    removed: bool,
+}
+
+struct Subscriber {
+    conn: Connection,
+    identity: Arc<Identity>,
+}
+
+impl Subscriber {
+    fn member(&self) -> Member {
+        Member {
+            client: self.conn.id(),
+            user: self.identity.user.clone(),
+            info: self.identity.info.to_vec(),
+        }
+    }
+}
+
+/// A connection's identity for channels (a connection extension).
+#[derive(Default)]
+pub(crate) struct IdentityCell(Mutex<Arc<Identity>>);
+
+impl IdentityCell {
+    pub(crate) fn get(&self) -> Arc<Identity> {
+        lock(&self.0).clone()
+    }
+
+    pub(crate) fn set(&self, identity: Identity) {
+        *lock(&self.0) = Arc::new(identity);
+    }
+}
+
+/// The channels one connection is subscribed to (a connection extension): when the
+/// connection closes it is dropped, and takes the subscriptions with it.
+#[derive(Default)]
+pub(crate) struct Membership(Mutex<Joined>);
+
+#[derive(Default)]
+struct Joined {
+    hub: Weak<Hub>,
+    conn: u64,
+    channels: HashSet<Arc<str>>,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let joined = std::mem::take(&mut *lock(&self.0));
+        if let Some(hub) = joined.hub.upgrade() {
+            for name in &joined.channels {
+                hub.remove_subscriber(name, joined.conn);
+            }
+        }
+    }
+}
+
+/// Who does something to a channel: a client connection (its permissions are checked) or
+/// the server's own code.
+#[derive(Clone, Copy)]
+pub(crate) enum Actor<'a> {
+    Client(&'a Connection),
+    Server,
+}
+
+impl Hub {
+    pub(crate) fn new(mut namespaces: Vec<Namespace>, limits: Limits) -> Self {
+        // Longest prefix first: the first match is the most specific.
+        namespaces.sort_by_key(|n| std::cmp::Reverse(n.prefix.len()));
+        Self {
+            namespaces,
+            limits,
+            channels: Mutex::new(HashMap::new()),
+            history_bytes: AtomicUsize::new(0),
+            bound: OnceLock::new(),
+            slow_closed: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+        }
+    }
+
+    /// Ties the hub to its server's clock and frame limit (once; later calls are ignored).
+    pub(crate) fn bind(&self, runtime: Arc<dyn Runtime>, max_frame: usize) {
+        let _ = self.bound.set(Bound { runtime, max_frame });
+    }
+
+    fn now(&self) -> Instant {
+        self.bound
+            .get()
+            .map_or_else(Instant::now, |b| b.runtime.now())
+    }
+
+    fn max_frame(&self) -> usize {
+        self.bound
+            .get()
+            .map_or(frame::DEFAULT_MAX_FRAME, |b| b.max_frame)
+    }
+
+    /// Bytes of history held over every channel.
+    pub(crate) fn history_bytes(&self) -> usize {
+        self.history_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Channels held.
+    pub(crate) fn channel_count(&self) -> usize {
+        lock(&self.channels).len()
+    }
+
+    /// The namespace of `channel`, checking its name.
+    fn namespace(&self, channel: &str) -> Result<(usize, &Namespace), Error> {
+        if channel.is_empty() || channel.len() > self.limits.max_name {
+            return Err(Error::BadRequest(format!(
+                "a channel name is 1 to {} bytes",
+                self.limits.max_name
+            )));
+        }
+        self.namespaces
+            .iter()
+            .enumerate()
+            .find(|(_, ns)| channel.starts_with(ns.prefix.as_str()))
+            .ok_or_else(|| Error::Denied(format!("no namespace for channel `{channel}`")))
+    }
+
+    /// The namespace of `channel`, if `actor` may subscribe to it (and so read it).
+    fn readable(&self, actor: Actor<'_>, channel: &str) -> Result<(usize, &Namespace), Error> {
+        let (i, ns) = self.namespace(channel)?;
+        if let (Actor::Client(conn), Some(check)) = (actor, &ns.subscribe_check) {
+            check(conn, &conn.extension::<IdentityCell>().get(), channel)?;
+        }
+        Ok((i, ns))
+    }
+
+    /// The channel named `name`, made if `create` (and within the limit).
+    fn channel(&self, name: &str, ns: usize, create: bool) -> Result<Option<Arc<Channel>>, Error> {
+        let mut channels = lock(&self.channels);
+        if let Some(found) = channels.get(name) {
+            return Ok(Some(found.clone()));
+        }
+        if !create {
+            return Ok(None);
+        }
+        if channels.len() >= self.limits.channels {
+            return Err(Error::Limit(format!(
+                "the server holds {} channels, its limit",
+                channels.len()
+            )));
+        }
+        let namespace = &self.namespaces[ns];
+        let history = namespace
+            .keeps_history()
+            .then(|| History::new(new_epoch(), namespace.history_size, namespace.history_ttl));
+        let name: Arc<str> = Arc::from(name);
+        let channel = Arc::new(Channel {
+            name: name.clone(),
+            ns,
+            state: Mutex::new(ChannelState {
+                subscribers: Vec::new(),
+                history,
+                removed: false,
+            }),
+        });
+        channels.insert(name, channel.clone());
+        Ok(Some(channel))
+    }
+
+    /// Subscribes `conn` to `channel`, recovering from `since` when given.
+    pub(crate) fn subscribe(
+        self: &Arc<Self>,
+        conn: &Connection,
+        channel: &str,
+        since: Option<Position>,
+    ) -> Result<Subscribed, Error> {
+        let (ns_index, ns) = self.readable(Actor::Client(conn), channel)?;
+        let identity = conn.extension::<IdentityCell>().get();
+        let membership = conn.extension::<Membership>();
+        let mut joined = lock(&membership.0);
+        if joined.channels.contains(channel) {
+            return Err(Error::BadRequest(format!(
+                "already subscribed to `{channel}`"
+            )));
+        }
+        if joined.channels.len() >= self.limits.channels_per_connection {
+            return Err(Error::Limit(format!(
+                "a connection may subscribe to {} channels",
+                self.limits.channels_per_connection
+            )));
+        }
+        let now = self.now();
+        let (name, answer) = loop {
+            let Some(ch) = self.channel(channel, ns_index, true)? else {
+                continue;
+            };
+            let mut state = lock(&ch.state);
+            if state.removed {
+                continue;
+            }
+            if state.subscribers.len() >= self.limits.subscribers_per_channel {
+                return Err(Error::Limit(format!(
+                    "`{channel}` has {} subscribers, its limit",
+                    state.subscribers.len()
+                )));
+            }
+            let subscriber = Subscriber {
+                conn: conn.clone(),
+                identity: identity.clone(),
+            };
+            if ns.join_leave {
+                self.announce(&ch.name, &state, wire::JOIN, &subscriber.member());
+            }
+            state.subscribers.push(subscriber);
+            let answer = match &mut state.history {
+                None => Subscribed {
+                    position: None,
+                    recovered: since.is_none(),
+                    publications: Vec::new(),
+                },
+                Some(history) => {
+                    let freed = history.expire(now);
+                    self.history_bytes.fetch_sub(freed, Ordering::Relaxed);
+                    let position = Some(history.position());
+                    match since {
+                        None => Subscribed {
+                            position,
+                            recovered: true,
+                            publications: Vec::new(),
+                        },
+                        Some(since) => {
+                            let recovery = history.recover(since);
+                            let fits = fits(&recovery.entries, self.max_frame());
+                            Subscribed {
+                                position,
+                                recovered: recovery.recovered && fits,
+                                publications: if fits {
+                                    recovery.entries.iter().map(Entry::publication).collect()
+                                } else {
+                                    Vec::new()
+                                },
+                            }
+                        }
+                    }
+                }
+            };
+            break (ch.name.clone(), answer);
+        };
+        if joined.hub.upgrade().is_none() {
+            joined.hub = Arc::downgrade(self);
+            joined.conn = conn.id();
+        }
+        joined.channels.insert(name);
+        Ok(answer)
+    }
+
+    /// Unsubscribes `conn` from `channel`; whether it was subscribed.
+    pub(crate) fn unsubscribe(&self, conn: &Connection, channel: &str) -> bool {
+        let membership = conn.extension::<Membership>();
+        let was = lock(&membership.0).channels.remove(channel);
+        if was {
+            self.remove_subscriber(channel, conn.id());
+        }
+        was
+    }
+
+    /// Ends `conn`'s subscription to `channel` from the server's side and tells it why.
+    pub(crate) fn kick(&self, conn: &Connection, channel: &str, reason: &str) -> bool {
+        let was = self.unsubscribe(conn, channel);
+        if was {
+            let notice = Unsubscribed {
+                channel: channel.to_owned(),
+                reason: reason.to_owned(),
+            };
+            if let Ok(payload) = postcard::to_allocvec(&notice) {
+                let _ = conn.send_now(wire::UNSUBSCRIBED, &payload);
+            }
+        }
+        was
+    }
+
+    /// Takes connection `conn` off `channel`'s subscribers (telling the others, if the
+    /// namespace says so), and forgets the channel once it holds nothing.
+    fn remove_subscriber(&self, channel: &str, conn: u64) {
+        let Some(ch) = lock(&self.channels).get(channel).cloned() else {
+            return;
+        };
+        let join_leave = self.namespaces[ch.ns].join_leave;
+        let now_empty = {
+            let mut state = lock(&ch.state);
+            let Some(at) = state.subscribers.iter().position(|s| s.conn.id() == conn) else {
+                return;
+            };
+            let gone = state.subscribers.swap_remove(at);
+            if join_leave {
+                self.announce(&ch.name, &state, wire::LEAVE, &gone.member());
+            }
+            state.subscribers.is_empty() && state.history.as_ref().is_none_or(History::is_empty)
+        };
+        if now_empty {
+            self.forget_if_idle(&ch);
+        }
+    }
+
+    /// Removes `ch` from the map if it has no subscribers and no history left.
+    fn forget_if_idle(&self, ch: &Arc<Channel>) {
+        let mut channels = lock(&self.channels);
+        let mut state = lock(&ch.state);
+        let idle =
+            state.subscribers.is_empty() && state.history.as_ref().is_none_or(History::is_empty);
+        if idle && !state.removed {
+            state.removed = true;
+            channels.remove(&ch.name);
+        }
+    }
+
+    /// Sends a join or leave event to every subscriber of a channel but the member's own
+    /// connection, encoded once.
+    fn announce(&self, channel: &str, state: &ChannelState, command: &str, member: &Member) {
+        let event = PresenceEvent {
+            channel: channel.to_owned(),
+            member: member.clone(),
+        };
+        let Ok(encoded) = encode_send(command, &event, self.max_frame()) else {
+            return;
+        };
+        for s in state
+            .subscribers
+            .iter()
+            .filter(|s| s.conn.id() != member.client)
+        {
+            let _ = s
+                .conn
+                .send_encoded(command, &encoded.frame, encoded.payload_len);
+        }
+    }
+
+    /// Publishes `data` to `channel` from `actor`; the new publication's position when the
+    /// channel keeps history.
+    pub(crate) fn publish(
+        &self,
+        actor: Actor<'_>,
+        channel: &str,
+        data: Bytes,
+    ) -> Result<Option<Position>, Error> {
+        let (ns_index, ns) = self.namespace(channel)?;
+        let from = match actor {
+            Actor::Client(conn) => {
+                let identity = conn.extension::<IdentityCell>().get();
+                if !ns.client_publish {
+                    return Err(Error::Denied(format!(
+                        "clients may not publish to `{channel}`"
+                    )));
+                }
+                if let Some(check) = &ns.publish_check {
+                    check(conn, &identity, channel)?;
+                }
+                identity
+            }
+            Actor::Server => Arc::new(Identity::default()),
+        };
+        if data.len() > ns.max_publication {
+            return Err(Error::Limit(format!(
+                "a publication to `{channel}` is at most {} bytes, not {}",
+                ns.max_publication,
+                data.len()
+            )));
+        }
+        let from_name: Arc<str> = Arc::from(from.user.as_str());
+        let mut slow = Vec::new();
+        let position = loop {
+            let Some(ch) = self.channel(channel, ns_index, ns.keeps_history())? else {
+                // Nobody subscribed and no history kept: nothing to do.
+                self.published.fetch_add(1, Ordering::Relaxed);
+                return Ok(None);
+            };
+            let mut state = lock(&ch.state);
+            if state.removed {
+                continue;
+            }
+            let now = self.now();
+            let (offset, position) = match &mut state.history {
+                Some(history) => {
+                    let before = history.bytes();
+                    let offset = history.push(now, from_name.clone(), data.clone());
+                    history.expire(now);
+                    self.account(history, before);
+                    (offset, Some(history.position()))
+                }
+                None => (0, None),
+            };
+            let delivery = DeliveryOut {
+                channel,
+                offset,
+                from: &from_name,
+                data: Blob(&data),
+            };
+            let encoded = encode_send(wire::DELIVERY, &delivery, self.max_frame())?;
+            for s in &state.subscribers {
+                match s
+                    .conn
+                    .send_encoded(wire::DELIVERY, &encoded.frame, encoded.payload_len)
+                {
+                    Ok(queued) if queued > self.limits.subscriber_queue => {
+                        slow.push((s.conn.clone(), queued));
+                    }
+                    _ => {}
+                }
+            }
+            self.delivered
+                .fetch_add(state.subscribers.len() as u64, Ordering::Relaxed);
+            break position;
+        };
+        self.published.fetch_add(1, Ordering::Relaxed);
+        for (conn, queued) in slow {
+            tracing::info!(
+                conn = conn.id(),
+                queued,
+                channel,
+                "closing a subscriber too slow to read its channels"
+            );
+            self.slow_closed.fetch_add(1, Ordering::Relaxed);
+            conn.shut(Error::Limit(format!(
+                "slow subscriber: {queued} bytes queued unsent"
+            )));
+        }
+        Ok(position)
+    }
+
+    /// Counts what a publication changed in the history held (`before`: bytes this
+    /// history held before it), then drops this channel's oldest publications while the
+    /// total is over [`Limits::history_bytes`].
+    fn account(&self, history: &mut History, before: usize) {
+        let after = history.bytes();
+        if after >= before {
+            self.history_bytes
+                .fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.history_bytes
+                .fetch_sub(before - after, Ordering::Relaxed);
+        }
+        while self.history_bytes.load(Ordering::Relaxed) > self.limits.history_bytes
+            && !history.is_empty()
+        {
+            let freed = history.pop_oldest();
+            self.history_bytes.fetch_sub(freed, Ordering::Relaxed);
+        }
+    }
+
+    /// The members of `channel` (each subscribed connection once).
+    pub(crate) fn presence(&self, actor: Actor<'_>, channel: &str) -> Result<Vec<Member>, Error> {
+        let (_, ns) = self.readable(actor, channel)?;
+        if matches!(actor, Actor::Client(_)) && !ns.presence {
+            return Err(Error::Denied(format!("`{channel}` has no presence")));
+        }
+        let Some(ch) = lock(&self.channels).get(channel).cloned() else {
+            return Ok(Vec::new());
+        };
+        let state = lock(&ch.state);
+        Ok(state.subscribers.iter().map(Subscriber::member).collect())
+    }
+
+    /// The connections subscribed to `channel`.
+    pub(crate) fn subscribers(&self, channel: &str) -> Vec<Connection> {
+        let Some(ch) = lock(&self.channels).get(channel).cloned() else {
+            return Vec::new();
+        };
+        let state = lock(&ch.state);
+        state.subscribers.iter().map(|s| s.conn.clone()).collect()
+    }
+
+    /// Up to `limit` publications of `channel` after `since` (the oldest kept when `None`).
+    pub(crate) fn history(
+        &self,
+        actor: Actor<'_>,
+        channel: &str,
+        since: Option<Position>,
+        limit: usize,
+    ) -> Result<HistoryPage, Error> {
+        let (_, ns) = self.readable(actor, channel)?;
+        if !ns.keeps_history() {
+            return Err(Error::Denied(format!("`{channel}` keeps no history")));
+        }
+        let Some(ch) = lock(&self.channels).get(channel).cloned() else {
+            return Ok(HistoryPage {
+                position: Position {
+                    epoch: 0,
+                    offset: 0,
+                },
+                publications: Vec::new(),
+            });
+        };
+        let mut state = lock(&ch.state);
+        let now = self.now();
+        let Some(history) = &mut state.history else {
+            return Err(Error::Denied(format!("`{channel}` keeps no history")));
+        };
+        let freed = history.expire(now);
+        self.history_bytes.fetch_sub(freed, Ordering::Relaxed);
+        let position = history.position();
+        let after = match since {
+            Some(since) if since.epoch == position.epoch => since.offset,
+            _ => 0,
+        };
+        let mut budget = self.max_frame().saturating_sub(ANSWER_SLACK);
+        let publications = history
+            .after(after, limit)
+            .into_iter()
+            .take_while(|e| {
+                let cost = e.data.len() + e.from.len() + 32;
+                let fits = cost <= budget;
+                budget = budget.saturating_sub(cost);
+                fits
+            })
+            .map(|e| e.publication())
+            .collect();
+        Ok(HistoryPage {
+            position,
+            publications,
+        })
+    }
+
+    /// Drops expired history from channels nobody is subscribed to, and forgets those
+    /// left empty.
+    pub(crate) fn sweep(&self) {
+        let now = self.now();
+        let idle: Vec<Arc<Channel>> = lock(&self.channels).values().cloned().collect();
+        for ch in idle {
+            let empty = {
+                let mut state = lock(&ch.state);
+                if let Some(history) = &mut state.history {
+                    let freed = history.expire(now);
+                    self.history_bytes.fetch_sub(freed, Ordering::Relaxed);
+                }
+                state.subscribers.is_empty() && state.history.as_ref().is_none_or(History::is_empty)
+            };
+            if empty {
+                self.forget_if_idle(&ch);
+            }
+        }
+    }
+}
+
+/// Whether a recovery's publications fit one answer frame.
+fn fits(entries: &[Entry], max_frame: usize) -> bool {
+    let bytes: usize = entries
+        .iter()
+        .map(|e| e.data.len() + e.from.len() + 32)
+        .sum();
+    bytes <= max_frame.saturating_sub(ANSWER_SLACK)
+}
+
+/// A one-way frame encoded once, to be copied into many connections' queues.
+pub(crate) struct Encoded {
+    pub(crate) frame: Bytes,
+    pub(crate) payload_len: usize,
+}
+
+/// Encodes a `Send` of `command` with `value` as its postcard payload.
+pub(crate) fn encode_send<T: Serialize>(
+    command: &str,
+    value: &T,
+    max_frame: usize,
+) -> Result<Encoded, Error> {
+    let payload = postcard::to_allocvec(value)?;
+    let header = Header {
+        kind: Kind::Send,
+        flags: 0,
+        id: 0,
+        command,
+    };
+    let mut out =
+        BytesMut::with_capacity(frame::LENGTH_PREFIX + frame::header_len(&header) + payload.len());
+    frame::encode(&mut out, &header, &payload, max_frame)?;
+    Ok(Encoded {
+        frame: out.freeze(),
+        payload_len: payload.len(),
+    })
+}
+
+/// A new history's epoch: random, so that a restarted server's positions are never
+/// mistaken for the old ones.
+fn new_epoch() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        return fastrand::u64(1..);
+    }
+    u64::from_le_bytes(bytes).max(1)
+}

@@ -1,0 +1,261 @@
+//! Channels: clients subscribe to named channels and get their publications, publish to
+//! them, and ask for presence and history, as the channel's namespace allows.
+//!
+//! - [`Channels`] is the server's side: its namespaces and limits, given to
+//!   [`ServerBuilder::channels`](crate::ServerBuilder::channels), and the handle
+//!   [`Server::channels`](crate::Server::channels) returns, to publish from the app's own
+//!   code, list subscribers and presence, read history and unsubscribe a connection.
+//! - [`ChannelCalls`] is the client's: [`subscribe`](ChannelCalls::subscribe) gives a
+//!   [`Subscription`], a stream of [`Event`]s.
+//! - A [`Namespace`] (a channel name's prefix, such as `chat:`) carries the options:
+//!   history size and age, presence, join and leave events, who may subscribe and publish,
+//!   the largest publication.
+//! - In a channel with history every publication has a [`Position`]: an offset that grows
+//!   by one per publication, and an epoch that changes when the history is lost. A client
+//!   that subscribes again from its last position gets every publication it missed,
+//!   exactly once and in order, or is told it could not (`recovered: false`); a
+//!   [`ReconnectingClient`](crate::ReconnectingClient) does so by itself.
+//!
+//! On the wire these are calls and one-way sends under the reserved `$ch.` commands
+//! ([`wire`]; `docs/PROTOCOL.md`, section 6c). A publication is encoded once for all its
+//! subscribers; only sealing is per connection. A subscriber whose connection has more
+//! than [`Limits::subscriber_queue`] bytes unsent when a publication comes is closed, so
+//! that it never holds up the others.
+//!
+//! ```
+//! use zserver_core::channels::{Channels, Namespace};
+//!
+//! let channels = Channels::new().namespace(Namespace::new("chat:").history(100, None).presence(true));
+//! // zserver::server().channels(channels.clone()).bind(..), then from the app's code:
+//! let position = channels.publish("chat:lobby", b"server says hi")?;
+//! assert_eq!(position.map(|p| p.offset), Some(1));
+//! # Ok::<_, zserver_core::Error>(())
+//! ```
+
+mod client;
+mod history;
+mod hub;
+mod options;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub(crate) use client::{client_router, new_shared, subscribe_on, Link, Owner, Resubscribe};
+pub use client::{ChannelCalls, Event, Subscription};
+pub use options::{Check, Identity, Limits, Namespace, DEFAULT_MAX_PUBLICATION};
+pub use wire::{HistoryPage, Member, Position, Publication, Subscribed};
+
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::handler::Router;
+use crate::runtime::Runtime;
+use hub::{Actor, Hub, IdentityCell};
+
+/// How often a server drops expired history from channels nobody is subscribed to.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// A server's channels: its namespaces and limits, and the handle to act on them from
+/// the app's own code. Cheap to clone; every clone is the same set of channels.
+#[derive(Clone)]
+pub struct Channels {
+    hub: Arc<Hub>,
+    namespaces: Vec<Namespace>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Channels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channels")
+            .field("namespaces", &self.namespaces)
+            .field("channels", &self.hub.channel_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Channels {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Channels {
+    /// No namespaces (every channel refused) and default [`Limits`].
+    pub fn new() -> Self {
+        Self::build(Vec::new(), Limits::default())
+    }
+
+    fn build(namespaces: Vec<Namespace>, limits: Limits) -> Self {
+        Self {
+            hub: Arc::new(Hub::new(namespaces.clone(), limits.clone())),
+            namespaces,
+            limits,
+        }
+    }
+
+    /// Adds a namespace (before the server starts: the result is a new, empty set of
+    /// channels).
+    pub fn namespace(mut self, namespace: Namespace) -> Self {
+        self.namespaces.retain(|n| n.prefix != namespace.prefix);
+        self.namespaces.push(namespace);
+        Self::build(self.namespaces, self.limits)
+    }
+
+    /// Sets the limits (before the server starts: the result is a new, empty set of
+    /// channels).
+    pub fn limits(self, limits: Limits) -> Self {
+        Self::build(self.namespaces, limits)
+    }
+
+    /// Ties these channels to a server's clock and frame limit, and starts sweeping expired
+    /// history in the background.
+    pub(crate) fn bind(&self, runtime: &Arc<dyn Runtime>, max_frame: usize) {
+        self.hub.bind(runtime.clone(), max_frame);
+        let weak = Arc::downgrade(&self.hub);
+        let clock = runtime.clone();
+        runtime.spawn(Box::pin(async move {
+            loop {
+                clock.sleep(SWEEP_EVERY).await;
+                match weak.upgrade() {
+                    Some(hub) => hub.sweep(),
+                    None => break,
+                }
+            }
+        }));
+    }
+
+    /// Sets who `conn` is for channels: the user that permission hooks see, presence
+    /// shows and publications carry as their author, and the info presence shows. Call it
+    /// from a login handler, before the client subscribes.
+    pub fn identify(&self, conn: &Connection, user: impl Into<String>, info: impl Into<Bytes>) {
+        conn.extension::<IdentityCell>().set(Identity {
+            user: user.into(),
+            info: info.into(),
+        });
+    }
+
+    /// Publishes `data` to `channel` from the app's own code (past the permission hooks,
+    /// within the namespace's size limit); the publication's position when the channel
+    /// keeps history.
+    pub fn publish(
+        &self,
+        channel: &str,
+        data: impl AsRef<[u8]>,
+    ) -> Result<Option<Position>, Error> {
+        self.hub.publish(
+            Actor::Server,
+            channel,
+            Bytes::copy_from_slice(data.as_ref()),
+        )
+    }
+
+    /// Who is subscribed to `channel`, whatever its namespace's presence option.
+    pub fn presence(&self, channel: &str) -> Result<Vec<Member>, Error> {
+        self.hub.presence(Actor::Server, channel)
+    }
+
+    /// The connections subscribed to `channel`.
+    pub fn subscribers(&self, channel: &str) -> Vec<Connection> {
+        self.hub.subscribers(channel)
+    }
+
+    /// Up to `limit` publications of `channel` after `since` (the oldest kept when
+    /// `None`).
+    pub fn history(
+        &self,
+        channel: &str,
+        since: Option<Position>,
+        limit: usize,
+    ) -> Result<HistoryPage, Error> {
+        self.hub.history(Actor::Server, channel, since, limit)
+    }
+
+    /// Ends `conn`'s subscription to `channel` and tells the client why (it sees
+    /// [`Event::Unsubscribed`]); whether it was subscribed.
+    pub fn unsubscribe(&self, conn: &Connection, channel: &str, reason: &str) -> bool {
+        self.hub.kick(conn, channel, reason)
+    }
+
+    /// Channels held now (with subscribers or with history).
+    pub fn channel_count(&self) -> usize {
+        self.hub.channel_count()
+    }
+
+    /// Bytes of history held over every channel.
+    pub fn history_bytes(&self) -> usize {
+        self.hub.history_bytes()
+    }
+
+    /// Counters: publications made, deliveries queued, and subscribers closed for being
+    /// too slow, since the server started.
+    pub fn counts(&self) -> ChannelCounts {
+        use std::sync::atomic::Ordering::Relaxed;
+        ChannelCounts {
+            published: self.hub.published.load(Relaxed),
+            delivered: self.hub.delivered.load(Relaxed),
+            slow_closed: self.hub.slow_closed.load(Relaxed),
+        }
+    }
+
+    /// The handlers of the `$ch.` commands, serving these channels.
+    pub(crate) fn router(&self) -> Router {
+        let (sub, unsub, publish, presence, history) = (
+            self.hub.clone(),
+            self.hub.clone(),
+            self.hub.clone(),
+            self.hub.clone(),
+            self.hub.clone(),
+        );
+        Router::new()
+            .sync_bytes(wire::SUBSCRIBE, move |ctx, bytes| {
+                let request: wire::SubscribeRequest = decode(&bytes)?;
+                let answer = sub.subscribe(ctx.connection(), &request.channel, request.since)?;
+                Ok(postcard::to_allocvec(&answer)?)
+            })
+            .sync_bytes(wire::UNSUBSCRIBE, move |ctx, bytes| {
+                let channel: String = decode(&bytes)?;
+                unsub.unsubscribe(ctx.connection(), &channel);
+                Ok(Vec::new())
+            })
+            .sync_bytes(wire::PUBLISH, move |ctx, bytes| {
+                let request: wire::PublishRequest = decode(&bytes)?;
+                let actor = Actor::Client(ctx.connection());
+                let position =
+                    publish.publish(actor, &request.channel, Bytes::from(request.data))?;
+                Ok(postcard::to_allocvec(&position)?)
+            })
+            .sync_bytes(wire::PRESENCE, move |ctx, bytes| {
+                let channel: String = decode(&bytes)?;
+                let members = presence.presence(Actor::Client(ctx.connection()), &channel)?;
+                Ok(postcard::to_allocvec(&members)?)
+            })
+            .sync_bytes(wire::HISTORY, move |ctx, bytes| {
+                let request: wire::HistoryRequest = decode(&bytes)?;
+                let page = history.history(
+                    Actor::Client(ctx.connection()),
+                    &request.channel,
+                    request.since,
+                    request.limit as usize,
+                )?;
+                Ok(postcard::to_allocvec(&page)?)
+            })
+    }
+}
+
+/// What [`Channels::counts`] reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChannelCounts {
+    /// Publications made.
+    pub published: u64,
+    /// Deliveries queued (publications × subscribers).
+    pub delivered: u64,
+    /// Subscribers closed for having too much unsent.
+    pub slow_closed: u64,
+}
+
+fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
+    postcard::from_bytes(bytes).map_err(|e| Error::BadRequest(e.to_string()))
+}
