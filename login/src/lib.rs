@@ -34,7 +34,9 @@ pub use cluster::ClusterConfig;
 pub use error::LoginError;
 pub use metrics::{LoginMetrics, LoginOutcome};
 pub use protocol::Event;
-pub use server::{check_file_name, HashingStats, LoginConfig, LoginServer, SecondLogin};
+pub use server::{
+    check_file_name, ChannelNamespace, HashingStats, LoginConfig, LoginServer, SecondLogin,
+};
 pub use store::{PasswordParams, PostgresStorage, SqliteStorage, Storage, Store, StoreError};
 
 /// Locks `m`, recovering it if a panicking thread poisoned it (the guarded state stays

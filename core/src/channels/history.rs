@@ -77,6 +77,31 @@ impl History {
         }
     }
 
+    /// A history as a store gave it back: its epoch, last offset and newest `entries`.
+    pub(crate) fn restore(
+        epoch: u64,
+        top: u64,
+        entries: Vec<Entry>,
+        size: usize,
+        ttl: Option<Duration>,
+    ) -> Self {
+        let mut history = Self::new(epoch, size, ttl);
+        history.top = top;
+        for entry in entries.into_iter().filter(|e| e.offset <= top) {
+            history.bytes += entry.cost();
+            history.entries.push_back(entry);
+        }
+        while history.entries.len() > size {
+            history.pop_oldest();
+        }
+        history
+    }
+
+    /// The offset the next publication will get.
+    pub(crate) fn next_offset(&self) -> u64 {
+        self.top + 1
+    }
+
     /// The position of the last publication.
     pub(crate) fn position(&self) -> Position {
         Position {
@@ -267,6 +292,42 @@ mod tests {
         assert!(h.is_empty() && h.bytes() == 0);
         // Offsets go on after everything expired.
         assert_eq!(push(&mut h, t0 + Duration::from_secs(100), "x"), 3);
+    }
+
+    #[test]
+    fn a_restored_history_goes_on_from_its_top() {
+        let t0 = Instant::now();
+        let entry = |offset| Entry {
+            offset,
+            at: t0,
+            from: Arc::from(""),
+            data: Bytes::from_static(b"x"),
+        };
+        let mut h = History::restore(5, 9, vec![entry(7), entry(8), entry(9)], 2, None);
+        assert_eq!(
+            h.position(),
+            Position {
+                epoch: 5,
+                offset: 9
+            }
+        );
+        assert_eq!(
+            offsets(&h.recover(Position {
+                epoch: 5,
+                offset: 7
+            })),
+            [8, 9]
+        );
+        assert!(
+            !h.recover(Position {
+                epoch: 5,
+                offset: 6
+            })
+            .recovered,
+            "7 was cut by the size"
+        );
+        assert_eq!(h.next_offset(), 10);
+        assert_eq!(push(&mut h, t0, "y"), 10);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::history::{Entry, History};
 use super::options::{Identity, Limits, Namespace};
+use super::store::{HistoryStore, StoredPublication};
 use super::wire::{
     self, Blob, DeliveryOut, HistoryPage, Member, Position, PresenceEvent, Subscribed, Unsubscribed,
 };
@@ -33,6 +34,10 @@ pub(crate) struct Hub {
     namespaces: Vec<Namespace>,
     pub(crate) limits: Limits,
     channels: Mutex<HashMap<Arc<str>, Arc<Channel>>>,
+    /// Where durable namespaces keep their history.
+    store: Option<Arc<dyn HistoryStore>>,
+    /// Held while a durable channel is loaded or created, so that two cannot race.
+    creating: Mutex<()>,
     history_bytes: AtomicUsize,
     /// The server's clock and frame limit, set when it binds.
     bound: OnceLock<Bound>,
@@ -120,13 +125,19 @@ pub(crate) enum Actor<'a> {
 }
 
 impl Hub {
-    pub(crate) fn new(mut namespaces: Vec<Namespace>, limits: Limits) -> Self {
+    pub(crate) fn new(
+        mut namespaces: Vec<Namespace>,
+        limits: Limits,
+        store: Option<Arc<dyn HistoryStore>>,
+    ) -> Self {
         // Longest prefix first: the first match is the most specific.
         namespaces.sort_by_key(|n| std::cmp::Reverse(n.prefix.len()));
         Self {
             namespaces,
             limits,
             channels: Mutex::new(HashMap::new()),
+            store,
+            creating: Mutex::new(()),
             history_bytes: AtomicUsize::new(0),
             bound: OnceLock::new(),
             slow_closed: AtomicU64::new(0),
@@ -186,25 +197,49 @@ impl Hub {
         Ok((i, ns))
     }
 
-    /// The channel named `name`, made if `create` (and within the limit).
+    /// Whether acting on `channel` may touch the history store (blocking I/O): its
+    /// namespace is durable and the hub has a store.
+    pub(crate) fn is_durable(&self, channel: &str) -> bool {
+        self.store.is_some()
+            && self
+                .namespace(channel)
+                .is_ok_and(|(_, ns)| ns.durable && ns.keeps_history())
+    }
+
+    /// The channel named `name`, made if `create` (and within the limit); a durable one is
+    /// loaded from the store, or recorded there with a new epoch.
     fn channel(&self, name: &str, ns: usize, create: bool) -> Result<Option<Arc<Channel>>, Error> {
-        let mut channels = lock(&self.channels);
-        if let Some(found) = channels.get(name) {
+        if let Some(found) = lock(&self.channels).get(name) {
             return Ok(Some(found.clone()));
         }
         if !create {
             return Ok(None);
         }
-        if channels.len() >= self.limits.channels {
+        let namespace = &self.namespaces[ns];
+        let store = self
+            .store
+            .as_ref()
+            .filter(|_| namespace.durable && namespace.keeps_history());
+        let _creating = store.map(|_| lock(&self.creating));
+        if let Some(found) = lock(&self.channels).get(name) {
+            return Ok(Some(found.clone()));
+        }
+        if lock(&self.channels).len() >= self.limits.channels {
             return Err(Error::Limit(format!(
                 "the server holds {} channels, its limit",
-                channels.len()
+                self.limits.channels
             )));
         }
-        let namespace = &self.namespaces[ns];
-        let history = namespace
-            .keeps_history()
-            .then(|| History::new(new_epoch(), namespace.history_size, namespace.history_ttl));
+        let history = match store {
+            Some(store) => Some(self.load(store.as_ref(), name, namespace)?),
+            None => namespace
+                .keeps_history()
+                .then(|| History::new(new_epoch(), namespace.history_size, namespace.history_ttl)),
+        };
+        if let Some(history) = &history {
+            self.history_bytes
+                .fetch_add(history.bytes(), Ordering::Relaxed);
+        }
         let name: Arc<str> = Arc::from(name);
         let channel = Arc::new(Channel {
             name: name.clone(),
@@ -215,8 +250,47 @@ impl Hub {
                 removed: false,
             }),
         });
+        let mut channels = lock(&self.channels);
+        if let Some(found) = channels.get(&name) {
+            // Made meanwhile by a non-durable path: keep that one.
+            return Ok(Some(found.clone()));
+        }
         channels.insert(name, channel.clone());
         Ok(Some(channel))
+    }
+
+    /// A durable channel's history from the store, or a new one recorded there.
+    fn load(&self, store: &dyn HistoryStore, name: &str, ns: &Namespace) -> Result<History, Error> {
+        let Some(stored) = store.load(name, ns.history_size)? else {
+            let epoch = new_epoch();
+            store.create(name, epoch)?;
+            return Ok(History::new(epoch, ns.history_size, ns.history_ttl));
+        };
+        let (now, now_unix) = (self.now(), unix_ms());
+        let entries = stored
+            .publications
+            .into_iter()
+            .map(|p| {
+                let age = u64::try_from(now_unix.saturating_sub(p.at_unix_ms)).unwrap_or(0);
+                Entry {
+                    offset: p.offset,
+                    at: now
+                        .checked_sub(std::time::Duration::from_millis(age))
+                        .unwrap_or(now),
+                    from: Arc::from(p.from.as_str()),
+                    data: Bytes::from(p.data),
+                }
+            })
+            .collect();
+        let mut history = History::restore(
+            stored.epoch,
+            stored.top,
+            entries,
+            ns.history_size,
+            ns.history_ttl,
+        );
+        history.expire(now);
+        Ok(history)
     }
 
     /// Subscribes `conn` to `channel`, recovering from `since` when given.
@@ -433,6 +507,15 @@ impl Hub {
             let now = self.now();
             let (offset, position) = match &mut state.history {
                 Some(history) => {
+                    if let Some(store) = self.store.as_ref().filter(|_| ns.durable) {
+                        let stored = StoredPublication {
+                            offset: history.next_offset(),
+                            at_unix_ms: unix_ms(),
+                            from: from_name.to_string(),
+                            data: data.to_vec(),
+                        };
+                        store.append(channel, &stored, ns.history_size)?;
+                    }
                     let before = history.bytes();
                     let offset = history.push(now, from_name.clone(), data.clone());
                     history.expire(now);
@@ -533,7 +616,9 @@ impl Hub {
         if !ns.keeps_history() {
             return Err(Error::Denied(format!("`{channel}` keeps no history")));
         }
-        let Some(ch) = lock(&self.channels).get(channel).cloned() else {
+        let (ns_index, _) = self.namespace(channel)?;
+        let loaded = self.channel(channel, ns_index, self.is_durable(channel))?;
+        let Some(ch) = loaded else {
             return Ok(HistoryPage {
                 position: Position {
                     epoch: 0,
@@ -628,6 +713,13 @@ pub(crate) fn encode_send<T: Serialize>(
         frame: out.freeze(),
         payload_len: payload.len(),
     })
+}
+
+/// Now, in milliseconds since the Unix epoch (0 before it).
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// A new history's epoch: random, so that a restarted server's positions are never

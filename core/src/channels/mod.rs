@@ -36,6 +36,7 @@ mod client;
 mod history;
 mod hub;
 mod options;
+mod store;
 pub mod wire;
 
 use std::sync::Arc;
@@ -46,6 +47,7 @@ use bytes::Bytes;
 pub(crate) use client::{client_router, new_shared, subscribe_on, Link, Owner, Resubscribe};
 pub use client::{ChannelCalls, Event, Subscription};
 pub use options::{Check, Identity, Limits, Namespace, DEFAULT_MAX_PUBLICATION};
+pub use store::{HistoryStore, StoredHistory, StoredPublication};
 pub use wire::{HistoryPage, Member, Position, Publication, Subscribed};
 
 use crate::connection::Connection;
@@ -64,6 +66,7 @@ pub struct Channels {
     hub: Arc<Hub>,
     namespaces: Vec<Namespace>,
     limits: Limits,
+    store: Option<Arc<dyn HistoryStore>>,
 }
 
 impl std::fmt::Debug for Channels {
@@ -84,14 +87,19 @@ impl Default for Channels {
 impl Channels {
     /// No namespaces (every channel refused) and default [`Limits`].
     pub fn new() -> Self {
-        Self::build(Vec::new(), Limits::default())
+        Self::build(Vec::new(), Limits::default(), None)
     }
 
-    fn build(namespaces: Vec<Namespace>, limits: Limits) -> Self {
+    fn build(
+        namespaces: Vec<Namespace>,
+        limits: Limits,
+        store: Option<Arc<dyn HistoryStore>>,
+    ) -> Self {
         Self {
-            hub: Arc::new(Hub::new(namespaces.clone(), limits.clone())),
+            hub: Arc::new(Hub::new(namespaces.clone(), limits.clone(), store.clone())),
             namespaces,
             limits,
+            store,
         }
     }
 
@@ -100,13 +108,19 @@ impl Channels {
     pub fn namespace(mut self, namespace: Namespace) -> Self {
         self.namespaces.retain(|n| n.prefix != namespace.prefix);
         self.namespaces.push(namespace);
-        Self::build(self.namespaces, self.limits)
+        Self::build(self.namespaces, self.limits, self.store)
     }
 
     /// Sets the limits (before the server starts: the result is a new, empty set of
     /// channels).
     pub fn limits(self, limits: Limits) -> Self {
-        Self::build(self.namespaces, limits)
+        Self::build(self.namespaces, limits, self.store)
+    }
+
+    /// Where [durable](Namespace::durable) namespaces keep their history (before the
+    /// server starts: the result is a new, empty set of channels).
+    pub fn store(self, store: Arc<dyn HistoryStore>) -> Self {
+        Self::build(self.namespaces, self.limits, Some(store))
     }
 
     /// Ties these channels to a server's clock and frame limit, and starts sweeping expired
@@ -138,7 +152,8 @@ impl Channels {
 
     /// Publishes `data` to `channel` from the app's own code (past the permission hooks,
     /// within the namespace's size limit); the publication's position when the channel
-    /// keeps history.
+    /// keeps history. In a [durable](Namespace::durable) namespace this waits for the
+    /// store's write: call it from a blocking context there.
     pub fn publish(
         &self,
         channel: &str,
@@ -199,49 +214,97 @@ impl Channels {
         }
     }
 
-    /// The handlers of the `$ch.` commands, serving these channels.
+    /// The handlers of the `$ch.` commands, serving these channels. Each runs on the
+    /// connection's task, except where the channel's namespace is durable: then on a
+    /// blocking thread, as it may wait for the store.
     pub(crate) fn router(&self) -> Router {
-        let (sub, unsub, publish, presence, history) = (
-            self.hub.clone(),
-            self.hub.clone(),
-            self.hub.clone(),
-            self.hub.clone(),
-            self.hub.clone(),
-        );
+        let hub = &self.hub;
         Router::new()
-            .sync_bytes(wire::SUBSCRIBE, move |ctx, bytes| {
-                let request: wire::SubscribeRequest = decode(&bytes)?;
-                let answer = sub.subscribe(ctx.connection(), &request.channel, request.since)?;
-                Ok(postcard::to_allocvec(&answer)?)
-            })
-            .sync_bytes(wire::UNSUBSCRIBE, move |ctx, bytes| {
-                let channel: String = decode(&bytes)?;
-                unsub.unsubscribe(ctx.connection(), &channel);
-                Ok(Vec::new())
-            })
-            .sync_bytes(wire::PUBLISH, move |ctx, bytes| {
-                let request: wire::PublishRequest = decode(&bytes)?;
-                let actor = Actor::Client(ctx.connection());
-                let position =
-                    publish.publish(actor, &request.channel, Bytes::from(request.data))?;
-                Ok(postcard::to_allocvec(&position)?)
-            })
-            .sync_bytes(wire::PRESENCE, move |ctx, bytes| {
-                let channel: String = decode(&bytes)?;
-                let members = presence.presence(Actor::Client(ctx.connection()), &channel)?;
-                Ok(postcard::to_allocvec(&members)?)
-            })
-            .sync_bytes(wire::HISTORY, move |ctx, bytes| {
-                let request: wire::HistoryRequest = decode(&bytes)?;
-                let page = history.history(
-                    Actor::Client(ctx.connection()),
-                    &request.channel,
-                    request.since,
-                    request.limit as usize,
-                )?;
-                Ok(postcard::to_allocvec(&page)?)
-            })
+            .delayed(
+                wire::SUBSCRIBE,
+                serve(
+                    hub,
+                    |r: &wire::SubscribeRequest| &r.channel,
+                    |hub, conn, r| encode(&hub.subscribe(conn, &r.channel, r.since)?),
+                ),
+            )
+            .delayed(
+                wire::UNSUBSCRIBE,
+                serve(
+                    hub,
+                    |r: &String| r,
+                    |hub, conn, channel| {
+                        hub.unsubscribe(conn, &channel);
+                        Ok(Vec::new())
+                    },
+                ),
+            )
+            .delayed(
+                wire::PUBLISH,
+                serve(
+                    hub,
+                    |r: &wire::PublishRequest| &r.channel,
+                    |hub, conn, r| {
+                        let data = Bytes::from(r.data);
+                        encode(&hub.publish(Actor::Client(conn), &r.channel, data)?)
+                    },
+                ),
+            )
+            .delayed(
+                wire::PRESENCE,
+                serve(
+                    hub,
+                    |r: &String| r,
+                    |hub, conn, channel| encode(&hub.presence(Actor::Client(conn), &channel)?),
+                ),
+            )
+            .delayed(
+                wire::HISTORY,
+                serve(
+                    hub,
+                    |r: &wire::HistoryRequest| &r.channel,
+                    |hub, conn, r| {
+                        let limit = r.limit as usize;
+                        encode(&hub.history(Actor::Client(conn), &r.channel, r.since, limit)?)
+                    },
+                ),
+            )
     }
+}
+
+type Act<T> = fn(&Arc<Hub>, &Connection, T) -> Result<Vec<u8>, Error>;
+
+/// A `$ch.` handler: decodes the request, then acts at once, or on a blocking thread when
+/// the channel is durable, and answers.
+fn serve<T>(
+    hub: &Arc<Hub>,
+    channel: fn(&T) -> &String,
+    act: Act<T>,
+) -> impl Fn(crate::Context, Bytes, crate::Responder) + Send + Sync + 'static
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+{
+    let hub = hub.clone();
+    move |ctx, bytes, responder| {
+        let request: T = match decode(&bytes) {
+            Ok(request) => request,
+            Err(e) => return responder.fail(e),
+        };
+        let conn = ctx.connection().clone();
+        if !hub.is_durable(channel(&request)) {
+            return responder.respond(act(&hub, &conn, request));
+        }
+        let hub = hub.clone();
+        let runtime = conn.runtime().clone();
+        runtime.spawn(Box::pin(async move {
+            let answer = blocking::unblock(move || act(&hub, &conn, request)).await;
+            responder.respond(answer);
+        }));
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Error> {
+    Ok(postcard::to_allocvec(value)?)
 }
 
 /// What [`Channels::counts`] reports.

@@ -54,6 +54,7 @@ pub struct Namespace {
     pub(crate) prefix: String,
     pub(crate) history_size: usize,
     pub(crate) history_ttl: Option<Duration>,
+    pub(crate) durable: bool,
     pub(crate) presence: bool,
     pub(crate) join_leave: bool,
     pub(crate) client_publish: bool,
@@ -68,6 +69,7 @@ impl std::fmt::Debug for Namespace {
             .field("prefix", &self.prefix)
             .field("history_size", &self.history_size)
             .field("history_ttl", &self.history_ttl)
+            .field("durable", &self.durable)
             .field("presence", &self.presence)
             .field("join_leave", &self.join_leave)
             .field("client_publish", &self.client_publish)
@@ -87,6 +89,7 @@ impl Namespace {
             prefix: prefix.into(),
             history_size: 0,
             history_ttl: None,
+            durable: false,
             presence: false,
             join_leave: false,
             client_publish: true,
@@ -102,6 +105,15 @@ impl Namespace {
     pub fn history(mut self, size: usize, ttl: Option<Duration>) -> Self {
         self.history_size = size;
         self.history_ttl = ttl;
+        self
+    }
+
+    /// Keeps the history in the server's [`HistoryStore`](super::HistoryStore) too
+    /// ([`Channels::store`](super::Channels::store)), so that positions and recovery survive
+    /// a restart: each publication is stored before it is delivered or acknowledged. Only
+    /// with [`history`](Self::history); without a store it is kept in memory alone.
+    pub fn durable(mut self, on: bool) -> Self {
+        self.durable = on;
         self
     }
 

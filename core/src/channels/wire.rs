@@ -215,6 +215,80 @@ mod tests {
         assert_eq!(postcard::to_allocvec(&publication).unwrap(), bytes[7..]);
     }
 
+    /// The worked example of docs/PROTOCOL.md, section 6c, byte for byte.
+    #[test]
+    fn the_documented_example_is_what_is_sent() {
+        use crate::frame::{self, Header, Kind};
+        let hex = |bytes: &[u8]| {
+            bytes
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let framed = |kind, id, command, payload: &[u8]| {
+            let mut out = bytes::BytesMut::new();
+            let header = Header {
+                kind,
+                flags: 0,
+                id,
+                command,
+            };
+            frame::encode(&mut out, &header, payload, 1 << 20).unwrap();
+            hex(&out)
+        };
+        let since = Some(Position {
+            epoch: 7,
+            offset: 2,
+        });
+        let request = SubscribeRequest {
+            channel: "chat:a".into(),
+            since,
+        };
+        let call = framed(
+            Kind::Call,
+            1,
+            SUBSCRIBE,
+            &postcard::to_allocvec(&request).unwrap(),
+        );
+        let answer = Subscribed {
+            position: Some(Position {
+                epoch: 7,
+                offset: 3,
+            }),
+            recovered: true,
+            publications: vec![Publication {
+                offset: 3,
+                from: "ann".into(),
+                data: b"x".to_vec(),
+            }],
+        };
+        let reply = framed(Kind::Reply, 1, "", &postcard::to_allocvec(&answer).unwrap());
+        let delivery = DeliveryOut {
+            channel: "chat:a",
+            offset: 4,
+            from: "ann",
+            data: Blob(b"y"),
+        };
+        let send = framed(
+            Kind::Send,
+            0,
+            DELIVERY,
+            &postcard::to_allocvec(&delivery).unwrap(),
+        );
+        let doc = include_str!("../../../docs/PROTOCOL.md");
+        let example: Vec<String> = doc
+            .lines()
+            .filter(|l| {
+                l.starts_with("Call   15")
+                    || l.starts_with("Reply  10")
+                    || l.starts_with("Send   17")
+            })
+            .map(|l| l[7..].replace(" | ", " "))
+            .collect();
+        assert_eq!(example, [call, reply, send]);
+    }
+
     #[test]
     fn positions_print_and_parse() {
         let p = Position {

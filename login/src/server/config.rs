@@ -63,6 +63,72 @@ pub struct LoginConfig {
     pub ws_listen: Option<std::net::SocketAddr>,
     /// The WebSocket listener's allowed origins and web root.
     pub ws_options: zserver::WsOptions,
+    /// The channel namespaces logged-in users may subscribe and publish to (default: one,
+    /// `chat`; see [`ChannelNamespace`]).
+    pub channels: Vec<ChannelNamespace>,
+}
+
+/// One channel namespace of the login server (`[channels.NAME]` in `zserver serve`'s
+/// config file): the channels `NAME:...`, open to logged-in users only. Publications carry
+/// their author's user name; presence shows the users subscribed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelNamespace {
+    /// The namespace's name: channels are `NAME:anything`.
+    pub name: String,
+    /// Publications kept per channel for history and recovery (0: none).
+    pub history: usize,
+    /// How long a publication is kept (`None`: until pushed out by newer ones).
+    pub history_ttl: Option<Duration>,
+    /// Whether history is kept in the store (SQLite, or PostgreSQL in a cluster), so that
+    /// recovery works after a restart; otherwise in memory.
+    pub durable: bool,
+    /// Whether subscribers may ask who is subscribed.
+    pub presence: bool,
+    /// Whether subscribers are told who joins and leaves.
+    pub join_leave: bool,
+    /// Whether users may publish (otherwise only the server's own code).
+    pub client_publish: bool,
+    /// The largest publication, in bytes.
+    pub max_publication: usize,
+}
+
+impl ChannelNamespace {
+    /// `NAME:` with 100 publications of durable history kept for a day, presence, join and
+    /// leave events, users publishing, 64 KiB publications.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            history: 100,
+            history_ttl: Some(Duration::from_secs(24 * 3600)),
+            durable: true,
+            presence: true,
+            join_leave: true,
+            client_publish: true,
+            max_publication: zserver::channels::DEFAULT_MAX_PUBLICATION,
+        }
+    }
+
+    /// The library's namespace for it: only identified (logged-in) users subscribe and
+    /// publish.
+    pub(crate) fn namespace(&self) -> zserver::channels::Namespace {
+        let logged_in =
+            |_: &zserver::Connection, who: &zserver::channels::Identity, channel: &str| {
+                if who.user.is_empty() {
+                    Err(zserver::Error::Denied(format!("log in to use `{channel}`")))
+                } else {
+                    Ok(())
+                }
+            };
+        zserver::channels::Namespace::new(format!("{}:", self.name))
+            .history(self.history, self.history_ttl)
+            .durable(self.durable)
+            .presence(self.presence)
+            .join_leave(self.join_leave)
+            .client_publish(self.client_publish)
+            .max_publication(self.max_publication)
+            .subscribe_if(logged_in)
+            .publish_if(logged_in)
+    }
 }
 
 impl LoginConfig {
@@ -88,6 +154,7 @@ impl LoginConfig {
             observe_calls: false,
             ws_listen: None,
             ws_options: zserver::WsOptions::new(),
+            channels: vec![ChannelNamespace::new("chat")],
         }
     }
 }

@@ -30,6 +30,9 @@ pub(super) fn router(state: Arc<State>) -> Router {
             let s = state_of(&ctx);
             let user = s.user(&ctx)?;
             s.end_session(&user, ctx.connection_id());
+            // Subscriptions made while logged in stay; new ones need a login again.
+            s.channels
+                .identify(ctx.connection(), String::new(), Vec::new());
             Ok::<_, Error>(())
         })
         .call("passwd", |ctx, p: NewPassword| async move {
@@ -157,6 +160,9 @@ async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welc
     }
     state.metrics.login(LoginOutcome::Ok);
     ctx.connection().span().record("user", c.user.as_str());
+    state
+        .channels
+        .identify(ctx.connection(), c.user.clone(), Vec::new());
     tracing::info!(user = %c.user, "logged in");
     let user = c.user.clone();
     let offline = db(state, move |s| s.take_messages(&user))

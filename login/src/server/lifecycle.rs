@@ -77,10 +77,17 @@ impl LoginServer {
         let files = config.data_dir.join("files");
         let dir = files.clone();
         blocking::unblock(move || std::fs::create_dir_all(dir)).await?;
+        let store = Arc::new(store);
+        let history: Arc<dyn zserver::channels::HistoryStore> = store.clone();
+        let channels = config.channels.iter().fold(
+            zserver::channels::Channels::new().store(history),
+            |ch, ns| ch.namespace(ns.namespace()),
+        );
         let state = Arc::new(State {
             runtime: transport.runtime(),
             cluster,
-            store: Arc::new(store),
+            channels: channels.clone(),
+            store,
             files,
             sessions: Mutex::new(Sessions {
                 by_user: HashMap::new(),
@@ -110,6 +117,7 @@ impl LoginServer {
             .key_file(config.data_dir.join("server.key"))?
             .config(config.connection.clone())
             .router(routes)
+            .channels(channels)
             .bind(addr)
             .await?;
         let ws_addr = match config.ws_listen {

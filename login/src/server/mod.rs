@@ -24,7 +24,7 @@ use crate::cluster::Cluster;
 use crate::metrics::LoginMetrics;
 use crate::store::{Store, StoreError};
 
-pub use config::{LoginConfig, SecondLogin};
+pub use config::{ChannelNamespace, LoginConfig, SecondLogin};
 pub use files::check_file_name;
 use hashing::HashPool;
 pub use hashing::HashingStats;
@@ -45,6 +45,8 @@ struct State {
     hashing: HashPool,
     cluster: Option<Arc<Cluster>>,
     metrics: Arc<LoginMetrics>,
+    /// The server's channels (identities are set at login).
+    channels: zserver::channels::Channels,
 }
 
 fn store_err(e: StoreError) -> Error {

@@ -30,6 +30,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use argon2::Argon2;
+use zserver::channels::{HistoryStore, StoredHistory, StoredPublication};
 
 pub use self::password::PasswordParams;
 use self::password::{check_password, hash_password, verify_hash};
@@ -150,6 +151,24 @@ pub trait Storage: Send + Sync {
     /// concurrent takers each message goes to exactly one. An unknown user has no messages.
     fn take_messages(&self, user: &str) -> Result<Vec<Message>, StoreError>;
 
+    /// The channel history of `channel`: its epoch, last offset and at most `keep` of its
+    /// newest publications, oldest first; `None` if it has none.
+    fn load_channel(&self, channel: &str, keep: usize)
+        -> Result<Option<StoredHistory>, StoreError>;
+
+    /// Records a new history for `channel` with `epoch` and no publications, replacing any.
+    fn create_channel(&self, channel: &str, epoch: u64) -> Result<(), StoreError>;
+
+    /// Appends a publication to `channel`'s history, whose offset must be one above the
+    /// stored last offset (else nothing is stored and the error says so: another writer
+    /// got there first), and drops all but the newest `keep`; one transaction.
+    fn append_publication(
+        &self,
+        channel: &str,
+        publication: &StoredPublication,
+        keep: usize,
+    ) -> Result<(), StoreError>;
+
     /// How many messages are stored and not yet taken, for every user (for monitoring).
     /// Back ends that cannot count say so with an error; the built-in ones count.
     fn count_messages(&self) -> Result<u64, StoreError> {
@@ -158,6 +177,43 @@ pub trait Storage: Send + Sync {
             self.backend_name()
         )))
     }
+}
+
+/// The store keeps the history of the login server's durable channel namespaces.
+impl HistoryStore for Store {
+    fn load(&self, channel: &str, keep: usize) -> Result<Option<StoredHistory>, zserver::Error> {
+        self.storage
+            .load_channel(channel, keep)
+            .map_err(history_err)
+    }
+
+    fn create(&self, channel: &str, epoch: u64) -> Result<(), zserver::Error> {
+        self.storage
+            .create_channel(channel, epoch)
+            .map_err(history_err)
+    }
+
+    fn append(
+        &self,
+        channel: &str,
+        publication: &StoredPublication,
+        keep: usize,
+    ) -> Result<(), zserver::Error> {
+        self.storage
+            .append_publication(channel, publication, keep)
+            .map_err(history_err)
+    }
+}
+
+fn history_err(e: StoreError) -> zserver::Error {
+    zserver::Error::msg(format!("channel history: {e}"))
+}
+
+/// The error for an append whose offset does not follow the stored last one.
+fn out_of_order(channel: &str, offset: u64) -> StoreError {
+    StoreError::Db(format!(
+        "publication {offset} of `{channel}` does not follow the stored history"
+    ))
 }
 
 /// Checks a user name (the rule in [`StoreError::BadName`]).

@@ -12,11 +12,14 @@ use ::postgres::{Client, Config, NoTls};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 
-use super::{newer_schema, Message, Storage, StoreError};
+use zserver::channels::{StoredHistory, StoredPublication};
+
+use super::{newer_schema, out_of_order, Message, Storage, StoreError};
 
 /// The schema version this back end writes and reads; a database with a newer one is refused.
-/// Version 2 added the messages' `msg_key`, `taken_by` and `taken_unix_ms`.
-const SCHEMA_VERSION: i64 = 2;
+/// Version 2 added the messages' `msg_key`, `taken_by` and `taken_unix_ms`; version 3 the
+/// channel history tables.
+const SCHEMA_VERSION: i64 = 3;
 /// How long a login's claim on messages it took but did not get to delete holds them; after
 /// that, the next login takes them again.
 const CLAIM_EXPIRY_MS: i64 = 60_000;
@@ -48,6 +51,20 @@ CREATE INDEX IF NOT EXISTS messages_to_user ON messages(to_user, id);
 ALTER TABLE messages ADD COLUMN IF NOT EXISTS msg_key TEXT UNIQUE;
 ALTER TABLE messages ADD COLUMN IF NOT EXISTS taken_by TEXT;
 ALTER TABLE messages ADD COLUMN IF NOT EXISTS taken_unix_ms BIGINT;
+-- Version 3: channel history (epochs are u64 stored by bit pattern).
+CREATE TABLE IF NOT EXISTS channels (
+    name  TEXT PRIMARY KEY,
+    epoch BIGINT NOT NULL,
+    top   BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS publications (
+    channel    TEXT NOT NULL REFERENCES channels(name) ON DELETE CASCADE,
+    pos        BIGINT NOT NULL,
+    at_unix_ms BIGINT NOT NULL,
+    from_user  TEXT NOT NULL,
+    data       BYTEA NOT NULL,
+    PRIMARY KEY (channel, pos)
+);
 ";
 
 /// PostgreSQL's clock in milliseconds since the Unix epoch, as SQL (one clock for every node).
@@ -296,6 +313,101 @@ impl Storage for PostgresStorage {
 
     fn exists(&self, name: &str) -> Result<bool, StoreError> {
         self.with_client(|c, _| user_exists(c, name))
+    }
+
+    fn load_channel(
+        &self,
+        channel: &str,
+        keep: usize,
+    ) -> Result<Option<StoredHistory>, StoreError> {
+        self.with_client(|c, _| {
+            let Some(head) = c.query_opt(
+                "SELECT epoch, top FROM channels WHERE name = $1",
+                &[&channel],
+            )?
+            else {
+                return Ok(None);
+            };
+            let (epoch, top): (i64, i64) = (head.get(0), head.get(1));
+            let from = top.saturating_sub(i64::try_from(keep).unwrap_or(i64::MAX));
+            let rows = c.query(
+                "SELECT pos, at_unix_ms, from_user, data FROM publications
+                 WHERE channel = $1 AND pos > $2 ORDER BY pos",
+                &[&channel, &from],
+            )?;
+            let publications = rows
+                .iter()
+                .map(|row| StoredPublication {
+                    offset: row.get::<_, i64>(0) as u64,
+                    at_unix_ms: row.get(1),
+                    from: row.get(2),
+                    data: row.get(3),
+                })
+                .collect();
+            Ok(Some(StoredHistory {
+                epoch: epoch as u64,
+                top: top as u64,
+                publications,
+            }))
+        })
+    }
+
+    fn create_channel(&self, channel: &str, epoch: u64) -> Result<(), StoreError> {
+        let epoch = epoch as i64;
+        self.with_client(|c, _| {
+            let mut tx = c.transaction()?;
+            tx.execute("DELETE FROM publications WHERE channel = $1", &[&channel])?;
+            tx.execute(
+                "INSERT INTO channels (name, epoch, top) VALUES ($1, $2, 0)
+                 ON CONFLICT (name) DO UPDATE SET epoch = excluded.epoch, top = 0",
+                &[&channel, &epoch],
+            )?;
+            tx.commit()
+        })
+    }
+
+    fn append_publication(
+        &self,
+        channel: &str,
+        p: &StoredPublication,
+        keep: usize,
+    ) -> Result<(), StoreError> {
+        let pos = p.offset as i64;
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let appended = self.with_client(|c, retry| {
+            let mut tx = c.transaction()?;
+            let moved = tx.execute(
+                "UPDATE channels SET top = $2 WHERE name = $1 AND top = $2 - 1",
+                &[&channel, &pos],
+            )?;
+            if moved == 0 {
+                // On a retry the first attempt may have committed: the same row is there.
+                let there = retry
+                    && tx
+                        .query_opt(
+                            "SELECT 1 FROM publications WHERE channel = $1 AND pos = $2 AND data = $3",
+                            &[&channel, &pos, &p.data],
+                        )?
+                        .is_some();
+                return Ok(there);
+            }
+            tx.execute(
+                "INSERT INTO publications (channel, pos, at_unix_ms, from_user, data)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&channel, &pos, &p.at_unix_ms, &p.from, &p.data],
+            )?;
+            tx.execute(
+                "DELETE FROM publications WHERE channel = $1 AND pos <= $2",
+                &[&channel, &pos.saturating_sub(keep)],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })?;
+        if appended {
+            Ok(())
+        } else {
+            Err(out_of_order(channel, p.offset))
+        }
     }
 
     fn queue_message(

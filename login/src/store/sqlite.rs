@@ -7,10 +7,13 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
-use super::{newer_schema, Message, Storage, StoreError};
+use zserver::channels::{StoredHistory, StoredPublication};
+
+use super::{newer_schema, out_of_order, Message, Storage, StoreError};
 
 /// The schema version this back end writes and reads; a database with a newer one is refused.
-const SCHEMA_VERSION: i64 = 1;
+/// Version 2 added the channel history tables.
+const SCHEMA_VERSION: i64 = 2;
 
 /// Queues a message (`?2` from, `?3` text, `?4` time) for user `?1`: no row if there is no
 /// such user.
@@ -36,6 +39,20 @@ CREATE TABLE IF NOT EXISTS messages (
     at_unix_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_to_user ON messages(to_user, id);
+-- Version 2: channel history (epochs are u64 stored by bit pattern).
+CREATE TABLE IF NOT EXISTS channels (
+    name  TEXT PRIMARY KEY NOT NULL,
+    epoch INTEGER NOT NULL,
+    top   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS publications (
+    channel    TEXT NOT NULL REFERENCES channels(name) ON DELETE CASCADE,
+    pos        INTEGER NOT NULL,
+    at_unix_ms INTEGER NOT NULL,
+    from_user  TEXT NOT NULL,
+    data       BLOB NOT NULL,
+    PRIMARY KEY (channel, pos)
+) WITHOUT ROWID;
 ";
 
 /// The embedded [`Storage`]: one SQLite database file behind one connection (thread-safe).
@@ -236,6 +253,93 @@ impl Storage for SqliteStorage {
         Ok(stored)
     }
 
+    fn load_channel(
+        &self,
+        channel: &str,
+        keep: usize,
+    ) -> Result<Option<StoredHistory>, StoreError> {
+        let conn = self.conn();
+        let head: Option<(i64, i64)> = conn
+            .query_row(
+                "SELECT epoch, top FROM channels WHERE name = ?1",
+                [channel],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(db)?;
+        let Some((epoch, top)) = head else {
+            return Ok(None);
+        };
+        let from = top.saturating_sub(i64::try_from(keep).unwrap_or(i64::MAX));
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT pos, at_unix_ms, from_user, data FROM publications
+                 WHERE channel = ?1 AND pos > ?2 ORDER BY pos",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map(params![channel, from], |row| {
+                Ok(StoredPublication {
+                    offset: row.get::<_, i64>(0)? as u64,
+                    at_unix_ms: row.get(1)?,
+                    from: row.get(2)?,
+                    data: row.get(3)?,
+                })
+            })
+            .map_err(db)?;
+        let publications = rows.collect::<Result<Vec<_>, _>>().map_err(db)?;
+        Ok(Some(StoredHistory {
+            epoch: epoch as u64,
+            top: top as u64,
+            publications,
+        }))
+    }
+
+    fn create_channel(&self, channel: &str, epoch: u64) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM publications WHERE channel = ?1", [channel])?;
+            tx.execute(
+                "INSERT INTO channels (name, epoch, top) VALUES (?1, ?2, 0)
+                 ON CONFLICT (name) DO UPDATE SET epoch = excluded.epoch, top = 0",
+                params![channel, epoch as i64],
+            )?;
+            Ok(true)
+        })
+        .map(drop)
+    }
+
+    fn append_publication(
+        &self,
+        channel: &str,
+        p: &StoredPublication,
+        keep: usize,
+    ) -> Result<(), StoreError> {
+        let pos = p.offset as i64;
+        let appended = self.write(|tx| {
+            let moved = tx.execute(
+                "UPDATE channels SET top = ?2 WHERE name = ?1 AND top = ?2 - 1",
+                params![channel, pos],
+            )?;
+            if moved == 0 {
+                return Ok(false);
+            }
+            tx.prepare_cached(
+                "INSERT INTO publications (channel, pos, at_unix_ms, from_user, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![channel, pos, p.at_unix_ms, p.from, p.data])?;
+            let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+            tx.prepare_cached("DELETE FROM publications WHERE channel = ?1 AND pos <= ?2")?
+                .execute(params![channel, pos.saturating_sub(keep)])?;
+            Ok(true)
+        })?;
+        if appended {
+            Ok(())
+        } else {
+            Err(out_of_order(channel, p.offset))
+        }
+    }
+
     fn count_messages(&self) -> Result<u64, StoreError> {
         self.conn()
             .query_row("SELECT count(*) FROM messages", [], |row| row.get(0))
@@ -328,15 +432,62 @@ mod tests {
     }
 
     #[test]
+    fn channel_history_appends_in_order_and_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path()).unwrap();
+        assert_eq!(storage.load_channel("chat:a", 10).unwrap(), None);
+        storage.create_channel("chat:a", u64::MAX - 1).unwrap();
+        let publication = |offset: u64| StoredPublication {
+            offset,
+            at_unix_ms: offset as i64,
+            from: "ann".into(),
+            data: vec![offset as u8],
+        };
+        for offset in 1..=4 {
+            storage
+                .append_publication("chat:a", &publication(offset), 3)
+                .unwrap();
+        }
+        // Not one above the last: refused, nothing stored.
+        assert!(storage
+            .append_publication("chat:a", &publication(4), 3)
+            .is_err());
+        assert!(storage
+            .append_publication("chat:a", &publication(9), 3)
+            .is_err());
+        let loaded = storage.load_channel("chat:a", 2).unwrap().unwrap();
+        assert_eq!((loaded.epoch, loaded.top), (u64::MAX - 1, 4));
+        let offsets: Vec<u64> = loaded.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, [3, 4]);
+        assert_eq!(
+            storage
+                .load_channel("chat:a", 10)
+                .unwrap()
+                .unwrap()
+                .publications
+                .len(),
+            3
+        );
+        // A new epoch starts afresh.
+        storage.create_channel("chat:a", 5).unwrap();
+        let fresh = storage.load_channel("chat:a", 10).unwrap().unwrap();
+        assert_eq!(
+            (fresh.epoch, fresh.top, fresh.publications.len()),
+            (5, 0, 0)
+        );
+    }
+
+    #[test]
     fn newer_schema_refused() {
         let dir = tempfile::tempdir().unwrap();
         drop(Store::open(dir.path()).unwrap());
         let raw = Connection::open(dir.path().join(DB_FILE)).unwrap();
-        raw.pragma_update(None, "user_version", 2).unwrap();
+        raw.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
         drop(raw);
         assert!(matches!(
             Store::open(dir.path()),
-            Err(StoreError::Db(msg)) if msg.contains("version 2")
+            Err(StoreError::Db(msg)) if msg.contains(&format!("version {}", SCHEMA_VERSION + 1))
         ));
     }
 }

@@ -10,6 +10,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod channels;
 mod cluster;
 mod e2e;
 mod flood;

@@ -6,6 +6,7 @@
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use zserver::channels::{StoredHistory, StoredPublication};
 
 use zserver::Error;
 use zserver_login::protocol::Incoming;
@@ -56,6 +57,24 @@ impl Storage for GatedStorage {
             gate.go.recv_timeout(Duration::from_secs(30)).unwrap();
         }
         self.inner.queue_message(to, from, text, at)
+    }
+    fn load_channel(
+        &self,
+        channel: &str,
+        keep: usize,
+    ) -> Result<Option<StoredHistory>, StoreError> {
+        self.inner.load_channel(channel, keep)
+    }
+    fn create_channel(&self, channel: &str, epoch: u64) -> Result<(), StoreError> {
+        self.inner.create_channel(channel, epoch)
+    }
+    fn append_publication(
+        &self,
+        channel: &str,
+        p: &StoredPublication,
+        keep: usize,
+    ) -> Result<(), StoreError> {
+        self.inner.append_publication(channel, p, keep)
     }
     fn take_messages(&self, user: &str) -> Result<Vec<Message>, StoreError> {
         self.inner.take_messages(user)

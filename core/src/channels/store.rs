@@ -1,0 +1,53 @@
+//! Durable history: where a server keeps the publications of its durable namespaces
+//! ([`Namespace::durable`](super::Namespace::durable)), so that positions and recovery
+//! survive a restart.
+
+use crate::error::Error;
+
+/// A channel's history as a [`HistoryStore`] gives it back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredHistory {
+    /// The history's epoch, as given to [`HistoryStore::create`].
+    pub epoch: u64,
+    /// The offset of the last publication appended (0 before the first).
+    pub top: u64,
+    /// The newest publications kept, oldest first.
+    pub publications: Vec<StoredPublication>,
+}
+
+/// One publication in a [`HistoryStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPublication {
+    /// Its offset.
+    pub offset: u64,
+    /// When it was published, in milliseconds since the Unix epoch.
+    pub at_unix_ms: i64,
+    /// Its author's user name (empty: the server).
+    pub from: String,
+    /// What was published.
+    pub data: Vec<u8>,
+}
+
+/// Durable storage for channel history (an embedded database, or one a cluster shares).
+///
+/// Every method is blocking and atomic on its own. The server calls [`append`](Self::append)
+/// before it delivers the publication to anyone and answers the publisher only after it
+/// returns, so a publication that was acknowledged or seen is in the store.
+pub trait HistoryStore: Send + Sync {
+    /// The stored history of `channel`, with at most `keep` of its newest publications;
+    /// `None` if it has none yet.
+    fn load(&self, channel: &str, keep: usize) -> Result<Option<StoredHistory>, Error>;
+
+    /// Records a new history for `channel` with `epoch` (no publications yet), replacing
+    /// any it had.
+    fn create(&self, channel: &str, epoch: u64) -> Result<(), Error>;
+
+    /// Appends `publication` to `channel`'s history (its offset is one above the last),
+    /// keeping at most `keep` of the newest publications (the store may drop older ones).
+    fn append(
+        &self,
+        channel: &str,
+        publication: &StoredPublication,
+        keep: usize,
+    ) -> Result<(), Error>;
+}
