@@ -38,6 +38,10 @@ fn defaults(cmd: &Command, text: &str) -> Result<Vec<(String, Vec<String>)>, Str
     let table: toml::Table = text.parse().map_err(|e| format!("not valid TOML: {e}"))?;
     let mut out = Vec::new();
     for (key, value) in &table {
+        if key == "channels" && value.is_table() {
+            // `[channels.NAME]`: the login server's channel namespaces (channel_config.rs).
+            continue;
+        }
         let arg = cmd
             .get_arguments()
             .filter(|a| !NOT_KEYS.contains(&a.get_id().as_str()))

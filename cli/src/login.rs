@@ -196,6 +196,9 @@ pub(crate) enum ClientAction {
     Who,
     /// Stays connected and prints messages as they arrive.
     Listen,
+    /// Channels: subscribe, publish, presence, history.
+    #[command(flatten)]
+    Channel(crate::channel_actions::ChannelAction),
     /// Lists the servers whose keys are recorded (trust on first use), or forgets one.
     Known {
         /// Forget this address's key (to accept a new one at the next connection).
@@ -235,6 +238,11 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), BoxError> {
     config.ws_listen = args.listen_ws;
     config.ws_options.allowed_origins = args.allowed_origins.clone();
     config.ws_options.web_root = args.web.clone();
+    if let Some(path) = &args.ops.config {
+        if let Some(channels) = crate::channel_config::from_file(path)? {
+            config.channels = channels;
+        }
+    }
     let runtime = transport.runtime();
     let server = Arc::new(run_on(
         &runtime,
@@ -443,6 +451,7 @@ async fn client_action(
                 println!("{user}");
             }
         }
+        ClientAction::Channel(action) => crate::channel_actions::run(&client, action).await?,
         ClientAction::Listen => {
             while let Some(event) = client.next_event().await {
                 match event {

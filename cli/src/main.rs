@@ -2,7 +2,8 @@
 //!
 //! - `zserver serve`: the login server (accounts, files, push, offline messages) on its
 //!   embedded SQLite store; `zserver user add|del|list` for the operator;
-//!   `zserver client ... register|login|put|get|ls|rm|push|who|listen` for users.
+//!   `zserver client ... register|login|put|get|ls|rm|push|who|listen|sub|pub|presence|history`
+//!   for users.
 //! - `zserver bench`: the back ends against each other and against the peers (a raw tokio
 //!   echo and tarpc), in one run, servers in separate processes. See `BENCHMARKS.md`.
 
@@ -31,6 +32,8 @@ pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muz
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
+mod channel_actions;
+mod channel_config;
 mod cluster_bench;
 mod config_file;
 mod known_servers;

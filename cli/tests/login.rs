@@ -168,3 +168,76 @@ fn every_command_has_help() {
         assert!(ok(zserver(args)).contains("Usage"), "{args:?}");
     }
 }
+
+/// `client sub`, `pub`, `presence` and `history` against a real server: a subscriber sees
+/// publications with their positions, and resumes from one with `--since`.
+#[test]
+fn channels_from_the_command_line() {
+    let dir = std::env::temp_dir().join(format!("zserver-cli-channels-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let served = serve(&dir.join("data"), "tokio");
+    let client = |user: &str| {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "client",
+            "--server",
+            &served.addr,
+            "--pin",
+            &served.fingerprint,
+        ])
+        .args(["--user", user, "--password", "pw"]);
+        cmd
+    };
+    let run = |user: &str, rest: &[&str]| client(user).args(rest).output().unwrap();
+    ok(run("ann", &["register"]));
+    ok(run("bob", &["register"]));
+    // A subscriber in the background; its stderr says when it is subscribed.
+    let mut sub = client("ann")
+        .args(["sub", "chat:room"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = BufReader::new(sub.stderr.take().unwrap()).lines();
+    let first = said.next().unwrap().unwrap();
+    assert!(first.contains("subscribed to `chat:room` at "), "{first}");
+    let published = ok(run("bob", &["pub", "chat:room", "hello there"]));
+    let position = published
+        .trim()
+        .strip_prefix("published at ")
+        .unwrap_or_else(|| panic!("`{published}`"))
+        .to_owned();
+    let (epoch, offset) = position.split_once(':').unwrap();
+    assert_eq!(offset, "1");
+    let mut heard = BufReader::new(sub.stdout.take().unwrap()).lines();
+    assert_eq!(
+        heard.next().unwrap().unwrap(),
+        format!("{epoch}:1 bob: hello there")
+    );
+    assert_eq!(ok(run("bob", &["presence", "chat:room"])), "ann\n");
+    let _ = sub.kill();
+    let _ = sub.wait();
+    ok(run("bob", &["pub", "chat:room", "while you were away"]));
+    // Resumed from the position it printed: only what it missed.
+    let mut again = client("ann")
+        .args(["sub", "chat:room", "--since", &position])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut heard = BufReader::new(again.stdout.take().unwrap()).lines();
+    assert_eq!(
+        heard.next().unwrap().unwrap(),
+        format!("{epoch}:2 bob: while you were away")
+    );
+    let _ = again.kill();
+    let _ = again.wait();
+    let history = ok(run("ann", &["history", "chat:room", "--limit", "5"]));
+    assert_eq!(
+        history,
+        format!("{epoch}:1 bob: hello there\n{epoch}:2 bob: while you were away\n")
+    );
+    fails(run("ann", &["pub", "nowhere:x", "x"]), "no namespace");
+    drop(served);
+    let _ = std::fs::remove_dir_all(&dir);
+}
