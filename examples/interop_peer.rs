@@ -27,15 +27,78 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use zserver::channels::{Channels, Namespace};
 use zserver::Calls;
 use zserver::{
     Client, ClientBuilder, Config, Encryption, Error, Incoming, Outgoing, RekeyPolicy, Router,
 };
 
-fn router() -> Router {
+/// The channels each server offers.
+fn channels() -> Channels {
+    Channels::new()
+        .namespace(
+            Namespace::new("chat:")
+                .history(5, None)
+                .presence(true)
+                .join_leave(true)
+                .max_publication(1024),
+        )
+        .namespace(
+            Namespace::new("news:")
+                .history(5, None)
+                .client_publish(false),
+        )
+        .namespace(Namespace::new("live:"))
+}
+
+/// Splits console text at its first space.
+fn two(text: &str) -> (&str, &str) {
+    text.split_once(' ').unwrap_or((text, ""))
+}
+
+fn router(channels: &Channels) -> Router {
     let sunk = Arc::new(AtomicU64::new(0));
     let counter = sunk.clone();
+    let (identify, publish, kick, flood) = (
+        channels.clone(),
+        channels.clone(),
+        channels.clone(),
+        channels.clone(),
+    );
     Router::new()
+        .console("identify", move |ctx, text: String| {
+            let (user, info) = two(&text);
+            identify.identify(ctx.connection(), user, info.as_bytes().to_vec());
+            async move { Ok(String::new()) }
+        })
+        .console("ch-publish", move |_ctx, text: String| {
+            let (channel, data) = two(&text);
+            let answer = publish
+                .publish(channel, data)
+                .map(|p| p.map_or_else(|| "none".to_owned(), |p| p.to_string()));
+            async move { answer }
+        })
+        .console("ch-flood", move |_ctx, text: String| {
+            let flood = flood.clone();
+            async move {
+                let (channel, n) = two(&text);
+                let n: u32 = n
+                    .parse()
+                    .map_err(|e| Error::BadRequest(format!("ch-flood count: {e}")))?;
+                let mut last = None;
+                for i in 0..n.min(100_000) {
+                    last = flood.publish(channel, i.to_string())?;
+                    // Other tasks (subscribers' connections) run in between.
+                    futures_lite::future::yield_now().await;
+                }
+                Ok(last.map_or_else(|| "none".to_owned(), |p| p.to_string()))
+            }
+        })
+        .console("ch-kick", move |ctx, text: String| {
+            let (channel, reason) = two(&text);
+            let kicked = kick.unsubscribe(ctx.connection(), channel, reason);
+            async move { Ok(kicked.to_string()) }
+        })
         .bytes("echo", |_ctx, b| async move { Ok(b) })
         .console("hello", |_ctx, name: String| async move {
             Ok(format!("hello, {name}"))
@@ -112,14 +175,17 @@ fn serve(args: &[String]) -> Result<(), Error> {
         };
     }
     let servers = zserver::block_on(async move {
+        let (channels_encrypted, channels_plain) = (channels(), channels());
         let encrypted = zserver::server()
             .config(config)
-            .router(router())
+            .router(router(&channels_encrypted))
+            .channels(channels_encrypted)
             .bind("127.0.0.1:0")
             .await?;
         let plain = zserver::server()
             .config(Config::plain_trusted_link())
-            .router(router())
+            .router(router(&channels_plain))
+            .channels(channels_plain)
             .bind("127.0.0.1:0")
             .await?;
         #[cfg(feature = "ws")]

@@ -5,7 +5,8 @@
 // browser user's push.
 // A page logging in gets the messages stored while its user was away; a page logging in
 // as a user who is already on another page gets that page kicked; a page pinning the
-// wrong key is refused. Screenshots land in target/e2e/ at the repository root.
+// wrong key is refused. Rooms (the server's `chat:` channels): pages join one, see its
+// members come and go and its earlier messages, and post to it. Screenshots land in target/e2e/ at the repository root.
 //
 // Needs target/debug/zserver (built by `cargo build -p zserver-cli`; ZSERVER_BIN overrides)
 // and /usr/bin/chromium (CHROMIUM overrides); run `npm run build:demo` first (`npm test`
@@ -140,6 +141,27 @@ async function received(page, from, text) {
   return item.getAttribute("class");
 }
 
+/** Joins the room `name` on `page` and waits until the page shows it with its user a member. */
+async function joinRoom(page, name, user) {
+  await page.fill("#room", name);
+  await page.click("#join-room");
+  await page.locator("#room-name", { hasText: new RegExp(`^${name}$`) }).waitFor();
+  await member(page, user).waitFor();
+}
+
+/** The member `user` in the room members `page` shows. */
+const member = (page, user) => page.locator("#room-members .member", { hasText: new RegExp(`^${user}(, )?$`) });
+
+/** Posts `text` to the room of `page`. */
+async function post(page, text) {
+  await page.fill("#room-text", text);
+  await page.click("#room-post");
+}
+
+/** The message from `from` with `text` in the room `page` shows. */
+const roomMessage = (page, from, text) =>
+  page.locator("#room-messages li", { hasText: text }).filter({ has: page.locator(".from", { hasText: from }) });
+
 before(async () => {
   assert.ok(existsSync(zserverBin), `${zserverBin} is missing: run \`cargo build -p zserver-cli\` first`);
   assert.ok(existsSync(join(web, "index.html")), `${web} is missing: run \`npm run build:demo\` first`);
@@ -228,4 +250,42 @@ test("a page that pins another key is refused before logging in", async () => {
   await page.screenshot({ path: join(artifacts, "refused.png") });
   // Nothing reached the server: the account does not exist.
   await assert.rejects(zserver(cli("mallory", "login")), /wrong user name or password/);
+});
+
+test("rooms: members come and go, earlier messages, posts reach the room", async () => {
+  const erin = await openPage();
+  const frank = await openPage();
+  await enter(erin, "erin");
+  await enter(frank, "frank");
+  await joinRoom(erin, "lobby", "erin");
+  await post(erin, "first in the lobby");
+  await roomMessage(erin, "erin", "first in the lobby").waitFor();
+
+  // Joining later: the earlier message from the room's history, and both members.
+  await joinRoom(frank, "lobby", "frank");
+  const earlier = roomMessage(frank, "erin", "first in the lobby");
+  await earlier.waitFor();
+  assert.equal(await earlier.getAttribute("class"), "earlier");
+  await member(frank, "erin").waitFor();
+  // erin's page saw frank join.
+  await member(erin, "frank").waitFor();
+
+  // A post reaches everyone in the room, the poster included, once.
+  await post(frank, "hello lobby, frank here");
+  await roomMessage(erin, "frank", "hello lobby, frank here").waitFor();
+  await roomMessage(frank, "frank", "hello lobby, frank here").waitFor();
+  assert.equal(await erin.locator("#room-messages li").count(), 2);
+  // Another room is another channel: nothing of the lobby there.
+  const gina = await openPage();
+  await enter(gina, "gina");
+  await joinRoom(gina, "garden", "gina");
+  assert.equal(await gina.locator("#room-messages li").count(), 0);
+  assert.equal(await gina.locator("#room-members .member").count(), 1);
+  await erin.screenshot({ path: join(artifacts, "rooms.png") });
+
+  // frank leaves: erin's page sees it.
+  await frank.click("#leave-room");
+  await frank.locator("#room-report", { hasText: "left lobby" }).waitFor();
+  await member(erin, "frank").waitFor({ state: "detached" });
+  assert.equal(await erin.locator("#room-members .member").count(), 1);
 });

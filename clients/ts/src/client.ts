@@ -6,6 +6,15 @@
  */
 
 import { type AeadProvider } from "./aead.js";
+import {
+  Channels,
+  type HistoryOptions,
+  type HistoryPage,
+  type Member,
+  type Position,
+  type SubscribeOptions,
+  type Subscription,
+} from "./channels.js";
 import { asZserverError, protocolError, ZserverError } from "./errors.js";
 import {
   commandBytes,
@@ -274,6 +283,36 @@ export class Client {
       rekeysReceived: this.opener?.rekeys ?? 0,
       inFlight: this.pending.size,
     };
+  }
+
+  private channelsSide: Channels | undefined;
+
+  /**
+   * This connection's channels (section 6c): made on first use, which registers the
+   * handlers of the server's `$ch.` sends.
+   */
+  get channels(): Channels {
+    return (this.channelsSide ??= new Channels(this));
+  }
+
+  /** Subscribes to a channel: {@link Channels.subscribe}. */
+  subscribe(channel: string, options?: SubscribeOptions): Promise<Subscription> {
+    return this.channels.subscribe(channel, options);
+  }
+
+  /** Publishes to a channel: {@link Channels.publish}. */
+  publish(channel: string, data: Uint8Array | string, options?: CallOptions): Promise<Position | null> {
+    return this.channels.publish(channel, data, options);
+  }
+
+  /** Who is subscribed to a channel: {@link Channels.presence}. */
+  presence(channel: string, options?: CallOptions): Promise<Member[]> {
+    return this.channels.presence(channel, options);
+  }
+
+  /** A channel's history: {@link Channels.history}. */
+  history(channel: string, options: HistoryOptions): Promise<HistoryPage> {
+    return this.channels.history(channel, options);
   }
 
   /** Registers (or replaces) the handler of `command` for the server's calls and sends. */
@@ -630,16 +669,19 @@ export class Client {
         this.again = false;
         if (this.closeReason) return;
         this.dispatch();
-        if (this.running >= this.opts.maxHandlers) break;
-        const plain = this.opener ? await this.opener.next() : undefined;
-        if (plain) {
-          this.frames.push(plain);
-          this.flow();
-        } else if (!this.again) {
-          break;
+        if (this.running < this.opts.maxHandlers) {
+          const plain = this.opener ? await this.opener.next() : undefined;
+          if (plain) {
+            this.frames.push(plain);
+            this.flow();
+            continue;
+          }
         }
+        // Resuming the transport may hand over what it held at once (a WebSocket's
+        // backlog), while this pump still runs: then it looks again before it stops.
+        this.flow();
+        if (!this.again || this.running >= this.opts.maxHandlers) break;
       }
-      this.flow();
     } catch (e) {
       this.fail(asZserverError(e, "protocol"));
     } finally {

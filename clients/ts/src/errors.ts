@@ -18,8 +18,10 @@ export type ErrorKind =
   | "shuttingDown"
   /** A remote-object id the connection does not hold (code 6). */
   | "noSuchObject"
-  /** A hook on the peer vetoed the command (code 7). */
+  /** A hook on the peer vetoed the command, or a channel's permission refused it (code 7). */
   | "denied"
+  /** The request would take the peer over one of its limits; nothing was done (code 8). */
+  | "limit"
   /** The connection is closed (or closed before the answer came). */
   | "closed"
   /** A call or the connect did not finish in time. */
@@ -53,6 +55,7 @@ const KIND_BY_CODE: Record<number, ErrorKind> = {
   5: "shuttingDown",
   6: "noSuchObject",
   7: "denied",
+  8: "limit",
 };
 
 const CODE_BY_KIND: Partial<Record<ErrorKind, number>> = {
@@ -63,6 +66,7 @@ const CODE_BY_KIND: Partial<Record<ErrorKind, number>> = {
   shuttingDown: 5,
   noSuchObject: 6,
   denied: 7,
+  limit: 8,
 };
 
 /** Every error this package raises. */

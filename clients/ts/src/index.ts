@@ -27,6 +27,18 @@ export {
   type HandlerContext,
   type UploadOptions,
 } from "./client.js";
+export {
+  Channels,
+  CHANNEL_COMMANDS,
+  type ChannelEvent,
+  type HistoryOptions,
+  type HistoryPage,
+  type Member,
+  type Position,
+  type Publication,
+  type SubscribeOptions,
+  Subscription,
+} from "./channels.js";
 export { type ErrorKind, ZserverError } from "./errors.js";
 export { LoginClient, MAX_WHO_PAGE, type FileInfo, type LoginEvent, type Message, type PushReport, type WhoPage } from "./login.js";
 export { generateKeypair, type Keypair } from "./noise.js";

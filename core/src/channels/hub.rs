@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::history::{Entry, History};
 use super::options::{Identity, Limits, Namespace};
-use super::store::{HistoryStore, StoredPublication};
+use super::store::{HistoryStore, Relay, Relayed, StoredHistory, StoredPublication};
 use super::wire::{
     self, Blob, DeliveryOut, HistoryPage, Member, Position, PresenceEvent, Subscribed, Unsubscribed,
 };
@@ -36,6 +36,8 @@ pub(crate) struct Hub {
     channels: Mutex<HashMap<Arc<str>, Arc<Channel>>>,
     /// Where durable namespaces keep their history.
     store: Option<Arc<dyn HistoryStore>>,
+    /// Carries publications to the other servers of a cluster.
+    relay: Option<Arc<dyn Relay>>,
     /// Held while a durable channel is loaded or created, so that two cannot race.
     creating: Mutex<()>,
     history_bytes: AtomicUsize,
@@ -129,6 +131,7 @@ impl Hub {
         mut namespaces: Vec<Namespace>,
         limits: Limits,
         store: Option<Arc<dyn HistoryStore>>,
+        relay: Option<Arc<dyn Relay>>,
     ) -> Self {
         // Longest prefix first: the first match is the most specific.
         namespaces.sort_by_key(|n| std::cmp::Reverse(n.prefix.len()));
@@ -137,6 +140,7 @@ impl Hub {
             limits,
             channels: Mutex::new(HashMap::new()),
             store,
+            relay,
             creating: Mutex::new(()),
             history_bytes: AtomicUsize::new(0),
             bound: OnceLock::new(),
@@ -259,13 +263,23 @@ impl Hub {
         Ok(Some(channel))
     }
 
-    /// A durable channel's history from the store, or a new one recorded there.
+    /// A durable channel's history from the store, or a new one recorded there (unless
+    /// another server recorded one first: then that one).
     fn load(&self, store: &dyn HistoryStore, name: &str, ns: &Namespace) -> Result<History, Error> {
-        let Some(stored) = store.load(name, ns.history_size)? else {
-            let epoch = new_epoch();
-            store.create(name, epoch)?;
-            return Ok(History::new(epoch, ns.history_size, ns.history_ttl));
+        let stored = match store.load(name, ns.history_size)? {
+            Some(stored) => stored,
+            None => {
+                store.create(name, new_epoch())?;
+                store
+                    .load(name, ns.history_size)?
+                    .ok_or_else(|| Error::msg(format!("the store did not keep `{name}`")))?
+            }
         };
+        Ok(self.restore(stored, ns))
+    }
+
+    /// A history as the store gave it, its publications' ages on this server's clock.
+    fn restore(&self, stored: StoredHistory, ns: &Namespace) -> History {
         let (now, now_unix) = (self.now(), unix_ms());
         let entries = stored
             .publications
@@ -290,7 +304,7 @@ impl Hub {
             ns.history_ttl,
         );
         history.expire(now);
-        Ok(history)
+        history
     }
 
     /// Subscribes `conn` to `channel`, recovering from `since` when given.
@@ -493,10 +507,20 @@ impl Hub {
             )));
         }
         let from_name: Arc<str> = Arc::from(from.user.as_str());
-        let mut slow = Vec::new();
+        let at_unix_ms = unix_ms();
+        let mut after = AfterUnlock::default();
+        let relayed = self
+            .relay
+            .as_ref()
+            .filter(|_| !ns.keeps_history() || self.durable(ns));
         let position = loop {
             let Some(ch) = self.channel(channel, ns_index, ns.keeps_history())? else {
-                // Nobody subscribed and no history kept: nothing to do.
+                // Nobody subscribed here and no history kept: only the other nodes may care.
+                if let Some(relay) = relayed {
+                    relay.relay(relayed_publication(
+                        channel, 0, 0, at_unix_ms, &from_name, &data,
+                    ));
+                }
                 self.published.fetch_add(1, Ordering::Relaxed);
                 return Ok(None);
             };
@@ -504,50 +528,227 @@ impl Hub {
             if state.removed {
                 continue;
             }
-            let now = self.now();
-            let (offset, position) = match &mut state.history {
-                Some(history) => {
-                    if let Some(store) = self.store.as_ref().filter(|_| ns.durable) {
-                        let stored = StoredPublication {
-                            offset: history.next_offset(),
-                            at_unix_ms: unix_ms(),
-                            from: from_name.to_string(),
-                            data: data.to_vec(),
-                        };
-                        store.append(channel, &stored, ns.history_size)?;
-                    }
-                    let before = history.bytes();
-                    let offset = history.push(now, from_name.clone(), data.clone());
-                    history.expire(now);
-                    self.account(history, before);
-                    (offset, Some(history.position()))
+            let (offset, position) = match state.history.is_some() {
+                true => {
+                    let offset = self.keep(
+                        channel, ns, &mut state, at_unix_ms, &from_name, &data, &mut after,
+                    )?;
+                    (offset, state.history.as_ref().map(History::position))
                 }
-                None => (0, None),
+                false => (0, None),
             };
-            let delivery = DeliveryOut {
+            self.fan_out(
                 channel,
+                &state.subscribers,
                 offset,
-                from: &from_name,
-                data: Blob(&data),
-            };
-            let encoded = encode_send(wire::DELIVERY, &delivery, self.max_frame())?;
-            for s in &state.subscribers {
-                match s
-                    .conn
-                    .send_encoded(wire::DELIVERY, &encoded.frame, encoded.payload_len)
-                {
-                    Ok(queued) if queued > self.limits.subscriber_queue => {
-                        slow.push((s.conn.clone(), queued));
-                    }
-                    _ => {}
-                }
+                &from_name,
+                &data,
+                &mut after,
+            )?;
+            if let Some(relay) = relayed {
+                let epoch = position.map_or(0, |p| p.epoch);
+                relay.relay(relayed_publication(
+                    channel, epoch, offset, at_unix_ms, &from_name, &data,
+                ));
             }
-            self.delivered
-                .fetch_add(state.subscribers.len() as u64, Ordering::Relaxed);
             break position;
         };
         self.published.fetch_add(1, Ordering::Relaxed);
-        for (conn, queued) in slow {
+        self.finish(channel, after);
+        Ok(position)
+    }
+
+    /// Whether `ns` keeps its history in the store.
+    fn durable(&self, ns: &Namespace) -> bool {
+        ns.durable && ns.keeps_history() && self.store.is_some()
+    }
+
+    /// Keeps a new publication in the channel's history (stored first in a durable
+    /// namespace); its offset. When another server sharing the store appended first, this
+    /// one catches up (delivering what it missed) and tries again.
+    #[allow(clippy::too_many_arguments)]
+    fn keep(
+        &self,
+        channel: &str,
+        ns: &Namespace,
+        state: &mut ChannelState,
+        at_unix_ms: i64,
+        from: &Arc<str>,
+        data: &Bytes,
+        after: &mut AfterUnlock,
+    ) -> Result<u64, Error> {
+        if let Some(store) = self.store.as_ref().filter(|_| self.durable(ns)) {
+            let mut tries = 0;
+            loop {
+                let Some(history) = &state.history else {
+                    return Err(Error::msg(format!("`{channel}` keeps no history")));
+                };
+                let stored = StoredPublication {
+                    offset: history.next_offset(),
+                    at_unix_ms,
+                    from: from.to_string(),
+                    data: data.to_vec(),
+                };
+                if store.append(channel, &stored, ns.history_size)? {
+                    break;
+                }
+                tries += 1;
+                if tries >= MAX_APPEND_TRIES {
+                    return Err(Error::msg(format!(
+                        "`{channel}`: other servers keep publishing first; try again"
+                    )));
+                }
+                self.catch_up(store.as_ref(), channel, ns, state, after)?;
+            }
+        }
+        let now = self.now();
+        let Some(history) = &mut state.history else {
+            return Err(Error::msg(format!("`{channel}` keeps no history")));
+        };
+        let before = history.bytes();
+        let offset = history.push(now, from.clone(), data.clone());
+        history.expire(now);
+        self.account(history, before);
+        Ok(offset)
+    }
+
+    /// Brings a durable channel's history up to the store's, delivering here, in order,
+    /// what other servers published. If the store's history is another (made anew) or has
+    /// moved on by more than it keeps, this channel's subscribers cannot be caught up: the
+    /// history is replaced and they are unsubscribed, to subscribe again from their
+    /// position (and be told `recovered: false`).
+    fn catch_up(
+        &self,
+        store: &dyn HistoryStore,
+        channel: &str,
+        ns: &Namespace,
+        state: &mut ChannelState,
+        after: &mut AfterUnlock,
+    ) -> Result<(), Error> {
+        let Some(stored) = store.load(channel, ns.history_size)? else {
+            return Ok(());
+        };
+        let Some(history) = &mut state.history else {
+            return Ok(());
+        };
+        let (epoch, top) = (history.position().epoch, history.position().offset);
+        let missed: Vec<StoredPublication> = stored
+            .publications
+            .iter()
+            .filter(|p| p.offset > top)
+            .cloned()
+            .collect();
+        let contiguous = missed.first().is_none_or(|p| p.offset == top + 1) && stored.top >= top;
+        if stored.epoch != epoch || !contiguous {
+            let before = history.bytes();
+            *history = self.restore(stored, ns);
+            self.account(history, before);
+            after
+                .reset
+                .extend(state.subscribers.iter().map(|s| s.conn.clone()));
+            return Ok(());
+        }
+        for p in missed {
+            self.apply(channel, state, &p, after)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps and delivers a publication another server made (its offset the next here).
+    fn apply(
+        &self,
+        channel: &str,
+        state: &mut ChannelState,
+        p: &StoredPublication,
+        after: &mut AfterUnlock,
+    ) -> Result<(), Error> {
+        let from: Arc<str> = Arc::from(p.from.as_str());
+        let data = Bytes::copy_from_slice(&p.data);
+        if let Some(history) = &mut state.history {
+            let now = self.now();
+            let before = history.bytes();
+            history.push(now, from.clone(), data.clone());
+            history.expire(now);
+            self.account(history, before);
+        }
+        self.fan_out(channel, &state.subscribers, p.offset, &from, &data, after)
+    }
+
+    /// Applies a publication another server of the cluster made and relayed. Channels not
+    /// held here are left alone (their history is in the store); a gap is filled from the
+    /// store. May read the store: call it from a blocking thread.
+    pub(crate) fn apply_remote(&self, relayed: &Relayed) -> Result<(), Error> {
+        let Ok((ns_index, ns)) = self.namespace(&relayed.channel) else {
+            return Ok(());
+        };
+        if ns.keeps_history() && !self.durable(ns) {
+            // History in each server's memory: offsets are per server, nothing is relayed.
+            return Ok(());
+        }
+        let Some(ch) = self.channel(&relayed.channel, ns_index, false)? else {
+            return Ok(());
+        };
+        let mut after = AfterUnlock::default();
+        {
+            let mut state = lock(&ch.state);
+            if state.removed {
+                return Ok(());
+            }
+            let p = &relayed.publication;
+            let here = state.history.as_ref().map(History::position);
+            match (here, self.store.as_ref()) {
+                (None, _) => self.apply(&ch.name, &mut state, p, &mut after)?,
+                (Some(here), _) if here.epoch == relayed.epoch && p.offset <= here.offset => {}
+                (Some(here), _) if here.epoch == relayed.epoch && p.offset == here.offset + 1 => {
+                    self.apply(&ch.name, &mut state, p, &mut after)?;
+                }
+                (Some(_), Some(store)) => {
+                    self.catch_up(store.as_ref(), &ch.name, ns, &mut state, &mut after)?;
+                }
+                (Some(_), None) => {}
+            }
+        }
+        self.finish(&relayed.channel, after);
+        Ok(())
+    }
+
+    /// Encodes one delivery once and queues it for every subscriber, noting the slow ones.
+    fn fan_out(
+        &self,
+        channel: &str,
+        subscribers: &[Subscriber],
+        offset: u64,
+        from: &str,
+        data: &[u8],
+        after: &mut AfterUnlock,
+    ) -> Result<(), Error> {
+        let delivery = DeliveryOut {
+            channel,
+            offset,
+            from,
+            data: Blob(data),
+        };
+        let encoded = encode_send(wire::DELIVERY, &delivery, self.max_frame())?;
+        for s in subscribers {
+            match s
+                .conn
+                .send_encoded(wire::DELIVERY, &encoded.frame, encoded.payload_len)
+            {
+                Ok(queued) if queued > self.limits.subscriber_queue => {
+                    after.slow.push((s.conn.clone(), queued));
+                }
+                _ => {}
+            }
+        }
+        self.delivered
+            .fetch_add(subscribers.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// What waits for the channel's lock to be released: closing subscribers too slow to
+    /// keep up, and unsubscribing those whose history was replaced.
+    fn finish(&self, channel: &str, after: AfterUnlock) {
+        for (conn, queued) in after.slow {
             tracing::info!(
                 conn = conn.id(),
                 queued,
@@ -559,7 +760,13 @@ impl Hub {
                 "slow subscriber: {queued} bytes queued unsent"
             )));
         }
-        Ok(position)
+        for conn in after.reset {
+            self.kick(
+                &conn,
+                channel,
+                "the channel's history was replaced: subscribe again",
+            );
+        }
     }
 
     /// Counts what a publication changed in the history held (`before`: bytes this
@@ -713,6 +920,36 @@ pub(crate) fn encode_send<T: Serialize>(
         frame: out.freeze(),
         payload_len: payload.len(),
     })
+}
+
+/// What waits for a channel's lock to be released ([`Hub::finish`]).
+#[derive(Default)]
+struct AfterUnlock {
+    slow: Vec<(Connection, usize)>,
+    reset: Vec<Connection>,
+}
+
+/// How often a durable publication is tried when other servers keep appending first.
+const MAX_APPEND_TRIES: usize = 8;
+
+fn relayed_publication(
+    channel: &str,
+    epoch: u64,
+    offset: u64,
+    at_unix_ms: i64,
+    from: &str,
+    data: &[u8],
+) -> Relayed {
+    Relayed {
+        channel: channel.to_owned(),
+        epoch,
+        publication: StoredPublication {
+            offset,
+            at_unix_ms,
+            from: from.to_owned(),
+            data: data.to_vec(),
+        },
+    }
 }
 
 /// Now, in milliseconds since the Unix epoch (0 before it).

@@ -47,7 +47,7 @@ use bytes::Bytes;
 pub(crate) use client::{client_router, new_shared, subscribe_on, Link, Owner, Resubscribe};
 pub use client::{ChannelCalls, Event, Subscription};
 pub use options::{Check, Identity, Limits, Namespace, DEFAULT_MAX_PUBLICATION};
-pub use store::{HistoryStore, StoredHistory, StoredPublication};
+pub use store::{HistoryStore, Relay, Relayed, StoredHistory, StoredPublication};
 pub use wire::{HistoryPage, Member, Position, Publication, Subscribed};
 
 use crate::connection::Connection;
@@ -67,6 +67,7 @@ pub struct Channels {
     namespaces: Vec<Namespace>,
     limits: Limits,
     store: Option<Arc<dyn HistoryStore>>,
+    relay: Option<Arc<dyn Relay>>,
 }
 
 impl std::fmt::Debug for Channels {
@@ -87,19 +88,26 @@ impl Default for Channels {
 impl Channels {
     /// No namespaces (every channel refused) and default [`Limits`].
     pub fn new() -> Self {
-        Self::build(Vec::new(), Limits::default(), None)
+        Self {
+            hub: Arc::new(Hub::new(Vec::new(), Limits::default(), None, None)),
+            namespaces: Vec::new(),
+            limits: Limits::default(),
+            store: None,
+            relay: None,
+        }
     }
 
-    fn build(
-        namespaces: Vec<Namespace>,
-        limits: Limits,
-        store: Option<Arc<dyn HistoryStore>>,
-    ) -> Self {
+    /// The same settings on a new, empty hub (what every builder method returns).
+    fn rebuilt(self) -> Self {
+        let hub = Hub::new(
+            self.namespaces.clone(),
+            self.limits.clone(),
+            self.store.clone(),
+            self.relay.clone(),
+        );
         Self {
-            hub: Arc::new(Hub::new(namespaces.clone(), limits.clone(), store.clone())),
-            namespaces,
-            limits,
-            store,
+            hub: Arc::new(hub),
+            ..self
         }
     }
 
@@ -108,19 +116,38 @@ impl Channels {
     pub fn namespace(mut self, namespace: Namespace) -> Self {
         self.namespaces.retain(|n| n.prefix != namespace.prefix);
         self.namespaces.push(namespace);
-        Self::build(self.namespaces, self.limits, self.store)
+        self.rebuilt()
     }
 
     /// Sets the limits (before the server starts: the result is a new, empty set of
     /// channels).
-    pub fn limits(self, limits: Limits) -> Self {
-        Self::build(self.namespaces, limits, self.store)
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self.rebuilt()
     }
 
     /// Where [durable](Namespace::durable) namespaces keep their history (before the
     /// server starts: the result is a new, empty set of channels).
-    pub fn store(self, store: Arc<dyn HistoryStore>) -> Self {
-        Self::build(self.namespaces, self.limits, Some(store))
+    pub fn store(mut self, store: Arc<dyn HistoryStore>) -> Self {
+        self.store = Some(store);
+        self.rebuilt()
+    }
+
+    /// Carries this server's publications to the other servers of a cluster (before the
+    /// server starts: the result is a new, empty set of channels). Publications in
+    /// namespaces without history, and in [durable](Namespace::durable) ones (whose offsets
+    /// the shared store orders), are relayed; a namespace whose history is in memory stays
+    /// on its server. The other servers apply them with [`apply_remote`](Self::apply_remote).
+    pub fn relay(mut self, relay: Arc<dyn Relay>) -> Self {
+        self.relay = Some(relay);
+        self.rebuilt()
+    }
+
+    /// Applies a publication another server of the cluster made: delivered here to the
+    /// channel's subscribers, in the channel's one order (a gap is filled from the shared
+    /// store first). Blocking (it may read the store): call it from a blocking thread.
+    pub fn apply_remote(&self, publication: &Relayed) -> Result<(), Error> {
+        self.hub.apply_remote(publication)
     }
 
     /// Ties these channels to a server's clock and frame limit, and starts sweeping expired

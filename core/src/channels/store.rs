@@ -38,16 +38,38 @@ pub trait HistoryStore: Send + Sync {
     /// `None` if it has none yet.
     fn load(&self, channel: &str, keep: usize) -> Result<Option<StoredHistory>, Error>;
 
-    /// Records a new history for `channel` with `epoch` (no publications yet), replacing
-    /// any it had.
+    /// Records a new history for `channel` with `epoch` (no publications yet), unless it
+    /// has one already (made meanwhile by another server sharing the store): the server
+    /// loads the history again after this.
     fn create(&self, channel: &str, epoch: u64) -> Result<(), Error>;
 
-    /// Appends `publication` to `channel`'s history (its offset is one above the last),
-    /// keeping at most `keep` of the newest publications (the store may drop older ones).
+    /// Appends `publication` to `channel`'s history if its offset is one above the stored
+    /// last one, keeping at most `keep` of the newest publications (the store may drop
+    /// older ones). `Ok(false)`, and nothing stored, if the offset does not follow: another
+    /// server sharing the store appended first (the server then catches up and retries).
     fn append(
         &self,
         channel: &str,
         publication: &StoredPublication,
         keep: usize,
-    ) -> Result<(), Error>;
+    ) -> Result<bool, Error>;
+}
+
+/// A publication made on this server, for a [`Relay`] to carry to the other servers of a
+/// cluster, which apply it with [`Channels::apply_remote`](super::Channels::apply_remote).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relayed {
+    /// The channel's name.
+    pub channel: String,
+    /// The channel history's epoch (0 in a channel without history).
+    pub epoch: u64,
+    /// The publication (offset 0 in a channel without history).
+    pub publication: StoredPublication,
+}
+
+/// Carries this server's publications to the other servers of a cluster, in the order it is
+/// given them (one order per channel). Called with the channel locked: queue, do not wait.
+pub trait Relay: Send + Sync {
+    /// Sends `publication` on.
+    fn relay(&self, publication: Relayed);
 }

@@ -156,18 +156,19 @@ pub trait Storage: Send + Sync {
     fn load_channel(&self, channel: &str, keep: usize)
         -> Result<Option<StoredHistory>, StoreError>;
 
-    /// Records a new history for `channel` with `epoch` and no publications, replacing any.
+    /// Records a new history for `channel` with `epoch` and no publications, unless it has
+    /// one.
     fn create_channel(&self, channel: &str, epoch: u64) -> Result<(), StoreError>;
 
-    /// Appends a publication to `channel`'s history, whose offset must be one above the
-    /// stored last offset (else nothing is stored and the error says so: another writer
-    /// got there first), and drops all but the newest `keep`; one transaction.
+    /// Appends a publication to `channel`'s history if its offset is one above the stored
+    /// last offset, and drops all but the newest `keep`, in one transaction; `false` (and
+    /// nothing stored) if the offset does not follow: another writer got there first.
     fn append_publication(
         &self,
         channel: &str,
         publication: &StoredPublication,
         keep: usize,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
     /// How many messages are stored and not yet taken, for every user (for monitoring).
     /// Back ends that cannot count say so with an error; the built-in ones count.
@@ -198,7 +199,7 @@ impl HistoryStore for Store {
         channel: &str,
         publication: &StoredPublication,
         keep: usize,
-    ) -> Result<(), zserver::Error> {
+    ) -> Result<bool, zserver::Error> {
         self.storage
             .append_publication(channel, publication, keep)
             .map_err(history_err)
@@ -207,13 +208,6 @@ impl HistoryStore for Store {
 
 fn history_err(e: StoreError) -> zserver::Error {
     zserver::Error::msg(format!("channel history: {e}"))
-}
-
-/// The error for an append whose offset does not follow the stored last one.
-fn out_of_order(channel: &str, offset: u64) -> StoreError {
-    StoreError::Db(format!(
-        "publication {offset} of `{channel}` does not follow the stored history"
-    ))
 }
 
 /// Checks a user name (the rule in [`StoreError::BadName`]).

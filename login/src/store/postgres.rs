@@ -14,7 +14,7 @@ use argon2::password_hash::rand_core::{OsRng, RngCore};
 
 use zserver::channels::{StoredHistory, StoredPublication};
 
-use super::{newer_schema, out_of_order, Message, Storage, StoreError};
+use super::{newer_schema, Message, Storage, StoreError};
 
 /// The schema version this back end writes and reads; a database with a newer one is refused.
 /// Version 2 added the messages' `msg_key`, `taken_by` and `taken_unix_ms`; version 3 the
@@ -356,10 +356,9 @@ impl Storage for PostgresStorage {
         let epoch = epoch as i64;
         self.with_client(|c, _| {
             let mut tx = c.transaction()?;
-            tx.execute("DELETE FROM publications WHERE channel = $1", &[&channel])?;
             tx.execute(
                 "INSERT INTO channels (name, epoch, top) VALUES ($1, $2, 0)
-                 ON CONFLICT (name) DO UPDATE SET epoch = excluded.epoch, top = 0",
+                 ON CONFLICT (name) DO NOTHING",
                 &[&channel, &epoch],
             )?;
             tx.commit()
@@ -371,7 +370,7 @@ impl Storage for PostgresStorage {
         channel: &str,
         p: &StoredPublication,
         keep: usize,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let pos = p.offset as i64;
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
         let appended = self.with_client(|c, retry| {
@@ -403,11 +402,7 @@ impl Storage for PostgresStorage {
             tx.commit()?;
             Ok(true)
         })?;
-        if appended {
-            Ok(())
-        } else {
-            Err(out_of_order(channel, p.offset))
-        }
+        Ok(appended)
     }
 
     fn queue_message(

@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 
 use zserver::channels::{StoredHistory, StoredPublication};
 
-use super::{newer_schema, out_of_order, Message, Storage, StoreError};
+use super::{newer_schema, Message, Storage, StoreError};
 
 /// The schema version this back end writes and reads; a database with a newer one is refused.
 /// Version 2 added the channel history tables.
@@ -297,10 +297,9 @@ impl Storage for SqliteStorage {
 
     fn create_channel(&self, channel: &str, epoch: u64) -> Result<(), StoreError> {
         self.write(|tx| {
-            tx.execute("DELETE FROM publications WHERE channel = ?1", [channel])?;
             tx.execute(
                 "INSERT INTO channels (name, epoch, top) VALUES (?1, ?2, 0)
-                 ON CONFLICT (name) DO UPDATE SET epoch = excluded.epoch, top = 0",
+                 ON CONFLICT (name) DO NOTHING",
                 params![channel, epoch as i64],
             )?;
             Ok(true)
@@ -313,7 +312,7 @@ impl Storage for SqliteStorage {
         channel: &str,
         p: &StoredPublication,
         keep: usize,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let pos = p.offset as i64;
         let appended = self.write(|tx| {
             let moved = tx.execute(
@@ -333,11 +332,7 @@ impl Storage for SqliteStorage {
                 .execute(params![channel, pos.saturating_sub(keep)])?;
             Ok(true)
         })?;
-        if appended {
-            Ok(())
-        } else {
-            Err(out_of_order(channel, p.offset))
-        }
+        Ok(appended)
     }
 
     fn count_messages(&self) -> Result<u64, StoreError> {
@@ -449,12 +444,12 @@ mod tests {
                 .unwrap();
         }
         // Not one above the last: refused, nothing stored.
-        assert!(storage
+        assert!(!storage
             .append_publication("chat:a", &publication(4), 3)
-            .is_err());
-        assert!(storage
+            .unwrap());
+        assert!(!storage
             .append_publication("chat:a", &publication(9), 3)
-            .is_err());
+            .unwrap());
         let loaded = storage.load_channel("chat:a", 2).unwrap().unwrap();
         assert_eq!((loaded.epoch, loaded.top), (u64::MAX - 1, 4));
         let offsets: Vec<u64> = loaded.publications.iter().map(|p| p.offset).collect();
@@ -468,13 +463,10 @@ mod tests {
                 .len(),
             3
         );
-        // A new epoch starts afresh.
+        // A history once made stays: a second create (another node's) changes nothing.
         storage.create_channel("chat:a", 5).unwrap();
-        let fresh = storage.load_channel("chat:a", 10).unwrap().unwrap();
-        assert_eq!(
-            (fresh.epoch, fresh.top, fresh.publications.len()),
-            (5, 0, 0)
-        );
+        let same = storage.load_channel("chat:a", 10).unwrap().unwrap();
+        assert_eq!((same.epoch, same.top), (u64::MAX - 1, 4));
     }
 
     #[test]

@@ -2,13 +2,24 @@
  * The chat demo: a page of `zserver serve --listen-ws ADDR --web DIR` built on the
  * TypeScript client. Log in (or register), see who is online, push to a user or to
  * everyone, receive pushes and the messages stored while offline, and see being kicked.
+ * Rooms are the server's `chat:` channels: join `chat:NAME`, see its members come and go
+ * (presence, join and leave events), its last messages (history) and what is posted to
+ * it (publications).
  *
  * The page connects to `?ws=` (default: the WebSocket port that served the page) and pins
  * the server key `?pin=` (the fingerprint `zserver serve` prints): the same Noise XX
  * encryption and pinning as the Rust client.
  */
 
-import { type Client, connectWebSocket, LoginClient, type Message, type PushReport } from "../../src/index.js";
+import {
+  type Client,
+  connectWebSocket,
+  LoginClient,
+  type Message,
+  type Publication,
+  type PushReport,
+  type Subscription,
+} from "../../src/index.js";
 
 const $ = <T extends HTMLElement>(id: string): T => {
   const el = document.getElementById(id);
@@ -37,6 +48,16 @@ const ui = {
   text: $<HTMLInputElement>("text"),
   report: $<HTMLParagraphElement>("report"),
   messages: $<HTMLOListElement>("messages"),
+  roomForm: $<HTMLFormElement>("room-form"),
+  room: $<HTMLInputElement>("room"),
+  roomPanel: $<HTMLDivElement>("room-panel"),
+  roomName: $<HTMLSpanElement>("room-name"),
+  leaveRoom: $<HTMLButtonElement>("leave-room"),
+  roomMembers: $<HTMLSpanElement>("room-members"),
+  roomMessages: $<HTMLOListElement>("room-messages"),
+  roomPostForm: $<HTMLFormElement>("room-post-form"),
+  roomText: $<HTMLInputElement>("room-text"),
+  roomReport: $<HTMLParagraphElement>("room-report"),
 };
 
 const params = new URLSearchParams(location.search);
@@ -124,9 +145,102 @@ function describe(report: PushReport): string {
   return parts.length > 0 ? parts.join("; ") : "nobody online";
 }
 
+/** Messages a room shows from before one joined it (its history). */
+const ROOM_EARLIER = 20;
+
+/** The room joined (one at a time): its channel, subscription and members by connection. */
+let room: { name: string; channel: string; sub: Subscription; members: Map<bigint, string> } | undefined;
+
+function showMembers(): void {
+  if (!room) return;
+  const me = session?.user;
+  const names = [...new Set(room.members.values())].sort();
+  ui.roomMembers.replaceChildren(
+    ...names.map((name, i) => {
+      const span = document.createElement("span");
+      span.className = name === me ? "member me" : "member";
+      span.textContent = `${name}${i < names.length - 1 ? ", " : ""}`;
+      return span;
+    }),
+  );
+}
+
+function addRoomMessage(p: Publication, earlier: boolean): void {
+  const li = document.createElement("li");
+  if (earlier) li.className = "earlier";
+  const from = document.createElement("span");
+  from.className = "from";
+  from.textContent = p.from || "server";
+  const text = document.createElement("span");
+  text.className = "text";
+  text.textContent = new TextDecoder().decode(p.data);
+  li.append(from, text);
+  ui.roomMessages.append(li);
+  li.scrollIntoView({ block: "nearest" });
+}
+
+function closeRoom(): void {
+  room = undefined;
+  ui.roomPanel.hidden = true;
+  ui.roomMessages.replaceChildren();
+  ui.roomMembers.replaceChildren();
+}
+
+async function leaveRoom(): Promise<void> {
+  const left = room;
+  closeRoom();
+  await left?.sub.unsubscribe().catch(() => undefined);
+}
+
+/** Joins the room `chat:NAME`: its last messages, its members, then what comes live. */
+async function joinRoom(name: string): Promise<void> {
+  if (!session) return;
+  const client = session.login.client;
+  await leaveRoom();
+  const channel = `chat:${name}`;
+  ui.roomReport.textContent = "";
+  try {
+    // Subscribed first: what is published from now on waits in the subscription (each
+    // once, in order) until the listeners below take it, after the history before it.
+    const sub = await client.subscribe(channel);
+    const members = new Map<bigint, string>();
+    room = { name, channel, sub, members };
+    ui.roomName.textContent = name;
+    ui.roomPanel.hidden = false;
+    const at = sub.position;
+    if (at && at.offset > 0n) {
+      const from = at.offset > BigInt(ROOM_EARLIER) ? at.offset - BigInt(ROOM_EARLIER) : 0n;
+      const page = await client.history(channel, { since: { epoch: at.epoch, offset: from }, limit: ROOM_EARLIER });
+      for (const p of page.publications) if (p.offset <= at.offset) addRoomMessage(p, true);
+    }
+    for (const m of await client.presence(channel)) members.set(m.client, m.user);
+    if (room?.sub !== sub) return; // left meanwhile
+    sub.on("publication", (p) => addRoomMessage(p, false));
+    sub.on("join", (m) => {
+      members.set(m.client, m.user);
+      showMembers();
+    });
+    sub.on("leave", (m) => {
+      members.delete(m.client);
+      showMembers();
+    });
+    sub.onEnd((reason) => {
+      if (room?.sub !== sub) return;
+      closeRoom();
+      ui.roomReport.textContent = `left ${name}${reason ? `: ${reason}` : ""}`;
+    });
+    showMembers();
+    ui.roomText.focus();
+  } catch (e) {
+    if (room?.channel === channel) closeRoom();
+    ui.roomReport.textContent = `cannot join ${name}: ${errorText(e)}`;
+  }
+}
+
 function endSession(): void {
   if (session) clearInterval(session.timer);
   session = undefined;
+  closeRoom();
   ui.chat.hidden = true;
 }
 
@@ -215,5 +329,24 @@ ui.pushForm.addEventListener("submit", (ev) => {
     (e) => {
       ui.report.textContent = `not sent: ${errorText(e)}`;
     },
+  );
+});
+ui.roomForm.addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const name = ui.room.value.trim();
+  if (name) void joinRoom(name);
+});
+ui.leaveRoom.addEventListener("click", () => {
+  const name = room?.name;
+  void leaveRoom().then(() => (ui.roomReport.textContent = name ? `left ${name}` : ""));
+});
+ui.roomPostForm.addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  if (!session || !room) return;
+  const text = ui.roomText.value;
+  ui.roomText.value = "";
+  session.login.client.publish(room.channel, text).then(
+    () => (ui.roomReport.textContent = ""),
+    (e) => (ui.roomReport.textContent = `not posted: ${errorText(e)}`),
   );
 });
