@@ -6,7 +6,10 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use crate::common::{on_thread, skip_over_ws, suite_client, suite_server, until, within, WAIT};
-use zserver::channels::{ChannelCalls, Channels, Event, Limits, Namespace, Position, Subscription};
+use zserver::channels::{
+    ChannelCalls, Channels, Event, HistoryStore, Limits, Namespace, Position, Relay, Relayed,
+    StoredHistory, StoredPublication, Subscription,
+};
 use zserver::{Backoff, Calls, Config, Error, Router};
 
 fn plain() -> Config {
@@ -410,6 +413,134 @@ fn a_slow_subscriber_is_closed_alone() {
         .await;
         drop(raw);
         server.shutdown().await;
+        Ok::<_, Error>(())
+    })
+    .unwrap()
+}
+
+/// A [`HistoryStore`] in memory that two servers share: what a PostgreSQL store is to a
+/// cluster, with the same rule (an append must follow the last stored offset).
+#[derive(Default)]
+struct SharedStore(std::sync::Mutex<std::collections::HashMap<String, StoredHistory>>);
+
+impl HistoryStore for SharedStore {
+    fn load(&self, channel: &str, keep: usize) -> Result<Option<StoredHistory>, Error> {
+        let map = self.0.lock().unwrap();
+        Ok(map.get(channel).map(|h| {
+            let mut h = h.clone();
+            let from = h.publications.len().saturating_sub(keep);
+            h.publications.drain(..from);
+            h
+        }))
+    }
+
+    fn create(&self, channel: &str, epoch: u64) -> Result<(), Error> {
+        let mut map = self.0.lock().unwrap();
+        map.entry(channel.to_owned()).or_insert(StoredHistory {
+            epoch,
+            top: 0,
+            publications: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn append(
+        &self,
+        channel: &str,
+        p: &StoredPublication,
+        keep: usize,
+    ) -> Result<Option<u64>, Error> {
+        let mut map = self.0.lock().unwrap();
+        let Some(h) = map.get_mut(channel) else {
+            return Ok(None);
+        };
+        h.top += 1;
+        h.publications.push(StoredPublication {
+            offset: h.top,
+            ..p.clone()
+        });
+        let from = h.publications.len().saturating_sub(keep);
+        h.publications.drain(..from);
+        Ok(Some(h.top))
+    }
+}
+
+/// Relays to the other server's channels, in order, on a thread of its own.
+struct ToOther(std::sync::mpsc::Sender<Relayed>);
+
+impl Relay for ToOther {
+    fn relay(&self, publication: Relayed) {
+        let _ = self.0.send(publication);
+    }
+}
+
+every_backend!(two_servers_sharing_a_store_keep_one_order);
+/// Two servers with one store and a relay between them (a cluster in small): both publish
+/// at once, and the subscribers on each see offsets 1..=N, each once, in the same order;
+/// one recovers on the other server, and after a restart, from the store.
+fn two_servers_sharing_a_store_keep_one_order() {
+    zserver::block_on(async {
+        let store = std::sync::Arc::new(SharedStore::default());
+        let (to_b, from_a) = std::sync::mpsc::channel::<Relayed>();
+        let (to_a, from_b) = std::sync::mpsc::channel::<Relayed>();
+        let durable = || {
+            Channels::new()
+                .store(store.clone())
+                .namespace(Namespace::new("chat:").history(100, None).durable(true))
+        };
+        let (ch_a, ch_b) = (
+            durable().relay(std::sync::Arc::new(ToOther(to_b))),
+            durable().relay(std::sync::Arc::new(ToOther(to_a))),
+        );
+        for (rx, channels) in [(from_a, ch_b.clone()), (from_b, ch_a.clone())] {
+            std::thread::spawn(move || {
+                while let Ok(r) = rx.recv() {
+                    channels.apply_remote(&r).unwrap();
+                }
+            });
+        }
+        let a = start(ch_a.clone()).await?;
+        let b = start(ch_b.clone()).await?;
+        let ann = login(&a, "ann").await?;
+        let bob = login(&b, "bob").await?;
+        let mut on_a = ann.subscribe("chat:x").await?;
+        let mut on_b = bob.subscribe("chat:x").await?;
+        let n = 30;
+        let (x, y) = futures_lite::future::zip(
+            async {
+                for i in 0..n {
+                    ann.publish("chat:x", format!("a{i}")).await?;
+                }
+                Ok::<_, Error>(())
+            },
+            async {
+                for i in 0..n {
+                    bob.publish("chat:x", format!("b{i}")).await?;
+                }
+                Ok::<_, Error>(())
+            },
+        )
+        .await;
+        x?;
+        y?;
+        let (mut seen_a, mut seen_b) = (Vec::new(), Vec::new());
+        for _ in 0..2 * n {
+            seen_a.push(next_pub(&mut on_a).await);
+            seen_b.push(next_pub(&mut on_b).await);
+        }
+        let offsets: Vec<u64> = seen_a.iter().map(|p| p.0).collect();
+        assert_eq!(offsets, (1..=2 * n as u64).collect::<Vec<_>>());
+        assert_eq!(seen_a, seen_b, "one order on both servers");
+        // Recovery on the other server.
+        let kept = on_a.position().unwrap();
+        drop(on_a);
+        bob.publish("chat:x", "later").await?;
+        let ann_on_b = login(&b, "ann").await?;
+        let mut back = ann_on_b.subscribe_from("chat:x", Some(kept)).await?;
+        assert!(back.recovered());
+        assert_eq!(next_pub(&mut back).await.2, "later");
+        a.shutdown().await;
+        b.shutdown().await;
         Ok::<_, Error>(())
     })
     .unwrap()

@@ -528,23 +528,26 @@ impl Hub {
             if state.removed {
                 continue;
             }
-            let (offset, position) = match state.history.is_some() {
-                true => {
-                    let offset = self.keep(
-                        channel, ns, &mut state, at_unix_ms, &from_name, &data, &mut after,
-                    )?;
-                    (offset, state.history.as_ref().map(History::position))
-                }
-                false => (0, None),
+            let (offset, delivered) = match state.history.is_some() {
+                true => self.keep(
+                    channel, ns, &mut state, at_unix_ms, &from_name, &data, &mut after,
+                )?,
+                false => (0, false),
             };
-            self.fan_out(
-                channel,
-                &state.subscribers,
+            let position = state.history.as_ref().map(|h| Position {
                 offset,
-                &from_name,
-                &data,
-                &mut after,
-            )?;
+                ..h.position()
+            });
+            if !delivered {
+                self.fan_out(
+                    channel,
+                    &state.subscribers,
+                    offset,
+                    &from_name,
+                    &data,
+                    &mut after,
+                )?;
+            }
             if let Some(relay) = relayed {
                 let epoch = position.map_or(0, |p| p.epoch);
                 relay.relay(relayed_publication(
@@ -564,8 +567,9 @@ impl Hub {
     }
 
     /// Keeps a new publication in the channel's history (stored first in a durable
-    /// namespace); its offset. When another server sharing the store appended first, this
-    /// one catches up (delivering what it missed) and tries again.
+    /// namespace, which gives its offset); its offset, and whether it was delivered here
+    /// already. When other servers sharing the store published since this one last heard,
+    /// it catches up from the store, delivering theirs and then this one, in order.
     #[allow(clippy::too_many_arguments)]
     fn keep(
         &self,
@@ -576,29 +580,29 @@ impl Hub {
         from: &Arc<str>,
         data: &Bytes,
         after: &mut AfterUnlock,
-    ) -> Result<u64, Error> {
+    ) -> Result<(u64, bool), Error> {
         if let Some(store) = self.store.as_ref().filter(|_| self.durable(ns)) {
-            let mut tries = 0;
-            loop {
-                let Some(history) = &state.history else {
-                    return Err(Error::msg(format!("`{channel}` keeps no history")));
-                };
-                let stored = StoredPublication {
-                    offset: history.next_offset(),
-                    at_unix_ms,
-                    from: from.to_string(),
-                    data: data.to_vec(),
-                };
-                if store.append(channel, &stored, ns.history_size)? {
-                    break;
-                }
-                tries += 1;
-                if tries >= MAX_APPEND_TRIES {
+            let stored = StoredPublication {
+                offset: 0,
+                at_unix_ms,
+                from: from.to_string(),
+                data: data.to_vec(),
+            };
+            let Some(offset) = store.append(channel, &stored, ns.history_size)? else {
+                return Err(Error::msg(format!(
+                    "the store has no history for `{channel}`"
+                )));
+            };
+            let next = state.history.as_ref().map_or(1, History::next_offset);
+            if offset != next {
+                self.catch_up(store.as_ref(), channel, ns, state, after)?;
+                let top = state.history.as_ref().map_or(0, |h| h.position().offset);
+                if top < offset {
                     return Err(Error::msg(format!(
-                        "`{channel}`: other servers keep publishing first; try again"
+                        "`{channel}`: publication {offset} was stored but is not in the store's history"
                     )));
                 }
-                self.catch_up(store.as_ref(), channel, ns, state, after)?;
+                return Ok((offset, true));
             }
         }
         let now = self.now();
@@ -609,7 +613,7 @@ impl Hub {
         let offset = history.push(now, from.clone(), data.clone());
         history.expire(now);
         self.account(history, before);
-        Ok(offset)
+        Ok((offset, false))
     }
 
     /// Brings a durable channel's history up to the store's, delivering here, in order,
@@ -928,9 +932,6 @@ struct AfterUnlock {
     slow: Vec<(Connection, usize)>,
     reset: Vec<Connection>,
 }
-
-/// How often a durable publication is tried when other servers keep appending first.
-const MAX_APPEND_TRIES: usize = 8;
 
 fn relayed_publication(
     channel: &str,

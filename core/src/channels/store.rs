@@ -43,16 +43,17 @@ pub trait HistoryStore: Send + Sync {
     /// loads the history again after this.
     fn create(&self, channel: &str, epoch: u64) -> Result<(), Error>;
 
-    /// Appends `publication` to `channel`'s history if its offset is one above the stored
-    /// last one, keeping at most `keep` of the newest publications (the store may drop
-    /// older ones). `Ok(false)`, and nothing stored, if the offset does not follow: another
-    /// server sharing the store appended first (the server then catches up and retries).
+    /// Appends `publication` to `channel`'s history at the offset one above the stored last
+    /// one (`publication.offset` is not used), keeping at most `keep` of the newest
+    /// publications (the store may drop older ones); returns the offset it got, or `None`
+    /// (nothing stored) if the store has no history for `channel`. Appends from every server
+    /// sharing the store are ordered by it: that is the channel's one order.
     fn append(
         &self,
         channel: &str,
         publication: &StoredPublication,
         keep: usize,
-    ) -> Result<bool, Error>;
+    ) -> Result<Option<u64>, Error>;
 }
 
 /// A publication made on this server, for a [`Relay`] to carry to the other servers of a

@@ -115,6 +115,16 @@ impl Cluster {
         Ok(())
     }
 
+    /// The bridge that carries channel publications between the nodes.
+    pub(crate) fn channel_bridge(&self) -> Arc<super::ChannelBridge> {
+        super::ChannelBridge::new(
+            self.node,
+            &self.subjects.prefix,
+            self.nats.clone(),
+            self.handle.clone(),
+        )
+    }
+
     /// This node's id.
     pub(crate) fn node(&self) -> NodeId {
         self.node

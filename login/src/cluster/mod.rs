@@ -10,12 +10,14 @@
 //! | `NAME.node.ID.deliver` | request `Vec<`[`Deliver`]`>` → for each, the users it reached (postcard `Vec<Vec<String>>`) |
 //! | `NAME.stored` | users messages were just stored for (postcard `Vec<String>`) |
 //! | `NAME.failed` | a failed login's rate-limit keys ([`FailedLogin`]), counted by every node |
+//! | `NAME.channels` | every node's channel publications, applied by the others (see [`channels`]) |
 //!
 //! The NATS client runs on a small tokio runtime of its own, so a node on any of zserver's
 //! back ends can join. Accounts and offline messages are not here: clustered nodes share a
 //! PostgreSQL store. See `docs/CLUSTER.md` for the topology and what fails how.
 
 mod actor;
+mod channels;
 mod config;
 mod handle;
 mod messages;
@@ -25,6 +27,7 @@ pub mod presence;
 use std::future::Future;
 use std::pin::Pin;
 
+pub(crate) use channels::ChannelBridge;
 pub use config::ClusterConfig;
 pub(crate) use handle::Cluster;
 pub use messages::{Deliver, FailedLogin};

@@ -79,10 +79,15 @@ impl LoginServer {
         blocking::unblock(move || std::fs::create_dir_all(dir)).await?;
         let store = Arc::new(store);
         let history: Arc<dyn zserver::channels::HistoryStore> = store.clone();
-        let channels = config.channels.iter().fold(
-            zserver::channels::Channels::new().store(history),
-            |ch, ns| ch.namespace(ns.namespace()),
-        );
+        let mut channels = zserver::channels::Channels::new().store(history);
+        let bridge = cluster.as_ref().map(|cluster| cluster.channel_bridge());
+        if let Some(bridge) = &bridge {
+            channels = channels.relay(bridge.clone());
+        }
+        let channels = config
+            .channels
+            .iter()
+            .fold(channels, |ch, ns| ch.namespace(ns.namespace()));
         let state = Arc::new(State {
             runtime: transport.runtime(),
             cluster,
@@ -127,6 +132,9 @@ impl LoginServer {
         if let Some(cluster) = &state.cluster {
             let local: Arc<dyn LocalSessions> = state.clone();
             cluster.start(Arc::downgrade(&local)).await?;
+        }
+        if let Some(bridge) = bridge {
+            bridge.start(state.channels.clone()).await?;
         }
         Ok(Self {
             server,

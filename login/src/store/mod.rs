@@ -160,15 +160,16 @@ pub trait Storage: Send + Sync {
     /// one.
     fn create_channel(&self, channel: &str, epoch: u64) -> Result<(), StoreError>;
 
-    /// Appends a publication to `channel`'s history if its offset is one above the stored
-    /// last offset, and drops all but the newest `keep`, in one transaction; `false` (and
-    /// nothing stored) if the offset does not follow: another writer got there first.
+    /// Appends a publication to `channel`'s history at the offset one above the stored last
+    /// one (its own `offset` is not used) and drops all but the newest `keep`, in one
+    /// transaction that orders it against every other writer; the offset it got, or `None`
+    /// (nothing stored) if the channel has no history.
     fn append_publication(
         &self,
         channel: &str,
         publication: &StoredPublication,
         keep: usize,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Option<u64>, StoreError>;
 
     /// How many messages are stored and not yet taken, for every user (for monitoring).
     /// Back ends that cannot count say so with an error; the built-in ones count.
@@ -199,7 +200,7 @@ impl HistoryStore for Store {
         channel: &str,
         publication: &StoredPublication,
         keep: usize,
-    ) -> Result<bool, zserver::Error> {
+    ) -> Result<Option<u64>, zserver::Error> {
         self.storage
             .append_publication(channel, publication, keep)
             .map_err(history_err)

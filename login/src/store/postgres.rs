@@ -370,26 +370,24 @@ impl Storage for PostgresStorage {
         channel: &str,
         p: &StoredPublication,
         keep: usize,
-    ) -> Result<bool, StoreError> {
-        let pos = p.offset as i64;
+    ) -> Result<Option<u64>, StoreError> {
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
-        let appended = self.with_client(|c, retry| {
-            let mut tx = c.transaction()?;
-            let moved = tx.execute(
-                "UPDATE channels SET top = $2 WHERE name = $1 AND top = $2 - 1",
-                &[&channel, &pos],
-            )?;
-            if moved == 0 {
-                // On a retry the first attempt may have committed: the same row is there.
-                let there = retry
-                    && tx
-                        .query_opt(
-                            "SELECT 1 FROM publications WHERE channel = $1 AND pos = $2 AND data = $3",
-                            &[&channel, &pos, &p.data],
-                        )?
-                        .is_some();
-                return Ok(there);
+        self.with_client(|c, retry| {
+            if retry {
+                // The first attempt's outcome is unknown (it may have committed): no second
+                // append, which could store the publication twice.
+                return Err(c.query_opt("SELECT 1/0", &[]).unwrap_err());
             }
+            let mut tx = c.transaction()?;
+            // The row lock orders concurrent appends: one order per channel for all nodes.
+            let Some(row) = tx.query_opt(
+                "UPDATE channels SET top = top + 1 WHERE name = $1 RETURNING top",
+                &[&channel],
+            )?
+            else {
+                return Ok(None);
+            };
+            let pos: i64 = row.get(0);
             tx.execute(
                 "INSERT INTO publications (channel, pos, at_unix_ms, from_user, data)
                  VALUES ($1, $2, $3, $4, $5)",
@@ -400,9 +398,8 @@ impl Storage for PostgresStorage {
                 &[&channel, &pos.saturating_sub(keep)],
             )?;
             tx.commit()?;
-            Ok(true)
-        })?;
-        Ok(appended)
+            Ok(Some(pos as u64))
+        })
     }
 
     fn queue_message(

@@ -312,16 +312,19 @@ impl Storage for SqliteStorage {
         channel: &str,
         p: &StoredPublication,
         keep: usize,
-    ) -> Result<bool, StoreError> {
-        let pos = p.offset as i64;
-        let appended = self.write(|tx| {
-            let moved = tx.execute(
-                "UPDATE channels SET top = ?2 WHERE name = ?1 AND top = ?2 - 1",
-                params![channel, pos],
-            )?;
-            if moved == 0 {
+    ) -> Result<Option<u64>, StoreError> {
+        let mut offset = None;
+        self.write(|tx| {
+            let top: Option<i64> = tx
+                .query_row(
+                    "UPDATE channels SET top = top + 1 WHERE name = ?1 RETURNING top",
+                    [channel],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let Some(pos) = top else {
                 return Ok(false);
-            }
+            };
             tx.prepare_cached(
                 "INSERT INTO publications (channel, pos, at_unix_ms, from_user, data)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -330,9 +333,10 @@ impl Storage for SqliteStorage {
             let keep = i64::try_from(keep).unwrap_or(i64::MAX);
             tx.prepare_cached("DELETE FROM publications WHERE channel = ?1 AND pos <= ?2")?
                 .execute(params![channel, pos.saturating_sub(keep)])?;
+            offset = Some(pos as u64);
             Ok(true)
         })?;
-        Ok(appended)
+        Ok(offset)
     }
 
     fn count_messages(&self) -> Result<u64, StoreError> {
@@ -431,25 +435,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = SqliteStorage::open(dir.path()).unwrap();
         assert_eq!(storage.load_channel("chat:a", 10).unwrap(), None);
-        storage.create_channel("chat:a", u64::MAX - 1).unwrap();
-        let publication = |offset: u64| StoredPublication {
-            offset,
-            at_unix_ms: offset as i64,
+        let publication = |text: &str| StoredPublication {
+            offset: 0,
+            at_unix_ms: 7,
             from: "ann".into(),
-            data: vec![offset as u8],
+            data: text.as_bytes().to_vec(),
         };
-        for offset in 1..=4 {
+        assert_eq!(
             storage
-                .append_publication("chat:a", &publication(offset), 3)
+                .append_publication("chat:a", &publication("x"), 3)
+                .unwrap(),
+            None
+        );
+        storage.create_channel("chat:a", u64::MAX - 1).unwrap();
+        for offset in 1..=4 {
+            let at = storage
+                .append_publication("chat:a", &publication("x"), 3)
                 .unwrap();
+            assert_eq!(at, Some(offset), "the store gives the offsets");
         }
-        // Not one above the last: refused, nothing stored.
-        assert!(!storage
-            .append_publication("chat:a", &publication(4), 3)
-            .unwrap());
-        assert!(!storage
-            .append_publication("chat:a", &publication(9), 3)
-            .unwrap());
         let loaded = storage.load_channel("chat:a", 2).unwrap().unwrap();
         assert_eq!((loaded.epoch, loaded.top), (u64::MAX - 1, 4));
         let offsets: Vec<u64> = loaded.publications.iter().map(|p| p.offset).collect();

@@ -208,3 +208,83 @@ fn a_recipient_who_does_not_read_holds_up_no_push_from_another_node() {
     })
     .unwrap();
 }
+
+/// The next publication of `sub` within 10 s: (offset, author, text).
+async fn next_publication(sub: &mut zserver::channels::Subscription) -> (u64, String, String) {
+    let event = crate::support::within(Duration::from_secs(10), sub.recv())
+        .await
+        .expect("a publication within 10 s")
+        .expect("the subscription is live");
+    match event {
+        zserver::channels::Event::Publication(p) => {
+            (p.offset, p.from, String::from_utf8(p.data).unwrap())
+        }
+        other => panic!("expected a publication, got {other:?}"),
+    }
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and NATS: bash .ci/test starts them"]
+fn channels_have_one_order_on_every_node() {
+    use zserver::channels::ChannelCalls;
+    let db = Postgres::new("lib_channels");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = start_two_nodes(node_config(&db, dir.path()));
+    let (a_addr, b_addr, pin) = (a.local_addr(), b.local_addr(), a.fingerprint());
+    run_on("tokio", async move {
+        let transport = zserver::transport("tokio").unwrap();
+        let ann = LoginClient::connect(transport.clone(), a_addr, Some(&pin)).await?;
+        ann.register("ann", "pw").await?;
+        ann.register("bob", "pw").await?;
+        ann.login("ann", "pw").await?;
+        let bob = LoginClient::connect(transport.clone(), b_addr, Some(&pin)).await?;
+        bob.login("bob", "pw").await?;
+        let mut on_a = ann.client().subscribe("chat:x").await?;
+        let mut on_b = bob.client().subscribe("chat:x").await?;
+        // Both nodes publish at once: offsets 1..=40, each once, the same order everywhere.
+        let (a_pubs, b_pubs) = futures_lite::future::zip(
+            async {
+                for i in 0..20 {
+                    ann.client().publish("chat:x", format!("a{i}")).await?;
+                }
+                Ok::<_, Error>(())
+            },
+            async {
+                for i in 0..20 {
+                    bob.client().publish("chat:x", format!("b{i}")).await?;
+                }
+                Ok::<_, Error>(())
+            },
+        )
+        .await;
+        a_pubs?;
+        b_pubs?;
+        let (mut seen_a, mut seen_b) = (Vec::new(), Vec::new());
+        for _ in 0..40 {
+            seen_a.push(next_publication(&mut on_a).await);
+            seen_b.push(next_publication(&mut on_b).await);
+        }
+        let offsets: Vec<u64> = seen_a.iter().map(|p| p.0).collect();
+        assert_eq!(offsets, (1..=40).collect::<Vec<_>>());
+        assert_eq!(seen_a, seen_b, "one order on both nodes");
+        assert_eq!(seen_a.iter().filter(|p| p.1 == "bob").count(), 20);
+        // Recovery from the other node: ann leaves node a, bob publishes on node b, ann
+        // comes back on node b from her last position.
+        let kept = on_a.position().unwrap();
+        drop(on_a);
+        drop(ann);
+        bob.client().publish("chat:x", "while away").await?;
+        let ann = LoginClient::connect(transport, b_addr, Some(&pin)).await?;
+        ann.login("ann", "pw").await?;
+        let mut back = ann.client().subscribe_from("chat:x", Some(kept)).await?;
+        assert!(back.recovered());
+        assert_eq!(
+            next_publication(&mut back).await,
+            (41, "bob".into(), "while away".into())
+        );
+        a.shutdown().await;
+        b.shutdown().await;
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+}

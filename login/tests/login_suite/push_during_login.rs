@@ -73,7 +73,7 @@ impl Storage for GatedStorage {
         channel: &str,
         p: &StoredPublication,
         keep: usize,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<u64>, StoreError> {
         self.inner.append_publication(channel, p, keep)
     }
     fn take_messages(&self, user: &str) -> Result<Vec<Message>, StoreError> {

@@ -94,7 +94,55 @@ suite!(
     two_nodes_race_to_add_the_same_user,
     two_nodes_race_to_change_a_password,
     one_message_for_many_users_at_once,
+    channel_history_has_one_order_for_two_nodes,
 );
+
+/// Channel history through [`HistoryStore`]: two stores on the same data (two nodes) see
+/// one history, the store giving each append its offset; the newest `keep` are kept; a
+/// second create changes nothing; a channel without history takes no append.
+fn channel_history_has_one_order_for_two_nodes(b: &dyn Backend) {
+    use zserver::channels::{HistoryStore, StoredPublication};
+    let (one, two) = (b.open(), b.open());
+    let p = |text: &str| StoredPublication {
+        offset: 0,
+        at_unix_ms: 1000,
+        from: "ann".into(),
+        data: text.as_bytes().to_vec(),
+    };
+    assert_eq!(one.load("chat:a", 10).unwrap(), None);
+    assert_eq!(one.append("chat:a", &p("nowhere"), 3).unwrap(), None);
+    one.create("chat:a", u64::MAX).unwrap();
+    two.create("chat:a", 7).unwrap();
+    assert_eq!(two.load("chat:a", 10).unwrap().unwrap().epoch, u64::MAX);
+    // Two nodes appending at once: offsets 1..=40, each once.
+    let (one, two) = (Arc::new(one), Arc::new(two));
+    let appenders: Vec<_> = [one.clone(), two.clone()]
+        .into_iter()
+        .map(|store| {
+            thread::spawn(move || {
+                (0..20)
+                    .map(|_| store.append("chat:a", &p("x"), 100).unwrap().unwrap())
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut offsets: Vec<u64> = appenders
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    offsets.sort();
+    assert_eq!(offsets, (1..=40).collect::<Vec<_>>());
+    assert_eq!(one.append("chat:a", &p("last"), 3).unwrap(), Some(41));
+    let loaded = two.load("chat:a", 10).unwrap().unwrap();
+    assert_eq!((loaded.epoch, loaded.top), (u64::MAX, 41));
+    let kept: Vec<u64> = loaded.publications.iter().map(|p| p.offset).collect();
+    assert_eq!(kept, [39, 40, 41], "the newest 3 kept");
+    assert_eq!(loaded.publications[2].data, b"last");
+    assert_eq!(
+        one.load("chat:a", 1).unwrap().unwrap().publications.len(),
+        1
+    );
+}
 
 fn add_verify_wrong_unknown_duplicate(b: &dyn Backend) {
     let store = b.open();
@@ -522,7 +570,7 @@ fn postgres_open_spec_and_tables() {
         .query_one("SELECT version FROM zserver_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let created: i64 = raw
         .query_one("SELECT created_unix_ms FROM users", &[])
         .unwrap()
@@ -536,11 +584,11 @@ fn postgres_newer_schema_refused() {
     let pg = Postgres::new("newer_schema_refused");
     drop(pg.open());
     pg.raw()
-        .batch_execute("UPDATE zserver_schema SET version = 3")
+        .batch_execute("UPDATE zserver_schema SET version = 4")
         .unwrap();
     assert!(matches!(
         Store::connect_postgres(&pg.url),
-        Err(StoreError::Db(msg)) if msg.contains("version 3")
+        Err(StoreError::Db(msg)) if msg.contains("version 4")
     ));
 }
 
