@@ -6,6 +6,8 @@
 //!   for users.
 //! - `zserver bench`: the back ends against each other and against the peers (a raw tokio
 //!   echo and tarpc), in one run, servers in separate processes. See `BENCHMARKS.md`.
+//! - `zserver bench-fanout`: channel fan-out against a raw tokio fan-out, nats-server and
+//!   mosquitto, servers and subscribers in separate processes.
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
@@ -32,6 +34,7 @@ pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muz
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
+mod bench_fanout;
 mod channel_actions;
 mod channel_config;
 mod cluster_bench;
@@ -67,6 +70,23 @@ enum Command {
     /// The server side of `zserver bench`, run by it as a child process.
     #[command(hide = true)]
     BenchServer(bench::server::ServerArgs),
+    /// Benchmark channel fan-out: zserver on each back end (plain and encrypted, history
+    /// none and in memory) against a raw tokio fan-out, nats-server and mosquitto.
+    ///
+    /// Shapes: 1 channel x N subscribers and N/10 channels x 10 (N = 10,000; --quick
+    /// 1,000), 64 B and 1 KiB payloads; figures: deliveries/s, publish-to-delivery p50 and
+    /// p99, server RSS per subscription, each a median of several passes. Servers and
+    /// subscribers run in child processes. nats and mosquitto rows need Debian's
+    /// `nats-server` and `mosquitto` (`apt-get install -y nats-server mosquitto`) and are
+    /// skipped with a message without them. History `durable` (the login server's store)
+    /// is reserved for later and skipped: not measured yet.
+    BenchFanout(bench_fanout::FanoutArgs),
+    /// The server side of `zserver bench-fanout`, run by it as a child process.
+    #[command(hide = true)]
+    BenchFanoutServer(bench_fanout::FanoutServerArgs),
+    /// The subscribers and publisher of `zserver bench-fanout`, run by it as a child process.
+    #[command(hide = true)]
+    BenchFanoutClients(bench_fanout::ClientsArgs),
 }
 
 /// The command line's definition, with a version that names the wire protocol too.
@@ -108,6 +128,9 @@ fn main() {
         Command::Bench(args) => bench::run(args),
         Command::BenchCluster(args) => cluster_bench::run(args),
         Command::BenchServer(args) => bench::server::run(args),
+        Command::BenchFanout(args) => bench_fanout::run(args),
+        Command::BenchFanoutServer(args) => bench_fanout::run_server(args),
+        Command::BenchFanoutClients(args) => bench_fanout::run_clients(args),
     };
     if let Err(e) = result {
         eprintln!("zserver: {e}");
