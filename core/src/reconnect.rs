@@ -651,15 +651,8 @@ impl ChannelCalls for ReconnectingClient {
         resubscribe.add(shared.clone());
         let client = self.clone();
         let link: channels::Link = Arc::new(move || Ok(client.current()?.connection().clone()));
-        let owner = Owner::Reconnecting(resubscribe, link, self.runtime());
+        let owner = Owner::Reconnecting(resubscribe, link);
         Ok(Subscription::new(shared, rx, answer, owner))
-    }
-}
-
-impl ReconnectingClient {
-    /// The runtime its connections run on.
-    pub(crate) fn runtime(&self) -> Arc<dyn Runtime> {
-        self.shared().runtime.clone()
     }
 }
 

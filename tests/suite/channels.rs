@@ -545,3 +545,50 @@ fn two_servers_sharing_a_store_keep_one_order() {
     })
     .unwrap()
 }
+
+every_backend!(storms_and_history_stay_bounded);
+/// A storm of subscriptions and unsubscriptions to ever new channels leaves nothing
+/// behind; history is bounded in total, however many channels are published to, and the
+/// channels that lost their oldest publications to the bound say so on recovery.
+fn storms_and_history_stay_bounded() {
+    zserver::block_on(async {
+        let mut limits = Limits::default();
+        limits.history_bytes = 64 * 1024;
+        let channels = Channels::new()
+            .namespace(Namespace::new("chat:").history(1000, None))
+            .namespace(Namespace::new("live:"))
+            .limits(limits);
+        let server = start(channels).await?;
+        let ch = server.channels();
+        let ann = login(&server, "ann").await?;
+        for i in 0..2000 {
+            let name = format!("live:{i}");
+            let sub = ann.subscribe(&name).await?;
+            sub.unsubscribe().await?;
+        }
+        assert_eq!(ch.channel_count(), 0, "nothing left of the storm");
+        // 200 channels × 20 publications of 1 KiB: 4 MiB published, 64 KiB kept.
+        let first = ann.subscribe("chat:0").await?;
+        let kept = first.position().unwrap();
+        let data = vec![1u8; 1024];
+        for round in 0..20 {
+            for c in 0..200 {
+                ch.publish(&format!("chat:{c}"), &data)?;
+            }
+            let held = ch.history_bytes();
+            assert!(
+                held <= 64 * 1024 + 2048,
+                "round {round}: {held} bytes of history held"
+            );
+        }
+        drop(first);
+        let again = ann.subscribe_from("chat:0", Some(kept)).await?;
+        assert!(
+            !again.recovered(),
+            "its oldest publications were dropped to the bound"
+        );
+        server.shutdown().await;
+        Ok::<_, Error>(())
+    })
+    .unwrap()
+}

@@ -368,7 +368,9 @@ pub(crate) fn run(args: FanoutArgs) -> Result<(), BoxError> {
             .unwrap_or(if args.quick { 1000 } else { 10_000 }),
         payloads: args.payloads.clone(),
         connect_secs: if args.quick { 15.0 } else { 60.0 },
-        settle: Duration::from_millis(if args.quick { 100 } else { 300 }),
+        // Past the server allocator's dirty-page decay (jemalloc, 1 s), so that what a
+        // subscription left behind is measured, not the garbage of making it.
+        settle: Duration::from_millis(if args.quick { 100 } else { 1500 }),
     };
     if s.runs == 0 || s.secs <= 0.0 || s.subscribers == 0 || s.payloads.is_empty() {
         return Err("--runs, --secs, --subscribers and --payloads must be positive".into());

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 use zserver::channels::{ChannelCalls, Event};
-use zserver::{Client, ClientBuilder, Config, Runtime, Transport};
+use zserver::{Calls, Client, ClientBuilder, Config, Runtime, Transport};
 
 use super::clients::{ClientsArgs, Row};
 use super::probe::Probe;
@@ -85,7 +85,16 @@ impl ZsRow {
                     let builder = ClientBuilder::new(t.clone())
                         .config(config.clone())
                         .bind(a.source(i));
-                    async move { (i, builder.connect(addr).await) }
+                    // One round trip on each, so that the server's "connected" memory is
+                    // that of a connection in use (its first answer's buffers included):
+                    // what the subscription adds is then the subscription's own.
+                    async move {
+                        let connected = match builder.connect(addr).await {
+                            Ok(client) => client.ping().await.map(|_| client),
+                            Err(e) => Err(e),
+                        };
+                        (i, connected)
+                    }
                 })
                 .buffer_unordered(AT_ONCE)
                 .collect()

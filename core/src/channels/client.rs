@@ -13,13 +13,12 @@ use futures_lite::Stream;
 
 use super::wire::{
     self, Delivery, HistoryPage, HistoryRequest, Member, Position, PresenceEvent, Publication,
-    PublishRequest, SubscribeRequest, Subscribed, Unsubscribed,
+    SubscribeRequest, Subscribed, Unsubscribed,
 };
 use crate::calls::Calls;
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::handler::Router;
-use crate::runtime::Runtime;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -228,8 +227,8 @@ pub(crate) type Link = Arc<dyn Fn() -> Result<Connection, Error> + Send + Sync>;
 /// Whom a subscription was made through, to unsubscribe.
 pub(crate) enum Owner {
     Connection(Connection),
-    /// A reconnecting client: its resubscriptions, its live connection, its runtime.
-    Reconnecting(Arc<Resubscribe>, Link, Arc<dyn Runtime>),
+    /// A reconnecting client: its resubscriptions and its live connection.
+    Reconnecting(Arc<Resubscribe>, Link),
 }
 
 /// The publications and events of one channel, in order: a [`Stream`] of [`Event`]s
@@ -303,7 +302,7 @@ async fn unsubscribe(shared: &Arc<SubShared>, owner: Owner) -> Result<(), Error>
     shared.ended.store(true, Ordering::Release);
     let conn = match owner {
         Owner::Connection(conn) => conn,
-        Owner::Reconnecting(resubscribe, link, _) => {
+        Owner::Reconnecting(resubscribe, link) => {
             resubscribe.forget(shared);
             match link() {
                 Ok(conn) => conn,
@@ -316,22 +315,30 @@ async fn unsubscribe(shared: &Arc<SubShared>, owner: Owner) -> Result<(), Error>
     conn.call::<_, ()>(wire::UNSUBSCRIBE, &shared.channel).await
 }
 
+/// Dropping a subscription ends it at once on this side and queues `$ch.unsub` at once
+/// (not waiting for the answer), so that a new subscription to the same channel right
+/// after is queued behind it.
 impl Drop for Subscription {
     fn drop(&mut self) {
         let Some(owner) = self.owner.take() else {
             return;
         };
-        if self.shared.is_ended() {
+        if self.shared.ended.swap(true, Ordering::AcqRel) {
             return;
         }
-        let runtime = match &owner {
-            Owner::Connection(conn) => conn.runtime().clone(),
-            Owner::Reconnecting(_, _, runtime) => runtime.clone(),
+        let conn = match owner {
+            Owner::Connection(conn) => Some(conn),
+            Owner::Reconnecting(resubscribe, link) => {
+                resubscribe.forget(&self.shared);
+                link().ok()
+            }
         };
-        let shared = self.shared.clone();
-        runtime.spawn(Box::pin(async move {
-            let _ = unsubscribe(&shared, owner).await;
-        }));
+        if let Some(conn) = conn {
+            conn.extension::<ClientSubs>().remove(&self.shared.channel);
+            if let Ok(payload) = postcard::to_allocvec(&self.shared.channel) {
+                let _ = conn.request(wire::UNSUBSCRIBE).bytes_then(payload, |_| {});
+            }
+        }
     }
 }
 
@@ -450,9 +457,9 @@ pub trait ChannelCalls: Calls {
         data: impl AsRef<[u8]> + Send + 'a,
     ) -> impl Future<Output = Result<Option<Position>, Error>> + Send + 'a {
         async move {
-            let request = PublishRequest {
-                channel: channel.to_owned(),
-                data: data.as_ref().to_vec(),
+            let request = wire::PublishOut {
+                channel,
+                data: wire::Blob(data.as_ref()),
             };
             self.call(wire::PUBLISH, &request).await
         }

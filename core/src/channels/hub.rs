@@ -2,7 +2,7 @@
 //! is encoded into one frame once and copied into each subscriber's outgoing queue (only
 //! sealing is per connection); a subscriber too slow to drain its queue is closed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Instant;
@@ -81,22 +81,29 @@ impl Subscriber {
     }
 }
 
-/// A connection's identity for channels (a connection extension).
+/// A connection's identity for channels (a connection extension, made when the app
+/// identifies the connection).
 #[derive(Default)]
-pub(crate) struct IdentityCell(Mutex<Arc<Identity>>);
+pub(crate) struct IdentityCell(Mutex<Option<Arc<Identity>>>);
 
 impl IdentityCell {
-    pub(crate) fn get(&self) -> Arc<Identity> {
-        lock(&self.0).clone()
-    }
-
     pub(crate) fn set(&self, identity: Identity) {
-        *lock(&self.0) = Arc::new(identity);
+        *lock(&self.0) = Some(Arc::new(identity));
     }
 }
 
+/// The identity of `conn`: what the app set, or the empty one (shared, not allocated per
+/// connection).
+pub(crate) fn identity_of(conn: &Connection) -> Arc<Identity> {
+    static NOBODY: OnceLock<Arc<Identity>> = OnceLock::new();
+    conn.find_extension::<IdentityCell>()
+        .and_then(|cell| lock(&cell.0).clone())
+        .unwrap_or_else(|| NOBODY.get_or_init(Arc::default).clone())
+}
+
 /// The channels one connection is subscribed to (a connection extension): when the
-/// connection closes it is dropped, and takes the subscriptions with it.
+/// connection closes it is dropped, and takes the subscriptions with it. The names are the
+/// channels' own (shared), in a list without spare room: most connections hold a few.
 #[derive(Default)]
 pub(crate) struct Membership(Mutex<Joined>);
 
@@ -104,7 +111,23 @@ pub(crate) struct Membership(Mutex<Joined>);
 struct Joined {
     hub: Weak<Hub>,
     conn: u64,
-    channels: HashSet<Arc<str>>,
+    channels: Vec<Arc<str>>,
+}
+
+impl Joined {
+    fn contains(&self, channel: &str) -> bool {
+        self.channels.iter().any(|c| &**c == channel)
+    }
+
+    fn remove(&mut self, channel: &str) -> bool {
+        match self.channels.iter().position(|c| &**c == channel) {
+            Some(at) => {
+                self.channels.swap_remove(at);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl Drop for Membership {
@@ -196,7 +219,7 @@ impl Hub {
     fn readable(&self, actor: Actor<'_>, channel: &str) -> Result<(usize, &Namespace), Error> {
         let (i, ns) = self.namespace(channel)?;
         if let (Actor::Client(conn), Some(check)) = (actor, &ns.subscribe_check) {
-            check(conn, &conn.extension::<IdentityCell>().get(), channel)?;
+            check(conn, &identity_of(conn), channel)?;
         }
         Ok((i, ns))
     }
@@ -315,10 +338,10 @@ impl Hub {
         since: Option<Position>,
     ) -> Result<Subscribed, Error> {
         let (ns_index, ns) = self.readable(Actor::Client(conn), channel)?;
-        let identity = conn.extension::<IdentityCell>().get();
+        let identity = identity_of(conn);
         let membership = conn.extension::<Membership>();
         let mut joined = lock(&membership.0);
-        if joined.channels.contains(channel) {
+        if joined.contains(channel) {
             return Err(Error::BadRequest(format!(
                 "already subscribed to `{channel}`"
             )));
@@ -390,14 +413,17 @@ impl Hub {
             joined.hub = Arc::downgrade(self);
             joined.conn = conn.id();
         }
-        joined.channels.insert(name);
+        joined.channels.reserve_exact(1);
+        joined.channels.push(name);
         Ok(answer)
     }
 
     /// Unsubscribes `conn` from `channel`; whether it was subscribed.
     pub(crate) fn unsubscribe(&self, conn: &Connection, channel: &str) -> bool {
-        let membership = conn.extension::<Membership>();
-        let was = lock(&membership.0).channels.remove(channel);
+        let Some(membership) = conn.find_extension::<Membership>() else {
+            return false;
+        };
+        let was = lock(&membership.0).remove(channel);
         if was {
             self.remove_subscriber(channel, conn.id());
         }
@@ -486,7 +512,7 @@ impl Hub {
         let (ns_index, ns) = self.namespace(channel)?;
         let from = match actor {
             Actor::Client(conn) => {
-                let identity = conn.extension::<IdentityCell>().get();
+                let identity = identity_of(conn);
                 if !ns.client_publish {
                     return Err(Error::Denied(format!(
                         "clients may not publish to `{channel}`"

@@ -257,33 +257,27 @@ impl Channels {
             )
             .delayed(
                 wire::UNSUBSCRIBE,
-                serve(
-                    hub,
-                    |r: &String| r,
-                    |hub, conn, channel| {
-                        hub.unsubscribe(conn, &channel);
-                        Ok(Vec::new())
-                    },
-                ),
+                inline(hub, |hub, conn, channel| {
+                    hub.unsubscribe(conn, &channel);
+                    Ok(Vec::new())
+                }),
             )
             .delayed(
                 wire::PUBLISH,
-                serve(
+                serve_with(
                     hub,
-                    |r: &wire::PublishRequest| &r.channel,
-                    |hub, conn, r| {
-                        let data = Bytes::from(r.data);
-                        encode(&hub.publish(Actor::Client(conn), &r.channel, data)?)
+                    publish_request,
+                    |r| &r.0,
+                    |hub, conn, (channel, data)| {
+                        encode(&hub.publish(Actor::Client(conn), &channel, data)?)
                     },
                 ),
             )
             .delayed(
                 wire::PRESENCE,
-                serve(
-                    hub,
-                    |r: &String| r,
-                    |hub, conn, channel| encode(&hub.presence(Actor::Client(conn), &channel)?),
-                ),
+                inline(hub, |hub, conn, channel| {
+                    encode(&hub.presence(Actor::Client(conn), &channel)?)
+                }),
             )
             .delayed(
                 wire::HISTORY,
@@ -301,8 +295,7 @@ impl Channels {
 
 type Act<T> = fn(&Arc<Hub>, &Connection, T) -> Result<Vec<u8>, Error>;
 
-/// A `$ch.` handler: decodes the request, then acts at once, or on a blocking thread when
-/// the channel is durable, and answers.
+/// A `$ch.` handler whose request is a postcard `T`; see [`serve_with`].
 fn serve<T>(
     hub: &Arc<Hub>,
     channel: fn(&T) -> &String,
@@ -310,6 +303,45 @@ fn serve<T>(
 ) -> impl Fn(crate::Context, Bytes, crate::Responder) + Send + Sync + 'static
 where
     T: serde::de::DeserializeOwned + Send + 'static,
+{
+    serve_with(hub, |bytes| decode(bytes), channel, act)
+}
+
+/// A `$ch.` handler that never touches the store (unsubscribe, presence), so it runs on
+/// the connection's task in the order the requests came, durable namespace or not: an
+/// unsubscribe is done before a subscription to the same channel that follows it.
+fn inline(
+    hub: &Arc<Hub>,
+    act: Act<String>,
+) -> impl Fn(crate::Context, Bytes, crate::Responder) + Send + Sync + 'static {
+    let hub = hub.clone();
+    move |ctx, bytes, responder| match decode::<String>(&bytes) {
+        Ok(channel) => responder.respond(act(&hub, ctx.connection(), channel)),
+        Err(e) => responder.fail(e),
+    }
+}
+
+/// A `$ch.pub` request read without decoding its data byte by byte: the channel, and the
+/// data copied once into a buffer of its own (history keeps it; a slice of the read
+/// buffer would pin the whole buffer).
+fn publish_request(bytes: &Bytes) -> Result<(String, Bytes), Error> {
+    let request: wire::PublishRef<'_> = decode(bytes)?;
+    Ok((
+        request.channel.to_owned(),
+        Bytes::copy_from_slice(request.data),
+    ))
+}
+
+/// A `$ch.` handler: decodes the request, then acts at once, or on a blocking thread when
+/// the channel is durable, and answers.
+fn serve_with<T>(
+    hub: &Arc<Hub>,
+    decode: fn(&Bytes) -> Result<T, Error>,
+    channel: fn(&T) -> &String,
+    act: Act<T>,
+) -> impl Fn(crate::Context, Bytes, crate::Responder) + Send + Sync + 'static
+where
+    T: Send + 'static,
 {
     let hub = hub.clone();
     move |ctx, bytes, responder| {

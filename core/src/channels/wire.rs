@@ -103,6 +103,20 @@ pub struct PublishRequest {
     pub data: Vec<u8>,
 }
 
+/// The request of `$ch.pub`, to encode (the data copied at once, not byte by byte).
+#[derive(Serialize)]
+pub(crate) struct PublishOut<'a> {
+    pub(crate) channel: &'a str,
+    pub(crate) data: Blob<'a>,
+}
+
+/// The request of `$ch.pub`, decoded borrowing the frame's bytes.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PublishRef<'a> {
+    pub(crate) channel: &'a str,
+    pub(crate) data: &'a [u8],
+}
+
 /// The request of `$ch.history`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryRequest {

@@ -251,9 +251,18 @@ impl Connection {
         }
         let made = Arc::new(T::default());
         if !self.is_closed() {
+            // Few per connection, and every connection has its list: no spare capacity.
+            extensions.reserve_exact(1);
             extensions.push(made.clone());
         }
         made
+    }
+
+    /// This connection's value of type `T`, if [`extension`](Self::extension) made one.
+    pub(crate) fn find_extension<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        lock(&self.shared.extensions)
+            .iter()
+            .find_map(|e| e.clone().downcast::<T>().ok())
     }
 
     /// Closes at once: pending calls fail, queued frames are dropped, both tasks end.
