@@ -298,21 +298,27 @@ impl Subscription {
     }
 }
 
-async fn unsubscribe(shared: &Arc<SubShared>, owner: Owner) -> Result<(), Error> {
+/// Ends a subscription on this side: marked ended, not to be made again on reconnect, and
+/// off its connection's routing; the connection to send `$ch.unsub` on (`None` when a
+/// reconnecting client is away: nothing to undo on the server).
+fn detach(shared: &Arc<SubShared>, owner: Owner) -> Option<Connection> {
     shared.ended.store(true, Ordering::Release);
     let conn = match owner {
         Owner::Connection(conn) => conn,
         Owner::Reconnecting(resubscribe, link) => {
             resubscribe.forget(shared);
-            match link() {
-                Ok(conn) => conn,
-                // Away: nothing to undo on the server; it will not be resubscribed.
-                Err(_) => return Ok(()),
-            }
+            link().ok()?
         }
     };
     conn.extension::<ClientSubs>().remove(&shared.channel);
-    conn.call::<_, ()>(wire::UNSUBSCRIBE, &shared.channel).await
+    Some(conn)
+}
+
+async fn unsubscribe(shared: &Arc<SubShared>, owner: Owner) -> Result<(), Error> {
+    match detach(shared, owner) {
+        Some(conn) => conn.call::<_, ()>(wire::UNSUBSCRIBE, &shared.channel).await,
+        None => Ok(()),
+    }
 }
 
 /// Dropping a subscription ends it at once on this side and queues `$ch.unsub` at once
@@ -323,18 +329,10 @@ impl Drop for Subscription {
         let Some(owner) = self.owner.take() else {
             return;
         };
-        if self.shared.ended.swap(true, Ordering::AcqRel) {
+        if self.shared.is_ended() {
             return;
         }
-        let conn = match owner {
-            Owner::Connection(conn) => Some(conn),
-            Owner::Reconnecting(resubscribe, link) => {
-                resubscribe.forget(&self.shared);
-                link().ok()
-            }
-        };
-        if let Some(conn) = conn {
-            conn.extension::<ClientSubs>().remove(&self.shared.channel);
+        if let Some(conn) = detach(&self.shared, owner) {
             if let Ok(payload) = postcard::to_allocvec(&self.shared.channel) {
                 let _ = conn.request(wire::UNSUBSCRIBE).bytes_then(payload, |_| {});
             }
