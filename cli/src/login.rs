@@ -425,9 +425,23 @@ async fn client_action(
         ClientAction::Get { name, out, resume } => {
             let out = out.unwrap_or_else(|| PathBuf::from(&name));
             let bar = progress_bar(&format!("get {name}"));
-            let n = client.get(&name, &out, resume, track(&bar)).await;
+            let got = client.get(&name, &out, resume, track(&bar)).await;
             bar.finish_and_clear();
-            println!("wrote {} bytes to {}", n?, out.display());
+            let got = got?;
+            if got.restarted {
+                eprintln!(
+                    "the partial {} was not the server's `{name}`: downloaded it again from the start",
+                    out.display()
+                );
+            }
+            match got.resumed_from {
+                0 => println!("wrote {} bytes to {}", got.written, out.display()),
+                from => println!(
+                    "wrote {} bytes to {} after the {from} it had (checked)",
+                    got.written,
+                    out.display()
+                ),
+            }
         }
         ClientAction::Ls => {
             for f in client.ls().await? {

@@ -127,6 +127,31 @@ fn serve_user_and_client_commands_on_every_back_end() {
             &["get", "report.bin", "--out", copy.to_str().unwrap()],
         ));
         assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&file).unwrap());
+        // --resume goes on from a partial copy that is the server's, and downloads again
+        // over one that is not (a flipped byte), never keeping a foreign prefix.
+        let resume = [
+            "get",
+            "report.bin",
+            "--resume",
+            "--out",
+            copy.to_str().unwrap(),
+        ];
+        let source = std::fs::read(&file).unwrap();
+        std::fs::write(&copy, &source[..100_000]).unwrap();
+        let out = ok(as_user("ann", "ann-pw", &resume));
+        assert!(
+            out.contains("wrote 200000 bytes") && out.contains("after the 100000"),
+            "{out}"
+        );
+        assert_eq!(std::fs::read(&copy).unwrap(), source);
+        let mut corrupt = source[..100_000].to_vec();
+        corrupt[5] ^= 0xff;
+        std::fs::write(&copy, corrupt).unwrap();
+        let again = as_user("ann", "ann-pw", &resume);
+        let said = String::from_utf8_lossy(&again.stderr).into_owned();
+        assert!(ok(again).contains("wrote 300000 bytes"));
+        assert!(said.contains("was not the server's"), "{said}");
+        assert_eq!(std::fs::read(&copy).unwrap(), source);
         fails(
             as_user("ann", "ann-pw", &["get", "../data/zserver.db"]),
             "bad file name",

@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::service::{Method, ObjectId, RemoteObject, ServiceInfo};
-use crate::stream::{Incoming, Outgoing};
+use crate::stream::{FileDownload, Incoming, Outgoing};
 
 /// Calls, one-way sends, streams and services, on whatever carries them. Bring it into
 /// scope (`use zserver::Calls;`, or `use zserver::prelude::*;`) to call.
@@ -120,7 +120,8 @@ pub trait Calls: Sync {
     }
 
     /// Downloads into the file at `path`. With `resume`, an existing file is kept and the
-    /// download goes on from its length; otherwise the file is replaced. Returns the bytes
+    /// download goes on from its length, if its bytes are the sender's (else it starts
+    /// over; see [`FileDownload`]); without, the file is replaced. Returns the bytes
     /// written by this call.
     fn download_to_file<'a>(
         &'a self,
@@ -130,8 +131,26 @@ pub trait Calls: Sync {
         resume: bool,
     ) -> impl Future<Output = Result<u64, Error>> + Send + 'a {
         async move {
+            self.open_file_download(command, meta, path, resume)
+                .await?
+                .save()
+                .await
+        }
+    }
+
+    /// Opens a download into the file at `path`, resumed from the local file's length
+    /// when `resume` and the sender's hash of its first bytes matches the local part
+    /// (see [`FileDownload`]); [`FileDownload::save`] receives it.
+    fn open_file_download<'a>(
+        &'a self,
+        command: &'a str,
+        meta: impl AsRef<[u8]> + Send + 'a,
+        path: impl AsRef<Path> + Send + 'a,
+        resume: bool,
+    ) -> impl Future<Output = Result<FileDownload, Error>> + Send + 'a {
+        async move {
             let conn = self.link()?;
-            conn.download_into(command, meta.as_ref(), path.as_ref(), resume)
+            conn.open_file_download(command, meta.as_ref(), path.as_ref(), resume)
                 .await
         }
     }

@@ -84,7 +84,7 @@ pub use server::{Server, ServerBuilder};
 pub use service::{Class, Method, ObjectId, RemoteObject, Service, Services};
 pub use stable::StableSession;
 pub use stats::{ServerStats, Stats};
-pub use stream::{DownloadRequest, Incoming, Outgoing, Progress};
+pub use stream::{DownloadRequest, FileDownload, Incoming, Outgoing, Progress};
 pub use transport::{ClientIo, Listener, ServerIo, Transport, Upgrade};
 #[cfg(feature = "ws")]
 pub use ws::{WsOptions, WsTransport};

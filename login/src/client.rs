@@ -14,6 +14,18 @@ use crate::protocol::{
 };
 use zserver::Calls;
 
+/// What [`LoginClient::get`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Downloaded {
+    /// Bytes written by this call.
+    pub written: u64,
+    /// Where it went on from: the local file's length when resumed, else 0.
+    pub resumed_from: u64,
+    /// A local partial file was not the server's (or longer than its file), so the
+    /// download started over from byte 0.
+    pub restarted: bool,
+}
+
 /// One connection to a login server.
 pub struct LoginClient {
     client: Client,
@@ -160,22 +172,29 @@ impl LoginClient {
         Ok(u64::from_le_bytes(n))
     }
 
-    /// Downloads `name` into the local file `path`, resuming from its length if `resume`;
-    /// `progress(done, total)` follows this call's part. Returns the bytes written now.
+    /// Downloads `name` into the local file `path`. With `resume`, a local file is kept and
+    /// the download goes on from its length if its bytes are the server's (checked by hash;
+    /// otherwise it starts over and says so). `progress(done, total)` follows this call's
+    /// part.
     pub async fn get(
         &self,
         name: &str,
         path: &Path,
         resume: bool,
         progress: impl FnMut(u64, Option<u64>) + Send + 'static,
-    ) -> Result<u64, Error> {
-        let offset = match resume {
-            true => std::fs::metadata(path).map_or(0, |m| m.len()),
-            false => 0,
-        };
-        let mut incoming = self.client.download("get", name, offset).await?;
-        incoming.on_progress(progress);
-        incoming.save(path, resume).await
+    ) -> Result<Downloaded, Error> {
+        let mut download = self
+            .client
+            .open_file_download("get", name, path, resume)
+            .await?;
+        download.incoming_mut().on_progress(progress);
+        let (resumed_from, restarted) = (download.offset(), download.restarted());
+        let written = download.save().await?;
+        Ok(Downloaded {
+            written,
+            resumed_from,
+            restarted,
+        })
     }
 
     /// The user's files.

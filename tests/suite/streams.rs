@@ -250,6 +250,61 @@ fn a_broken_download_resumes_from_where_it_stopped() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+every_backend!(a_resumed_download_keeps_only_the_senders_bytes);
+/// A resumed download goes on from the local file only when its bytes are the sender's:
+/// a corrupted partial file, one longer than the source, and a sender that states no hash
+/// of the kept part each start over, and every result is the source, byte for byte.
+fn a_resumed_download_keeps_only_the_senders_bytes() {
+    let dir = temp_dir("resume-check");
+    let source = dir.join("source.bin");
+    let expected = write_generated_file(&source, 3 * MIB);
+    let bytes = std::fs::read(&source).unwrap();
+    let target = dir.join("target.bin");
+    zserver::block_on(async {
+        let plain = Arc::new(bytes.clone());
+        let router = file_router(dir.clone()).download("no-prefix", move |_ctx, req| {
+            let rest = plain[req.offset as usize..].to_vec();
+            async move { Ok(Outgoing::bytes(rest)) }
+        });
+        let server = suite_server().router(router).bind("127.0.0.1:0").await?;
+        let client = suite_client().connect(server.local_addr()).await?;
+        let mut corrupt = bytes[..MIB as usize].to_vec();
+        corrupt[1000] ^= 1;
+        let longer = [&bytes[..], b"more"].concat();
+        let cases: [(&str, &[u8], bool); 4] = [
+            ("file", &bytes[..MIB as usize], false),
+            ("file", &corrupt, true),
+            ("file", &longer, true),
+            ("no-prefix", &bytes[..MIB as usize], true),
+        ];
+        for (command, local, restarts) in cases {
+            std::fs::write(&target, local).unwrap();
+            let download = client
+                .open_file_download(command, "source.bin", &target, true)
+                .await?;
+            assert_eq!(
+                download.restarted(),
+                restarts,
+                "{command}, {} bytes",
+                local.len()
+            );
+            let from = download.offset();
+            assert_eq!(from, if restarts { 0 } else { MIB });
+            assert_eq!(download.save().await?, 3 * MIB - from);
+            assert_eq!(
+                file_hash(&target),
+                expected,
+                "{command}, {} bytes",
+                local.len()
+            );
+        }
+        server.shutdown().await;
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 every_backend!(two_hundred_concurrent_downloads_all_match);
 /// 200 downloads of one 16 MiB file at once (20 connections, 10 each) all arrive whole.
 fn two_hundred_concurrent_downloads_all_match() {

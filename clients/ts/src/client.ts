@@ -470,7 +470,7 @@ export class Client {
       throw this.closeReason;
     }
     inbound.total = head.total;
-    return new Download(inbound, head.total, head.meta, options.onProgress);
+    return new Download(inbound, head.total, head.meta, options.onProgress, head.prefix && head.prefix.slice());
   }
 
   /** Closes the connection; calls still waiting fail with `closed`. */

@@ -38,13 +38,13 @@ export function encodeHead(total: number | undefined, meta: Uint8Array): Uint8Ar
     .finish();
 }
 
-/** Decodes a stream head. */
-export function decodeHead(payload: Uint8Array): { total: number | undefined; meta: Uint8Array } {
+/** Decodes a stream head, with a resumed download's `prefix` (the BLAKE3 hash of the sender's bytes before the offset) when it follows; later bytes are ignored. */
+export function decodeHead(payload: Uint8Array): { total: number | undefined; meta: Uint8Array; prefix: Uint8Array | undefined } {
   const r = new PostcardReader(payload);
   const total = r.option((r) => r.u64());
   const meta = r.bytes();
-  r.end();
-  return { total, meta };
+  const prefix = r.remaining > 0 ? r.option((r) => r.raw(32)) : undefined;
+  return { total, meta, prefix };
 }
 
 /** A download request: postcard `{ offset: u64, meta: bytes }`. */
@@ -278,6 +278,12 @@ export class Download implements AsyncIterable<Uint8Array> {
     /** The head's metadata bytes. */
     readonly meta: Uint8Array,
     private readonly progress?: Progress,
+    /**
+     * For a download from an offset: the BLAKE3 hash of the sender's bytes before it, if it
+     * said. Compare it with the hash of the part you kept before appending to it; if they
+     * differ, download again from 0.
+     */
+    readonly prefixHash?: Uint8Array,
   ) {}
 
   /** Bytes taken so far. */

@@ -4,6 +4,8 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { after, before, describe, test } from "node:test";
 
+import { blake3 } from "@noble/hashes/blake3.js";
+
 import { type LoginClient, ZserverError } from "@zserver/client";
 
 import { loginVia, type Via } from "./connect.js";
@@ -94,7 +96,13 @@ for (const via of VIAS) {
       const d = await gus.get("notes.bin");
       assert.equal(d.total, data.length);
       assert.deepEqual(Buffer.from(await d.readAll()), data);
-      const tail = await (await gus.get("notes.bin", { offset: 1_000_000 })).readAll();
+      const resumed = await gus.get("notes.bin", { offset: 1_000_000 });
+      // The server states the hash of the part a resumed download keeps.
+      assert.deepEqual(resumed.prefixHash, blake3(data.subarray(0, 1_000_000)));
+      const whole = await gus.get("notes.bin");
+      assert.equal(whole.prefixHash, undefined);
+      whole.cancel();
+      const tail = await resumed.readAll();
       assert.deepEqual(Buffer.from(tail), data.subarray(1_000_000));
       await gus.rm("notes.bin");
       assert.deepEqual(await gus.ls(), []);

@@ -248,7 +248,7 @@ impl Dispatcher {
             Ok(())
         };
         if shape == Shape::Upload {
-            let head: StreamHead<'_> = postcard::from_bytes(&frame.payload).map_err(bad)?;
+            let head = StreamHead::decode(&frame.payload).map_err(bad)?;
             let key = (Dir::Upload, frame.id);
             let state = conn.with_streams(|streams| {
                 room(streams)?;

@@ -2,7 +2,6 @@
 //! downloads; and the connection as the [`Carrier`] of its streams.
 
 use std::future::Future;
-use std::path::Path;
 
 use bytes::Bytes;
 
@@ -23,10 +22,12 @@ impl Connection {
         meta: impl AsRef<[u8]>,
         body: Outgoing,
     ) -> Result<Bytes, Error> {
-        let head = postcard::to_allocvec(&StreamHead {
+        let head = StreamHead {
             total: body.total(),
             meta: meta.as_ref(),
-        })?;
+            prefix: None,
+        }
+        .encode()?;
         let (id, state) = self.start_stream_call(command, FLAG_UPLOAD, &head).await?;
         let mut reply = std::pin::pin!(self.call_future(id));
         enum First {
@@ -69,37 +70,13 @@ impl Connection {
                 return Err(e);
             }
         };
-        match postcard::from_bytes::<StreamHead<'_>>(&head) {
+        match StreamHead::decode(&head) {
             Ok(head) => Ok(Incoming::new(self.clone(), key, state, head)),
             Err(e) => {
                 self.finish_incoming(key, true);
                 Err(Error::Payload(format!("bad stream head: {e}")))
             }
         }
-    }
-
-    /// Downloads into the file at `path`. With `resume`, an existing file is kept and the
-    /// download continues from its length; otherwise the file is replaced. Returns the
-    /// bytes written by this call.
-    pub(crate) async fn download_into(
-        &self,
-        command: &str,
-        meta: impl AsRef<[u8]>,
-        path: impl AsRef<Path>,
-        resume: bool,
-    ) -> Result<u64, Error> {
-        let path = path.as_ref();
-        let offset = match resume {
-            true => {
-                let path = path.to_owned();
-                blocking::unblock(move || std::fs::metadata(path).map_or(0, |m| m.len())).await
-            }
-            false => 0,
-        };
-        self.open_download(command, meta, offset)
-            .await?
-            .save(path, resume)
-            .await
     }
 }
 

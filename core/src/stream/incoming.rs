@@ -26,6 +26,7 @@ pub struct Incoming {
     key: Key,
     state: Arc<Mutex<Inbound>>,
     meta: Bytes,
+    prefix: Option<[u8; HASH_LEN]>,
     progress: Progress,
     on_progress: Option<OnProgress>,
     hasher: blake3::Hasher,
@@ -56,6 +57,7 @@ impl Incoming {
             key,
             state,
             meta: Bytes::copy_from_slice(head.meta),
+            prefix: head.prefix,
             progress: Progress::new(head.total),
             on_progress: None,
             hasher: blake3::Hasher::new(),
@@ -67,6 +69,12 @@ impl Incoming {
     /// The sender's application data about the stream.
     pub fn meta(&self) -> &Bytes {
         &self.meta
+    }
+
+    /// For a download from an offset: the hash of the sender's bytes before it, if the
+    /// sender said ([`Outgoing::prefix_hash`](super::Outgoing::prefix_hash)).
+    pub fn prefix_hash(&self) -> Option<[u8; HASH_LEN]> {
+        self.prefix
     }
 
     /// Bytes the stream carries in all, if the sender said.

@@ -49,6 +49,7 @@ mod api;
 mod incoming;
 mod outgoing;
 mod progress;
+mod resume;
 
 pub(crate) use crate::proto::streams::{Dir, Key, Open, Outbound, Streams};
 pub use crate::proto::streams::{HASH_LEN, INITIAL_WINDOW};
@@ -56,18 +57,52 @@ pub use incoming::{DownloadRequest, Incoming};
 pub(crate) use outgoing::pump;
 pub use outgoing::Outgoing;
 pub use progress::Progress;
+pub(crate) use resume::hash_prefix;
+pub use resume::FileDownload;
 
 /// Largest piece of stream data in one `Data` frame.
 pub const CHUNK: usize = 64 * 1024;
 
 /// The head of a stream: sent as the payload of an upload `Call` and of a download `Reply`.
-#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+///
+/// On the wire: postcard `{ total: Option<u64>, meta: bytes }`, then, in a resumed
+/// download's answer only, `prefix` as postcard `Option<[u8; 32]>` (absent means none, so
+/// heads without it are byte for byte those of earlier versions).
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct StreamHead<'a> {
     /// Bytes the stream will carry, if known.
     pub total: Option<u64>,
     /// Application data about the stream (a file name, a content type, ...).
-    #[serde(borrow)]
     pub meta: &'a [u8],
+    /// The BLAKE3 hash of the source's bytes before the download's offset, for the
+    /// downloader to check the part it keeps.
+    pub prefix: Option<[u8; HASH_LEN]>,
+}
+
+impl<'a> StreamHead<'a> {
+    /// The head's bytes.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        let mut bytes = postcard::to_allocvec(&(self.total, self.meta))?;
+        if let Some(prefix) = &self.prefix {
+            bytes.push(1);
+            bytes.extend_from_slice(prefix);
+        }
+        Ok(bytes)
+    }
+
+    /// Reads a head; bytes after it are ignored, as everywhere in protocol v1.
+    pub(crate) fn decode(bytes: &'a [u8]) -> Result<Self, postcard::Error> {
+        let ((total, meta), rest): ((Option<u64>, &[u8]), _) = postcard::take_from_bytes(bytes)?;
+        let prefix = match rest.is_empty() {
+            true => None,
+            false => postcard::from_bytes::<Option<[u8; HASH_LEN]>>(rest)?,
+        };
+        Ok(Self {
+            total,
+            meta,
+            prefix,
+        })
+    }
 }
 
 /// What a download `Call` carries: where to start, and what to send.
@@ -116,14 +151,26 @@ mod tests {
 
     #[test]
     fn stream_heads_round_trip() {
+        for prefix in [None, Some([7; 32])] {
+            let head = StreamHead {
+                total: Some(5),
+                meta: b"name",
+                prefix,
+            };
+            let bytes = head.encode().unwrap();
+            assert_eq!(StreamHead::decode(&bytes).unwrap(), head);
+        }
+    }
+
+    #[test]
+    fn a_head_without_prefix_is_the_old_encoding() {
         let head = StreamHead {
             total: Some(5),
-            meta: b"name",
+            meta: b"",
+            prefix: None,
         };
-        let bytes = postcard::to_allocvec(&head).unwrap();
-        assert_eq!(
-            postcard::from_bytes::<StreamHead<'_>>(&bytes).unwrap(),
-            head
-        );
+        assert_eq!(head.encode().unwrap(), [1, 5, 0]);
+        // An explicit "none" (00) after the meta reads as none too.
+        assert_eq!(StreamHead::decode(&[1, 5, 0, 0]).unwrap(), head);
     }
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_lite::io::{AsyncRead, AsyncReadExt};
 
 use super::progress::{OnProgress, Progress};
-use super::{lock, Key, Outbound, Sender, StreamHead, CHUNK};
+use super::{hash_prefix, lock, Key, Outbound, Sender, StreamHead, CHUNK, HASH_LEN};
 use crate::error::Error;
 
 /// Most bytes a stream sender lets queue in its connection's outbox before it waits: big
@@ -49,6 +49,7 @@ pub struct Outgoing {
     source: Source,
     total: Option<u64>,
     meta: Bytes,
+    prefix: Option<[u8; HASH_LEN]>,
     progress: Progress,
     on_progress: Option<OnProgress>,
 }
@@ -79,7 +80,10 @@ impl Outgoing {
     }
 
     /// Streams the file at `path` from byte `offset` (to resume a download), without
-    /// loading it into memory. An offset past the end is [`Error::BadRequest`].
+    /// loading it into memory. An offset past the end is [`Error::BadRequest`]. A non-zero
+    /// offset also sends the hash of the file's first `offset` bytes (read from the same
+    /// open file), so that the downloader can check the part it keeps
+    /// ([`FileDownload`](super::FileDownload)): this reads those bytes once more here.
     pub async fn file(path: impl AsRef<Path>, offset: u64) -> Result<Self, Error> {
         let path = path.as_ref().to_owned();
         let opened = blocking::unblock(move || {
@@ -91,14 +95,25 @@ impl Outgoing {
                     "offset {offset} is past the end of a {len}-byte file"
                 )));
             }
+            let prefix = match offset {
+                0 => None,
+                _ => Some(hash_prefix(&file, offset)?),
+            };
             file.seek(io::SeekFrom::Start(offset))?;
-            Ok((file, len))
+            Ok((file, len, prefix))
         });
-        let (file, len) = opened.await?;
-        Ok(Self::from_source(
-            Source::File(Arc::new(file)),
-            Some(len - offset),
-        ))
+        let (file, len, prefix) = opened.await?;
+        let mut body = Self::from_source(Source::File(Arc::new(file)), Some(len - offset));
+        body.prefix = prefix;
+        Ok(body)
+    }
+
+    /// For a download answered from an offset: the BLAKE3 hash of the source's bytes
+    /// before it, sent in the stream's head so that the downloader can check the part it
+    /// keeps. [`Outgoing::file`] sets it by itself.
+    pub fn prefix_hash(mut self, hash: [u8; HASH_LEN]) -> Self {
+        self.prefix = Some(hash);
+        self
     }
 
     fn from_source(source: Source, total: Option<u64>) -> Self {
@@ -106,6 +121,7 @@ impl Outgoing {
             source,
             total,
             meta: Bytes::new(),
+            prefix: None,
             progress: Progress::new(total),
             on_progress: None,
         }
@@ -134,10 +150,12 @@ impl Outgoing {
     }
 
     pub(crate) fn head(&self) -> Result<Vec<u8>, Error> {
-        Ok(postcard::to_allocvec(&StreamHead {
+        Ok(StreamHead {
             total: self.total,
             meta: &self.meta,
-        })?)
+            prefix: self.prefix,
+        }
+        .encode()?)
     }
 }
 

@@ -84,7 +84,10 @@ async fn scenario(backend: &'static str, dir: std::path::PathBuf) -> Result<(), 
     assert_eq!(ann.stat("data.bin").await?.size, 5 << 20);
     assert_eq!(ann.ls().await?.len(), 1);
     let copy = dir.join("copy.bin");
-    assert_eq!(ann.get("data.bin", &copy, false, |_, _| {}).await?, 5 << 20);
+    assert_eq!(
+        ann.get("data.bin", &copy, false, |_, _| {}).await?.written,
+        5 << 20
+    );
     assert_eq!(file_hash(&copy), expected);
     assert_err(bob.stat("data.bin").await, "no file");
 
