@@ -454,10 +454,15 @@ async fn client_action(
         }
         ClientAction::Push { to, text } => {
             let report = client.push(&[&to], &text).await?;
-            if report.delivered.is_empty() {
-                println!("`{to}` is offline: stored for their next login");
-            } else {
+            if !report.delivered.is_empty() {
                 println!("delivered to `{to}`");
+            } else if !report.unconfirmed.is_empty() {
+                println!(
+                    "handed to `{to}`'s node, which did not confirm in time: \
+                     delivered or stored for their next login, once"
+                );
+            } else {
+                println!("`{to}` is offline: stored for their next login");
             }
         }
         ClientAction::Who => {

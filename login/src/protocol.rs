@@ -98,6 +98,11 @@ pub struct PushReport {
     pub delivered_count: u64,
     /// How many users it was stored for.
     pub stored_count: u64,
+    /// Users whose node took the push but did not confirm in time (NATS held the answer
+    /// up): it is delivered to them live or stored for their next login, exactly once, but
+    /// this node cannot tell which. At most [`MAX_REPORTED`] names.
+    #[serde(default)]
+    pub unconfirmed: Vec<String>,
 }
 
 /// Most names a push-to-everyone's [`PushReport`] lists in each of its lists (the counts are

@@ -28,6 +28,11 @@ export interface PushReport {
   deliveredCount: number;
   /** How many users it was stored for. */
   storedCount: number;
+  /**
+   * Users whose node (in a cluster) took the push but did not confirm in time: delivered to
+   * them or stored for them, exactly once, but the server cannot say which.
+   */
+  unconfirmed: string[];
 }
 
 /** A page of the users online. */
@@ -215,6 +220,8 @@ export class LoginClient {
       stored: readStrings(r),
       deliveredCount: r.u64(),
       storedCount: r.u64(),
+      // Added after the first version: absent from an older server's reply.
+      unconfirmed: r.remaining > 0 ? readStrings(r) : [],
     }));
   }
 

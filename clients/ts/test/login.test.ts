@@ -67,6 +67,7 @@ for (const via of VIAS) {
       const report = await dan.push(["eve"], "while you were away");
       assert.deepEqual(report.stored, ["eve"]);
       assert.equal(report.storedCount, 1);
+      assert.deepEqual(report.unconfirmed, []);
       assert.deepEqual(await eve.login("eve", "eve-password"), [{ from: "dan", text: "while you were away" }]);
     });
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures_lite::StreamExt;
 
 use super::messages::{
-    encode, Command, Deliver, FailedLogin, Subjects, MAX_FAILED_KEYS, MAX_FAILED_KEY_LEN,
+    encode, Command, FailedLogin, Handled, Handover, Subjects, MAX_FAILED_KEYS, MAX_FAILED_KEY_LEN,
 };
 use super::presence::{
     Action, Announce, LocalPresence, RemoteView, Snapshot, SnapshotCache, SnapshotPage,
@@ -244,14 +244,14 @@ impl Actor {
         };
         let nats = self.nats.clone();
         tokio::spawn(async move {
-            let reached = match postcard::from_bytes::<Vec<Deliver>>(&message.payload) {
-                Ok(pushes) => sessions.deliver_local(pushes).await,
+            let handled = match postcard::from_bytes::<Handover>(&message.payload) {
+                Ok(handover) => sessions.deliver_local(handover).await,
                 Err(e) => {
                     tracing::warn!("cluster: undecodable push ignored: {e}");
-                    Vec::new()
+                    Handled::Refused
                 }
             };
-            if let Err(e) = nats.publish(reply, encode(&reached)).await {
+            if let Err(e) = nats.publish(reply, encode(&handled)).await {
                 tracing::warn!("cluster: cannot answer a push: {e}");
             }
         });

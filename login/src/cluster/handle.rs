@@ -6,7 +6,8 @@ use std::time::Duration;
 use zserver::{Connection, Error};
 
 use super::actor::{Actor, Subscriptions};
-use super::messages::{encode, stored_notices, Command, Deliver, FailedLogin, Subjects};
+use super::messages::{encode, stored_notices, Command, Deliver, FailedLogin, Outcome, Subjects};
+use super::outbound::Answer;
 use super::presence::{LocalPresence, RemoteView, SnapshotCache};
 use super::{outbound, ClusterConfig, LocalSessions, NodeId};
 use crate::lock;
@@ -64,7 +65,7 @@ impl Cluster {
             prefix: config.name.clone(),
         });
         let outbound =
-            outbound::Outbound::new(nats.clone(), subjects.clone(), config.request_timeout);
+            outbound::Outbound::new(node, nats.clone(), subjects.clone(), config.request_timeout);
         Ok(Self {
             node,
             subjects,
@@ -162,27 +163,40 @@ impl Cluster {
         lock(&self.view).nodes()
     }
 
-    /// Asks each node to deliver its push to its users, all nodes at once; for each, the
-    /// users it reached (none if the node did not answer in time).
-    pub(crate) async fn deliver(&self, pushes: Vec<(NodeId, Deliver)>) -> Vec<Vec<String>> {
+    /// Asks each node to deliver its push to its users, all nodes at once; for each, its
+    /// parts' recipients and answers (a push to very many users goes in several parts).
+    pub(crate) async fn deliver(
+        &self,
+        pushes: Vec<(NodeId, Deliver)>,
+    ) -> Vec<Vec<(Vec<String>, Answer)>> {
         let asked: Vec<Vec<_>> = pushes
             .into_iter()
             .map(|(node, push)| {
                 outbound::split(push)
                     .into_iter()
-                    .map(|part| self.outbound.push(&self.handle, node, part))
+                    .map(|part| {
+                        let users = part.users.clone();
+                        (users, self.outbound.push(&self.handle, node, part))
+                    })
                     .collect()
             })
             .collect();
-        let mut reached = Vec::with_capacity(asked.len());
+        let mut answers = Vec::with_capacity(asked.len());
         for parts in asked {
-            let mut users = Vec::new();
-            for answer in parts {
-                users.extend(answer.await.unwrap_or_default());
+            let mut got = Vec::with_capacity(parts.len());
+            for (users, answer) in parts {
+                // A flusher that went away (the cluster stopping) did nothing with it.
+                let none = Answer::Handled(Outcome::default());
+                got.push((users, answer.await.unwrap_or(none)));
             }
-            reached.push(users);
+            answers.push(got);
         }
-        reached
+        answers
+    }
+
+    /// This node's name in hand-over claims.
+    pub(crate) fn claimer(&self) -> String {
+        format!("{:016x}", self.node)
     }
 
     /// Tells every node (this one too) that messages were stored for `users`, so that a node

@@ -17,6 +17,38 @@ pub struct Deliver {
     pub text: String,
 }
 
+/// Pushes one node asks another to deliver, in one NATS request, under an id that is
+/// unique in the cluster. If the answer does not come in time, the asking node and the
+/// asked one both claim the id in the shared store before acting on it, and only the
+/// winner acts: the asked node delivers (or stores) the pushes, or the asking node stores
+/// them. So a push held up in a stalled NATS is never both delivered late and stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Handover {
+    /// `NODE-SEQ`: the asking node's id in hex and its count of hand-overs.
+    pub id: String,
+    /// The pushes.
+    pub pushes: Vec<Deliver>,
+}
+
+/// What the asked node did with a [`Handover`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Handled {
+    /// It won the claim and handled every push: for each, in order, its outcome.
+    Taken(Vec<Outcome>),
+    /// It did nothing: the asking node claimed the hand-over first (the request came late),
+    /// or the store could not be asked.
+    Refused,
+}
+
+/// What became of one push of a [`Handover`] that the asked node took.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Recipients it was delivered to.
+    pub reached: Vec<String>,
+    /// Recipients it was stored for (logged out, or not reading), by the asked node.
+    pub stored: Vec<String>,
+}
+
 /// A failed login on one node, which every other node counts towards its own limits (so a
 /// guesser gains nothing by spreading attempts over the nodes).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -7,7 +7,7 @@
 //! | --- | --- |
 //! | `NAME.presence` | every node's [`Announce`]ments: logins, logouts, heartbeats, leaving |
 //! | `NAME.node.ID.snapshot` | request [`SnapshotRequest`] → a page of the node's snapshot (postcard `Option<SnapshotPage>`) |
-//! | `NAME.node.ID.deliver` | request `Vec<`[`Deliver`]`>` → for each, the users it reached (postcard `Vec<Vec<String>>`) |
+//! | `NAME.node.ID.deliver` | request [`Handover`] → [`Handled`]: the outcome of each push, or nothing done |
 //! | `NAME.stored` | users messages were just stored for (postcard `Vec<String>`) |
 //! | `NAME.failed` | a failed login's rate-limit keys ([`FailedLogin`]), counted by every node |
 //! | `NAME.channels` | every node's channel publications, applied by the others (see [`channels`]) |
@@ -30,7 +30,8 @@ use std::pin::Pin;
 pub(crate) use channels::ChannelBridge;
 pub use config::ClusterConfig;
 pub(crate) use handle::Cluster;
-pub use messages::{Deliver, FailedLogin};
+pub use messages::{Deliver, FailedLogin, Handled, Handover, Outcome};
+pub(crate) use outbound::Answer;
 pub use presence::{Announce, NodeId, Snapshot};
 
 /// A boxed future the cluster can run on its runtime.
@@ -38,9 +39,10 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// What the cluster needs from the local login server.
 pub(crate) trait LocalSessions: Send + Sync + 'static {
-    /// Sends each push to those of its users logged in here; for each push, the ones reached.
-    /// The whole batch must be answered well within the sender's request time-out.
-    fn deliver_local(&self, pushes: Vec<Deliver>) -> BoxFuture<Vec<Vec<String>>>;
+    /// Takes the hand-over (if this node wins its claim in the shared store), sends each push
+    /// to those of its users logged in here, and stores it for the others. The whole batch
+    /// must be answered well within the sender's request time-out.
+    fn deliver_local(self: std::sync::Arc<Self>, handover: Handover) -> BoxFuture<Handled>;
     /// Ends `user`'s session on `connection` (a newer login elsewhere won).
     fn kick(&self, user: String, connection: u64) -> BoxFuture<()>;
     /// Messages were stored for `users`: for each of them logged in here, a future that takes

@@ -1,7 +1,9 @@
 //! Pushes bound for other nodes, coalesced: one request per node is in flight at a time, and
 //! the pushes that arrive meanwhile go together in the next one. A lone push goes at once
 //! (no added delay); under load, many share one NATS round trip. One queue per node also
-//! keeps pushes to a node in the order they were made.
+//! keeps pushes to a node in the order they were made. Each request is a [`Handover`] with
+//! an id of its own; a push whose request went unanswered is told that id, for the caller to
+//! claim in the shared store before storing it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::messages::{encode, Subjects};
+use super::messages::{encode, Handled, Handover, Outcome, Subjects};
 use super::{Deliver, NodeId};
 use crate::lock;
 
@@ -17,7 +19,17 @@ use crate::lock;
 /// single larger push still goes, alone, and is stored if NATS refuses it.
 const MAX_BATCH_BYTES: usize = 512 * 1024;
 
-type Waiting = (Deliver, oneshot::Sender<Vec<String>>);
+/// What a push to another node got back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// The node took it: whom it reached, and whom it stored it for.
+    Handled(Outcome),
+    /// No answer in time (or a refusal): the hand-over's id, to be claimed before the push
+    /// is stored here (the node may yet take it, if the request is only late).
+    Unanswered(String),
+}
+
+type Waiting = (Deliver, oneshot::Sender<Answer>);
 
 #[derive(Default)]
 struct Queue {
@@ -31,10 +43,14 @@ pub(super) struct Outbound {
     timeout: Duration,
     /// A node has an entry while a flusher runs for it.
     queues: Mutex<HashMap<NodeId, Queue>>,
+    /// This node, and its count of hand-overs: together, each request's id.
+    me: NodeId,
+    sent: std::sync::atomic::AtomicU64,
 }
 
 impl Outbound {
     pub(super) fn new(
+        me: NodeId,
         nats: async_nats::Client,
         subjects: Arc<Subjects>,
         timeout: Duration,
@@ -44,17 +60,19 @@ impl Outbound {
             subjects,
             timeout,
             queues: Mutex::new(HashMap::new()),
+            me,
+            sent: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    /// Queues `push` for `node`; the receiver gets the users it reached (none if the node did
-    /// not answer in time).
+    /// Queues `push` for `node`; the receiver gets what the node did with it, or the id to
+    /// claim if it did not answer in time.
     pub(super) fn push(
         self: &Arc<Self>,
         runtime: &tokio::runtime::Handle,
         node: NodeId,
         push: Deliver,
-    ) -> oneshot::Receiver<Vec<String>> {
+    ) -> oneshot::Receiver<Answer> {
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut queues = lock(&self.queues);
@@ -83,19 +101,31 @@ impl Outbound {
                 take_batch(&mut queue.waiting)
             };
             let (pushes, replies): (Vec<Deliver>, Vec<_>) = batch.into_iter().unzip();
-            let mut reached = self.request(node, &pushes).await.unwrap_or_default();
-            reached.resize(replies.len(), Vec::new());
-            for (reply, users) in replies.into_iter().zip(reached) {
-                let _ = reply.send(users);
+            let seq = self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let handover = Handover {
+                id: format!("{:016x}-{seq}", self.me),
+                pushes,
+            };
+            match self.request(node, &handover).await {
+                Some(Handled::Taken(outcomes)) if outcomes.len() == replies.len() => {
+                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                        let _ = reply.send(Answer::Handled(outcome));
+                    }
+                }
+                _ => {
+                    for reply in replies {
+                        let _ = reply.send(Answer::Unanswered(handover.id.clone()));
+                    }
+                }
             }
         }
     }
 
-    /// One request with `pushes`; for each, the users reached.
-    async fn request(&self, node: NodeId, pushes: &[Deliver]) -> Option<Vec<Vec<String>>> {
+    /// One request with `handover`; what the node did, if it answered in time.
+    async fn request(&self, node: NodeId, handover: &Handover) -> Option<Handled> {
         let asked = self
             .nats
-            .request(self.subjects.deliver(node), encode(&pushes));
+            .request(self.subjects.deliver(node), encode(handover));
         let reply = tokio::time::timeout(self.timeout, asked).await.ok()?.ok()?;
         postcard::from_bytes(&reply.payload).ok()
     }

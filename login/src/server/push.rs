@@ -1,14 +1,16 @@
 //! Push: messages to users logged in here, on other nodes, or stored for their next login;
 //! kicks; and what the cluster asks of this node (deliveries, kicks, counted failures).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use zserver::{Connection, Error, Runtime};
 
 use super::{db, store_err, State};
-use crate::cluster::{BoxFuture, Deliver, LocalSessions, NodeId};
+use crate::cluster::{
+    Answer, BoxFuture, Deliver, Handled, Handover, LocalSessions, NodeId, Outcome,
+};
 use crate::lock;
 use crate::protocol::{Incoming, PushReport, MAX_REPORTED};
 use crate::store::check_name;
@@ -19,6 +21,10 @@ use zserver::Calls;
 /// the connection anyway. Shorter than a cluster request's time-out, so that a node asked to
 /// deliver answers in time.
 const SEND_PATIENCE: Duration = Duration::from_secs(1);
+
+/// How long a node asked to deliver pushes waits for its claim on them in the store before
+/// it delivers them anyway (well within the asking node's time-out, with SEND_PATIENCE).
+const CLAIM_PATIENCE: Duration = Duration::from_millis(500);
 
 /// Sends `command` with `payload` on `conn`, waiting at most `patience` for room in its
 /// buffer; whether it was queued (a send given up on queues nothing).
@@ -100,28 +106,43 @@ impl State {
                 offline.push(user);
             }
         }
+        let (mut undecided, mut stored_there) = (Vec::new(), Vec::new());
         if let Some(cluster) = &self.cluster {
-            let remote: Vec<(NodeId, Vec<String>)> = remote.into_iter().collect();
             let pushes = remote
-                .iter()
+                .into_iter()
                 .map(|(node, users)| {
                     let push = Deliver {
                         from: from.to_owned(),
-                        users: users.clone(),
+                        users,
                         text: text.to_owned(),
                     };
-                    (*node, push)
+                    (node, push)
                 })
                 .collect();
-            let answers = cluster.deliver(pushes).await;
-            for ((_, users), reached) in remote.into_iter().zip(answers) {
-                let reached: std::collections::HashSet<String> = reached.into_iter().collect();
-                for user in users {
-                    if reached.contains(&user) {
-                        report.delivered.push(user);
-                    } else {
-                        offline.push(user);
+            for (users, answer) in cluster.deliver(pushes).await.into_iter().flatten() {
+                match answer {
+                    Answer::Handled(outcome) => {
+                        let done: HashSet<&String> =
+                            outcome.reached.iter().chain(&outcome.stored).collect();
+                        // Neither reached nor stored there (its store failed): stored here.
+                        offline.extend(users.iter().filter(|u| !done.contains(u)).cloned());
+                        report.delivered.extend(outcome.reached);
+                        stored_there.extend(outcome.stored);
                     }
+                    Answer::Unanswered(id) => undecided.push((id, users)),
+                }
+            }
+        }
+        // A node that did not answer in time may still get the request: whoever claims the
+        // hand-over first acts on it, that node (delivering) or this one (storing).
+        let mut unknown = None;
+        if let Some(cluster) = &self.cluster {
+            for (id, users) in undecided {
+                let me = cluster.claimer();
+                match db(self, move |s| s.claim_handover(&id, &me)).await {
+                    Ok(true) => offline.extend(users),
+                    Ok(false) => report.unconfirmed.extend(users),
+                    Err(e) => unknown = Some((users, e)),
                 }
             }
         }
@@ -136,6 +157,7 @@ impl State {
         if let Some(cluster) = &self.cluster {
             // A recipient may have logged in somewhere since we looked: that node takes it.
             cluster.stored(&report.stored);
+            report.stored.extend(stored_there);
         } else {
             // A recipient may have logged in here since we looked, and taken their messages
             // before this one was stored: it is delivered now, not at their next login.
@@ -147,6 +169,13 @@ impl State {
         report.stored_count = report.stored.len() as u64;
         self.metrics
             .pushed(report.delivered.len(), report.stored.len());
+        if let Some((users, e)) = unknown {
+            return Err(Error::msg(format!(
+                "cannot tell whether {} got it: their node did not answer and the store failed \
+                 ({e}); the push was delivered or stored for everyone else",
+                users.join(", ")
+            )));
+        }
         stored.map(|()| report)
     }
 
@@ -183,8 +212,9 @@ impl State {
     }
 }
 
-impl LocalSessions for State {
-    fn deliver_local(&self, pushes: Vec<Deliver>) -> BoxFuture<Vec<Vec<String>>> {
+impl State {
+    /// Sends each push to those of its users logged in here; for each push, the ones reached.
+    fn send_batch(&self, pushes: Vec<Deliver>) -> BoxFuture<Vec<Vec<String>>> {
         // One look at the sessions for every recipient of every push in the batch.
         let all: Vec<String> = pushes
             .iter()
@@ -233,6 +263,51 @@ impl LocalSessions for State {
             reached
         })
     }
+}
+
+impl LocalSessions for State {
+    fn deliver_local(self: Arc<Self>, handover: Handover) -> BoxFuture<Handled> {
+        Box::pin(async move {
+            let Some(cluster) = &self.cluster else {
+                return Handled::Refused;
+            };
+            let (id, me) = (handover.id, cluster.claimer());
+            let claim = db(&self, move |s| s.claim_handover(&id, &me));
+            let waited = async {
+                self.runtime.sleep(CLAIM_PATIENCE).await;
+                Err(Error::msg("the store did not answer in time"))
+            };
+            match futures_lite::future::or(claim, waited).await {
+                Ok(true) => {}
+                // The asking node gave up waiting and claimed it first: it stores the pushes.
+                Ok(false) => return Handled::Refused,
+                // Live pushes go on without the store: delivered, at the risk of a duplicate
+                // should the answer be lost too and the asking node then store them.
+                Err(e) => tracing::warn!("cluster: a push from another node, unclaimed: {e}"),
+            }
+            let texts: Vec<(String, String, Vec<String>)> = handover
+                .pushes
+                .iter()
+                .map(|p| (p.from.clone(), p.text.clone(), p.users.clone()))
+                .collect();
+            let reached = self.send_batch(handover.pushes).await;
+            let mut outcomes = Vec::with_capacity(reached.len());
+            let mut stored_all = Vec::new();
+            for ((from, text, users), reached) in texts.into_iter().zip(reached) {
+                let got: HashSet<&String> = reached.iter().collect();
+                let rest: Vec<String> = users.into_iter().filter(|u| !got.contains(u)).collect();
+                // This node took the hand-over, so it stores what it could not deliver (if the
+                // store fails, the asking node is told nothing was stored, and stores it).
+                let stored = db(&self, move |s| s.queue_for_existing(&rest, &from, &text))
+                    .await
+                    .unwrap_or_default();
+                stored_all.extend(stored.iter().cloned());
+                outcomes.push(Outcome { reached, stored });
+            }
+            cluster.stored(&stored_all);
+            Handled::Taken(outcomes)
+        })
+    }
 
     fn collect(&self, users: Vec<String>) -> Vec<BoxFuture<()>> {
         let conns = self.local_sessions(&users);
@@ -279,6 +354,7 @@ impl LocalSessions for State {
 pub(super) fn bounded(mut report: PushReport) -> PushReport {
     report.delivered.truncate(MAX_REPORTED);
     report.stored.truncate(MAX_REPORTED);
+    report.unconfirmed.truncate(MAX_REPORTED);
     report
 }
 
@@ -297,6 +373,7 @@ mod tests {
             stored: names(0..3),
             delivered_count: (MAX_REPORTED + 5) as u64,
             stored_count: 3,
+            unconfirmed: Vec::new(),
         };
         let bounded = bounded(report);
         assert_eq!(bounded.delivered, names(0..MAX_REPORTED));

@@ -171,6 +171,15 @@ pub trait Storage: Send + Sync {
         keep: usize,
     ) -> Result<Option<u64>, StoreError>;
 
+    /// Claims the hand-over `id` (a batch of pushes one node asked another to deliver) for
+    /// `claimer`, durably, stamped `at_unix_ms`: of every claimer of one id exactly one wins,
+    /// however often each asks (a retry of the winner's claim wins again). Whether `claimer`
+    /// holds it.
+    fn claim_handover(&self, id: &str, claimer: &str, at_unix_ms: i64) -> Result<bool, StoreError>;
+
+    /// Forgets the hand-over claims made before `before_unix_ms`.
+    fn forget_handovers(&self, before_unix_ms: i64) -> Result<(), StoreError>;
+
     /// How many messages are stored and not yet taken, for every user (for monitoring).
     /// Back ends that cannot count say so with an error; the built-in ones count.
     fn count_messages(&self) -> Result<u64, StoreError> {
@@ -233,6 +242,11 @@ pub(crate) fn now_unix_ms() -> i64 {
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+/// How long hand-over claims are kept: far longer than any NATS request can be held up and
+/// still be answered (a request older than this that reaches a node finds no claim, and is
+/// delivered).
+pub const HANDOVER_MEMORY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The error for a database that carries a schema version (`found`) newer than this code's
 /// (`ours`).
@@ -428,6 +442,32 @@ impl Store {
             Some(unknown) => Err(StoreError::NoSuchUser(unknown.clone())),
             None => Ok(()),
         }
+    }
+
+    /// Like [`Self::queue_for_many`], without an error for recipients that do not exist: the
+    /// ones it was stored for, in the order given.
+    pub fn queue_for_existing(
+        &self,
+        to: &[String],
+        from: &str,
+        text: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        if to.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.storage.queue_for_many(to, from, text, now_unix_ms())
+    }
+
+    /// Claims the hand-over `id` for `claimer` (see [`Storage::claim_handover`]); every so
+    /// often also forgets claims older than [`HANDOVER_MEMORY`].
+    pub fn claim_handover(&self, id: &str, claimer: &str) -> Result<bool, StoreError> {
+        static CLAIMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now = now_unix_ms();
+        if CLAIMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1024 == 0 {
+            self.storage
+                .forget_handovers(now - HANDOVER_MEMORY.as_millis() as i64)?;
+        }
+        self.storage.claim_handover(id, claimer, now)
     }
 
     /// Removes and returns every message queued for `user`, oldest first, in one transaction.

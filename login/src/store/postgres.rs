@@ -18,8 +18,8 @@ use super::{newer_schema, Message, Storage, StoreError};
 
 /// The schema version this back end writes and reads; a database with a newer one is refused.
 /// Version 2 added the messages' `msg_key`, `taken_by` and `taken_unix_ms`; version 3 the
-/// channel history tables.
-const SCHEMA_VERSION: i64 = 3;
+/// channel history tables; version 4 the push hand-over claims.
+const SCHEMA_VERSION: i64 = 4;
 /// How long a login's claim on messages it took but did not get to delete holds them; after
 /// that, the next login takes them again.
 const CLAIM_EXPIRY_MS: i64 = 60_000;
@@ -65,6 +65,13 @@ CREATE TABLE IF NOT EXISTS publications (
     data       BYTEA NOT NULL,
     PRIMARY KEY (channel, pos)
 );
+-- Version 4: who handles a push another node did not answer for in time.
+CREATE TABLE IF NOT EXISTS handovers (
+    id         TEXT PRIMARY KEY,
+    claimer    TEXT NOT NULL,
+    at_unix_ms BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS handovers_at ON handovers(at_unix_ms);
 ";
 
 /// PostgreSQL's clock in milliseconds since the Unix epoch, as SQL (one clock for every node).
@@ -400,6 +407,30 @@ impl Storage for PostgresStorage {
             tx.commit()?;
             Ok(Some(pos as u64))
         })
+    }
+
+    fn claim_handover(&self, id: &str, claimer: &str, at_unix_ms: i64) -> Result<bool, StoreError> {
+        // Two statements: after a conflict with a concurrent claim (which the insert waits
+        // for), only a new statement's snapshot sees the winner's row.
+        self.with_client(|c, _| {
+            c.execute(
+                "INSERT INTO handovers (id, claimer, at_unix_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO NOTHING",
+                &[&id, &claimer, &at_unix_ms],
+            )?;
+            let row = c.query_one("SELECT claimer FROM handovers WHERE id = $1", &[&id])?;
+            Ok(row.try_get::<_, String>(0)? == claimer)
+        })
+    }
+
+    fn forget_handovers(&self, before_unix_ms: i64) -> Result<(), StoreError> {
+        self.with_client(|c, _| {
+            c.execute(
+                "DELETE FROM handovers WHERE at_unix_ms < $1",
+                &[&before_unix_ms],
+            )
+        })?;
+        Ok(())
     }
 
     fn queue_message(

@@ -12,8 +12,8 @@ use zserver::channels::{StoredHistory, StoredPublication};
 use super::{newer_schema, Message, Storage, StoreError};
 
 /// The schema version this back end writes and reads; a database with a newer one is refused.
-/// Version 2 added the channel history tables.
-const SCHEMA_VERSION: i64 = 2;
+/// Version 2 added the channel history tables; version 3 the push hand-over claims.
+const SCHEMA_VERSION: i64 = 3;
 
 /// Queues a message (`?2` from, `?3` text, `?4` time) for user `?1`: no row if there is no
 /// such user.
@@ -53,6 +53,13 @@ CREATE TABLE IF NOT EXISTS publications (
     data       BLOB NOT NULL,
     PRIMARY KEY (channel, pos)
 ) WITHOUT ROWID;
+-- Version 3: who handles a push another node did not answer for in time.
+CREATE TABLE IF NOT EXISTS handovers (
+    id         TEXT PRIMARY KEY NOT NULL,
+    claimer    TEXT NOT NULL,
+    at_unix_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS handovers_at ON handovers(at_unix_ms);
 ";
 
 /// The embedded [`Storage`]: one SQLite database file behind one connection (thread-safe).
@@ -337,6 +344,32 @@ impl Storage for SqliteStorage {
             Ok(true)
         })?;
         Ok(offset)
+    }
+
+    fn claim_handover(&self, id: &str, claimer: &str, at_unix_ms: i64) -> Result<bool, StoreError> {
+        let mut holder = String::new();
+        self.write(|tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO handovers (id, claimer, at_unix_ms) VALUES (?1, ?2, ?3)",
+                rusqlite::params![id, claimer, at_unix_ms],
+            )?;
+            holder = tx.query_row("SELECT claimer FROM handovers WHERE id = ?1", [id], |row| {
+                row.get(0)
+            })?;
+            Ok(true)
+        })?;
+        Ok(holder == claimer)
+    }
+
+    fn forget_handovers(&self, before_unix_ms: i64) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "DELETE FROM handovers WHERE at_unix_ms < ?1",
+                [before_unix_ms],
+            )?;
+            Ok(true)
+        })?;
+        Ok(())
     }
 
     fn count_messages(&self) -> Result<u64, StoreError> {

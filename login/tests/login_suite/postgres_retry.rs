@@ -255,7 +255,7 @@ fn a_version_1_database_is_migrated_with_its_messages() {
         .query_one("SELECT version FROM zserver_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     store.queue_message("bob", "ann", "from version 2").unwrap();
     assert_eq!(texts(&store, "bob"), ["from version 1", "from version 2"]);
 }

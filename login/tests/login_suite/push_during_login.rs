@@ -79,6 +79,12 @@ impl Storage for GatedStorage {
     fn take_messages(&self, user: &str) -> Result<Vec<Message>, StoreError> {
         self.inner.take_messages(user)
     }
+    fn claim_handover(&self, id: &str, claimer: &str, at: i64) -> Result<bool, StoreError> {
+        self.inner.claim_handover(id, claimer, at)
+    }
+    fn forget_handovers(&self, before: i64) -> Result<(), StoreError> {
+        self.inner.forget_handovers(before)
+    }
 }
 
 async fn scenario(backend: &'static str) -> Result<(), Error> {

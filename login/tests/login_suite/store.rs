@@ -95,6 +95,7 @@ suite!(
     two_nodes_race_to_change_a_password,
     one_message_for_many_users_at_once,
     channel_history_has_one_order_for_two_nodes,
+    two_nodes_race_to_claim_a_handover,
 );
 
 /// Channel history through [`HistoryStore`]: two stores on the same data (two nodes) see
@@ -472,6 +473,36 @@ fn race(
     }
 }
 
+/// Two nodes claim the same hand-overs at the same moment: exactly one holds each, both
+/// agree which, and asking again (a retry) changes nothing.
+fn two_nodes_race_to_claim_a_handover(b: &dyn Backend) {
+    let nodes = [b.open(), b.open()];
+    for round in 0..20 {
+        let id = format!("node-a-{round}");
+        let barrier = Barrier::new(2);
+        let won: Vec<bool> = thread::scope(|s| {
+            let handles: Vec<_> = ["a", "b"]
+                .iter()
+                .zip(&nodes)
+                .map(|(me, node)| {
+                    let (barrier, id) = (&barrier, &id);
+                    s.spawn(move || {
+                        barrier.wait();
+                        node.claim_handover(id, me).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+        for (me, was) in ["a", "b"].iter().zip(&won) {
+            for node in &nodes {
+                assert_eq!(node.claim_handover(&id, me).unwrap(), *was);
+            }
+        }
+    }
+}
+
 /// Two nodes register the same name at the same moment: exactly one wins.
 fn two_nodes_race_to_add_the_same_user(b: &dyn Backend) {
     let nodes = [b.open(), b.open()];
@@ -570,7 +601,7 @@ fn postgres_open_spec_and_tables() {
         .query_one("SELECT version FROM zserver_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     let created: i64 = raw
         .query_one("SELECT created_unix_ms FROM users", &[])
         .unwrap()
@@ -584,11 +615,11 @@ fn postgres_newer_schema_refused() {
     let pg = Postgres::new("newer_schema_refused");
     drop(pg.open());
     pg.raw()
-        .batch_execute("UPDATE zserver_schema SET version = 4")
+        .batch_execute("UPDATE zserver_schema SET version = 5")
         .unwrap();
     assert!(matches!(
         Store::connect_postgres(&pg.url),
-        Err(StoreError::Db(msg)) if msg.contains("version 4")
+        Err(StoreError::Db(msg)) if msg.contains("version 5")
     ));
 }
 
