@@ -298,9 +298,12 @@ impl LocalSessions for State {
                 let rest: Vec<String> = users.into_iter().filter(|u| !got.contains(u)).collect();
                 // This node took the hand-over, so it stores what it could not deliver (if the
                 // store fails, the asking node is told nothing was stored, and stores it).
-                let stored = db(&self, move |s| s.queue_for_existing(&rest, &from, &text))
-                    .await
-                    .unwrap_or_default();
+                let stored = match rest.is_empty() {
+                    true => Vec::new(),
+                    false => db(&self, move |s| s.queue_for_existing(&rest, &from, &text))
+                        .await
+                        .unwrap_or_default(),
+                };
                 stored_all.extend(stored.iter().cloned());
                 outcomes.push(Outcome { reached, stored });
             }
