@@ -166,6 +166,10 @@ pub(crate) enum ClientAction {
         /// Name on the server (default: the file's name).
         #[arg(long)]
         name: Option<String>,
+        /// Go on from what the server kept of an upload of this name that broke off (if it
+        /// is this file's start, checked by hash).
+        #[arg(long)]
+        resume: bool,
     },
     /// Downloads a file (resuming a partial local copy with --resume).
     Get {
@@ -408,7 +412,7 @@ async fn client_action(
     match args.action {
         ClientAction::Register | ClientAction::Known { .. } => unreachable!("handled above"),
         ClientAction::Login => println!("logged in as `{user}`"),
-        ClientAction::Put { file, name } => {
+        ClientAction::Put { file, name, resume } => {
             let name = match name {
                 Some(n) => n,
                 None => file
@@ -418,9 +422,23 @@ async fn client_action(
                     .to_owned(),
             };
             let bar = progress_bar(&format!("put {name}"));
-            let n = client.put(&file, &name, track(&bar)).await;
+            let put = client.put(&file, &name, resume, track(&bar)).await;
             bar.finish_and_clear();
-            println!("stored `{name}` ({} bytes)", n?);
+            let put = put?;
+            if put.restarted {
+                eprintln!(
+                    "the server's partial `{name}` was not the start of {}: uploaded it again \
+                     from the start",
+                    file.display()
+                );
+            }
+            match put.resumed_from {
+                0 => println!("stored `{name}` ({} bytes)", put.written),
+                from => println!(
+                    "stored `{name}` ({} bytes after the {from} the server had, checked)",
+                    put.written
+                ),
+            }
         }
         ClientAction::Get { name, out, resume } => {
             let out = out.unwrap_or_else(|| PathBuf::from(&name));

@@ -48,6 +48,15 @@ fn serve(data: &Path, backend: &str) -> Served {
     }
 }
 
+/// `client` and its flags to reach `served` as `user`, pinned to its key.
+fn client_args<'a>(served: &'a Served, user: &'a str, password: &'a str) -> Vec<&'a str> {
+    let server = ["--server", &served.addr, "--pin", &served.fingerprint];
+    let mut args = vec!["client"];
+    args.extend(server);
+    args.extend(["--user", user, "--password", password]);
+    args
+}
+
 fn zserver(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
 }
@@ -79,19 +88,8 @@ fn serve_user_and_client_commands_on_every_back_end() {
         let data_arg = data.to_str().unwrap();
         let served = serve(&data, backend);
         let as_user = |user: &str, password: &str, rest: &[&str]| {
-            let mut args = vec![
-                "client",
-                "--server",
-                &served.addr,
-                "--pin",
-                &served.fingerprint,
-                "--backend",
-                backend,
-                "--user",
-                user,
-                "--password",
-                password,
-            ];
+            let mut args = client_args(&served, user, password);
+            args.extend(["--backend", backend]);
             args.extend_from_slice(rest);
             zserver(&args)
         };
@@ -179,6 +177,79 @@ fn serve_user_and_client_commands_on_every_back_end() {
         drop(served);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// `client put` killed (SIGKILL, as a lost connection or a power cut would) in the middle of
+/// an upload: the server keeps what it received, and `put --resume` sends only the rest;
+/// the stored file is the local one, byte for byte.
+#[test]
+fn an_upload_killed_midway_goes_on_with_put_resume() {
+    let dir = std::env::temp_dir().join(format!("zserver-cli-put-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("data");
+    let served = serve(&data, "tokio");
+    let file = dir.join("big.bin");
+    let source: Vec<u8> = (0..256u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &source).unwrap();
+    let args = |rest: &[&str]| {
+        let mut args = client_args(&served, "ann", "ann-pw");
+        args.extend_from_slice(rest);
+        args.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+    };
+    ok(Command::new(BIN)
+        .args(args(&["register"]))
+        .output()
+        .unwrap());
+    let file_arg = file.to_str().unwrap();
+    let mut put = Command::new(BIN)
+        .args(args(&["put", file_arg]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once the server has written 16 MiB of it.
+    let user_dir = data.join("files/ann");
+    let started = std::time::Instant::now();
+    let written = || -> u64 {
+        let entries = std::fs::read_dir(&user_dir).into_iter().flatten().flatten();
+        entries
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".upload-"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    while written() < 16 << 20 {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "the upload never got going"
+        );
+        assert!(
+            put.try_wait().unwrap().is_none(),
+            "the upload ended too soon"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    put.kill().unwrap();
+    put.wait().unwrap();
+    let out = ok(Command::new(BIN)
+        .args(args(&["put", file_arg, "--resume"]))
+        .output()
+        .unwrap());
+    let kept: u64 = out
+        .split("after the ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("`{out}` does not say it resumed"));
+    assert!(kept >= 16 << 20 && kept < source.len() as u64, "{out}");
+    assert!(
+        out.contains(&format!("({} bytes", source.len() as u64 - kept)),
+        "{out}"
+    );
+    assert!(std::fs::read(user_dir.join("big.bin")).unwrap() == source);
+    drop(served);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -9,8 +9,8 @@ use zserver::{Client, ClientBuilder, Config, Error, Outgoing, Router, Transport}
 
 use crate::error::LoginError;
 use crate::protocol::{
-    Credentials, Event, FileInfo, Incoming, NewPassword, Push, PushReport, Recipients, Welcome,
-    WhoPage, WhoRequest, MAX_WHO_PAGE,
+    Credentials, Event, FileInfo, Incoming, NewPassword, PartialUpload, Push, PushReport,
+    Recipients, Welcome, WhoPage, WhoRequest, MAX_WHO_PAGE,
 };
 use zserver::Calls;
 
@@ -23,6 +23,18 @@ pub struct Downloaded {
     pub resumed_from: u64,
     /// A local partial file was not the server's (or longer than its file), so the
     /// download started over from byte 0.
+    pub restarted: bool,
+}
+
+/// What [`LoginClient::put`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uploaded {
+    /// Bytes sent by this call.
+    pub written: u64,
+    /// Where it went on from: the size of the server's partial upload when resumed, else 0.
+    pub resumed_from: u64,
+    /// The server's partial upload was not this file's start (or the server would not go on
+    /// from it), so the upload started over from byte 0.
     pub restarted: bool,
 }
 
@@ -157,19 +169,49 @@ impl LoginClient {
             .await
     }
 
-    /// Uploads the local file `path` as `name`; `progress(done, total)` follows it.
+    /// Uploads the local file `path` as `name`; `progress(done, total)` follows this call's
+    /// part. With `resume`, an upload of `name` that broke off goes on from what the server
+    /// kept of it, if those bytes are this file's first ones (checked by hash, here and on
+    /// the server); otherwise it starts over and says so.
     pub async fn put(
         &self,
         path: &Path,
         name: &str,
+        resume: bool,
         progress: impl FnMut(u64, Option<u64>) + Send + 'static,
-    ) -> Result<u64, Error> {
-        let body = Outgoing::file(path, 0).await?.on_progress(progress);
+    ) -> Result<Uploaded, Error> {
+        let partial = match resume {
+            true => self.partial_upload(name).await?,
+            false => None,
+        };
+        let from = match partial {
+            Some(partial) => resumable(path, partial).await?,
+            None => 0,
+        };
+        let restarted = partial.is_some() && from == 0;
+        let mut progress = Some(progress);
+        if from > 0 {
+            let body = Outgoing::file(path, from).await?;
+            let body = body.on_progress(progress.take().expect("progress is there"));
+            match self.client.upload("put", name, body).await {
+                Ok(reply) => return uploaded(&reply, from, false),
+                // Another upload took the partial, or it expired: start over.
+                Err(Error::Remote(message)) if message.starts_with("no partial upload") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let body = Outgoing::file(path, 0).await?;
+        let body = match progress {
+            Some(progress) => body.on_progress(progress),
+            None => body,
+        };
         let reply = self.client.upload("put", name, body).await?;
-        let n: [u8; 8] = reply[..]
-            .try_into()
-            .map_err(|_| Error::Payload("bad put reply".into()))?;
-        Ok(u64::from_le_bytes(n))
+        uploaded(&reply, 0, restarted || from > 0)
+    }
+
+    /// What the server kept of an upload of `name` that broke off, if anything.
+    pub async fn partial_upload(&self, name: &str) -> Result<Option<PartialUpload>, Error> {
+        self.client.call("put_partial", name).await
     }
 
     /// Downloads `name` into the local file `path`. With `resume`, a local file is kept and
@@ -211,6 +253,38 @@ impl LoginClient {
     pub async fn rm(&self, name: &str) -> Result<(), Error> {
         self.client.call("rm", name).await
     }
+}
+
+/// How much of the local file at `path` the server's `partial` already holds: its size when
+/// the file's first bytes hash to the partial's hash, else 0.
+async fn resumable(path: &Path, partial: PartialUpload) -> Result<u64, Error> {
+    let path = path.to_owned();
+    blocking::unblock(move || {
+        let file = std::fs::File::open(&path)
+            .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+        if partial.size == 0 || file.metadata()?.len() < partial.size {
+            return Ok(0);
+        }
+        let mut hasher = blake3::Hasher::new();
+        std::io::copy(&mut std::io::Read::take(file, partial.size), &mut hasher)?;
+        Ok(match *hasher.finalize().as_bytes() == partial.hash {
+            true => partial.size,
+            false => 0,
+        })
+    })
+    .await
+}
+
+/// Reads `put`'s reply (the stored file's size) into what the call did.
+fn uploaded(reply: &[u8], from: u64, restarted: bool) -> Result<Uploaded, Error> {
+    let n: [u8; 8] = reply
+        .try_into()
+        .map_err(|_| Error::Payload("bad put reply".into()))?;
+    Ok(Uploaded {
+        written: u64::from_le_bytes(n).saturating_sub(from),
+        resumed_from: from,
+        restarted,
+    })
 }
 
 fn creds(user: &str, password: &str) -> Credentials {

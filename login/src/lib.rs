@@ -29,7 +29,7 @@ pub mod protocol;
 pub mod server;
 pub mod store;
 
-pub use client::{Downloaded, LoginClient};
+pub use client::{Downloaded, LoginClient, Uploaded};
 pub use cluster::ClusterConfig;
 pub use error::LoginError;
 pub use metrics::{LoginMetrics, LoginOutcome};

@@ -142,6 +142,17 @@ pub struct FileInfo {
     pub size: u64,
 }
 
+/// What the server keeps of an upload that broke off (`put_partial`'s answer): its first
+/// `size` bytes, whose BLAKE3 hash is `hash`. An upload whose stream head states that
+/// hash as its `prefix` goes on from there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialUpload {
+    /// The bytes kept.
+    pub size: u64,
+    /// Their BLAKE3 hash.
+    pub hash: [u8; 32],
+}
+
 /// What the server pushes to a logged-in client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {

@@ -615,6 +615,10 @@ async fn a_panic_is_counted_before_its_caller_hears_of_it(addr: &str) {
     let server = start(addr, router).await;
     let client = connect(&server).await;
     assert_eq!(client.call_bytes("boom", b"").await, Err(Error::NoResponse));
+    // The first hook may run after the caller heard (it follows the unwinding): wait for
+    // it, or a busy machine lets the second panic be counted before it looks.
+    seen.wait_for("the first completion", |v| v.len() == 1)
+        .await;
     assert_eq!(
         client.call_bytes("boom-now", b"").await,
         Err(Error::NoResponse)

@@ -101,6 +101,11 @@ export interface UploadOptions extends CallOptions {
   total?: number;
   /** Called as bytes are sent. */
   onProgress?: Progress;
+  /**
+   * For an upload that goes on from an offset (a resumed one): the BLAKE3 hash of the bytes
+   * before it, sent in the head so that the server can check the part it kept.
+   */
+  prefixHash?: Uint8Array;
 }
 
 /** Options of a download. */
@@ -412,7 +417,7 @@ export class Client {
     const id = this.takeId();
     const stream = new Outbound(this.streamHost, id);
     this.uploads.set(id, stream);
-    const call = this.encode(Kind.Call, UPLOAD, id, name, encodeHead(total, metaBytes));
+    const call = this.encode(Kind.Call, UPLOAD, id, name, encodeHead(total, metaBytes, options.prefixHash));
     const answer = this.expect(id, options.timeoutMs);
     this.enqueue(call);
     // The handler's answer ends the upload, even before the stream does.

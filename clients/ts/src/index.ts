@@ -40,7 +40,17 @@ export {
   Subscription,
 } from "./channels.js";
 export { type ErrorKind, ZserverError } from "./errors.js";
-export { LoginClient, MAX_WHO_PAGE, type FileInfo, type LoginEvent, type Message, type PushReport, type WhoPage } from "./login.js";
+export {
+  LoginClient,
+  MAX_WHO_PAGE,
+  type FileInfo,
+  type LoginEvent,
+  type Message,
+  type PartialUpload,
+  type PushReport,
+  type Uploaded,
+  type WhoPage,
+} from "./login.js";
 export { generateKeypair, type Keypair } from "./noise.js";
 export { decodeAll, decodeString, encodeString, PostcardReader, PostcardWriter } from "./postcard.js";
 export { DEFAULT_REKEY, type RekeyPolicy } from "./record.js";

@@ -8,7 +8,7 @@
 import { type CallOptions, Client, type HandlerContext } from "./client.js";
 import { ZserverError } from "./errors.js";
 import { decodeAll, decodeString, encodeString, PostcardReader, PostcardWriter } from "./postcard.js";
-import type { Download, Progress, UploadSource } from "./stream.js";
+import { hashOf, type Download, type Progress, type UploadSource } from "./stream.js";
 
 /** A message as its recipient sees it. */
 export interface Message {
@@ -59,6 +59,26 @@ export type LoginEvent =
   | { type: "kicked"; reason: string };
 
 /** Most names one `who` page may ask for. */
+/** What the server kept of an upload that broke off: its first `size` bytes, whose BLAKE3 hash is `hash`. */
+export interface PartialUpload {
+  size: number;
+  hash: Uint8Array;
+}
+
+/** What `putResumable` did. */
+export interface Uploaded {
+  /** Bytes sent by this call. */
+  written: number;
+  /** Where it went on from: the size of the server's partial upload when resumed, else 0. */
+  resumedFrom: number;
+  /** The server's partial upload was not `data`'s start (or the server would not go on from it), so the upload started over. */
+  restarted: boolean;
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
 export const MAX_WHO_PAGE = 65_536;
 
 function readMessage(r: PostcardReader): Message {
@@ -229,12 +249,49 @@ export class LoginClient {
   async put(
     name: string,
     data: UploadSource,
-    options: { total?: number; onProgress?: Progress } & CallOptions = {},
+    options: { total?: number; onProgress?: Progress; prefixHash?: Uint8Array } & CallOptions = {},
   ): Promise<number> {
     const reply = await this.client.upload("put", name, data, options);
     if (reply.length !== 8) throw new ZserverError("codec", `bad put reply of ${reply.length} bytes`);
     const size = new DataView(reply.buffer, reply.byteOffset, 8).getBigUint64(0, true);
     return Number(size);
+  }
+
+  /** What the server kept of an upload of `name` that broke off, if anything. */
+  async partialUpload(name: string, options?: CallOptions): Promise<PartialUpload | undefined> {
+    const reply = await this.client.call("put_partial", encodeString(name), options);
+    return decodeAll(reply, (r) => r.option((r) => ({ size: r.u64(), hash: r.raw(32) })));
+  }
+
+  /**
+   * Uploads `data` as the file `name`, going on from what the server kept of an upload of
+   * that name that broke off when those bytes are `data`'s first ones (checked by hash here,
+   * and by the server); otherwise from the start, and `restarted` says so.
+   */
+  async putResumable(
+    name: string,
+    data: Uint8Array | Blob,
+    options: { onProgress?: Progress } & CallOptions = {},
+  ): Promise<Uploaded> {
+    const length = data instanceof Uint8Array ? data.length : data.size;
+    const slice = (from: number) => (data instanceof Uint8Array ? data.subarray(from) : data.slice(from));
+    const partial = await this.partialUpload(name, options);
+    let from = 0;
+    if (partial !== undefined && partial.size > 0 && partial.size <= length) {
+      const start = data instanceof Uint8Array ? data.subarray(0, partial.size) : data.slice(0, partial.size);
+      if (sameBytes(await hashOf(start), partial.hash)) from = partial.size;
+    }
+    if (from > 0) {
+      try {
+        const stored = await this.put(name, slice(from), { ...options, total: length - from, prefixHash: partial!.hash });
+        return { written: stored - from, resumedFrom: from, restarted: false };
+      } catch (e) {
+        // Another upload took the partial, or it expired: start over.
+        if (!(e instanceof ZserverError && e.message.includes("no partial upload"))) throw e;
+      }
+    }
+    const stored = await this.put(name, data, options);
+    return { written: stored, resumedFrom: 0, restarted: partial !== undefined };
   }
 
   /** Downloads the file `name` from `offset` (resuming); read the returned stream. */

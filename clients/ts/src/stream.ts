@@ -30,12 +30,19 @@ export interface StreamHost {
   forget(id: Id): void;
 }
 
-/** The stream head: postcard `{ total: Option<u64>, meta: bytes }`. */
-export function encodeHead(total: number | undefined, meta: Uint8Array): Uint8Array {
-  return new PostcardWriter(meta.length + 12)
+/**
+ * The stream head: postcard `{ total: Option<u64>, meta: bytes }`, and, for a stream that
+ * goes on from an offset (a resumed upload), `prefix`: `Some` BLAKE3 hash of the bytes before it.
+ */
+export function encodeHead(total: number | undefined, meta: Uint8Array, prefix?: Uint8Array): Uint8Array {
+  const w = new PostcardWriter(meta.length + 46)
     .option(total, (w, t) => w.u64(t))
-    .bytes(meta)
-    .finish();
+    .bytes(meta);
+  if (prefix !== undefined) {
+    if (prefix.length !== 32) throw new RangeError(`a prefix hash has 32 bytes, not ${prefix.length}`);
+    w.option(prefix, (w, p) => w.raw(p));
+  }
+  return w.finish();
 }
 
 /** Decodes a stream head, with a resumed download's `prefix` (the BLAKE3 hash of the sender's bytes before the offset) when it follows; later bytes are ignored. */
@@ -60,6 +67,13 @@ export function sourceLength(source: UploadSource): number | undefined {
   if (source instanceof Uint8Array) return source.length;
   if (typeof Blob !== "undefined" && source instanceof Blob) return source.size;
   return undefined;
+}
+
+/** The BLAKE3 hash of everything `source` gives. */
+export async function hashOf(source: UploadSource): Promise<Uint8Array> {
+  const hasher = await createHasher();
+  for await (const chunk of chunksOf(source)) hasher.update(chunk);
+  return hasher.digest();
 }
 
 async function* chunksOf(source: UploadSource): AsyncIterable<Uint8Array> {

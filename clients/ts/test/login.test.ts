@@ -111,6 +111,41 @@ for (const via of VIAS) {
       await assert.rejects(gus.put("../escape", data.subarray(0, 10)), ZserverError);
     });
 
+    test("files: an upload that broke off goes on with putResumable, checked by hash", async () => {
+      const ivy = await connect();
+      await ivy.register("ivy", "ivy-password");
+      await ivy.login("ivy", "ivy-password");
+      const data = randomBytes(1_500_000);
+      // The source fails after 600,000 bytes: the client aborts, the server keeps them.
+      const breakOff = async (bytes: Uint8Array) => {
+        async function* source() {
+          yield bytes.subarray(0, 600_000);
+          throw new Error("the source broke off");
+        }
+        await assert.rejects(ivy.client.upload("put", "big.bin", source(), { total: bytes.length }));
+        for (let i = 0; i < 200; i++) {
+          const partial = await ivy.partialUpload("big.bin");
+          if (partial !== undefined) return partial;
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        assert.fail("no partial upload was kept");
+      };
+      const partial = await breakOff(data);
+      assert.ok(partial.size > 0 && partial.size <= 600_000, String(partial.size));
+      assert.deepEqual(partial.hash, blake3(data.subarray(0, partial.size)));
+      const put = await ivy.putResumable("big.bin", data);
+      assert.deepEqual(put, { written: data.length - partial.size, resumedFrom: partial.size, restarted: false });
+      assert.deepEqual(Buffer.from(await (await ivy.get("big.bin")).readAll()), data);
+      assert.equal(await ivy.partialUpload("big.bin"), undefined);
+      // A partial that is not the start of what is uploaded now: it starts over.
+      await breakOff(data);
+      const changed = Buffer.from(data);
+      changed[10] ^= 1;
+      const again = await ivy.putResumable("big.bin", new Blob([changed]));
+      assert.deepEqual(again, { written: data.length, resumedFrom: 0, restarted: true });
+      assert.deepEqual(Buffer.from(await (await ivy.get("big.bin")).readAll()), changed);
+    });
+
     test("errors: a wrong password, a duplicate account, a push without login", async () => {
       const hal = await connect();
       await hal.register("hal", "hal-password");

@@ -25,7 +25,7 @@ impl Connection {
         let head = StreamHead {
             total: body.total(),
             meta: meta.as_ref(),
-            prefix: None,
+            prefix: body.prefix(),
         }
         .encode()?;
         let (id, state) = self.start_stream_call(command, FLAG_UPLOAD, &head).await?;

@@ -71,8 +71,8 @@ impl Incoming {
         &self.meta
     }
 
-    /// For a download from an offset: the hash of the sender's bytes before it, if the
-    /// sender said ([`Outgoing::prefix_hash`](super::Outgoing::prefix_hash)).
+    /// For a stream from an offset (a download answered from one, an upload resumed): the
+    /// hash of the sender's bytes before it, if the sender said ([`Outgoing::prefix_hash`](super::Outgoing::prefix_hash)).
     pub fn prefix_hash(&self) -> Option<[u8; HASH_LEN]> {
         self.prefix
     }

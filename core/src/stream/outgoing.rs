@@ -79,10 +79,10 @@ impl Outgoing {
         Self::from_source(Source::Bytes(block), total)
     }
 
-    /// Streams the file at `path` from byte `offset` (to resume a download), without
-    /// loading it into memory. An offset past the end is [`Error::BadRequest`]. A non-zero
-    /// offset also sends the hash of the file's first `offset` bytes (read from the same
-    /// open file), so that the downloader can check the part it keeps
+    /// Streams the file at `path` from byte `offset` (to resume a download or an upload),
+    /// without loading it into memory. An offset past the end is [`Error::BadRequest`]. A
+    /// non-zero offset also sends the hash of the file's first `offset` bytes (read from
+    /// the same open file), so that the receiver can check the part it keeps
     /// ([`FileDownload`](super::FileDownload)): this reads those bytes once more here.
     pub async fn file(path: impl AsRef<Path>, offset: u64) -> Result<Self, Error> {
         let path = path.as_ref().to_owned();
@@ -108,12 +108,17 @@ impl Outgoing {
         Ok(body)
     }
 
-    /// For a download answered from an offset: the BLAKE3 hash of the source's bytes
-    /// before it, sent in the stream's head so that the downloader can check the part it
-    /// keeps. [`Outgoing::file`] sets it by itself.
+    /// For a stream that goes on from an offset (a download answered from one, an upload
+    /// resumed): the BLAKE3 hash of the source's bytes before it, sent in the stream's head
+    /// so that the receiver can check the part it keeps. [`Outgoing::file`] sets it by
+    /// itself.
     pub fn prefix_hash(mut self, hash: [u8; HASH_LEN]) -> Self {
         self.prefix = Some(hash);
         self
+    }
+
+    pub(crate) fn prefix(&self) -> Option<[u8; HASH_LEN]> {
+        self.prefix
     }
 
     fn from_source(source: Source, total: Option<u64>) -> Self {

@@ -20,8 +20,10 @@ pub enum SecondLogin {
 pub struct LoginConfig {
     /// Where the database, the server key and the users' files live; created on first start.
     pub data_dir: PathBuf,
-    /// Most bytes of files one user may store.
+    /// Most bytes of files one user may store (partial uploads count).
     pub quota_bytes: u64,
+    /// How long the part of an upload that broke off is kept for the client to resume it.
+    pub keep_partial_uploads: Duration,
     /// A second login of the same user.
     pub second_login: SecondLogin,
     /// Failed logins allowed per address and per account within [`Self::attempt_window`].
@@ -132,14 +134,16 @@ impl ChannelNamespace {
 }
 
 impl LoginConfig {
-    /// Defaults with data under `data_dir`: 1 GiB per user, a second login kicks the first,
-    /// 5 failed logins per minute per address and per account, 10 registrations per minute
-    /// per address, as many hashes at once as there are cores with 64 more waiting and 4 in
-    /// progress per address, Argon2id at 19 MiB and 2 passes, the embedded store, no cluster.
+    /// Defaults with data under `data_dir`: 1 GiB per user, partial uploads kept a day, a
+    /// second login kicks the first, 5 failed logins per minute per address and per account,
+    /// 10 registrations per minute per address, as many hashes at once as there are cores
+    /// with 64 more waiting and 4 in progress per address, Argon2id at 19 MiB and 2 passes,
+    /// the embedded store, no cluster.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
             quota_bytes: 1 << 30,
+            keep_partial_uploads: Duration::from_secs(24 * 3600),
             second_login: SecondLogin::KickOld,
             max_failed_logins: 5,
             max_registrations: 10,

@@ -59,6 +59,11 @@ pub(super) fn router(state: Arc<State>) -> Router {
         .upload("put", |ctx, body| async move {
             put(state_of(&ctx), &ctx, body).await
         })
+        .call("put_partial", |ctx, name: String| async move {
+            let s = state_of(&ctx);
+            let user = s.user(&ctx)?;
+            s.on_disk(move |s| s.partial_upload(&user, &name)).await
+        })
         .download("get", |ctx, req: DownloadRequest| async move {
             let s = state_of(&ctx);
             let (user, name) = (s.user(&ctx)?, req.meta_str()?.to_owned());

@@ -11,6 +11,7 @@ mod handlers;
 mod hashing;
 mod lifecycle;
 mod limiter;
+mod partials;
 mod passwords;
 mod push;
 mod sessions;

@@ -75,11 +75,11 @@ async fn scenario(backend: &'static str, dir: std::path::PathBuf) -> Result<(), 
     let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let s = seen.clone();
     let stored = ann
-        .put(&source, "data.bin", move |done, _| {
+        .put(&source, "data.bin", false, move |done, _| {
             s.store(done, std::sync::atomic::Ordering::Relaxed)
         })
         .await?;
-    assert_eq!(stored, 5 << 20);
+    assert_eq!(stored.written, 5 << 20);
     assert_eq!(seen.load(std::sync::atomic::Ordering::Relaxed), 5 << 20);
     assert_eq!(ann.stat("data.bin").await?.size, 5 << 20);
     assert_eq!(ann.ls().await?.len(), 1);
@@ -93,7 +93,10 @@ async fn scenario(backend: &'static str, dir: std::path::PathBuf) -> Result<(), 
 
     // Names that could leave the user's directory, and symbolic links.
     for bad in ["../evil", "/etc/passwd", "..", ".hidden", "a/b", "a\\b"] {
-        assert_err(ann.put(&source, bad, |_, _| {}).await, "bad file name");
+        assert_err(
+            ann.put(&source, bad, false, |_, _| {}).await,
+            "bad file name",
+        );
         assert_err(ann.rm(bad).await, "bad file name");
         assert_err(ann.get(bad, &copy, false, |_, _| {}).await, "bad file name");
     }
@@ -107,7 +110,7 @@ async fn scenario(backend: &'static str, dir: std::path::PathBuf) -> Result<(), 
 
     // Quota: 8 MiB each; a second 5 MiB file does not fit.
     assert_err(
-        ann.put(&source, "more.bin", |_, _| {}).await,
+        ann.put(&source, "more.bin", false, |_, _| {}).await,
         "quota exceeded",
     );
     assert_eq!(

@@ -14,7 +14,8 @@ use zserver::internal::frame::{encode, FrameDecoder, Header, DEFAULT_MAX_FRAME};
 use zserver::Calls;
 use zserver::{Client, ClientBuilder, Error, Outgoing, Router};
 use zserver_login::protocol::{
-    Credentials, FileInfo, Incoming, NewPassword, Push, PushReport, Welcome, WhoPage, WhoRequest,
+    Credentials, FileInfo, Incoming, NewPassword, PartialUpload, Push, PushReport, Welcome,
+    WhoPage, WhoRequest,
 };
 use zserver_login::{LoginConfig, LoginServer};
 
@@ -160,6 +161,7 @@ fn check_typed(ty: &str, json: Option<&str>, bytes: &[u8]) -> Result<(), String>
         "PushReport" => one::<PushReport>(json, bytes),
         "FileInfo" => one::<FileInfo>(json, bytes),
         "Vec<FileInfo>" => one::<Vec<FileInfo>>(json, bytes),
+        "Option<PartialUpload>" => one::<Option<PartialUpload>>(json, bytes),
         "StreamHead" => one::<StreamHead>(json, bytes),
         "DownloadRequest" => one::<DownloadRequest>(json, bytes),
         other => Err(format!("unknown type `{other}`")),

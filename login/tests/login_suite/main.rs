@@ -17,6 +17,7 @@ mod flood;
 mod login_doc;
 mod postgres_retry;
 mod push_during_login;
+mod resume_upload;
 mod slow_reader;
 mod store;
 mod websocket;
