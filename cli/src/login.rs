@@ -501,5 +501,8 @@ async fn client_action(
             }
         }
     }
+    // Gracefully: what is queued (such as the answer confirming the login's stored
+    // messages) is sent before the connection closes.
+    client.close().await;
     Ok(())
 }

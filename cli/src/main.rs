@@ -43,6 +43,7 @@ mod known_servers;
 mod login;
 mod metrics;
 mod options;
+mod soak;
 
 #[derive(Parser)]
 #[command(
@@ -67,6 +68,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Time a push routed through NATS to another node against one within a node.
     BenchCluster(cluster_bench::ClusterBenchArgs),
+    /// Hold many connections under mixed load (calls, pushes, channels, streams, logins)
+    /// for minutes, reporting the server's RSS, descriptors and latency over time.
+    Soak(soak::SoakArgs),
     /// The server side of `zserver bench`, run by it as a child process.
     #[command(hide = true)]
     BenchServer(bench::server::ServerArgs),
@@ -127,6 +131,7 @@ fn main() {
         Command::Client(args) => login::client(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchCluster(args) => cluster_bench::run(args),
+        Command::Soak(args) => soak::run(args),
         Command::BenchServer(args) => bench::server::run(args),
         Command::BenchFanout(args) => bench_fanout::run(args),
         Command::BenchFanoutServer(args) => bench_fanout::run_server(args),

@@ -93,6 +93,13 @@ impl LoginClient {
         self.events.recv().await.ok()
     }
 
+    /// Closes gracefully: what is queued is sent first, such as the answer that confirms
+    /// the stored messages [`login`](Self::login) returned (a client that just drops the
+    /// connection may get them again at its next login).
+    pub async fn close(&self) {
+        self.client.connection().close().await;
+    }
+
     /// Events already received, without waiting.
     pub fn try_event(&self) -> Option<Event> {
         self.events.try_recv().ok()

@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
-use zserver::{Context, DownloadRequest, Error, Outgoing, Router};
+use zserver::Calls;
+use zserver::{Connection, Context, DownloadRequest, Error, Outgoing, Router};
 
 use super::config::SecondLogin;
 use super::files::put;
 use super::passwords::{change_password, delete_account, register, Limit};
-use super::push::{bounded, kick_connection};
+use super::push::{bounded, kick_connection, CONFIRM_PATIENCE};
 use super::{db, State};
 use crate::error::LoginError;
 use crate::lock;
@@ -23,8 +24,27 @@ pub(super) fn router(state: Arc<State>) -> Router {
         .call("register", |ctx, c: Credentials| async move {
             register(state_of(&ctx), &ctx, c.user, c.password).await
         })
-        .call("login", |ctx, c: Credentials| async move {
-            Ok::<_, Error>(login(state_of(&ctx), &ctx, c).await?)
+        .delayed("login", |ctx, payload, responder| {
+            let state = state_of(&ctx).clone();
+            let runtime = state.runtime.clone();
+            // In the span the handler was called in (the connection's, the call's).
+            let span = tracing::Span::current();
+            let task = async move {
+                let c: Credentials = match postcard::from_bytes(&payload) {
+                    Ok(c) => c,
+                    Err(e) => return responder.fail(Error::BadRequest(e.to_string())),
+                };
+                let user = c.user.clone();
+                match login(&state, &ctx, c).await {
+                    Err(e) => responder.fail(e),
+                    Ok(welcome) => {
+                        // Queued in order: the welcome, then the ping that confirms it.
+                        responder.reply_value(&welcome);
+                        confirm_offline(&state, ctx.connection(), user, welcome.offline).await;
+                    }
+                }
+            };
+            runtime.spawn(Box::pin(tracing::Instrument::instrument(task, span)));
         })
         .call("logout", |ctx, (): ()| async move {
             let s = state_of(&ctx);
@@ -182,6 +202,35 @@ async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welc
             })
             .collect(),
     })
+}
+
+/// Waits until the client has read the welcome that carried `offline`, `user`'s stored
+/// messages taken from the store: its answer to a ping queued after the welcome proves it
+/// (the connection delivers in order). If the connection ends first, the messages are
+/// stored again, for the next login: a client may then see one twice, never none.
+async fn confirm_offline(state: &State, conn: &Connection, user: String, offline: Vec<Incoming>) {
+    let ping = async { conn.ping().await.is_ok() };
+    let patience = async {
+        state.runtime.sleep(CONFIRM_PATIENCE).await;
+        false
+    };
+    if offline.is_empty() || futures_lite::future::or(ping, patience).await {
+        return;
+    }
+    tracing::info!(
+        user,
+        messages = offline.len(),
+        "login reply not confirmed: messages stored again"
+    );
+    let store = state.store.clone();
+    let again = blocking::unblock(move || {
+        offline
+            .iter()
+            .try_for_each(|m| store.queue_message(&user, &m.from, &m.text))
+    });
+    if let Err(e) = again.await {
+        tracing::warn!(error = %e, "could not store unconfirmed offline messages again");
+    }
 }
 
 /// The page of `online` (sorted, no duplicates) that `request` asks for.

@@ -22,6 +22,10 @@ use zserver::Calls;
 /// deliver answers in time.
 const SEND_PATIENCE: Duration = Duration::from_secs(1);
 
+/// How long the client of a session has to show that it read the stored messages sent to
+/// it (its answer to a ping queued after them) before they are stored again.
+pub(super) const CONFIRM_PATIENCE: Duration = Duration::from_secs(10);
+
 /// How long a node asked to deliver pushes waits for its claim on them in the store before
 /// it delivers them anyway (well within the asking node's time-out, with SEND_PATIENCE).
 const CLAIM_PATIENCE: Duration = Duration::from_millis(500);
@@ -179,8 +183,10 @@ impl State {
         stored.map(|()| report)
     }
 
-    /// Takes `user`'s stored messages and sends them on `conn`, their session here (storing
-    /// them again if the session ends meanwhile).
+    /// Takes `user`'s stored messages and sends them on `conn`, their session here, then
+    /// waits for the client's answer to a ping queued after them (which proves it read
+    /// them). If the session ends first, or its client stops reading, they are stored
+    /// again for the next login: a client may see one twice, never none.
     fn deliver_stored(&self, user: String, conn: Connection) -> BoxFuture<()> {
         let (store, runtime) = (self.store.clone(), self.runtime.clone());
         Box::pin(async move {
@@ -188,25 +194,36 @@ impl State {
             let Ok(messages) = blocking::unblock(move || st.take_messages(&name)).await else {
                 return;
             };
-            let mut messages = messages.into_iter();
-            while let Some(m) = messages.next() {
+            if messages.is_empty() {
+                return;
+            }
+            let mut sent = true;
+            for m in &messages {
                 let incoming = Incoming {
                     from: m.from.clone(),
                     text: m.text.clone(),
                 };
                 let payload = postcard::to_allocvec(&incoming).unwrap_or_default();
                 if !send_patiently(&*runtime, &conn, "message", &payload, SEND_PATIENCE).await {
-                    // The session ended meanwhile, or its client stopped reading: store them
-                    // again, for the next login.
-                    let back: Vec<_> = std::iter::once(m).chain(messages).collect();
-                    blocking::unblock(move || {
-                        for m in back {
-                            let _ = store.queue_message(&user, &m.from, &m.text);
-                        }
-                    })
-                    .await;
-                    return;
+                    sent = false;
+                    break;
                 }
+            }
+            let read = sent && {
+                let ping = async { conn.ping().await.is_ok() };
+                let patience = async {
+                    runtime.sleep(CONFIRM_PATIENCE).await;
+                    false
+                };
+                futures_lite::future::or(ping, patience).await
+            };
+            if !read {
+                blocking::unblock(move || {
+                    for m in messages {
+                        let _ = store.queue_message(&user, &m.from, &m.text);
+                    }
+                })
+                .await;
             }
         })
     }

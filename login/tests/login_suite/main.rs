@@ -15,6 +15,7 @@ mod cluster;
 mod e2e;
 mod flood;
 mod login_doc;
+mod offline_confirm;
 mod postgres_retry;
 mod push_during_login;
 mod resume_upload;
