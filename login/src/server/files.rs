@@ -110,10 +110,11 @@ enum Ended {
     Failed(Error),
 }
 
-/// Stores an upload as `name`: written to a hidden temporary file, renamed into place once
-/// complete and verified, refused up front if the announced size would pass the quota. A
-/// stream head with `prefix` resumes the partial upload of that hash; a stream that breaks
-/// off leaves its bytes as the partial upload of `name` ([`partials`]).
+/// Stores an upload as `name`: written to a hidden temporary file, synced, renamed into
+/// place once complete and verified (the directory synced too) before the reply; refused
+/// up front if the announced size would pass the quota. A stream head with `prefix`
+/// resumes the partial upload of that hash; a stream that breaks off leaves its bytes as
+/// the partial upload of `name` ([`partials`]).
 pub(super) async fn put(
     state: &Arc<State>,
     ctx: &Context,
@@ -167,6 +168,9 @@ pub(super) async fn put(
         .on_disk(move |_| match ended {
             Ended::Stored(size) => {
                 std::fs::rename(&temp, path)?;
+                // The new name on the disk too, so that an acknowledged upload outlives a
+                // power cut, not only a crash of this process.
+                std::fs::File::open(&dir)?.sync_all()?;
                 partials::discard(&dir, &name);
                 Ok(size.to_le_bytes().to_vec())
             }
