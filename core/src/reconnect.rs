@@ -10,8 +10,10 @@
 //!
 //! - a call made while a connection is live goes out on that connection, as with a
 //!   [`Client`];
-//! - a call in flight when that connection drops fails with [`Error::Closed`]: it may or
-//!   may not have run on the server, and it is not sent again;
+//! - a call in flight when that connection drops fails with [`Error::Closed`] (or, when
+//!   the link went silent instead of closing, with [`Error::IdleTimeout`] once the
+//!   heartbeat gives up on it): it may or may not have run on the server, and it is not
+//!   sent again;
 //! - a call made while the client is away (reconnecting, or its login hook still running)
 //!   fails at once with [`Error::Disconnected`]: nothing was sent;
 //! - a call made after [`close`](ReconnectingClient::close), or once the back-off gave up,
@@ -478,8 +480,9 @@ impl Shared {
 ///     Ok(answer) => println!("{answer}"),
 ///     // Away: nothing was sent. Wait for the link (bounded), or try again later.
 ///     Err(Error::Disconnected) => println!("reconnecting"),
-///     // The link dropped with the call in flight: it may have run; it is not re-sent.
-///     Err(Error::Closed) => println!("lost"),
+///     // The link dropped (or went silent) with the call in flight: it may have run;
+///     // it is not re-sent.
+///     Err(Error::Closed | Error::IdleTimeout(_)) => println!("lost"),
 ///     Err(e) => println!("failed: {e}"),
 /// }
 /// client.close().await;
