@@ -122,31 +122,36 @@ pub(crate) enum UserAction {
 /// Arguments of `zserver client`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct ClientArgs {
-    /// The server's address.
-    #[arg(long, default_value = "127.0.0.1:7100")]
-    pub server: SocketAddr,
+    /// The server's address: `HOST:PORT`, a host name or an IP address.
+    #[arg(long, global = true, default_value = "127.0.0.1:7100")]
+    pub server: String,
     /// The user to act as (every action but `known`).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub user: Option<String>,
     /// The password (or set ZSERVER_PASSWORD).
-    #[arg(long, env = "ZSERVER_PASSWORD", hide_env_values = true)]
+    #[arg(long, global = true, env = "ZSERVER_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     /// Refuse a server whose key fingerprint (printed by `zserver serve`) is not this one;
     /// without it, the key recorded in the known-servers file at first use is required.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub pin: Option<String>,
     /// The known-servers file (default: known_servers in the user's config directory,
     /// such as ~/.config/zserver/known_servers).
-    #[arg(long, env = "ZSERVER_KNOWN_SERVERS", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "ZSERVER_KNOWN_SERVERS",
+        value_name = "FILE"
+    )]
     pub known_servers: Option<PathBuf>,
     /// Payload compression to ask the server for (used if the server offers it too).
-    #[arg(long, value_enum, default_value_t = CompressionArg::None)]
+    #[arg(long, global = true, value_enum, default_value_t = CompressionArg::None)]
     pub compression: CompressionArg,
     /// Network back end.
-    #[arg(long, default_value = "tokio", value_parser = ["tokio", "async-std", "smol"])]
+    #[arg(long, global = true, default_value = "tokio", value_parser = ["tokio", "async-std", "smol"])]
     pub backend: String,
     /// Connect over WebSocket (`--server` is then the server's `--listen-ws` address).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub ws: bool,
     #[command(subcommand)]
     pub action: ClientAction,
@@ -191,9 +196,10 @@ pub(crate) enum ClientAction {
     },
     /// Sends a message to a user (stored if they are offline).
     Push {
-        /// The recipient.
+        /// The recipients: a user, several separated by commas (`ann,bob`), or `*` for
+        /// everyone online.
         to: String,
-        /// The text.
+        /// The text, or `-` to read it from standard input.
         text: String,
     },
     /// Lists the users online.
@@ -305,6 +311,15 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), BoxError> {
 }
 
 pub(crate) fn user(args: UserArgs) -> Result<(), BoxError> {
+    if args.store == "embedded" && !args.data.join("zserver.db").exists() {
+        return Err(format!(
+            "no server data in `{}`: start `zserver serve --data {}` there once, or pass \
+             --data with the server's directory",
+            args.data.display(),
+            args.data.display()
+        )
+        .into());
+    }
     let store = Store::open_spec(&args.store, &args.data)?;
     match args.action {
         UserAction::Add { name, password } => {
@@ -363,6 +378,21 @@ pub(crate) fn client(args: ClientArgs) -> Result<(), BoxError> {
     )
 }
 
+/// The addresses `server` (`HOST:PORT`) names, IPv4 first (a name such as `localhost`
+/// may name `::1` too, where the server need not listen).
+fn resolve(server: &str) -> Result<Vec<SocketAddr>, BoxError> {
+    use std::net::ToSocketAddrs;
+    let mut addrs: Vec<SocketAddr> = server
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve --server `{server}` (HOST:PORT): {e}"))?
+        .collect();
+    addrs.sort_by_key(|a| a.is_ipv6());
+    match addrs.is_empty() {
+        true => Err(format!("--server `{server}` names no address").into()),
+        false => Ok(addrs),
+    }
+}
+
 /// A refusal, worded for the command line: a busy server says when to retry.
 fn explain(e: LoginError) -> BoxError {
     match e {
@@ -383,13 +413,31 @@ async fn client_action(
         (Some(user), Some(password)) => (user.clone(), password.clone()),
         _ => return Err("--user and --password (or ZSERVER_PASSWORD) are required".into()),
     };
-    let addr = args.server.to_string();
+    let addr = args.server.clone();
+    let server = resolve(&addr)?;
     let mut trust = Trust::new(&addr, args.pin.as_deref(), args.known_servers.as_deref())?;
     let mut config = zserver::Config::default();
     config.compression = args.compression.compression();
-    let client = LoginClient::connect_with(transport, args.server, trust.pin.as_deref(), config)
-        .await
-        .map_err(|e| trust.explain(e))?;
+    let mut connected = None;
+    for (i, addr) in server.iter().enumerate() {
+        let attempt = LoginClient::connect_with(
+            transport.clone(),
+            *addr,
+            trust.pin.as_deref(),
+            config.clone(),
+        )
+        .await;
+        match attempt {
+            Ok(client) => {
+                connected = Some(client);
+                break;
+            }
+            // Nothing listening there: the next address the name gives, if any.
+            Err(zserver::Error::Io(_)) if i + 1 < server.len() => {}
+            Err(e) => return Err(trust.explain(e)),
+        }
+    }
+    let client = connected.ok_or("no address of --server answered")?;
     let key = client
         .client()
         .connection()
@@ -471,16 +519,42 @@ async fn client_action(
             println!("removed `{name}`");
         }
         ClientAction::Push { to, text } => {
-            let report = client.push(&[&to], &text).await?;
-            if !report.delivered.is_empty() {
-                println!("delivered to `{to}`");
-            } else if !report.unconfirmed.is_empty() {
+            let text = match text.as_str() {
+                "-" => std::io::read_to_string(std::io::stdin())
+                    .map_err(|e| format!("reading the text from standard input: {e}"))?,
+                _ => text,
+            };
+            if to == "*" {
+                let report = client.push_all(&text).await?;
                 println!(
-                    "handed to `{to}`'s node, which did not confirm in time: \
-                     delivered or stored for their next login, once"
+                    "delivered to {} user(s) online",
+                    report.delivered_count.max(report.delivered.len() as u64)
                 );
             } else {
-                println!("`{to}` is offline: stored for their next login");
+                let users: Vec<&str> = to
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .collect();
+                if users.is_empty() {
+                    return Err("push: no recipient (`ann`, `ann,bob` or `*`)".into());
+                }
+                let report = client.push(&users, &text).await?;
+                for user in users {
+                    let said = if report.delivered.iter().any(|u| u == user) {
+                        format!("delivered to `{user}`")
+                    } else if report.unconfirmed.iter().any(|u| u == user) {
+                        format!(
+                            "handed to `{user}`'s node, which did not confirm in time: \
+                             delivered or stored for their next login, once"
+                        )
+                    } else if report.stored.iter().any(|u| u == user) {
+                        format!("`{user}` is offline: stored for their next login")
+                    } else {
+                        format!("`{user}`: no such user")
+                    };
+                    println!("{said}");
+                }
             }
         }
         ClientAction::Who => {

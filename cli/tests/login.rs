@@ -24,7 +24,10 @@ impl Drop for Served {
 }
 
 fn serve(data: &Path, backend: &str) -> Served {
-    let addr = free_addr().to_string();
+    serve_at(data, backend, free_addr().to_string())
+}
+
+fn serve_at(data: &Path, backend: &str, addr: String) -> Served {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", &addr, "--backend", backend, "--data"])
         .arg(data)
@@ -248,6 +251,78 @@ fn an_upload_killed_midway_goes_on_with_put_resume() {
         "{out}"
     );
     assert!(std::fs::read(user_dir.join("big.bin")).unwrap() == source);
+    drop(served);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// What a newcomer tripped over (issue 27): user commands on a directory without server
+/// data, `--server localhost:PORT`, client flags after the action, `push` to several users,
+/// to everyone and from standard input.
+#[test]
+fn the_cli_as_a_newcomer_found_it() {
+    let dir = std::env::temp_dir().join(format!("zserver-cli-newcomer-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = dir.join("not-a-server");
+    for action in [
+        &["list"][..],
+        &["add", "ann", "--password", "pw"],
+        &["del", "ann"],
+    ] {
+        let mut args = vec!["user"];
+        args.extend_from_slice(action);
+        args.extend(["--data", missing.to_str().unwrap()]);
+        fails(zserver(&args), "no server data in");
+    }
+    assert!(!missing.exists(), "nothing was created");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let served = serve_at(&dir.join("data"), "tokio", format!("127.0.0.1:{port}"));
+    let server = format!("localhost:{port}");
+    // The flags after the action, and a host name.
+    let run = |user: &str, action: &[&str], stdin: Option<&[u8]>| {
+        let mut args = vec!["client"];
+        args.extend_from_slice(action);
+        args.extend(["--server", &server, "--pin", &served.fingerprint]);
+        args.extend(["--user", user, "--password", "pw"]);
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(bytes) = stdin {
+            std::io::Write::write_all(&mut input, bytes).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    };
+    for user in ["ann", "bob", "cat"] {
+        ok(run(user, &["register"], None));
+    }
+    let out = ok(run("ann", &["push", "bob,cat", "to you two"], None));
+    assert!(
+        out.contains("`bob` is offline") && out.contains("`cat` is offline"),
+        "{out}"
+    );
+    assert!(ok(run("ann", &["push", "*", "anyone?"], None)).contains("delivered to"));
+    // 300 KB: too long for an argument, fine from standard input.
+    let long = "x".repeat(300_000);
+    let out = ok(run("ann", &["push", "bob", "-"], Some(long.as_bytes())));
+    assert!(out.contains("`bob` is offline"), "{out}");
+    let heard = ok(run("bob", &["login"], None));
+    assert!(heard.contains("message from ann: to you two"), "{heard}");
+    assert!(
+        heard.contains(&format!("message from ann: {long}")),
+        "the long text, whole"
+    );
+    assert!(ok(run("cat", &["login"], None)).contains("message from ann: to you two"));
     drop(served);
     std::fs::remove_dir_all(&dir).unwrap();
 }
