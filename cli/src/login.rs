@@ -176,16 +176,21 @@ pub(crate) enum ClientAction {
         #[arg(long)]
         resume: bool,
     },
-    /// Downloads a file (resuming a partial local copy with --resume).
+    /// Downloads a file: into OUT.part, renamed to OUT once complete and verified (resume a
+    /// broken one with --resume).
     Get {
         /// Name on the server.
         name: String,
         /// Local path (default: the same name in the current directory).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Continue from the local file's length.
+        /// Go on from the partial download left by an earlier `get` (`OUT.part`), if its
+        /// bytes are the server's (checked by hash).
         #[arg(long)]
         resume: bool,
+        /// Replace the local file if it exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Lists the user's files.
     Ls,
@@ -488,16 +493,38 @@ async fn client_action(
                 ),
             }
         }
-        ClientAction::Get { name, out, resume } => {
+        ClientAction::Get {
+            name,
+            out,
+            resume,
+            force,
+        } => {
             let out = out.unwrap_or_else(|| PathBuf::from(&name));
+            if out.exists() && !force {
+                return Err(format!(
+                    "{} exists: pass --force to replace it, or --out another path",
+                    out.display()
+                )
+                .into());
+            }
+            let mut part = out.clone().into_os_string();
+            part.push(".part");
+            let part = PathBuf::from(part);
             let bar = progress_bar(&format!("get {name}"));
-            let got = client.get(&name, &out, resume, track(&bar)).await;
+            let got = client.get(&name, &part, resume, track(&bar)).await;
             bar.finish_and_clear();
-            let got = got?;
+            let got = got.map_err(|e| {
+                format!(
+                    "{e} (what arrived is in {}: `get {name} --resume` goes on from it)",
+                    part.display()
+                )
+            })?;
+            std::fs::rename(&part, &out)
+                .map_err(|e| format!("renaming {} to {}: {e}", part.display(), out.display()))?;
             if got.restarted {
                 eprintln!(
                     "the partial {} was not the server's `{name}`: downloaded it again from the start",
-                    out.display()
+                    part.display()
                 );
             }
             match got.resumed_from {

@@ -130,16 +130,28 @@ fn serve_user_and_client_commands_on_every_back_end() {
         assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&file).unwrap());
         // --resume goes on from a partial copy that is the server's, and downloads again
         // over one that is not (a flipped byte), never keeping a foreign prefix.
+        // An existing file is kept unless --force; a download goes to OUT.part first.
+        fails(
+            as_user(
+                "ann",
+                "ann-pw",
+                &["get", "report.bin", "--out", copy.to_str().unwrap()],
+            ),
+            "pass --force",
+        );
         let resume = [
             "get",
             "report.bin",
             "--resume",
+            "--force",
             "--out",
             copy.to_str().unwrap(),
         ];
+        let part = dir.join("copy.bin.part");
         let source = std::fs::read(&file).unwrap();
-        std::fs::write(&copy, &source[..100_000]).unwrap();
+        std::fs::write(&part, &source[..100_000]).unwrap();
         let out = ok(as_user("ann", "ann-pw", &resume));
+        assert!(!part.exists(), "renamed into place");
         assert!(
             out.contains("wrote 200000 bytes") && out.contains("after the 100000"),
             "{out}"
@@ -147,7 +159,7 @@ fn serve_user_and_client_commands_on_every_back_end() {
         assert_eq!(std::fs::read(&copy).unwrap(), source);
         let mut corrupt = source[..100_000].to_vec();
         corrupt[5] ^= 0xff;
-        std::fs::write(&copy, corrupt).unwrap();
+        std::fs::write(&part, corrupt).unwrap();
         let again = as_user("ann", "ann-pw", &resume);
         let said = String::from_utf8_lossy(&again.stderr).into_owned();
         assert!(ok(again).contains("wrote 300000 bytes"));
