@@ -383,6 +383,21 @@ pub(crate) fn client(args: ClientArgs) -> Result<(), BoxError> {
     )
 }
 
+/// Asks for `user`'s password on the terminal (not echoed); without a terminal, says how
+/// to give it.
+fn ask_password(user: &str) -> Result<String, BoxError> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        return Err(
+            "no password: pass --password or set ZSERVER_PASSWORD (or run on a \
+                    terminal to be asked)"
+                .into(),
+        );
+    }
+    rpassword::prompt_password(format!("password for `{user}`: "))
+        .map_err(|e| format!("reading the password: {e}").into())
+}
+
 /// The addresses `server` (`HOST:PORT`) names, IPv4 first (a name such as `localhost`
 /// may name `::1` too, where the server need not listen).
 fn resolve(server: &str) -> Result<Vec<SocketAddr>, BoxError> {
@@ -414,9 +429,10 @@ async fn client_action(
     transport: Arc<dyn zserver::Transport>,
     args: ClientArgs,
 ) -> Result<(), BoxError> {
-    let (user, password) = match (&args.user, &args.password) {
-        (Some(user), Some(password)) => (user.clone(), password.clone()),
-        _ => return Err("--user and --password (or ZSERVER_PASSWORD) are required".into()),
+    let user = args.user.clone().ok_or("--user is required")?;
+    let password = match &args.password {
+        Some(password) => password.clone(),
+        None => ask_password(&user)?,
     };
     let addr = args.server.clone();
     let server = resolve(&addr)?;

@@ -269,7 +269,7 @@ fn an_upload_killed_midway_goes_on_with_put_resume() {
 
 /// What a newcomer tripped over (issue 27): user commands on a directory without server
 /// data, `--server localhost:PORT`, client flags after the action, `push` to several users,
-/// to everyone and from standard input.
+/// to everyone and from standard input, and a password prompt on a terminal.
 #[test]
 fn the_cli_as_a_newcomer_found_it() {
     let dir = std::env::temp_dir().join(format!("zserver-cli-newcomer-{}", std::process::id()));
@@ -335,6 +335,43 @@ fn the_cli_as_a_newcomer_found_it() {
         "the long text, whole"
     );
     assert!(ok(run("cat", &["login"], None)).contains("message from ann: to you two"));
+    // No password given: asked for on a terminal (util-linux `script` makes one), and
+    // without a terminal the error says how to give it.
+    let bare = |user: &str| {
+        let mut args = vec!["client".to_owned(), "login".into()];
+        args.extend(["--server".into(), server.clone(), "--pin".into()]);
+        args.extend([served.fingerprint.clone(), "--user".into(), user.into()]);
+        args
+    };
+    let no_tty = Command::new(BIN)
+        .args(bare("ann"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    fails(
+        no_tty,
+        "no password: pass --password or set ZSERVER_PASSWORD",
+    );
+    if Command::new("script").arg("--version").output().is_ok() {
+        let line = format!("{BIN} {}", bare("ann").join(" "));
+        let mut child = Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut input, b"pw\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() && !said.contains("password for") {
+            eprintln!("skipped the prompt: `script` made no terminal here: {said}");
+            return;
+        }
+        assert!(said.contains("password for `ann`"), "{said}");
+        assert!(said.contains("logged in as `ann`"), "{said}");
+    }
     drop(served);
     std::fs::remove_dir_all(&dir).unwrap();
 }
