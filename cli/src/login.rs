@@ -377,10 +377,38 @@ pub(crate) fn client(args: ClientArgs) -> Result<(), BoxError> {
         transport = Arc::new(zserver::WsTransport::new(transport));
     }
     let runtime = transport.runtime();
-    run_on(
-        &runtime,
-        async move { client_action(transport, args).await },
-    )
+    run_on(&runtime, async move {
+        client_action(transport, args).await.map_err(plain)
+    })
+}
+
+/// A failed connect, worded for the command line: the address, and what it likely means.
+fn connect_failed(e: zserver::Error, addr: SocketAddr, ws: bool, trust: &Trust) -> BoxError {
+    let text = e.to_string();
+    if ws && (text.contains("WebSocket protocol error") || text.contains("httparse")) {
+        return format!(
+            "{addr} did not answer as a WebSocket server: is it the server's --listen port \
+             rather than its --listen-ws one? ({text})"
+        )
+        .into();
+    }
+    match e {
+        zserver::Error::Io(why) => format!(
+            "cannot connect to {addr}: {why} (is `zserver serve` running there, and is it the \
+             port it listens on?)"
+        )
+        .into(),
+        other => trust.explain(other),
+    }
+}
+
+/// What a failed action prints: the server's own message for a refusal, without the
+/// library's wording around it.
+fn plain(e: BoxError) -> BoxError {
+    match e.downcast_ref::<zserver::Error>() {
+        Some(zserver::Error::Remote(message)) => message.clone().into(),
+        _ => e,
+    }
 }
 
 /// Asks for `user`'s password on the terminal (not echoed); without a terminal, says how
@@ -455,7 +483,7 @@ async fn client_action(
             }
             // Nothing listening there: the next address the name gives, if any.
             Err(zserver::Error::Io(_)) if i + 1 < server.len() => {}
-            Err(e) => return Err(trust.explain(e)),
+            Err(e) => return Err(connect_failed(e, *addr, args.ws, &trust)),
         }
     }
     let client = connected.ok_or("no address of --server answered")?;
@@ -529,12 +557,21 @@ async fn client_action(
             let bar = progress_bar(&format!("get {name}"));
             let got = client.get(&name, &part, resume, track(&bar)).await;
             bar.finish_and_clear();
-            let got = got.map_err(|e| {
-                format!(
-                    "{e} (what arrived is in {}: `get {name} --resume` goes on from it)",
-                    part.display()
-                )
-            })?;
+            let got = match got {
+                Ok(got) => got,
+                Err(e) if std::fs::metadata(&part).is_ok_and(|m| m.len() > 0) => {
+                    let e = plain(e.into());
+                    return Err(format!(
+                        "{e} (what arrived is in {}: `get {name} --resume` goes on from it)",
+                        part.display()
+                    )
+                    .into());
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&part);
+                    return Err(e.into());
+                }
+            };
             std::fs::rename(&part, &out)
                 .map_err(|e| format!("renaming {} to {}: {e}", part.display(), out.display()))?;
             if got.restarted {

@@ -335,6 +335,44 @@ fn the_cli_as_a_newcomer_found_it() {
         "the long text, whole"
     );
     assert!(ok(run("cat", &["login"], None)).contains("message from ann: to you two"));
+    // Errors in a user's words: the server's refusal without the library's wording, the
+    // address that refused, a WebSocket client pointed at the TCP port.
+    let missing_file = run("ann", &["get", "nope", "--out", "/nonexistent-dir/x"], None);
+    let said = String::from_utf8_lossy(&missing_file.stderr).into_owned();
+    assert!(
+        said.contains("no file `nope`") && !said.contains("handler"),
+        "{said}"
+    );
+    let closed = free_addr().to_string();
+    let refused = Command::new(BIN)
+        .args([
+            "client",
+            "login",
+            "--server",
+            &closed,
+            "--user",
+            "ann",
+            "--password",
+            "pw",
+        ])
+        .output()
+        .unwrap();
+    fails(refused, &format!("cannot connect to {closed}"));
+    let tcp = format!("127.0.0.1:{port}");
+    let ws = Command::new(BIN)
+        .args([
+            "client",
+            "login",
+            "--ws",
+            "--server",
+            &tcp,
+            "--pin",
+            &served.fingerprint,
+        ])
+        .args(["--user", "ann", "--password", "pw"])
+        .output()
+        .unwrap();
+    fails(ws, "did not answer as a WebSocket server");
     // No password given: asked for on a terminal (util-linux `script` makes one), and
     // without a terminal the error says how to give it.
     let bare = |user: &str| {
