@@ -207,6 +207,82 @@ async fn origins_are_checked_at_the_upgrade(addr: &str) {
 }
 both!(origins_are_checked_at_the_upgrade);
 
+/// RFC 6455 §4.2.2, written by hand here (not by the WebSocket library the server uses): an
+/// upgrade with a version other than 13 gets `400` and `Sec-WebSocket-Version: 13`, one
+/// without `Sec-WebSocket-Key` gets `400`, both as HTTP answers before the close.
+async fn bad_upgrades_get_an_http_error(addr: &str) {
+    let (server, ws) = dual(addr, Config::default(), WsOptions::new()).await;
+    let host = ws.to_string();
+    let (version, keyless) = on_thread(move || {
+        let request = String::from_utf8(upgrade_request(None, &host)).unwrap();
+        let version = request.replace("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8");
+        let keyless = request.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "");
+        (http(ws, version.as_bytes()), http(ws, keyless.as_bytes()))
+    })
+    .await;
+    assert!(version.starts_with("HTTP/1.1 400 "), "{version}");
+    assert!(
+        version.contains("\r\nSec-WebSocket-Version: 13\r\n"),
+        "{version}"
+    );
+    assert!(keyless.starts_with("HTTP/1.1 400 "), "{keyless}");
+    shutdown(&server).await;
+}
+both!(bad_upgrades_get_an_http_error);
+
+/// RFC 6455 §5.5.1: a Close from the client is answered with a Close, by a client written
+/// by hand from the RFC (a masked Close frame, then the server's frames read raw).
+async fn a_close_is_answered_with_a_close(addr: &str) {
+    let (server, ws) = dual(addr, Config::default(), WsOptions::new()).await;
+    let host = ws.to_string();
+    let answer = on_thread(move || {
+        let mut s = raw_connect(ws);
+        s.write_all(&upgrade_request(None, &host)).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        // FIN + Close, masked, payload: status 1000.
+        let mask = [1u8, 2, 3, 4];
+        let payload = [0x03u8, 0xe8];
+        let mut frame = vec![0x88, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        s.write_all(&frame).unwrap();
+        // Whatever the server sends until it closes: its first frame must be a Close.
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    })
+    .await;
+    // The server's frames (unmasked, short here): its preamble in a binary message, then
+    // the Close answering ours, echoing its status code.
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 2 <= answer.len() && answer[at + 1] < 126 {
+        let len = answer[at + 1] as usize;
+        frames.push((
+            answer[at] & 0x0f,
+            answer[at + 2..(at + 2 + len).min(answer.len())].to_vec(),
+        ));
+        at += 2 + len;
+    }
+    let close = frames.iter().find(|(op, _)| *op == 0x8);
+    assert_eq!(
+        close.map(|(_, p)| &p[..2]),
+        Some(&[0x03, 0xe8][..]),
+        "{answer:02x?}"
+    );
+    shutdown(&server).await;
+}
+both!(a_close_is_answered_with_a_close);
+
 /// Plain GETs get the web root's files with their content types; nothing outside it.
 async fn static_files_are_served_from_the_web_root(addr: &str) {
     // A directory per test: the runs of every back end and address family share the

@@ -16,7 +16,7 @@ export function workspaceBinary(env: string, rel: string): string {
   const path = process.env[env] ?? join(workspace, "target", "debug", rel);
   if (!existsSync(path)) {
     throw new Error(
-      `${path} is missing: build it first (cargo build -p zserver-cli --example interop_peer), or set ${env}`,
+      `${path} is missing: build it first (cargo build -p zserver-cli for zserver, cargo build -p zserver --example interop_peer for the peer), or set ${env}`,
     );
   }
   return path;

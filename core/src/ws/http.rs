@@ -23,6 +23,10 @@ pub(crate) struct Head {
     pub(crate) origin: Option<String>,
     /// Whether the request asks for a WebSocket (`Upgrade: websocket`).
     pub(crate) websocket: bool,
+    /// `Sec-WebSocket-Version`, if given.
+    pub(crate) ws_version: Option<String>,
+    /// Whether `Sec-WebSocket-Key` is given.
+    pub(crate) ws_key: bool,
 }
 
 /// Why a request head could not be read.
@@ -84,6 +88,8 @@ impl From<&httparse::Request<'_, '_>> for Head {
             host: header("host"),
             origin: header("origin"),
             websocket,
+            ws_version: header("sec-websocket-version"),
+            ws_key: header("sec-websocket-key").is_some_and(|k| !k.is_empty()),
         }
     }
 }
@@ -114,7 +120,24 @@ pub(crate) async fn respond_text(
     body: &str,
     head_only: bool,
 ) -> io::Result<()> {
+    respond_text_with(write, status, "", body, head_only).await
+}
+
+/// [`respond_text`] with `extra` header lines (each ending in `\r\n`).
+pub(crate) async fn respond_text_with(
+    write: &mut BoxWrite,
+    status: &str,
+    extra: &str,
+    body: &str,
+    head_only: bool,
+) -> io::Result<()> {
     let mut out = response_head(status, "text/plain; charset=utf-8", body.len() as u64);
+    if !extra.is_empty() {
+        // Before the blank line that ends the head.
+        out.truncate(out.len() - 2);
+        out.extend_from_slice(extra.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     if !head_only {
         out.extend_from_slice(body.as_bytes());
     }

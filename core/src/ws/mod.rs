@@ -34,7 +34,7 @@ use crate::frame::DEFAULT_MAX_FRAME;
 use crate::runtime::Runtime;
 use crate::secure::record::MAX_RECORD_PLAINTEXT;
 use crate::transport::{BoxRead, BoxWrite, ClientIo, Listener, ServerIo, Transport, Upgrade};
-use http::{origin_allowed, read_head, respond_text, HeadError};
+use http::{origin_allowed, read_head, respond_text, respond_text_with, HeadError};
 use stream::{halves, io_error, Duplex};
 
 pub use http::MAX_HEAD;
@@ -278,6 +278,19 @@ impl Upgrade for Acceptor {
         if !origin_allowed(&head, &self.options.allowed_origins) {
             respond_text(&mut write, "403 Forbidden", "origin not allowed\n", false).await?;
             return Err(refused("WebSocket origin not allowed"));
+        }
+        // RFC 6455 §4.2.2: a handshake the server cannot take gets an HTTP error, and a
+        // version it does not speak says which one it does.
+        if head.ws_version.as_deref() != Some("13") {
+            let extra = "Sec-WebSocket-Version: 13\r\n";
+            let body = "unsupported WebSocket version (this server speaks 13)\n";
+            respond_text_with(&mut write, "400 Bad Request", extra, body, false).await?;
+            return Err(refused("unsupported WebSocket version"));
+        }
+        if !head.ws_key || head.method != "GET" {
+            let body = "a WebSocket upgrade is a GET with Sec-WebSocket-Key\n";
+            respond_text(&mut write, "400 Bad Request", body, false).await?;
+            return Err(refused("bad WebSocket upgrade request"));
         }
         // The head is parsed again by the WebSocket library, which validates the rest of
         // the handshake and answers 101 (or 400).

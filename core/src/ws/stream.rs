@@ -80,6 +80,7 @@ pub(crate) fn halves(ws: WebSocketStream<Duplex>, max_send: usize) -> (BoxRead, 
     let read = WsRead {
         rx,
         pending: Bytes::new(),
+        closing: false,
     };
     let write = WsWrite {
         tx,
@@ -96,6 +97,8 @@ pub(crate) struct WsRead {
     rx: WebSocketReceiver<Duplex>,
     /// What is left of the last message.
     pending: Bytes,
+    /// The peer sent Close: reading goes on only until the answer is sent.
+    closing: bool,
 }
 
 impl AsyncRead for WsRead {
@@ -111,7 +114,13 @@ impl AsyncRead for WsRead {
                 return Poll::Ready(Ok(n));
             }
             match ready!(Pin::new(&mut self.rx).poll_next(cx)) {
-                None | Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(0)),
+                None => return Poll::Ready(Ok(0)),
+                // The library queued the answering Close (RFC 6455 §5.5.1); reading on
+                // sends it, and then ends.
+                Some(Ok(Message::Close(_))) => self.closing = true,
+                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) if self.closing => {
+                    return Poll::Ready(Ok(0))
+                }
                 Some(Ok(Message::Binary(data))) => self.pending = data,
                 Some(Ok(Message::Text(_))) => {
                     return Poll::Ready(Err(io::Error::new(
