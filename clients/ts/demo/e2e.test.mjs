@@ -5,8 +5,12 @@
 // browser user's push.
 // A page logging in gets the messages stored while its user was away; a page logging in
 // as a user who is already on another page gets that page kicked; a page pinning the
-// wrong key is refused. Rooms (the server's `chat:` channels): pages join one, see its
-// members come and go and its earlier messages, and post to it. Screenshots land in target/e2e/ at the repository root.
+// wrong key is refused. Rooms (the server's `chat:` channels): a page joins the lobby at
+// login, more rooms by name, one tab each; pages see members come and go and earlier
+// messages, a post reaches its room only. A 1 MB word does not widen the page; the page
+// fits a 390 px phone; when the server is killed the page says it is reconnecting and
+// comes back by itself once the server is started again where it was. Screenshots land
+// in target/e2e/ at the repository root (their paths are printed).
 //
 // Needs target/debug/zserver (built by `cargo build -p zserver-cli`; ZSERVER_BIN overrides)
 // and /usr/bin/chromium (CHROMIUM overrides); run `npm run build:demo` first (`npm test`
@@ -15,80 +19,29 @@
 import { spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import {
+  artifacts,
+  chromiumBin,
+  here,
+  killServer,
+  launchBrowser,
+  startServer,
+  STEP_MS,
+  stopAll,
+  track,
+  zserver,
+  zserverBin,
+} from "./harness.mjs";
 
-const here = dirname(fileURLToPath(import.meta.url));
-const root = resolve(here, "../../..");
-const zserverBin = process.env.ZSERVER_BIN ?? join(root, "target/debug/zserver");
-const chromiumBin = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const web = join(here, "dist");
-const artifacts = join(root, "target/e2e");
-/** How long any one step may take. */
-const STEP_MS = 15_000;
 
-const CHROMIUM_FLAGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
-
-let server; // { child, tcp, ws, pin }
+let server; // { child, tcp, ws, pin, ... }: the server most tests share
 let browser;
 let scratch;
-const children = new Set();
-
-/** Runs `zserver` with `args`; resolves with its stdout once it exits with status 0. */
-function zserver(args, { env } = {}) {
-  return new Promise((resolveRun, reject) => {
-    const child = spawn(zserverBin, args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    let err = "";
-    child.stdout.on("data", (d) => (out += d));
-    child.stderr.on("data", (d) => (err += d));
-    const timer = setTimeout(() => child.kill("SIGKILL"), STEP_MS);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      if (code === 0) resolveRun(out);
-      else reject(new Error(`zserver ${args.join(" ")} exited with ${code}:\n${out}${err}`));
-    });
-  });
-}
-
-/** Starts `zserver serve` on free loopback ports; resolves once it printed its addresses and key. */
-function startServer(data) {
-  const args = ["serve", "--listen", "127.0.0.1:0", "--listen-ws", "127.0.0.1:0", "--web", web, "--data", data];
-  const child = spawn(zserverBin, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: "warn" } });
-  children.add(child);
-  let stderr = "";
-  child.stderr.on("data", (d) => (stderr += d));
-  return new Promise((resolveStart, reject) => {
-    const seen = {};
-    const timer = setTimeout(() => reject(new Error(`zserver serve did not start:\n${stderr}`)), STEP_MS);
-    child.on("exit", (code) => reject(new Error(`zserver serve exited with ${code}:\n${stderr}`)));
-    createInterface({ input: child.stdout }).on("line", (line) => {
-      const tcp = line.match(/^zserver listening on (\S+)/);
-      const ws = line.match(/^WebSocket on ws:\/\/([^/\s]+)\//);
-      const pin = line.match(/^server key fingerprint: ([0-9a-f]{64})$/);
-      if (tcp) seen.tcp = tcp[1];
-      if (ws) seen.ws = ws[1];
-      if (pin) seen.pin = pin[1];
-      if (seen.tcp && seen.ws && seen.pin) {
-        clearTimeout(timer);
-        resolveStart({ child, ...seen });
-      }
-    });
-  });
-}
 
 /** `zserver client` arguments for `user` reaching the server `via` these options, pinning its key. */
 function clientArgs(via, user, action) {
@@ -101,14 +54,31 @@ const cli = (user, ...action) => clientArgs(["--server", server.tcp], user, acti
 /** `zserver client` arguments for `user`, over WebSocket. */
 const cliWs = (user, ...action) => clientArgs(["--ws", "--server", server.ws], user, action);
 
-/** A fresh browser context with the chat page open (pinning `pin`, with `query` added). */
-async function openPage(pin = server.pin, query = "") {
-  const context = await browser.newContext({ viewport: { width: 900, height: 560 } });
+/** A fresh browser context with the chat page of `at` open (pinning `pin`, with `query` added). */
+async function openPage(pin = server.pin, query = "", { viewport = { width: 900, height: 560 }, at = server } = {}) {
+  const context = await browser.newContext({ viewport });
   const page = await context.newPage();
   page.setDefaultTimeout(STEP_MS);
   page.on("pageerror", (e) => console.error(`page error: ${e.message}`));
-  await page.goto(`http://${server.ws}/?pin=${pin}${query}`);
+  await page.goto(`http://${at.ws}/?pin=${pin}${query}`);
   return page;
+}
+
+/** Takes a screenshot of `page` into target/e2e/NAME.png and prints where. */
+async function shot(page, name, options = {}) {
+  const path = join(artifacts, `${name}.png`);
+  await page.screenshot({ path, ...options });
+  console.log(`screenshot: ${path}`);
+}
+
+/** How wide `page`'s document is, and its viewport. */
+const widths = (page) =>
+  page.evaluate(() => ({ scroll: document.documentElement.scrollWidth, body: document.body.scrollWidth, viewport: innerWidth }));
+
+/** Asserts that `page` does not scroll sideways. */
+async function assertNoSideScroll(page, what) {
+  const w = await widths(page);
+  assert.ok(w.scroll <= w.viewport && w.body <= w.viewport, `${what}: the page is ${w.scroll} px wide in a ${w.viewport} px viewport`);
 }
 
 /** Registers (or logs in) `user` on `page` and waits until the page shows the session. */
@@ -117,6 +87,8 @@ async function enter(page, user, { register = true } = {}) {
   await page.fill("#password", `${user}-pw`);
   await page.click(register ? "#register" : "#login");
   await page.waitForSelector('#status[data-state="online"]');
+  // The page joins the lobby at login.
+  await page.locator('#room-tabs button[data-room="lobby"]').waitFor();
 }
 
 /** Waits until `page` lists `user` as online (the page asks `who` every 3 s; Refresh asks now). */
@@ -158,9 +130,15 @@ async function post(page, text) {
   await page.click("#room-post");
 }
 
-/** The message from `from` with `text` in the room `page` shows. */
-const roomMessage = (page, from, text) =>
-  page.locator("#room-messages li", { hasText: text }).filter({ has: page.locator(".from", { hasText: from }) });
+/** The messages of the room `name` on `page` (the room shown when `name` is omitted). */
+const roomList = (page, name) => page.locator(name ? `ol.room-messages[data-room="${name}"]` : "ol.room-messages:not([hidden])");
+
+/** The message from `from` with `text` in the room `page` shows (or in the room `name`). */
+const roomMessage = (page, from, text, name) =>
+  roomList(page, name).locator("li", { hasText: text }).filter({ has: page.locator(".from", { hasText: from }) });
+
+/** The tab of the room `name` on `page`. */
+const roomTab = (page, name) => page.locator(`#room-tabs button[data-room="${name}"]`);
 
 before(async () => {
   assert.ok(existsSync(zserverBin), `${zserverBin} is missing: run \`cargo build -p zserver-cli\` first`);
@@ -168,13 +146,13 @@ before(async () => {
   assert.ok(existsSync(chromiumBin), `${chromiumBin} is missing: apt-get install chromium`);
   scratch = mkdtempSync(join(tmpdir(), "zserver-e2e-"));
   mkdirSync(artifacts, { recursive: true });
-  server = await startServer(join(scratch, "data"));
-  browser = await chromium.launch({ executablePath: chromiumBin, headless: true, args: CHROMIUM_FLAGS });
+  server = await startServer({ web, data: join(scratch, "data") });
+  browser = await launchBrowser();
 });
 
 after(async () => {
   await browser?.close();
-  for (const child of children) child.kill("SIGINT");
+  stopAll();
   if (scratch) rmSync(scratch, { recursive: true, force: true });
 });
 
@@ -205,7 +183,7 @@ test("browser users and a Rust user push to each other through one server", asyn
   assert.match(await push(bob, "carol", "while you were away, carol"), /stored for carol/);
   assert.match(await zserver(cli("carol", "login")), /bob: while you were away, carol/);
   const listen = spawn(zserverBin, cli("carol", "listen"), { stdio: ["ignore", "pipe", "inherit"] });
-  children.add(listen);
+  track(listen);
   const heard = new Promise((resolveHeard) =>
     createInterface({ input: listen.stdout }).on("line", (line) => {
       if (line.includes("live to carol")) resolveHeard(line);
@@ -226,10 +204,10 @@ test("browser users and a Rust user push to each other through one server", asyn
   // (carol's `listen` has just gone: wait for the count to settle, refreshed every 3 s.)
   await dave.waitForFunction(() => document.querySelector("#online-count")?.textContent === "(3)");
   assert.deepEqual(await dave.locator("#online li").allTextContents(), ["ann", "and 2 more"]);
-  await dave.screenshot({ path: join(artifacts, "offline.png") });
+  await shot(dave, "offline");
 
-  await ann.screenshot({ path: join(artifacts, "chat.png") });
-  await bob.screenshot({ path: join(artifacts, "chat-bob.png") });
+  await shot(ann, "chat");
+  await shot(bob, "chat-bob");
 
   // A second login of bob elsewhere kicks the first page.
   const bob2 = await openPage();
@@ -237,7 +215,7 @@ test("browser users and a Rust user push to each other through one server", asyn
   await bob.waitForSelector('#status[data-state="kicked"]');
   assert.match(await bob.textContent("#kicked"), /logged in from another connection/);
   assert.equal(await bob.isVisible("#chat"), false);
-  await bob.screenshot({ path: join(artifacts, "kicked.png") });
+  await shot(bob, "kicked");
 });
 
 test("a page that pins another key is refused before logging in", async () => {
@@ -247,23 +225,27 @@ test("a page that pins another key is refused before logging in", async () => {
   await page.click("#register");
   await page.waitForSelector('#status[data-state="error"]');
   assert.match(await page.textContent("#status"), /key|fingerprint|pin/i);
-  await page.screenshot({ path: join(artifacts, "refused.png") });
+  await shot(page, "refused");
   // Nothing reached the server: the account does not exist.
   await assert.rejects(zserver(cli("mallory", "login")), /wrong user name or password/);
 });
 
-test("rooms: members come and go, earlier messages, posts reach the room", async () => {
+test("rooms: the lobby at login, tabs, members come and go, earlier messages, posts stay in their room", async () => {
   const erin = await openPage();
   const frank = await openPage();
   await enter(erin, "erin");
   await enter(frank, "frank");
-  await joinRoom(erin, "lobby", "erin");
-  await post(erin, "first in the lobby");
-  await roomMessage(erin, "erin", "first in the lobby").waitFor();
+  // Both are in the lobby, shown at login.
+  await member(erin, "erin").waitFor();
+  assert.equal(await erin.textContent("#room-name"), "lobby");
+
+  await joinRoom(erin, "kitchen", "erin");
+  await post(erin, "first in the kitchen");
+  await roomMessage(erin, "erin", "first in the kitchen").waitFor();
 
   // Joining later: the earlier message from the room's history, and both members.
-  await joinRoom(frank, "lobby", "frank");
-  const earlier = roomMessage(frank, "erin", "first in the lobby");
+  await joinRoom(frank, "kitchen", "frank");
+  const earlier = roomMessage(frank, "erin", "first in the kitchen");
   await earlier.waitFor();
   assert.equal(await earlier.getAttribute("class"), "earlier");
   await member(frank, "erin").waitFor();
@@ -271,21 +253,147 @@ test("rooms: members come and go, earlier messages, posts reach the room", async
   await member(erin, "frank").waitFor();
 
   // A post reaches everyone in the room, the poster included, once.
-  await post(frank, "hello lobby, frank here");
-  await roomMessage(erin, "frank", "hello lobby, frank here").waitFor();
-  await roomMessage(frank, "frank", "hello lobby, frank here").waitFor();
-  assert.equal(await erin.locator("#room-messages li").count(), 2);
-  // Another room is another channel: nothing of the lobby there.
+  await post(frank, "hello kitchen, frank here");
+  await roomMessage(erin, "frank", "hello kitchen, frank here").waitFor();
+  await roomMessage(frank, "frank", "hello kitchen, frank here").waitFor();
+  assert.equal(await roomList(erin, "kitchen").locator("li").count(), 2);
+
+  // erin switches to the lobby tab: the lobby's messages, not the kitchen's; a kitchen post
+  // meanwhile lands in the kitchen and counts as unread on its tab.
+  await roomTab(erin, "lobby").click();
+  assert.equal(await erin.textContent("#room-name"), "lobby");
+  assert.equal(await roomList(erin).locator("li", { hasText: "kitchen" }).count(), 0);
+  await post(frank, "while erin is in the lobby");
+  await roomMessage(erin, "frank", "while erin is in the lobby", "kitchen").waitFor({ state: "attached" });
+  await roomTab(erin, "kitchen").locator(".unread", { hasText: "1" }).waitFor();
+  assert.equal(await roomList(erin, "lobby").locator("li", { hasText: "while erin" }).count(), 0);
+  await post(erin, "erin in the lobby");
+  await roomMessage(frank, "erin", "erin in the lobby", "lobby").waitFor({ state: "attached" });
+  assert.equal(await roomList(frank, "kitchen").locator("li", { hasText: "erin in the lobby" }).count(), 0);
+  await shot(erin, "rooms-lobby");
+  await roomTab(erin, "kitchen").click();
+  await roomMessage(erin, "frank", "while erin is in the lobby").waitFor();
+  assert.equal(await roomTab(erin, "kitchen").locator(".unread").count(), 0);
+
+  // Another room is another channel: nothing of the kitchen there.
   const gina = await openPage();
   await enter(gina, "gina");
   await joinRoom(gina, "garden", "gina");
-  assert.equal(await gina.locator("#room-messages li").count(), 0);
+  assert.equal(await roomList(gina).locator("li").count(), 0);
   assert.equal(await gina.locator("#room-members .member").count(), 1);
-  await erin.screenshot({ path: join(artifacts, "rooms.png") });
+  await shot(erin, "rooms");
 
-  // frank leaves: erin's page sees it.
+  // frank leaves the kitchen: erin's page sees it; frank's page shows the lobby again.
   await frank.click("#leave-room");
-  await frank.locator("#room-report", { hasText: "left lobby" }).waitFor();
+  await frank.locator("#room-report", { hasText: "left kitchen" }).waitFor();
+  assert.equal(await roomTab(frank, "kitchen").count(), 0);
+  assert.equal(await frank.textContent("#room-name"), "lobby");
   await member(erin, "frank").waitFor({ state: "detached" });
   assert.equal(await erin.locator("#room-members .member").count(), 1);
+  for (const page of [erin, frank, gina]) await page.context().close();
+});
+
+test("a 1 MB word wraps: the page gets no wider, in direct messages and in a room", async () => {
+  const hal = await openPage();
+  const ivy = await openPage();
+  await enter(hal, "hal");
+  await enter(ivy, "ivy");
+  await waitOnline(hal, "ivy");
+  const word = "w".repeat(1 << 20);
+  // Put into the field as a person pasting it would (fill), pushed, shown on both pages.
+  // (No locator names the word: a failing one would print it.)
+  await hal.fill("#to", "ivy");
+  await hal.fill("#text", word);
+  await hal.click("#send");
+  await hal.locator("#messages li.sent", { hasText: "you → ivy" }).waitFor();
+  assert.match(await hal.textContent("#report"), /delivered to ivy/);
+  const got = ivy.locator("#messages li.received").filter({ has: ivy.locator(".from", { hasText: "hal" }) });
+  await got.waitFor();
+  await assertNoSideScroll(hal, "the sender's page");
+  await assertNoSideScroll(ivy, "the receiver's page");
+  // Shown cut short, with a button for the rest; all of it shown still wraps.
+  const button = got.locator("button.more");
+  assert.match(await button.textContent(), /show all 1,048,576 characters/);
+  await button.click();
+  assert.equal((await got.locator(".text").textContent()).length, 1 << 20);
+  await assertNoSideScroll(ivy, "the receiver's page, the whole 1 MB word shown");
+  await ivy.evaluate(() => window.scrollTo(0, 0));
+  await shot(ivy, "long-word");
+
+  // In a room: publications are at most 64 KiB here, so a 60,000-letter word.
+  const long = "r".repeat(60_000);
+  await post(hal, long);
+  await roomList(ivy, "lobby").locator("li", { hasText: "rrrrrrrrrr" }).waitFor();
+  await assertNoSideScroll(ivy, "the room with a 60,000-letter word");
+  // And one over the limit is refused, said so on the page.
+  await post(hal, "x".repeat(70_000));
+  await hal.locator("#room-report", { hasText: /not posted/ }).waitFor();
+  for (const page of [hal, ivy]) await page.context().close();
+});
+
+test("the page fits a 390 px phone: no sideways scrolling, every field and button on screen", async () => {
+  const phone = { width: 390, height: 844 };
+  const page = await openPage(server.pin, "", { viewport: phone });
+  /** Asserts that every visible input and button lies within the viewport's width. */
+  const assertControlsFit = async (what) => {
+    await assertNoSideScroll(page, what);
+    const outside = await page.evaluate(() =>
+      [...document.querySelectorAll("input, button")]
+        .filter((el) => el.offsetParent !== null)
+        .map((el) => ({ id: el.id || el.textContent, box: el.getBoundingClientRect() }))
+        .filter(({ box }) => box.left < 0 || box.right > innerWidth || box.width < 30)
+        .map(({ id, box }) => `${id}: ${Math.round(box.left)}..${Math.round(box.right)}`),
+    );
+    assert.deepEqual(outside, [], `${what}: controls outside the screen`);
+  };
+  await page.click("summary");
+  await assertControlsFit("the login form, server details open");
+  await shot(page, "phone-login");
+  await enter(page, "jack");
+  await assertControlsFit("logged in");
+  for (const id of ["#room-text", "#room-post", "#to", "#text", "#send", "#room", "#logout"]) {
+    assert.ok(await page.isVisible(id), `${id} is visible`);
+  }
+  await post(page, "from a phone, a long word: " + "p".repeat(5000));
+  await roomList(page).locator("li", { hasText: "from a phone" }).waitFor();
+  await assertControlsFit("after a long room message");
+  await shot(page, "phone-chat");
+  await page.context().close();
+});
+
+test("the server is killed: the page says it is reconnecting, and is back by itself once the server is", async () => {
+  // A server of its own, restarted where it was (same ports, same data, so the same key).
+  const data = join(scratch, "restart-data");
+  let own = await startServer({ web, data });
+  const kate = await openPage(own.pin, "", { at: own });
+  await enter(kate, "kate");
+  await member(kate, "kate").waitFor();
+  await post(kate, "before the restart");
+  await roomMessage(kate, "kate", "before the restart").waitFor();
+
+  await killServer(own);
+  await kate.locator('#status[data-state="reconnecting"]').waitFor();
+  assert.match(await kate.textContent("#status"), /^reconnecting…/);
+  // What was on the page stays while away; sending says why it cannot.
+  assert.equal(await kate.isVisible("#chat"), true);
+  await roomMessage(kate, "kate", "before the restart").waitFor();
+  // Let it fail an attempt or two against the closed port.
+  await kate.waitForFunction(() => /attempt [2-9]/.test(document.querySelector("#status")?.textContent ?? ""));
+  await shot(kate, "reconnecting");
+
+  own = await startServer({ web, data, tcp: own.tcp, ws: own.ws });
+  await kate.locator('#status[data-state="online"]').waitFor();
+  assert.match(await kate.textContent("#status"), /^connected as kate/);
+  // Back in the room (subscribed again from where it stopped), a post goes through.
+  await member(kate, "kate").waitFor();
+  await post(kate, "after the restart");
+  await roomMessage(kate, "kate", "after the restart").waitFor();
+  assert.equal(await roomList(kate, "lobby").locator("li", { hasText: "before the restart" }).count(), 1);
+  // Direct messages too, from a Rust client on the restarted server.
+  await zserver(["client", "--server", own.tcp, "--user", "leo", "--password", "leo-pw", "--pin", own.pin, "register"]);
+  await zserver(["client", "--server", own.tcp, "--user", "leo", "--password", "leo-pw", "--pin", own.pin, "push", "kate", "welcome back"]);
+  await received(kate, "leo", "welcome back");
+  await shot(kate, "reconnected");
+  await kate.context().close();
+  await killServer(own);
 });
