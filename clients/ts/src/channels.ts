@@ -80,6 +80,13 @@ export type ChannelEvent =
   | { type: "join"; member: Member }
   /** Someone unsubscribed, or their connection closed. */
   | { type: "leave"; member: Member }
+  /**
+   * A {@link ReconnectingClient}'s subscription was made again on a new connection. With
+   * `recovered`, every publication missed while away follows, before any newer one;
+   * without it (the gap is older than the history, or the history was lost), reload the
+   * channel's state from the app.
+   */
+  | { type: "resubscribed"; recovered: boolean; position: Position | null }
   /** The server ended the subscription; this is the last event. */
   | { type: "unsubscribed"; reason: string };
 
@@ -89,8 +96,24 @@ type Listener<T extends ChannelEvent["type"]> = (
     ? Publication
     : T extends "join" | "leave"
       ? Member
-      : string,
+      : T extends "resubscribed"
+        ? Resubscribed
+        : string,
 ) => void;
+
+/** What a `"resubscribed"` listener gets. */
+export interface Resubscribed {
+  /** Whether every publication missed while away follows (else: reload from the app). */
+  recovered: boolean;
+  /** The channel's position on resubscribing (`null`: no history). */
+  position: Position | null;
+}
+
+/** @internal Whom a {@link Subscription} tells that it ended or is unsubscribed. */
+export interface SubscriptionOwner {
+  forget(sub: Subscription): void;
+  release(sub: Subscription, options?: CallOptions): Promise<void>;
+}
 
 /** Options of {@link Channels.subscribe}. */
 export interface SubscribeOptions extends CallOptions {
@@ -235,6 +258,7 @@ export class Subscription implements AsyncIterable<ChannelEvent> {
     publication: [],
     join: [],
     leave: [],
+    resubscribed: [],
     unsubscribed: [],
   };
   private endedFlag = false;
@@ -242,7 +266,7 @@ export class Subscription implements AsyncIterable<ChannelEvent> {
 
   /** @internal made by {@link Channels.subscribe}. */
   constructor(
-    private readonly owner: Channels,
+    private readonly owner: SubscriptionOwner,
     /** The channel's name. */
     readonly channel: string,
     private readonly maxQueued: number,
@@ -278,11 +302,13 @@ export class Subscription implements AsyncIterable<ChannelEvent> {
 
   /**
    * Adds a listener: `"publication"` (a {@link Publication}), `"join"` / `"leave"` (a
-   * {@link Member}), `"unsubscribed"` (the server's reason). Events of that type queued
+   * {@link Member}), `"unsubscribed"` (the server's reason), `"resubscribed"` (a
+   * {@link ReconnectingClient} made it again on a new connection: `{recovered, position}`). Events of that type queued
    * unread are handed to it at once.
    */
   on(event: "publication", listener: (p: Publication) => void): this;
   on(event: "join" | "leave", listener: (m: Member) => void): this;
+  on(event: "resubscribed", listener: (r: Resubscribed) => void): this;
   on(event: "unsubscribed", listener: (reason: string) => void): this;
   on(event: ChannelEvent["type"], listener: (value: never) => void): this {
     (this.listeners[event] as unknown[]).push(listener);
@@ -349,9 +375,18 @@ export class Subscription implements AsyncIterable<ChannelEvent> {
 
   // ---- internal: what Channels calls ----
 
-  /** @internal The answer to `$ch.sub` arrived: its publications first, then `held`, each once. */
-  settle(answer: Subscribed, since: Position | null | undefined, held: ChannelEvent[]): void {
+  /**
+   * @internal The answer to `$ch.sub` arrived: its publications first, then `held`, each
+   * once. `again`: made again on a new connection (a `resubscribed` event comes first).
+   */
+  settle(answer: Subscribed, since: Position | null | undefined, held: ChannelEvent[], again = false): void {
     this.recoveredFlag = answer.recovered;
+    if (again) {
+      const position = answer.position && { ...answer.position };
+      this.push({ type: "resubscribed", recovered: answer.recovered, position }, null);
+      // Not recovered: the old position means nothing in the history the server has now.
+      if (!answer.recovered) this.last = null;
+    }
     if (since) {
       for (const p of answer.publications) this.publication(p);
     }
@@ -360,6 +395,11 @@ export class Subscription implements AsyncIterable<ChannelEvent> {
     this.last = answer.position && { ...answer.position };
     if (this.queue.length === 0) this.taken = this.last && { ...this.last };
     for (const e of held) this.deliver(e);
+  }
+
+  /** @internal Where to subscribe again from: the last publication delivered (queued or taken). */
+  get resumeFrom(): Position | null {
+    return this.last && { ...this.last };
   }
 
   /** @internal An event for this subscription (after its answer). */
@@ -404,7 +444,9 @@ export class Subscription implements AsyncIterable<ChannelEvent> {
         ? event.publication
         : event.type === "unsubscribed"
           ? event.reason
-          : event.member;
+          : event.type === "resubscribed"
+            ? { recovered: event.recovered, position: event.position }
+            : event.member;
     for (const l of this.listeners[event.type] as ((v: unknown) => void)[]) {
       try {
         l(value);
@@ -436,6 +478,8 @@ interface Slot {
   sub: Subscription;
   /** Set while `$ch.sub` is in flight: deliveries wait here (section 6c). */
   held: ChannelEvent[] | undefined;
+  /** A reconnecting client's: outlives this connection (not ended when it closes). */
+  keep: boolean;
 }
 
 /**
@@ -443,7 +487,7 @@ interface Slot {
  * `publish`, `presence` and `history` are also on the client). Registers the handlers
  * of `$ch.p`, `$ch.join`, `$ch.leave` and `$ch.unsubscribed` on the client.
  */
-export class Channels {
+export class Channels implements SubscriptionOwner {
   private readonly slots = new Map<string, Slot>();
 
   /** @param client the connection (one `Channels` per client; `client.channels` makes it). */
@@ -465,7 +509,7 @@ export class Channels {
       this.route(e.channel, { type: "unsubscribed", reason: e.reason });
     });
     client.onClose(() => {
-      for (const slot of [...this.slots.values()]) slot.sub.end(undefined);
+      for (const slot of [...this.slots.values()]) if (!slot.keep) slot.sub.end(undefined);
       this.slots.clear();
     });
   }
@@ -497,7 +541,31 @@ export class Channels {
     }
     const since = options.since ?? null;
     const sub = new Subscription(this, channel, options.maxQueued ?? DEFAULT_MAX_QUEUED, since);
-    const slot: Slot = { sub, held: [] };
+    await this.subscribeOn(sub, since, options, false, false);
+    return sub;
+  }
+
+  /**
+   * @internal Subscribes a {@link ReconnectingClient}'s `sub` on this connection from
+   * `since` (`again`: a resubscription, which starts with a `resubscribed` event). The
+   * slot outlives the connection: its close does not end `sub`.
+   */
+  attach(sub: Subscription, since: Position | null, again: boolean, options: CallOptions = {}): Promise<void> {
+    if (this.slots.has(sub.channel)) {
+      return Promise.reject(new ZserverError("badRequest", `already subscribed to \`${sub.channel}\``));
+    }
+    return this.subscribeOn(sub, since, options, true, again);
+  }
+
+  private async subscribeOn(
+    sub: Subscription,
+    since: Position | null,
+    options: CallOptions,
+    keep: boolean,
+    again: boolean,
+  ): Promise<void> {
+    const channel = sub.channel;
+    const slot: Slot = { sub, held: [], keep };
     this.slots.set(channel, slot);
     let answer: Subscribed;
     try {
@@ -517,8 +585,7 @@ export class Channels {
     }
     const held = slot.held ?? [];
     slot.held = undefined;
-    sub.settle(answer, since, held);
-    return sub;
+    sub.settle(answer, since, held, again);
   }
 
   /** @internal Drops `sub`'s slot (it ended). */

@@ -15,7 +15,7 @@ import {
   type SubscribeOptions,
   type Subscription,
 } from "./channels.js";
-import { asZserverError, protocolError, ZserverError } from "./errors.js";
+import { asZserverError, protocolError, ServerClosedError, ZserverError } from "./errors.js";
 import {
   commandBytes,
   DEFAULT_MAX_FRAME,
@@ -165,7 +165,11 @@ export class Client {
   private running = 0;
   private lastHeard = Date.now();
   private pinged = false;
-  private timer: ReturnType<typeof setInterval> | undefined;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  /** What the server said before closing: its GoAway, or an app's notice ({@link expectClose}). */
+  private farewell: { reason: string; retry: boolean } | undefined;
+  /** A WebSocket close reason the server gave. */
+  private transportReason: string | undefined;
   private closeReason: ZserverError | undefined;
   private closeListeners: ((e: ZserverError | undefined) => void)[] = [];
   private goAwayListeners: (() => void)[] = [];
@@ -221,7 +225,7 @@ export class Client {
     const hs = this.hs!;
     this.transport.start({
       data: (chunk) => this.onData(chunk),
-      close: (error) => this.onTransportClose(error),
+      close: (error, reason) => this.onTransportClose(error, reason),
     });
     const wire = { write: (b: Uint8Array) => this.rawWrite(b), read: hs };
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -347,6 +351,16 @@ export class Client {
   /** Removes the handler of `command`. */
   unhandle(command: string): this {
     this.handlers.delete(command);
+    return this;
+  }
+
+  /**
+   * Records why the server is about to close this connection, as an app-level notice told
+   * it (the login server's `kicked`): the close error (a {@link ServerClosedError}) then
+   * carries `reason`, and `retry: false` tells a reconnecting client not to come back.
+   */
+  expectClose(reason: string, retry = true): this {
+    this.farewell = { reason, retry };
     return this;
   }
 
@@ -641,7 +655,11 @@ export class Client {
     if (this.closeReason) return;
     this.counters.bytesReceived += chunk.length;
     this.lastHeard = Date.now();
-    this.pinged = false;
+    if (this.pinged) {
+      // The answer to our heartbeat: the next one is due a heartbeat from now.
+      this.pinged = false;
+      this.schedule();
+    }
     if (this.hs) {
       // Before the handshake ends the server has nothing to say beyond its few messages.
       if (this.hs.buffered + chunk.length > HANDSHAKE_BUFFER) {
@@ -851,28 +869,56 @@ export class Client {
   // ---- internals: liveness and closing ----
 
   private startTimer(): void {
+    this.schedule();
+  }
+
+  /**
+   * Sets the liveness timer for the next deadline: the heartbeat `Ping` after
+   * `heartbeatMs` of silence, the close after `idleTimeoutMs` of it (to the millisecond,
+   * not on a coarse tick: a dead server is noticed when the idle time-out says).
+   */
+  private schedule(): void {
     const { heartbeatMs, idleTimeoutMs } = this.opts;
-    const period = Math.min(heartbeatMs || Infinity, idleTimeoutMs || Infinity);
-    if (!Number.isFinite(period)) return;
-    this.timer = setInterval(() => this.tick(), Math.max(period / 4, 10));
+    if (this.closeReason || this.hs || (!heartbeatMs && !idleTimeoutMs)) return;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    const silent = Date.now() - this.lastHeard;
+    let next = Infinity;
+    if (idleTimeoutMs) next = idleTimeoutMs - silent;
+    if (heartbeatMs) next = Math.min(next, this.pinged ? heartbeatMs : heartbeatMs - silent);
+    this.timer = setTimeout(() => this.tick(), Math.max(next, 1));
     (this.timer as { unref?: () => void }).unref?.();
   }
 
   private tick(): void {
+    this.timer = undefined;
     const silent = Date.now() - this.lastHeard;
     if (this.opts.idleTimeoutMs && silent >= this.opts.idleTimeoutMs) {
-      this.fail(new ZserverError("idleTimeout", `nothing heard from the server for ${silent} ms`));
-    } else if (this.opts.heartbeatMs && silent >= this.opts.heartbeatMs && !this.pinged) {
+      const asked = this.pinged ? `, nor answered the ping sent after ${this.opts.heartbeatMs} ms` : "";
+      this.fail(
+        new ZserverError(
+          "idleTimeout",
+          `nothing heard from the server for ${silent} ms${asked}: it is hung, or the network to it is down`,
+        ),
+      );
+      return;
+    }
+    if (this.opts.heartbeatMs && silent >= this.opts.heartbeatMs && !this.pinged) {
       this.pinged = true;
       this.queue(Kind.Ping, 0, 0, EMPTY, EMPTY);
     }
+    this.schedule();
   }
 
-  private onTransportClose(error?: Error): void {
+  private onTransportClose(error?: Error, reason?: string): void {
     if (this.closeReason) return;
+    if (reason) this.transportReason = reason;
     if (this.hs) {
       const why = error ? `: ${error.message}` : "";
       this.fail(new ZserverError("handshake", `the server closed the connection during the handshake${why}`));
+    } else if (error && (this.farewell || this.peerGoingAway)) {
+      // It said it would close; how the socket then ended matters less than why.
+      const closed = this.serverClosed();
+      this.fail(new ServerClosedError(closed.reason, closed.retry, { cause: error }));
     } else if (error) {
       this.fail(asZserverError(error, "io"));
     } else {
@@ -887,8 +933,15 @@ export class Client {
     if ((this.opener?.buffered ?? 0) + this.frames.buffered > 0) {
       this.fail(protocolError("the connection ended in the middle of a frame"));
     } else {
-      this.fail(new ZserverError("closed", "the server closed the connection"));
+      this.fail(this.serverClosed());
     }
+  }
+
+  /** Why the server closed, as far as it said. */
+  private serverClosed(): ServerClosedError {
+    if (this.farewell) return new ServerClosedError(this.farewell.reason, this.farewell.retry);
+    if (this.peerGoingAway) return new ServerClosedError("it is shutting down or restarting (it sent GoAway)");
+    return new ServerClosedError(this.transportReason);
   }
 
   /** Closes with `why` (a failure). */
@@ -899,7 +952,7 @@ export class Client {
   private shut(why: ZserverError | undefined): void {
     if (this.closeReason) return;
     this.closeReason = why ?? new ZserverError("closed", "closed by this client");
-    if (this.timer !== undefined) clearInterval(this.timer);
+    if (this.timer !== undefined) clearTimeout(this.timer);
     this.hs?.fail(this.closeReason);
     this.transport.close();
     const err = this.closedError();

@@ -44,8 +44,16 @@ export type ErrorKind =
   | "idleTimeout"
   /** A payload could not be decoded (postcard). */
   | "codec"
-  /** The transport failed (socket error, refused connection). */
-  | "io";
+  /** The transport failed (socket error, reset connection). */
+  | "io"
+  /** Nothing listens at the address (the connection was refused): {@link NothingListeningError}. */
+  | "nothingListening"
+  /** A WebSocket server refused this page's origin (HTTP 403): {@link OriginRefusedError}. */
+  | "originRefused"
+  /** What answers at the address is not a WebSocket server (a TCP port?): {@link NotWebSocketError}. */
+  | "notWebSocket"
+  /** A {@link ReconnectingClient} has no live connection now (reconnecting): nothing was sent. */
+  | "disconnected";
 
 const KIND_BY_CODE: Record<number, ErrorKind> = {
   1: "remote",
@@ -103,4 +111,103 @@ export function asZserverError(e: unknown, kind: ErrorKind): ZserverError {
   if (e instanceof ZserverError) return e;
   const message = e instanceof Error ? e.message : String(e);
   return new ZserverError(kind, message, { cause: e });
+}
+
+/**
+ * Nothing listens at the address: the connection was refused (`ECONNREFUSED`). The server
+ * is not running, or runs on another port. A {@link ReconnectingClient} keeps trying.
+ */
+export class NothingListeningError extends ZserverError {
+  constructor(
+    /** Where the client tried (`host:port` or the URL). */
+    readonly address: string,
+    options?: { cause?: unknown; detail?: string },
+  ) {
+    super(
+      "nothingListening",
+      `nothing is listening at ${address}${options?.detail ? ` (${options.detail})` : " (connection refused)"}: is the server running, and is this the port it listens on?`,
+      options,
+    );
+    this.name = "NothingListeningError";
+  }
+}
+
+/**
+ * The WebSocket server refused the upgrade with `403 Forbidden`: it does not allow the
+ * origin of the page (PROTOCOL.md section 2d). Start it with `--allowed-origin ORIGIN`,
+ * or serve the page from the WebSocket port itself (`--web DIR`).
+ */
+export class OriginRefusedError extends ZserverError {
+  constructor(
+    /** The URL the client tried. */
+    readonly address: string,
+    /** The page's origin, when known. */
+    readonly origin?: string,
+    options?: { cause?: unknown; detail?: string },
+  ) {
+    const who = origin ? `this page's origin (${origin})` : "this page's origin";
+    super(
+      "originRefused",
+      `${address} refused ${who} with HTTP 403${options?.detail ? ` (${options.detail})` : ""}: start the server with --allowed-origin ${origin ?? "ORIGIN"}, or serve the page from its WebSocket port`,
+      options,
+    );
+    this.name = "OriginRefusedError";
+  }
+}
+
+/**
+ * Something answers at the address, but not as a WebSocket server: most likely the
+ * server's TCP port (`--listen`) rather than its WebSocket one (`--listen-ws`).
+ */
+export class NotWebSocketError extends ZserverError {
+  constructor(
+    /** The URL the client tried. */
+    readonly address: string,
+    options?: { cause?: unknown; detail?: string },
+  ) {
+    super(
+      "notWebSocket",
+      `${address} did not answer as a WebSocket server${options?.detail ? ` (${options.detail})` : ""}: is it the server's --listen (TCP) port rather than its --listen-ws one?`,
+      options,
+    );
+    this.name = "NotWebSocketError";
+  }
+}
+
+/**
+ * The server closed the connection. `reason` says why when the server said so: it sent
+ * `GoAway` first (it is shutting down or restarting), or the app told the client before
+ * closing (the login server's `kicked`), or a WebSocket close reason. `retry` is false
+ * when coming back would undo what the server meant (kicked because the user logged in
+ * elsewhere): a {@link ReconnectingClient} then stops.
+ */
+export class ServerClosedError extends ZserverError {
+  constructor(
+    /** Why, in the server's words, if it gave any. */
+    readonly reason?: string,
+    /** Whether reconnecting makes sense (default true). */
+    readonly retry = true,
+    options?: { cause?: unknown },
+  ) {
+    super("closed", reason ? `the server closed the connection: ${reason}` : "the server closed the connection", options);
+    this.name = "ServerClosedError";
+  }
+}
+
+/**
+ * A {@link ReconnectingClient} has no live connection now (it is connecting, waiting out
+ * its back-off, or logging in again): nothing was sent. Wait with `connected()`, or retry.
+ */
+export class DisconnectedError extends ZserverError {
+  constructor(
+    /** Why the last connection ended or the last attempt failed, if known. */
+    readonly lastError?: ZserverError,
+  ) {
+    super(
+      "disconnected",
+      `not connected (reconnecting), nothing was sent${lastError ? `: ${lastError.message}` : ""}`,
+      { cause: lastError },
+    );
+    this.name = "DisconnectedError";
+  }
 }

@@ -15,7 +15,8 @@
 
 import { Client, type ClientOptions, type Handler } from "./client.js";
 import { LoginClient } from "./login.js";
-import { openWebSocket, type WebSocketConstructor } from "./transport.js";
+import { type ReconnectingOptions, ReconnectingClient } from "./reconnect.js";
+import { openWebSocket, type WebSocketConstructor, type WebSocketOptions } from "./transport.js";
 
 export {
   Client,
@@ -36,10 +37,31 @@ export {
   type Member,
   type Position,
   type Publication,
+  type Resubscribed,
   type SubscribeOptions,
   Subscription,
 } from "./channels.js";
-export { type ErrorKind, ZserverError } from "./errors.js";
+export {
+  DisconnectedError,
+  type ErrorKind,
+  NothingListeningError,
+  NotWebSocketError,
+  OriginRefusedError,
+  ServerClosedError,
+  ZserverError,
+} from "./errors.js";
+export {
+  type Backoff,
+  backoffDelay,
+  backoffPause,
+  type ConnectionState,
+  type Connector,
+  DEFAULT_BACKOFF,
+  type LoginHook,
+  ReconnectingClient,
+  type ReconnectingOptions,
+  type StateChange,
+} from "./reconnect.js";
 export {
   LoginClient,
   MAX_WHO_PAGE,
@@ -62,6 +84,7 @@ export {
   type TransportEvents,
   type WebSocketConstructor,
   type WebSocketLike,
+  type WebSocketOptions,
 } from "./transport.js";
 export { type AeadProvider } from "./aead.js";
 
@@ -72,11 +95,24 @@ export { type AeadProvider } from "./aead.js";
  */
 export async function connectWebSocket(
   url: string,
-  options: ClientOptions & { WebSocket?: WebSocketConstructor; timeoutMs?: number } = {},
+  options: ClientOptions & WebSocketOptions = {},
   handlers?: Record<string, Handler>,
 ): Promise<Client> {
-  const transport = await openWebSocket(url, { WebSocket: options.WebSocket, timeoutMs: options.timeoutMs });
+  const { WebSocket, timeoutMs, diagnose } = options;
+  const transport = await openWebSocket(url, { WebSocket, timeoutMs, diagnose });
   return Client.connect(transport, options, handlers);
+}
+
+/**
+ * A {@link ReconnectingClient} over WebSocket to `url` (browsers, Node 22+, or any
+ * `WebSocket` given): returns at once and connects in the background; listen to its
+ * `state` events, `await rc.connected(timeoutMs)` for the link.
+ */
+export function reconnectingWebSocket(
+  url: string,
+  options: ReconnectingOptions & WebSocketOptions = {},
+): ReconnectingClient {
+  return ReconnectingClient.start((o, h) => connectWebSocket(url, { ...options, ...o }, h), options);
 }
 
 /** Connects over WebSocket and wraps the connection in a {@link LoginClient}. */

@@ -6,6 +6,7 @@
  */
 
 import { type CallOptions, Client, type HandlerContext } from "./client.js";
+import { ReconnectingClient } from "./reconnect.js";
 import { ZserverError } from "./errors.js";
 import { decodeAll, decodeString, encodeString, PostcardReader, PostcardWriter } from "./postcard.js";
 import { hashOf, type Download, type Progress, type UploadSource } from "./stream.js";
@@ -103,8 +104,13 @@ function unit(reply: Uint8Array): void {
 /**
  * A client of the login server. Wrap a connected {@link Client}: its `message` and
  * `kicked` handlers are registered at once (the server pushes only after `login`).
+ *
+ * Or wrap a {@link ReconnectingClient}: the handlers then hold on every connection, and
+ * {@link login} logs in again after every reconnect (as the reconnecting client's login
+ * hook; messages stored meanwhile come as `message` events). Being kicked (the user logged
+ * in elsewhere) closes it for good: coming back would kick the other session.
  */
-export class LoginClient {
+export class LoginClient<C extends Client | ReconnectingClient = Client> {
   private readonly messageListeners: ((m: Message) => void)[] = [];
   private readonly kickedListeners: ((reason: string) => void)[] = [];
   private readonly queued: LoginEvent[] = [];
@@ -113,10 +119,10 @@ export class LoginClient {
   /** Most events kept for {@link nextEvent} while nobody takes them (the oldest go first). */
   maxQueuedEvents = 10_000;
 
-  /** @param client a connection to a login server. */
-  constructor(readonly client: Client) {
+  /** @param client a connection to a login server, or a reconnecting client of one. */
+  constructor(readonly client: C) {
     client.handle("message", (payload, ctx) => this.onMessage(payload, ctx));
-    client.handle("kicked", (payload) => this.onKicked(payload));
+    client.handle("kicked", (payload, ctx) => this.onKicked(payload, ctx));
     client.onClose(() => {
       this.ended = true;
       for (const w of this.waiters.splice(0)) w(undefined);
@@ -124,13 +130,18 @@ export class LoginClient {
   }
 
   private onMessage(payload: Uint8Array, _ctx: HandlerContext): void {
-    const message = decodeAll(payload, readMessage);
+    this.message(decodeAll(payload, readMessage));
+  }
+
+  private message(message: Message): void {
     for (const l of this.messageListeners) l(message);
     this.enqueue({ type: "message", message });
   }
 
-  private onKicked(payload: Uint8Array): void {
+  private onKicked(payload: Uint8Array, ctx: HandlerContext): void {
     const reason = decodeString(payload);
+    // The server closes next: its close error says why, and not to come back.
+    ctx.client.expectClose(`kicked: ${reason}`, false);
     for (const l of this.kickedListeners) l(reason);
     this.enqueue({ type: "kicked", reason });
   }
@@ -181,14 +192,26 @@ export class LoginClient {
     unit(await this.client.call("register", credentials(user, password), options));
   }
 
-  /** Logs in; resolves with the messages stored while the user was offline, oldest first. */
+  /**
+   * Logs in; resolves with the messages stored while the user was offline, oldest first.
+   * On a {@link ReconnectingClient}, also logs in again on every new connection (the
+   * messages stored meanwhile come as `message` events) until {@link logout}.
+   */
   async login(user: string, password: string, options?: CallOptions): Promise<Message[]> {
     const reply = await this.client.call("login", credentials(user, password), options);
-    return decodeAll(reply, (r) => r.seq(readMessage));
+    const stored = decodeAll(reply, (r) => r.seq(readMessage));
+    if (this.client instanceof ReconnectingClient) {
+      this.client.onLogin = async (client: Client) => {
+        const again = await client.call("login", credentials(user, password), options);
+        for (const m of decodeAll(again, (r) => r.seq(readMessage))) this.message(m);
+      };
+    }
+    return stored;
   }
 
-  /** Ends the session (the connection stays open). */
+  /** Ends the session (the connection stays open; a reconnecting client no longer logs in again). */
   async logout(options?: CallOptions): Promise<void> {
+    if (this.client instanceof ReconnectingClient) this.client.onLogin = undefined;
     unit(await this.client.call("logout", UNIT, options));
   }
 
@@ -316,8 +339,8 @@ export class LoginClient {
     unit(await this.client.call("rm", encodeString(name), options));
   }
 
-  /** Closes the connection. */
+  /** Closes the connection (a reconnecting client for good). */
   close(): void {
-    this.client.close();
+    void this.client.close();
   }
 }

@@ -10,7 +10,8 @@ import WebSocketImpl from "ws";
 import { Client, type ClientOptions, type Handler } from "./client.js";
 import { LoginClient } from "./login.js";
 import { openTcp, type TcpOptions } from "./tcp.js";
-import { openWebSocket, type WebSocketConstructor } from "./transport.js";
+import { ReconnectingClient, type ReconnectingOptions } from "./reconnect.js";
+import { openWebSocket, type WebSocketConstructor, type WebSocketOptions } from "./transport.js";
 
 export * from "./index.js";
 export { openTcp, type TcpOptions } from "./tcp.js";
@@ -34,10 +35,14 @@ export function nodeWebSocket(): WebSocketConstructor {
 /** Connects over WebSocket (`ws://host:port/`, zserver's `--listen-ws`) from Node. */
 export async function connectWebSocketNode(
   url: string,
-  options: ClientOptions & { timeoutMs?: number } = {},
+  options: ClientOptions & WebSocketOptions = {},
   handlers?: Record<string, Handler>,
 ): Promise<Client> {
-  const transport = await openWebSocket(url, { WebSocket: nodeWebSocket(), timeoutMs: options.timeoutMs });
+  const transport = await openWebSocket(url, {
+    WebSocket: options.WebSocket ?? nodeWebSocket(),
+    timeoutMs: options.timeoutMs,
+    diagnose: options.diagnose,
+  });
   return Client.connect(transport, options, handlers);
 }
 
@@ -47,7 +52,7 @@ export async function connectWebSocketNode(
  */
 export async function connect(
   address: string,
-  options: ClientOptions & TcpOptions = {},
+  options: ClientOptions & TcpOptions & WebSocketOptions = {},
   handlers?: Record<string, Handler>,
 ): Promise<Client> {
   if (/^wss?:\/\//.test(address)) return connectWebSocketNode(address, options, handlers);
@@ -60,4 +65,15 @@ export async function connect(
 /** Connects to a login server at `address` (see {@link connect}) and wraps it in a {@link LoginClient}. */
 export async function connectLogin(address: string, options: ClientOptions & TcpOptions = {}): Promise<LoginClient> {
   return new LoginClient(await connect(address, options));
+}
+
+/**
+ * A {@link ReconnectingClient} to an address (`host:port` or `tcp://…` over TCP, `ws://…`
+ * over WebSocket, as {@link connect}): returns at once and connects in the background.
+ */
+export function reconnecting(
+  address: string,
+  options: ReconnectingOptions & TcpOptions & WebSocketOptions = {},
+): ReconnectingClient {
+  return ReconnectingClient.start((o, h) => connect(address, { ...options, ...o }, h), options);
 }

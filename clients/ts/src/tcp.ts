@@ -5,7 +5,7 @@
 
 import { connect as netConnect, type Socket } from "node:net";
 
-import { ZserverError } from "./errors.js";
+import { NothingListeningError, ZserverError } from "./errors.js";
 import type { Transport, TransportEvents } from "./transport.js";
 
 /** Where and how to open a TCP connection. */
@@ -24,9 +24,10 @@ export function openTcp(host: string, port: number, options: TcpOptions = {}): P
       socket.destroy();
       reject(new ZserverError("timeout", `TCP connect to ${host}:${port} did not finish in time`));
     }, options.timeoutMs ?? 10_000);
-    socket.once("error", (e) => {
+    socket.once("error", (e: Error & { code?: string }) => {
       clearTimeout(timer);
-      reject(new ZserverError("io", `TCP connect to ${host}:${port} failed: ${e.message}`, { cause: e }));
+      if (e.code === "ECONNREFUSED") reject(new NothingListeningError(`${host}:${port}`, { cause: e }));
+      else reject(new ZserverError("io", `TCP connect to ${host}:${port} failed: ${e.message}`, { cause: e }));
     });
     socket.once("connect", () => {
       clearTimeout(timer);

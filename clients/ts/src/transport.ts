@@ -5,14 +5,14 @@
  * @module
  */
 
-import { ZserverError } from "./errors.js";
+import { NotWebSocketError, NothingListeningError, OriginRefusedError, ZserverError } from "./errors.js";
 
 /** What a transport reports to the connection. */
 export interface TransportEvents {
   /** Bytes arrived, in order. */
   data(chunk: Uint8Array): void;
-  /** The pipe closed: `error` if it failed, none for an orderly end. */
-  close(error?: Error): void;
+  /** The pipe closed: `error` if it failed, none for an orderly end (`reason`: the peer's words, if the transport carries any, as a WebSocket close does). */
+  close(error?: Error, reason?: string): void;
 }
 
 /** An open byte pipe to the server. */
@@ -60,14 +60,88 @@ const WS_MAX_MESSAGE = 256 * 1024;
 /** Bytes buffered in a WebSocket above which writes wait (there is no drain event). */
 const WS_HIGH_WATER = 4 * 1024 * 1024;
 
+/** Options of {@link openWebSocket}. */
+export interface WebSocketOptions {
+  /** The WebSocket constructor (default: `globalThis.WebSocket`; pass `ws`'s in Node 20). */
+  WebSocket?: WebSocketConstructor;
+  /** Time for the WebSocket to open (default 10 s). */
+  timeoutMs?: number;
+  /**
+   * When the WebSocket fails without saying why (browsers never say), ask the address
+   * over plain HTTP (`fetch`, `no-cors`) to tell a refused origin (an HTTP server
+   * answers) from nothing listening (none does). Default true where `fetch` exists.
+   */
+  diagnose?: boolean;
+}
+
+/** What a failed WebSocket's error event says, if anything (the `ws` package says much, browsers nothing). */
+function errorDetail(ev: unknown): { message: string; code?: string } | undefined {
+  const e = ev as { error?: { message?: string; code?: string }; message?: string } | undefined;
+  const message = e?.error?.message ?? e?.message;
+  if (!message) return undefined;
+  return { message, code: e?.error?.code };
+}
+
+/** The error a WebSocket that failed before it opened means, from what its error said. */
+function classify(url: string, detail: { message: string; code?: string }): ZserverError {
+  const { message, code } = detail;
+  if (code === "ECONNREFUSED" || /ECONNREFUSED/.test(message)) return new NothingListeningError(url);
+  const status = /Unexpected server response: (\d+)/.exec(message);
+  if (status?.[1] === "403") return new OriginRefusedError(url, pageOrigin());
+  if (status) return new NotWebSocketError(url, { detail: `it answered HTTP ${status[1]} instead of upgrading` });
+  if (/Parse Error|Invalid HTTP|Expected HTTP|socket hang up|HPE_/i.test(message)) {
+    return new NotWebSocketError(url, { detail: `its answer is not HTTP: ${message}` });
+  }
+  return new ZserverError("io", `WebSocket to ${url} failed: ${message}`);
+}
+
+/** The page's origin (browsers), else undefined. */
+function pageOrigin(): string | undefined {
+  const origin = (globalThis as { location?: { origin?: string } }).location?.origin;
+  return origin && origin !== "null" ? origin : undefined;
+}
+
+type Fetch = (url: string, init: { mode: string; cache: string; signal: AbortSignal }) => Promise<unknown>;
+
+/**
+ * Why a WebSocket that gave no reason failed: asks the same address over HTTP. An answer
+ * (even an opaque one) means an HTTP server that refused the upgrade: a refused origin,
+ * zserver's one reason to refuse a browser; no answer means nothing listens there (or
+ * something that does not speak HTTP, such as the server's TCP port).
+ */
+async function diagnose(url: string, timeoutMs: number): Promise<ZserverError> {
+  const fetch = (globalThis as { fetch?: Fetch }).fetch;
+  const why = "the browser gives no reason";
+  if (!fetch) return new ZserverError("io", `WebSocket to ${url} failed (${why})`);
+  const http = url.replace(/^ws/i, "http");
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), Math.min(timeoutMs, 3_000));
+  try {
+    await fetch(http, { mode: "no-cors", cache: "no-store", signal: abort.signal });
+    return new OriginRefusedError(url, pageOrigin(), {
+      detail: `${why}; an HTTP server answers there, so it refused the WebSocket upgrade`,
+    });
+  } catch (e) {
+    // Node's fetch says what it met; a browser's does not.
+    const code = (e as { cause?: { code?: string } }).cause?.code;
+    if (code === "ECONNREFUSED") return new NothingListeningError(url);
+    if (code?.startsWith("HPE_")) return new NotWebSocketError(url, { detail: "its answer is not HTTP" });
+    return new NothingListeningError(url, {
+      detail: `${why}, and nothing answers HTTP there; if the server runs, this may be its --listen (TCP) port rather than its --listen-ws one`,
+    });
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /**
  * Opens a WebSocket to `url` (`ws://` or `wss://`) as a {@link Transport}. Uses
- * `globalThis.WebSocket` unless `WebSocketImpl` is given (pass `ws`'s in Node 20).
+ * `globalThis.WebSocket` unless `WebSocket` is given (pass `ws`'s in Node 20). A failure
+ * says what happened: {@link NothingListeningError}, {@link OriginRefusedError} (403),
+ * {@link NotWebSocketError} (a TCP port, or an HTTP server that does not upgrade), else
+ * `io`; `timeout` if it did not open in time.
  */
-export function openWebSocket(
-  url: string,
-  options: { WebSocket?: WebSocketConstructor; timeoutMs?: number } = {},
-): Promise<Transport> {
+export function openWebSocket(url: string, options: WebSocketOptions = {}): Promise<Transport> {
   const Ctor =
     options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
   if (!Ctor) {
@@ -75,6 +149,7 @@ export function openWebSocket(
       new ZserverError("io", "no WebSocket here: pass one (e.g. the `ws` package's) as WebSocket"),
     );
   }
+  const timeoutMs = options.timeoutMs ?? 10_000;
   return new Promise((resolve, reject) => {
     let ws: WebSocketLike;
     try {
@@ -84,23 +159,33 @@ export function openWebSocket(
       return;
     }
     ws.binaryType = "arraybuffer";
+    let settled = false;
     // Messages may come in the same tick as `open` (the server's preamble right behind its
     // upgrade answer), before the connection starts reading: keep them until then.
     const early: unknown[] = [];
     ws.onmessage = (ev) => void early.push(ev.data);
     const timer = setTimeout(() => {
+      if (settled) return;
+      settled = true;
       ws.close();
-      reject(new ZserverError("timeout", `WebSocket to ${url} did not open in time`));
-    }, options.timeoutMs ?? 10_000);
-    ws.onerror = () => {
+      reject(new ZserverError("timeout", `WebSocket to ${url} did not open within ${timeoutMs} ms`));
+    }, timeoutMs);
+    const failed = (detail: { message: string; code?: string } | undefined) => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
-      reject(new ZserverError("io", `WebSocket to ${url} failed`));
+      if (detail) reject(classify(url, detail));
+      else if (options.diagnose ?? true) void diagnose(url, timeoutMs).then(reject);
+      else reject(new ZserverError("io", `WebSocket to ${url} failed (no reason given)`));
     };
+    ws.onerror = (ev) => failed(errorDetail(ev));
     ws.onclose = (ev) => {
-      clearTimeout(timer);
-      reject(new ZserverError("io", `WebSocket to ${url} closed (${ev.code ?? ""} ${ev.reason ?? ""})`));
+      const said = ev.reason ? `${ev.code ?? ""} ${ev.reason}`.trim() : undefined;
+      failed(said ? { message: `closed before it opened (${said})` } : undefined);
     };
     ws.onopen = () => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
       resolve(new WebSocketTransport(ws, early));
     };
@@ -123,8 +208,13 @@ class WebSocketTransport implements Transport {
     this.events = events;
     this.ws.onmessage = (ev) => this.onMessage(ev.data, events);
     this.ws.onclose = (ev) => {
-      const clean = ev.wasClean !== false && (ev.code === 1000 || ev.code === 1005);
-      this.finish(clean ? undefined : new ZserverError("io", `WebSocket closed (${ev.code} ${ev.reason ?? ""})`));
+      const clean = ev.wasClean !== false && (ev.code === 1000 || ev.code === 1005 || ev.code === 1001);
+      const reason = ev.reason || undefined;
+      const why =
+        ev.code === 1006
+          ? "the WebSocket connection was cut (1006: it ended without a close message)"
+          : `WebSocket closed (${ev.code}${reason ? ` ${reason}` : ""})`;
+      this.finish(clean ? undefined : new ZserverError("io", why), reason);
     };
     this.ws.onerror = () => this.finish(new ZserverError("io", "WebSocket error"));
     for (const data of this.early.splice(0)) this.onMessage(data, events);
@@ -188,9 +278,9 @@ class WebSocketTransport implements Transport {
     this.finish(e);
   }
 
-  private finish(e: Error | undefined): void {
+  private finish(e: Error | undefined, reason?: string): void {
     if (this.closed) return;
     this.closed = true;
-    this.events?.close(e);
+    this.events?.close(e, reason);
   }
 }

@@ -109,37 +109,81 @@ export interface LoginServer {
   /** The WebSocket address, when started with `ws: true`. */
   ws?: Addr;
   fingerprint: string;
+  /** The server process's id (to SIGSTOP it: a hung server). */
+  readonly pid: number;
+  /**
+   * Stops the server (`SIGINT`: a graceful shutdown with `GoAway`; `SIGKILL`: a crash) and
+   * starts it again on the same addresses and data directory (so the same key, accounts
+   * and durable channel history), after `downMs` with nothing listening.
+   */
+  restart(options?: { signal?: NodeJS.Signals; downMs?: number }): Promise<void>;
+  /** Stops the process and keeps the data directory ({@link restart} starts it again). */
+  kill(signal?: NodeJS.Signals): Promise<void>;
+  /** Starts it again after {@link kill}, on the same addresses and data directory. */
+  start(): Promise<void>;
   stop(): Promise<void>;
 }
 
 /** Starts `zserver serve --listen 127.0.0.1:0` on a fresh temporary data directory. */
 export async function startLoginServer(options: { ws?: boolean; extra?: string[] } = {}): Promise<LoginServer> {
   const data = mkdtempSync(join(tmpdir(), "zserver-ts-"));
-  const args = ["serve", "--listen", "127.0.0.1:0", "--data", data, ...(options.extra ?? [])];
-  if (options.ws) args.push("--listen-ws", "127.0.0.1:0");
-  const child = spawn(workspaceBinary("ZSERVER_BIN", "zserver"), args, {
-    stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" },
-  });
+  let child: ChildProcess;
+  let listen = "127.0.0.1:0";
+  let listenWs = "127.0.0.1:0";
   let addr: Addr | undefined;
   let ws: Addr | undefined;
   let fingerprint: string | undefined;
-  await readUntil(child, (line) => {
-    let m = /^zserver listening on (\S+)/.exec(line);
-    if (m) addr = parseAddr(m[1]);
-    m = /^WebSocket on ws:\/\/([^\s/]+)/.exec(line);
-    if (m) ws = parseAddr(m[1]);
-    m = /^server key fingerprint: ([0-9a-f]{64})/.exec(line);
-    if (m) fingerprint = m[1];
-    return addr !== undefined && fingerprint !== undefined && (!options.ws || ws !== undefined);
-  }, "zserver serve");
-  return {
-    addr: addr!,
-    ws,
-    fingerprint: fingerprint!,
+  const spawnServer = async () => {
+    const args = ["serve", "--listen", listen, "--data", data, ...(options.extra ?? [])];
+    if (options.ws) args.push("--listen-ws", listenWs);
+    child = spawn(workspaceBinary("ZSERVER_BIN", "zserver"), args, {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" },
+    });
+    addr = ws = fingerprint = undefined;
+    await readUntil(child, (line) => {
+      let m = /^zserver listening on (\S+)/.exec(line);
+      if (m) addr = parseAddr(m[1]);
+      m = /^WebSocket on ws:\/\/([^\s/]+)/.exec(line);
+      if (m) ws = parseAddr(m[1]);
+      m = /^server key fingerprint: ([0-9a-f]{64})/.exec(line);
+      if (m) fingerprint = m[1];
+      return addr !== undefined && fingerprint !== undefined && (!options.ws || ws !== undefined);
+    }, "zserver serve");
+    // A restart listens where the first start did.
+    listen = `${addr!.host}:${addr!.port}`;
+    const w = ws as Addr | undefined;
+    if (w) listenWs = `${w.host}:${w.port}`;
+  };
+  await spawnServer();
+  const kill = async (signal: NodeJS.Signals = "SIGINT") => {
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGCONT");
+    await stopChild(child, signal);
+  };
+  const server: LoginServer = {
+    get addr() {
+      return addr!;
+    },
+    get ws() {
+      return ws;
+    },
+    get fingerprint() {
+      return fingerprint!;
+    },
+    get pid() {
+      return child.pid!;
+    },
+    kill,
+    start: spawnServer,
+    restart: async ({ signal = "SIGINT", downMs = 0 } = {}) => {
+      await kill(signal);
+      if (downMs > 0) await new Promise((r) => setTimeout(r, downMs));
+      await spawnServer();
+    },
     stop: async () => {
-      await stopChild(child, "SIGINT");
+      await kill("SIGINT");
       rmSync(data, { recursive: true, force: true });
     },
   };
+  return server;
 }
