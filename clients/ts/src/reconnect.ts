@@ -533,6 +533,7 @@ export class ReconnectingClient {
       let failures = 0;
       let retry = 0;
       for (;;) {
+        if (this.stopping) return;
         const phase: ConnectionState = this.everConnected ? "reconnecting" : "connecting";
         const delayMs = pause ? Math.round(backoffPause(this.backoff, retry++)) : 0;
         this.emit({ state: phase, previous: this.stateNow, attempt: failures + 1, delayMs, error: failures > 0 ? this.lastErr : undefined });
