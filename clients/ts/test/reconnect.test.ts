@@ -5,7 +5,10 @@
 // (nothing listening, a WebSocket to the TCP port, a refused origin, kicked by the server).
 // Loopback only; every wait is bounded.
 import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 
 import WebSocketImpl from "ws";
@@ -111,8 +114,12 @@ for (const via of ["tcp", "websocket"] as Via[]) {
     let server: LoginServer;
     const address = () => (via === "tcp" ? `${server.addr.host}:${server.addr.port}` : `ws://${server.ws!.host}:${server.ws!.port}/`);
     const open: { close(): unknown }[] = [];
+    // `chat:` keeps its history in the store (the default), `mem:` in memory: lost at a restart.
+    const configDir = mkdtempSync(join(tmpdir(), "zserver-ts-config-"));
+    const config = join(configDir, "zserver.toml");
+    writeFileSync(config, "[channels.chat]\n[channels.mem]\ndurable = false\n");
     before(async () => {
-      server = await startLoginServer({ ws: true, extra: FAST_HASH });
+      server = await startLoginServer({ ws: true, extra: [...FAST_HASH, "--config", config] });
       const setup = await connectLogin(`${server.addr.host}:${server.addr.port}`, { pin: server.fingerprint });
       await setup.register("ann", "ann-password");
       await setup.register("bob", "bob-password");
@@ -121,6 +128,7 @@ for (const via of ["tcp", "websocket"] as Via[]) {
     after(async () => {
       for (const c of open) await c.close();
       await server?.stop();
+      rmSync(configDir, { recursive: true, force: true });
     });
 
     test("a restarted server: reconnecting → connected, logged in again, resubscribed with what was missed", async () => {
@@ -198,6 +206,29 @@ for (const via of ["tcp", "websocket"] as Via[]) {
       await assert.rejects(rc.call("who"), (e: unknown) => e instanceof ZserverError && e.kind === "closed");
     });
 
+    test("a history lost in the restart: resubscribed with recovered false, then what is new", async () => {
+      const rc = reconnecting(address(), { pin: server.fingerprint, heartbeatMs: 2_000, backoff: { initialMs: 50, maxMs: 200 } });
+      open.push(rc);
+      const log = record(rc);
+      const ann = new LoginClient(rc);
+      await rc.connected(5_000);
+      await ann.login("ann", "ann-password");
+      const channel = `mem:lost-${via}`;
+      const sub = await rc.subscribe(channel);
+      const resubscribed: boolean[] = [];
+      sub.on("resubscribed", ({ recovered }) => resubscribed.push(recovered));
+      await rc.publish(channel, "before");
+      assert.deepEqual((await take(sub, 1)).map(pub), ["1:ann:before"]);
+      await server.restart();
+      await log.until((s) => s.state === "connected", 10_000);
+      assert.deepEqual(resubscribed, [false], "the app is told to reload");
+      assert.equal(sub.recovered, false);
+      await rc.publish(channel, "after");
+      const [next] = await take(sub, 1);
+      assert.match(pub(next), /:ann:after$/);
+      await rc.close();
+    });
+
     test("a crashed server (SIGKILL): back within the back-off once it listens again", async () => {
       const rc = reconnecting(address(), {
         pin: server.fingerprint,
@@ -249,7 +280,7 @@ for (const via of ["tcp", "websocket"] as Via[]) {
       console.log(`# ${via}: hung server noticed after ${Math.round(ms)} ms (heartbeat ${heartbeatMs} ms): ${lost.error?.message}`);
       assert.equal(lost.error?.kind, "idleTimeout");
       assert.match(lost.error!.message, /nothing heard from the server for \d+ ms.*hung/);
-      assert.ok(ms <= 2 * heartbeatMs + 100, `${ms} ms`);
+      assert.ok(ms <= 2 * heartbeatMs + 200, `${ms} ms`);
       await log.until((s) => s.state === "connected", 10_000);
       await rc.ping();
       await rc.close();
