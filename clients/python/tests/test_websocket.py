@@ -46,10 +46,12 @@ def key() -> str:
 UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade"}
 
 
-async def test_an_unsupported_version_gets_400_naming_13(login_server: LoginServer) -> None:
-    status, fields = await raw_upgrade(
-        login_server, {**UPGRADE, "Sec-WebSocket-Version": "8", "Sec-WebSocket-Key": key()}
-    )
+@pytest.mark.parametrize("version", ["8", "14", None])
+async def test_an_unsupported_version_gets_400_naming_13(login_server: LoginServer, version: str | None) -> None:
+    headers = {**UPGRADE, "Sec-WebSocket-Key": key()}
+    if version is not None:
+        headers["Sec-WebSocket-Version"] = version
+    status, fields = await raw_upgrade(login_server, headers)
     assert status.startswith("HTTP/1.1 400"), status
     assert fields.get("sec-websocket-version") == "13", fields
 
