@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 from .errors import BadRequest, CallTimeoutError, ClosedError, CodecError, ZserverError
 from .postcard import Reader, Writer, decode, encode_str
@@ -390,7 +390,7 @@ class Channels:
         except ZserverError:
             pass
 
-    def _spawn(self, coro: Callable[[], object] | object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal, Union
 
-from .client import Client, HandlerContext, connect, connect_ws
+from .client import Client, HandlerContext, _safely, connect, connect_ws
 from .errors import CallTimeoutError, CodecError, HandlerFailed
 from .postcard import Reader, Writer, decode, decode_str, encode_str
 from .stream import Download, Progress, UploadSource, hash_of
@@ -155,13 +155,13 @@ class LoginClient:
     def _on_message(self, payload: bytes, _ctx: HandlerContext) -> None:
         message = decode(payload, _message)
         for listener in list(self._message_listeners):
-            listener(message)
+            _safely(listener, message)
         self._enqueue(MessageEvent(message))
 
     def _on_kicked(self, payload: bytes, _ctx: HandlerContext) -> None:
         reason = decode_str(payload)
         for listener in list(self._kicked_listeners):
-            listener(reason)
+            _safely(listener, reason)
         self._enqueue(KickedEvent(reason))
 
     def _on_close(self, _why: object) -> None:

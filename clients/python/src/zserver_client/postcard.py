@@ -6,13 +6,16 @@ sequences. PROTOCOL.md section 6, LOGIN.md section 2.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import TypeVar, Union
 
 from .errors import CodecError
 
 __all__ = ["Writer", "Reader", "encode_varint", "decode", "encode_str", "decode_str"]
 
 T = TypeVar("T")
+#: Byte strings a writer takes (module level: the classes below have methods named `bytes`).
+Buf = Union[bytes, bytearray, memoryview]
+_bytes = bytes
 
 U32_MAX = 0xFFFFFFFF
 U64_MAX = 0xFFFFFFFFFFFFFFFF
@@ -60,7 +63,7 @@ class Writer:
         self._buf.append(1 if b else 0)
         return self
 
-    def bytes(self, b: bytes | bytearray | memoryview) -> Writer:
+    def bytes(self, b: Buf) -> Writer:
         self.varint(len(b))
         self._buf += b
         return self
@@ -68,7 +71,7 @@ class Writer:
     def str(self, s: str) -> Writer:
         return self.bytes(s.encode("utf-8"))
 
-    def raw(self, b: bytes | bytearray | memoryview) -> Writer:
+    def raw(self, b: Buf) -> Writer:
         """Bytes with no length prefix (a fixed-size array such as ``[u8; 32]``)."""
         self._buf += b
         return self
@@ -88,15 +91,15 @@ class Writer:
             write(self, item)
         return self
 
-    def finish(self) -> bytes:
-        return bytes(self._buf)
+    def finish(self) -> _bytes:
+        return _bytes(self._buf)
 
 
 class Reader:
     """Reads a postcard value field by field; raises :class:`CodecError` on bad bytes."""
 
-    def __init__(self, buf: bytes | bytearray | memoryview) -> None:
-        self._buf = bytes(buf)
+    def __init__(self, buf: Buf) -> None:
+        self._buf = _bytes(buf)
         self._at = 0
 
     @property
@@ -139,14 +142,14 @@ class Reader:
             raise CodecError(f"bad bool byte {b:#04x}")
         return b == 1
 
-    def raw(self, n: int) -> bytes:
+    def raw(self, n: int) -> _bytes:
         if self.remaining < n:
             raise CodecError("Hit the end of buffer, expected more data")
         out = self._buf[self._at : self._at + n]
         self._at += n
         return out
 
-    def bytes(self) -> bytes:
+    def bytes(self) -> _bytes:
         return self.raw(self.varint(10))
 
     def str(self) -> str:

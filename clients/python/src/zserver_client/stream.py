@@ -103,11 +103,11 @@ async def chunks_of(source: UploadSource) -> AsyncIterator[bytes]:
             yield piece
         return
     if hasattr(source, "__aiter__"):
-        async for piece in source:  # type: ignore[union-attr]
+        async for piece in source:
             for at in range(0, len(piece), CHUNK):
                 yield bytes(piece[at : at + CHUNK])
         return
-    for piece in source:  # type: ignore[union-attr]
+    for piece in source:
         for at in range(0, len(piece), CHUNK):
             yield bytes(piece[at : at + CHUNK])
 
