@@ -284,3 +284,77 @@ async def test_closing_right_after_login_still_answers_the_confirming_ping(
     assert await again.login(name, "pw") == []  # confirmed: not handed over twice
     await again.close()
     await bob.close()
+
+
+class FlippingProxy:
+    """Forwards to a real server, flipping one bit of the server's byte number `at`."""
+
+    def __init__(self, target_port: int, at: int) -> None:
+        self.target_port = target_port
+        self.at = at
+
+    async def __aenter__(self) -> FlippingProxy:
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, flip: bool) -> None:
+            seen = 0
+            try:
+                while data := await r.read(65536):
+                    if flip and seen <= self.at < seen + len(data):
+                        b = bytearray(data)
+                        b[self.at - seen] ^= 0x01
+                        data = bytes(b)
+                    seen += len(data)
+                    w.write(data)
+                    await w.drain()
+            except ConnectionError:
+                pass
+            finally:
+                w.close()
+
+        async def handle(cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+            sr, sw = await asyncio.open_connection("127.0.0.1", self.target_port)
+            await asyncio.gather(pipe(cr, sw, False), pipe(sr, cw, True))
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+
+async def test_tampering_on_the_path_is_detected(login_server: LoginServer) -> None:
+    port, pin = login_server.addr.port, login_server.fingerprint
+    # A flipped flags bit in the server's preamble: the prologues differ, the handshake fails.
+    async with FlippingProxy(port, 7) as p:
+        with pytest.raises(HandshakeError):
+            await bounded(connect("127.0.0.1", p.port, pin=pin))
+    # A flipped bit inside Noise message 2 (the server's encrypted static key).
+    async with FlippingProxy(port, 8 + 2 + 40) as p:
+        with pytest.raises(HandshakeError):
+            await bounded(connect("127.0.0.1", p.port, pin=pin))
+    # A flipped bit in the first record after the handshake (8 + 2 + 96 bytes before it).
+    async with FlippingProxy(port, 8 + 2 + 96 + 10) as p:
+        c = await bounded(connect("127.0.0.1", p.port, pin=pin))
+        with pytest.raises(ClosedError):
+            await bounded(c.call("who", b"\x00\x01"))
+        why = await bounded(c.wait_closed())
+        assert isinstance(why, ProtocolError) and "authentication" in str(why)
+
+
+async def test_a_server_shutting_down_says_go_away_then_closes(unique) -> None:
+    from servers import start_login_server
+
+    server = start_login_server(ws=False)
+    try:
+        c = await bounded(LoginClient.connect(server.addr.host, server.addr.port, pin=server.fingerprint))
+        await c.register(unique("ann"), "pw")
+        went: list[bool] = []
+        c.client.on_go_away(lambda: went.append(True))
+        await asyncio.to_thread(server.child.stop, "sigint")
+        why = await bounded(c.client.wait_closed(), 15)
+        assert isinstance(why, ClosedError)
+        assert c.client.going_away and went == [True]
+        with pytest.raises(ClosedError):
+            await c.who()
+    finally:
+        server.stop()
