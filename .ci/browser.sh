@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The browser end-to-end test of the chat demo (clients/ts/demo): headless Chromium from
-# Debian, driven through playwright-core (no browser download).
+# Debian, driven through playwright-core (no browser download); and the package as an app
+# gets it (npm pack, the tarball installed into a temporary app, imported from Node,
+# type-checked, the page served through an import map by the package's vendor tool).
 #   bash .ci/browser.sh install   # Debian's chromium if missing (root or sudo), the demo's
 #                                 # npm packages; a second install waits for a running one
-#   bash .ci/browser.sh test      # builds the page, runs the test against target/debug/zserver
+#   bash .ci/browser.sh test      # builds the page, runs both tests against target/debug/zserver
+#                                 # (clients/ts/demo: npm test; about 30 s)
 # .ci/run starts `install` in the background, so that the download overlaps the Rust build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,8 +32,9 @@ browser_install() {
 }
 
 browser_test() {
-  # The client library, whose sources (and @noble packages) are bundled into the page;
-  # .ci/test's TypeScript step has installed it already.
+  # The client library, whose sources (and @noble packages) are bundled into the page, and
+  # whose TypeScript packs and type-checks the tarball; .ci/test's TypeScript step has
+  # installed it already. The tarball's dependencies come from npm's cache (--prefer-offline).
   [ -d clients/ts/node_modules ] || (cd clients/ts && npm ci --no-audit --no-fund)
   [ -x target/debug/zserver ] || cargo build -p zserver-cli
   (cd clients/ts/demo && npm test)

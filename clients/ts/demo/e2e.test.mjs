@@ -209,13 +209,30 @@ test("browser users and a Rust user push to each other through one server", asyn
   await shot(ann, "chat");
   await shot(bob, "chat-bob");
 
-  // A second login of bob elsewhere kicks the first page.
+  // A user may be logged in on several pages at once: bob on a second page gets pushes too.
   const bob2 = await openPage();
   await enter(bob2, "bob", { register: false });
-  await bob.waitForSelector('#status[data-state="kicked"]');
-  assert.match(await bob.textContent("#kicked"), /logged in from another connection/);
-  assert.equal(await bob.isVisible("#chat"), false);
-  await shot(bob, "kicked");
+  assert.match(await push(ann, "bob", "to both of bob's pages"), /delivered to bob/);
+  await received(bob, "ann", "to both of bob's pages");
+  await received(bob2, "ann", "to both of bob's pages");
+});
+
+test("a second login kicks the first page on a server with one session per user; that page stays away", async () => {
+  const own = await startServer({ web, data: join(scratch, "single-data"), extra: ["--max-sessions", "1"] });
+  const first = await openPage(own.pin, "", { at: own });
+  await enter(first, "bob");
+  const second = await openPage(own.pin, "", { at: own });
+  await enter(second, "bob", { register: false });
+  await first.waitForSelector('#status[data-state="kicked"]');
+  assert.match(await first.textContent("#kicked"), /logged in from another connection/);
+  assert.equal(await first.isVisible("#chat"), false);
+  await shot(first, "kicked");
+  // The kicked page does not log in again by itself (that would kick the other one back).
+  await new Promise((r) => setTimeout(r, 1500));
+  assert.equal(await first.getAttribute("#status", "data-state"), "kicked");
+  assert.equal(await second.getAttribute("#status", "data-state"), "online");
+  for (const page of [first, second]) await page.context().close();
+  await killServer(own);
 });
 
 test("a page that pins another key is refused before logging in", async () => {
@@ -381,7 +398,15 @@ test("the server is killed: the page says it is reconnecting, and is back by its
   await kate.waitForFunction(() => /attempt [2-9]/.test(document.querySelector("#status")?.textContent ?? ""));
   await shot(kate, "reconnecting");
 
+  // Nobody is shown in the room while away.
+  assert.equal(await kate.locator("#room-members .member").count(), 0);
+
   own = await startServer({ web, data, tcp: own.tcp, ws: own.ws });
+  // leo posts to the lobby as soon as the server is back, likely before the page is: the
+  // page gets it once, recovered from where its subscription stopped or live.
+  const leo = (...action) => ["client", "--server", own.tcp, "--user", "leo", "--password", "leo-pw", "--pin", own.pin, ...action];
+  await zserver(leo("register"));
+  await zserver(leo("pub", "chat:lobby", "while kate was away"));
   await kate.locator('#status[data-state="online"]').waitFor();
   assert.match(await kate.textContent("#status"), /^connected as kate/);
   // Back in the room (subscribed again from where it stopped), a post goes through.
@@ -389,9 +414,10 @@ test("the server is killed: the page says it is reconnecting, and is back by its
   await post(kate, "after the restart");
   await roomMessage(kate, "kate", "after the restart").waitFor();
   assert.equal(await roomList(kate, "lobby").locator("li", { hasText: "before the restart" }).count(), 1);
+  await roomMessage(kate, "leo", "while kate was away").waitFor();
+  assert.equal(await roomList(kate, "lobby").locator("li", { hasText: "while kate was away" }).count(), 1);
   // Direct messages too, from a Rust client on the restarted server.
-  await zserver(["client", "--server", own.tcp, "--user", "leo", "--password", "leo-pw", "--pin", own.pin, "register"]);
-  await zserver(["client", "--server", own.tcp, "--user", "leo", "--password", "leo-pw", "--pin", own.pin, "push", "kate", "welcome back"]);
+  await zserver(leo("push", "kate", "welcome back"));
   await received(kate, "leo", "welcome back");
   await shot(kate, "reconnected");
   await kate.context().close();

@@ -53,11 +53,12 @@ export const zserver = (args, { env } = {}) => run(zserverBin, args, { env, time
 
 /**
  * Starts `zserver serve --web WEB --data DATA`, on free loopback ports unless `tcp` and
- * `ws` name them (the same again, to restart a server where it was); resolves once it
+ * `ws` name them (the same again, to restart a server where it was), with `extra`
+ * arguments; resolves once it
  * printed its addresses and key: `{ child, tcp, ws, pin, web, data, exited }`.
  */
-export function startServer({ web, data, tcp = "127.0.0.1:0", ws = "127.0.0.1:0" }) {
-  const args = ["serve", "--listen", tcp, "--listen-ws", ws, "--web", web, "--data", data];
+export function startServer({ web, data, tcp = "127.0.0.1:0", ws = "127.0.0.1:0", extra = [] }) {
+  const args = ["serve", "--listen", tcp, "--listen-ws", ws, "--web", web, "--data", data, ...extra];
   const child = spawn(zserverBin, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: "warn" } });
   children.add(child);
   let stderr = "";

@@ -7,10 +7,11 @@
  * (presence, join and leave events) and what is posted to it (publications), and counts
  * what arrives while another room is shown.
  *
- * When the connection drops (the server restarts, the network goes), the page says
- * "reconnecting…" and tries again by itself, waiting longer each time (up to 5 s); once
- * back it logs in again and subscribes to its rooms again from where each stopped, so that
- * a room shows exactly the messages it missed.
+ * The connection is the library's `ReconnectingClient`: when it drops (the server
+ * restarts, the network goes, the server hangs) the page says "reconnecting…" and the
+ * client tries again by itself, waiting longer each time (up to 5 s); once back it has
+ * logged in again and subscribed the rooms again from where each stopped, so that a room
+ * shows exactly the messages it missed.
  *
  * The page connects to `?ws=` (default: the WebSocket port that served the page) and pins
  * the server key `?pin=` (the fingerprint `zserver serve` prints): the same Noise XX
@@ -18,15 +19,15 @@
  */
 
 import {
-  type Client,
   connectWebSocket,
   LoginClient,
   type Message,
-  type Position,
   type Publication,
   type PushReport,
+  ReconnectingClient,
+  type StateChange,
+  ServerClosedError,
   type Subscription,
-  ZserverError,
 } from "@zserver/client";
 
 const $ = <T extends HTMLElement>(id: string): T => {
@@ -86,9 +87,11 @@ const SHOWN_CHARS = 2000;
 const ROOM_EARLIER = 20;
 /** The room joined at login. */
 const LOBBY = "lobby";
-/** Waits between reconnection attempts: doubled each time from the first, up to the last. */
-const RETRY_FIRST_MS = 250;
-const RETRY_MAX_MS = 5000;
+/** Waits between reconnection attempts: doubled each time from the first, up to the last
+ * (less up to a fifth at random, so that pages dropped together do not come back at once). */
+const BACKOFF = { initialMs: 250, maxMs: 5000, factor: 2, jitter: 0.2 };
+/** A server silent this long is pinged, and given up after as long again. */
+const HEARTBEAT_MS = 10_000;
 
 type State = "idle" | "online" | "reconnecting" | "error" | "kicked";
 
@@ -146,16 +149,14 @@ function addMessage(m: Message, kind: "received" | "offline" | "sent", to?: stri
   li.scrollIntoView({ block: "nearest" });
 }
 
-// ---- the session: one user logged in, through connections that may come and go ----
+// ---- the session: one user logged in, through connections that come and go ----
 
-/** What the user asked for: logged in as `user` (kept while reconnecting). */
-let wanted: { user: string; password: string } | undefined;
-/** The connection now, when there is one and its user is logged in. */
-let session: { login: LoginClient; user: string; timer: number } | undefined;
-/** The reconnection under way: its attempt count and timer. */
-let retry: { attempt: number; timer: number } | undefined;
+/** The session: the reconnecting client, logged in as `user`. */
+let session: { rc: ReconnectingClient; login: LoginClient<ReconnectingClient>; user: string; timer: number } | undefined;
 
-function showOnline(users: string[], me: string, online: number): void {
+const online = (): boolean => session?.rc.state === "connected";
+
+function showOnline(users: string[], me: string, count: number): void {
   ui.online.replaceChildren(
     ...users.map((u) => {
       const li = document.createElement("li");
@@ -171,23 +172,23 @@ function showOnline(users: string[], me: string, online: number): void {
   ui.onlineNames.replaceChildren(
     ...users.map((u) => Object.assign(document.createElement("option"), { value: u })),
   );
-  ui.onlineCount.textContent = `(${online})`;
-  if (online > users.length) {
+  ui.onlineCount.textContent = `(${count})`;
+  if (count > users.length) {
     const more = document.createElement("li");
     more.className = "more";
-    more.textContent = `and ${online - users.length} more`;
+    more.textContent = `and ${count - users.length} more`;
     ui.online.append(more);
   }
 }
 
 async function refreshOnline(): Promise<void> {
-  if (!session) return;
+  if (!session || !online()) return;
   const { login, user } = session;
   try {
     const page = await login.whoPage(undefined, WHO_SHOWN);
     showOnline(page.users, user, page.online);
   } catch (e) {
-    if (session?.login === login) ui.report.textContent = `who: ${errorText(e)}`;
+    if (session?.login === login && online()) ui.report.textContent = `who: ${errorText(e)}`;
   }
 }
 
@@ -200,13 +201,12 @@ function describe(report: PushReport): string {
 
 // ---- rooms ----
 
-/** A joined room: its channel, its subscription on the connection now (none while
- * reconnecting), where it stopped, its members by connection, its messages and tab. */
+/** A joined room: its channel, its subscription (made again by the reconnecting client on
+ * every new connection), its members by connection, its messages and its tab. */
 interface Room {
   name: string;
   channel: string;
   sub?: Subscription;
-  position: Position | null;
   members: Map<bigint, string>;
   list: HTMLOListElement;
   tab: HTMLButtonElement;
@@ -218,7 +218,7 @@ let shown: Room | undefined;
 
 function showMembers(): void {
   if (!shown) return;
-  const me = session?.user ?? wanted?.user;
+  const me = session?.user;
   const names = [...new Set(shown.members.values())].sort();
   ui.roomMembers.replaceChildren(
     ...names.map((name, i) => {
@@ -274,33 +274,38 @@ function addRoomNote(room: Room, text: string): void {
   room.list.append(li);
 }
 
-/** Subscribes `room` on `client`: from where it stopped when it has a position (after a
- * reconnect: exactly what it missed), else its last messages from the history. */
-async function subscribeRoom(client: Client, room: Room): Promise<void> {
-  const since = room.position;
+/** Asks who is in `room` now (at joining it, and after each reconnect). */
+async function refreshMembers(room: Room): Promise<void> {
+  if (!session) return;
+  const members = await session.rc.presence(room.channel);
+  room.members.clear();
+  for (const m of members) room.members.set(m.client, m.user);
+  if (room === shown) showMembers();
+}
+
+/** Subscribes `room`: its last messages from the history, its members, then what comes. */
+async function subscribeRoom(rc: ReconnectingClient, room: Room): Promise<void> {
   // Subscribed first: what is published from now on waits in the subscription (each once,
-  // in order) until the listeners below take it, after the recovered or earlier messages.
-  const sub = await client.subscribe(room.channel, since ? { since } : {});
+  // in order) until the listeners below take it, after the earlier messages.
+  const sub = await rc.subscribe(room.channel);
   if (rooms.get(room.name) !== room) {
     await sub.unsubscribe().catch(() => undefined);
     return;
   }
   room.sub = sub;
-  if (since && !sub.recovered) {
-    addRoomNote(room, "some messages from while you were away are gone");
-  }
   const at = sub.position;
-  if (!since && at && at.offset > 0n) {
+  if (at && at.offset > 0n) {
     const from = at.offset > BigInt(ROOM_EARLIER) ? at.offset - BigInt(ROOM_EARLIER) : 0n;
-    const page = await client.history(room.channel, { since: { epoch: at.epoch, offset: from }, limit: ROOM_EARLIER });
+    const page = await rc.history(room.channel, { since: { epoch: at.epoch, offset: from }, limit: ROOM_EARLIER });
     for (const p of page.publications) if (p.offset <= at.offset) addRoomMessage(room, p, true);
   }
-  room.members.clear();
-  for (const m of await client.presence(room.channel)) room.members.set(m.client, m.user);
+  await refreshMembers(room);
   if (room.sub !== sub) return; // left meanwhile
-  sub.on("publication", (p) => {
-    addRoomMessage(room, p, false);
-    room.position = sub.position;
+  sub.on("publication", (p) => addRoomMessage(room, p, false));
+  // After a reconnect: the publications missed come next, once each; unless the server's
+  // history no longer holds them all.
+  sub.on("resubscribed", ({ recovered }) => {
+    if (!recovered) addRoomNote(room, "some messages from while you were away are gone");
   });
   sub.on("join", (m) => {
     room.members.set(m.client, m.user);
@@ -314,13 +319,9 @@ async function subscribeRoom(client: Client, room: Room): Promise<void> {
     if (room.sub !== sub) return;
     room.sub = undefined;
     room.members.clear();
-    // The connection's close is the reconnect's business; the server ending it is not.
-    if (reason && rooms.get(room.name) === room && session?.login.client === client) {
-      addRoomNote(room, `the server ended this room's subscription: ${reason}`);
-    }
+    if (room === shown) showMembers();
+    if (reason && rooms.get(room.name) === room) addRoomNote(room, `the server ended this room's subscription: ${reason}`);
   });
-  room.position = sub.position;
-  if (room === shown) showMembers();
 }
 
 /** Joins the room `chat:NAME` (or shows it, when joined already). */
@@ -328,14 +329,14 @@ async function joinRoom(name: string): Promise<void> {
   const existing = rooms.get(name);
   if (existing) return showRoom(existing);
   if (!session) return;
-  const client = session.login.client;
+  const { rc } = session;
   const list = document.createElement("ol");
   list.className = "messages room-messages";
   list.dataset.room = name;
   const tab = document.createElement("button");
   tab.type = "button";
   tab.dataset.room = name;
-  const room: Room = { name, channel: `chat:${name}`, position: null, members: new Map(), list, tab, unread: 0 };
+  const room: Room = { name, channel: `chat:${name}`, members: new Map(), list, tab, unread: 0 };
   tab.addEventListener("click", () => showRoom(room));
   ui.roomReport.textContent = "";
   rooms.set(name, room);
@@ -343,7 +344,7 @@ async function joinRoom(name: string): Promise<void> {
   ui.roomTabs.append(tab);
   showRoom(room);
   try {
-    await subscribeRoom(client, room);
+    await subscribeRoom(rc, room);
   } catch (e) {
     if (rooms.get(name) === room) removeRoom(room);
     ui.roomReport.textContent = `cannot join ${name}: ${errorText(e)}`;
@@ -364,137 +365,115 @@ async function leaveRoom(room: Room): Promise<void> {
   await sub?.unsubscribe().catch(() => undefined);
 }
 
-function forgetRooms(): void {
-  for (const room of [...rooms.values()]) removeRoom(room);
-}
-
 // ---- connecting, logging in, reconnecting ----
 
-async function connect(): Promise<Client> {
-  const pin = ui.pin.value.trim().toLowerCase();
-  if (!/^[0-9a-f]{64}$/.test(pin)) {
-    throw new Error("the server key fingerprint (64 hex digits) is needed: add ?pin=... to the address");
+/** The reconnecting client's state, on the page. */
+function showState(change: StateChange): void {
+  if (!session) return;
+  const why = change.error?.message ?? "";
+  switch (change.state) {
+    case "connected": {
+      const key = session.rc.current().fingerprint ?? "";
+      setStatus(`connected as ${session.user} · encrypted, server key ${key.slice(0, 8)}… pinned`, "online");
+      delete ui.chat.dataset.offline;
+      void refreshOnline();
+      // Who is in each room now (those who left meanwhile sent no leave to this page).
+      for (const room of rooms.values()) void refreshMembers(room).catch(() => undefined);
+      break;
+    }
+    case "disconnected":
+      if (!change.retrying) {
+        // Closed for good: kicked (the server's close may come before the kicked push), or
+        // the back-off gave up.
+        const reason = change.error instanceof ServerClosedError ? change.error.reason : undefined;
+        if (reason?.startsWith("kicked")) kicked(reason.replace(/^kicked:\s*/, ""));
+        else {
+          endSession();
+          setStatus(`disconnected${why ? `: ${why}` : ""}`, "error");
+        }
+        break;
+      }
+      ui.chat.dataset.offline = "";
+      // Who is in a room is asked again once back.
+      for (const room of rooms.values()) room.members.clear();
+      showMembers();
+      setStatus("reconnecting…", "reconnecting");
+      ui.status.title = why;
+      break;
+    case "reconnecting":
+    case "connecting": {
+      const wait = ((change.delayMs ?? 0) / 1000).toFixed(1);
+      setStatus(`reconnecting… (attempt ${change.attempt ?? 1} in ${wait} s)`, "reconnecting");
+      ui.status.title = why;
+      break;
+    }
   }
-  return connectWebSocket(ui.ws.value.trim(), { pin });
 }
 
-function stopTimers(): void {
-  if (session) clearInterval(session.timer);
-  if (retry) clearTimeout(retry.timer);
-  retry = undefined;
+/** Kicked: another login of this user took over; the page does not come back by itself
+ * (it would kick that one in turn). */
+function kicked(reason: string): void {
+  endSession();
+  ui.kicked.textContent = `Kicked: ${reason}`;
+  ui.kicked.hidden = false;
+  setStatus("kicked", "kicked");
 }
 
-/** Ends everything: no session, no reconnecting, no rooms, the login form shown. */
+/** Ends the session: the client closed, no rooms, the login form shown. */
 function endSession(): void {
-  stopTimers();
-  wanted = undefined;
+  const ended = session;
   session = undefined;
-  forgetRooms();
+  if (ended) {
+    clearInterval(ended.timer);
+    void ended.rc.close();
+  }
+  for (const room of [...rooms.values()]) removeRoom(room);
   ui.chat.hidden = true;
   delete ui.chat.dataset.offline;
   ui.connectPanel.hidden = false;
-}
-
-/** Whether a failure to log in again means trying later (the server away or busy) rather
- * than giving up (the password refused, the key changed). */
-function worthRetrying(e: unknown): boolean {
-  if (!(e instanceof ZserverError)) return true;
-  if (e.kind === "keyMismatch") return false;
-  return !/wrong user name or password|already logged in|no such user/i.test(e.message);
-}
-
-/** One connection: connects, logs in as `wanted`, subscribes the rooms again. */
-async function open(register: boolean): Promise<void> {
-  const want = wanted;
-  if (!want) return;
-  const client = await connect();
-  try {
-    const login = new LoginClient(client);
-    login.on("message", (m) => addMessage(m, "received"));
-    login.on("kicked", (reason) => {
-      if (session?.login !== login) return;
-      endSession();
-      ui.kicked.textContent = `Kicked: ${reason}`;
-      ui.kicked.hidden = false;
-      setStatus("kicked", "kicked");
-    });
-    client.onClose((e) => {
-      if (session?.login === login) lost(e);
-    });
-    if (register) await login.register(want.user, want.password);
-    const offline = await login.login(want.user, want.password);
-    if (wanted !== want) throw new Error("logged out meanwhile");
-    for (const m of offline) addMessage(m, "offline");
-    session = { login, user: want.user, timer: window.setInterval(() => void refreshOnline(), WHO_EVERY_MS) };
-    for (const room of rooms.values()) {
-      await subscribeRoom(client, room).catch((e) => addRoomNote(room, `cannot rejoin: ${errorText(e)}`));
-    }
-    if (client.isClosed) throw new Error("the connection closed while logging in");
-  } catch (e) {
-    if (session?.login.client === client) {
-      clearInterval(session.timer);
-      session = undefined;
-    }
-    client.close();
-    throw e;
-  }
-}
-
-function connected(): void {
-  const key = session?.login.client.fingerprint ?? "";
-  setStatus(`connected as ${session?.user} · encrypted, server key ${key.slice(0, 8)}… pinned`, "online");
-  delete ui.chat.dataset.offline;
-  void refreshOnline();
-}
-
-/** The connection dropped while logged in: keep the page, try again by itself. */
-function lost(e: unknown): void {
-  if (session) clearInterval(session.timer);
-  session = undefined;
-  if (!wanted) return;
-  ui.chat.dataset.offline = "";
-  for (const room of rooms.values()) room.members.clear();
-  showMembers();
-  scheduleRetry(0, e ? errorText(e) : "connection closed");
-}
-
-function scheduleRetry(attempt: number, why: string): void {
-  const wait = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** attempt);
-  setStatus(`reconnecting… (attempt ${attempt + 1} in ${(wait / 1000).toFixed(1)} s)`, "reconnecting");
-  ui.status.title = why;
-  retry = {
-    attempt,
-    timer: window.setTimeout(() => {
-      retry = undefined;
-      open(false).then(connected, (e) => {
-        if (!wanted) return;
-        if (worthRetrying(e)) scheduleRetry(attempt + 1, errorText(e));
-        else {
-          endSession();
-          setStatus(`could not log in again: ${errorText(e)}`, "error");
-        }
-      });
-    }, wait),
-  };
 }
 
 async function start(register: boolean): Promise<void> {
   const user = ui.user.value.trim();
   const password = ui.password.value;
   endSession();
-  wanted = { user, password };
+  const pin = ui.pin.value.trim().toLowerCase();
+  if (!/^[0-9a-f]{64}$/.test(pin)) {
+    setStatus("the server key fingerprint (64 hex digits) is needed: add ?pin=... to the address", "error");
+    return;
+  }
+  const url = ui.ws.value.trim();
   setStatus("connecting…", "idle");
+  let rc: ReconnectingClient | undefined;
   try {
-    await open(register);
+    // The first connection now (its failure said as it is); later drops reconnect.
+    rc = await ReconnectingClient.connect((options, handlers) => connectWebSocket(url, options, handlers), {
+      pin,
+      backoff: BACKOFF,
+      heartbeatMs: HEARTBEAT_MS,
+    });
+    const login = new LoginClient(rc);
+    login.on("message", (m) => addMessage(m, "received"));
+    login.on("kicked", (reason) => {
+      if (session?.login === login) kicked(reason);
+    });
+    if (register) await login.register(user, password);
+    // On the reconnecting client, also logs in again after every reconnect (messages
+    // stored meanwhile then come as `message` events).
+    const offline = await login.login(user, password);
+    ui.messages.replaceChildren();
+    for (const m of offline) addMessage(m, "offline");
+    session = { rc, login, user, timer: window.setInterval(() => void refreshOnline(), WHO_EVERY_MS) };
+    rc.on("state", showState);
   } catch (e) {
-    wanted = undefined;
+    void rc?.close();
     setStatus(errorText(e), "error");
     return;
   }
   ui.kicked.hidden = true;
   ui.connectPanel.hidden = true;
   ui.chat.hidden = false;
-  connected();
+  showState({ state: "connected", previous: "connecting" });
   await joinRoom(LOBBY);
   ui.roomText.focus();
 }
@@ -509,16 +488,18 @@ ui.register.addEventListener("click", () => {
 ui.refresh.addEventListener("click", () => void refreshOnline());
 ui.logout.addEventListener("click", () => {
   const login = session?.login;
+  const rc = session?.rc;
+  session = undefined;
   endSession();
   setStatus("logged out", "idle");
-  void login?.logout().finally(() => login.close());
+  void login
+    ?.logout()
+    .catch(() => undefined)
+    .finally(() => rc?.close());
 });
 ui.pushForm.addEventListener("submit", (ev) => {
   ev.preventDefault();
-  if (!session) {
-    ui.report.textContent = "not sent: reconnecting";
-    return;
-  }
+  if (!session) return;
   const { login, user } = session;
   const to = ui.to.value.trim();
   const text = ui.text.value;
@@ -526,6 +507,7 @@ ui.pushForm.addEventListener("submit", (ev) => {
     .split(",")
     .map((u) => u.trim())
     .filter((u) => u.length > 0);
+  // While reconnecting this fails at once (nothing sent), said below.
   const sent = to === "*" ? login.pushAll(text) : login.push(recipients, text);
   ui.text.value = "";
   sent.then(
@@ -534,6 +516,7 @@ ui.pushForm.addEventListener("submit", (ev) => {
       ui.report.textContent = describe(report);
     },
     (e) => {
+      ui.text.value ||= text;
       ui.report.textContent = `not sent: ${errorText(e)}`;
     },
   );
@@ -552,15 +535,14 @@ ui.leaveRoom.addEventListener("click", () => {
 ui.roomPostForm.addEventListener("submit", (ev) => {
   ev.preventDefault();
   const room = shown;
-  if (!room) return;
-  if (!session) {
-    ui.roomReport.textContent = "not posted: reconnecting";
-    return;
-  }
+  if (!room || !session) return;
   const text = ui.roomText.value;
   ui.roomText.value = "";
-  session.login.client.publish(room.channel, text).then(
+  session.rc.publish(room.channel, text).then(
     () => (ui.roomReport.textContent = ""),
-    (e) => (ui.roomReport.textContent = `not posted: ${errorText(e)}`),
+    (e) => {
+      ui.roomText.value ||= text;
+      ui.roomReport.textContent = `not posted: ${errorText(e)}`;
+    },
   );
 });
