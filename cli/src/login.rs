@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use zserver_login::{
-    ClusterConfig, Event, LoginClient, LoginConfig, LoginError, LoginServer, PasswordParams,
-    SecondLogin, Store,
+    ClusterConfig, Event, LoginClient, LoginConfig, LoginError, LoginServer, PasswordParams, Store,
+    WhenFull,
 };
 
 use crate::bench::{run_on, BoxError};
@@ -31,9 +31,16 @@ pub(crate) struct ServeArgs {
     /// Most MiB of files one user may store.
     #[arg(long, default_value_t = 1024)]
     pub quota_mib: u64,
-    /// Refuse a second login of a user who is logged in (default: end the first session).
-    #[arg(long)]
-    pub refuse_second_login: bool,
+    /// Most sessions one user may hold at once (devices), in the whole cluster; each gets
+    /// the user's pushes.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_sessions: u32,
+    /// One session per user (`--max-sessions 1`): a second login ends the first.
+    #[arg(long, conflicts_with = "max_sessions")]
+    pub single_session: bool,
+    /// Refuse a login past the most sessions (default: end the user's oldest session).
+    #[arg(long, alias = "refuse-second-login")]
+    pub refuse_extra_login: bool,
     /// Accounts and offline messages: `embedded` (SQLite in the data directory) or a
     /// `postgres://user@host:port/db` URL.
     #[arg(long, default_value = "embedded")]
@@ -227,8 +234,12 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), BoxError> {
     let transport = zserver::transport(&args.backend).ok_or("unknown back end")?;
     let mut config = LoginConfig::new(&args.data);
     config.quota_bytes = args.quota_mib << 20;
-    if args.refuse_second_login {
-        config.second_login = SecondLogin::Refuse;
+    config.max_sessions = match args.single_session {
+        true => 1,
+        false => args.max_sessions as usize,
+    };
+    if args.refuse_extra_login {
+        config.when_full = WhenFull::Refuse;
     }
     config.store = args.store.clone();
     if let Some(n) = args.hash_concurrency {

@@ -28,9 +28,15 @@ fn serve(data: &Path, backend: &str) -> Served {
 }
 
 fn serve_at(data: &Path, backend: &str, addr: String) -> Served {
+    serve_with(data, backend, addr, &[])
+}
+
+/// `zserver serve` at `addr` with `flags` besides.
+fn serve_with(data: &Path, backend: &str, addr: String, flags: &[&str]) -> Served {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", &addr, "--backend", backend, "--data"])
         .arg(data)
+        .args(flags)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -497,5 +503,56 @@ fn channels_from_the_command_line() {
     );
     fails(run("ann", &["pub", "nowhere:x", "x"]), "no namespace");
     drop(served);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `zserver client --user bob listen` in one terminal is not kicked by bob pushing from
+/// another: the user holds both sessions, and the listener gets the push to bob; `who` names
+/// bob once. With `--single-session` the second login kicks the listener, as it says.
+#[test]
+fn a_listener_stays_while_the_same_user_pushes_from_another_terminal() {
+    let dir = std::env::temp_dir().join(format!("zserver-cli-devices-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for (flags, kicked) in [(&[][..], false), (&["--single-session"][..], true)] {
+        let data = dir.join(format!("data-{kicked}"));
+        let served = serve_with(&data, "tokio", free_addr().to_string(), flags);
+        let bob = client_args(&served, "bob", "bob-pw");
+        ok(zserver(&[&bob[..], &["register"]].concat()));
+        let mut listen = Command::new(BIN)
+            .args([&bob[..], &["listen"]].concat())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(listen.stdout.take().unwrap()).lines();
+        // The listener is logged in once `who` names bob.
+        let start = std::time::Instant::now();
+        while !ok(zserver(&[&bob[..], &["who"]].concat()))
+            .lines()
+            .any(|u| u == "bob")
+        {
+            assert!(start.elapsed().as_secs() < 10, "the listener logged in");
+        }
+        if kicked {
+            let first = lines.next().unwrap().unwrap();
+            assert!(
+                first.starts_with("kicked: logged in from another connection"),
+                "{first}"
+            );
+            listen.wait().unwrap();
+            continue;
+        }
+        let said = ok(zserver(
+            &[&bob[..], &["push", "bob", "note to self"]].concat(),
+        ));
+        assert!(said.contains("delivered"), "{said}");
+        assert_eq!(
+            lines.next().unwrap().unwrap(),
+            "message from bob: note to self"
+        );
+        let who = ok(zserver(&[&bob[..], &["who"]].concat()));
+        assert_eq!(who, "bob\n", "named once");
+        listen.kill().unwrap();
+        listen.wait().unwrap();
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -35,7 +35,7 @@ pub use error::LoginError;
 pub use metrics::{LoginMetrics, LoginOutcome};
 pub use protocol::Event;
 pub use server::{
-    check_file_name, ChannelNamespace, HashingStats, LoginConfig, LoginServer, SecondLogin,
+    check_file_name, ChannelNamespace, HashingStats, LoginConfig, LoginServer, WhenFull,
 };
 pub use store::{PasswordParams, PostgresStorage, SqliteStorage, Storage, Store, StoreError};
 

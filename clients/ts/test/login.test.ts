@@ -1,5 +1,5 @@
 // The typed login API against the real login server (`zserver serve`, fresh data dir):
-// register, login, push both ways, who, offline messages, kicked, files.
+// register, login, push both ways, who, offline messages, kicked (past the most sessions), files.
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { after, before, describe, test } from "node:test";
@@ -71,12 +71,16 @@ for (const via of VIAS) {
       assert.deepEqual(await eve.login("eve", "eve-password"), [{ from: "dan", text: "while you were away" }]);
     });
 
-    test("a second login kicks the first session", async () => {
+    test("a login past the most sessions (8) kicks the oldest", async () => {
       const first = await connect();
       await first.register("fay", "fay-password");
       await first.login("fay", "fay-password");
-      const second = await connect();
-      await second.login("fay", "fay-password");
+      const others = [];
+      for (let i = 0; i < 8; i++) {
+        const next = await connect();
+        await next.login("fay", "fay-password");
+        others.push(next);
+      }
       const event = await first.nextEvent(5_000);
       assert.equal(event?.type, "kicked");
       assert.ok(event?.type === "kicked" && event.reason.length > 0);

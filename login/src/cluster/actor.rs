@@ -98,6 +98,9 @@ impl Actor {
                     let at_ms = lock(&self.view).login_time(&user, now_unix_ms());
                     let announce = self.local.online(&user, connection.id(), at_ms);
                     self.publish(&announce).await;
+                    // Past the user's most sessions with the ones elsewhere: ours that are
+                    // oldest go (the other nodes do the same with theirs on hearing of it).
+                    let kicks = lock(&self.view).kicks(&user, &self.local);
                     let commands = self.commands.clone();
                     tokio::spawn(async move {
                         connection.closed().await;
@@ -108,7 +111,7 @@ impl Actor {
                             })
                             .await;
                     });
-                    Vec::new()
+                    kicks
                 }
                 Input::Command(Command::Offline { user, connection }) => {
                     if let Some(announce) = self.local.offline(&user, connection) {

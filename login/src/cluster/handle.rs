@@ -81,7 +81,12 @@ impl Cluster {
     }
 
     /// Subscribes and starts announcing; `local` answers pushes and kicks from other nodes.
-    pub(crate) async fn start(&self, local: Weak<dyn LocalSessions>) -> Result<(), Error> {
+    /// A user holds at most `max_sessions` sessions in the whole cluster.
+    pub(crate) async fn start(
+        &self,
+        local: Weak<dyn LocalSessions>,
+        max_sessions: usize,
+    ) -> Result<(), Error> {
         let nats = self.nats.clone();
         let subjects = self.subjects.clone();
         let me = self.node;
@@ -102,7 +107,7 @@ impl Cluster {
             .map_err(|e| Error::msg(format!("cluster runtime failed: {e}")))?
             .map_err(|e| Error::msg(format!("cannot subscribe on NATS: {e}")))?;
         let actor = Actor {
-            local: LocalPresence::new(me),
+            local: LocalPresence::new(me, max_sessions),
             snapshots: SnapshotCache::new(self.config.request_timeout * 5),
             view: self.view.clone(),
             nats: self.nats.clone(),
@@ -148,9 +153,14 @@ impl Cluster {
         });
     }
 
-    /// The other node `user` is logged in on, if any.
-    pub(crate) fn locate(&self, user: &str) -> Option<NodeId> {
+    /// The other nodes `user` holds a session on.
+    pub(crate) fn locate(&self, user: &str) -> Vec<NodeId> {
         lock(&self.view).locate(user)
+    }
+
+    /// How many sessions `user` holds on the other nodes.
+    pub(crate) fn sessions_elsewhere(&self, user: &str) -> usize {
+        lock(&self.view).count(user)
     }
 
     /// Users online on the other nodes.

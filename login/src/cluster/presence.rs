@@ -7,9 +7,12 @@
 //! for a [`Snapshot`] and carries on from it; a node not heard from within the node time-out
 //! is dropped with all its users, which is how a node that died leaves presence.
 //!
-//! The same user logged in on two nodes (a second login elsewhere, or two logins racing) is
-//! resolved by "newest login wins": each login carries its time and node, and the node
-//! holding the older one kicks it ([`Action::Kick`]) as soon as it hears of the newer.
+//! A user may hold a number of sessions at once (the login server's `max_sessions`), across
+//! all nodes. More than that (logins on several nodes, or logins racing) is resolved by
+//! "newest logins win": each login carries its time, node and connection, and a node holding
+//! one of the user's sessions that is not among the newest `max_sessions` kicks it
+//! ([`Action::Kick`]) as soon as it hears of the newer ones. Every node decides the same
+//! from the same stamps.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -19,14 +22,17 @@ use serde::{Deserialize, Serialize};
 /// A node's identity: random, new at every start (a restarted node is a new node).
 pub type NodeId = u64;
 
-/// When a user logged in, in milliseconds since the Unix epoch, and on which node: ordered,
-/// so that of two logins of one user the greater is the newer.
+/// When a session began, in milliseconds since the Unix epoch, on which node and
+/// connection: ordered, so that of two logins of one user the greater is the newer, and
+/// unique in the cluster, so that it names the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct LoginStamp {
     /// The login's wall-clock time.
     pub at_ms: i64,
     /// The node it happened on (breaks ties).
     pub node: NodeId,
+    /// The connection on that node (breaks ties between logins on one node).
+    pub connection: u64,
 }
 
 /// What a node publishes on the shared presence subject.
@@ -43,7 +49,7 @@ pub enum Announce {
         /// When (the login's stamp).
         stamp: LoginStamp,
     },
-    /// `user` left `node`.
+    /// `user`'s session on `connection` of `node` ended.
     Offline {
         /// The announcing node.
         node: NodeId,
@@ -51,6 +57,8 @@ pub enum Announce {
         seq: u64,
         /// Who.
         user: String,
+        /// The connection the session was on.
+        connection: u64,
     },
     /// `node` is alive; its presence is at `seq`.
     Heartbeat {
@@ -83,12 +91,12 @@ impl Announce {
 pub struct Snapshot {
     /// The sequence number it is current at.
     pub seq: u64,
-    /// Its users and their login stamps.
+    /// Its sessions: each user with a session's stamp (a user with several, several times).
     pub users: Vec<(String, LoginStamp)>,
 }
 
-/// Users per snapshot page: a page stays well under NATS's default 1 MiB payload limit
-/// (a user is at most about 55 bytes: a 32-byte name and a stamp).
+/// Sessions per snapshot page: a page stays well under NATS's default 1 MiB payload limit
+/// (a session is at most about 65 bytes: a 32-byte name and a stamp).
 pub const SNAPSHOT_PAGE: usize = 4096;
 
 /// A request for one page of a node's snapshot.
@@ -176,41 +184,40 @@ impl SnapshotCache {
     }
 }
 
-/// One local session as presence knows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LocalSession {
-    /// The login's stamp.
-    pub stamp: LoginStamp,
-    /// The connection it is on.
-    pub connection: u64,
-}
-
-/// This node's own users, and the announcements that keep the others' views of them right.
+/// This node's own sessions, and the announcements that keep the others' views of them
+/// right.
 #[derive(Debug)]
 pub struct LocalPresence {
     node: NodeId,
     seq: u64,
-    users: HashMap<String, LocalSession>,
+    /// Most sessions one user may hold in the whole cluster.
+    max_sessions: usize,
+    /// Each user's sessions here, oldest first.
+    users: HashMap<String, Vec<LoginStamp>>,
 }
 
 impl LocalPresence {
-    /// An empty presence for `node`.
-    pub fn new(node: NodeId) -> Self {
+    /// An empty presence for `node`, whose users may hold `max_sessions` sessions each
+    /// (at least one) in the whole cluster.
+    pub fn new(node: NodeId, max_sessions: usize) -> Self {
         Self {
             node,
             seq: 0,
+            max_sessions: max_sessions.max(1),
             users: HashMap::new(),
         }
     }
 
-    /// `user` logged in here on `connection` at `at_ms` (replacing an earlier local session).
+    /// `user` logged in here on `connection` at `at_ms` (beside their other sessions).
     pub fn online(&mut self, user: &str, connection: u64, at_ms: i64) -> Announce {
         let stamp = LoginStamp {
             at_ms,
             node: self.node,
+            connection,
         };
-        self.users
-            .insert(user.to_owned(), LocalSession { stamp, connection });
+        let sessions = self.users.entry(user.to_owned()).or_default();
+        sessions.retain(|s| s.connection != connection);
+        sessions.push(stamp);
         self.seq += 1;
         Announce::Online {
             node: self.node,
@@ -220,18 +227,21 @@ impl LocalPresence {
         }
     }
 
-    /// `user`'s session on `connection` ended; nothing to announce if that is not the
-    /// session presence holds (a newer login replaced it, or it was never announced).
+    /// `user`'s session on `connection` ended; nothing to announce if presence holds no such
+    /// session (it was never announced, or ended before).
     pub fn offline(&mut self, user: &str, connection: u64) -> Option<Announce> {
-        if self.users.get(user)?.connection != connection {
-            return None;
+        let sessions = self.users.get_mut(user)?;
+        let at = sessions.iter().position(|s| s.connection == connection)?;
+        sessions.remove(at);
+        if sessions.is_empty() {
+            self.users.remove(user);
         }
-        self.users.remove(user);
         self.seq += 1;
         Some(Announce::Offline {
             node: self.node,
             seq: self.seq,
             user: user.to_owned(),
+            connection,
         })
     }
 
@@ -250,14 +260,14 @@ impl LocalPresence {
             users: self
                 .users
                 .iter()
-                .map(|(user, s)| (user.clone(), s.stamp))
+                .flat_map(|(user, sessions)| sessions.iter().map(|s| (user.clone(), *s)))
                 .collect(),
         }
     }
 
-    /// The local session of `user`, if any.
-    pub fn get(&self, user: &str) -> Option<LocalSession> {
-        self.users.get(user).copied()
+    /// The local sessions of `user`, oldest first.
+    pub fn sessions(&self, user: &str) -> &[LoginStamp] {
+        self.users.get(user).map_or(&[], Vec::as_slice)
     }
 
     /// This node's id.
@@ -265,13 +275,26 @@ impl LocalPresence {
         self.node
     }
 
-    /// The local session of `user` if a login stamped `newer` elsewhere supersedes it.
-    fn superseded(&self, user: &str, newer: LoginStamp) -> Option<Action> {
-        let local = self.users.get(user)?;
-        (newer > local.stamp).then(|| Action::Kick {
-            user: user.to_owned(),
-            connection: local.connection,
-        })
+    /// The local sessions of `user` that are not among their newest `max_sessions` in the
+    /// cluster, given the stamps of their sessions `elsewhere`: to be kicked.
+    fn excess(&self, user: &str, elsewhere: impl Iterator<Item = LoginStamp>) -> Vec<Action> {
+        let local = self.sessions(user);
+        if local.is_empty() {
+            return Vec::new();
+        }
+        let mut all: Vec<LoginStamp> = elsewhere.chain(local.iter().copied()).collect();
+        if all.len() <= self.max_sessions {
+            return Vec::new();
+        }
+        all.sort_unstable_by(|a, b| b.cmp(a));
+        all[self.max_sessions..]
+            .iter()
+            .filter(|s| s.node == self.node)
+            .map(|s| Action::Kick {
+                user: user.to_owned(),
+                connection: s.connection,
+            })
+            .collect()
     }
 }
 
@@ -280,7 +303,8 @@ impl LocalPresence {
 pub enum Action {
     /// Ask this node for a [`Snapshot`] and feed it to [`RemoteView::on_snapshot`].
     Resync(NodeId),
-    /// End the local session of `user` on `connection`: a newer login elsewhere wins.
+    /// End the local session of `user` on `connection`: newer logins hold the user's
+    /// sessions.
     Kick {
         /// Who.
         user: String,
@@ -302,7 +326,8 @@ struct RemoteNode {
     asked: Option<Instant>,
     /// Changes heard while waiting for a snapshot, applied on top of it when it comes.
     held: Vec<Announce>,
-    users: HashMap<String, LoginStamp>,
+    /// Each user's sessions on that node.
+    users: HashMap<String, Vec<LoginStamp>>,
 }
 
 impl RemoteNode {
@@ -316,8 +341,9 @@ impl RemoteNode {
         }
     }
 
-    /// Applies a change if it is the next one; `Err` on a gap.
-    fn apply(&mut self, announce: Announce, local: &LocalPresence) -> Result<Option<Action>, ()> {
+    /// Applies a change if it is the next one: `Ok(Some(user))` when `user` gained a
+    /// session (which may push one of ours out); `Err` on a gap.
+    fn apply(&mut self, announce: Announce) -> Result<Option<String>, ()> {
         let Some(at) = self.seq else {
             return Err(());
         };
@@ -327,13 +353,24 @@ impl RemoteNode {
                 seq, user, stamp, ..
             } if seq == at + 1 => {
                 self.seq = Some(seq);
-                let kick = local.superseded(&user, stamp);
-                self.users.insert(user, stamp);
-                Ok(kick)
+                let sessions = self.users.entry(user.clone()).or_default();
+                sessions.retain(|s| s.connection != stamp.connection);
+                sessions.push(stamp);
+                Ok(Some(user))
             }
-            Announce::Offline { seq, user, .. } if seq == at + 1 => {
+            Announce::Offline {
+                seq,
+                user,
+                connection,
+                ..
+            } if seq == at + 1 => {
                 self.seq = Some(seq);
-                self.users.remove(&user);
+                if let Some(sessions) = self.users.get_mut(&user) {
+                    sessions.retain(|s| s.connection != connection);
+                    if sessions.is_empty() {
+                        self.users.remove(&user);
+                    }
+                }
                 Ok(None)
             }
             // Heartbeats are ordered after the changes they count: one ahead of the view
@@ -405,8 +442,8 @@ impl RemoteView {
             return node.resync(id, now, every).into_iter().collect();
         }
         let held = matches!(announce, Announce::Online { .. } | Announce::Offline { .. });
-        match node.apply(announce.clone(), local) {
-            Ok(kick) => kick.into_iter().collect(),
+        match node.apply(announce.clone()) {
+            Ok(joined) => joined.map_or_else(Vec::new, |user| self.kicks(&user, local)),
             Err(()) => {
                 if held {
                     node.held.push(announce);
@@ -435,12 +472,12 @@ impl RemoteView {
             return Vec::new();
         }
         node.seq = Some(snapshot.seq);
-        node.users = snapshot.users.into_iter().collect();
-        let mut actions: Vec<Action> = node
-            .users
-            .iter()
-            .filter_map(|(user, stamp)| local.superseded(user, *stamp))
-            .collect();
+        node.users.clear();
+        for (user, stamp) in snapshot.users {
+            node.users.entry(user).or_default().push(stamp);
+        }
+        let mut joined: Vec<String> = node.users.keys().cloned().collect();
+        let mut actions = Vec::new();
         let mut held = std::mem::take(&mut node.held);
         held.sort_by_key(|a| match a {
             Announce::Online { seq, .. } | Announce::Offline { seq, .. } => *seq,
@@ -448,8 +485,8 @@ impl RemoteView {
         });
         let mut rest = held.into_iter();
         for announce in rest.by_ref() {
-            match node.apply(announce, local) {
-                Ok(kick) => actions.extend(kick),
+            match node.apply(announce) {
+                Ok(user) => joined.extend(user),
                 Err(()) => {
                     node.asked = None;
                     actions.extend(node.resync(id, now, every));
@@ -461,7 +498,27 @@ impl RemoteView {
         if node.seq.is_some() {
             node.asked = None;
         }
+        joined.sort_unstable();
+        joined.dedup();
+        for user in joined {
+            actions.extend(self.kicks(&user, local));
+        }
         actions
+    }
+
+    /// The local sessions of `user` to kick: those not among their newest sessions in the
+    /// cluster, as far as this view knows (after a local login, or hearing of one elsewhere).
+    pub fn kicks(&self, user: &str, local: &LocalPresence) -> Vec<Action> {
+        local.excess(user, self.sessions(user))
+    }
+
+    /// The stamps of `user`'s sessions on other nodes.
+    fn sessions<'a>(&'a self, user: &'a str) -> impl Iterator<Item = LoginStamp> + 'a {
+        self.nodes
+            .values()
+            .filter_map(move |n| n.users.get(user))
+            .flatten()
+            .copied()
     }
 
     /// Drops the nodes not heard from within the time-out; returns them.
@@ -479,17 +536,26 @@ impl RemoteView {
         dead
     }
 
-    /// The node `user` is logged in on (the newest login if several claim them).
-    pub fn locate(&self, user: &str) -> Option<NodeId> {
-        self.newest(user).map(|stamp| stamp.node)
+    /// The other nodes `user` holds a session on.
+    pub fn locate(&self, user: &str) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.users.contains_key(user))
+            .map(|(id, _)| *id)
+            .collect();
+        nodes.sort_unstable();
+        nodes
+    }
+
+    /// How many sessions `user` holds on other nodes.
+    pub fn count(&self, user: &str) -> usize {
+        self.sessions(user).count()
     }
 
     /// The newest login of `user` on another node.
     pub fn newest(&self, user: &str) -> Option<LoginStamp> {
-        self.nodes
-            .values()
-            .filter_map(|n| n.users.get(user).copied())
-            .max()
+        self.sessions(user).max()
     }
 
     /// The time to stamp a new login of `user` with: the clock's `now_ms`, or just after
@@ -528,8 +594,8 @@ mod tests {
 
     fn pair() -> (LocalPresence, LocalPresence, RemoteView) {
         (
-            LocalPresence::new(1),
-            LocalPresence::new(2),
+            LocalPresence::new(1, 1),
+            LocalPresence::new(2, 1),
             RemoteView::new(2, T),
         )
     }
@@ -548,11 +614,11 @@ mod tests {
         assert!(view.on_announce(ann, now, &b).is_empty());
         let bob = a.online("bob", 11, 1001);
         assert!(view.on_announce(bob, now, &b).is_empty());
-        assert_eq!(view.locate("ann"), Some(1));
+        assert_eq!(view.locate("ann"), [1]);
         assert_eq!(view.users(), ["ann", "bob"]);
         let off = a.offline("ann", 10).unwrap();
         assert!(view.on_announce(off, now, &b).is_empty());
-        assert_eq!(view.locate("ann"), None);
+        assert!(view.locate("ann").is_empty());
         assert!(view.on_announce(a.heartbeat(), now, &b).is_empty());
     }
 
@@ -583,7 +649,7 @@ mod tests {
     #[test]
     fn silent_nodes_expire_and_leaving_nodes_go_at_once() {
         let (mut a, b, mut view) = pair();
-        let mut c = LocalPresence::new(3);
+        let mut c = LocalPresence::new(3, 1);
         let now = Instant::now();
         a.online("ann", 10, 1000);
         c.online("cid", 30, 1000);
@@ -618,22 +684,25 @@ mod tests {
             }]
         );
         // Node 1 hearing of the older login kicks nothing.
-        assert_eq!(view_a.locate("ann"), Some(2));
+        assert_eq!(view_a.locate("ann"), [2]);
         assert!(view_a.on_snapshot(2, b.snapshot(), now, &a).is_empty());
         // Equal times: the greater node id wins, the same on both sides.
-        let (mut x, mut y) = (LocalPresence::new(1), LocalPresence::new(2));
+        let (mut x, mut y) = (LocalPresence::new(1, 1), LocalPresence::new(2, 1));
         x.online("tie", 1, 5000);
         y.online("tie", 2, 5000);
-        assert!(y.superseded("tie", x.get("tie").unwrap().stamp).is_none());
-        assert!(x.superseded("tie", y.get("tie").unwrap().stamp).is_some());
+        let (xs, ys) = (x.sessions("tie").to_vec(), y.sessions("tie").to_vec());
+        assert!(y.excess("tie", xs.into_iter()).is_empty());
+        assert_eq!(x.excess("tie", ys.into_iter()).len(), 1);
     }
 
     #[test]
-    fn offline_of_a_replaced_session_is_not_announced() {
-        let mut a = LocalPresence::new(1);
+    fn offline_of_an_unknown_session_is_not_announced() {
+        let mut a = LocalPresence::new(1, 8);
         a.online("ann", 10, 1000);
         a.online("ann", 11, 1001);
-        assert_eq!(a.offline("ann", 10), None);
+        assert_eq!(a.offline("ann", 12), None);
+        assert!(a.offline("ann", 10).is_some());
+        assert_eq!(a.sessions("ann").len(), 1);
         assert!(a.offline("ann", 11).is_some());
         assert_eq!(a.offline("ann", 11), None);
         assert_eq!(a.offline("nobody", 1), None);
@@ -641,7 +710,7 @@ mod tests {
 
     #[test]
     fn own_announcements_are_ignored() {
-        let mut b = LocalPresence::new(2);
+        let mut b = LocalPresence::new(2, 1);
         let mut view = RemoteView::new(2, T);
         let own = b.online("bob", 1, 1);
         assert!(view.on_announce(own, Instant::now(), &b).is_empty());
@@ -693,7 +762,7 @@ mod tests {
 
     #[test]
     fn snapshots_are_paged_from_one_moment() {
-        let mut a = LocalPresence::new(1);
+        let mut a = LocalPresence::new(1, 1);
         for i in 0..(2 * SNAPSHOT_PAGE + 10) {
             a.online(&format!("u{i}"), i as u64, 1000);
         }
@@ -740,7 +809,7 @@ mod tests {
         };
         assert_eq!(cache.page(&a, expired, later), None);
         // An empty node has one empty page.
-        let empty = LocalPresence::new(2);
+        let empty = LocalPresence::new(2, 1);
         let page = cache
             .page(&empty, SnapshotRequest { seq: None, page: 0 }, now)
             .unwrap();
@@ -768,5 +837,44 @@ mod tests {
         );
         // Without anything known elsewhere, the clock's time is used.
         assert_eq!(view_b.login_time("bob", 2000), 2000);
+    }
+
+    #[test]
+    fn a_user_holds_their_newest_sessions_across_nodes() {
+        // Two sessions each at most: ann on node 1 twice, then on node 2.
+        let (mut a, mut b) = (LocalPresence::new(1, 2), LocalPresence::new(2, 2));
+        let (mut view_a, mut view_b) = (RemoteView::new(1, T), RemoteView::new(2, T));
+        let now = Instant::now();
+        view_a.on_snapshot(2, b.snapshot(), now, &a);
+        view_b.on_snapshot(1, a.snapshot(), now, &b);
+        for (connection, at) in [(10, 1000), (11, 1001)] {
+            let on = a.online("ann", connection, at);
+            assert!(view_a.kicks("ann", &a).is_empty(), "two fit");
+            assert!(view_b.on_announce(on, now, &b).is_empty());
+        }
+        assert_eq!(view_b.count("ann"), 2);
+        // A third, on node 2: node 1 kicks its oldest, and only that one.
+        let third = b.online("ann", 20, 1002);
+        assert!(view_b.kicks("ann", &b).is_empty(), "the newest stays");
+        assert_eq!(
+            view_a.on_announce(third, now, &a),
+            [Action::Kick {
+                user: "ann".into(),
+                connection: 10
+            }]
+        );
+        // Its end is announced, and node 2 sees two sessions again, one per node.
+        let off = a.offline("ann", 10).unwrap();
+        assert!(view_b.on_announce(off, now, &b).is_empty());
+        assert_eq!(view_b.count("ann"), 1);
+        assert_eq!(view_b.locate("ann"), [1]);
+        // A snapshot carries every session of a user.
+        let mut fresh = RemoteView::new(3, T);
+        let c = LocalPresence::new(3, 2);
+        fresh.on_snapshot(1, a.snapshot(), now, &c);
+        fresh.on_snapshot(2, b.snapshot(), now, &c);
+        assert_eq!(fresh.count("ann"), 2);
+        assert_eq!(fresh.locate("ann"), [1, 2]);
+        assert_eq!(fresh.users(), ["ann"]);
     }
 }

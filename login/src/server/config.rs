@@ -6,12 +6,13 @@ use std::time::Duration;
 use crate::cluster::ClusterConfig;
 use crate::store::PasswordParams;
 
-/// What to do when a user who is logged in logs in again on another connection.
+/// What to do when a user who holds [`LoginConfig::max_sessions`] sessions logs in again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SecondLogin {
-    /// End the old session (its client gets a `kicked` event) and accept the new one.
-    KickOld,
-    /// Refuse the new login while the old session lasts.
+pub enum WhenFull {
+    /// End the user's oldest session (its client gets a `kicked` event) and accept the new
+    /// one.
+    KickOldest,
+    /// Refuse the new login while the other sessions last.
     Refuse,
 }
 
@@ -24,8 +25,11 @@ pub struct LoginConfig {
     pub quota_bytes: u64,
     /// How long the part of an upload that broke off is kept for the client to resume it.
     pub keep_partial_uploads: Duration,
-    /// A second login of the same user.
-    pub second_login: SecondLogin,
+    /// Most sessions one user may hold at once (logged in on several devices), in the whole
+    /// cluster; 1 for one session per user. Each gets the user's pushes.
+    pub max_sessions: usize,
+    /// A login past [`Self::max_sessions`].
+    pub when_full: WhenFull,
     /// Failed logins allowed per address and per account within [`Self::attempt_window`].
     /// Attempts in progress count as failures until they end, so a burst cannot get more
     /// guesses hashed than this.
@@ -134,8 +138,8 @@ impl ChannelNamespace {
 }
 
 impl LoginConfig {
-    /// Defaults with data under `data_dir`: 1 GiB per user, partial uploads kept a day, a
-    /// second login kicks the first, 5 failed logins per minute per address and per account,
+    /// Defaults with data under `data_dir`: 1 GiB per user, partial uploads kept a day, 8
+    /// sessions per user (a ninth login kicks the oldest), 5 failed logins per minute per address and per account,
     /// 10 registrations per minute per address, as many hashes at once as there are cores
     /// with 64 more waiting and 4 in progress per address, Argon2id at 19 MiB and 2 passes,
     /// the embedded store, no cluster.
@@ -144,7 +148,8 @@ impl LoginConfig {
             data_dir: data_dir.into(),
             quota_bytes: 1 << 30,
             keep_partial_uploads: Duration::from_secs(24 * 3600),
-            second_login: SecondLogin::KickOld,
+            max_sessions: 8,
+            when_full: WhenFull::KickOldest,
             max_failed_logins: 5,
             max_registrations: 10,
             attempt_window: Duration::from_secs(60),

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use zserver::Calls;
 use zserver::{Connection, Context, DownloadRequest, Error, Outgoing, Router};
 
-use super::config::SecondLogin;
+use super::config::WhenFull;
 use super::files::put;
 use super::passwords::{change_password, delete_account, register, Limit};
 use super::push::{bounded, kick_connection, CONFIRM_PATIENCE};
+use super::sessions::{already_in, replaced};
 use super::{db, State};
 use crate::error::LoginError;
 use crate::lock;
@@ -146,42 +147,48 @@ async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welc
         }
         return Err(e);
     }
-    let elsewhere = state.cluster.as_ref().and_then(|cl| cl.locate(&c.user));
-    let (old, previous) = {
+    let elsewhere = state
+        .cluster
+        .as_ref()
+        .map_or(0, |cl| cl.sessions_elsewhere(&c.user));
+    let max = config.max_sessions.max(1);
+    let (kicked, previous) = {
         let mut sessions = lock(&state.sessions);
         sessions.prune();
-        if config.second_login == SecondLogin::Refuse {
-            let here = sessions
-                .by_user
-                .get(&c.user)
-                .is_some_and(|old| old.id() != ctx.connection_id());
-            if here || elsewhere.is_some() {
-                let taken = Error::msg(format!("`{}` is already logged in", c.user));
-                return Err(LoginError::Other(taken));
-            }
+        let here = sessions
+            .of(&c.user)
+            .iter()
+            .filter(|old| old.id() != ctx.connection_id())
+            .count();
+        if config.when_full == WhenFull::Refuse && here + elsewhere >= max {
+            return Err(LoginError::Other(Error::msg(already_in(&c.user, max))));
         }
-        let previous = sessions.by_conn.remove(&ctx.connection_id());
-        if let Some(previous) = &previous {
-            sessions.by_user.remove(previous);
+        let previous = sessions.bind(&c.user, ctx.connection());
+        // Past the most sessions here alone, the oldest here go; with sessions elsewhere
+        // too, the cluster sees to it (each node kicks its own that are oldest).
+        let all = sessions.of(&c.user).to_vec();
+        let over = all.len().saturating_sub(max);
+        for old in &all[..over] {
+            sessions.unbind(old.id());
         }
-        sessions.by_conn.insert(ctx.connection_id(), c.user.clone());
-        let old = sessions
-            .by_user
-            .insert(c.user.clone(), ctx.connection().clone());
-        (old.filter(|o| o.id() != ctx.connection_id()), previous)
+        (all[..over].to_vec(), previous)
     };
     if let Some(cluster) = &state.cluster {
         // Another user logged in on this connection before: that session ends.
         if let Some(previous) = previous.filter(|p| *p != c.user) {
             cluster.offline(&previous, ctx.connection_id());
         }
-        // Announced to the other nodes; one holding an older session of this user kicks it.
+        // The kicked sessions end before the new one is announced, so that no node counts
+        // them against it.
+        for old in &kicked {
+            cluster.offline(&c.user, old.id());
+        }
         cluster.online(&c.user, ctx.connection());
     }
-    if let Some(old) = old {
-        lock(&state.sessions).by_conn.remove(&old.id());
+    let why = replaced(max);
+    for old in &kicked {
         // The event goes out first, then the old connection closes.
-        kick_connection(&*state.runtime, &old, "logged in from another connection").await;
+        kick_connection(&*state.runtime, old, &why).await;
     }
     state.metrics.login(LoginOutcome::Ok);
     ctx.connection().span().record("user", c.user.as_str());

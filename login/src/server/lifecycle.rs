@@ -1,6 +1,5 @@
 //! [`LoginServer`]: starting, inspecting and stopping a login server.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -94,10 +93,7 @@ impl LoginServer {
             channels: channels.clone(),
             store,
             files,
-            sessions: Mutex::new(Sessions {
-                by_user: HashMap::new(),
-                by_conn: HashMap::new(),
-            }),
+            sessions: Mutex::new(Sessions::default()),
             limiter: Mutex::new(Limiter::new(
                 config.attempt_window,
                 config.max_failed_logins,
@@ -131,7 +127,9 @@ impl LoginServer {
         };
         if let Some(cluster) = &state.cluster {
             let local: Arc<dyn LocalSessions> = state.clone();
-            cluster.start(Arc::downgrade(&local)).await?;
+            cluster
+                .start(Arc::downgrade(&local), config.max_sessions)
+                .await?;
         }
         if let Some(bridge) = bridge {
             bridge.start(state.channels.clone()).await?;

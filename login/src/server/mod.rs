@@ -25,7 +25,7 @@ use crate::cluster::Cluster;
 use crate::metrics::LoginMetrics;
 use crate::store::{Store, StoreError};
 
-pub use config::{ChannelNamespace, LoginConfig, SecondLogin};
+pub use config::{ChannelNamespace, LoginConfig, WhenFull};
 pub use files::check_file_name;
 use hashing::HashPool;
 pub use hashing::HashingStats;

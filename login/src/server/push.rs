@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use zserver::{Connection, Error, Runtime};
 
+use super::sessions::replaced;
 use super::{db, store_err, State};
 use crate::cluster::{
     Answer, BoxFuture, Deliver, Handled, Handover, LocalSessions, NodeId, Outcome,
@@ -49,26 +50,26 @@ async fn send_patiently(
     .await
 }
 
-/// Sends `message` to each of `conns` (`None`: not logged in here) all at once, so that one
-/// recipient who does not read holds up no one else, each waiting at most `patience` for
-/// room; for each, whether it was queued.
+/// Sends `message` to every session of each recipient (`conns[i]`: recipient i's sessions
+/// here, empty if none) all at once, so that one session that does not read holds up no one
+/// else, each waiting at most `patience` for room; for each recipient, for each of their
+/// sessions, whether it was queued.
 async fn send_to_each(
     runtime: &dyn Runtime,
-    conns: &[Option<Connection>],
+    conns: &[Vec<Connection>],
     message: &Incoming,
     patience: Duration,
-) -> Vec<bool> {
+) -> Vec<Vec<bool>> {
     let Ok(payload) = postcard::to_allocvec(message) else {
-        return vec![false; conns.len()];
+        return conns.iter().map(|c| vec![false; c.len()]).collect();
     };
-    let sends = conns.iter().map(|conn| {
+    let sends = conns.iter().map(|sessions| {
         let payload = &payload;
-        async move {
-            match conn {
-                Some(conn) => send_patiently(runtime, conn, "message", payload, patience).await,
-                None => false,
-            }
-        }
+        futures_util::future::join_all(
+            sessions
+                .iter()
+                .map(move |conn| send_patiently(runtime, conn, "message", payload, patience)),
+        )
     });
     futures_util::future::join_all(sends).await
 }
@@ -86,7 +87,7 @@ impl State {
     pub(super) async fn push_to(
         self: &Arc<Self>,
         from: &str,
-        users: Vec<String>,
+        mut users: Vec<String>,
         text: &str,
     ) -> Result<PushReport, Error> {
         let message = Incoming {
@@ -94,23 +95,30 @@ impl State {
             text: text.to_owned(),
         };
         let mut report = PushReport::default();
-        let mut remote: HashMap<NodeId, Vec<String>> = HashMap::new();
-        let mut offline = Vec::new();
         for user in &users {
             check_name(user).map_err(store_err)?;
         }
+        let mut once = HashSet::new();
+        users.retain(|u| once.insert(u.clone()));
+        // Every session here gets it, and every node holding another session of the user.
         let conns = self.local_sessions(&users);
         let sent = send_to_each(&*self.runtime, &conns, &message, SEND_PATIENCE).await;
-        for (user, sent) in users.into_iter().zip(sent) {
-            if sent {
-                report.delivered.push(user);
-            } else if let Some(node) = self.cluster.as_ref().and_then(|c| c.locate(&user)) {
-                remote.entry(node).or_default().push(user);
-            } else {
-                offline.push(user);
+        let mut reached: HashSet<String> = HashSet::new();
+        let mut remote: HashMap<NodeId, Vec<String>> = HashMap::new();
+        for (user, sent) in users.iter().zip(sent) {
+            if sent.contains(&true) {
+                reached.insert(user.clone());
+            }
+            for node in self
+                .cluster
+                .as_ref()
+                .map(|c| c.locate(user))
+                .unwrap_or_default()
+            {
+                remote.entry(node).or_default().push(user.clone());
             }
         }
-        let (mut undecided, mut stored_there) = (Vec::new(), Vec::new());
+        let (mut undecided, mut stored_there) = (Vec::new(), HashSet::new());
         if let Some(cluster) = &self.cluster {
             let pushes = remote
                 .into_iter()
@@ -125,12 +133,10 @@ impl State {
                 .collect();
             for (users, answer) in cluster.deliver(pushes).await.into_iter().flatten() {
                 match answer {
+                    // Those neither reached nor stored there (its store failed) are stored
+                    // here, unless reached elsewhere.
                     Answer::Handled(outcome) => {
-                        let done: HashSet<&String> =
-                            outcome.reached.iter().chain(&outcome.stored).collect();
-                        // Neither reached nor stored there (its store failed): stored here.
-                        offline.extend(users.iter().filter(|u| !done.contains(u)).cloned());
-                        report.delivered.extend(outcome.reached);
+                        reached.extend(outcome.reached);
                         stored_there.extend(outcome.stored);
                     }
                     Answer::Unanswered(id) => undecided.push((id, users)),
@@ -139,15 +145,34 @@ impl State {
         }
         // A node that did not answer in time may still get the request: whoever claims the
         // hand-over first acts on it, that node (delivering) or this one (storing).
-        let mut unknown = None;
+        let (mut unconfirmed, mut unknown) = (HashSet::new(), None);
         if let Some(cluster) = &self.cluster {
             for (id, users) in undecided {
                 let me = cluster.claimer();
                 match db(self, move |s| s.claim_handover(&id, &me)).await {
-                    Ok(true) => offline.extend(users),
-                    Ok(false) => report.unconfirmed.extend(users),
-                    Err(e) => unknown = Some((users, e)),
+                    Ok(true) => {}
+                    Ok(false) => unconfirmed.extend(users),
+                    Err(e) => {
+                        unconfirmed.extend(users.iter().cloned());
+                        unknown = Some((users, e));
+                    }
                 }
+            }
+        }
+        // Each recipient once: reached anywhere, else stored there, else (given up on by
+        // a node that may have delivered it) unconfirmed, else stored here.
+        let mut offline = Vec::new();
+        for user in users {
+            if reached.contains(&user) {
+                report.delivered.push(user);
+            } else if stored_there.contains(&user) {
+                report.stored.push(user);
+            } else if unconfirmed.contains(&user) {
+                if unknown.as_ref().is_none_or(|(u, _)| !u.contains(&user)) {
+                    report.unconfirmed.push(user);
+                }
+            } else {
+                offline.push(user);
             }
         }
         let stored = if offline.is_empty() {
@@ -157,15 +182,16 @@ impl State {
             db(self, move |s| s.queue_for_many(&to, &from, &text)).await
         };
         // Also on an error for an unknown recipient: the others' messages were stored.
-        report.stored = offline;
         if let Some(cluster) = &self.cluster {
             // A recipient may have logged in somewhere since we looked: that node takes it.
-            cluster.stored(&report.stored);
-            report.stored.extend(stored_there);
-        } else {
+            cluster.stored(&offline);
+        }
+        let stored_here = offline.clone();
+        report.stored.extend(offline);
+        if self.cluster.is_none() {
             // A recipient may have logged in here since we looked, and taken their messages
             // before this one was stored: it is delivered now, not at their next login.
-            for deliver in self.collect(report.stored.clone()) {
+            for deliver in self.collect(stored_here) {
                 deliver.await;
             }
         }
@@ -183,11 +209,11 @@ impl State {
         stored.map(|()| report)
     }
 
-    /// Takes `user`'s stored messages and sends them on `conn`, their session here, then
-    /// waits for the client's answer to a ping queued after them (which proves it read
-    /// them). If the session ends first, or its client stops reading, they are stored
-    /// again for the next login: a client may see one twice, never none.
-    fn deliver_stored(&self, user: String, conn: Connection) -> BoxFuture<()> {
+    /// Takes `user`'s stored messages and sends them on each of `conns`, their sessions
+    /// here, then waits for a client's answer to a ping queued after them (which proves it
+    /// read them). If no session's client answers (they ended, or stopped reading), they are
+    /// stored again for the next login: a client may see one twice, never none.
+    fn deliver_stored(&self, user: String, conns: Vec<Connection>) -> BoxFuture<()> {
         let (store, runtime) = (self.store.clone(), self.runtime.clone());
         Box::pin(async move {
             let (st, name) = (store.clone(), user.clone());
@@ -197,26 +223,34 @@ impl State {
             if messages.is_empty() {
                 return;
             }
-            let mut sent = true;
-            for m in &messages {
-                let incoming = Incoming {
-                    from: m.from.clone(),
-                    text: m.text.clone(),
-                };
-                let payload = postcard::to_allocvec(&incoming).unwrap_or_default();
-                if !send_patiently(&*runtime, &conn, "message", &payload, SEND_PATIENCE).await {
-                    sent = false;
-                    break;
+            let payloads: Vec<Vec<u8>> = messages
+                .iter()
+                .map(|m| {
+                    let incoming = Incoming {
+                        from: m.from.clone(),
+                        text: m.text.clone(),
+                    };
+                    postcard::to_allocvec(&incoming).unwrap_or_default()
+                })
+                .collect();
+            let runtime = &*runtime;
+            let reads = conns.iter().map(|conn| {
+                let payloads = &payloads;
+                async move {
+                    for payload in payloads {
+                        if !send_patiently(runtime, conn, "message", payload, SEND_PATIENCE).await {
+                            return false;
+                        }
+                    }
+                    let ping = async { conn.ping().await.is_ok() };
+                    let patience = async {
+                        runtime.sleep(CONFIRM_PATIENCE).await;
+                        false
+                    };
+                    futures_lite::future::or(ping, patience).await
                 }
-            }
-            let read = sent && {
-                let ping = async { conn.ping().await.is_ok() };
-                let patience = async {
-                    runtime.sleep(CONFIRM_PATIENCE).await;
-                    false
-                };
-                futures_lite::future::or(ping, patience).await
-            };
+            });
+            let read = futures_util::future::join_all(reads).await.contains(&true);
             if !read {
                 blocking::unblock(move || {
                     for m in messages {
@@ -253,10 +287,8 @@ impl State {
             let mut stalled = std::collections::HashSet::new();
             let mut reached = Vec::with_capacity(looked_up.len());
             for (push, mut conns) in looked_up {
-                for conn in &mut conns {
-                    if conn.as_ref().is_some_and(|c| stalled.contains(&c.id())) {
-                        *conn = None;
-                    }
+                for sessions in &mut conns {
+                    sessions.retain(|c| !stalled.contains(&c.id()));
                 }
                 let message = Incoming {
                     from: push.from,
@@ -264,16 +296,18 @@ impl State {
                 };
                 let patience = deadline.saturating_duration_since(runtime.now());
                 let sent = send_to_each(&*runtime, &conns, &message, patience).await;
-                for (conn, sent) in conns.iter().zip(&sent) {
-                    if let (Some(conn), false) = (conn, sent) {
-                        stalled.insert(conn.id());
+                for (sessions, sent) in conns.iter().zip(&sent) {
+                    for (conn, sent) in sessions.iter().zip(sent) {
+                        if !sent {
+                            stalled.insert(conn.id());
+                        }
                     }
                 }
                 reached.push(
                     push.users
                         .into_iter()
                         .zip(sent)
-                        .filter_map(|(user, sent)| sent.then_some(user))
+                        .filter_map(|(user, sent)| sent.contains(&true).then_some(user))
                         .collect(),
                 );
             }
@@ -334,7 +368,8 @@ impl LocalSessions for State {
         users
             .into_iter()
             .zip(conns)
-            .filter_map(|(user, conn)| Some(self.deliver_stored(user, conn?)))
+            .filter(|(_, conns)| !conns.is_empty())
+            .map(|(user, conns)| self.deliver_stored(user, conns))
             .collect()
     }
 
@@ -343,27 +378,16 @@ impl LocalSessions for State {
     }
 
     fn kick(&self, user: String, connection: u64) -> BoxFuture<()> {
-        let conn = {
-            let mut sessions = lock(&self.sessions);
-            match sessions.by_user.get(&user) {
-                Some(c) if c.id() == connection => {
-                    let conn = c.clone();
-                    sessions.by_user.remove(&user);
-                    sessions.by_conn.remove(&connection);
-                    Some(conn)
-                }
-                _ => None,
-            }
-        };
+        let conn = lock(&self.sessions).take(&user, connection);
         if conn.is_some() {
             if let Some(cluster) = &self.cluster {
                 cluster.offline(&user, connection);
             }
         }
-        let runtime = self.runtime.clone();
+        let (runtime, why) = (self.runtime.clone(), replaced(self.config.max_sessions));
         Box::pin(async move {
             if let Some(conn) = conn {
-                kick_connection(&*runtime, &conn, "logged in on another node").await;
+                kick_connection(&*runtime, &conn, &why).await;
             }
         })
     }

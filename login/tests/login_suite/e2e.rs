@@ -42,6 +42,8 @@ async fn scenario(backend: &'static str, dir: std::path::PathBuf) -> Result<(), 
     let transport = zserver::transport(backend).unwrap();
     let local = "127.0.0.1:0".parse().unwrap();
     let mut config = LoginConfig::new(dir.join("data"));
+    // One session per user (sessions.rs covers several).
+    config.max_sessions = 1;
     config.quota_bytes = 8 << 20;
     config.max_failed_logins = 3;
     let server = LoginServer::start(transport.clone(), local, config.clone()).await?;
@@ -194,11 +196,13 @@ async fn scenario(backend: &'static str, dir: std::path::PathBuf) -> Result<(), 
     Ok(())
 }
 
-/// With `SecondLogin::Refuse`, a second login is refused while the first session lasts.
+/// With one session per user and `WhenFull::Refuse`, a second login is refused while the
+/// first session lasts.
 async fn refuse_second(backend: &'static str, dir: std::path::PathBuf) -> Result<(), Error> {
     let transport = zserver::transport(backend).unwrap();
     let mut config = LoginConfig::new(dir.join("data2"));
-    config.second_login = zserver_login::SecondLogin::Refuse;
+    config.max_sessions = 1;
+    config.when_full = zserver_login::WhenFull::Refuse;
     let server =
         LoginServer::start(transport.clone(), "127.0.0.1:0".parse().unwrap(), config).await?;
     let first = LoginClient::connect(transport.clone(), server.local_addr(), None).await?;

@@ -19,6 +19,7 @@ mod offline_confirm;
 mod postgres_retry;
 mod push_during_login;
 mod resume_upload;
+mod sessions;
 mod slow_reader;
 mod store;
 mod websocket;
