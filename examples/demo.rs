@@ -109,7 +109,7 @@ fn main() -> Result<(), Error> {
 
         println!("console:  {}", client.console("hello", "world").await?);
         println!(
-            "stream:   {:?}",
+            "bytes:    {:?}",
             client.call_bytes("reverse", b"abc").await?
         );
         let m = Move {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use tracing_subscriber::fmt::format::FmtSpan;
 
-/// `--compression`: the payload codecs a side offers ([`zserver::codec`]). Both sides must
+/// `--compression`: the payload codecs a side offers ([`zserver::compression`]). Both sides must
 /// offer a codec for it to be used; the client's preference wins.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum CompressionArg {

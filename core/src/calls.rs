@@ -79,6 +79,15 @@ pub trait Calls: Sync {
 
     /// Sends a one-way message: the peer runs the handler and no reply comes back. Sends
     /// from one task arrive in the order they were made. `Ok` means queued, not delivered.
+    ///
+    /// Which handler gets it: the one the peer registered under `command`, whatever its
+    /// kind ([`Router::console`](crate::Router::console), `bytes`, `call`, `sync_bytes`,
+    /// `blocking_bytes`, `blocking_call`, `delayed`, whose
+    /// [`Responder::is_one_way`](crate::Responder::is_one_way) says so); its result, error
+    /// included, is discarded. Upload and download handlers take calls only: a send to one
+    /// is dropped. A send to a command the peer does not have is dropped silently (counted
+    /// in the peer's [`Stats::errors_in`](crate::Stats::errors_in)); nothing tells the
+    /// sender, so use a call when you need to know it arrived.
     fn send_bytes<'a>(
         &'a self,
         command: &'a str,

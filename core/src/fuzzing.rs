@@ -171,7 +171,7 @@ fn drive(mut negotiation: Negotiation<'_>, peer: &[u8], chunk: usize) {
 
 /// The server's side of the negotiation (preamble, codec lists, Noise XX as responder),
 /// driven directly: the first byte picks the settings and the piece size
-/// ([`negotiation_input`]), the rest is what the client sends.
+/// (`negotiation_input`), the rest is what the client sends.
 pub fn negotiate_server(data: &[u8]) {
     if let Some((config, chunk, peer)) = negotiation_input(data) {
         drive(Negotiation::server(&config, server_keypair()), peer, chunk);
@@ -347,8 +347,8 @@ pub fn stable_link(data: &[u8]) {
 }
 
 /// The protocol state machine itself, with no runtime: the input is a script of steps,
-/// each a peer's bytes ([`Proto::handle_input`](crate::proto::Proto::handle_input)), time
-/// passing ([`handle_timeout`](crate::proto::Proto::handle_timeout)), this side calling,
+/// each a peer's bytes (`Proto::handle_input`), time
+/// passing (`Proto::handle_timeout`), this side calling,
 /// going away or closing, or acting on a stream (uploads 1 to 3 are open for the peer to
 /// send, downloads 1 to 3 for this side to send: data, consuming and granting credit,
 /// stopping, ending, aborting). The first byte picks the link: bit 0 encrypted (the peer's

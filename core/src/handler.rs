@@ -741,7 +741,7 @@ impl Router {
     /// no task spawned and no future boxed; its reply leaves in the same write as the other
     /// replies to that read. The cheapest kind of handler, for short work that never waits:
     /// the connection reads nothing else while it runs (use [`blocking_bytes`](Self::blocking_bytes) for
-    /// heavy work, [`stream`](Self::stream) for anything that awaits). On a
+    /// heavy work, [`bytes`](Self::bytes) for anything that awaits). On a
     /// [`Config::sequential`](crate::Config::sequential) connection it takes its turn in the
     /// queue like any handler. A panic is caught and counted like any handler's.
     ///

@@ -47,12 +47,13 @@ mod link;
 pub mod metrics;
 pub(crate) mod proto;
 mod read_buf;
-mod reconnect;
+pub mod reconnect;
 pub mod runtime;
 pub mod secure;
 mod sequential;
 mod server;
 pub mod service;
+mod signal;
 pub mod stable;
 mod stats;
 pub mod stream;
@@ -63,6 +64,19 @@ pub mod ws;
 #[doc(hidden)]
 pub mod internal;
 pub(crate) use internal::{frame, request};
+
+/// The traits a caller needs in scope for calls, sends, streams and channels on a
+/// [`Connection`], [`Client`] or [`ReconnectingClient`]: `use zserver::prelude::*;`.
+///
+/// ```
+/// use zserver_core::prelude::*;
+/// fn takes_calls(_: &impl Calls) {}
+/// fn takes_channels(_: &impl ChannelCalls) {}
+/// ```
+pub mod prelude {
+    pub use crate::channels::ChannelCalls;
+    pub use crate::Calls;
+}
 
 pub use blocking::BlockingClient;
 pub use bytes::Bytes;
@@ -82,6 +96,7 @@ pub use runtime::Runtime;
 pub use secure::{fingerprint, parse_fingerprint, Encryption, Keypair, Provider, RekeyPolicy};
 pub use server::{Server, ServerBuilder};
 pub use service::{Class, Method, ObjectId, RemoteObject, Service, Services};
+pub use signal::ctrl_c;
 pub use stable::StableSession;
 pub use stats::{ServerStats, Stats};
 pub use stream::{DownloadRequest, FileDownload, Incoming, Outgoing, Progress};

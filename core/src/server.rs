@@ -2,6 +2,7 @@
 //! and shuts down gracefully.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -494,6 +495,28 @@ impl Server {
     /// Whether [`shutdown`](Self::shutdown) has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.shared.is_stopping()
+    }
+
+    /// Serves until the process gets Ctrl-C (SIGINT) or SIGTERM, then stops gracefully
+    /// ([`shutdown`](Self::shutdown)): the one call a `main` needs after `bind`. The signal
+    /// handler is installed when this is called (see [`ctrl_c`](crate::ctrl_c)); a second
+    /// Ctrl-C during the shutdown ends the process at once.
+    ///
+    /// ```no_run
+    /// # futures_lite::future::block_on(async {
+    /// # let server: zserver_core::Server = unimplemented!();
+    /// server.run_until_ctrl_c().await?;
+    /// # Ok::<_, zserver_core::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn run_until_ctrl_c(&self) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        let signal = crate::ctrl_c();
+        async move {
+            signal.await?;
+            tracing::info!("Ctrl-C: shutting down");
+            self.shutdown().await;
+            Ok(())
+        }
     }
 
     /// Stops gracefully: stops accepting, refuses new calls with [`Error::ShuttingDown`],

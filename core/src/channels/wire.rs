@@ -16,7 +16,7 @@ pub const PRESENCE: &str = "$ch.presence";
 /// Reads a channel's history (a call with [`HistoryRequest`]; the answer is
 /// [`HistoryPage`]).
 pub const HISTORY: &str = "$ch.history";
-/// A publication delivered to a subscriber (a one-way send from the server: [`Delivery`]).
+/// A publication delivered to a subscriber (a one-way send from the server: `Delivery`).
 pub const DELIVERY: &str = "$ch.p";
 /// A member joined a channel (a one-way send from the server: [`PresenceEvent`]).
 pub const JOIN: &str = "$ch.join";

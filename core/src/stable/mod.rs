@@ -3,7 +3,7 @@
 //! an error, a loss or a duplicate.
 //!
 //! The session sits below the zserver preamble and encryption: each side keeps every byte
-//! it wrote until the peer acknowledges it ([`Replay`]), counts the bytes it has received,
+//! it wrote until the peer acknowledges it (`Replay`), counts the bytes it has received,
 //! and after a new link both sides resend exactly what the other lacks, in order. The
 //! layer above (framing, AES-GCM records with their sequence numbers, calls) sees one
 //! unbroken byte stream. The client re-dials with back-off; to resume it must prove it

@@ -6,11 +6,11 @@
 //! | subject | what |
 //! | --- | --- |
 //! | `NAME.presence` | every node's [`Announce`]ments: logins, logouts, heartbeats, leaving |
-//! | `NAME.node.ID.snapshot` | request [`SnapshotRequest`] → a page of the node's snapshot (postcard `Option<SnapshotPage>`) |
+//! | `NAME.node.ID.snapshot` | request [`SnapshotRequest`](presence::SnapshotRequest) → a page of the node's snapshot (postcard `Option<SnapshotPage>`) |
 //! | `NAME.node.ID.deliver` | request [`Handover`] → [`Handled`]: the outcome of each push, or nothing done |
 //! | `NAME.stored` | users messages were just stored for (postcard `Vec<String>`) |
 //! | `NAME.failed` | a failed login's rate-limit keys ([`FailedLogin`]), counted by every node |
-//! | `NAME.channels` | every node's channel publications, applied by the others (see [`channels`]) |
+//! | `NAME.channels` | every node's channel publications, applied by the others (see `channels.rs`) |
 //!
 //! The NATS client runs on a small tokio runtime of its own, so a node on any of zserver's
 //! back ends can join. Accounts and offline messages are not here: clustered nodes share a
