@@ -12,7 +12,9 @@ use serde::Serialize;
 
 use super::history::{Entry, History};
 use super::options::{Identity, Limits, Namespace};
-use super::store::{HistoryStore, Relay, Relayed, StoredHistory, StoredPublication};
+use super::store::{
+    HistoryStore, PresenceChange, Relay, Relayed, StoredHistory, StoredPublication,
+};
 use super::wire::{
     self, Blob, DeliveryOut, HistoryPage, Member, Position, PresenceEvent, Subscribed, Unsubscribed,
 };
@@ -374,6 +376,7 @@ impl Hub {
             if ns.join_leave {
                 self.announce(&ch.name, &state, wire::JOIN, &subscriber.member());
             }
+            self.relay_presence(ns, &ch.name, &subscriber, true);
             state.subscribers.push(subscriber);
             let answer = match &mut state.history {
                 None => Subscribed {
@@ -451,16 +454,17 @@ impl Hub {
         let Some(ch) = lock(&self.channels).get(channel).cloned() else {
             return;
         };
-        let join_leave = self.namespaces[ch.ns].join_leave;
+        let ns = &self.namespaces[ch.ns];
         let now_empty = {
             let mut state = lock(&ch.state);
             let Some(at) = state.subscribers.iter().position(|s| s.conn.id() == conn) else {
                 return;
             };
             let gone = state.subscribers.swap_remove(at);
-            if join_leave {
+            if ns.join_leave {
                 self.announce(&ch.name, &state, wire::LEAVE, &gone.member());
             }
+            self.relay_presence(ns, &ch.name, &gone, false);
             state.subscribers.is_empty() && state.history.as_ref().is_none_or(History::is_empty)
         };
         if now_empty {
@@ -478,6 +482,39 @@ impl Hub {
             state.removed = true;
             channels.remove(&ch.name);
         }
+    }
+
+    /// Tells the relay (if any) that `who` joined or left `channel`, when its namespace has
+    /// presence or join and leave events.
+    fn relay_presence(&self, ns: &Namespace, channel: &str, who: &Subscriber, joined: bool) {
+        if let Some(relay) = self.relay.as_ref().filter(|_| ns.presence || ns.join_leave) {
+            relay.relay_presence(PresenceChange {
+                channel: channel.to_owned(),
+                member: who.member(),
+                joined,
+            });
+        }
+    }
+
+    /// Applies another server's presence change: the join or leave event for this server's
+    /// subscribers of the channel, if its namespace sends them.
+    pub(crate) fn apply_remote_presence(&self, change: &PresenceChange) {
+        let Ok((_, ns)) = self.namespace(&change.channel) else {
+            return;
+        };
+        if !ns.join_leave {
+            return;
+        }
+        let Some(ch) = lock(&self.channels).get(change.channel.as_str()).cloned() else {
+            return;
+        };
+        let state = lock(&ch.state);
+        let command = if change.joined {
+            wire::JOIN
+        } else {
+            wire::LEAVE
+        };
+        self.announce(&ch.name, &state, command, &change.member);
     }
 
     /// Sends a join or leave event to every subscriber of a channel but the member's own
@@ -825,11 +862,18 @@ impl Hub {
         if matches!(actor, Actor::Client(_)) && !ns.presence {
             return Err(Error::Denied(format!("`{channel}` has no presence")));
         }
-        let Some(ch) = lock(&self.channels).get(channel).cloned() else {
-            return Ok(Vec::new());
+        let mut members = match lock(&self.channels).get(channel).cloned() {
+            Some(ch) => lock(&ch.state)
+                .subscribers
+                .iter()
+                .map(Subscriber::member)
+                .collect(),
+            None => Vec::new(),
         };
-        let state = lock(&ch.state);
-        Ok(state.subscribers.iter().map(Subscriber::member).collect())
+        if let Some(relay) = &self.relay {
+            members.extend(relay.remote_members(channel));
+        }
+        Ok(members)
     }
 
     /// The connections subscribed to `channel`.

@@ -47,7 +47,7 @@ use bytes::Bytes;
 pub(crate) use client::{client_router, new_shared, subscribe_on, Link, Owner, Resubscribe};
 pub use client::{ChannelCalls, Event, Subscription};
 pub use options::{Check, Identity, Limits, Namespace, DEFAULT_MAX_PUBLICATION};
-pub use store::{HistoryStore, Relay, Relayed, StoredHistory, StoredPublication};
+pub use store::{HistoryStore, PresenceChange, Relay, Relayed, StoredHistory, StoredPublication};
 pub use wire::{HistoryPage, Member, Position, Publication, Subscribed};
 
 use crate::connection::Connection;
@@ -148,6 +148,14 @@ impl Channels {
     /// store first). Blocking (it may read the store): call it from a blocking thread.
     pub fn apply_remote(&self, publication: &Relayed) -> Result<(), Error> {
         self.hub.apply_remote(publication)
+    }
+
+    /// Applies a presence change on another server of the cluster: this server's
+    /// subscribers of the channel get the join or leave event if its namespace sends them.
+    /// (Presence itself asks the [`Relay`]'s
+    /// [`remote_members`](Relay::remote_members).)
+    pub fn apply_remote_presence(&self, change: &PresenceChange) {
+        self.hub.apply_remote_presence(change);
     }
 
     /// Ties these channels to a server's clock and frame limit, and starts sweeping expired

@@ -2,6 +2,7 @@
 //! ([`Namespace::durable`](super::Namespace::durable)), so that positions and recovery
 //! survive a restart.
 
+use super::wire::Member;
 use crate::error::Error;
 
 /// A channel's history as a [`HistoryStore`] gives it back.
@@ -68,9 +69,38 @@ pub struct Relayed {
     pub publication: StoredPublication,
 }
 
-/// Carries this server's publications to the other servers of a cluster, in the order it is
-/// given them (one order per channel). Called with the channel locked: queue, do not wait.
+/// A member joining or leaving a channel on this server, for a [`Relay`] to carry to the
+/// other servers of a cluster, which apply it with
+/// [`Channels::apply_remote_presence`](super::Channels::apply_remote_presence) (namespaces
+/// with presence or join and leave events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceChange {
+    /// The channel's name.
+    pub channel: String,
+    /// Who (on the server that relays it, `client` is the connection's id there; a relay
+    /// hands the other servers an id unique in the cluster).
+    pub member: Member,
+    /// Joined (`true`) or left.
+    pub joined: bool,
+}
+
+/// Carries this server's publications (and presence) to the other servers of a cluster, in
+/// the order it is given them (one order per channel). Called with the channel locked:
+/// queue, do not wait.
 pub trait Relay: Send + Sync {
     /// Sends `publication` on.
     fn relay(&self, publication: Relayed);
+
+    /// Sends a presence change on. The default sends nothing: presence then covers each
+    /// server's own subscribers.
+    fn relay_presence(&self, change: PresenceChange) {
+        let _ = change;
+    }
+
+    /// The members of `channel` on the other servers, as the relay knows them (each with an
+    /// id unique in the cluster). The default knows none.
+    fn remote_members(&self, channel: &str) -> Vec<Member> {
+        let _ = channel;
+        Vec::new()
+    }
 }

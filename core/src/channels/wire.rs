@@ -140,7 +140,9 @@ pub struct HistoryPage {
 /// One subscriber as presence shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Member {
-    /// The subscriber's connection id on the server it is connected to.
+    /// The subscribed connection's id, unique among the channel's members: its connection
+    /// id on the server it is connected to (in a cluster, a member on another server gets
+    /// an id its relay makes unique in the cluster).
     pub client: u64,
     /// The user, as the app identified the connection (empty when it did not).
     pub user: String,

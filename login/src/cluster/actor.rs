@@ -119,6 +119,16 @@ impl Actor {
                     }
                     Vec::new()
                 }
+                Input::Command(Command::Channel(change)) => {
+                    let announce = match change.joined {
+                        true => Some(self.local.joined(&change.channel, change.member)),
+                        false => self.local.left(&change.channel, change.member.client),
+                    };
+                    if let Some(announce) = announce {
+                        self.publish(&announce).await;
+                    }
+                    Vec::new()
+                }
                 Input::Presence(message) => match postcard::from_bytes(&message.payload) {
                     Ok(announce) => lock(&self.view).on_announce(announce, now, &self.local),
                     Err(e) => {
@@ -153,10 +163,11 @@ impl Actor {
                 }
                 Input::Tick => {
                     self.publish(&self.local.heartbeat()).await;
-                    for node in lock(&self.view).expire(now) {
+                    let (dead, leaves) = lock(&self.view).expire(now);
+                    for node in dead {
                         tracing::info!("cluster: node {node:016x} dropped (silent too long)");
                     }
-                    Vec::new()
+                    leaves
                 }
             };
             for action in actions {
@@ -195,6 +206,11 @@ impl Actor {
             Action::Kick { user, connection } => {
                 if let Some(sessions) = self.sessions.upgrade() {
                     tokio::spawn(sessions.kick(user, connection));
+                }
+            }
+            Action::Presence(change) => {
+                if let Some(sessions) = self.sessions.upgrade() {
+                    sessions.channel_presence(&change);
                 }
             }
         }
@@ -282,20 +298,24 @@ async fn fetch_snapshot(
     };
     'tries: for _ in 0..3 {
         let first = ask(SnapshotRequest { seq: None, page: 0 }).await?;
-        let mut users = first.users;
+        let (mut users, mut members) = (first.users, first.members);
         for page in 1..first.pages {
             let request = SnapshotRequest {
                 seq: Some(first.seq),
                 page,
             };
             match ask(request).await {
-                Some(more) => users.extend(more.users),
+                Some(more) => {
+                    users.extend(more.users);
+                    members.extend(more.members);
+                }
                 None => continue 'tries,
             }
         }
         return Some(Snapshot {
             seq: first.seq,
             users,
+            members,
         });
     }
     None

@@ -1,15 +1,21 @@
 //! Channels across the cluster: every node relays its publications on `NAME.channels`
 //! and applies the other nodes' ones ([`zserver::channels::Channels::apply_remote`]).
+//! Channel presence (who is subscribed where) travels with the users' presence on
+//! `NAME.presence` (`Announce::Joined`/`Left`), so that it has the same ordering, snapshots
+//! and expiry of dead nodes.
 //! The shared PostgreSQL store gives each durable channel its one order (an append must
 //! follow the stored last offset); NATS only carries the publications, and a node that
 //! missed one (NATS was away) fills the gap from the store.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use zserver::channels::{Channels, Relay, Relayed, StoredPublication};
+use zserver::channels::{Channels, Member, PresenceChange, Relay, Relayed, StoredPublication};
 
+use super::messages::Command;
+use super::presence::RemoteView;
 use super::NodeId;
+use crate::lock;
 
 /// Publications waiting for the NATS connection, at most (past it they are dropped here;
 /// the other nodes catch up from the store at their next gap).
@@ -34,15 +40,23 @@ pub(crate) struct ChannelBridge {
     nats: async_nats::Client,
     handle: tokio::runtime::Handle,
     queue: async_channel::Sender<bytes::Bytes>,
+    /// The presence actor, which announces this node's subscribers with its users.
+    presence: async_channel::Sender<Command>,
+    /// The other nodes' subscribers, as presence knows them.
+    view: Arc<Mutex<RemoteView>>,
 }
 
 impl ChannelBridge {
     /// A bridge on `nats` for the cluster `prefix`; its sending task runs on `handle`.
+    /// Channel presence goes with the users' presence: changes to the presence actor
+    /// (`presence`), the other nodes' subscribers from its `view`.
     pub(super) fn new(
         node: NodeId,
         prefix: &str,
         nats: async_nats::Client,
         handle: tokio::runtime::Handle,
+        presence: async_channel::Sender<Command>,
+        view: Arc<Mutex<RemoteView>>,
     ) -> Arc<Self> {
         let subject = format!("{prefix}.channels");
         let (queue, queued) = async_channel::bounded::<bytes::Bytes>(QUEUE);
@@ -61,6 +75,8 @@ impl ChannelBridge {
             nats,
             handle,
             queue,
+            presence,
+            view,
         })
     }
 
@@ -131,5 +147,15 @@ impl Relay for ChannelBridge {
             }
             Err(e) => tracing::warn!(error = %e, "cannot encode a channel publication"),
         }
+    }
+
+    fn relay_presence(&self, change: PresenceChange) {
+        // The actor's inbox is unbounded: this never waits (it is called with the channel
+        // locked), and presence changes are never dropped here.
+        let _ = self.presence.try_send(Command::Channel(change));
+    }
+
+    fn remote_members(&self, channel: &str) -> Vec<Member> {
+        lock(&self.view).members(channel)
     }
 }

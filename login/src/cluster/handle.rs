@@ -128,6 +128,8 @@ impl Cluster {
             &self.subjects.prefix,
             self.nats.clone(),
             self.handle.clone(),
+            self.commands.clone(),
+            self.view.clone(),
         )
     }
 

@@ -77,6 +77,8 @@ pub(super) enum Command {
         user: String,
         connection: u64,
     },
+    /// A subscriber joined (`member`) or left a channel here.
+    Channel(zserver::channels::PresenceChange),
     Leave(async_channel::Sender<()>),
 }
 

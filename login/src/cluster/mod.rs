@@ -50,4 +50,7 @@ pub(crate) trait LocalSessions: Send + Sync + 'static {
     fn collect(&self, users: Vec<String>) -> Vec<BoxFuture<()>>;
     /// A login failed on another node: count it against these limiter keys here too.
     fn count_failure(&self, keys: Vec<String>);
+    /// A subscriber on another node joined or left a channel: this node's subscribers of
+    /// it get the event.
+    fn channel_presence(&self, change: &zserver::channels::PresenceChange);
 }

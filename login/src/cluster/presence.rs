@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use zserver::channels::{Member, PresenceChange};
 
 /// A node's identity: random, new at every start (a restarted node is a new node).
 pub type NodeId = u64;
@@ -60,6 +61,29 @@ pub enum Announce {
         /// The connection the session was on.
         connection: u64,
     },
+    /// A subscriber joined `channel` on `node` (namespaces with presence or join and leave
+    /// events): channel presence, replicated like the users'.
+    Joined {
+        /// The announcing node.
+        node: NodeId,
+        /// The node's presence sequence number after this change.
+        seq: u64,
+        /// The channel.
+        channel: String,
+        /// Who, with their connection id on `node`.
+        member: Member,
+    },
+    /// The subscriber on connection `client` of `node` left `channel`.
+    Left {
+        /// The announcing node.
+        node: NodeId,
+        /// The node's presence sequence number after this change.
+        seq: u64,
+        /// The channel.
+        channel: String,
+        /// Their connection id on `node`.
+        client: u64,
+    },
     /// `node` is alive; its presence is at `seq`.
     Heartbeat {
         /// The announcing node.
@@ -80,10 +104,34 @@ impl Announce {
         match self {
             Announce::Online { node, .. }
             | Announce::Offline { node, .. }
+            | Announce::Joined { node, .. }
+            | Announce::Left { node, .. }
             | Announce::Heartbeat { node, .. }
             | Announce::Leaving { node } => *node,
         }
     }
+
+    /// The sequence number of a change (not of a heartbeat or a leaving).
+    fn change_seq(&self) -> Option<u64> {
+        match self {
+            Announce::Online { seq, .. }
+            | Announce::Offline { seq, .. }
+            | Announce::Joined { seq, .. }
+            | Announce::Left { seq, .. } => Some(*seq),
+            Announce::Heartbeat { .. } | Announce::Leaving { .. } => None,
+        }
+    }
+}
+
+/// The id a member on `node`'s connection `client` has on the other nodes: a mix of both,
+/// unique in the cluster as far as 63 random bits go, with the top bit set so that it never
+/// equals a connection id of the node showing it (those count up from 1).
+pub fn cluster_member_id(node: NodeId, client: u64) -> u64 {
+    // splitmix64's finaliser over the pair.
+    let mut z = node ^ client.rotate_left(32).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) | 1 << 63
 }
 
 /// A node's whole presence at one sequence number, sent on request.
@@ -93,6 +141,8 @@ pub struct Snapshot {
     pub seq: u64,
     /// Its sessions: each user with a session's stamp (a user with several, several times).
     pub users: Vec<(String, LoginStamp)>,
+    /// Its channels' subscribers (namespaces with presence or join and leave events).
+    pub members: Vec<(String, Member)>,
 }
 
 /// Sessions per snapshot page: a page stays well under NATS's default 1 MiB payload limit
@@ -120,6 +170,8 @@ pub struct SnapshotPage {
     pub pages: u32,
     /// Its users.
     pub users: Vec<(String, LoginStamp)>,
+    /// Its channels' subscribers.
+    pub members: Vec<(String, Member)>,
 }
 
 /// The snapshots a node took lately, kept a little while so that the pages of one are all
@@ -166,20 +218,22 @@ impl SnapshotCache {
             }
         };
         let (_, snapshot) = self.kept.iter().find(|(_, s)| s.seq == seq)?;
-        let pages = snapshot.users.len().div_ceil(SNAPSHOT_PAGE).max(1);
+        let longest = snapshot.users.len().max(snapshot.members.len());
+        let pages = longest.div_ceil(SNAPSHOT_PAGE).max(1);
         let page = usize::try_from(request.page).ok().filter(|p| *p < pages)?;
-        let users = snapshot
-            .users
-            .iter()
-            .skip(page * SNAPSHOT_PAGE)
-            .take(SNAPSHOT_PAGE)
-            .cloned()
-            .collect();
+        fn part<T: Clone>(list: &[T], page: usize) -> Vec<T> {
+            list.iter()
+                .skip(page * SNAPSHOT_PAGE)
+                .take(SNAPSHOT_PAGE)
+                .cloned()
+                .collect()
+        }
         Some(SnapshotPage {
             seq,
             page: request.page,
             pages: u32::try_from(pages).unwrap_or(u32::MAX),
-            users,
+            users: part(&snapshot.users, page),
+            members: part(&snapshot.members, page),
         })
     }
 }
@@ -194,6 +248,8 @@ pub struct LocalPresence {
     max_sessions: usize,
     /// Each user's sessions here, oldest first.
     users: HashMap<String, Vec<LoginStamp>>,
+    /// Each channel's subscribers here.
+    members: HashMap<String, Vec<Member>>,
 }
 
 impl LocalPresence {
@@ -205,7 +261,40 @@ impl LocalPresence {
             seq: 0,
             max_sessions: max_sessions.max(1),
             users: HashMap::new(),
+            members: HashMap::new(),
         }
+    }
+
+    /// `member` subscribed to `channel` here.
+    pub fn joined(&mut self, channel: &str, member: Member) -> Announce {
+        let members = self.members.entry(channel.to_owned()).or_default();
+        members.retain(|m| m.client != member.client);
+        members.push(member.clone());
+        self.seq += 1;
+        Announce::Joined {
+            node: self.node,
+            seq: self.seq,
+            channel: channel.to_owned(),
+            member,
+        }
+    }
+
+    /// The subscriber on connection `client` left `channel` here; nothing to announce if
+    /// presence did not hold them.
+    pub fn left(&mut self, channel: &str, client: u64) -> Option<Announce> {
+        let members = self.members.get_mut(channel)?;
+        let at = members.iter().position(|m| m.client == client)?;
+        members.swap_remove(at);
+        if members.is_empty() {
+            self.members.remove(channel);
+        }
+        self.seq += 1;
+        Some(Announce::Left {
+            node: self.node,
+            seq: self.seq,
+            channel: channel.to_owned(),
+            client,
+        })
     }
 
     /// `user` logged in here on `connection` at `at_ms` (beside their other sessions).
@@ -262,6 +351,11 @@ impl LocalPresence {
                 .iter()
                 .flat_map(|(user, sessions)| sessions.iter().map(|s| (user.clone(), *s)))
                 .collect(),
+            members: self
+                .members
+                .iter()
+                .flat_map(|(channel, ms)| ms.iter().map(|m| (channel.clone(), m.clone())))
+                .collect(),
         }
     }
 
@@ -311,6 +405,9 @@ pub enum Action {
         /// The local connection their session is on.
         connection: u64,
     },
+    /// A subscriber on another node joined or left a channel: tell this node's subscribers
+    /// (the member's id is the cluster's, [`cluster_member_id`]).
+    Presence(PresenceChange),
 }
 
 /// Most announcements one remote node's view holds back while waiting for its snapshot;
@@ -328,6 +425,18 @@ struct RemoteNode {
     held: Vec<Announce>,
     /// Each user's sessions on that node.
     users: HashMap<String, Vec<LoginStamp>>,
+    /// Each channel's subscribers on that node, with their ids in the cluster.
+    members: HashMap<String, Vec<Member>>,
+}
+
+/// What applying one change to a node's view did.
+enum Applied {
+    /// Nothing (an old change).
+    Nothing,
+    /// `user` gained a session (which may push one of ours out).
+    Online(String),
+    /// A subscriber joined or left a channel.
+    Presence(Action),
 }
 
 impl RemoteNode {
@@ -338,17 +447,64 @@ impl RemoteNode {
             asked: None,
             held: Vec::new(),
             users: HashMap::new(),
+            members: HashMap::new(),
         }
     }
 
-    /// Applies a change if it is the next one: `Ok(Some(user))` when `user` gained a
-    /// session (which may push one of ours out); `Err` on a gap.
-    fn apply(&mut self, announce: Announce) -> Result<Option<String>, ()> {
+    /// Leave events for every subscriber this node had: it is gone.
+    fn all_leave(&self) -> Vec<Action> {
+        self.members
+            .iter()
+            .flat_map(|(channel, ms)| ms.iter().map(move |m| leave(channel, m.clone())))
+            .collect()
+    }
+
+    /// Applies a change if it is the next one; `Err` on a gap.
+    fn apply(&mut self, id: NodeId, announce: Announce) -> Result<Applied, ()> {
         let Some(at) = self.seq else {
             return Err(());
         };
+        if announce.change_seq().is_some_and(|seq| seq <= at) {
+            return Ok(Applied::Nothing);
+        }
         match announce {
-            Announce::Online { seq, .. } | Announce::Offline { seq, .. } if seq <= at => Ok(None),
+            Announce::Joined {
+                seq,
+                channel,
+                mut member,
+                ..
+            } if seq == at + 1 => {
+                self.seq = Some(seq);
+                member.client = cluster_member_id(id, member.client);
+                let members = self.members.entry(channel.clone()).or_default();
+                members.retain(|m| m.client != member.client);
+                members.push(member.clone());
+                Ok(Applied::Presence(Action::Presence(PresenceChange {
+                    channel,
+                    member,
+                    joined: true,
+                })))
+            }
+            Announce::Left {
+                seq,
+                channel,
+                client,
+                ..
+            } if seq == at + 1 => {
+                self.seq = Some(seq);
+                let client = cluster_member_id(id, client);
+                let Some(members) = self.members.get_mut(&channel) else {
+                    return Ok(Applied::Nothing);
+                };
+                let Some(at) = members.iter().position(|m| m.client == client) else {
+                    return Ok(Applied::Nothing);
+                };
+                let gone = members.swap_remove(at);
+                if members.is_empty() {
+                    self.members.remove(&channel);
+                }
+                Ok(Applied::Presence(leave(&channel, gone)))
+            }
             Announce::Online {
                 seq, user, stamp, ..
             } if seq == at + 1 => {
@@ -356,7 +512,7 @@ impl RemoteNode {
                 let sessions = self.users.entry(user.clone()).or_default();
                 sessions.retain(|s| s.connection != stamp.connection);
                 sessions.push(stamp);
-                Ok(Some(user))
+                Ok(Applied::Online(user))
             }
             Announce::Offline {
                 seq,
@@ -371,11 +527,11 @@ impl RemoteNode {
                         self.users.remove(&user);
                     }
                 }
-                Ok(None)
+                Ok(Applied::Nothing)
             }
             // Heartbeats are ordered after the changes they count: one ahead of the view
             // means changes were lost.
-            Announce::Heartbeat { seq, .. } if seq <= at => Ok(None),
+            Announce::Heartbeat { seq, .. } if seq <= at => Ok(Applied::Nothing),
             _ => Err(()),
         }
     }
@@ -428,8 +584,10 @@ impl RemoteView {
             return Vec::new();
         }
         if let Announce::Leaving { .. } = announce {
-            self.nodes.remove(&id);
-            return Vec::new();
+            return self
+                .nodes
+                .remove(&id)
+                .map_or_else(Vec::new, |gone| gone.all_leave());
         }
         let every = self.node_timeout / 2;
         let node = self.nodes.entry(id).or_insert_with(|| RemoteNode::new(now));
@@ -441,9 +599,11 @@ impl RemoteView {
             }
             return node.resync(id, now, every).into_iter().collect();
         }
-        let held = matches!(announce, Announce::Online { .. } | Announce::Offline { .. });
-        match node.apply(announce.clone()) {
-            Ok(joined) => joined.map_or_else(Vec::new, |user| self.kicks(&user, local)),
+        let held = announce.change_seq().is_some();
+        match node.apply(id, announce.clone()) {
+            Ok(Applied::Nothing) => Vec::new(),
+            Ok(Applied::Online(user)) => self.kicks(&user, local),
+            Ok(Applied::Presence(action)) => vec![action],
             Err(()) => {
                 if held {
                     node.held.push(announce);
@@ -476,17 +636,23 @@ impl RemoteView {
         for (user, stamp) in snapshot.users {
             node.users.entry(user).or_default().push(stamp);
         }
+        let mut members: HashMap<String, Vec<Member>> = HashMap::new();
+        for (channel, mut member) in snapshot.members {
+            member.client = cluster_member_id(id, member.client);
+            members.entry(channel).or_default().push(member);
+        }
+        // What changed since the view before: events for this node's subscribers.
+        let mut actions = changes(&node.members, &members);
+        node.members = members;
         let mut joined: Vec<String> = node.users.keys().cloned().collect();
-        let mut actions = Vec::new();
         let mut held = std::mem::take(&mut node.held);
-        held.sort_by_key(|a| match a {
-            Announce::Online { seq, .. } | Announce::Offline { seq, .. } => *seq,
-            _ => 0,
-        });
+        held.sort_by_key(|a| a.change_seq().unwrap_or(0));
         let mut rest = held.into_iter();
         for announce in rest.by_ref() {
-            match node.apply(announce) {
-                Ok(user) => joined.extend(user),
+            match node.apply(id, announce) {
+                Ok(Applied::Nothing) => {}
+                Ok(Applied::Online(user)) => joined.push(user),
+                Ok(Applied::Presence(action)) => actions.push(action),
                 Err(()) => {
                     node.asked = None;
                     actions.extend(node.resync(id, now, every));
@@ -521,8 +687,9 @@ impl RemoteView {
             .copied()
     }
 
-    /// Drops the nodes not heard from within the time-out; returns them.
-    pub fn expire(&mut self, now: Instant) -> Vec<NodeId> {
+    /// Drops the nodes not heard from within the time-out; returns them, and the leave
+    /// events of their channels' subscribers.
+    pub fn expire(&mut self, now: Instant) -> (Vec<NodeId>, Vec<Action>) {
         let timeout = self.node_timeout;
         let dead: Vec<NodeId> = self
             .nodes
@@ -530,10 +697,23 @@ impl RemoteView {
             .filter(|(_, n)| now.duration_since(n.last_heard) > timeout)
             .map(|(id, _)| *id)
             .collect();
+        let mut leaves = Vec::new();
         for id in &dead {
-            self.nodes.remove(id);
+            if let Some(gone) = self.nodes.remove(id) {
+                leaves.extend(gone.all_leave());
+            }
         }
-        dead
+        (dead, leaves)
+    }
+
+    /// The subscribers of `channel` on the other nodes (ids the cluster's).
+    pub fn members(&self, channel: &str) -> Vec<Member> {
+        self.nodes
+            .values()
+            .filter_map(|n| n.members.get(channel))
+            .flatten()
+            .cloned()
+            .collect()
     }
 
     /// The other nodes `user` holds a session on.
@@ -584,6 +764,42 @@ impl RemoteView {
     pub fn nodes(&self) -> Vec<NodeId> {
         self.nodes.keys().copied().collect()
     }
+}
+
+/// The leave event of `member` in `channel`.
+fn leave(channel: &str, member: Member) -> Action {
+    Action::Presence(PresenceChange {
+        channel: channel.to_owned(),
+        member,
+        joined: false,
+    })
+}
+
+/// The join and leave events that take a node's subscribers from `before` to `after`.
+fn changes(
+    before: &HashMap<String, Vec<Member>>,
+    after: &HashMap<String, Vec<Member>>,
+) -> Vec<Action> {
+    let has = |map: &HashMap<String, Vec<Member>>, channel: &str, client: u64| {
+        map.get(channel)
+            .is_some_and(|ms| ms.iter().any(|m| m.client == client))
+    };
+    let mut actions = Vec::new();
+    for (channel, ms) in before {
+        for m in ms.iter().filter(|m| !has(after, channel, m.client)) {
+            actions.push(leave(channel, m.clone()));
+        }
+    }
+    for (channel, ms) in after {
+        for m in ms.iter().filter(|m| !has(before, channel, m.client)) {
+            actions.push(Action::Presence(PresenceChange {
+                channel: channel.clone(),
+                member: m.clone(),
+                joined: true,
+            }));
+        }
+    }
+    actions
 }
 
 #[cfg(test)]
@@ -657,8 +873,8 @@ mod tests {
         view.on_snapshot(3, c.snapshot(), now, &b);
         assert_eq!(view.users(), ["ann", "cid"]);
         view.on_announce(a.heartbeat(), now + T, &b);
-        assert!(view.expire(now + T).is_empty());
-        assert_eq!(view.expire(now + T + Duration::from_millis(1)), [3]);
+        assert!(view.expire(now + T).0.is_empty());
+        assert_eq!(view.expire(now + T + Duration::from_millis(1)).0, [3]);
         assert_eq!(view.users(), ["ann"]);
         view.on_announce(Announce::Leaving { node: 1 }, now + T, &b);
         assert!(view.users().is_empty());
@@ -876,5 +1092,72 @@ mod tests {
         assert_eq!(fresh.count("ann"), 2);
         assert_eq!(fresh.locate("ann"), [1, 2]);
         assert_eq!(fresh.users(), ["ann"]);
+    }
+
+    fn member(client: u64, user: &str) -> Member {
+        Member {
+            client,
+            user: user.into(),
+            info: Vec::new(),
+        }
+    }
+
+    fn change(channel: &str, client: u64, user: &str, joined: bool) -> Action {
+        Action::Presence(PresenceChange {
+            channel: channel.into(),
+            member: member(client, user),
+            joined,
+        })
+    }
+
+    #[test]
+    fn channel_members_travel_with_presence_and_leave_with_their_node() {
+        let (mut a, b, mut view) = pair();
+        let now = Instant::now();
+        view.on_snapshot(1, a.snapshot(), now, &b);
+        // A join on node 1 reaches node 2's view, with an id unique in the cluster.
+        let id = cluster_member_id(1, 7);
+        assert_ne!(id, cluster_member_id(3, 7), "the node is in the id");
+        assert_ne!(id, 7);
+        let join = a.joined("chat:lobby", member(7, "ann"));
+        assert_eq!(
+            view.on_announce(join, now, &b),
+            [change("chat:lobby", id, "ann", true)]
+        );
+        assert_eq!(view.members("chat:lobby"), [member(id, "ann")]);
+        assert!(view.members("chat:other").is_empty());
+        // A leave, then a leave of someone not there (nothing to say).
+        let left = a.left("chat:lobby", 7).unwrap();
+        assert_eq!(
+            view.on_announce(left, now, &b),
+            [change("chat:lobby", id, "ann", false)]
+        );
+        assert!(a.left("chat:lobby", 7).is_none());
+        assert!(view.members("chat:lobby").is_empty());
+        // A lost join shows at the next heartbeat; the snapshot brings it, as a join event.
+        let _lost = a.joined("chat:lobby", member(8, "bob"));
+        let resync = view.on_announce(a.heartbeat(), now, &b);
+        assert_eq!(resync, [Action::Resync(1)]);
+        let bob = cluster_member_id(1, 8);
+        assert_eq!(
+            view.on_snapshot(1, a.snapshot(), now, &b),
+            [change("chat:lobby", bob, "bob", true)]
+        );
+        // A node that leaves takes its subscribers with it, each a leave event.
+        assert_eq!(
+            view.on_announce(Announce::Leaving { node: 1 }, now, &b),
+            [change("chat:lobby", bob, "bob", false)]
+        );
+        assert!(view.members("chat:lobby").is_empty());
+        // And one that goes silent, at its time-out.
+        let mut c = LocalPresence::new(3, 1);
+        c.joined("chat:x", member(1, "cid"));
+        view.on_snapshot(3, c.snapshot(), now, &b);
+        let (dead, leaves) = view.expire(now + T + Duration::from_millis(1));
+        assert_eq!(dead, [3]);
+        assert_eq!(
+            leaves,
+            [change("chat:x", cluster_member_id(3, 1), "cid", false)]
+        );
     }
 }

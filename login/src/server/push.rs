@@ -377,6 +377,10 @@ impl LocalSessions for State {
         self.count_failures(keys, Instant::now());
     }
 
+    fn channel_presence(&self, change: &zserver::channels::PresenceChange) {
+        self.channels.apply_remote_presence(change);
+    }
+
     fn kick(&self, user: String, connection: u64) -> BoxFuture<()> {
         let conn = lock(&self.sessions).take(&user, connection);
         if conn.is_some() {

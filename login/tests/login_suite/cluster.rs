@@ -209,17 +209,20 @@ fn a_recipient_who_does_not_read_holds_up_no_push_from_another_node() {
     .unwrap();
 }
 
-/// The next publication of `sub` within 10 s: (offset, author, text).
+/// The next publication of `sub` within 10 s: (offset, author, text). Join and leave
+/// events (of this node's subscribers and the other node's) are passed over.
 async fn next_publication(sub: &mut zserver::channels::Subscription) -> (u64, String, String) {
-    let event = crate::support::within(Duration::from_secs(10), sub.recv())
-        .await
-        .expect("a publication within 10 s")
-        .expect("the subscription is live");
-    match event {
-        zserver::channels::Event::Publication(p) => {
-            (p.offset, p.from, String::from_utf8(p.data).unwrap())
+    use zserver::channels::Event;
+    loop {
+        let event = crate::support::within(Duration::from_secs(10), sub.recv())
+            .await
+            .expect("a publication within 10 s")
+            .expect("the subscription is live");
+        match event {
+            Event::Publication(p) => return (p.offset, p.from, String::from_utf8(p.data).unwrap()),
+            Event::Join(_) | Event::Leave(_) => {}
+            other => panic!("expected a publication, got {other:?}"),
         }
-        other => panic!("expected a publication, got {other:?}"),
     }
 }
 
@@ -284,6 +287,78 @@ fn channels_have_one_order_on_every_node() {
         );
         a.shutdown().await;
         b.shutdown().await;
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+}
+
+/// The next event of `sub` within 10 s.
+async fn next_channel_event(sub: &mut zserver::channels::Subscription) -> zserver::channels::Event {
+    crate::support::within(Duration::from_secs(10), sub.recv())
+        .await
+        .expect("an event within 10 s")
+        .expect("the subscription is live")
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and NATS: bash .ci/test starts them"]
+fn channel_presence_and_join_leave_span_the_cluster() {
+    use zserver::channels::{ChannelCalls, Event as Ch};
+    let db = Postgres::new("lib_ch_presence");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = start_two_nodes(node_config(&db, dir.path()));
+    let (a_addr, b_addr, pin) = (a.local_addr(), b.local_addr(), a.fingerprint());
+    let users = |members: Vec<zserver::channels::Member>| {
+        let mut users: Vec<String> = members.into_iter().map(|m| m.user).collect();
+        users.sort();
+        users
+    };
+    let b = run_on("tokio", async move {
+        let transport = zserver::transport("tokio").unwrap();
+        let ann = LoginClient::connect(transport.clone(), a_addr, Some(&pin)).await?;
+        ann.register("ann", "pw").await?;
+        ann.register("bob", "pw").await?;
+        ann.login("ann", "pw").await?;
+        let bob = LoginClient::connect(transport.clone(), b_addr, Some(&pin)).await?;
+        bob.login("bob", "pw").await?;
+        let mut on_a = ann.client().subscribe("chat:room").await?;
+        // bob subscribes on the other node: ann hears him join, and presence on either node
+        // lists both (each member once, ids unique).
+        let on_b = bob.client().subscribe("chat:room").await?;
+        match next_channel_event(&mut on_a).await {
+            Ch::Join(m) => assert_eq!(m.user, "bob"),
+            other => panic!("bob's join, got {other:?}"),
+        }
+        for client in [&ann, &bob] {
+            let members = client.client().presence("chat:room").await?;
+            let mut ids: Vec<u64> = members.iter().map(|m| m.client).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            assert_eq!(ids.len(), 2, "{members:?}");
+            assert_eq!(users(members), ["ann", "bob"]);
+        }
+        // He leaves: ann hears it, and presence shows her alone.
+        on_b.unsubscribe().await?;
+        match next_channel_event(&mut on_a).await {
+            Ch::Leave(m) => assert_eq!(m.user, "bob"),
+            other => panic!("bob's leave, got {other:?}"),
+        }
+        assert_eq!(users(ann.client().presence("chat:room").await?), ["ann"]);
+        // He joins again, and his node stops: he leaves with it.
+        let _again = bob.client().subscribe("chat:room").await?;
+        assert!(matches!(next_channel_event(&mut on_a).await, Ch::Join(_)));
+        Ok::<_, Error>((ann, on_a, b))
+    })
+    .unwrap();
+    let (ann, mut on_a, b) = b;
+    run_on("smol", async move { b.shutdown().await });
+    run_on("tokio", async move {
+        match next_channel_event(&mut on_a).await {
+            Ch::Leave(m) => assert_eq!(m.user, "bob"),
+            other => panic!("bob's leave with his node, got {other:?}"),
+        }
+        assert_eq!(users(ann.client().presence("chat:room").await?), ["ann"]);
+        a.shutdown().await;
         Ok::<_, Error>(())
     })
     .unwrap();
