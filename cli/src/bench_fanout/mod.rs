@@ -13,7 +13,8 @@
 //! How a pass publishes and what it times: [`pump`]; the clock: [`probe`].
 //!
 //! Server memory per subscription: the server's `VmRSS` with every subscriber connected and
-//! subscribed, minus it with the same connections open but not subscribed, divided by the
+//! subscribed, minus it with the same connections open (each having made one call) but not
+//! subscribed, divided by the
 //! subscriptions.
 
 use std::collections::BTreeMap;

@@ -85,12 +85,19 @@ impl ZsRow {
                     let builder = ClientBuilder::new(t.clone())
                         .config(config.clone())
                         .bind(a.source(i));
-                    // One round trip on each, so that the server's "connected" memory is
-                    // that of a connection in use (its first answer's buffers included):
-                    // what the subscription adds is then the subscription's own.
+                    // A call on each (a presence query, through the channels' own handlers,
+                    // that makes nothing), so that the server's "connected" memory is that of
+                    // a connection in use, its first call's answer path included (about 400
+                    // bytes on tokio, paid once by any connection that makes a call: a ping
+                    // alone does not reach it): what subscribing adds is then the
+                    // subscription's own.
                     async move {
                         let connected = match builder.connect(addr).await {
-                            Ok(client) => client.ping().await.map(|_| client),
+                            Ok(client) => {
+                                use zserver::channels::ChannelCalls;
+                                let _ = client.presence(&channel_name(0)).await;
+                                client.ping().await.map(|_| client)
+                            }
                             Err(e) => Err(e),
                         };
                         (i, connected)
