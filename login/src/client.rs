@@ -141,6 +141,13 @@ impl LoginClient {
         Ok(self.client.call("refresh_token", token).await?)
     }
 
+    /// Adds the private channels of a subscribe token (a token for this session's user,
+    /// with a `channels` claim) to what this connection may subscribe and publish to, until
+    /// the token's `exp`; after any login, password or token.
+    pub async fn channel_token(&self, token: &str) -> Result<(), LoginError> {
+        Ok(self.client.call("channel_token", token).await?)
+    }
+
     /// Ends the session (the connection stays open).
     pub async fn logout(&self) -> Result<(), Error> {
         self.client.call("logout", &()).await

@@ -7,6 +7,7 @@
 //! | `login` | typed | [`Credentials`] | [`Welcome`] (offline messages, oldest first) |
 //! | `login_token` | typed | token `String` (a JWT, see [`tokens`](crate::tokens)) | [`Welcome`] |
 //! | `refresh_token` | typed | token `String` (same `sub`) | `()` |
+//! | `channel_token` | typed | subscribe token `String` (same `sub`, `channels`) | `()` |
 //! | `logout` | typed | `()` | `()` |
 //! | `passwd` | typed | [`NewPassword`] | `()` |
 //! | `delete` | typed | password `String` | `()` (account, messages and files) |

@@ -9,7 +9,7 @@
 //! | `sub` | required | the user (the naming rule of accounts) |
 //! | `exp` | required | when it expires (seconds since the Unix epoch); the connection is told (`kicked`, `token expired`) and closed then, unless the client sent a newer token with `refresh_token` |
 //! | `info` | optional | any JSON value, shown beside the user in channel presence (as its JSON text) |
-//! | `channels` | optional | the private channels (a namespace whose name starts with `$`, such as `$team:red`) the connection may subscribe and publish to |
+//! | `channels` | optional | the private channels (a namespace whose name starts with `$`, such as `$team:red`) the connection may subscribe and publish to; in a subscribe token (`channel_token`), those it adds |
 //! | `iss`, `aud` | checked if configured | [`TokenConfig::issuer`], [`TokenConfig::audience`] |
 //!
 //! Which algorithms a token may use is fixed by the key, never by the token's header alone:

@@ -242,6 +242,15 @@ export class LoginClient<C extends Client | ReconnectingClient = Client> {
     this.token = token;
   }
 
+  /**
+   * Adds the private channels of a subscribe token (a token for this session's user with a
+   * `channels` claim) to what this connection may subscribe and publish to, until its `exp`;
+   * after any login, password or token.
+   */
+  async channelToken(token: string, options?: CallOptions): Promise<void> {
+    unit(await this.client.call("channel_token", encodeString(token), options));
+  }
+
   /** Ends the session (the connection stays open; a reconnecting client no longer logs in again). */
   async logout(options?: CallOptions): Promise<void> {
     if (this.client instanceof ReconnectingClient) this.client.onLogin = undefined;

@@ -88,7 +88,8 @@ pub struct LoginConfig {
 ///
 /// A namespace whose name starts with [`PRIVATE_PREFIX`] (`$`, such as `$team`) is private:
 /// a connection subscribes and publishes only to the channels its login token granted in
-/// its `channels` claim (`$team:red`, by full name); a password login gets none.
+/// its `channels` claim (`$team:red`, by full name), or a subscribe token (`channel_token`)
+/// added; a password login alone gets none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelNamespace {
     /// The namespace's name: channels are `NAME:anything`.

@@ -46,6 +46,9 @@ pub(super) fn router(state: Arc<State>) -> Router {
         .call("refresh_token", |ctx, token: String| async move {
             state_of(&ctx).refresh(&ctx, &token)
         })
+        .call("channel_token", |ctx, token: String| async move {
+            state_of(&ctx).channel_token(&ctx, &token)
+        })
         .call("logout", |ctx, (): ()| async move {
             let s = state_of(&ctx);
             let user = s.user(&ctx)?;
@@ -193,6 +196,7 @@ async fn login_token(
     token: &str,
 ) -> Result<(String, Welcome), LoginError> {
     let claims = state.check_token(ctx, token)?;
+    state.revoke(ctx.connection());
     let user = claims.sub.clone();
     db(state, move |s| s.ensure_account(&user))
         .await

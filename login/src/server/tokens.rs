@@ -24,10 +24,14 @@ use crate::lock;
 use crate::metrics::LoginOutcome;
 use crate::tokens::{unix_now, TokenClaims};
 
-/// What a token login gave a connection (one of its extensions): empty for a password
-/// login or none.
+/// What tokens gave a connection (one of its extensions): the grant of its token login
+/// (none for a password login), and the private channels subscribe tokens added, each with
+/// when it runs out (seconds since the Unix epoch).
 #[derive(Default)]
-pub(super) struct TokenSession(Mutex<Option<Grant>>);
+pub(super) struct TokenSession(Mutex<Option<Grant>>, Mutex<Vec<(String, u64)>>);
+
+/// Most channels subscribe tokens may add to one connection at once.
+const MAX_EXTRA_CHANNELS: usize = 1024;
 
 /// A token's grant to its connection.
 struct Grant {
@@ -49,9 +53,14 @@ pub(super) const EXPIRED: &str = "token expired";
 
 /// Whether the token `conn` logged in with grants the private `channel`.
 pub(super) fn granted(conn: &Connection, channel: &str) -> bool {
-    lock(&conn.extension::<TokenSession>().0)
+    let session = conn.extension::<TokenSession>();
+    let now = unix_now().as_secs();
+    lock(&session.0)
         .as_ref()
         .is_some_and(|g| g.channels.contains(channel))
+        || lock(&session.1)
+            .iter()
+            .any(|(c, until)| c == channel && *until > now)
 }
 
 impl State {
@@ -129,9 +138,42 @@ impl State {
         self.runtime.spawn(Box::pin(task));
     }
 
-    /// Forgets `conn`'s token grant, if any (logout, a password login on it).
+    /// Forgets what tokens gave `conn` (logout, a new login on it).
     pub(super) fn revoke(&self, conn: &Connection) {
-        lock(&conn.extension::<TokenSession>().0).take();
+        let session = conn.extension::<TokenSession>();
+        lock(&session.0).take();
+        lock(&session.1).clear();
+    }
+
+    /// `channel_token`: a subscribe token for the session on `ctx` (any login, the same
+    /// `sub`) grants the private channels of its `channels` claim until its `exp` (plus
+    /// the leeway), for subscribing and publishing; subscriptions made stay after it.
+    pub(super) fn channel_token(&self, ctx: &Context, token: &str) -> Result<(), Error> {
+        let user = self.user(ctx)?;
+        let claims = self.check_token(ctx, token)?;
+        if claims.sub != user {
+            let why = format!("it is for `{}`, this session is `{user}`'s", claims.sub);
+            return Err(LoginError::BadToken(why).into());
+        }
+        if claims.channels.is_empty() {
+            return Err(LoginError::BadToken("it grants no `channels`".into()).into());
+        }
+        let leeway = self
+            .config
+            .tokens
+            .as_ref()
+            .map_or(0, |t| t.leeway.as_secs());
+        let (until, now) = (claims.exp.saturating_add(leeway), unix_now().as_secs());
+        let session = ctx.connection().extension::<TokenSession>();
+        let mut extra = lock(&session.1);
+        extra.retain(|(_, until)| *until > now);
+        if extra.len() + claims.channels.len() > MAX_EXTRA_CHANNELS {
+            return Err(Error::msg(format!(
+                "subscribe tokens grant at most {MAX_EXTRA_CHANNELS} channels to a connection"
+            )));
+        }
+        extra.extend(claims.channels.into_iter().map(|c| (c, until)));
+        Ok(())
     }
 
     /// Ends the session on `conn` whose grant `id` expired (if it is still the one): the

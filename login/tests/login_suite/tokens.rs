@@ -360,6 +360,22 @@ fn token_claims_info_in_presence_and_private_channels() {
             (members[0].user.as_str(), members[0].info.as_slice()),
             ("ann", br#"{"role":"admin"}"#.as_slice())
         );
+        // A subscribe token lets bob (a password login) in; one for another user, or with
+        // no channels, or expired, does not.
+        let for_bob = |claims: TokenClaims| mint_hs256(SECRET, &claims);
+        let bad = |r: Result<(), LoginError>| matches!(r, Err(LoginError::BadToken(_)));
+        assert!(bad(bob
+            .channel_token(&for_bob(hour("ann").channel("$team:red"))?)
+            .await));
+        assert!(bad(bob.channel_token(&for_bob(hour("bob"))?).await));
+        let mut old = hour("bob").channel("$team:red");
+        old.exp -= 3600 + 60;
+        assert!(bad(bob.channel_token(&for_bob(old)?).await));
+        assert!(denied(bob.client().subscribe("$team:red").await.map(drop)));
+        bob.channel_token(&for_bob(hour("bob").channel("$team:red"))?)
+            .await?;
+        let _bob_red = bob.client().subscribe("$team:red").await?;
+        assert!(denied(bob.client().subscribe("$team:blue").await.map(drop)));
         // A refresh changes the grant.
         let blue = hour("ann").channel("$team:blue");
         ann.refresh_token(&mint_hs256(SECRET, &blue)?).await?;
