@@ -8,7 +8,7 @@ use std::sync::Arc;
 use indicatif::{ProgressBar, ProgressStyle};
 use zserver_login::{
     ClusterConfig, Event, LoginClient, LoginConfig, LoginError, LoginServer, PasswordParams, Store,
-    WhenFull,
+    TokenConfig, WhenFull,
 };
 
 use crate::bench::{run_on, BoxError};
@@ -91,6 +91,43 @@ pub(crate) struct ServeArgs {
     /// Argon2id lanes (parallelism); new hashes only.
     #[arg(long, default_value_t = PasswordParams::default().parallelism)]
     pub argon2_parallelism: u32,
+    /// Accept signed login tokens (JWT: HS256, HS384, HS512) checked with the shared
+    /// secret in this file (at least 32 bytes, trailing newlines ignored).
+    #[arg(long, value_name = "FILE", group = "token_key")]
+    pub token_secret_file: Option<PathBuf>,
+    /// Accept signed login tokens checked with this PEM public key: RSA (RS256 ...), EC
+    /// (ES256, ES384) or Ed25519 (EdDSA).
+    #[arg(long, value_name = "FILE", group = "token_key")]
+    pub token_public_key: Option<PathBuf>,
+    /// Accept signed login tokens checked with the keys of this JWKS file (a token names
+    /// its key by `kid`).
+    #[arg(long, value_name = "FILE", group = "token_key")]
+    pub token_jwks: Option<PathBuf>,
+    /// Login tokens must carry this issuer (`iss`).
+    #[arg(long, requires = "token_key")]
+    pub token_issuer: Option<String>,
+    /// Login tokens must carry this audience (`aud`).
+    #[arg(long, requires = "token_key")]
+    pub token_audience: Option<String>,
+}
+
+impl ServeArgs {
+    /// The token settings the flags ask for, the key file read (`None`: no token logins).
+    fn tokens(&self) -> Result<Option<TokenConfig>, BoxError> {
+        let mut tokens = match (
+            &self.token_secret_file,
+            &self.token_public_key,
+            &self.token_jwks,
+        ) {
+            (Some(f), _, _) => TokenConfig::secret_file(f)?,
+            (_, Some(f), _) => TokenConfig::public_key_file(f)?,
+            (_, _, Some(f)) => TokenConfig::jwks_file(f)?,
+            _ => return Ok(None),
+        };
+        tokens.issuer = self.token_issuer.clone();
+        tokens.audience = self.token_audience.clone();
+        Ok(Some(tokens))
+    }
 }
 
 /// Arguments of `zserver user`.
@@ -138,6 +175,16 @@ pub(crate) struct ClientArgs {
     /// The password (or set ZSERVER_PASSWORD).
     #[arg(long, global = true, env = "ZSERVER_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
+    /// Log in with this signed token (a JWT the app's back end minted, or `zserver token`)
+    /// instead of a user and password (or set ZSERVER_TOKEN).
+    #[arg(
+        long,
+        global = true,
+        env = "ZSERVER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "password"
+    )]
+    pub token: Option<String>,
     /// Refuse a server whose key fingerprint (printed by `zserver serve`) is not this one;
     /// without it, the key recorded in the known-servers file at first use is required.
     #[arg(long, global = true)]
@@ -264,6 +311,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), BoxError> {
     config.ws_listen = args.listen_ws;
     config.ws_options.allowed_origins = args.allowed_origins.clone();
     config.ws_options.web_root = args.web.clone();
+    config.tokens = args.tokens()?;
     if let Some(path) = &args.ops.config {
         if let Some(channels) = crate::channel_config::from_file(path)? {
             config.channels = channels;
@@ -464,14 +512,28 @@ fn explain(e: LoginError) -> BoxError {
     }
 }
 
+/// How `zserver client` logs in.
+enum Login {
+    /// A user and their password.
+    Password(String, String),
+    /// A signed token.
+    Token(String),
+}
+
 async fn client_action(
     transport: Arc<dyn zserver::Transport>,
     args: ClientArgs,
 ) -> Result<(), BoxError> {
-    let user = args.user.clone().ok_or("--user is required")?;
-    let password = match &args.password {
-        Some(password) => password.clone(),
-        None => ask_password(&user)?,
+    let login = match (&args.token, &args.user) {
+        (Some(token), _) => Login::Token(token.clone()),
+        (None, Some(user)) => {
+            let password = match &args.password {
+                Some(password) => password.clone(),
+                None => ask_password(user)?,
+            };
+            Login::Password(user.clone(), password)
+        }
+        (None, None) => return Err("--user is required (or --token)".into()),
     };
     let addr = args.server.clone();
     let server = resolve(&addr)?;
@@ -508,18 +570,28 @@ async fn client_action(
         let codec = client.client().connection().compression().unwrap_or("none");
         eprintln!("zserver: payload compression {codec}");
     }
-    if let ClientAction::Register = args.action {
-        client.register(&user, &password).await.map_err(explain)?;
-        println!("registered `{user}`");
-        return Ok(());
-    }
-    let offline = client.login(&user, &password).await.map_err(explain)?;
+    let offline = match (&login, &args.action) {
+        (Login::Token(_), ClientAction::Register) => {
+            return Err("register makes a password account: pass --user and --password".into())
+        }
+        (Login::Password(user, password), ClientAction::Register) => {
+            client.register(user, password).await.map_err(explain)?;
+            println!("registered `{user}`");
+            return Ok(());
+        }
+        (Login::Password(user, password), _) => client.login(user, password).await,
+        (Login::Token(token), _) => client.login_token(token).await,
+    };
+    let offline = offline.map_err(explain)?;
     for m in &offline {
         println!("message from {}: {}", m.from, m.text);
     }
     match args.action {
         ClientAction::Register | ClientAction::Known { .. } => unreachable!("handled above"),
-        ClientAction::Login => println!("logged in as `{user}`"),
+        ClientAction::Login => match &login {
+            Login::Password(user, _) => println!("logged in as `{user}`"),
+            Login::Token(_) => println!("logged in with the token"),
+        },
         ClientAction::Put { file, name, resume } => {
             let name = match name {
                 Some(n) => n,

@@ -44,6 +44,7 @@ mod login;
 mod metrics;
 mod options;
 mod soak;
+mod token;
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +58,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once per run: the size of `serve`'s many flags costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the login server on its embedded store (prints its key fingerprint).
     Serve(login::ServeArgs),
@@ -64,6 +67,8 @@ enum Command {
     User(login::UserArgs),
     /// Act as a user of a running server.
     Client(login::ClientArgs),
+    /// Mint a login token (HS256) for testing, as an app's back end would: prints it.
+    Token(token::TokenArgs),
     /// Benchmark the back ends side by side, against a raw tokio echo and tarpc.
     Bench(bench::BenchArgs),
     /// Time a push routed through NATS to another node against one within a node.
@@ -129,6 +134,7 @@ fn main() {
         Command::Serve(args) => login::serve(args),
         Command::User(args) => login::user(args),
         Command::Client(args) => login::client(args),
+        Command::Token(args) => token::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchCluster(args) => cluster_bench::run(args),
         Command::Soak(args) => soak::run(args),

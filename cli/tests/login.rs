@@ -427,6 +427,7 @@ fn every_command_has_help() {
         &["serve", "--help"],
         &["user", "--help"],
         &["client", "--help"],
+        &["token", "--help"],
         &["bench", "--help"],
     ] {
         assert!(ok(zserver(args)).contains("Usage"), "{args:?}");
@@ -562,5 +563,72 @@ fn a_listener_stays_while_the_same_user_pushes_from_another_terminal() {
         listen.kill().unwrap();
         listen.wait().unwrap();
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `zserver token` mints a token with the server's secret file; `client --token T` logs in
+/// with it (no account made by hand); a token signed with another secret is refused, and
+/// a token past its `exp` ends a listening client's session.
+#[test]
+fn token_minted_on_the_command_line_logs_in() {
+    let dir = std::env::temp_dir().join(format!("zserver-cli-token-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("token.secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let secret = secret.to_str().unwrap();
+    let served = serve_with(
+        &dir.join("data"),
+        "tokio",
+        free_addr().to_string(),
+        &["--token-secret-file", secret],
+    );
+    let mint = |user: &str, ttl: &str| {
+        let args = [
+            "token",
+            "--secret-file",
+            secret,
+            "--user",
+            user,
+            "--ttl",
+            ttl,
+        ];
+        let args = [
+            &args[..],
+            &["--info", r#"{"team":"red"}"#, "--channel", "$team:red"],
+        ]
+        .concat();
+        ok(zserver(&args)).trim().to_owned()
+    };
+    let token = mint("ann", "1h");
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    let client = |token: &str, action: &str| {
+        let server = ["--server", &served.addr, "--pin", &served.fingerprint];
+        let args = [&["client"][..], &server, &["--token", token, action]].concat();
+        zserver(&args)
+    };
+    assert!(ok(client(&token, "login")).contains("logged in with the token"));
+    assert_eq!(ok(client(&token, "who")).trim(), "ann");
+    // Another secret: refused, and said why.
+    let other = dir.join("other.secret");
+    std::fs::write(&other, "another secret of thirty-two bytes!!").unwrap();
+    let args = [
+        "token",
+        "--secret-file",
+        other.to_str().unwrap(),
+        "--user",
+        "ann",
+    ];
+    let forged = ok(zserver(&args)).trim().to_owned();
+    fails(client(&forged, "who"), "invalid token: bad signature");
+    // A short secret is refused when minting too.
+    std::fs::write(&other, "short").unwrap();
+    fails(zserver(&args), "at least 32 bytes");
+    // A two-second token: the listener is told and stops.
+    let start = std::time::Instant::now();
+    let out = ok(client(&mint("bob", "2s"), "listen"));
+    assert!(out.contains("kicked: token expired"), "{out}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(15));
+    drop(served);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -124,6 +124,30 @@ impl LoginClient {
         Ok(welcome.offline)
     }
 
+    /// Logs in with a signed token (JWT) that the app's back end minted (see
+    /// [`crate::tokens`]); returns the messages stored while the user was offline, as
+    /// [`Self::login`] does. A refused token is [`LoginError::BadToken`] with the reason
+    /// (`expired`, `bad signature` ...). Before the token's `exp`, send a newer one with
+    /// [`Self::refresh_token`], or the server ends the session then (a
+    /// [`Event::Kicked`] with `token expired`, and the connection closes).
+    pub async fn login_token(&self, token: &str) -> Result<Vec<Incoming>, LoginError> {
+        let welcome: Welcome = self.client.call("login_token", token).await?;
+        Ok(welcome.offline)
+    }
+
+    /// Replaces the token of a session that logged in with [`Self::login_token`] by a newer
+    /// one for the same user: its `exp`, `info` and `channels` take effect.
+    pub async fn refresh_token(&self, token: &str) -> Result<(), LoginError> {
+        Ok(self.client.call("refresh_token", token).await?)
+    }
+
+    /// Adds the private channels of a subscribe token (a token for this session's user,
+    /// with a `channels` claim) to what this connection may subscribe and publish to, until
+    /// the token's `exp`; after any login, password or token.
+    pub async fn channel_token(&self, token: &str) -> Result<(), LoginError> {
+        Ok(self.client.call("channel_token", token).await?)
+    }
+
     /// Ends the session (the connection stays open).
     pub async fn logout(&self) -> Result<(), Error> {
         self.client.call("logout", &()).await

@@ -1,5 +1,5 @@
 //! [`LoginError`]: why a command that checks or sets a password (`register`, `login`,
-//! `passwd`, `delete`) failed, with the refusals a client acts on told apart.
+//! `passwd`, `delete`) or a token (`login_token`, `refresh_token`) failed, with the refusals a client acts on told apart.
 //!
 //! On the wire these are ordinary handler errors (`Error` frame, code 1); the message text
 //! is fixed for each refusal, and [`LoginError::from`] reads it back:
@@ -10,6 +10,7 @@
 //! | [`LoginError::Limited`] | `too many failed logins; try again in N s` |
 //! | [`LoginError::RegistrationsLimited`] | `too many registrations from this address; try again in N s` |
 //! | [`LoginError::WrongPassword`] | `wrong user name or password` |
+//! | [`LoginError::BadToken`] | `invalid token: REASON` |
 
 use std::time::Duration;
 
@@ -46,6 +47,10 @@ pub enum LoginError {
     /// Wrong password, or no such user (deliberately the same).
     #[error("wrong user name or password")]
     WrongPassword,
+    /// A token (`login_token`, `refresh_token`) was refused; the reason in a few words
+    /// (`expired`, `bad signature`, `algorithm not accepted` ...).
+    #[error("invalid token: {0}")]
+    BadToken(String),
     /// Any other failure (a bad name, a duplicate, the connection, the store ...).
     #[error(transparent)]
     Other(Error),
@@ -69,6 +74,9 @@ impl LoginError {
         if let Some(rest) = message.strip_prefix(registrations) {
             return seconds(rest)
                 .map(|retry_after| LoginError::RegistrationsLimited { retry_after });
+        }
+        if let Some(reason) = message.strip_prefix("invalid token: ") {
+            return Some(LoginError::BadToken(reason.to_owned()));
         }
         (message == "wrong user name or password").then_some(LoginError::WrongPassword)
     }
@@ -118,6 +126,7 @@ mod tests {
                 retry_after: secs(60),
             },
             LoginError::WrongPassword,
+            LoginError::BadToken("expired".into()),
         ] {
             let wire: Error = refusal.clone().into();
             assert!(matches!(wire, Error::Remote(_)), "{wire:?}");

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod tokens;
 
 pub use client::{Downloaded, LoginClient, Uploaded};
 pub use cluster::ClusterConfig;
@@ -36,8 +37,10 @@ pub use metrics::{LoginMetrics, LoginOutcome};
 pub use protocol::Event;
 pub use server::{
     check_file_name, ChannelNamespace, HashingStats, LoginConfig, LoginServer, WhenFull,
+    PRIVATE_PREFIX,
 };
 pub use store::{PasswordParams, PostgresStorage, SqliteStorage, Storage, Store, StoreError};
+pub use tokens::{TokenClaims, TokenConfig, TokenKey};
 
 /// Locks `m`, recovering it if a panicking thread poisoned it (the guarded state stays
 /// usable: every update to it is a single step).

@@ -21,15 +21,18 @@ pub enum LoginOutcome {
     Limited,
     /// Refused because the password-hashing capacity was exhausted (the server was busy).
     Busy,
+    /// A token login (or refresh) refused: a bad signature, expired, a wrong algorithm ...
+    BadToken,
 }
 
 impl LoginOutcome {
     /// Every outcome, in the order they are reported.
-    pub const ALL: [LoginOutcome; 4] = [
+    pub const ALL: [LoginOutcome; 5] = [
         LoginOutcome::Ok,
         LoginOutcome::WrongPassword,
         LoginOutcome::Limited,
         LoginOutcome::Busy,
+        LoginOutcome::BadToken,
     ];
 
     /// The outcome a failed login's error stands for (`None` for other failures: a bad
@@ -39,17 +42,20 @@ impl LoginOutcome {
             LoginError::WrongPassword => Some(LoginOutcome::WrongPassword),
             LoginError::Limited { .. } => Some(LoginOutcome::Limited),
             LoginError::Busy { .. } => Some(LoginOutcome::Busy),
+            LoginError::BadToken(_) => Some(LoginOutcome::BadToken),
             _ => None,
         }
     }
 
-    /// The outcome's name in metrics: `ok`, `wrong_password`, `limited` or `busy`.
+    /// The outcome's name in metrics: `ok`, `wrong_password`, `limited`, `busy` or
+    /// `bad_token`.
     pub fn name(self) -> &'static str {
         match self {
             LoginOutcome::Ok => "ok",
             LoginOutcome::WrongPassword => "wrong_password",
             LoginOutcome::Limited => "limited",
             LoginOutcome::Busy => "busy",
+            LoginOutcome::BadToken => "bad_token",
         }
     }
 }
@@ -58,7 +64,7 @@ impl LoginOutcome {
 /// not atomic).
 #[derive(Debug, Default)]
 pub struct LoginMetrics {
-    logins: [AtomicU64; 4],
+    logins: [AtomicU64; 5],
     pushes_live: AtomicU64,
     pushes_stored: AtomicU64,
     bytes_up: AtomicU64,
@@ -158,7 +164,8 @@ mod tests {
                 ("ok", 1),
                 ("wrong_password", 0),
                 ("limited", 0),
-                ("busy", 2)
+                ("busy", 2),
+                ("bad_token", 0)
             ]
         );
         assert_eq!((s.pushes_live, s.pushes_stored), (2, 1));

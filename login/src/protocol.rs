@@ -5,6 +5,9 @@
 //! | --- | --- | --- | --- |
 //! | `register` | typed | [`Credentials`] | `()` |
 //! | `login` | typed | [`Credentials`] | [`Welcome`] (offline messages, oldest first) |
+//! | `login_token` | typed | token `String` (a JWT, see [`tokens`](crate::tokens)) | [`Welcome`] |
+//! | `refresh_token` | typed | token `String` (same `sub`) | `()` |
+//! | `channel_token` | typed | subscribe token `String` (same `sub`, `channels`) | `()` |
 //! | `logout` | typed | `()` | `()` |
 //! | `passwd` | typed | [`NewPassword`] | `()` |
 //! | `delete` | typed | password `String` | `()` (account, messages and files) |
@@ -17,7 +20,8 @@
 //! | `rm` | typed | file name | `()` |
 //!
 //! The server pushes two one-way events to a client: `message` ([`Event::Message`] as
-//! [`Incoming`]) and `kicked` (a reason string).
+//! [`Incoming`]) and `kicked` (a reason string; `token expired` when a token session's
+//! `exp` passed).
 //!
 //! `register`, `login`, `passwd` and `delete` hash a password, in a bounded pool, after
 //! counting the attempt against the server's limits. Their refusals are ordinary handler
@@ -30,6 +34,7 @@
 //! | `too many failed logins; try again in N s` | the address or the account reached its failed-login limit (attempts in progress count) |
 //! | `too many registrations from this address; try again in N s` | the address reached its registration limit |
 //! | `wrong user name or password` | the check failed (also for an unknown user, at the same cost) |
+//! | `invalid token: REASON` | `login_token` or `refresh_token` refused the token (counted as a failed login of the address) |
 
 use serde::{Deserialize, Serialize};
 

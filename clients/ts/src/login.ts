@@ -116,6 +116,8 @@ export class LoginClient<C extends Client | ReconnectingClient = Client> {
   private readonly queued: LoginEvent[] = [];
   private readonly waiters: ((e: LoginEvent | undefined) => void)[] = [];
   private ended = false;
+  /** The newest login token ({@link loginToken}, {@link refreshToken}). */
+  private token: string | undefined;
   /** Most events kept for {@link nextEvent} while nobody takes them (the oldest go first). */
   maxQueuedEvents = 10_000;
 
@@ -207,6 +209,46 @@ export class LoginClient<C extends Client | ReconnectingClient = Client> {
       };
     }
     return stored;
+  }
+
+  /**
+   * Logs in with a signed token (a JWT the app's back end minted; docs/LOGIN.md section 5b)
+   * instead of a password; resolves with the stored messages as {@link login} does. A
+   * refused token rejects with the server's `invalid token: REASON`. Before the token's
+   * `exp`, send a newer one with {@link refreshToken}, or the server ends the session then
+   * (a `kicked` event, `token expired`, and the connection closes). On a
+   * {@link ReconnectingClient}, each new connection logs in with the newest token given to
+   * this method or {@link refreshToken}.
+   */
+  async loginToken(token: string, options?: CallOptions): Promise<Message[]> {
+    this.token = token;
+    const reply = await this.client.call("login_token", encodeString(token), options);
+    const stored = decodeAll(reply, (r) => r.seq(readMessage));
+    if (this.client instanceof ReconnectingClient) {
+      this.client.onLogin = async (client: Client) => {
+        const again = await client.call("login_token", encodeString(this.token ?? token), options);
+        for (const m of decodeAll(again, (r) => r.seq(readMessage))) this.message(m);
+      };
+    }
+    return stored;
+  }
+
+  /**
+   * Replaces the token of a session that logged in with {@link loginToken} by a newer one
+   * for the same user: its `exp`, `info` and `channels` take effect.
+   */
+  async refreshToken(token: string, options?: CallOptions): Promise<void> {
+    unit(await this.client.call("refresh_token", encodeString(token), options));
+    this.token = token;
+  }
+
+  /**
+   * Adds the private channels of a subscribe token (a token for this session's user with a
+   * `channels` claim) to what this connection may subscribe and publish to, until its `exp`;
+   * after any login, password or token.
+   */
+  async channelToken(token: string, options?: CallOptions): Promise<void> {
+    unit(await this.client.call("channel_token", encodeString(token), options));
   }
 
   /** Ends the session (the connection stays open; a reconnecting client no longer logs in again). */

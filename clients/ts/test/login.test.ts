@@ -1,7 +1,10 @@
 // The typed login API against the real login server (`zserver serve`, fresh data dir):
 // register, login, push both ways, who, offline messages, kicked (past the most sessions), files.
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
+import { createHmac, randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 
 import { blake3 } from "@noble/hashes/blake3.js";
@@ -159,3 +162,47 @@ for (const via of VIAS) {
     });
   });
 }
+
+/** An HS256 token, minted as docs/LOGIN.md section 5b says a back end does (no JWT library). */
+function mint(secret: string, claims: Record<string, unknown>): string {
+  const b64 = (data: string | Buffer) => Buffer.from(data).toString("base64url");
+  const head = `${b64(JSON.stringify({ alg: "HS256", typ: "JWT" }))}.${b64(JSON.stringify(claims))}`;
+  return `${head}.${b64(createHmac("sha256", secret).update(head).digest())}`;
+}
+
+describe("token logins", { timeout: 120_000 }, () => {
+  const secret = "0123456789abcdef0123456789abcdef";
+  const dir = mkdtempSync(join(tmpdir(), "zserver-ts-token-"));
+  let server: LoginServer;
+  const open: LoginClient[] = [];
+  const connect = async () => {
+    const c = await loginVia("tcp", server.addr, server.fingerprint);
+    open.push(c);
+    return c;
+  };
+  before(async () => {
+    writeFileSync(join(dir, "token.secret"), `${secret}\n`);
+    server = await startLoginServer({ extra: ["--token-secret-file", join(dir, "token.secret")] });
+  });
+  after(async () => {
+    for (const c of open) c.close();
+    await server?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const now = () => Math.floor(Date.now() / 1000);
+
+  test("loginToken, refreshToken, a forged token refused, expiry kicks", async () => {
+    const ann = await connect();
+    assert.deepEqual(await ann.loginToken(mint(secret, { sub: "ann", exp: now() + 3600 })), []);
+    assert.deepEqual(await ann.who(), ["ann"]);
+    await ann.refreshToken(mint(secret, { sub: "ann", exp: now() + 7200 }));
+    const bob = await connect();
+    const forged = mint("not the server's secret at all!!", { sub: "bob", exp: now() + 3600 });
+    await assert.rejects(bob.loginToken(forged), (e: unknown) => e instanceof ZserverError && /invalid token: bad signature/.test(e.message));
+    // Expired at once (past the server's 5 s of leeway): refused.
+    await assert.rejects(bob.loginToken(mint(secret, { sub: "bob", exp: now() - 60 })), /invalid token: expired/);
+    // One second left (plus the leeway): the session ends, told why.
+    await bob.loginToken(mint(secret, { sub: "bob", exp: now() + 1 }));
+    assert.deepEqual(await bob.nextEvent(15_000), { type: "kicked", reason: "token expired" });
+  });
+});

@@ -3,8 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::tokens::granted;
 use crate::cluster::ClusterConfig;
 use crate::store::PasswordParams;
+use crate::tokens::TokenConfig;
+
+/// The first character of a private namespace's name (see [`ChannelNamespace`]).
+pub const PRIVATE_PREFIX: char = '$';
 
 /// What to do when a user who holds [`LoginConfig::max_sessions`] sessions logs in again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,11 +77,19 @@ pub struct LoginConfig {
     /// The channel namespaces logged-in users may subscribe and publish to (default: one,
     /// `chat`; see [`ChannelNamespace`]).
     pub channels: Vec<ChannelNamespace>,
+    /// Accept signed tokens (JWT) with `login_token`, checked with this key (`None`: no
+    /// token logins). See [`crate::tokens`].
+    pub tokens: Option<TokenConfig>,
 }
 
 /// One channel namespace of the login server (`[channels.NAME]` in `zserver serve`'s
 /// config file): the channels `NAME:...`, open to logged-in users only. Publications carry
 /// their author's user name; presence shows the users subscribed.
+///
+/// A namespace whose name starts with [`PRIVATE_PREFIX`] (`$`, such as `$team`) is private:
+/// a connection subscribes and publishes only to the channels its login token granted in
+/// its `channels` claim (`$team:red`, by full name), or a subscribe token (`channel_token`)
+/// added; a password login alone gets none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelNamespace {
     /// The namespace's name: channels are `NAME:anything`.
@@ -117,10 +130,15 @@ impl ChannelNamespace {
     /// The library's namespace for it: only identified (logged-in) users subscribe and
     /// publish.
     pub(crate) fn namespace(&self) -> zserver::channels::Namespace {
+        let private = self.name.starts_with(PRIVATE_PREFIX);
         let logged_in =
-            |_: &zserver::Connection, who: &zserver::channels::Identity, channel: &str| {
+            move |conn: &zserver::Connection, who: &zserver::channels::Identity, channel: &str| {
                 if who.user.is_empty() {
                     Err(zserver::Error::Denied(format!("log in to use `{channel}`")))
+                } else if private && !granted(conn, channel) {
+                    Err(zserver::Error::Denied(format!(
+                        "`{channel}` is private: your login token does not grant it"
+                    )))
                 } else {
                     Ok(())
                 }
@@ -142,7 +160,7 @@ impl LoginConfig {
     /// sessions per user (a ninth login kicks the oldest), 5 failed logins per minute per address and per account,
     /// 10 registrations per minute per address, as many hashes at once as there are cores
     /// with 64 more waiting and 4 in progress per address, Argon2id at 19 MiB and 2 passes,
-    /// the embedded store, no cluster.
+    /// the embedded store, no cluster, no token logins.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
@@ -164,6 +182,7 @@ impl LoginConfig {
             ws_listen: None,
             ws_options: zserver::WsOptions::new(),
             channels: vec![ChannelNamespace::new("chat")],
+            tokens: None,
         }
     }
 }

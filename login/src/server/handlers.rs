@@ -1,9 +1,11 @@
 //! The commands' handlers: the router, and the login flow.
 
+use std::future::Future;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use zserver::Calls;
-use zserver::{Connection, Context, DownloadRequest, Error, Outgoing, Router};
+use zserver::{Connection, Context, DownloadRequest, Error, Outgoing, Responder, Router};
 
 use super::config::WhenFull;
 use super::files::put;
@@ -26,31 +28,32 @@ pub(super) fn router(state: Arc<State>) -> Router {
             register(state_of(&ctx), &ctx, c.user, c.password).await
         })
         .delayed("login", |ctx, payload, responder| {
-            let state = state_of(&ctx).clone();
-            let runtime = state.runtime.clone();
-            // In the span the handler was called in (the connection's, the call's).
-            let span = tracing::Span::current();
-            let task = async move {
-                let c: Credentials = match postcard::from_bytes(&payload) {
-                    Ok(c) => c,
-                    Err(e) => return responder.fail(Error::BadRequest(e.to_string())),
-                };
-                let user = c.user.clone();
-                match login(&state, &ctx, c).await {
-                    Err(e) => responder.fail(e),
-                    Ok(welcome) => {
-                        // Queued in order: the welcome, then the ping that confirms it.
-                        responder.reply_value(&welcome);
-                        confirm_offline(&state, ctx.connection(), user, welcome.offline).await;
-                    }
-                }
-            };
-            runtime.spawn(Box::pin(tracing::Instrument::instrument(task, span)));
+            spawn_login(
+                ctx,
+                payload,
+                responder,
+                |state, ctx, c: Credentials| async move { login(&state, &ctx, c).await },
+            )
+        })
+        .delayed("login_token", |ctx, payload, responder| {
+            spawn_login(
+                ctx,
+                payload,
+                responder,
+                |state, ctx, token: String| async move { login_token(&state, &ctx, &token).await },
+            )
+        })
+        .call("refresh_token", |ctx, token: String| async move {
+            state_of(&ctx).refresh(&ctx, &token)
+        })
+        .call("channel_token", |ctx, token: String| async move {
+            state_of(&ctx).channel_token(&ctx, &token)
         })
         .call("logout", |ctx, (): ()| async move {
             let s = state_of(&ctx);
             let user = s.user(&ctx)?;
             s.end_session(&user, ctx.connection_id());
+            s.revoke(ctx.connection());
             // Subscriptions made while logged in stay; new ones need a login again.
             s.channels
                 .identify(ctx.connection(), String::new(), Vec::new());
@@ -134,11 +137,43 @@ fn state_of(ctx: &Context) -> &Arc<State> {
     ctx.state::<Arc<State>>()
 }
 
-/// `login`: the password checked (limited, in the hashing pool), then the session bound to
-/// this connection and the stored messages taken. Its refusals are [`LoginError`]s: wrong
-/// password, limited, busy (the metrics count them apart).
-async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welcome, LoginError> {
-    let config = &state.config;
+/// A login command (`login`, `login_token`) on its own task, in the span the handler was
+/// called in (the connection's, the call's): the request read as a `T`, `check` run on it,
+/// then the welcome sent and its stored messages confirmed.
+fn spawn_login<T, F, Fut>(ctx: Context, payload: Bytes, responder: Responder, check: F)
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+    F: FnOnce(Arc<State>, Context, T) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(String, Welcome), LoginError>> + Send + 'static,
+{
+    let state = state_of(&ctx).clone();
+    let runtime = state.runtime.clone();
+    let span = tracing::Span::current();
+    let task = async move {
+        let request: T = match postcard::from_bytes(&payload) {
+            Ok(request) => request,
+            Err(e) => return responder.fail(Error::BadRequest(e.to_string())),
+        };
+        match check(state.clone(), ctx.clone(), request).await {
+            Err(e) => responder.fail(e),
+            Ok((user, welcome)) => {
+                // Queued in order: the welcome, then the ping that confirms it.
+                responder.reply_value(&welcome);
+                confirm_offline(&state, ctx.connection(), user, welcome.offline).await;
+            }
+        }
+    };
+    runtime.spawn(Box::pin(tracing::Instrument::instrument(task, span)));
+}
+
+/// `login`: the password checked (limited, in the hashing pool), then the session bound.
+/// Its refusals are [`LoginError`]s: wrong password, limited, busy (the metrics count them
+/// apart).
+async fn login(
+    state: &Arc<State>,
+    ctx: &Context,
+    c: Credentials,
+) -> Result<(String, Welcome), LoginError> {
     let (user, password) = (c.user.clone(), c.password);
     let check = move |s: &crate::store::Store| s.verify(&user, &password);
     if let Err(e) = state.hashed(ctx, Limit::Failures, &c.user, check).await {
@@ -147,26 +182,63 @@ async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welc
         }
         return Err(e);
     }
+    state.revoke(ctx.connection());
+    let welcome = bind_session(state, ctx, &c.user, Vec::new()).await?;
+    Ok((c.user, welcome))
+}
+
+/// `login_token`: the token checked (limited like a wrong password), the user's account
+/// made if it has none (so that messages to them are stored while they are offline), the
+/// session bound with the claims' `info`, and its expiry and channels granted.
+async fn login_token(
+    state: &Arc<State>,
+    ctx: &Context,
+    token: &str,
+) -> Result<(String, Welcome), LoginError> {
+    let claims = state.check_token(ctx, token)?;
+    state.revoke(ctx.connection());
+    let user = claims.sub.clone();
+    db(state, move |s| s.ensure_account(&user))
+        .await
+        .map_err(LoginError::Other)?;
+    state.grant(ctx.connection(), &claims);
+    let welcome = bind_session(state, ctx, &claims.sub, claims.info_bytes()).await;
+    if welcome.is_err() {
+        state.revoke(ctx.connection());
+    }
+    Ok((claims.sub, welcome?))
+}
+
+/// Binds the session of `user` to this connection (kicking their oldest past the most
+/// sessions, or refusing), tells the cluster and the channels (presence shows `info`), and
+/// takes the stored messages.
+async fn bind_session(
+    state: &Arc<State>,
+    ctx: &Context,
+    user: &str,
+    info: Vec<u8>,
+) -> Result<Welcome, LoginError> {
+    let config = &state.config;
     let elsewhere = state
         .cluster
         .as_ref()
-        .map_or(0, |cl| cl.sessions_elsewhere(&c.user));
+        .map_or(0, |cl| cl.sessions_elsewhere(user));
     let max = config.max_sessions.max(1);
     let (kicked, previous) = {
         let mut sessions = lock(&state.sessions);
         sessions.prune();
         let here = sessions
-            .of(&c.user)
+            .of(user)
             .iter()
             .filter(|old| old.id() != ctx.connection_id())
             .count();
         if config.when_full == WhenFull::Refuse && here + elsewhere >= max {
-            return Err(LoginError::Other(Error::msg(already_in(&c.user, max))));
+            return Err(LoginError::Other(Error::msg(already_in(user, max))));
         }
-        let previous = sessions.bind(&c.user, ctx.connection());
+        let previous = sessions.bind(user, ctx.connection());
         // Past the most sessions here alone, the oldest here go; with sessions elsewhere
         // too, the cluster sees to it (each node kicks its own that are oldest).
-        let all = sessions.of(&c.user).to_vec();
+        let all = sessions.of(user).to_vec();
         let over = all.len().saturating_sub(max);
         for old in &all[..over] {
             sessions.unbind(old.id());
@@ -175,15 +247,15 @@ async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welc
     };
     if let Some(cluster) = &state.cluster {
         // Another user logged in on this connection before: that session ends.
-        if let Some(previous) = previous.filter(|p| *p != c.user) {
+        if let Some(previous) = previous.filter(|p| *p != user) {
             cluster.offline(&previous, ctx.connection_id());
         }
         // The kicked sessions end before the new one is announced, so that no node counts
         // them against it.
         for old in &kicked {
-            cluster.offline(&c.user, old.id());
+            cluster.offline(user, old.id());
         }
-        cluster.online(&c.user, ctx.connection());
+        cluster.online(user, ctx.connection());
     }
     let why = replaced(max);
     for old in &kicked {
@@ -191,13 +263,13 @@ async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welc
         kick_connection(&*state.runtime, old, &why).await;
     }
     state.metrics.login(LoginOutcome::Ok);
-    ctx.connection().span().record("user", c.user.as_str());
+    ctx.connection().span().record("user", user);
     state
         .channels
-        .identify(ctx.connection(), c.user.clone(), Vec::new());
-    tracing::info!(user = %c.user, "logged in");
-    let user = c.user.clone();
-    let offline = db(state, move |s| s.take_messages(&user))
+        .identify(ctx.connection(), user.to_owned(), info);
+    tracing::info!(user = %user, "logged in");
+    let owned = user.to_owned();
+    let offline = db(state, move |s| s.take_messages(&owned))
         .await
         .map_err(LoginError::Other)?;
     Ok(Welcome {

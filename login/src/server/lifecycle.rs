@@ -87,7 +87,13 @@ impl LoginServer {
             .channels
             .iter()
             .fold(channels, |ch, ns| ch.namespace(ns.namespace()));
+        let tokens = config
+            .tokens
+            .as_ref()
+            .map(crate::tokens::Verifier::new)
+            .transpose()?;
         let state = Arc::new(State {
+            tokens,
             runtime: transport.runtime(),
             cluster,
             channels: channels.clone(),

@@ -15,6 +15,7 @@ mod partials;
 mod passwords;
 mod push;
 mod sessions;
+mod tokens;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -25,7 +26,7 @@ use crate::cluster::Cluster;
 use crate::metrics::LoginMetrics;
 use crate::store::{Store, StoreError};
 
-pub use config::{ChannelNamespace, LoginConfig, WhenFull};
+pub use config::{ChannelNamespace, LoginConfig, WhenFull, PRIVATE_PREFIX};
 pub use files::check_file_name;
 use hashing::HashPool;
 pub use hashing::HashingStats;
@@ -48,6 +49,8 @@ struct State {
     metrics: Arc<LoginMetrics>,
     /// The server's channels (identities are set at login).
     channels: zserver::channels::Channels,
+    /// Checks login tokens, if the server takes them.
+    tokens: Option<crate::tokens::Verifier>,
 }
 
 fn store_err(e: StoreError) -> Error {

@@ -220,6 +220,10 @@ fn history_err(e: StoreError) -> zserver::Error {
     zserver::Error::msg(format!("channel history: {e}"))
 }
 
+/// The stored "hash" of an account made by a token login ([`Store::ensure_account`]): no
+/// password hash, so no password matches it.
+const NO_PASSWORD: &str = "!token-only";
+
 /// Checks a user name (the rule in [`StoreError::BadName`]).
 pub fn check_name(name: &str) -> Result<(), StoreError> {
     let ok = !name.is_empty()
@@ -361,14 +365,28 @@ impl Store {
         }
     }
 
+    /// Makes sure `name` has an account, for a user who logs in with tokens only: one
+    /// without a password (no password login matches it) if there is none, so that
+    /// messages sent while they are offline are stored. BadName for a name breaking the rule.
+    pub fn ensure_account(&self, name: &str) -> Result<(), StoreError> {
+        check_name(name)?;
+        if !self.storage.exists(name)? {
+            // Taken meanwhile (a registration, another node): the account is there anyway.
+            self.storage.insert_user(name, NO_PASSWORD, now_unix_ms())?;
+        }
+        Ok(())
+    }
+
     /// Ok if the password matches; WrongPassword for a wrong password or an unknown user.
     pub fn verify(&self, name: &str, password: &str) -> Result<(), StoreError> {
         let stored = self.hash_if_valid(name)?;
         self.verify_against(stored.as_deref(), password)
     }
 
-    /// Checks `password` against `stored` (the dummy hash if `None`).
+    /// Checks `password` against `stored` (the dummy hash if `None`, or for an account
+    /// without a password).
     fn verify_against(&self, stored: Option<&str>, password: &str) -> Result<(), StoreError> {
+        let stored = stored.filter(|hash| *hash != NO_PASSWORD);
         verify_hash(&self.hasher, stored, self.dummy.as_deref(), password)
     }
 

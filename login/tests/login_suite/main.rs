@@ -22,4 +22,5 @@ mod resume_upload;
 mod sessions;
 mod slow_reader;
 mod store;
+mod tokens;
 mod websocket;
