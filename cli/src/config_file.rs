@@ -186,6 +186,25 @@ mod tests {
     }
 
     #[test]
+    fn trusted_proxies_are_keys() {
+        let cmd = crate::command();
+        let serve = cmd.find_subcommand("serve").unwrap();
+        let file = "trusted-proxy = [\"10.0.0.0/8\", \"::1\"]\nproxy-protocol = true\n";
+        let mut set = defaults(serve, file).unwrap();
+        set.sort();
+        assert_eq!(
+            set,
+            [
+                ("proxy_protocol".to_owned(), vec!["true".to_owned()]),
+                (
+                    "trusted_proxies".to_owned(),
+                    vec!["10.0.0.0/8".to_owned(), "::1".to_owned()]
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn unknown_keys_bad_values_and_bad_toml_are_refused_by_name() {
         let err = parse("lisen = \"x\"\n", &["z", "serve"]).unwrap_err();
         assert!(err.contains("unknown key `lisen`"), "{err}");
