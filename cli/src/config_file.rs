@@ -186,6 +186,20 @@ mod tests {
     }
 
     #[test]
+    fn proxy_flags_parse() {
+        let serve = |extra: &[&str]| {
+            let argv = [&["zserver", "serve"], extra].concat();
+            crate::command().try_get_matches_from(argv).map(|_| ())
+        };
+        assert!(serve(&["--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "::1"]).is_ok());
+        assert!(serve(&["--trusted-proxy", "127.0.0.3", "--proxy-protocol"]).is_ok());
+        // --proxy-protocol needs a proxy to trust; a range must be one.
+        assert!(serve(&["--proxy-protocol"]).is_err());
+        let err = serve(&["--trusted-proxy", "10.0.0.0/33"]).unwrap_err();
+        assert!(err.to_string().contains("prefix length"), "{err}");
+    }
+
+    #[test]
     fn trusted_proxies_are_keys() {
         let cmd = crate::command();
         let serve = cmd.find_subcommand("serve").unwrap();
