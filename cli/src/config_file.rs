@@ -186,6 +186,39 @@ mod tests {
     }
 
     #[test]
+    fn proxy_flags_parse() {
+        let serve = |extra: &[&str]| {
+            let argv = [&["zserver", "serve"], extra].concat();
+            crate::command().try_get_matches_from(argv).map(|_| ())
+        };
+        assert!(serve(&["--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "::1"]).is_ok());
+        assert!(serve(&["--trusted-proxy", "127.0.0.3", "--proxy-protocol"]).is_ok());
+        // --proxy-protocol needs a proxy to trust; a range must be one.
+        assert!(serve(&["--proxy-protocol"]).is_err());
+        let err = serve(&["--trusted-proxy", "10.0.0.0/33"]).unwrap_err();
+        assert!(err.to_string().contains("prefix length"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_keys() {
+        let cmd = crate::command();
+        let serve = cmd.find_subcommand("serve").unwrap();
+        let file = "trusted-proxy = [\"10.0.0.0/8\", \"::1\"]\nproxy-protocol = true\n";
+        let mut set = defaults(serve, file).unwrap();
+        set.sort();
+        assert_eq!(
+            set,
+            [
+                ("proxy_protocol".to_owned(), vec!["true".to_owned()]),
+                (
+                    "trusted_proxies".to_owned(),
+                    vec!["10.0.0.0/8".to_owned(), "::1".to_owned()]
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn unknown_keys_bad_values_and_bad_toml_are_refused_by_name() {
         let err = parse("lisen = \"x\"\n", &["z", "serve"]).unwrap_err();
         assert!(err.contains("unknown key `lisen`"), "{err}");

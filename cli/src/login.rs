@@ -66,6 +66,18 @@ pub(crate) struct ServeArgs {
     /// gives `index.html`).
     #[arg(long, value_name = "DIR", requires = "listen_ws")]
     pub web: Option<PathBuf>,
+    /// A proxy in front of the server (TLS terminator, load balancer) whose word on the
+    /// client's address is believed: an address or CIDR range (`10.0.0.0/8`); repeatable.
+    /// Its connections are known (limits, logs) by the address it announces: in a PROXY
+    /// header with --proxy-protocol, or in a WebSocket upgrade's Forwarded or
+    /// X-Forwarded-For header. Nobody else's word is taken.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    pub trusted_proxies: Vec<zserver::proxy::Cidr>,
+    /// Every connection from a --trusted-proxy, on --listen and --listen-ws alike, starts
+    /// with a PROXY protocol header (version 1 or 2, as HAProxy's send-proxy and nginx's
+    /// proxy_protocol send it); one without is closed.
+    #[arg(long, requires = "trusted_proxies")]
+    pub proxy_protocol: bool,
     /// Most password hashes computed at once (default: the number of cores). Each holds
     /// --argon2-memory-kib of memory while it runs.
     #[arg(long)]
@@ -307,6 +319,13 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), BoxError> {
         config.cluster = Some(cluster);
     }
     config.connection.compression = args.ops.compression.compression();
+    config.connection.trusted_proxies = args
+        .trusted_proxies
+        .iter()
+        .fold(zserver::proxy::TrustedProxies::new(), |t, range| {
+            t.trust(*range)
+        })
+        .with_proxy_protocol(args.proxy_protocol);
     config.observe_calls = args.ops.metrics.is_some();
     config.ws_listen = args.listen_ws;
     config.ws_options.allowed_origins = args.allowed_origins.clone();
@@ -341,6 +360,14 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), BoxError> {
         config.hash_queue,
         config.hash_per_address
     );
+    if !args.trusted_proxies.is_empty() {
+        let ranges: Vec<String> = args.trusted_proxies.iter().map(|r| r.to_string()).collect();
+        let header = match args.proxy_protocol {
+            true => "PROXY header expected",
+            false => "forwarding headers on WebSocket",
+        };
+        println!("trusted proxies: {} ({header})", ranges.join(", "));
+    }
     println!("server key fingerprint: {}", server.fingerprint());
     if let (Some(cluster), Some(node)) = (&config.cluster, server.node_id()) {
         println!(

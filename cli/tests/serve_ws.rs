@@ -2,47 +2,15 @@
 //! the web page's files over plain HTTP, and a user on `zserver client --ws` gets a push
 //! from a user on TCP through the one server.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::mpsc;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_zserver");
 
-/// A child process killed when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Lines of `out`, read on a thread so that a wait can be bounded.
-fn lines(out: ChildStdout) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Waits (at most 20 s) for a line starting with `prefix`; returns the rest of it.
-fn wait_for(rx: &mpsc::Receiver<String>, prefix: &str) -> String {
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|e| panic!("no line `{prefix}...`: {e}"));
-        if let Some(rest) = line.strip_prefix(prefix) {
-            return rest.to_string();
-        }
-    }
-}
+#[path = "common/child.rs"]
+mod child;
+use child::{lines, wait_for, Killed};
 
 fn client(args: &[&str]) -> String {
     let out = Command::new(BIN).arg("client").args(args).output().unwrap();

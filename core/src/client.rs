@@ -204,6 +204,7 @@ impl ClientBuilder {
             router: Arc::new(crate::channels::client_router().merge(self.router)),
             config: Arc::new(self.config),
             in_flight: Arc::new(InFlight::default()),
+            proxy: None,
             on_close: None,
         };
         Ok(Client {

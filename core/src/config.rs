@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::compression::Compression;
 use crate::frame::DEFAULT_MAX_FRAME;
+use crate::proxy::TrustedProxies;
 use crate::secure::Encryption;
 use crate::stable::StableSession;
 
@@ -55,8 +56,15 @@ pub struct Config {
     /// soon as they are accepted (counted in `ServerStats::connections_refused`).
     pub max_connections: usize,
     /// Connections a server holds at once from one IP address (slowloris and floods from
-    /// one host); more are closed as soon as they are accepted.
+    /// one host); more are closed as soon as they are accepted. Behind a trusted proxy
+    /// ([`trusted_proxies`](Self::trusted_proxies)) the address is the client's as the
+    /// proxy announces it, and such a connection is counted once it is known (after the
+    /// PROXY header or the WebSocket upgrade).
     pub max_connections_per_ip: usize,
+    /// The proxies (TLS terminators, load balancers) whose word on the client's address
+    /// the server believes, and whether they send a PROXY header ([`crate::proxy`]).
+    /// None by default: every peer is taken for the client.
+    pub trusted_proxies: TrustedProxies,
     /// How long a new connection may take to send its preamble before it is dropped.
     pub handshake_timeout: Duration,
     /// How long [`Server::shutdown`](crate::Server::shutdown) waits for calls in flight.
@@ -81,6 +89,7 @@ impl Default for Config {
             stream_window: 1024 * 1024,
             max_connections: 1_000_000,
             max_connections_per_ip: 10_000,
+            trusted_proxies: TrustedProxies::default(),
             heartbeat: Some(Duration::from_secs(30)),
             idle_timeout: Duration::from_secs(90),
             max_streams: 32,

@@ -250,6 +250,7 @@ pub fn dispatcher(data: &[u8]) {
         router: Arc::new(fuzz_router()),
         config: Arc::new(config),
         in_flight: Arc::new(InFlight::default()),
+        proxy: None,
         on_close: None,
     };
     let peer: SocketAddr = "127.0.0.1:1".parse().expect("valid address");
@@ -515,5 +516,33 @@ fn proto_stream_step(
         5 => proto.end_outgoing(down, &[0; crate::proto::streams::HASH_LEN]),
         6 => proto.finish_outgoing(down, Some("aborted")),
         _ => proto.finish_outgoing(down, None),
+    }
+}
+
+/// The PROXY protocol header parser, and the server's reader over it: bytes as a trusted
+/// proxy's connection starts.
+pub fn proxy_header(data: &[u8]) {
+    use crate::proxy::{parse, Parsed, MAX_V1, MAX_V2_BODY};
+    let whole = parse(data);
+    if let Ok(Parsed::Complete { len, source }) = whole {
+        assert!(len <= data.len() && len <= (16 + MAX_V2_BODY).max(MAX_V1));
+        // The header alone parses the same; any shorter prefix of it is incomplete.
+        assert_eq!(parse(&data[..len]), whole);
+        for cut in [0, len / 2, len.saturating_sub(1)] {
+            if cut < len {
+                assert_eq!(parse(&data[..cut]), Ok(Parsed::Incomplete), "{cut}");
+            }
+        }
+        // The reader hands on exactly the bytes after the header.
+        let read: crate::transport::BoxRead = Box::new(Cursor::new(data.to_vec()));
+        let (got, mut rest) =
+            futures_lite::future::block_on(crate::proxy::read_header(read)).expect("a header");
+        assert_eq!(got.map(|a| a.port()), source.map(|a| a.port()));
+        let mut after = Vec::new();
+        futures_lite::future::block_on(futures_lite::AsyncReadExt::read_to_end(
+            &mut rest, &mut after,
+        ))
+        .expect("the rest");
+        assert_eq!(after, &data[len..]);
     }
 }

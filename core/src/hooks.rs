@@ -60,9 +60,15 @@ impl<'a> CommandInfo<'a> {
         self.conn.id()
     }
 
-    /// The peer's address.
+    /// The peer's address: the client's, as a trusted proxy announced it when the
+    /// connection came through one ([`Connection::peer_addr`]).
     pub fn peer_addr(&self) -> SocketAddr {
         self.conn.peer_addr()
+    }
+
+    /// The trusted proxy the connection came through, if any ([`Connection::proxy_addr`]).
+    pub fn proxy_addr(&self) -> Option<SocketAddr> {
+        self.conn.proxy_addr()
     }
 
     /// The peer's static public key, proven in the handshake (`None` on a plain link).

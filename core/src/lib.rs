@@ -46,6 +46,7 @@ pub mod hooks;
 mod link;
 pub mod metrics;
 pub(crate) mod proto;
+pub mod proxy;
 mod read_buf;
 pub mod reconnect;
 pub mod runtime;
@@ -100,6 +101,6 @@ pub use signal::ctrl_c;
 pub use stable::StableSession;
 pub use stats::{ServerStats, Stats};
 pub use stream::{DownloadRequest, FileDownload, Incoming, Outgoing, Progress};
-pub use transport::{ClientIo, Listener, ServerIo, Transport, Upgrade};
+pub use transport::{ClientIo, Listener, ServerIo, Transport, Upgrade, Upgraded};
 #[cfg(feature = "ws")]
 pub use ws::{WsOptions, WsTransport};

@@ -18,6 +18,7 @@ use crate::connection::{next_connection_id, Connection};
 use crate::error::Error;
 use crate::handler::{InFlight, Router};
 use crate::link;
+use crate::proxy;
 use crate::runtime::Runtime;
 use crate::secure::{Keypair, Negotiation};
 use crate::stable::{self, Accepted, Sessions};
@@ -175,7 +176,9 @@ struct Held {
 /// One held connection's place in the limits; released when dropped.
 struct Slot {
     server: Weak<ServerShared>,
-    ip: IpAddr,
+    /// The address it counts against; `None` while a trusted proxy's connection has not
+    /// said whose it is (counted in the total only).
+    ip: Option<IpAddr>,
 }
 
 impl Drop for Slot {
@@ -183,32 +186,59 @@ impl Drop for Slot {
         if let Some(server) = self.server.upgrade() {
             let mut held = server.held.lock().unwrap_or_else(|e| e.into_inner());
             held.total -= 1;
-            if let Some(n) = held.per_ip.get_mut(&self.ip) {
-                *n -= 1;
-                if *n == 0 {
-                    held.per_ip.remove(&self.ip);
+            if let Some(ip) = self.ip {
+                if let Some(n) = held.per_ip.get_mut(&ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        held.per_ip.remove(&ip);
+                    }
                 }
             }
         }
     }
 }
 
+impl Held {
+    /// Counts one more connection from `ip`, unless it has the most already.
+    fn add(&mut self, ip: IpAddr, most: usize) -> bool {
+        if self.per_ip.get(&ip).copied().unwrap_or(0) >= most {
+            return false;
+        }
+        *self.per_ip.entry(ip).or_default() += 1;
+        true
+    }
+}
+
 impl ServerShared {
-    /// Takes a place for a new connection from `ip`, or `None` if a limit is reached.
-    fn hold(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+    /// Takes a place for a new connection from `ip` (`None`: not known yet, the total
+    /// only), or `None` if a limit is reached.
+    fn hold(self: &Arc<Self>, ip: Option<IpAddr>) -> Option<Slot> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let from_ip = held.per_ip.get(&ip).copied().unwrap_or(0);
-        if held.total >= self.config.max_connections
-            || from_ip >= self.config.max_connections_per_ip
-        {
+        if held.total >= self.config.max_connections {
             return None;
         }
+        if let Some(ip) = ip {
+            if !held.add(ip, self.config.max_connections_per_ip) {
+                return None;
+            }
+        }
         held.total += 1;
-        *held.per_ip.entry(ip).or_default() += 1;
         Some(Slot {
             server: Arc::downgrade(self),
             ip,
         })
+    }
+
+    /// Counts `slot` (held for the total only) against `ip` too, unless `ip` has the most
+    /// connections already.
+    fn hold_ip(&self, slot: &mut Slot, ip: IpAddr) -> bool {
+        debug_assert!(slot.ip.is_none());
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let added = held.add(ip, self.config.max_connections_per_ip);
+        if added {
+            slot.ip = Some(ip);
+        }
+        added
     }
 
     fn conns(&self) -> MutexGuard<'_, HashMap<u64, Connection>> {
@@ -240,7 +270,11 @@ impl ServerShared {
             match next {
                 None => break,
                 Some(Ok(io)) => {
-                    let Some(slot) = self.hold(io.peer_addr().ip()) else {
+                    let ip = io.peer_addr().ip();
+                    // A trusted proxy's connection counts against the client's address,
+                    // once known.
+                    let ip = (!self.config.trusted_proxies.trusts(ip)).then_some(ip);
+                    let Some(slot) = self.hold(ip) else {
                         // Over a limit: closed at once, before any byte is read.
                         self.refused.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(peer = %io.peer_addr(), "connection limit reached");
@@ -267,17 +301,24 @@ impl ServerShared {
     async fn admit(
         self: Arc<Self>,
         io: Box<dyn ServerIo>,
-        slot: Slot,
+        mut slot: Slot,
         upgrade: Option<Arc<dyn Upgrade>>,
     ) {
         let peer = io.peer_addr();
         let (read, write) = io.into_halves();
         let deadline = self.runtime.sleep(self.config.handshake_timeout);
-        let shaken = futures_lite::future::or(self.open(read, write, upgrade), async {
+        let opening = self.open(read, write, peer, &mut slot, upgrade);
+        let shaken = futures_lite::future::or(opening, async {
             deadline.await;
             Err(Error::Timeout)
         });
-        let (read, write, handshaken) = match shaken.await {
+        let Opened {
+            read,
+            write,
+            handshaken,
+            peer,
+            proxy,
+        } = match shaken.await {
             Ok(Some(opened)) => opened,
             // A new link for a stable session: handed over, nothing more to do here.
             Ok(None) => return,
@@ -299,6 +340,7 @@ impl ServerShared {
             router: self.router.clone(),
             config: self.config.clone(),
             in_flight: self.in_flight.clone(),
+            proxy,
             on_close: Some(Box::new(move |conn: &Connection| {
                 drop(slot);
                 if let Some(server) = weak.upgrade() {
@@ -322,22 +364,39 @@ impl ServerShared {
 }
 
 impl ServerShared {
-    /// Opens a new connection: the listener's upgrade (WebSocket), the stable-session
-    /// hello (when on), the preambles and the handshake. `None` when the link resumed an
-    /// existing stable session, or the upgrade answered the peer in full.
+    /// Opens a new connection from `socket` (held in the limits by `slot`): a trusted
+    /// proxy's PROXY header (when expected), the listener's upgrade (WebSocket), the
+    /// stable-session hello (when on), the preambles and the handshake. `None` when the
+    /// link resumed an existing stable session, the upgrade answered the peer in full, or
+    /// the client's address (announced by a proxy) has the most connections already.
     async fn open(
         &self,
-        read: BoxRead,
-        write: BoxWrite,
+        mut read: BoxRead,
+        mut write: BoxWrite,
+        socket: SocketAddr,
+        slot: &mut Slot,
         upgrade: Option<Arc<dyn Upgrade>>,
     ) -> Result<Option<Opened>, Error> {
-        let (read, write) = match upgrade {
-            Some(upgrade) => match upgrade.upgrade(read, write).await? {
-                Some(halves) => halves,
-                None => return Ok(None),
-            },
-            None => (read, write),
-        };
+        let proxies = &self.config.trusted_proxies;
+        let mut peer = socket;
+        if proxies.expects_header(socket.ip()) {
+            let (source, rest) = proxy::read_header(read).await?;
+            read = rest;
+            peer = source.unwrap_or(socket);
+        }
+        if let Some(upgrade) = upgrade {
+            let Some(upgraded) = upgrade.upgrade(read, write, peer, proxies).await? else {
+                return Ok(None);
+            };
+            (read, write) = (upgraded.read, upgraded.write);
+            peer = upgraded.client.unwrap_or(peer);
+        }
+        if slot.ip.is_none() && !self.hold_ip(slot, peer.ip()) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, proxy = %socket, "connection limit reached");
+            return Ok(None);
+        }
+        let proxy = (peer != socket).then_some(socket);
         let (mut read, mut write, session) = match &self.config.stable {
             Some(stable) => {
                 match stable::accept(read, write, &self.sessions, stable, &self.runtime).await? {
@@ -360,12 +419,25 @@ impl ServerShared {
             session.as_ref(),
         )
         .await?;
-        Ok(Some((read, write, shaken)))
+        Ok(Some(Opened {
+            read,
+            write,
+            handshaken: shaken,
+            peer,
+            proxy,
+        }))
     }
 }
 
-/// A connection ready to start: its halves and what the handshake settled (keys, codec).
-type Opened = (BoxRead, BoxWrite, Handshaken);
+/// A connection ready to start: its halves, what the handshake settled (keys, codec),
+/// the client's address and the proxy's it came through (if any).
+struct Opened {
+    read: BoxRead,
+    write: BoxWrite,
+    handshaken: Handshaken,
+    peer: SocketAddr,
+    proxy: Option<SocketAddr>,
+}
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -6,13 +6,16 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use async_trait::async_trait;
 use futures_io::{AsyncRead, AsyncWrite};
 
+use crate::proxy::TrustedProxies;
 use crate::runtime::Runtime;
 
 /// The read half of a connection.
@@ -61,11 +64,86 @@ pub trait Listener: Send + Sync {
 pub trait Upgrade: Send + Sync {
     /// The halves carrying the protocol's bytes, or `None` when the peer's request was
     /// answered in full (a plain HTTP request for a file) and the connection is done.
+    /// `peer` is the connection's client address as known so far (a PROXY header's, else
+    /// the socket's); `proxies` are the server's trusted proxies, whose word on the client's
+    /// address (such as a `Forwarded` header) the upgrade may report in
+    /// [`Upgraded::client`] when `peer` is one of them.
     async fn upgrade(
         &self,
         read: BoxRead,
         write: BoxWrite,
-    ) -> io::Result<Option<(BoxRead, BoxWrite)>>;
+        peer: SocketAddr,
+        proxies: &TrustedProxies,
+    ) -> io::Result<Option<Upgraded>>;
+}
+
+/// A connection an [`Upgrade`] turned into the protocol's byte stream.
+pub struct Upgraded {
+    /// The read half of the protocol's bytes.
+    pub read: BoxRead,
+    /// The write half of the protocol's bytes.
+    pub write: BoxWrite,
+    /// The client's address as a trusted proxy named it during the upgrade (`None`: the
+    /// peer's address stands).
+    pub client: Option<SocketAddr>,
+}
+
+/// A read half that returns bytes already read from it (by a header's parser) first.
+pub(crate) struct Prefixed {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: BoxRead,
+}
+
+impl Prefixed {
+    /// Reads `prefix`, then `inner`.
+    pub(crate) fn new(prefix: Vec<u8>, inner: BoxRead) -> Self {
+        Self {
+            prefix,
+            at: 0,
+            inner,
+        }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.at < this.prefix.len() {
+            let n = buf.len().min(this.prefix.len() - this.at);
+            buf[..n].copy_from_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(n));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+/// A client connection already split into halves (to write to it, or upgrade it, first).
+pub(crate) struct SplitClient {
+    pub(crate) peer: SocketAddr,
+    pub(crate) local: SocketAddr,
+    pub(crate) halves: (BoxRead, BoxWrite),
+}
+
+impl ClientIo for SplitClient {
+    fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+    fn into_halves(self: Box<Self>) -> (BoxRead, BoxWrite) {
+        self.halves
+    }
 }
 
 /// A network back end: listens, connects, and runs tasks on its runtime.

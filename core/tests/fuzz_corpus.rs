@@ -52,3 +52,8 @@ fn stable_link_corpus() {
 fn proto_corpus() {
     replay("proto", fuzzing::proto);
 }
+
+#[test]
+fn proxy_header_corpus() {
+    replay("proxy_header", fuzzing::proxy_header);
+}

@@ -20,6 +20,7 @@ mod compression;
 mod engine;
 mod hooks;
 mod mixed;
+mod proxy;
 mod reconnect;
 mod secure;
 mod services;

@@ -79,6 +79,9 @@ pub(crate) struct Setup {
     pub router: Arc<Router>,
     pub config: Arc<Config>,
     pub in_flight: Arc<InFlight>,
+    /// The trusted proxy the connection came through, when `peer` is the client's address
+    /// as that proxy announced it.
+    pub proxy: Option<SocketAddr>,
     pub on_close: Option<OnClose>,
 }
 
@@ -109,8 +112,12 @@ impl Connection {
             "connection",
             id = setup.id,
             %peer,
+            proxy = tracing::field::Empty,
             user = tracing::field::Empty
         );
+        if let Some(proxy) = setup.proxy {
+            span.record("proxy", tracing::field::display(proxy));
+        }
         let sequential = setup
             .config
             .sequential
@@ -126,6 +133,7 @@ impl Connection {
         let shared = Arc::new(Shared {
             id: setup.id,
             peer,
+            proxy: setup.proxy,
             peer_key,
             packer: Packer::new(
                 handshaken.codec,

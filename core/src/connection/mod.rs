@@ -50,6 +50,7 @@ pub(crate) trait SendCheck: Send + Sync {
 struct Shared {
     id: u64,
     peer: SocketAddr,
+    proxy: Option<SocketAddr>,
     peer_key: Option<[u8; 32]>,
     /// Compresses what is sent, with the codec negotiated in the handshake (if any).
     packer: Packer,
@@ -120,9 +121,19 @@ impl Connection {
         self.shared.id
     }
 
-    /// The peer's address.
+    /// The peer's address: on a server, the client's. Behind a trusted proxy
+    /// ([`Config::trusted_proxies`](crate::Config::trusted_proxies)) it is the client's
+    /// address as the proxy announced it (its port 0 if the proxy named none), and the
+    /// proxy's own is [`proxy_addr`](Self::proxy_addr).
     pub fn peer_addr(&self) -> SocketAddr {
         self.shared.peer
+    }
+
+    /// The trusted proxy this connection came through, when [`peer_addr`](Self::peer_addr)
+    /// is the client's address as that proxy announced it; `None` for a direct connection
+    /// (and on a client).
+    pub fn proxy_addr(&self) -> Option<SocketAddr> {
+        self.shared.proxy
     }
 
     /// The peer's static public key, proven in the handshake (`None` on a plain link).
@@ -141,8 +152,8 @@ impl Connection {
         self.shared.packer.codec_name()
     }
 
-    /// This connection's tracing span, `connection` with fields `id`, `peer` and `user`
-    /// (empty until recorded): its reader task and spawned handlers run in it, so every
+    /// This connection's tracing span, `connection` with fields `id`, `peer`, `proxy`
+    /// (only behind a trusted proxy) and `user` (empty until recorded): its reader task and spawned handlers run in it, so every
     /// event they log carries them. A login handler records the user once known:
     /// `conn.span().record("user", name)`.
     pub fn span(&self) -> &tracing::Span {

@@ -27,6 +27,10 @@ pub(crate) struct Head {
     pub(crate) ws_version: Option<String>,
     /// Whether `Sec-WebSocket-Key` is given.
     pub(crate) ws_key: bool,
+    /// Every `Forwarded` line's value, in order.
+    pub(crate) forwarded: Vec<String>,
+    /// Every `X-Forwarded-For` line's value, in order.
+    pub(crate) x_forwarded_for: Vec<String>,
 }
 
 /// Why a request head could not be read.
@@ -70,14 +74,16 @@ pub(crate) async fn read_head(read: &mut BoxRead) -> Result<(Head, Vec<u8>), Hea
 
 impl From<&httparse::Request<'_, '_>> for Head {
     fn from(request: &httparse::Request<'_, '_>) -> Self {
-        let header = |name: &str| {
+        let all = |name: &str| -> Vec<String> {
             request
                 .headers
                 .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(name))
-                .and_then(|h| std::str::from_utf8(h.value).ok())
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .filter_map(|h| std::str::from_utf8(h.value).ok())
                 .map(|v| v.trim().to_string())
+                .collect()
         };
+        let header = |name: &str| all(name).into_iter().next();
         let websocket = header("upgrade").is_some_and(|v| {
             v.split(',')
                 .any(|token| token.trim().eq_ignore_ascii_case("websocket"))
@@ -90,6 +96,8 @@ impl From<&httparse::Request<'_, '_>> for Head {
             websocket,
             ws_version: header("sec-websocket-version"),
             ws_key: header("sec-websocket-key").is_some_and(|k| !k.is_empty()),
+            forwarded: all("forwarded"),
+            x_forwarded_for: all("x-forwarded-for"),
         }
     }
 }

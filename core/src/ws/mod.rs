@@ -31,9 +31,12 @@ use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::error::Error;
 use crate::frame::DEFAULT_MAX_FRAME;
+use crate::proxy::{forwarded_client, TrustedProxies};
 use crate::runtime::Runtime;
 use crate::secure::record::MAX_RECORD_PLAINTEXT;
-use crate::transport::{BoxRead, BoxWrite, ClientIo, Listener, ServerIo, Transport, Upgrade};
+use crate::transport::{
+    BoxRead, BoxWrite, ClientIo, Listener, ServerIo, SplitClient, Transport, Upgrade, Upgraded,
+};
 use http::{origin_allowed, read_head, respond_text, respond_text_with, HeadError};
 use stream::{halves, io_error, Duplex};
 
@@ -198,29 +201,11 @@ impl Transport for WsTransport {
         .await
         .map_err(io_error)?;
         let (read, write) = halves(ws, self.max_send());
-        Ok(Box::new(Connected {
+        Ok(Box::new(SplitClient {
             peer,
             local,
             halves: (read, write),
         }))
-    }
-}
-
-struct Connected {
-    peer: SocketAddr,
-    local: SocketAddr,
-    halves: (BoxRead, BoxWrite),
-}
-
-impl ClientIo for Connected {
-    fn peer_addr(&self) -> SocketAddr {
-        self.peer
-    }
-    fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-    fn into_halves(self: Box<Self>) -> (BoxRead, BoxWrite) {
-        self.halves
     }
 }
 
@@ -257,7 +242,9 @@ impl Upgrade for Acceptor {
         &self,
         mut read: BoxRead,
         mut write: BoxWrite,
-    ) -> io::Result<Option<(BoxRead, BoxWrite)>> {
+        peer: SocketAddr,
+        proxies: &TrustedProxies,
+    ) -> io::Result<Option<Upgraded>> {
         let (head, bytes) = match read_head(&mut read).await {
             Ok(read) => read,
             Err(HeadError::Io(e)) => return Err(e),
@@ -292,13 +279,23 @@ impl Upgrade for Acceptor {
             respond_text(&mut write, "400 Bad Request", body, false).await?;
             return Err(refused("bad WebSocket upgrade request"));
         }
+        // Only a trusted proxy's word on the client's address is taken.
+        let client = proxies
+            .trusts(peer.ip())
+            .then(|| forwarded_client(&head.forwarded, &head.x_forwarded_for, proxies))
+            .flatten();
         // The head is parsed again by the WebSocket library, which validates the rest of
         // the handshake and answers 101 (or 400).
         let duplex = Duplex::new(bytes, read, write);
         let ws = async_tungstenite::accept_async_with_config(duplex, Some(self.config))
             .await
             .map_err(io_error)?;
-        Ok(Some(halves(ws, self.max_send)))
+        let (read, write) = halves(ws, self.max_send);
+        Ok(Some(Upgraded {
+            read,
+            write,
+            client,
+        }))
     }
 }
 

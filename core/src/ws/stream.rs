@@ -11,14 +11,12 @@ use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::Stream;
 use futures_sink::Sink;
 
-use crate::transport::{BoxRead, BoxWrite};
+use crate::transport::{BoxRead, BoxWrite, Prefixed};
 
 /// A connection's two halves joined again (the WebSocket library wants one stream), with
 /// bytes already read from it (an HTTP request head) served before the rest.
 pub(crate) struct Duplex {
-    prefix: Vec<u8>,
-    at: usize,
-    read: BoxRead,
+    read: Prefixed,
     write: BoxWrite,
 }
 
@@ -26,9 +24,7 @@ impl Duplex {
     /// Joins `read` and `write`; reads return `prefix` first.
     pub(crate) fn new(prefix: Vec<u8>, read: BoxRead, write: BoxWrite) -> Self {
         Self {
-            prefix,
-            at: 0,
-            read,
+            read: Prefixed::new(prefix, read),
             write,
         }
     }
@@ -40,18 +36,7 @@ impl AsyncRead for Duplex {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        if this.at < this.prefix.len() {
-            let n = buf.len().min(this.prefix.len() - this.at);
-            buf[..n].copy_from_slice(&this.prefix[this.at..this.at + n]);
-            this.at += n;
-            if this.at == this.prefix.len() {
-                this.prefix = Vec::new();
-                this.at = 0;
-            }
-            return Poll::Ready(Ok(n));
-        }
-        Pin::new(&mut this.read).poll_read(cx, buf)
+        Pin::new(&mut self.read).poll_read(cx, buf)
     }
 }
 

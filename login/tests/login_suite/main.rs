@@ -17,6 +17,7 @@ mod flood;
 mod login_doc;
 mod offline_confirm;
 mod postgres_retry;
+mod proxy;
 mod push_during_login;
 mod resume_upload;
 mod sessions;
