@@ -140,13 +140,17 @@ fn state_of(ctx: &Context) -> &Arc<State> {
 async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welcome, LoginError> {
     let config = &state.config;
     let (user, password) = (c.user.clone(), c.password);
-    let check = move |s: &crate::store::Store| s.verify(&user, &password);
-    if let Err(e) = state.hashed(ctx, Limit::Failures, &c.user, check).await {
+    let check = move |s: &crate::store::Store| s.check_login(&user, &password);
+    let refused = |e: LoginError| {
         if let Some(outcome) = LoginOutcome::of(&e) {
             state.metrics.login(outcome);
         }
-        return Err(e);
-    }
+        Err(e)
+    };
+    let generation = match state.hashed(ctx, Limit::Failures, &c.user, check).await {
+        Ok(generation) => generation,
+        Err(e) => return refused(e),
+    };
     let elsewhere = state
         .cluster
         .as_ref()
@@ -155,6 +159,11 @@ async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welc
     let (kicked, previous) = {
         let mut sessions = lock(&state.sessions);
         sessions.prune();
+        // The password checked was changed, or the account deleted, while it was checked.
+        if sessions.stale(&c.user, generation) {
+            drop(sessions);
+            return refused(LoginError::WrongPassword);
+        }
         let here = sessions
             .of(&c.user)
             .iter()
@@ -163,7 +172,7 @@ async fn login(state: &Arc<State>, ctx: &Context, c: Credentials) -> Result<Welc
         if config.when_full == WhenFull::Refuse && here + elsewhere >= max {
             return Err(LoginError::Other(Error::msg(already_in(&c.user, max))));
         }
-        let previous = sessions.bind(&c.user, ctx.connection());
+        let previous = sessions.bind(&c.user, ctx.connection(), generation);
         // Past the most sessions here alone, the oldest here go; with sessions elsewhere
         // too, the cluster sees to it (each node kicks its own that are oldest).
         let all = sessions.of(&c.user).to_vec();
