@@ -51,12 +51,10 @@ impl State {
     /// Ends the sessions here that `change` makes stale, each told why.
     pub(super) async fn apply_change(&self, change: &AccountChange) {
         let (kept, why) = match &change.kind {
-            ChangeKind::Deleted => (None, ACCOUNT_DELETED),
-            ChangeKind::PasswordChanged { kept } => (
-                kept.as_deref().and_then(|tag| self.own_session(tag)),
-                PASSWORD_CHANGED,
-            ),
+            ChangeKind::Deleted { kept } => (kept, ACCOUNT_DELETED),
+            ChangeKind::PasswordChanged { kept } => (kept, PASSWORD_CHANGED),
         };
+        let kept = kept.as_deref().and_then(|tag| self.own_session(tag));
         let stale = lock(&self.sessions).take_stale(&change.user, change.seq, kept);
         if !stale.is_empty() {
             tracing::info!(user = %change.user, sessions = stale.len(), "{why}: sessions ended");

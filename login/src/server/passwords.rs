@@ -126,10 +126,12 @@ pub(super) async fn delete_account(
     password: String,
 ) -> Result<(), Error> {
     let user = state.user(ctx)?;
-    let name = user.clone();
+    // The store names this session as the one its server ends itself, so that no watcher
+    // kicks it before it has its answer.
+    let (name, tag) = (user.clone(), state.session_tag(ctx.connection_id()));
     let work = move |s: &Store| {
         s.verify(&name, &password)?;
-        s.delete_user(&name)
+        s.delete_user_keeping(&name, Some(&tag))
     };
     state.hashed(ctx, Limit::Failures, &user, work).await?;
     state.changed_account();

@@ -77,8 +77,12 @@ pub struct AccountChange {
 /// What an [`AccountChange`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChangeKind {
-    /// The account was deleted: every session of it ends.
-    Deleted,
+    /// The account was deleted: every session of it ends, but the one tagged `kept`, if any
+    /// (the session that deleted it, which its server ends itself after its answer).
+    Deleted {
+        /// The session its server ends itself, as its server tagged it.
+        kept: Option<String>,
+    },
     /// The password was changed: the sessions logged in before end, but the one tagged
     /// `kept`, if any (the session that changed it, named by its server).
     PasswordChanged {
@@ -140,6 +144,14 @@ pub trait Storage: Send + Sync {
     /// there was no such user. The built-in back ends record the deletion as an
     /// [`AccountChange`] in the same transaction.
     fn delete_user(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Like [`Self::delete_user`], naming in the [`AccountChange`] the session `kept` (if
+    /// any) that its server ends itself. This default records nothing more than
+    /// [`Self::delete_user`] does.
+    fn remove_user(&self, name: &str, kept: Option<&str>) -> Result<bool, StoreError> {
+        let _ = kept;
+        self.delete_user(name)
+    }
 
     /// The stored hash of `name` and its generation (see [`Store::check_login`]), read
     /// together; `None` if there is no such user. This default gives generation 0.
@@ -333,7 +345,7 @@ fn describe_spec(spec: &str) -> String {
 /// An account change's kind, from its stored columns.
 fn change_kind(deleted: bool, kept: Option<String>) -> ChangeKind {
     match deleted {
-        true => ChangeKind::Deleted,
+        true => ChangeKind::Deleted { kept },
         false => ChangeKind::PasswordChanged { kept },
     }
 }
@@ -516,9 +528,16 @@ impl Store {
         }
     }
 
-    /// Removes the user and their queued messages (NoSuchUser if absent).
+    /// Removes the user and their queued messages (NoSuchUser if absent). Every session of
+    /// the user then ends.
     pub fn delete_user(&self, name: &str) -> Result<(), StoreError> {
-        if self.storage.delete_user(name)? {
+        self.delete_user_keeping(name, None)
+    }
+
+    /// Like [`Self::delete_user`], with the session tagged `kept` (its server's tag for the
+    /// session that asked, which that server ends itself) left alone by the servers.
+    pub fn delete_user_keeping(&self, name: &str, kept: Option<&str>) -> Result<(), StoreError> {
+        if self.storage.remove_user(name, kept)? {
             Ok(())
         } else {
             Err(StoreError::NoSuchUser(name.to_owned()))

@@ -373,13 +373,17 @@ impl Storage for PostgresStorage {
     }
 
     fn delete_user(&self, name: &str) -> Result<bool, StoreError> {
+        self.remove_user(name, None)
+    }
+
+    fn remove_user(&self, name: &str, kept: Option<&str>) -> Result<bool, StoreError> {
         self.with_client(|c, retry| {
             let mut tx = c.transaction()?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ACCOUNTS_LOCK])?;
             tx.execute("DELETE FROM messages WHERE to_user = $1", &[&name])?;
             let deleted = tx.execute("DELETE FROM users WHERE name = $1", &[&name])?;
             if deleted > 0 {
-                note_change(&mut tx, name, true, None)?;
+                note_change(&mut tx, name, true, kept)?;
             }
             tx.commit()?;
             // A retry finding no user: the first attempt deleted it.

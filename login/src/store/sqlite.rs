@@ -278,11 +278,15 @@ impl Storage for SqliteStorage {
     }
 
     fn delete_user(&self, name: &str) -> Result<bool, StoreError> {
+        self.remove_user(name, None)
+    }
+
+    fn remove_user(&self, name: &str, kept: Option<&str>) -> Result<bool, StoreError> {
         self.write(|tx| {
             tx.execute("DELETE FROM messages WHERE to_user = ?1", [name])?;
             let deleted = tx.execute("DELETE FROM users WHERE name = ?1", [name])?;
             if deleted > 0 {
-                note_change(tx, name, true, None)?;
+                note_change(tx, name, true, kept)?;
             }
             Ok(deleted > 0)
         })

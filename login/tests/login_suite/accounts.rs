@@ -110,7 +110,12 @@ async fn scenario(backend: &'static str, dir: std::path::PathBuf) -> Result<(), 
         .map_err(|e| Error::msg(e.to_string()))?;
     let kinds: Vec<(&str, bool)> = changes
         .iter()
-        .map(|c| (c.user.as_str(), c.kind == ChangeKind::Deleted))
+        .map(|c| {
+            (
+                c.user.as_str(),
+                matches!(c.kind, ChangeKind::Deleted { .. }),
+            )
+        })
         .collect();
     assert_eq!(
         kinds,

@@ -249,7 +249,7 @@ fn account_changes_are_recorded_in_order(b: &dyn Backend) {
         other.set_password("nobody", "x"),
         Err(StoreError::NoSuchUser("nobody".into()))
     );
-    other.delete_user("fay").unwrap();
+    other.delete_user_keeping("fay", Some(kept)).unwrap();
     let changes = store.account_changes(0).unwrap();
     let seqs: Vec<u64> = changes.iter().map(|c| c.seq).collect();
     assert_eq!(seqs.len(), 3);
@@ -269,7 +269,12 @@ fn account_changes_are_recorded_in_order(b: &dyn Backend) {
                 }
             ),
             change(seqs[1], ChangeKind::PasswordChanged { kept: None }),
-            change(seqs[2], ChangeKind::Deleted),
+            change(
+                seqs[2],
+                ChangeKind::Deleted {
+                    kept: Some(kept.into())
+                }
+            ),
         ]
     );
     assert_eq!(store.account_changes(seqs[1]).unwrap().len(), 1);
@@ -657,7 +662,7 @@ fn postgres_open_spec_and_tables() {
         .query_one("SELECT version FROM zserver_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     let created: i64 = raw
         .query_one("SELECT created_unix_ms FROM users", &[])
         .unwrap()
@@ -671,11 +676,11 @@ fn postgres_newer_schema_refused() {
     let pg = Postgres::new("newer_schema_refused");
     drop(pg.open());
     pg.raw()
-        .batch_execute("UPDATE zserver_schema SET version = 5")
+        .batch_execute("UPDATE zserver_schema SET version = 6")
         .unwrap();
     assert!(matches!(
         Store::connect_postgres(&pg.url),
-        Err(StoreError::Db(msg)) if msg.contains("version 5")
+        Err(StoreError::Db(msg)) if msg.contains("version 6")
     ));
 }
 
