@@ -628,6 +628,33 @@ mod tests {
     }
 
     #[test]
+    fn a_version_3_database_gets_generations_and_account_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        raw.execute_batch(
+            "CREATE TABLE users (
+                 name TEXT PRIMARY KEY NOT NULL, hash TEXT NOT NULL,
+                 created_unix_ms INTEGER NOT NULL);
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+        drop(raw);
+        let old = Store::open(dir.path()).unwrap();
+        drop(old);
+        // The old accounts are at generation 0; a new password records a change.
+        let store = Store::open(dir.path()).unwrap();
+        store.add_user("kim", "pw").unwrap();
+        assert_eq!(store.check_login("kim", "pw"), Ok(0));
+        store.change_password("kim", "pw", "pw2").unwrap();
+        assert_eq!(store.check_login("kim", "pw2"), Ok(1));
+        let raw = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let version: i64 = raw
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
     fn newer_schema_refused() {
         let dir = tempfile::tempdir().unwrap();
         drop(Store::open(dir.path()).unwrap());
