@@ -88,9 +88,18 @@ pub(crate) struct ServeArgs {
     /// Most logins/registrations in progress from one address; beyond, refused as busy.
     #[arg(long, default_value_t = 4)]
     pub hash_per_address: usize,
-    /// Failed logins allowed per address and per account per minute.
+    /// Failed logins allowed per (address, account) per minute: one user's typos lock out
+    /// no one else behind the same address.
     #[arg(long, default_value_t = 5)]
     pub max_failed_logins: usize,
+    /// Failed logins allowed per address per minute, over all accounts (stops credential
+    /// stuffing from one address).
+    #[arg(long, default_value_t = 50)]
+    pub max_failed_per_address: usize,
+    /// Failed logins allowed per account per minute, from all addresses (bounds a guesser
+    /// spread over many addresses).
+    #[arg(long, default_value_t = 20)]
+    pub max_failed_per_account: usize,
     /// Registrations allowed per address per minute.
     #[arg(long, default_value_t = 10)]
     pub max_registrations: usize,
@@ -166,10 +175,20 @@ pub(crate) enum UserAction {
         #[arg(long, env = "ZSERVER_PASSWORD", hide_env_values = true)]
         password: String,
     },
-    /// Deletes an account, its stored messages and its files.
+    /// Deletes an account, its stored messages and its files; a running server ends the
+    /// user's sessions within a second.
     Del {
         /// The user name.
         name: String,
+    },
+    /// Sets an account's password (no old one needed); a running server ends the user's
+    /// sessions within a second.
+    Passwd {
+        /// The user name.
+        name: String,
+        /// The new password (or set ZSERVER_PASSWORD).
+        #[arg(long, env = "ZSERVER_PASSWORD", hide_env_values = true)]
+        password: String,
     },
     /// Lists the accounts.
     List,
@@ -307,6 +326,8 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), BoxError> {
     config.hash_queue = args.hash_queue;
     config.hash_per_address = args.hash_per_address;
     config.max_failed_logins = args.max_failed_logins;
+    config.max_failed_per_address = args.max_failed_per_address;
+    config.max_failed_per_account = args.max_failed_per_account;
     config.max_registrations = args.max_registrations;
     config.password = PasswordParams {
         memory_kib: args.argon2_memory_kib,
@@ -421,6 +442,10 @@ pub(crate) fn user(args: UserArgs) -> Result<(), BoxError> {
             store.delete_user(&name)?;
             let _ = std::fs::remove_dir_all(args.data.join("files").join(&name));
             println!("deleted `{name}`");
+        }
+        UserAction::Passwd { name, password } => {
+            store.set_password(&name, &password)?;
+            println!("changed the password of `{name}`");
         }
         UserAction::List => {
             for name in store.users()? {

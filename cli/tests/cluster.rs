@@ -759,3 +759,81 @@ fn a_nats_password_in_the_url_is_used_and_never_shown() {
     );
     assert!(!stderr.contains("not-the-password"), "{stderr}");
 }
+
+/// The next event of `client` is a kick for `why`, and its connection closes.
+async fn kicked(client: &LoginClient, why: &str) {
+    match next_event(client).await {
+        Event::Kicked(reason) => assert_eq!(reason, why),
+        other => panic!("kicked ({why}) expected, got {other:?}"),
+    }
+    client.client().connection().closed().await;
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and NATS: bash .ci/test starts them"]
+fn a_deleted_user_and_a_changed_password_end_sessions_on_every_node() {
+    let db = Database::new("accounts");
+    let cluster = Cluster::new("accounts", &db, &[]);
+    let n1 = cluster.start(1, "tokio");
+    let n2 = cluster.start(2, "smol");
+    let (a1, a2) = (at(&n1), at(&n2));
+    let store = db.url.clone();
+    run(async move {
+        register(&a1, &["ann", "gina", "hal"]).await?;
+        let ann = user(a1.clone(), "ann").await?;
+        let (phone, laptop) = (
+            user(a1.clone(), "gina").await?,
+            user(a2.clone(), "gina").await?,
+        );
+        until_who(&ann, &["ann", "gina"]).await;
+
+        // `zserver user del` against the shared store: gina's sessions on both nodes end.
+        let started = Instant::now();
+        let (done, out) = async_channel::bounded(1);
+        std::thread::spawn(move || {
+            let out = Command::new(BIN)
+                .args(["user", "--store", &store, "del", "gina"])
+                .output();
+            let _ = done.send_blocking(out.unwrap());
+        });
+        let out = out.recv().await.unwrap();
+        assert!(out.status.success(), "{out:?}");
+        kicked(&phone, "account deleted").await;
+        kicked(&laptop, "account deleted").await;
+        eprintln!(
+            "both sessions ended {:?} after `user del`",
+            started.elapsed()
+        );
+        until_who(&ann, &["ann"]).await;
+        let push = ann.push(&["gina"], "there?").await.unwrap_err();
+        assert!(push.to_string().contains("no user `gina`"), "{push}");
+
+        // hal changes his password on node 1: his session on node 2 ends, this one stays.
+        let (desk, away) = (
+            user(a1.clone(), "hal").await?,
+            user(a2.clone(), "hal").await?,
+        );
+        until_who(&ann, &["ann", "hal"]).await;
+        desk.change_password("pw", "new-pw").await?;
+        kicked(&away, "password changed").await;
+        assert_eq!(
+            desk.who().await?,
+            ["ann", "hal"],
+            "the session that changed it stays"
+        );
+
+        // hal deletes his account through node 2's `delete`: his session on node 1 ends.
+        let again = LoginClient::connect(transport(), a2.0, Some(&a2.1)).await?;
+        again.login("hal", "new-pw").await?;
+        let started = Instant::now();
+        again.delete_account("new-pw").await?;
+        kicked(&desk, "account deleted").await;
+        eprintln!(
+            "node 1's session ended {:?} after `delete` on node 2",
+            started.elapsed()
+        );
+        until_who(&ann, &["ann"]).await;
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+}

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zserver");
 
@@ -629,6 +629,93 @@ fn token_minted_on_the_command_line_logs_in() {
     let out = ok(client(&mint("bob", "2s"), "listen"));
     assert!(out.contains("kicked: token expired"), "{out}");
     assert!(start.elapsed() < std::time::Duration::from_secs(15));
+    drop(served);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `zserver user del gina` on the data directory while the server runs ends gina's live
+/// session: her listener prints why and exits, `who` no longer names her, a push to her finds
+/// no user. `zserver user passwd` ends the sessions of the user it resets the same way.
+#[test]
+fn user_del_and_passwd_end_live_sessions() {
+    let dir = std::env::temp_dir().join(format!("zserver-cli-del-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    let data_arg = data.to_str().unwrap();
+    let served = serve(&data, "tokio");
+    let (gina, hal) = (
+        client_args(&served, "gina", "gina-pw"),
+        client_args(&served, "hal", "hal-pw"),
+    );
+    ok(zserver(&[&gina[..], &["register"]].concat()));
+    ok(zserver(&[&hal[..], &["register"]].concat()));
+    // A listener as `user`, once `who` names them.
+    let listen = |who: &[&str], user: &str| {
+        let mut child = Command::new(BIN)
+            .args([who, &["listen"]].concat())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let start = std::time::Instant::now();
+        while !ok(zserver(&[&hal[..], &["who"]].concat()))
+            .lines()
+            .any(|u| u == user)
+        {
+            assert!(start.elapsed().as_secs() < 10, "the listener logged in");
+        }
+        (child, lines)
+    };
+    // The listener's first line, and that it exits by itself soon after.
+    let ended = |(mut child, mut lines): (Child, std::io::Lines<BufReader<ChildStdout>>)| {
+        let start = std::time::Instant::now();
+        let first = lines.next().unwrap().unwrap();
+        assert!(start.elapsed().as_secs() < 10, "kicked within 10 s");
+        for _ in 0..100 {
+            if child.try_wait().unwrap().is_some() {
+                return first;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("the kicked listener did not exit ({first})");
+    };
+
+    let listener = listen(&gina, "gina");
+    let started = std::time::Instant::now();
+    assert_eq!(
+        ok(zserver(&["user", "del", "gina", "--data", data_arg])),
+        "deleted `gina`\n"
+    );
+    assert_eq!(ended(listener), "kicked: account deleted");
+    eprintln!(
+        "gina's session ended {:?} after `user del`",
+        started.elapsed()
+    );
+    assert_eq!(ok(zserver(&[&hal[..], &["who"]].concat())), "hal\n");
+    fails(
+        zserver(&[&hal[..], &["push", "gina", "still there?"]].concat()),
+        "no user `gina`",
+    );
+
+    // A password reset from the command line ends hal's session too; the new one works.
+    let listener = listen(&hal, "hal");
+    ok(zserver(&[
+        "user",
+        "passwd",
+        "hal",
+        "--password",
+        "reset",
+        "--data",
+        data_arg,
+    ]));
+    assert_eq!(ended(listener), "kicked: password changed");
+    fails(
+        zserver(&[&hal[..], &["who"]].concat()),
+        "wrong user name or password",
+    );
+    let hal = client_args(&served, "hal", "reset");
+    assert_eq!(ok(zserver(&[&hal[..], &["who"]].concat())), "hal\n");
     drop(served);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -28,8 +28,9 @@ pub enum LoginError {
         /// How long to wait before retrying (whole seconds, at least 1).
         retry_after: Duration,
     },
-    /// Too many failed logins from this address or for this account within the window
-    /// (attempts in progress count too); nothing was checked.
+    /// Too many failed logins within the window for this account from this address, from
+    /// this address over all accounts, or for this account from all addresses (attempts in
+    /// progress count too); nothing was checked.
     #[error("too many failed logins; try again in {} s", .retry_after.as_secs())]
     Limited {
         /// How long until the window has room again (at most).

@@ -29,6 +29,8 @@ pub(super) struct Subscriptions {
     pub(super) stored: async_nats::Subscriber,
     /// Failed logins on every node.
     pub(super) failed: async_nats::Subscriber,
+    /// Account changes made on every node.
+    pub(super) accounts: async_nats::Subscriber,
 }
 
 /// The task that owns this node's presence and its view of the others.
@@ -50,6 +52,7 @@ enum Input {
     DeliverAsked(async_nats::Message),
     Stored(async_nats::Message),
     Failed(async_nats::Message),
+    Accounts,
     Snapshot(NodeId, Snapshot),
     Tick,
     Ended,
@@ -73,6 +76,7 @@ impl Actor {
                 m = subscriptions.deliver_asks.next() => m.map_or(Input::Ended, Input::DeliverAsked),
                 m = subscriptions.stored.next() => m.map_or(Input::Ended, Input::Stored),
                 m = subscriptions.failed.next() => m.map_or(Input::Ended, Input::Failed),
+                m = subscriptions.accounts.next() => m.map_or(Input::Ended, |_| Input::Accounts),
                 s = snap_rx.recv() => match s {
                     Ok((node, snap)) => Input::Snapshot(node, snap),
                     Err(_) => Input::Ended,
@@ -156,6 +160,12 @@ impl Actor {
                 }
                 Input::Failed(message) => {
                     self.count_failure(&message.payload);
+                    Vec::new()
+                }
+                Input::Accounts => {
+                    if let Some(sessions) = self.sessions.upgrade() {
+                        sessions.accounts_changed();
+                    }
                     Vec::new()
                 }
                 Input::Snapshot(node, snapshot) => {

@@ -99,6 +99,7 @@ impl Cluster {
                     deliver_asks: nats.subscribe(subjects.deliver(me)).await?,
                     stored: nats.subscribe(subjects.stored()).await?,
                     failed: nats.subscribe(subjects.failed()).await?,
+                    accounts: nats.subscribe(subjects.accounts()).await?,
                 };
                 nats.flush().await?;
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(subscriptions)
@@ -227,6 +228,13 @@ impl Cluster {
             keys,
         };
         self.publish_soon(self.subjects.failed(), encode(&notice), "a failed login");
+    }
+
+    /// Tells every node (this one too) that an account was deleted or a password changed
+    /// here, so that each looks in the store at once (best effort: each also polls it).
+    pub(crate) fn accounts_changed(&self) {
+        let subject = self.subjects.accounts();
+        self.publish_soon(subject, bytes::Bytes::new(), "an account change");
     }
 
     /// Publishes `payload` on `subject` from the cluster's runtime, without waiting for it

@@ -55,7 +55,8 @@ pub struct Outcome {
 pub struct FailedLogin {
     /// The node it failed on (which counted it already).
     pub node: NodeId,
-    /// The limiter's keys it counts against (the address's and the account's).
+    /// The limiter's keys it counts against: `pair:ADDR/USER`, `addr:ADDR` and `user:USER`
+    /// (a node counts only the kinds it knows).
     pub keys: Vec<String>,
 }
 
@@ -100,6 +101,9 @@ impl Subjects {
     }
     pub(super) fn failed(&self) -> String {
         format!("{}.failed", self.prefix)
+    }
+    pub(super) fn accounts(&self) -> String {
+        format!("{}.accounts", self.prefix)
     }
 }
 

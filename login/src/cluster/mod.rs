@@ -10,6 +10,7 @@
 //! | `NAME.node.ID.deliver` | request [`Handover`] → [`Handled`]: the outcome of each push, or nothing done |
 //! | `NAME.stored` | users messages were just stored for (postcard `Vec<String>`) |
 //! | `NAME.failed` | a failed login's rate-limit keys ([`FailedLogin`]), counted by every node |
+//! | `NAME.accounts` | empty: an account was deleted or its password changed on that node; every node looks in the store now |
 //! | `NAME.channels` | every node's channel publications, applied by the others (see `channels.rs`) |
 //!
 //! The NATS client runs on a small tokio runtime of its own, so a node on any of zserver's
@@ -53,4 +54,7 @@ pub(crate) trait LocalSessions: Send + Sync + 'static {
     /// A subscriber on another node joined or left a channel: this node's subscribers of
     /// it get the event.
     fn channel_presence(&self, change: &zserver::channels::PresenceChange);
+    /// A node deleted an account or changed a password: look for account changes in the
+    /// store now, rather than at the next poll.
+    fn accounts_changed(&self);
 }

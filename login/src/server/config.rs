@@ -35,15 +35,30 @@ pub struct LoginConfig {
     pub max_sessions: usize,
     /// A login past [`Self::max_sessions`].
     pub when_full: WhenFull,
-    /// Failed logins allowed per address and per account within [`Self::attempt_window`].
-    /// Attempts in progress count as failures until they end, so a burst cannot get more
-    /// guesses hashed than this.
+    /// Failed password checks allowed per (address, account) within
+    /// [`Self::attempt_window`]: the tight bound, so that one user's typos lock out that
+    /// user from that address and no one else behind it. Only a wrong password counts (not
+    /// a refusal as busy, nor a failed store); attempts in progress count as failures until
+    /// they end, so a burst cannot get more guesses hashed than this.
     pub max_failed_logins: usize,
-    /// Registrations allowed per address within [`Self::attempt_window`] (each one counts,
-    /// whatever its outcome).
+    /// Failed password checks allowed per address, over all accounts, within
+    /// [`Self::attempt_window`]: the loose bound that stops credential stuffing from one
+    /// address.
+    pub max_failed_per_address: usize,
+    /// Failed password checks allowed per account, from all addresses, within
+    /// [`Self::attempt_window`]: bounds a guesser spread over many addresses. Above
+    /// [`Self::max_failed_logins`], so that one address alone cannot lock an account out for
+    /// its owner elsewhere.
+    pub max_failed_per_account: usize,
+    /// Registrations allowed per address within [`Self::attempt_window`]: each one that
+    /// reached the password hash counts, whatever its outcome; one refused before (a bad or
+    /// taken name, a bad password) does not.
     pub max_registrations: usize,
     /// The window failed logins and registrations are counted over.
     pub attempt_window: Duration,
+    /// How often the server looks in the store for accounts deleted, or passwords changed,
+    /// by someone else (`zserver user del`, another node): their sessions here then end.
+    pub account_watch: Duration,
     /// Most password hashes computed at once (for `register`, `login`, `passwd`, `delete`).
     /// Each holds [`PasswordParams::memory_kib`] of memory while it runs, so this bounds
     /// hashing's memory: 2 × 19 MiB with the defaults on 2 cores.
@@ -157,8 +172,9 @@ impl ChannelNamespace {
 
 impl LoginConfig {
     /// Defaults with data under `data_dir`: 1 GiB per user, partial uploads kept a day, 8
-    /// sessions per user (a ninth login kicks the oldest), 5 failed logins per minute per address and per account,
-    /// 10 registrations per minute per address, as many hashes at once as there are cores
+    /// sessions per user (a ninth login kicks the oldest), failed logins per minute: 5 per
+    /// (address, account), 50 per address, 20 per account; 10 registrations per minute per
+    /// address, the store watched for account changes every second, as many hashes at once as there are cores
     /// with 64 more waiting and 4 in progress per address, Argon2id at 19 MiB and 2 passes,
     /// the embedded store, no cluster, no token logins.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -169,8 +185,11 @@ impl LoginConfig {
             max_sessions: 8,
             when_full: WhenFull::KickOldest,
             max_failed_logins: 5,
+            max_failed_per_address: 50,
+            max_failed_per_account: 20,
             max_registrations: 10,
             attempt_window: Duration::from_secs(60),
+            account_watch: Duration::from_secs(1),
             hash_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             hash_queue: 64,
             hash_per_address: 4,

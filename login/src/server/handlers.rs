@@ -175,15 +175,19 @@ async fn login(
     c: Credentials,
 ) -> Result<(String, Welcome), LoginError> {
     let (user, password) = (c.user.clone(), c.password);
-    let check = move |s: &crate::store::Store| s.verify(&user, &password);
-    if let Err(e) = state.hashed(ctx, Limit::Failures, &c.user, check).await {
+    let check = move |s: &crate::store::Store| s.check_login(&user, &password);
+    let refused = |e: LoginError| {
         if let Some(outcome) = LoginOutcome::of(&e) {
             state.metrics.login(outcome);
         }
-        return Err(e);
-    }
+        Err(e)
+    };
+    let generation = match state.hashed(ctx, Limit::Failures, &c.user, check).await {
+        Ok(generation) => generation,
+        Err(e) => return refused(e),
+    };
     state.revoke(ctx.connection());
-    let welcome = bind_session(state, ctx, &c.user, Vec::new()).await?;
+    let welcome = bind_session(state, ctx, &c.user, Vec::new(), generation).await?;
     Ok((c.user, welcome))
 }
 
@@ -198,11 +202,11 @@ async fn login_token(
     let claims = state.check_token(ctx, token)?;
     state.revoke(ctx.connection());
     let user = claims.sub.clone();
-    db(state, move |s| s.ensure_account(&user))
+    let generation = db(state, move |s| s.ensure_account(&user))
         .await
         .map_err(LoginError::Other)?;
     state.grant(ctx.connection(), &claims);
-    let welcome = bind_session(state, ctx, &claims.sub, claims.info_bytes()).await;
+    let welcome = bind_session(state, ctx, &claims.sub, claims.info_bytes(), generation).await;
     if welcome.is_err() {
         state.revoke(ctx.connection());
     }
@@ -211,12 +215,14 @@ async fn login_token(
 
 /// Binds the session of `user` to this connection (kicking their oldest past the most
 /// sessions, or refusing), tells the cluster and the channels (presence shows `info`), and
-/// takes the stored messages.
+/// takes the stored messages. `generation` is the account's, as the login checked it: a
+/// change to the account since then (seen here meanwhile) refuses the login.
 async fn bind_session(
     state: &Arc<State>,
     ctx: &Context,
     user: &str,
     info: Vec<u8>,
+    generation: u64,
 ) -> Result<Welcome, LoginError> {
     let config = &state.config;
     let elsewhere = state
@@ -227,6 +233,12 @@ async fn bind_session(
     let (kicked, previous) = {
         let mut sessions = lock(&state.sessions);
         sessions.prune();
+        // The password checked was changed, or the account deleted, while it was checked.
+        if sessions.stale(user, generation) {
+            drop(sessions);
+            state.metrics.login(LoginOutcome::WrongPassword);
+            return Err(LoginError::WrongPassword);
+        }
         let here = sessions
             .of(user)
             .iter()
@@ -235,7 +247,7 @@ async fn bind_session(
         if config.when_full == WhenFull::Refuse && here + elsewhere >= max {
             return Err(LoginError::Other(Error::msg(already_in(user, max))));
         }
-        let previous = sessions.bind(user, ctx.connection());
+        let previous = sessions.bind(user, ctx.connection(), generation);
         // Past the most sessions here alone, the oldest here go; with sessions elsewhere
         // too, the cluster sees to it (each node kicks its own that are oldest).
         let all = sessions.of(user).to_vec();

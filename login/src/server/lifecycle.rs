@@ -1,10 +1,12 @@
 //! [`LoginServer`]: starting, inspecting and stopping a login server.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use zserver::{Error, Server, ServerBuilder, Transport};
 
+use super::accounts;
 use super::handlers::router;
 use super::hashing::{HashPool, HashingStats, PoolLimits};
 use super::limiter::Limiter;
@@ -92,22 +94,31 @@ impl LoginServer {
             .as_ref()
             .map(crate::tokens::Verifier::new)
             .transpose()?;
+        let instance = match &cluster {
+            Some(cluster) => cluster.node(),
+            None => {
+                use argon2::password_hash::rand_core::{OsRng, RngCore};
+                OsRng.next_u64()
+            }
+        };
+        // Changes made before the start end no session of this server (it has none).
+        let watched = store.clone();
+        let after = blocking::unblock(move || watched.last_account_change())
+            .await
+            .map_err(store_err)?;
         let state = Arc::new(State {
             tokens,
             runtime: transport.runtime(),
+            instance,
+            closing: AtomicBool::new(false),
+            look: async_channel::bounded(1),
             cluster,
             channels: channels.clone(),
             store,
             files,
             sessions: Mutex::new(Sessions::default()),
-            limiter: Mutex::new(Limiter::new(
-                config.attempt_window,
-                config.max_failed_logins,
-            )),
-            registrations: Mutex::new(Limiter::new(
-                config.attempt_window,
-                config.max_registrations,
-            )),
+            limiter: Mutex::new(Limiter::failed_logins(&config)),
+            registrations: Mutex::new(Limiter::registrations(&config)),
             hashing: HashPool::new(PoolLimits {
                 concurrency: config.hash_concurrency,
                 queue: config.hash_queue,
@@ -140,6 +151,7 @@ impl LoginServer {
         if let Some(bridge) = bridge {
             bridge.start(state.channels.clone()).await?;
         }
+        accounts::watch(&state, after);
         Ok(Self {
             server,
             state,
@@ -203,6 +215,7 @@ impl LoginServer {
 
     /// Stops gracefully (and tells the cluster this node leaves).
     pub async fn shutdown(&self) {
+        self.state.closing.store(true, Ordering::SeqCst);
         self.server.shutdown().await;
         if let Some(cluster) = &self.state.cluster {
             cluster.leave().await;

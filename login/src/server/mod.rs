@@ -1,10 +1,11 @@
 //! The login server: accounts in the embedded [`Store`], sessions bound to connections,
 //! per-user files under the data directory, push and offline messages, rate-limited logins.
 //!
-//! One module per concern: [`LoginConfig`] (config), sessions, the failed-login limiter,
-//! push, the users' files, the command handlers, and the server's lifecycle
-//! ([`LoginServer`]).
+//! One module per concern: [`LoginConfig`] (config), sessions, account changes made
+//! elsewhere, the failed-login limiter, push, the users' files, the command handlers, and the
+//! server's lifecycle ([`LoginServer`]).
 
+mod accounts;
 mod config;
 mod files;
 mod handlers;
@@ -18,6 +19,7 @@ mod sessions;
 mod tokens;
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use zserver::{Error, Runtime};
@@ -36,6 +38,13 @@ use sessions::Sessions;
 
 struct State {
     runtime: Arc<dyn Runtime>,
+    /// This server's id in the session tags of account changes: its cluster node id, or a
+    /// random one alone.
+    instance: u64,
+    /// Set when the server shuts down: the store is no longer watched.
+    closing: AtomicBool,
+    /// Asks the store's watcher to look now (an account changed: here, or on another node).
+    look: (async_channel::Sender<()>, async_channel::Receiver<()>),
     store: Arc<Store>,
     files: PathBuf,
     config: LoginConfig,

@@ -2,35 +2,28 @@
 //! each is counted against its limits before it is hashed, then hashed in the bounded pool,
 //! and refused at once when a limit or the pool says no.
 
-use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use zserver::{Context, Error};
 
-use super::limiter::Attempt;
-use super::{store_err, State};
+use super::limiter::{failure_keys, registration_key, Attempt};
+use super::sessions::{ACCOUNT_DELETED, PASSWORD_CHANGED};
+use super::{db, store_err, State};
 use crate::error::LoginError;
-use crate::store::{check_name, Store, StoreError};
+use crate::lock;
+use crate::store::{Store, StoreError};
 
 /// Which limit an attempt counts against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Limit {
-    /// Failed password checks, per address and per account (login, passwd, delete); a
-    /// failure is told to the cluster's other nodes.
+    /// Failed password checks, per (address, account), per address and per account (login,
+    /// passwd, delete): only a wrong password counts; a failure is told to the cluster's
+    /// other nodes.
     Failures,
-    /// Registrations per address: every one counts, whatever its outcome.
+    /// Registrations per address: every one that reached the hash counts, whatever its
+    /// outcome (a name refused before, as bad or taken, does not).
     Registrations,
-}
-
-/// The limiter keys of a password check by `user` from `addr`. A name that breaks the
-/// naming rule counts against the address only (and one shared key), so a huge name is not
-/// kept as a key.
-fn failure_keys(addr: IpAddr, user: &str) -> Vec<String> {
-    let user_key = match check_name(user) {
-        Ok(()) => format!("user:{user}"),
-        Err(_) => "user:(bad name)".to_owned(),
-    };
-    vec![format!("addr:{addr}"), user_key]
 }
 
 impl State {
@@ -54,7 +47,7 @@ impl State {
             ),
             Limit::Registrations => (
                 &self.registrations,
-                vec![format!("addr:{addr}")],
+                vec![registration_key(addr)],
                 LoginError::RegistrationsLimited { retry_after },
             ),
         };
@@ -70,9 +63,13 @@ impl State {
                 });
             }
         };
-        let failed = limit == Limit::Registrations || result.is_err();
+        // Only a wrong password is a failed check (a store that failed checked nothing).
+        let failed = match limit {
+            Limit::Registrations => true,
+            Limit::Failures => matches!(result, Err(StoreError::WrongPassword)),
+        };
         let keys = attempt.end(failed);
-        if let (Err(_), Limit::Failures, Some(cluster)) = (&result, limit, &self.cluster) {
+        if let (true, Limit::Failures, Some(cluster)) = (failed, limit, &self.cluster) {
             cluster.failed(keys);
         }
         result.map_err(|e| match e {
@@ -89,12 +86,22 @@ pub(super) async fn register(
     user: String,
     password: String,
 ) -> Result<(), Error> {
+    let addr = ctx.peer_addr().ip();
+    if lock(&state.registrations).blocked(&registration_key(addr), Instant::now()) {
+        let retry_after = state.config.attempt_window;
+        return Err(LoginError::RegistrationsLimited { retry_after }.into());
+    }
+    // A bad, or taken, name (or a bad password) is refused before anything is hashed, and
+    // counts against no limit.
+    let (name, pw) = (user.clone(), password.clone());
+    db(state, move |s| s.check_new_user(&name, &pw)).await?;
     let name = user.clone();
     let work = move |s: &Store| s.add_user(&name, &password);
     Ok(state.hashed(ctx, Limit::Registrations, &user, work).await?)
 }
 
-/// `passwd`: the logged-in user's new password, once the old one checks out.
+/// `passwd`: the logged-in user's new password, once the old one checks out. The user's
+/// other sessions end: here at once, on other nodes when they see the change in the store.
 pub(super) async fn change_password(
     state: &Arc<State>,
     ctx: &Context,
@@ -102,9 +109,13 @@ pub(super) async fn change_password(
     new: String,
 ) -> Result<(), Error> {
     let user = state.user(ctx)?;
-    let name = user.clone();
-    let work = move |s: &Store| s.change_password(&name, &old, &new);
-    Ok(state.hashed(ctx, Limit::Failures, &user, work).await?)
+    let (name, tag) = (user.clone(), state.session_tag(ctx.connection_id()));
+    let work = move |s: &Store| s.change_password_keeping(&name, &old, &new, Some(&tag));
+    let generation = state.hashed(ctx, Limit::Failures, &user, work).await?;
+    state.changed_account();
+    let stale = lock(&state.sessions).take_stale(&user, generation, Some(ctx.connection_id()));
+    state.kick_all(&user, stale, PASSWORD_CHANGED).await;
+    Ok(())
 }
 
 /// `delete`: the logged-in user's account, messages and files, once the password checks
@@ -115,17 +126,24 @@ pub(super) async fn delete_account(
     password: String,
 ) -> Result<(), Error> {
     let user = state.user(ctx)?;
-    let name = user.clone();
+    // The store names this session as the one its server ends itself, so that no watcher
+    // kicks it before it has its answer.
+    let (name, tag) = (user.clone(), state.session_tag(ctx.connection_id()));
     let work = move |s: &Store| {
         s.verify(&name, &password)?;
-        s.delete_user(&name)
+        s.delete_user_keeping(&name, Some(&tag))
     };
     state.hashed(ctx, Limit::Failures, &user, work).await?;
+    state.changed_account();
     let dir = state.files.join(&user);
     blocking::unblock(move || {
         let _ = std::fs::remove_dir_all(dir);
     })
     .await;
+    // This session ends; the user's others here are kicked at once, those on other nodes
+    // when they see the deletion in the store.
     state.end_session(&user, ctx.connection_id());
+    let others = lock(&state.sessions).take_all(&user, ctx.connection_id());
+    state.kick_all(&user, others, ACCOUNT_DELETED).await;
     Ok(())
 }

@@ -82,6 +82,23 @@ pub(super) async fn kick_connection(runtime: &dyn Runtime, conn: &Connection, wh
 }
 
 impl State {
+    /// Ends `user`'s sessions on `conns` (already taken out of the sessions): the cluster
+    /// hears of it now, and the future tells each why, then closes it (all at once).
+    pub(super) fn kick_all(&self, user: &str, conns: Vec<Connection>, why: &str) -> BoxFuture<()> {
+        if let Some(cluster) = &self.cluster {
+            for conn in &conns {
+                cluster.offline(user, conn.id());
+            }
+        }
+        let (runtime, why) = (self.runtime.clone(), why.to_owned());
+        Box::pin(async move {
+            let kicks = conns
+                .iter()
+                .map(|conn| kick_connection(&*runtime, conn, &why));
+            futures_util::future::join_all(kicks).await;
+        })
+    }
+
     /// Delivers `text` from `from` to each of `users`: here, through the node they are logged
     /// in on, or (offline, or unreachable) stored for their next login.
     pub(super) async fn push_to(
@@ -381,19 +398,17 @@ impl LocalSessions for State {
         self.channels.apply_remote_presence(change);
     }
 
+    fn accounts_changed(&self) {
+        self.look_at_accounts();
+    }
+
     fn kick(&self, user: String, connection: u64) -> BoxFuture<()> {
         let conn = lock(&self.sessions).take(&user, connection);
-        if conn.is_some() {
-            if let Some(cluster) = &self.cluster {
-                cluster.offline(&user, connection);
-            }
-        }
-        let (runtime, why) = (self.runtime.clone(), replaced(self.config.max_sessions));
-        Box::pin(async move {
-            if let Some(conn) = conn {
-                kick_connection(&*runtime, &conn, &why).await;
-            }
-        })
+        self.kick_all(
+            &user,
+            conn.into_iter().collect(),
+            &replaced(self.config.max_sessions),
+        )
     }
 }
 

@@ -76,7 +76,7 @@ impl State {
                 "this server takes no login tokens",
             )));
         };
-        let keys = vec![format!("addr:{}", ctx.peer_addr().ip())];
+        let keys = vec![super::limiter::address_key(ctx.peer_addr().ip())];
         let retry_after = self.config.attempt_window;
         let result = match Attempt::begin(&self.limiter, keys) {
             None => Err(LoginError::Limited { retry_after }),

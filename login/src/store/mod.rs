@@ -62,6 +62,39 @@ pub struct Message {
     pub at_unix_ms: i64,
 }
 
+/// An account deleted, or its password changed, as the store records it for the servers
+/// using it ([`Store::account_changes`]): each ends the sessions it makes stale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountChange {
+    /// Its place in the store's order of changes (increasing, never reused).
+    pub seq: u64,
+    /// The account.
+    pub user: String,
+    /// What changed.
+    pub kind: ChangeKind,
+}
+
+/// What an [`AccountChange`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// The account was deleted: every session of it ends, but the one tagged `kept`, if any
+    /// (the session that deleted it, which its server ends itself after its answer).
+    Deleted {
+        /// The session its server ends itself, as its server tagged it.
+        kept: Option<String>,
+    },
+    /// The password was changed: the sessions logged in before end, but the one tagged
+    /// `kept`, if any (the session that changed it, named by its server).
+    PasswordChanged {
+        /// The session that stays, as its server tagged it.
+        kept: Option<String>,
+    },
+}
+
+/// How long account changes are kept for the servers watching them (the newest is always
+/// kept: it numbers the next).
+pub const ACCOUNT_CHANGE_MEMORY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Why a [`Store`] operation failed.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -108,8 +141,51 @@ pub trait Storage: Send + Sync {
     fn replace_hash(&self, name: &str, old_hash: &str, new_hash: &str) -> Result<bool, StoreError>;
 
     /// Removes the user and every message queued for them, in one transaction; `false` if
-    /// there was no such user.
+    /// there was no such user. The built-in back ends record the deletion as an
+    /// [`AccountChange`] in the same transaction.
     fn delete_user(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Like [`Self::delete_user`], naming in the [`AccountChange`] the session `kept` (if
+    /// any) that its server ends itself. This default records nothing more than
+    /// [`Self::delete_user`] does.
+    fn remove_user(&self, name: &str, kept: Option<&str>) -> Result<bool, StoreError> {
+        let _ = kept;
+        self.delete_user(name)
+    }
+
+    /// The stored hash of `name` and its generation (see [`Store::check_login`]), read
+    /// together; `None` if there is no such user. This default gives generation 0.
+    fn user_record(&self, name: &str) -> Result<Option<(String, u64)>, StoreError> {
+        Ok(self.user_hash(name)?.map(|hash| (hash, 0)))
+    }
+
+    /// Like [`Self::replace_hash`], and records the change as an [`AccountChange`] in the
+    /// same transaction, naming the session `kept` (if any) that stays; the user's new
+    /// generation (the change's number), or `None` (and no change) if the user is gone or the
+    /// hash was changed meanwhile. This default records nothing (generation 0): the servers
+    /// then end no sessions.
+    fn change_hash(
+        &self,
+        name: &str,
+        old_hash: &str,
+        new_hash: &str,
+        kept: Option<&str>,
+    ) -> Result<Option<u64>, StoreError> {
+        let _ = kept;
+        Ok(self.replace_hash(name, old_hash, new_hash)?.then_some(0))
+    }
+
+    /// The account changes numbered above `after`, oldest first, at most `limit` of them.
+    /// This default has none.
+    fn account_changes(&self, after: u64, limit: usize) -> Result<Vec<AccountChange>, StoreError> {
+        let _ = (after, limit);
+        Ok(Vec::new())
+    }
+
+    /// The number of the newest account change (0 if none): where a server starts watching.
+    fn last_account_change(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
 
     /// All user names, sorted by their bytes (so `Zed` comes before `alpha`).
     fn users(&self) -> Result<Vec<String>, StoreError>;
@@ -270,6 +346,14 @@ fn describe_spec(spec: &str) -> String {
     }
 }
 
+/// An account change's kind, from its stored columns.
+fn change_kind(deleted: bool, kept: Option<String>) -> ChangeKind {
+    match deleted {
+        true => ChangeKind::Deleted { kept },
+        false => ChangeKind::PasswordChanged { kept },
+    }
+}
+
 /// The password the dummy hash is made of.
 const DUMMY_PASSWORD: &str = "zserver-login: no such user";
 
@@ -349,13 +433,20 @@ impl Store {
         self.storage.backend_name()
     }
 
-    /// Registers a new user (BadName, BadPassword, or Duplicate if the name is taken).
-    pub fn add_user(&self, name: &str, password: &str) -> Result<(), StoreError> {
+    /// What [`Self::add_user`] checks before it hashes: the name (BadName), the password
+    /// (BadPassword), and that the name is free (Duplicate). Cheap: no hash.
+    pub fn check_new_user(&self, name: &str, password: &str) -> Result<(), StoreError> {
         check_name(name)?;
         check_password(password)?;
         if self.storage.exists(name)? {
             return Err(StoreError::Duplicate(name.to_owned()));
         }
+        Ok(())
+    }
+
+    /// Registers a new user (BadName, BadPassword, or Duplicate if the name is taken).
+    pub fn add_user(&self, name: &str, password: &str) -> Result<(), StoreError> {
+        self.check_new_user(name, password)?;
         let hash = hash_password(&self.hasher, password)?;
         // The name may have been taken while hashing: the insert happens only if it is free.
         if self.storage.insert_user(name, &hash, now_unix_ms())? {
@@ -368,19 +459,32 @@ impl Store {
     /// Makes sure `name` has an account, for a user who logs in with tokens only: one
     /// without a password (no password login matches it) if there is none, so that
     /// messages sent while they are offline are stored. BadName for a name breaking the rule.
-    pub fn ensure_account(&self, name: &str) -> Result<(), StoreError> {
+    /// Returns the account's generation (see [`Self::check_login`]), which the session
+    /// remembers: a deletion or password change after it ends the session.
+    pub fn ensure_account(&self, name: &str) -> Result<u64, StoreError> {
         check_name(name)?;
         if !self.storage.exists(name)? {
             // Taken meanwhile (a registration, another node): the account is there anyway.
             self.storage.insert_user(name, NO_PASSWORD, now_unix_ms())?;
         }
-        Ok(())
+        Ok(self
+            .record_if_valid(name)?
+            .map_or(0, |(_, generation)| generation))
     }
 
     /// Ok if the password matches; WrongPassword for a wrong password or an unknown user.
     pub fn verify(&self, name: &str, password: &str) -> Result<(), StoreError> {
-        let stored = self.hash_if_valid(name)?;
-        self.verify_against(stored.as_deref(), password)
+        self.check_login(name, password).map(drop)
+    }
+
+    /// Like [`Self::verify`], for a login: the account's generation, read with the hash
+    /// checked. A session remembers it; an [`AccountChange`] numbered above it (the password
+    /// changed since, or the account deleted) ends the session. A new account's generation
+    /// is the newest change's number when it was made, a changed password's the change's.
+    pub fn check_login(&self, name: &str, password: &str) -> Result<u64, StoreError> {
+        let stored = self.record_if_valid(name)?;
+        self.verify_against(stored.as_ref().map(|(hash, _)| hash.as_str()), password)?;
+        Ok(stored.map_or(0, |(_, generation)| generation))
     }
 
     /// Checks `password` against `stored` (the dummy hash if `None`, or for an account
@@ -390,35 +494,72 @@ impl Store {
         verify_hash(&self.hasher, stored, self.dummy.as_deref(), password)
     }
 
-    /// The stored hash of `name`; `None` for an unknown user or a malformed name.
-    fn hash_if_valid(&self, name: &str) -> Result<Option<String>, StoreError> {
+    /// The stored hash and generation of `name`; `None` for an unknown user or a malformed
+    /// name.
+    fn record_if_valid(&self, name: &str) -> Result<Option<(String, u64)>, StoreError> {
         match check_name(name) {
-            Ok(()) => self.storage.user_hash(name),
+            Ok(()) => self.storage.user_record(name),
             Err(_) => Ok(None),
         }
     }
 
     /// Checks `old` first (WrongPassword), then stores the hash of `new` (BadPassword if `new`
-    /// breaks the length rule).
+    /// breaks the length rule). Every session of the user then ends (see
+    /// [`Self::change_password_keeping`]).
     pub fn change_password(&self, name: &str, old: &str, new: &str) -> Result<(), StoreError> {
-        let stored = self.hash_if_valid(name)?;
-        self.verify_against(stored.as_deref(), old)?;
-        let Some(old_hash) = stored else {
+        self.change_password_keeping(name, old, new, None).map(drop)
+    }
+
+    /// Like [`Self::change_password`], with the session tagged `kept` (its server's tag for
+    /// the session that asked) left alone when the servers end the user's sessions logged in
+    /// before; the user's new generation.
+    pub fn change_password_keeping(
+        &self,
+        name: &str,
+        old: &str,
+        new: &str,
+        kept: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let stored = self.record_if_valid(name)?;
+        self.verify_against(stored.as_ref().map(|(hash, _)| hash.as_str()), old)?;
+        let Some((old_hash, _)) = stored else {
             return Err(StoreError::WrongPassword);
         };
         check_password(new)?;
         let new_hash = hash_password(&self.hasher, new)?;
         // Only if the hash is still the one `old` was checked against (no concurrent change).
-        if self.storage.replace_hash(name, &old_hash, &new_hash)? {
-            Ok(())
-        } else {
-            Err(StoreError::WrongPassword)
+        self.storage
+            .change_hash(name, &old_hash, &new_hash, kept)?
+            .ok_or(StoreError::WrongPassword)
+    }
+
+    /// Sets `name`'s password to `new` without the old one (an administrator's reset:
+    /// `zserver user passwd`): NoSuchUser if there is no such user, BadPassword if `new`
+    /// breaks the length rule. Every session of the user then ends.
+    pub fn set_password(&self, name: &str, new: &str) -> Result<(), StoreError> {
+        check_password(new)?;
+        let missing = || StoreError::NoSuchUser(name.to_owned());
+        let (old_hash, _) = self.record_if_valid(name)?.ok_or_else(missing)?;
+        let new_hash = hash_password(&self.hasher, new)?;
+        match self.storage.change_hash(name, &old_hash, &new_hash, None)? {
+            Some(_) => Ok(()),
+            None if self.storage.exists(name)? => Err(StoreError::Db(format!(
+                "the password of `{name}` was changed meanwhile: try again"
+            ))),
+            None => Err(missing()),
         }
     }
 
-    /// Removes the user and their queued messages (NoSuchUser if absent).
+    /// Removes the user and their queued messages (NoSuchUser if absent). Every session of
+    /// the user then ends.
     pub fn delete_user(&self, name: &str) -> Result<(), StoreError> {
-        if self.storage.delete_user(name)? {
+        self.delete_user_keeping(name, None)
+    }
+
+    /// Like [`Self::delete_user`], with the session tagged `kept` (its server's tag for the
+    /// session that asked, which that server ends itself) left alone by the servers.
+    pub fn delete_user_keeping(&self, name: &str, kept: Option<&str>) -> Result<(), StoreError> {
+        if self.storage.remove_user(name, kept)? {
             Ok(())
         } else {
             Err(StoreError::NoSuchUser(name.to_owned()))
@@ -497,6 +638,17 @@ impl Store {
     /// How many messages wait in the store, for every user.
     pub fn count_messages(&self) -> Result<u64, StoreError> {
         self.storage.count_messages()
+    }
+
+    /// The account changes (deletions, password changes) numbered above `after`, oldest
+    /// first, at most 1000: what a server watching the store acts on.
+    pub fn account_changes(&self, after: u64) -> Result<Vec<AccountChange>, StoreError> {
+        self.storage.account_changes(after, 1000)
+    }
+
+    /// The number of the newest account change (0 if none).
+    pub fn last_account_change(&self) -> Result<u64, StoreError> {
+        self.storage.last_account_change()
     }
 }
 

@@ -14,12 +14,15 @@ use argon2::password_hash::rand_core::{OsRng, RngCore};
 
 use zserver::channels::{StoredHistory, StoredPublication};
 
-use super::{newer_schema, Message, Storage, StoreError};
+use super::{
+    change_kind, newer_schema, AccountChange, Message, Storage, StoreError, ACCOUNT_CHANGE_MEMORY,
+};
 
 /// The schema version this back end writes and reads; a database with a newer one is refused.
 /// Version 2 added the messages' `msg_key`, `taken_by` and `taken_unix_ms`; version 3 the
-/// channel history tables; version 4 the push hand-over claims.
-const SCHEMA_VERSION: i64 = 4;
+/// channel history tables; version 4 the push hand-over claims; version 5 the users'
+/// `generation` and the account changes the servers watch.
+const SCHEMA_VERSION: i64 = 5;
 /// How long a login's claim on messages it took but did not get to delete holds them; after
 /// that, the next login takes them again.
 const CLAIM_EXPIRY_MS: i64 = 60_000;
@@ -32,6 +35,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// nodes connecting at once (advisory locks are per database, so other databases on the same
 /// server are not held up).
 const SCHEMA_LOCK: i64 = 0x7a73_6572_7665_7231; // "zserver1"
+/// The key of the transaction-scoped advisory lock that every transaction recording an
+/// account change (and every new account) takes first: the changes then commit in the order
+/// of their numbers, so a server that read up to one number has seen every change below it.
+const ACCOUNTS_LOCK: i64 = 0x7a73_6572_7665_7232; // "zserver2"
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
@@ -72,6 +79,15 @@ CREATE TABLE IF NOT EXISTS handovers (
     at_unix_ms BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS handovers_at ON handovers(at_unix_ms);
+-- Version 5: accounts deleted and passwords changed, for the servers to end stale sessions.
+ALTER TABLE users ADD COLUMN IF NOT EXISTS generation BIGINT NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS account_changes (
+    seq        BIGSERIAL PRIMARY KEY,
+    name       TEXT NOT NULL,
+    deleted    BOOLEAN NOT NULL,
+    kept       TEXT,
+    at_unix_ms BIGINT NOT NULL
+);
 ";
 
 /// PostgreSQL's clock in milliseconds since the Unix epoch, as SQL (one clock for every node).
@@ -233,6 +249,14 @@ impl PostgresStorage {
     }
 }
 
+impl PostgresStorage {
+    /// The one `bigint` a query without parameters yields (a negative one as 0).
+    fn number(&self, query: &str) -> Result<u64, StoreError> {
+        let n: i64 = self.with_client(|c, _| c.query_one(query, &[])?.try_get(0))?;
+        Ok(n.max(0) as u64)
+    }
+}
+
 /// Creates the tables if they are missing and records the schema version, in one transaction
 /// under an advisory lock (so nodes connecting at once do not race); refuses a newer version.
 fn migrate(client: &mut Client) -> Result<Result<(), StoreError>, ::postgres::Error> {
@@ -273,11 +297,18 @@ impl Storage for PostgresStorage {
         created_unix_ms: i64,
     ) -> Result<bool, StoreError> {
         self.with_client(|c, retry| {
-            let inserted = c.execute(
-                "INSERT INTO users (name, hash, created_unix_ms) VALUES ($1, $2, $3)
+            // Its generation: the newest change so far (read under the lock, after every
+            // change before it committed), so that no change made before it (a deletion of
+            // an account of the same name) ends its sessions.
+            let mut tx = c.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ACCOUNTS_LOCK])?;
+            let inserted = tx.execute(
+                "INSERT INTO users (name, hash, created_unix_ms, generation)
+                 VALUES ($1, $2, $3, (SELECT coalesce(max(seq), 0) FROM account_changes))
                  ON CONFLICT (name) DO NOTHING",
                 &[&name, &hash, &created_unix_ms],
             )?;
+            tx.commit()?;
             // A retry finding our hash (its salt is random) finds our own first insert.
             Ok(inserted > 0 || retry && current_hash(c, name)?.as_deref() == Some(hash))
         })
@@ -287,25 +318,101 @@ impl Storage for PostgresStorage {
         self.with_client(|c, _| current_hash(c, name))
     }
 
+    fn user_record(&self, name: &str) -> Result<Option<(String, u64)>, StoreError> {
+        self.with_client(|c, _| {
+            c.query_opt(
+                "SELECT hash, generation FROM users WHERE name = $1",
+                &[&name],
+            )?
+            .map(|row| Ok((row.try_get(0)?, row.try_get::<_, i64>(1)? as u64)))
+            .transpose()
+        })
+    }
+
     fn replace_hash(&self, name: &str, old_hash: &str, new_hash: &str) -> Result<bool, StoreError> {
+        Ok(self.change_hash(name, old_hash, new_hash, None)?.is_some())
+    }
+
+    fn change_hash(
+        &self,
+        name: &str,
+        old_hash: &str,
+        new_hash: &str,
+        kept: Option<&str>,
+    ) -> Result<Option<u64>, StoreError> {
         self.with_client(|c, retry| {
-            let updated = c.execute(
+            let mut tx = c.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ACCOUNTS_LOCK])?;
+            let updated = tx.execute(
                 "UPDATE users SET hash = $1 WHERE name = $2 AND hash = $3",
                 &[&new_hash, &name, &old_hash],
             )?;
-            Ok(updated > 0 || retry && current_hash(c, name)?.as_deref() == Some(new_hash))
+            let mut generation = None;
+            if updated > 0 {
+                let seq = note_change(&mut tx, name, false, kept)?;
+                tx.execute(
+                    "UPDATE users SET generation = $1 WHERE name = $2",
+                    &[&seq, &name],
+                )?;
+                generation = Some(seq as u64);
+            }
+            tx.commit()?;
+            if generation.is_none() && retry {
+                // A retry finding our hash (its salt is random): the first attempt changed it.
+                let ours = c.query_opt(
+                    "SELECT generation FROM users WHERE name = $1 AND hash = $2",
+                    &[&name, &new_hash],
+                )?;
+                generation = ours
+                    .map(|row| row.try_get::<_, i64>(0))
+                    .transpose()?
+                    .map(|g| g as u64);
+            }
+            Ok(generation)
         })
     }
 
     fn delete_user(&self, name: &str) -> Result<bool, StoreError> {
+        self.remove_user(name, None)
+    }
+
+    fn remove_user(&self, name: &str, kept: Option<&str>) -> Result<bool, StoreError> {
         self.with_client(|c, retry| {
             let mut tx = c.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ACCOUNTS_LOCK])?;
             tx.execute("DELETE FROM messages WHERE to_user = $1", &[&name])?;
             let deleted = tx.execute("DELETE FROM users WHERE name = $1", &[&name])?;
+            if deleted > 0 {
+                note_change(&mut tx, name, true, kept)?;
+            }
             tx.commit()?;
             // A retry finding no user: the first attempt deleted it.
             Ok(deleted > 0 || retry)
         })
+    }
+
+    fn account_changes(&self, after: u64, limit: usize) -> Result<Vec<AccountChange>, StoreError> {
+        let (after, limit) = (after as i64, i64::try_from(limit).unwrap_or(i64::MAX));
+        self.with_client(|c, _| {
+            c.query(
+                "SELECT seq, name, deleted, kept FROM account_changes
+                 WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&after, &limit],
+            )?
+            .iter()
+            .map(|row| {
+                Ok(AccountChange {
+                    seq: row.try_get::<_, i64>(0)? as u64,
+                    user: row.try_get(1)?,
+                    kind: change_kind(row.try_get(2)?, row.try_get(3)?),
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn last_account_change(&self) -> Result<u64, StoreError> {
+        self.number("SELECT coalesce(max(seq), 0) FROM account_changes")
     }
 
     fn users(&self) -> Result<Vec<String>, StoreError> {
@@ -523,11 +630,7 @@ impl Storage for PostgresStorage {
     }
 
     fn count_messages(&self) -> Result<u64, StoreError> {
-        let n: i64 = self.with_client(|c, _| {
-            c.query_one("SELECT count(*) FROM messages", &[])?
-                .try_get(0)
-        })?;
-        Ok(n.max(0) as u64)
+        self.number("SELECT count(*) FROM messages")
     }
 
     fn take_messages(&self, user: &str) -> Result<Vec<Message>, StoreError> {
@@ -567,6 +670,32 @@ impl Storage for PostgresStorage {
         }
         Ok(messages)
     }
+}
+
+/// Records an account change in `tx` (which holds [`ACCOUNTS_LOCK`]) and forgets old ones
+/// (but the newest: it numbers the next); its number.
+fn note_change(
+    tx: &mut ::postgres::Transaction<'_>,
+    name: &str,
+    deleted: bool,
+    kept: Option<&str>,
+) -> Result<i64, ::postgres::Error> {
+    let memory = ACCOUNT_CHANGE_MEMORY.as_millis() as i64;
+    tx.execute(
+        &format!(
+            "DELETE FROM account_changes WHERE at_unix_ms < {DB_NOW_MS} - $1
+             AND seq < (SELECT max(seq) FROM account_changes)"
+        ),
+        &[&memory],
+    )?;
+    tx.query_one(
+        &format!(
+            "INSERT INTO account_changes (name, deleted, kept, at_unix_ms)
+             VALUES ($1, $2, $3, {DB_NOW_MS}) RETURNING seq"
+        ),
+        &[&name, &deleted, &kept],
+    )?
+    .try_get(0)
 }
 
 /// `name`'s stored hash, `None` if there is no such user.

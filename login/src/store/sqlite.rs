@@ -9,11 +9,15 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 
 use zserver::channels::{StoredHistory, StoredPublication};
 
-use super::{newer_schema, Message, Storage, StoreError};
+use super::{
+    change_kind, newer_schema, now_unix_ms, AccountChange, Message, Storage, StoreError,
+    ACCOUNT_CHANGE_MEMORY,
+};
 
 /// The schema version this back end writes and reads; a database with a newer one is refused.
-/// Version 2 added the channel history tables; version 3 the push hand-over claims.
-const SCHEMA_VERSION: i64 = 3;
+/// Version 2 added the channel history tables; version 3 the push hand-over claims; version 4
+/// the users' `generation` and the account changes the servers watch.
+const SCHEMA_VERSION: i64 = 4;
 
 /// Queues a message (`?2` from, `?3` text, `?4` time) for user `?1`: no row if there is no
 /// such user.
@@ -29,7 +33,8 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
     name            TEXT PRIMARY KEY NOT NULL,
     hash            TEXT NOT NULL,
-    created_unix_ms INTEGER NOT NULL
+    created_unix_ms INTEGER NOT NULL,
+    generation      INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS messages (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -60,7 +65,39 @@ CREATE TABLE IF NOT EXISTS handovers (
     at_unix_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS handovers_at ON handovers(at_unix_ms);
+-- Version 4: accounts deleted and passwords changed, for the servers to end stale sessions.
+CREATE TABLE IF NOT EXISTS account_changes (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    name       TEXT NOT NULL,
+    deleted    INTEGER NOT NULL,
+    kept       TEXT,
+    at_unix_ms INTEGER NOT NULL
+);
 ";
+
+/// Records an account change (`?1` name, `?2` deleted, `?3` kept, `?4` time).
+const NOTE_CHANGE: &str =
+    "INSERT INTO account_changes (name, deleted, kept, at_unix_ms) VALUES (?1, ?2, ?3, ?4)";
+
+/// Forgets the account changes made before `?1`, but the newest (it numbers the next).
+const FORGET_CHANGES: &str = "DELETE FROM account_changes WHERE at_unix_ms < ?1
+     AND seq < (SELECT max(seq) FROM account_changes)";
+
+/// Records an account change in `tx` and forgets old ones; its number.
+fn note_change(
+    tx: &rusqlite::Transaction<'_>,
+    name: &str,
+    deleted: bool,
+    kept: Option<&str>,
+) -> rusqlite::Result<u64> {
+    let now = now_unix_ms();
+    tx.prepare_cached(NOTE_CHANGE)?
+        .execute(params![name, deleted, kept, now])?;
+    let seq = tx.last_insert_rowid();
+    let memory = ACCOUNT_CHANGE_MEMORY.as_millis() as i64;
+    tx.prepare_cached(FORGET_CHANGES)?.execute([now - memory])?;
+    Ok(seq as u64)
+}
 
 /// The embedded [`Storage`]: one SQLite database file behind one connection (thread-safe).
 /// Several processes may open the same file; SQLite serialises their writes.
@@ -149,6 +186,15 @@ fn set_up(conn: &mut Connection) -> rusqlite::Result<Result<(), StoreError>> {
     }
     // Version 0 is a new (empty) database; migrations from older versions go here.
     tx.execute_batch(SCHEMA)?;
+    // Version 4: a users table made before has no generation (every account's is 0).
+    let has_generation: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('users') WHERE name = 'generation')",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_generation {
+        tx.execute_batch("ALTER TABLE users ADD COLUMN generation INTEGER NOT NULL DEFAULT 0")?;
+    }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     }
@@ -168,8 +214,11 @@ impl Storage for SqliteStorage {
         created_unix_ms: i64,
     ) -> Result<bool, StoreError> {
         self.write(|tx| {
+            // Its generation: the newest change so far, so that no change made before it (a
+            // deletion of an account of the same name) ends its sessions.
             let inserted = tx.execute(
-                "INSERT INTO users (name, hash, created_unix_ms) VALUES (?1, ?2, ?3)
+                "INSERT INTO users (name, hash, created_unix_ms, generation)
+                 VALUES (?1, ?2, ?3, (SELECT coalesce(max(seq), 0) FROM account_changes))
                  ON CONFLICT(name) DO NOTHING",
                 params![name, hash, created_unix_ms],
             )?;
@@ -186,22 +235,94 @@ impl Storage for SqliteStorage {
             .map_err(db)
     }
 
+    fn user_record(&self, name: &str) -> Result<Option<(String, u64)>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT hash, generation FROM users WHERE name = ?1",
+                [name],
+                |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)),
+            )
+            .optional()
+            .map_err(db)
+    }
+
     fn replace_hash(&self, name: &str, old_hash: &str, new_hash: &str) -> Result<bool, StoreError> {
+        Ok(self.change_hash(name, old_hash, new_hash, None)?.is_some())
+    }
+
+    fn change_hash(
+        &self,
+        name: &str,
+        old_hash: &str,
+        new_hash: &str,
+        kept: Option<&str>,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut generation = None;
         self.write(|tx| {
             let updated = tx.execute(
                 "UPDATE users SET hash = ?1 WHERE name = ?2 AND hash = ?3",
                 params![new_hash, name, old_hash],
             )?;
-            Ok(updated > 0)
-        })
+            if updated == 0 {
+                return Ok(false);
+            }
+            let seq = note_change(tx, name, false, kept)?;
+            tx.execute(
+                "UPDATE users SET generation = ?1 WHERE name = ?2",
+                params![seq as i64, name],
+            )?;
+            generation = Some(seq);
+            Ok(true)
+        })?;
+        Ok(generation)
     }
 
     fn delete_user(&self, name: &str) -> Result<bool, StoreError> {
+        self.remove_user(name, None)
+    }
+
+    fn remove_user(&self, name: &str, kept: Option<&str>) -> Result<bool, StoreError> {
         self.write(|tx| {
             tx.execute("DELETE FROM messages WHERE to_user = ?1", [name])?;
             let deleted = tx.execute("DELETE FROM users WHERE name = ?1", [name])?;
+            if deleted > 0 {
+                note_change(tx, name, true, kept)?;
+            }
             Ok(deleted > 0)
         })
+    }
+
+    fn account_changes(&self, after: u64, limit: usize) -> Result<Vec<AccountChange>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, name, deleted, kept FROM account_changes
+                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )
+            .map_err(db)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![after as i64, limit], |row| {
+                let deleted: bool = row.get(2)?;
+                Ok(AccountChange {
+                    seq: row.get::<_, i64>(0)? as u64,
+                    user: row.get(1)?,
+                    kind: change_kind(deleted, row.get(3)?),
+                })
+            })
+            .map_err(db)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db)
+    }
+
+    fn last_account_change(&self) -> Result<u64, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT coalesce(max(seq), 0) FROM account_changes",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|seq| seq as u64)
+            .map_err(db)
     }
 
     fn users(&self) -> Result<Vec<String>, StoreError> {
@@ -504,6 +625,33 @@ mod tests {
         storage.create_channel("chat:a", 5).unwrap();
         let same = storage.load_channel("chat:a", 10).unwrap().unwrap();
         assert_eq!((same.epoch, same.top), (u64::MAX - 1, 4));
+    }
+
+    #[test]
+    fn a_version_3_database_gets_generations_and_account_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        raw.execute_batch(
+            "CREATE TABLE users (
+                 name TEXT PRIMARY KEY NOT NULL, hash TEXT NOT NULL,
+                 created_unix_ms INTEGER NOT NULL);
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+        drop(raw);
+        let old = Store::open(dir.path()).unwrap();
+        drop(old);
+        // The old accounts are at generation 0; a new password records a change.
+        let store = Store::open(dir.path()).unwrap();
+        store.add_user("kim", "pw").unwrap();
+        assert_eq!(store.check_login("kim", "pw"), Ok(0));
+        store.change_password("kim", "pw", "pw2").unwrap();
+        assert_eq!(store.check_login("kim", "pw2"), Ok(1));
+        let raw = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let version: i64 = raw
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]

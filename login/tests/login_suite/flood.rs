@@ -17,7 +17,7 @@ use zserver::transport::BoundTransport;
 const CONCURRENCY: usize = 2;
 const QUEUE: usize = 16;
 const PER_ADDRESS: usize = 4;
-/// Failed logins allowed per address and per account.
+/// Failed logins allowed per (address, account), per address and per account alike.
 const MAX_FAILED: usize = 5;
 /// Flooding addresses, and concurrent attempts from each.
 const ATTACKERS: u8 = 4;
@@ -115,6 +115,8 @@ async fn scenario(backend: &'static str, dir: std::path::PathBuf) -> Result<(), 
     let transport = zserver::transport(backend).unwrap();
     let mut config = LoginConfig::new(dir.join("data"));
     config.max_failed_logins = MAX_FAILED;
+    config.max_failed_per_address = MAX_FAILED;
+    config.max_failed_per_account = MAX_FAILED;
     config.hash_concurrency = CONCURRENCY;
     config.hash_queue = QUEUE;
     config.hash_per_address = PER_ADDRESS;

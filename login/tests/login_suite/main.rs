@@ -10,10 +10,12 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod accounts;
 mod channels;
 mod cluster;
 mod e2e;
 mod flood;
+mod limiter;
 mod login_doc;
 mod offline_confirm;
 mod postgres_retry;

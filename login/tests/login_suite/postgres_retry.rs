@@ -255,7 +255,15 @@ fn a_version_1_database_is_migrated_with_its_messages() {
         .query_one("SELECT version FROM zserver_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
+    // Accounts made before account changes were recorded are at generation 0.
+    let generation: i64 = pg
+        .raw()
+        .query_one("SELECT generation FROM users WHERE name = 'bob'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(generation, 0);
+    assert_eq!(store.last_account_change(), Ok(0));
     store.queue_message("bob", "ann", "from version 2").unwrap();
     assert_eq!(texts(&store, "bob"), ["from version 1", "from version 2"]);
 }

@@ -16,7 +16,9 @@ const PROXY: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
 async fn scenario(backend: &'static str, dir: std::path::PathBuf) -> Result<(), Error> {
     let transport = zserver::transport(backend).unwrap();
     let mut config = LoginConfig::new(dir.join("data"));
-    config.max_failed_logins = 2;
+    // The address-wide bound (failures over all accounts from one address) is what a
+    // client behind the proxy reaches here.
+    config.max_failed_per_address = 2;
     config.password = PasswordParams {
         memory_kib: 8192,
         iterations: 1,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use zserver_login::store::{check_name, Message};
+use zserver_login::store::{check_name, AccountChange, ChangeKind, Message};
 use zserver_login::{Store, StoreError};
 
 use crate::support::pg::{admin, with_db, Postgres};
@@ -85,6 +85,7 @@ suite!(
     add_verify_wrong_unknown_duplicate,
     bad_names_and_passwords_refused,
     change_password,
+    account_changes_are_recorded_in_order,
     delete_user_removes_messages,
     messages_survive_reopen_in_order,
     users_sorted,
@@ -227,6 +228,66 @@ fn change_password(b: &dyn Backend) {
     assert_eq!(store.verify("carol", "new-pw"), Ok(()));
     // Another node sees the new password.
     assert_eq!(b.open().verify("carol", "new-pw"), Ok(()));
+}
+
+fn account_changes_are_recorded_in_order(b: &dyn Backend) {
+    let store = b.open();
+    assert_eq!(store.last_account_change(), Ok(0));
+    store.add_user("fay", "pw").unwrap();
+    assert_eq!(store.check_login("fay", "pw"), Ok(0));
+    let kept = "00000000000000ab:7";
+    let first = store
+        .change_password_keeping("fay", "pw", "pw2", Some(kept))
+        .unwrap();
+    assert!(first > 0);
+    // A login reads the generation the change gave; another node (or the CLI) sees it.
+    assert_eq!(store.check_login("fay", "pw2"), Ok(first));
+    let other = b.open();
+    assert_eq!(other.last_account_change(), Ok(first));
+    other.set_password("fay", "reset").unwrap();
+    assert_eq!(
+        other.set_password("nobody", "x"),
+        Err(StoreError::NoSuchUser("nobody".into()))
+    );
+    other.delete_user_keeping("fay", Some(kept)).unwrap();
+    let changes = store.account_changes(0).unwrap();
+    let seqs: Vec<u64> = changes.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs.len(), 3);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let change = |seq, kind| AccountChange {
+        seq,
+        user: "fay".into(),
+        kind,
+    };
+    assert_eq!(
+        changes,
+        [
+            change(
+                first,
+                ChangeKind::PasswordChanged {
+                    kept: Some(kept.into())
+                }
+            ),
+            change(seqs[1], ChangeKind::PasswordChanged { kept: None }),
+            change(
+                seqs[2],
+                ChangeKind::Deleted {
+                    kept: Some(kept.into())
+                }
+            ),
+        ]
+    );
+    assert_eq!(store.account_changes(seqs[1]).unwrap().len(), 1);
+    assert_eq!(store.last_account_change(), Ok(seqs[2]));
+    // A new account of the name starts at the deletion's number: older changes are not its.
+    store.add_user("fay", "again").unwrap();
+    assert_eq!(store.check_login("fay", "again"), Ok(seqs[2]));
+    // A wrong password changes nothing and records nothing.
+    assert_eq!(
+        store.change_password("fay", "wrong", "x"),
+        Err(StoreError::WrongPassword)
+    );
+    assert_eq!(store.last_account_change(), Ok(seqs[2]));
 }
 
 fn delete_user_removes_messages(b: &dyn Backend) {
@@ -601,7 +662,7 @@ fn postgres_open_spec_and_tables() {
         .query_one("SELECT version FROM zserver_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     let created: i64 = raw
         .query_one("SELECT created_unix_ms FROM users", &[])
         .unwrap()
@@ -615,11 +676,11 @@ fn postgres_newer_schema_refused() {
     let pg = Postgres::new("newer_schema_refused");
     drop(pg.open());
     pg.raw()
-        .batch_execute("UPDATE zserver_schema SET version = 5")
+        .batch_execute("UPDATE zserver_schema SET version = 6")
         .unwrap();
     assert!(matches!(
         Store::connect_postgres(&pg.url),
-        Err(StoreError::Db(msg)) if msg.contains("version 5")
+        Err(StoreError::Db(msg)) if msg.contains("version 6")
     ));
 }
 

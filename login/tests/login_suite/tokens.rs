@@ -183,7 +183,9 @@ fn token_failures_count_against_the_address() {
         let transport = zserver::transport("tokio").unwrap();
         let mut config = LoginConfig::new(dir.join("limited"));
         config.tokens = Some(TokenConfig::new(TokenKey::Secret(SECRET.to_vec())));
-        config.max_failed_logins = 3;
+        // A refused token names no account it could be trusted for: it counts against its
+        // address alone, under the address-wide bound.
+        config.max_failed_per_address = 3;
         let server = LoginServer::start(transport, "127.0.0.1:0".parse().unwrap(), config).await?;
         let client = connect(&server).await?;
         let forged = mint_hs256(b"not the server's secret, 32 bytes!", &hour("ann"))?;
