@@ -73,7 +73,7 @@ fn users_behind_one_proxy_are_limited_apart() {
             "--trusted-proxy",
             "127.0.0.1/32",
         ])
-        .args(["--proxy-protocol", "--max-failed-logins", "2"])
+        .args(["--proxy-protocol", "--max-failed-per-address", "2"])
         .args(["--argon2-memory-kib", "8192", "--argon2-iterations", "1"])
         .arg("--data")
         .arg(dir.join("data"))
@@ -94,7 +94,8 @@ fn users_behind_one_proxy_are_limited_apart() {
         let (ok, text) = client(a, pin, user, "right-pw", "register");
         assert!(ok, "register {user}: {text}");
     }
-    // ann's address guesses wrong until limited, even with the right password then.
+    // ann's address guesses wrong (at bob's account) until the address-wide bound limits
+    // it, even with the right password for another account then.
     for _ in 0..2 {
         let (ok, text) = client(a, pin, "bob", "wrong", "login");
         assert!(
