@@ -237,11 +237,18 @@ struct Wire {
     delay_us: AtomicU64,
     /// The loss probability, in millionths.
     loss_ppm: AtomicU32,
+    /// Held while a packet taken off the queue is written and counted, so that a cut can
+    /// wait for the one on its way out.
+    writing: Mutex<()>,
 }
 
 impl Wire {
     fn packets(&self) -> MutexGuard<'_, VecDeque<(Instant, Vec<u8>)>> {
         self.packets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn writing(&self) -> MutexGuard<'_, ()> {
+        self.writing.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -290,12 +297,15 @@ impl Link {
         }
     }
 
-    /// Cuts the link: every packet is dropped, those on the wire included, silently.
+    /// Cuts the link: every packet is dropped, those on the wire included, silently. Returns
+    /// once a packet already on its way out has been written and counted, so that the
+    /// counters read after it stay still while the link is cut.
     pub(crate) fn cut(&self) {
         self.0.cut.store(true, Ordering::SeqCst);
         for wire in &self.0.wires {
             let lost = std::mem::take(&mut *wire.packets()).len();
             self.0.dropped.fetch_add(lost as u64, Ordering::Relaxed);
+            drop(wire.writing());
         }
     }
 
@@ -470,7 +480,7 @@ fn read_loop(shared: &Shared, dir: usize, from: &OwnedFd) {
 fn write_loop(shared: &Shared, dir: usize, to: &OwnedFd) {
     let wire = &shared.wires[dir];
     loop {
-        let packet = {
+        let (packet, _writing) = {
             let mut packets = wire.packets();
             loop {
                 if shared.stop.load(Ordering::Relaxed) {
@@ -488,7 +498,10 @@ fn write_loop(shared: &Shared, dir: usize, to: &OwnedFd) {
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
             }
-            packets.pop_front().expect("a due packet").1
+            // Taken before the queue's lock is let go: a cut that drains the queue then
+            // waits for this packet's write.
+            let writing = wire.writing();
+            (packets.pop_front().expect("a due packet").1, writing)
         };
         // SAFETY: `packet` is readable for its whole length during the call.
         let n = unsafe { libc::write(to.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
