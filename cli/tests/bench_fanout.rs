@@ -1,5 +1,5 @@
 //! `zserver bench-fanout` end to end at tiny scale: zserver (plain and encrypted, history
-//! none and in memory) and the raw fan-out on one back end, 20 subscribers, one short pass:
+//! none, in memory and durable in the embedded store) and the raw fan-out on one back end, 20 subscribers, one short pass:
 //! every row is measured and written to the JSON report. (It checks the machinery, not how
 //! fast anything is.)
 
@@ -11,6 +11,7 @@ fn a_tiny_fanout_run_reports_every_row() {
     let output = Command::new(env!("CARGO_BIN_EXE_zserver"))
         .args(["bench-fanout", "--quick", "--backends", "tokio"])
         .args(["--systems", "zserver-plain,zserver-encrypted,raw"])
+        .args(["--history", "none,memory,durable"])
         .args([
             "--subscribers",
             "20",
@@ -34,8 +35,10 @@ fn a_tiny_fanout_run_reports_every_row() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let _ = std::fs::remove_file(&json);
     let rows = report["rows"].as_array().unwrap();
-    // 2 shapes x 2 payloads x (2 zserver systems x 2 histories + raw).
-    assert_eq!(rows.len(), 20, "{report:#}");
+    // 2 shapes x 2 payloads x (2 zserver systems x 3 histories + raw).
+    assert_eq!(rows.len(), 28, "{report:#}");
+    let durable = rows.iter().filter(|r| r["history"] == "durable").count();
+    assert_eq!(durable, 8, "{report:#}");
     for row in rows {
         for field in ["deliveries_per_s", "p50_us", "p99_us"] {
             assert!(

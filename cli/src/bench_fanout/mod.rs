@@ -74,8 +74,8 @@ pub(crate) struct FanoutArgs {
     )]
     pub systems: Vec<String>,
     /// zserver's channel history, comma-separated: `none`, `memory` (100 publications per
-    /// channel). `durable` (the login server's store) is reserved for later and not
-    /// measured yet.
+    /// channel), `durable` (the same, kept in the login server's embedded SQLite store, in a
+    /// temporary folder).
     #[arg(long, value_delimiter = ',', default_value = "none,memory")]
     pub history: Vec<String>,
     /// Payload sizes in bytes, comma-separated (at least 8: the send time).
@@ -125,6 +125,8 @@ impl System {
 pub(crate) enum History {
     None,
     Memory,
+    /// Kept in the login server's embedded store (SQLite, in a temporary folder).
+    Durable,
 }
 
 impl History {
@@ -132,8 +134,8 @@ impl History {
         match name {
             "none" => Ok(Self::None),
             "memory" => Ok(Self::Memory),
-            "durable" => Err("history `durable` (the login server's store) is reserved for later: not measured yet".into()),
-            _ => Err(format!("unknown history `{name}` (none, memory)").into()),
+            "durable" => Ok(Self::Durable),
+            _ => Err(format!("unknown history `{name}` (none, memory, durable)").into()),
         }
     }
 
@@ -141,6 +143,7 @@ impl History {
         match self {
             Self::None => "none",
             Self::Memory => "memory",
+            Self::Durable => "durable",
         }
     }
 }

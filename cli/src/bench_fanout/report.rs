@@ -162,8 +162,8 @@ pub(crate) fn print(rows: &[Row], failed: &[(Spec, String)]) {
 }
 
 /// The project's targets, at the largest subscriber count with history in memory:
-/// plain ≥ 0.6× raw and ≥ 1.5× nats, encrypted ≥ 0.9× plain, p99 ≤ nats's, ≤ 200 bytes of
-/// server memory per subscription.
+/// plain ≥ 0.6× raw and ≥ 1.5× nats (≥ 1.0× with durable history), encrypted ≥ 0.9×
+/// plain, p99 ≤ nats's, ≤ 200 bytes of server memory per subscription.
 fn targets(rows: &[Row]) {
     let Some(most) = rows.iter().map(|r| r.subscribers).max() else {
         return;
@@ -202,6 +202,12 @@ fn targets(rows: &[Row]) {
                     met(enc.p99_us <= n.p99_us)
                 ))
             ));
+        }
+        if let Some(nats) = find(rows, p, "nats", "", "none") {
+            if let Some(durable) = find(rows, p, "zserver-plain", &p.backend, "durable") {
+                let x = durable.deliveries_per_s / nats.deliveries_per_s;
+                parts.push(format!("durable/nats {x:.2} >= 1.0 {}", met(x >= 1.0)));
+            }
         }
         let rss = p.server_rss_per_sub_bytes;
         parts.push(format!(

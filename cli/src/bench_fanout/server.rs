@@ -2,6 +2,7 @@
 //! process of its own (so that its `VmRSS` is its own). It prints `{"addr": "IP:PORT"}` and
 //! serves until its standard input closes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use zserver::channels::{Channels, Namespace};
@@ -22,7 +23,7 @@ pub(crate) struct FanoutServerArgs {
     /// The zserver back end.
     #[arg(long, default_value = "tokio")]
     pub backend: String,
-    /// The `bench:` namespace's history: `none` or `memory`.
+    /// The `bench:` namespace's history: `none`, `memory` or `durable`.
     #[arg(long, default_value = "none")]
     pub history: String,
 }
@@ -42,10 +43,20 @@ pub(crate) fn run(args: FanoutServerArgs) -> Result<(), BoxError> {
         .ok_or_else(|| format!("back end `{}` is not built in", args.backend))?;
     let runtime = transport.runtime();
     let mut namespace = Namespace::new("bench:");
-    if history == History::Memory {
+    if history != History::None {
         namespace = namespace.history(HISTORY_SIZE, Some(Duration::from_secs(3600)));
     }
-    let channels = Channels::new().namespace(namespace);
+    let mut channels = Channels::new();
+    // `durable`: the login server's embedded store, in a folder removed when the row ends.
+    let dir = (history == History::Durable).then(|| {
+        std::env::temp_dir().join(format!("zserver-bench-durable-{}", std::process::id()))
+    });
+    if let Some(dir) = &dir {
+        let store = zserver_login::Store::open(dir)?;
+        channels = channels.store(Arc::new(store));
+        namespace = namespace.durable(true);
+    }
+    let channels = channels.namespace(namespace);
     let mut config = zs::config(system == System::ZserverEncrypted);
     // Every subscriber may come from one address; the bench spreads them over 32.
     config.max_connections_per_ip = 1_000_000;
@@ -59,6 +70,9 @@ pub(crate) fn run(args: FanoutServerArgs) -> Result<(), BoxError> {
     println!("{}", serde_json::json!({ "addr": server.local_addr() }));
     wait_for_stdin_eof();
     drop(server);
+    if let Some(dir) = dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     Ok(())
 }
 

@@ -254,11 +254,11 @@ impl Connection {
     /// ```
     pub fn extension<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
         let mut extensions = lock(&self.shared.extensions);
-        if let Some(found) = extensions
-            .iter()
-            .find_map(|e| e.clone().downcast::<T>().ok())
-        {
-            return found;
+        // Found by type first, then one clone: no reference count touched on a miss.
+        if let Some(found) = extensions.iter().find(|e| (***e).is::<T>()) {
+            if let Ok(found) = found.clone().downcast::<T>() {
+                return found;
+            }
         }
         let made = Arc::new(T::default());
         if !self.is_closed() {
@@ -273,7 +273,8 @@ impl Connection {
     pub(crate) fn find_extension<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
         lock(&self.shared.extensions)
             .iter()
-            .find_map(|e| e.clone().downcast::<T>().ok())
+            .find(|e| (***e).is::<T>())
+            .and_then(|e| e.clone().downcast::<T>().ok())
     }
 
     /// Closes at once: pending calls fail, queued frames are dropped, both tasks end.
