@@ -21,6 +21,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod client;
 pub mod cluster;
 pub mod error;
