@@ -54,6 +54,8 @@ pub(crate) struct ServeArgs {
     pub cluster_name: String,
     #[command(flatten)]
     pub ops: ServeOps,
+    #[command(flatten)]
+    pub api: crate::api_args::ApiArgs,
     /// Also listen for WebSocket connections (browsers) on this address, with the same
     /// sessions as `--listen`.
     #[arg(long)]
@@ -362,6 +364,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), BoxError> {
         &runtime,
         LoginServer::start(transport, args.listen, config.clone()),
     )?);
+
     println!(
         "zserver listening on {} ({})",
         server.local_addr(),
@@ -390,6 +393,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), BoxError> {
         println!("trusted proxies: {} ({header})", ranges.join(", "));
     }
     println!("server key fingerprint: {}", server.fingerprint());
+    let api = args.api.start(&server, &runtime)?;
     if let (Some(cluster), Some(node)) = (&config.cluster, server.node_id()) {
         println!(
             "cluster `{}` on {}: node {node:016x}",
@@ -417,8 +421,11 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), BoxError> {
     if args.ops.drain_secs > 0.0 {
         std::thread::sleep(std::time::Duration::from_secs_f64(args.ops.drain_secs));
     }
+    if let Some(api) = &api {
+        api.shutdown();
+    }
     run_on(&runtime, async move { server.shutdown().await });
-    drop(exporter);
+    drop((exporter, api));
     Ok(())
 }
 

@@ -33,6 +33,7 @@ pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muz
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod api_args;
 mod bench;
 mod bench_fanout;
 mod channel_actions;

@@ -21,23 +21,25 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod client;
 pub mod cluster;
 pub mod error;
 pub mod metrics;
+mod own_runtime;
 pub mod protocol;
 pub mod server;
 pub mod store;
 pub mod tokens;
 
 pub use client::{Downloaded, LoginClient, Uploaded};
-pub use cluster::ClusterConfig;
+pub use cluster::{ClusterConfig, NodeInfo, SessionInfo};
 pub use error::LoginError;
 pub use metrics::{LoginMetrics, LoginOutcome};
 pub use protocol::Event;
 pub use server::{
-    check_file_name, ChannelNamespace, HashingStats, LoginConfig, LoginServer, WhenFull,
-    PRIVATE_PREFIX,
+    check_file_name, Admin, AdminError, ChannelNamespace, HashingStats, LoginConfig, LoginServer,
+    ServerInfo, WhenFull, PRIVATE_PREFIX,
 };
 pub use store::{PasswordParams, PostgresStorage, SqliteStorage, Storage, Store, StoreError};
 pub use tokens::{TokenClaims, TokenConfig, TokenKey};

@@ -55,7 +55,8 @@ export const zserver = (args, { env } = {}) => run(zserverBin, args, { env, time
  * Starts `zserver serve --web WEB --data DATA`, on free loopback ports unless `tcp` and
  * `ws` name them (the same again, to restart a server where it was), with `extra`
  * arguments; resolves once it
- * printed its addresses and key: `{ child, tcp, ws, pin, web, data, exited }`.
+ * printed its addresses and key: `{ child, tcp, ws, pin, web, data, exited }` (and `api`,
+ * the server API's address, with `--api` in `extra`).
  */
 export function startServer({ web, data, tcp = "127.0.0.1:0", ws = "127.0.0.1:0", extra = [] }) {
   const args = ["serve", "--listen", tcp, "--listen-ws", ws, "--web", web, "--data", data, ...extra];
@@ -73,10 +74,12 @@ export function startServer({ web, data, tcp = "127.0.0.1:0", ws = "127.0.0.1:0"
       const tcpSeen = line.match(/^zserver listening on (\S+)/);
       const wsSeen = line.match(/^WebSocket on ws:\/\/([^/\s]+)\//);
       const pin = line.match(/^server key fingerprint: ([0-9a-f]{64})$/);
+      const apiSeen = line.match(/^server API on http:\/\/([^/\s]+)\//);
       if (tcpSeen) seen.tcp = tcpSeen[1];
       if (wsSeen) seen.ws = wsSeen[1];
       if (pin) seen.pin = pin[1];
-      if (seen.tcp && seen.ws && seen.pin) {
+      if (apiSeen) seen.api = apiSeen[1];
+      if (seen.tcp && seen.ws && seen.pin && (seen.api || !extra.includes("--api"))) {
         clearTimeout(timer);
         resolveStart({ child, ...seen, web, data, exited });
       }

@@ -13,7 +13,7 @@ use super::presence::{
     Action, Announce, LocalPresence, RemoteView, Snapshot, SnapshotCache, SnapshotPage,
     SnapshotRequest,
 };
-use super::{LocalSessions, NodeId};
+use super::{AdminAsk, LocalSessions, NodeId};
 use crate::lock;
 use crate::store::now_unix_ms;
 
@@ -31,6 +31,8 @@ pub(super) struct Subscriptions {
     pub(super) failed: async_nats::Subscriber,
     /// Account changes made on every node.
     pub(super) accounts: async_nats::Subscriber,
+    /// The server API's requests for this node.
+    pub(super) admin_asks: async_nats::Subscriber,
 }
 
 /// The task that owns this node's presence and its view of the others.
@@ -50,6 +52,7 @@ enum Input {
     Presence(async_nats::Message),
     SnapshotAsked(async_nats::Message),
     DeliverAsked(async_nats::Message),
+    AdminAsked(async_nats::Message),
     Stored(async_nats::Message),
     Failed(async_nats::Message),
     Accounts,
@@ -74,6 +77,7 @@ impl Actor {
                 m = subscriptions.presence.next() => m.map_or(Input::Ended, Input::Presence),
                 m = subscriptions.snapshot_asks.next() => m.map_or(Input::Ended, Input::SnapshotAsked),
                 m = subscriptions.deliver_asks.next() => m.map_or(Input::Ended, Input::DeliverAsked),
+                m = subscriptions.admin_asks.next() => m.map_or(Input::Ended, Input::AdminAsked),
                 m = subscriptions.stored.next() => m.map_or(Input::Ended, Input::Stored),
                 m = subscriptions.failed.next() => m.map_or(Input::Ended, Input::Failed),
                 m = subscriptions.accounts.next() => m.map_or(Input::Ended, |_| Input::Accounts),
@@ -152,6 +156,10 @@ impl Actor {
                 }
                 Input::DeliverAsked(message) => {
                     self.answer_delivery(message);
+                    Vec::new()
+                }
+                Input::AdminAsked(message) => {
+                    self.answer_admin(message);
                     Vec::new()
                 }
                 Input::Stored(message) => {
@@ -262,6 +270,30 @@ impl Actor {
         if let Some(sessions) = self.sessions.upgrade() {
             sessions.count_failure(notice.keys);
         }
+    }
+
+    /// Answers a server API request for this node, on a task of its own.
+    fn answer_admin(&self, message: async_nats::Message) {
+        let Some(reply) = message.reply else {
+            return;
+        };
+        let ask = match postcard::from_bytes::<AdminAsk>(&message.payload) {
+            Ok(ask) => ask,
+            Err(e) => {
+                tracing::warn!("cluster: undecodable admin request ignored: {e}");
+                return;
+            }
+        };
+        let Some(sessions) = self.sessions.upgrade() else {
+            return;
+        };
+        let nats = self.nats.clone();
+        tokio::spawn(async move {
+            let answer = sessions.admin(ask).await;
+            if let Err(e) = nats.publish(reply, encode(&answer)).await {
+                tracing::warn!("cluster: cannot answer an admin request: {e}");
+            }
+        });
     }
 
     fn answer_delivery(&self, message: async_nats::Message) {

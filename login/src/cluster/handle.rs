@@ -9,8 +9,9 @@ use super::actor::{Actor, Subscriptions};
 use super::messages::{encode, stored_notices, Command, Deliver, FailedLogin, Outcome, Subjects};
 use super::outbound::Answer;
 use super::presence::{LocalPresence, RemoteView, SnapshotCache};
-use super::{outbound, ClusterConfig, LocalSessions, NodeId};
+use super::{outbound, AdminAsk, AdminReply, ClusterConfig, LocalSessions, NodeId};
 use crate::lock;
+use crate::own_runtime::OwnedRuntime;
 
 /// This node's membership of a cluster.
 pub(crate) struct Cluster {
@@ -32,13 +33,8 @@ impl Cluster {
     /// once the local server exists.
     pub(crate) async fn connect(config: ClusterConfig) -> Result<Self, Error> {
         config.check()?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("zserver-cluster")
-            .enable_all()
-            .build()?;
-        let handle = runtime.handle().clone();
-        let runtime = OwnedRuntime(Some(runtime));
+        let runtime = OwnedRuntime::new(1, "zserver-cluster")?;
+        let handle = runtime.handle();
         let node = {
             use argon2::password_hash::rand_core::{OsRng, RngCore};
             OsRng.next_u64()
@@ -100,6 +96,7 @@ impl Cluster {
                     stored: nats.subscribe(subjects.stored()).await?,
                     failed: nats.subscribe(subjects.failed()).await?,
                     accounts: nats.subscribe(subjects.accounts()).await?,
+                    admin_asks: nats.subscribe(subjects.admin(me)).await?,
                 };
                 nats.flush().await?;
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(subscriptions)
@@ -207,6 +204,22 @@ impl Cluster {
         answers
     }
 
+    /// Asks `node` to act on a server API request (a disconnect, its figures); its answer,
+    /// or an error if it did not answer within the request time-out.
+    pub(crate) async fn ask(&self, node: NodeId, ask: &AdminAsk) -> Result<AdminReply, Error> {
+        let (nats, subject) = (self.nats.clone(), self.subjects.admin(node));
+        let (payload, timeout) = (encode(ask), self.config.request_timeout);
+        let asked = self.handle.spawn(async move {
+            tokio::time::timeout(timeout, nats.request(subject, payload)).await
+        });
+        let unanswered = || Error::msg(format!("node {node:016x} did not answer"));
+        let reply = match asked.await {
+            Ok(Ok(Ok(reply))) => reply,
+            _ => return Err(unanswered()),
+        };
+        postcard::from_bytes(&reply.payload).map_err(|_| unanswered())
+    }
+
     /// This node's name in hand-over claims.
     pub(crate) fn claimer(&self) -> String {
         format!("{:016x}", self.node)
@@ -258,17 +271,5 @@ impl Cluster {
             .handle
             .spawn(async move { tokio::time::timeout(Duration::from_secs(2), left.recv()).await })
             .await;
-    }
-}
-
-/// The cluster's own tokio runtime, shut down without blocking when dropped: it may be
-/// dropped on another runtime's thread, where a blocking shutdown panics.
-struct OwnedRuntime(Option<tokio::runtime::Runtime>);
-
-impl Drop for OwnedRuntime {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
     }
 }

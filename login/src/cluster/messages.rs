@@ -96,6 +96,9 @@ impl Subjects {
     pub(super) fn deliver(&self, node: NodeId) -> String {
         format!("{}.node.{node:016x}.deliver", self.prefix)
     }
+    pub(super) fn admin(&self, node: NodeId) -> String {
+        format!("{}.node.{node:016x}.admin", self.prefix)
+    }
     pub(super) fn stored(&self) -> String {
         format!("{}.stored", self.prefix)
     }

@@ -11,6 +11,7 @@
 //! | `NAME.stored` | users messages were just stored for (postcard `Vec<String>`) |
 //! | `NAME.failed` | a failed login's rate-limit keys ([`FailedLogin`]), counted by every node |
 //! | `NAME.accounts` | empty: an account was deleted or its password changed on that node; every node looks in the store now |
+//! | `NAME.node.ID.admin` | request [`AdminAsk`](admin::AdminAsk) → [`AdminReply`](admin::AdminReply): the server API's calls that act on that node |
 //! | `NAME.channels` | every node's channel publications, applied by the others (see `channels.rs`) |
 //!
 //! The NATS client runs on a small tokio runtime of its own, so a node on any of zserver's
@@ -18,6 +19,7 @@
 //! PostgreSQL store. See `docs/CLUSTER.md` for the topology and what fails how.
 
 mod actor;
+pub mod admin;
 mod channels;
 mod config;
 mod handle;
@@ -28,6 +30,8 @@ pub mod presence;
 use std::future::Future;
 use std::pin::Pin;
 
+pub(crate) use admin::{AdminAsk, AdminReply};
+pub use admin::{NodeInfo, SessionInfo};
 pub(crate) use channels::ChannelBridge;
 pub use config::ClusterConfig;
 pub(crate) use handle::Cluster;
@@ -57,4 +61,6 @@ pub(crate) trait LocalSessions: Send + Sync + 'static {
     /// A node deleted an account or changed a password: look for account changes in the
     /// store now, rather than at the next poll.
     fn accounts_changed(&self);
+    /// Answers a server API request that acts on this node (a disconnect, its figures).
+    fn admin(self: std::sync::Arc<Self>, ask: AdminAsk) -> BoxFuture<AdminReply>;
 }

@@ -126,6 +126,9 @@ impl LoginServer {
             }),
             config: config.clone(),
             metrics: Arc::default(),
+            server: Mutex::new(None),
+            rates: Mutex::default(),
+            started: std::time::Instant::now(),
         });
         let mut routes = router(state.clone());
         if config.observe_calls {
@@ -138,6 +141,7 @@ impl LoginServer {
             .channels(channels)
             .bind(addr)
             .await?;
+        *crate::lock(&state.server) = Some(server.clone());
         let ws_addr = match config.ws_listen {
             Some(ws) => Some(server.listen_ws(ws, config.ws_options.clone()).await?),
             None => None,
@@ -213,10 +217,17 @@ impl LoginServer {
             .map_or(Vec::new(), |c| c.nodes())
     }
 
+    /// The handle for operating this server from the app's own code, the server API and
+    /// the admin page: publish, disconnect, push, users, figures (see [`Admin`]).
+    pub fn admin(&self) -> super::Admin {
+        super::Admin::new(self.state.clone())
+    }
+
     /// Stops gracefully (and tells the cluster this node leaves).
     pub async fn shutdown(&self) {
         self.state.closing.store(true, Ordering::SeqCst);
         self.server.shutdown().await;
+        crate::lock(&self.state.server).take();
         if let Some(cluster) = &self.state.cluster {
             cluster.leave().await;
         }

@@ -6,6 +6,8 @@
 //! server's lifecycle ([`LoginServer`]).
 
 mod accounts;
+mod admin;
+mod admin_node;
 mod config;
 mod files;
 mod handlers;
@@ -28,6 +30,10 @@ use crate::cluster::Cluster;
 use crate::metrics::LoginMetrics;
 use crate::store::{Store, StoreError};
 
+pub use admin::{
+    Admin, AdminError, ServerInfo, DISCONNECTED, MAX_BROADCAST, MAX_HISTORY, MAX_PUSH_USERS,
+    SERVER_SENDER, UNSUBSCRIBED,
+};
 pub use config::{ChannelNamespace, LoginConfig, WhenFull, PRIVATE_PREFIX};
 pub use files::check_file_name;
 use hashing::HashPool;
@@ -60,6 +66,13 @@ struct State {
     channels: zserver::channels::Channels,
     /// Checks login tokens, if the server takes them.
     tokens: Option<crate::tokens::Verifier>,
+    /// The zserver server, once it listens (connection counts for the server API); taken
+    /// out at shutdown.
+    server: Mutex<Option<zserver::Server>>,
+    /// Recent samples of the counters, for the rates the server API shows.
+    rates: Mutex<admin_node::Rates>,
+    /// When the server started.
+    started: std::time::Instant,
 }
 
 fn store_err(e: StoreError) -> Error {

@@ -402,6 +402,13 @@ impl LocalSessions for State {
         self.look_at_accounts();
     }
 
+    fn admin(
+        self: Arc<Self>,
+        ask: crate::cluster::AdminAsk,
+    ) -> BoxFuture<crate::cluster::AdminReply> {
+        Box::pin(async move { self.answer_admin(ask).await })
+    }
+
     fn kick(&self, user: String, connection: u64) -> BoxFuture<()> {
         let conn = lock(&self.sessions).take(&user, connection);
         self.kick_all(

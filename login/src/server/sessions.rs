@@ -124,6 +124,26 @@ impl Sessions {
         all
     }
 
+    /// Takes out `user`'s sessions, or only the one on `connection` if given (a disconnect
+    /// through the server API).
+    pub(super) fn take_user(&mut self, user: &str, connection: Option<u64>) -> Vec<Connection> {
+        let taken: Vec<Connection> = self
+            .of(user)
+            .iter()
+            .filter(|c| connection.is_none_or(|id| c.id() == id))
+            .cloned()
+            .collect();
+        for conn in &taken {
+            self.unbind(conn.id());
+        }
+        taken
+    }
+
+    /// How many users hold a session here, and how many sessions they hold.
+    pub(super) fn counts(&self) -> (usize, usize) {
+        (self.by_user.len(), self.by_conn.len())
+    }
+
     /// Whether a login of `user` that checked the account at `generation` comes too late:
     /// this node has acted on a newer change of the account (deleted, or the password
     /// changed) since.

@@ -12,14 +12,14 @@ use zserver_login::{ClusterConfig, Event, LoginClient, LoginConfig, LoginServer}
 use crate::support::pg::Postgres;
 
 /// Runs `fut` on `backend`'s runtime and waits for it here.
-fn run_on<T: Send + 'static>(
+pub(super) fn run_on<T: Send + 'static>(
     backend: &str,
     fut: impl std::future::Future<Output = T> + Send + 'static,
 ) -> T {
     crate::support::run_on(backend, Duration::from_secs(60), fut)
 }
 
-fn node_config(db: &Postgres, dir: &std::path::Path) -> LoginConfig {
+pub(super) fn node_config(db: &Postgres, dir: &std::path::Path) -> LoginConfig {
     let nats = std::env::var("ZSERVER_TEST_NATS")
         .expect("ZSERVER_TEST_NATS is not set: `source .ci/services.sh start`");
     let mut config = LoginConfig::new(dir);
@@ -32,7 +32,7 @@ fn node_config(db: &Postgres, dir: &std::path::Path) -> LoginConfig {
     config
 }
 
-async fn until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
+pub(super) async fn until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !done() {
         assert!(start.elapsed() < Duration::from_secs(10), "{what}");
@@ -42,7 +42,7 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
 }
 
 /// Starts two nodes with `config` on loopback: one on tokio, one on smol.
-fn start_two_nodes(config: LoginConfig) -> (LoginServer, LoginServer) {
+pub(super) fn start_two_nodes(config: LoginConfig) -> (LoginServer, LoginServer) {
     let local: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
     let a = run_on("tokio", {
         let config = config.clone();

@@ -7,10 +7,14 @@
 //! cargo test -p zserver-login --test login_suite e2e::      # one area
 //! ```
 
+#[path = "../support/http.rs"]
+mod http;
 #[path = "../support/mod.rs"]
 mod support;
 
 mod accounts;
+mod api;
+mod api_cluster;
 mod channels;
 mod cluster;
 mod e2e;
