@@ -123,7 +123,10 @@ mod tests {
         );
         assert!(!news.client_publish && news.presence && news.durable);
         assert_eq!(news.max_publication, 4096);
-        assert_eq!((news.publish_rate, news.publish_rate_per_user), (None, None));
+        assert_eq!(
+            (news.publish_rate, news.publish_rate_per_user),
+            (None, None)
+        );
         let got = namespaces(
             "[channels.chat]\npublish-rate = \"5/s burst 10\"\npublish_rate_per_user = \"10/s\"\n",
         )
@@ -143,6 +146,9 @@ mod tests {
         assert!(err.contains("true or false"), "{err}");
         assert!(namespaces("channels = 3").is_err());
         let err = namespaces("[channels.chat]\npublish-rate = \"5/min\"").unwrap_err();
-        assert!(err.contains("[channels.chat] publish-rate") && err.contains("N/s"), "{err}");
+        assert!(
+            err.contains("[channels.chat] publish-rate") && err.contains("N/s"),
+            "{err}"
+        );
     }
 }

@@ -114,7 +114,8 @@ mod tests {
         .unwrap();
         let want = RateLimits::default()
             .every_command(
-                Rule::per_connection(RateLimit::new(50, 100)).and_per_user(RateLimit::new(100, 100)),
+                Rule::per_connection(RateLimit::new(50, 100))
+                    .and_per_user(RateLimit::new(100, 100)),
             )
             .command(
                 "push",
@@ -134,9 +135,15 @@ mod tests {
     #[test]
     fn bad_tables_are_refused_by_name() {
         let err = limits("[limits.rate]\ncals = \"1/s\"").unwrap_err();
-        assert!(err.contains("[limits.rate] cals") && err.contains("calls-per-user"), "{err}");
+        assert!(
+            err.contains("[limits.rate] cals") && err.contains("calls-per-user"),
+            "{err}"
+        );
         let err = limits("[limits.rate]\ncalls = \"fast\"").unwrap_err();
-        assert!(err.contains("[limits.rate] calls") && err.contains("N/s"), "{err}");
+        assert!(
+            err.contains("[limits.rate] calls") && err.contains("N/s"),
+            "{err}"
+        );
         let err = limits("[limits.rate]\ncalls = 5").unwrap_err();
         assert!(err.contains("as a string"), "{err}");
         let err = limits("[limits.rate]\ncommands = { push = \"0/s\" }").unwrap_err();

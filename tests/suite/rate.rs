@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::common::{suite_client, suite_server, within, WAIT};
+use crate::common::{on_thread, suite_client, suite_server, within, WAIT};
 use zserver::channels::{ChannelCalls, Channels, Event, Namespace};
 use zserver::rate::{RateLimit, RateLimiter, RateLimits, Rule};
 use zserver::{Calls, Config, Error, Router};
@@ -72,7 +72,10 @@ fn over_the_limit_then_disconnected() {
             "{refused:?}"
         );
         let message = rate_limited(refused);
-        assert!(message.starts_with("rate limited, retry after "), "{message}");
+        assert!(
+            message.starts_with("rate limited, retry after "),
+            "{message}"
+        );
         assert!(message.ends_with(" ms"), "{message}");
         // Another command has no rule: not limited.
         assert_eq!(client.console("other", "still").await?, "still");
@@ -145,6 +148,33 @@ fn a_refused_publication_reaches_no_subscriber() {
                 other => panic!("expected {expected}, got {other:?}"),
             }
         }
+        server.shutdown().await;
+        Ok::<_, Error>(())
+    })
+    .unwrap()
+}
+
+every_backend!(per_user_buckets_do_not_pile_up);
+/// 300 users, one after another on one connection, each leave a bucket; once those are
+/// full again (a second) the next check sweeps them: the limiter holds only the user
+/// still using one.
+fn per_user_buckets_do_not_pile_up() {
+    zserver::block_on(async {
+        let limits = RateLimits::default()
+            .command("echo", Rule::per_user(RateLimit::new(1, 1)))
+            .strikes(0, Duration::from_secs(1));
+        let limiter = RateLimiter::new(limits);
+        let server = start(limiter.clone()).await?;
+        let client = login(&server, "u0").await?;
+        for i in 0..300 {
+            client.console("login", &format!("u{i}")).await?;
+            client.console("echo", "x").await?;
+        }
+        assert!(limiter.users_held() >= 2, "{}", limiter.users_held());
+        // Past the sweep's one-second period and every bucket's refill.
+        on_thread(|| std::thread::sleep(Duration::from_millis(2100))).await;
+        client.console("echo", "x").await?;
+        assert_eq!(limiter.users_held(), 1);
         server.shutdown().await;
         Ok::<_, Error>(())
     })

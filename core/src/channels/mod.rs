@@ -389,7 +389,11 @@ where
 
 /// Answers, then closes `conn` if the answer was a rate limit's refusal that disconnects
 /// it (so that the client reads why first).
-fn answer_then_close(conn: &Connection, responder: crate::Responder, answer: Result<Vec<u8>, Error>) {
+fn answer_then_close(
+    conn: &Connection,
+    responder: crate::Responder,
+    answer: Result<Vec<u8>, Error>,
+) {
     let refused = matches!(answer, Err(Error::RateLimited(_)));
     responder.respond(answer);
     if refused {

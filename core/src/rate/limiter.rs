@@ -146,11 +146,7 @@ impl RateLimiter {
         lock(&self.inner.users)
             .rules
             .retain(|(key, limit, _)| keep(key, *limit));
-        *self
-            .inner
-            .limits
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Arc::new(limits);
+        *self.inner.limits.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(limits);
     }
 
     /// The limits applied now.
@@ -204,7 +200,10 @@ impl RateLimiter {
         let Some(rule) = limits.publications.get(prefix).filter(|r| !r.is_empty()) else {
             return Ok(());
         };
-        let target = Target { kind: 'p', name: prefix };
+        let target = Target {
+            kind: 'p',
+            name: prefix,
+        };
         self.check(conn, target, rule, &limits)
     }
 
@@ -250,23 +249,9 @@ impl RateLimiter {
         let due = users
             .swept
             .is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_EVERY);
-        let at = users.rules.iter().position(|(k, _, _)| target.is(k));
-        let i = match at {
-            Some(i) if users.rules[i].1 == limit => i,
-            _ => {
-                let made = Keyed::hashmap_with_clock(quota(limit), clock.clone());
-                match at {
-                    Some(i) => {
-                        users.rules[i] = (target.key(), limit, made);
-                        i
-                    }
-                    None => {
-                        users.rules.push((target.key(), limit, made));
-                        users.rules.len() - 1
-                    }
-                }
-            }
-        };
+        let i = slot(&mut users.rules, target, limit, || {
+            Keyed::hashmap_with_clock(quota(limit), clock.clone())
+        });
         if due || users.rules[i].2.len() > SWEEP_ABOVE {
             users.swept = Some(now);
             for (_, _, keyed) in &users.rules {
@@ -331,28 +316,35 @@ impl ConnRates {
     /// if none.
     fn take(&self, target: Target<'_>, limit: RateLimit, clock: &RuntimeClock) -> Option<Duration> {
         let mut state = lock(&self.0);
-        let at = state.buckets.iter().position(|(k, _, _)| target.is(k));
-        let i = match at {
-            Some(i) if state.buckets[i].1 == limit => i,
-            _ => {
-                let made = Direct::direct_with_clock(quota(limit), clock.clone());
-                match at {
-                    Some(i) => {
-                        state.buckets[i] = (target.key(), limit, made);
-                        i
-                    }
-                    None => {
-                        state.buckets.push((target.key(), limit, made));
-                        state.buckets.len() - 1
-                    }
-                }
-            }
-        };
+        let i = slot(&mut state.buckets, target, limit, || {
+            Direct::direct_with_clock(quota(limit), clock.clone())
+        });
         state.buckets[i]
             .2
             .check()
             .err()
             .map(|not| not.wait_time_from(clock.now()))
+    }
+}
+
+/// Where `target`'s buckets are in `list`, made (with `make`) if missing or if their
+/// limit is not `limit` (the limits were replaced).
+fn slot<L>(
+    list: &mut Vec<(Box<str>, RateLimit, L)>,
+    target: Target<'_>,
+    limit: RateLimit,
+    make: impl FnOnce() -> L,
+) -> usize {
+    match list.iter().position(|(k, _, _)| target.is(k)) {
+        Some(i) if list[i].1 == limit => i,
+        Some(i) => {
+            list[i] = (target.key(), limit, make());
+            i
+        }
+        None => {
+            list.push((target.key(), limit, make()));
+            list.len() - 1
+        }
     }
 }
 

@@ -80,10 +80,7 @@ impl FromStr for RateLimit {
         let number = |s: &str| s.trim().parse::<u32>().ok().filter(|n| *n > 0);
         let mut words = text.split_whitespace();
         let rate = words.next().ok_or_else(bad)?;
-        let per_second = rate
-            .strip_suffix("/s")
-            .and_then(number)
-            .ok_or_else(bad)?;
+        let per_second = rate.strip_suffix("/s").and_then(number).ok_or_else(bad)?;
         let burst = match (words.next(), words.next(), words.next()) {
             (None, _, _) => per_second,
             (Some("burst"), Some(b), None) => number(b).ok_or_else(bad)?,
@@ -216,8 +213,21 @@ mod tests {
     fn rates_parse_from_text_and_back() {
         assert_eq!("5/s".parse(), Ok(RateLimit::new(5, 5)));
         assert_eq!(" 5/s  burst 20 ".parse(), Ok(RateLimit::new(5, 20)));
-        assert_eq!(RateLimit::new(5, 20).to_string().parse(), Ok(RateLimit::new(5, 20)));
-        for bad in ["", "5", "0/s", "5/m", "-1/s", "5/s burst", "5/s burst 0", "5/s x 3", "5/s burst 3 4"] {
+        assert_eq!(
+            RateLimit::new(5, 20).to_string().parse(),
+            Ok(RateLimit::new(5, 20))
+        );
+        for bad in [
+            "",
+            "5",
+            "0/s",
+            "5/m",
+            "-1/s",
+            "5/s burst",
+            "5/s burst 0",
+            "5/s x 3",
+            "5/s burst 3 4",
+        ] {
             let err = bad.parse::<RateLimit>().unwrap_err();
             assert!(err.contains("N/s burst B"), "{bad}: {err}");
         }
@@ -230,7 +240,10 @@ mod tests {
             .every_command(Rule::per_connection(RateLimit::new(1, 1)))
             .command("push", Rule::per_user(RateLimit::new(2, 2)));
         assert_eq!(limits.command_rule("push").1, "push");
-        assert_eq!(limits.command_rule("push").0.per_user, Some(RateLimit::new(2, 2)));
+        assert_eq!(
+            limits.command_rule("push").0.per_user,
+            Some(RateLimit::new(2, 2))
+        );
         assert_eq!(limits.command_rule("who").1, "*");
         assert_eq!(limits.command_rule("anything").1, "*");
     }

@@ -23,7 +23,12 @@ async fn scenario(backend: &'static str, dir: std::path::PathBuf) -> Result<(), 
         .command("who", Rule::per_user(RateLimit::new(1, 3)))
         .strikes(0, Duration::from_secs(10));
     config.channels[0].publish_rate_per_user = Some(RateLimit::new(1, 1));
-    let server = LoginServer::start(transport.clone(), "127.0.0.1:0".parse().unwrap(), config.clone()).await?;
+    let server = LoginServer::start(
+        transport.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        config.clone(),
+    )
+    .await?;
     let pin = server.fingerprint();
     let connect = || LoginClient::connect(transport.clone(), server.local_addr(), Some(&pin));
     let (phone, laptop, bob) = (connect().await?, connect().await?, connect().await?);
