@@ -12,6 +12,8 @@
 //! join-leave = false
 //! client-publish = false   # only the server's own code publishes
 //! max-publication = 4096   # bytes
+//! publish-rate = "5/s burst 10"      # per connection (N/s, or N/s burst B)
+//! publish-rate-per-user = "10/s"     # per user, over all of their sessions
 //! ```
 
 use std::path::Path;
@@ -79,10 +81,14 @@ fn namespace(name: &str, options: &toml::Value) -> Result<ChannelNamespace, Stri
             "join-leave" => ns.join_leave = flag()?,
             "client-publish" => ns.client_publish = flag()?,
             "max-publication" => ns.max_publication = number()?,
+            "publish-rate" => ns.publish_rate = Some(crate::rate_config::rate(&at(key), value)?),
+            "publish-rate-per-user" => {
+                ns.publish_rate_per_user = Some(crate::rate_config::rate(&at(key), value)?)
+            }
             _ => {
                 return Err(format!(
                     "unknown key {} (history, history-ttl-secs, durable, presence, join-leave, \
-                     client-publish, max-publication)",
+                     client-publish, max-publication, publish-rate, publish-rate-per-user)",
                     at(key)
                 ))
             }
@@ -94,6 +100,7 @@ fn namespace(name: &str, options: &toml::Value) -> Result<ChannelNamespace, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zserver::rate::RateLimit;
 
     fn namespaces(text: &str) -> Result<Option<Vec<ChannelNamespace>>, String> {
         parse(&text.parse().unwrap())
@@ -116,6 +123,17 @@ mod tests {
         );
         assert!(!news.client_publish && news.presence && news.durable);
         assert_eq!(news.max_publication, 4096);
+        assert_eq!(
+            (news.publish_rate, news.publish_rate_per_user),
+            (None, None)
+        );
+        let got = namespaces(
+            "[channels.chat]\npublish-rate = \"5/s burst 10\"\npublish_rate_per_user = \"10/s\"\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(got[0].publish_rate, Some(RateLimit::new(5, 10)));
+        assert_eq!(got[0].publish_rate_per_user, Some(RateLimit::new(10, 10)));
     }
 
     #[test]
@@ -127,5 +145,10 @@ mod tests {
         let err = namespaces("[channels.chat]\npresence = 1").unwrap_err();
         assert!(err.contains("true or false"), "{err}");
         assert!(namespaces("channels = 3").is_err());
+        let err = namespaces("[channels.chat]\npublish-rate = \"5/min\"").unwrap_err();
+        assert!(
+            err.contains("[channels.chat] publish-rate") && err.contains("N/s"),
+            "{err}"
+        );
     }
 }

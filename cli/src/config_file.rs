@@ -38,8 +38,9 @@ fn defaults(cmd: &Command, text: &str) -> Result<Vec<(String, Vec<String>)>, Str
     let table: toml::Table = text.parse().map_err(|e| format!("not valid TOML: {e}"))?;
     let mut out = Vec::new();
     for (key, value) in &table {
-        if key == "channels" && value.is_table() {
-            // `[channels.NAME]`: the login server's channel namespaces (channel_config.rs).
+        if (key == "channels" || key == "limits") && value.is_table() {
+            // `[channels.NAME]`: the login server's channel namespaces (channel_config.rs);
+            // `[limits.rate]`: its rate limits (rate_config.rs).
             continue;
         }
         let arg = cmd

@@ -358,6 +358,9 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), BoxError> {
         if let Some(channels) = crate::channel_config::from_file(path)? {
             config.channels = channels;
         }
+        if let Some(rate) = crate::rate_config::from_file(path)? {
+            config.rate = rate;
+        }
     }
     let runtime = transport.runtime();
     let server = Arc::new(run_on(

@@ -44,6 +44,7 @@ mod known_servers;
 mod login;
 mod metrics;
 mod options;
+mod rate_config;
 mod soak;
 mod token;
 

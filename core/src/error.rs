@@ -37,6 +37,13 @@ pub enum Error {
     /// subscribers per channel, publication size); nothing was done.
     #[error("over a limit: {0}")]
     Limit(String),
+    /// The request came faster than the peer's rate limits allow
+    /// ([`rate`](crate::rate)); it was not run. The message is
+    /// `rate limited, retry after N ms`, or, when the peer is closing the connection for
+    /// being refused too often, `rate limited too often (N refusals within M ms):
+    /// disconnecting`. See [`retry_after`](Self::retry_after).
+    #[error("{0}")]
+    RateLimited(String),
     /// No reply arrived within the time-out; the call was abandoned.
     #[error("call timed out")]
     Timeout,
@@ -102,6 +109,25 @@ impl Error {
         Error::Remote(message.into())
     }
 
+    /// For [`Error::RateLimited`] with `retry after N ms`: how long to wait before trying
+    /// again (`None` for any other error, and when the peer is disconnecting).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use zserver_core::Error;
+    /// let e = Error::RateLimited("rate limited, retry after 120 ms".into());
+    /// assert_eq!(e.retry_after(), Some(Duration::from_millis(120)));
+    /// assert_eq!(Error::Timeout.retry_after(), None);
+    /// ```
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        let Error::RateLimited(message) = self else {
+            return None;
+        };
+        let (_, after) = message.split_once("retry after ")?;
+        let ms = after.strip_suffix(" ms")?.parse().ok()?;
+        Some(std::time::Duration::from_millis(ms))
+    }
+
     /// The code this error travels under in an `Error` frame.
     pub(crate) fn code(&self) -> ErrorCode {
         match self {
@@ -114,6 +140,7 @@ impl Error {
             Error::NoSuchObject(_) => ErrorCode::NoSuchObject,
             Error::Denied(_) => ErrorCode::Denied,
             Error::Limit(_) => ErrorCode::Limit,
+            Error::RateLimited(_) => ErrorCode::RateLimited,
             _ => ErrorCode::Handler,
         }
     }
@@ -128,7 +155,8 @@ impl Error {
             | Error::UnknownCommand(m)
             | Error::NoSuchObject(m)
             | Error::Denied(m)
-            | Error::Limit(m) => m.clone(),
+            | Error::Limit(m)
+            | Error::RateLimited(m) => m.clone(),
             other => other.to_string(),
         }
     }
@@ -143,6 +171,7 @@ impl Error {
             Some(ErrorCode::NoSuchObject) => Error::NoSuchObject(message),
             Some(ErrorCode::Denied) => Error::Denied(message),
             Some(ErrorCode::Limit) => Error::Limit(message),
+            Some(ErrorCode::RateLimited) => Error::RateLimited(message),
             Some(ErrorCode::Handler) | None => Error::Remote(message),
         }
     }
@@ -197,6 +226,8 @@ pub(crate) enum ErrorCode {
     Denied,
     /// "8": the request would take the peer over a limit; nothing was done.
     Limit,
+    /// "9": the request came faster than the peer's rate limits allow; not run.
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -210,6 +241,7 @@ impl ErrorCode {
             ErrorCode::NoSuchObject => "6",
             ErrorCode::Denied => "7",
             ErrorCode::Limit => "8",
+            ErrorCode::RateLimited => "9",
         }
     }
 
@@ -224,6 +256,7 @@ impl ErrorCode {
             ErrorCode::NoSuchObject => "no_such_object",
             ErrorCode::Denied => "denied",
             ErrorCode::Limit => "limit",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 
@@ -237,6 +270,7 @@ impl ErrorCode {
             "6" => ErrorCode::NoSuchObject,
             "7" => ErrorCode::Denied,
             "8" => ErrorCode::Limit,
+            "9" => ErrorCode::RateLimited,
             _ => return None,
         })
     }
@@ -253,6 +287,7 @@ mod tests {
             Error::UnknownCommand("nope".into()),
             Error::BadRequest("bad".into()),
             Error::Limit("too many".into()),
+            Error::RateLimited("rate limited, retry after 5 ms".into()),
             Error::NoResponse,
             Error::ShuttingDown,
             Error::Denied("no".into()),

@@ -524,6 +524,8 @@ pub struct Router {
     handlers: FxHashMap<Box<str>, Arc<dyn Handler>>,
     pub(crate) hooks: Hooks,
     pub(crate) state: Option<State>,
+    /// The server's rate limits on incoming commands (set by the server builder).
+    pub(crate) rate: Option<crate::rate::RateLimiter>,
 }
 
 impl Router {

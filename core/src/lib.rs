@@ -15,6 +15,7 @@
 //!   [`BlockingClient`], [`Stats`];
 //! - [`channels`]: subscribe, publish, presence and history, with recovery from a position;
 //! - [`hooks`]: hooks around every command, to observe or veto it by name and connection;
+//! - [`rate`]: rate limits per connection and per user on calls and publications;
 //! - [`metrics`]: call counts, errors and a duration histogram fed by such a hook;
 //! - [`ws`] (feature `ws`): the WebSocket transport, for browsers;
 //! - [`reconnect`]: [`ReconnectingClient`], a client that reconnects with back-off and
@@ -47,6 +48,7 @@ mod link;
 pub mod metrics;
 pub(crate) mod proto;
 pub mod proxy;
+pub mod rate;
 mod read_buf;
 pub mod reconnect;
 pub mod runtime;

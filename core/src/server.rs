@@ -19,6 +19,7 @@ use crate::error::Error;
 use crate::handler::{InFlight, Router};
 use crate::link;
 use crate::proxy;
+use crate::rate::RateLimiter;
 use crate::runtime::Runtime;
 use crate::secure::{Keypair, Negotiation};
 use crate::stable::{self, Accepted, Sessions};
@@ -39,6 +40,7 @@ pub struct ServerBuilder {
     config: Config,
     keypair: Option<Keypair>,
     channels: Channels,
+    rate: Option<RateLimiter>,
 }
 
 impl ServerBuilder {
@@ -50,6 +52,7 @@ impl ServerBuilder {
             config: Config::default(),
             keypair: None,
             channels: Channels::new(),
+            rate: None,
         }
     }
 
@@ -58,6 +61,14 @@ impl ServerBuilder {
     /// [`Server::channels`].
     pub fn channels(mut self, channels: Channels) -> Self {
         self.channels = channels;
+        self
+    }
+
+    /// Rate limits on what clients call, send and publish ([`crate::rate`]); keep a clone
+    /// of `limiter` to replace them while the server runs. A connection's user, for the
+    /// per-user buckets, is the one [`Channels::identify`] set.
+    pub fn rate_limits(mut self, limiter: RateLimiter) -> Self {
+        self.rate = Some(limiter);
         self
     }
 
@@ -93,7 +104,12 @@ impl ServerBuilder {
         let local_addr = listener.local_addr()?;
         let runtime = self.transport.runtime();
         self.channels.bind(&runtime, self.config.max_frame);
-        let router = self.router.merge(self.channels.router());
+        let mut router = self.router.merge(self.channels.router());
+        if let Some(rate) = &self.rate {
+            rate.bind_users(Arc::new(Channels::user_of));
+            self.channels.bind_rate(rate.clone());
+            router.rate = Some(rate.clone());
+        }
         let shared = Arc::new(ServerShared {
             keypair: self.keypair.unwrap_or_else(Keypair::generate),
             #[cfg(feature = "ws")]

@@ -21,6 +21,7 @@ mod engine;
 mod hooks;
 mod mixed;
 mod proxy;
+mod rate;
 mod reconnect;
 mod secure;
 mod services;

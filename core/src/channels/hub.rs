@@ -21,6 +21,7 @@ use super::wire::{
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::frame::{self, Header, Kind};
+use crate::rate::RateLimiter;
 use crate::runtime::Runtime;
 
 /// Bytes kept free in a frame for everything but the publications of a subscribe or
@@ -45,6 +46,8 @@ pub(crate) struct Hub {
     history_bytes: AtomicUsize,
     /// The server's clock and frame limit, set when it binds.
     bound: OnceLock<Bound>,
+    /// The server's rate limits on client publications, if it has any.
+    rate: OnceLock<RateLimiter>,
     pub(crate) slow_closed: AtomicU64,
     pub(crate) published: AtomicU64,
     pub(crate) delivered: AtomicU64,
@@ -169,10 +172,16 @@ impl Hub {
             creating: Mutex::new(()),
             history_bytes: AtomicUsize::new(0),
             bound: OnceLock::new(),
+            rate: OnceLock::new(),
             slow_closed: AtomicU64::new(0),
             published: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
         }
+    }
+
+    /// Limits client publications with `rate` (once: later calls are ignored).
+    pub(crate) fn bind_rate(&self, rate: RateLimiter) {
+        let _ = self.rate.set(rate);
     }
 
     /// Ties the hub to its server's clock and frame limit (once; later calls are ignored).
@@ -557,6 +566,9 @@ impl Hub {
                 }
                 if let Some(check) = &ns.publish_check {
                     check(conn, &identity, channel)?;
+                }
+                if let Some(rate) = self.rate.get() {
+                    rate.check_publication(conn, &ns.prefix)?;
                 }
                 identity
             }

@@ -53,6 +53,7 @@ pub use wire::{HistoryPage, Member, Position, Publication, Subscribed};
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::handler::Router;
+use crate::rate::RateLimiter;
 use crate::runtime::Runtime;
 use hub::{Actor, Hub, IdentityCell};
 
@@ -173,6 +174,17 @@ impl Channels {
                 }
             }
         }));
+    }
+
+    /// The user [`identify`](Self::identify) set for `conn`, if any (for rate limits).
+    pub(crate) fn user_of(conn: &Connection) -> Option<String> {
+        let identity = hub::identity_of(conn);
+        (!identity.user.is_empty()).then(|| identity.user.clone())
+    }
+
+    /// Limits what clients publish by namespace (set by the server builder).
+    pub(crate) fn bind_rate(&self, rate: RateLimiter) {
+        self.hub.bind_rate(rate);
     }
 
     /// Sets who `conn` is for channels: the user that permission hooks see, presence
@@ -359,14 +371,33 @@ where
         };
         let conn = ctx.connection().clone();
         if !hub.is_durable(channel(&request)) {
-            return responder.respond(act(&hub, &conn, request));
+            let answer = act(&hub, &conn, request);
+            return answer_then_close(&conn, responder, answer);
         }
         let hub = hub.clone();
         let runtime = conn.runtime().clone();
         runtime.spawn(Box::pin(async move {
-            let answer = blocking::unblock(move || act(&hub, &conn, request)).await;
-            responder.respond(answer);
+            let answer = blocking::unblock({
+                let conn = conn.clone();
+                move || act(&hub, &conn, request)
+            })
+            .await;
+            answer_then_close(&conn, responder, answer);
         }));
+    }
+}
+
+/// Answers, then closes `conn` if the answer was a rate limit's refusal that disconnects
+/// it (so that the client reads why first).
+fn answer_then_close(
+    conn: &Connection,
+    responder: crate::Responder,
+    answer: Result<Vec<u8>, Error>,
+) {
+    let refused = matches!(answer, Err(Error::RateLimited(_)));
+    responder.respond(answer);
+    if refused {
+        crate::rate::close_if_struck_out(conn);
     }
 }
 

@@ -87,6 +87,19 @@ impl Dispatcher {
             // of pinning the read buffer it was cut from, so the queue holds what it counts.
             frame.payload = Bytes::copy_from_slice(&frame.payload);
         }
+        if let Some(rate) = &self.router.rate {
+            if let Err(e) = rate.check_command(conn, frame.command()) {
+                Counters::bump(&conn.shared.counters.commands_vetoed, 1);
+                if is_call {
+                    conn.reply_error(frame.id, &e);
+                    if frame.flags & FLAG_UPLOAD != 0 {
+                        conn.refuse_upload(frame.id);
+                    }
+                }
+                crate::rate::close_if_struck_out(conn);
+                return;
+            }
+        }
         let hooks = &self.router.hooks;
         let info = CommandInfo {
             command: frame.command(),

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use zserver::rate::{RateLimit, RateLimits, Rule};
+
 use super::tokens::granted;
 use crate::cluster::ClusterConfig;
 use crate::store::PasswordParams;
@@ -95,6 +97,14 @@ pub struct LoginConfig {
     /// Accept signed tokens (JWT) with `login_token`, checked with this key (`None`: no
     /// token logins). See [`crate::tokens`].
     pub tokens: Option<TokenConfig>,
+    /// Rate limits on the commands (per connection and per logged-in user, over all of
+    /// the user's sessions on this node) and when a client that keeps going is
+    /// disconnected (`[limits.rate]` in `zserver serve`'s config file). Its
+    /// [`publications`](RateLimits::publications) come from each namespace's
+    /// [`ChannelNamespace::publish_rate`] instead. Nothing limited by default;
+    /// [`LoginServer::reload_rate_limits`](super::LoginServer::reload_rate_limits) replaces
+    /// them while the server runs.
+    pub rate: RateLimits,
 }
 
 /// One channel namespace of the login server (`[channels.NAME]` in `zserver serve`'s
@@ -124,6 +134,11 @@ pub struct ChannelNamespace {
     pub client_publish: bool,
     /// The largest publication, in bytes.
     pub max_publication: usize,
+    /// How fast one connection may publish here (`None`: no limit).
+    pub publish_rate: Option<RateLimit>,
+    /// How fast one user may publish here, over all of their sessions on this node
+    /// (`None`: no limit).
+    pub publish_rate_per_user: Option<RateLimit>,
 }
 
 impl ChannelNamespace {
@@ -139,6 +154,8 @@ impl ChannelNamespace {
             join_leave: true,
             client_publish: true,
             max_publication: zserver::channels::DEFAULT_MAX_PUBLICATION,
+            publish_rate: None,
+            publish_rate_per_user: None,
         }
     }
 
@@ -171,6 +188,21 @@ impl ChannelNamespace {
 }
 
 impl LoginConfig {
+    /// The rate limits the server applies: [`Self::rate`] with each namespace's
+    /// publication limits.
+    pub fn rate_limits(&self) -> RateLimits {
+        self.channels.iter().fold(self.rate.clone(), |limits, ns| {
+            let rule = Rule {
+                per_connection: ns.publish_rate,
+                per_user: ns.publish_rate_per_user,
+            };
+            match rule.is_empty() {
+                true => limits,
+                false => limits.publications(format!("{}:", ns.name), rule),
+            }
+        })
+    }
+
     /// Defaults with data under `data_dir`: 1 GiB per user, partial uploads kept a day, 8
     /// sessions per user (a ninth login kicks the oldest), failed logins per minute: 5 per
     /// (address, account), 50 per address, 20 per account; 10 registrations per minute per
@@ -202,6 +234,7 @@ impl LoginConfig {
             ws_options: zserver::WsOptions::new(),
             channels: vec![ChannelNamespace::new("chat")],
             tokens: None,
+            rate: RateLimits::default(),
         }
     }
 }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use zserver::rate::RateLimiter;
 use zserver::{Error, Server, ServerBuilder, Transport};
 
 use super::accounts;
@@ -21,6 +22,7 @@ pub struct LoginServer {
     server: Server,
     state: Arc<State>,
     ws_addr: Option<SocketAddr>,
+    rate: RateLimiter,
 }
 
 impl LoginServer {
@@ -134,9 +136,11 @@ impl LoginServer {
         if config.observe_calls {
             routes = routes.on_complete(state.metrics.calls().hook());
         }
+        let rate = RateLimiter::new(config.rate_limits());
         let server = ServerBuilder::new(transport)
             .key_file(config.data_dir.join("server.key"))?
             .config(config.connection.clone())
+            .rate_limits(rate.clone())
             .router(routes)
             .channels(channels)
             .bind(addr)
@@ -160,7 +164,21 @@ impl LoginServer {
             server,
             state,
             ws_addr,
+            rate,
         })
+    }
+
+    /// The rate limits applied now, and what they refused
+    /// ([`RateLimiter::refused`], [`RateLimiter::disconnected`]).
+    pub fn rate_limiter(&self) -> &RateLimiter {
+        &self.rate
+    }
+
+    /// Applies `config`'s rate limits ([`LoginConfig::rate`] and the namespaces'
+    /// publication limits) from now on, to every connection, without dropping any: what a
+    /// configuration reload calls. The namespaces themselves are not changed here.
+    pub fn reload_rate_limits(&self, config: &LoginConfig) {
+        self.rate.set(config.rate_limits());
     }
 
     /// The address it listens on.
