@@ -14,7 +14,7 @@ import pytest
 
 from zserver_client import ProtocolError, Reader, StreamHead, Writer, hash_of
 from zserver_client.channels import decode_subscribed, encode_subscribe, Position
-from zserver_client.errors import CodecError, remote_error, UnknownCommand, HandlerFailed, ShuttingDown
+from zserver_client.errors import CodecError, remote_error, UnknownCommand, HandlerFailed, RateLimited, ShuttingDown
 from zserver_client.frame import FrameReader, Kind, decode_body, encode_frame
 from zserver_client.postcard import encode_varint
 from zserver_client.record import Opener, RekeyPolicy, Sealer
@@ -145,6 +145,10 @@ def test_protocol_md_worked_frames() -> None:
     assert isinstance(e, UnknownCommand) and e.code == 2 and "nope" in str(e)
     assert isinstance(remote_error("5", "x"), ShuttingDown)
     assert type(remote_error("42", "x")) is HandlerFailed  # unknown codes are 1
+    limited = remote_error("9", "rate limited, retry after 250 ms")
+    assert isinstance(limited, RateLimited) and limited.code == 9
+    assert limited.retry_after_ms == 250
+    assert remote_error("9", "rate limited too often (20 refusals within 10000 ms): disconnecting").retry_after_ms is None
     # The upload example of section 5b: End carries BLAKE3("hello").
     assert hash_of(b"hello").hex().startswith("ea8f163db38682925e4491c5e58d4bb3")
 

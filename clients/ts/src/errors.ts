@@ -22,6 +22,9 @@ export type ErrorKind =
   | "denied"
   /** The request would take the peer over one of its limits; nothing was done (code 8). */
   | "limit"
+  /** Over a rate limit (`rate limited, retry after N ms`); the request did not run. A client
+   * that keeps going is disconnected (code 9). */
+  | "rateLimited"
   /** The connection is closed (or closed before the answer came). */
   | "closed"
   /** A call or the connect did not finish in time. */
@@ -64,6 +67,7 @@ const KIND_BY_CODE: Record<number, ErrorKind> = {
   6: "noSuchObject",
   7: "denied",
   8: "limit",
+  9: "rateLimited",
 };
 
 const CODE_BY_KIND: Partial<Record<ErrorKind, number>> = {
@@ -75,6 +79,7 @@ const CODE_BY_KIND: Partial<Record<ErrorKind, number>> = {
   noSuchObject: 6,
   denied: 7,
   limit: 8,
+  rateLimited: 9,
 };
 
 /** Every error this package raises. */

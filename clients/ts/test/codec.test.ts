@@ -152,3 +152,11 @@ test("a download whose End hash or length does not match fails with integrity", 
   const greedy = new Inbound(host, 4, 1 << 20, await createHasher());
   assert.throws(() => greedy.onData(new Uint8Array(256 * 1024 + 1)), /beyond the window/);
 });
+
+test("error codes keep their kind both ways, rate limits (code 9) among them", () => {
+  const limited = ZserverError.fromWire("9", "rate limited, retry after 250 ms");
+  assert.equal(limited.kind, "rateLimited");
+  assert.equal(limited.code, 9);
+  assert.equal(ZserverError.fromWire("8", "x").kind, "limit");
+  assert.equal(ZserverError.fromWire("42", "x").kind, "remote");
+});

@@ -29,6 +29,7 @@ __all__ = [
     "NoSuchObject",
     "Denied",
     "OverLimit",
+    "RateLimited",
     "remote_error",
 ]
 
@@ -182,6 +183,26 @@ class OverLimit(RemoteError):
     code = 8
 
 
+class RateLimited(RemoteError):
+    """Code 9: over a rate limit (``rate limited, retry after N ms``); the request did not run.
+
+    A client that keeps going is disconnected (PROTOCOL.md, the error codes)."""
+
+    kind = "rateLimited"
+    code = 9
+
+    @property
+    def retry_after_ms(self) -> int | None:
+        """The ``N`` of ``retry after N ms``, if the message has one."""
+        text = str(self)
+        marker = "retry after "
+        at = text.find(marker)
+        if at < 0:
+            return None
+        digits = text[at + len(marker) :].split(" ", 1)[0]
+        return int(digits) if digits.isdigit() else None
+
+
 _BY_CODE: dict[int, type[RemoteError]] = {
     cls.code: cls
     for cls in (
@@ -193,6 +214,7 @@ _BY_CODE: dict[int, type[RemoteError]] = {
         NoSuchObject,
         Denied,
         OverLimit,
+        RateLimited,
     )
 }
 
