@@ -26,5 +26,6 @@ mod secure;
 mod services;
 mod stable;
 mod streams;
+mod tls;
 mod wire;
 mod ws;
