@@ -36,8 +36,8 @@ pub use error::LoginError;
 pub use metrics::{LoginMetrics, LoginOutcome};
 pub use protocol::Event;
 pub use server::{
-    check_file_name, ChannelNamespace, HashingStats, LoginConfig, LoginServer, WhenFull,
-    PRIVATE_PREFIX,
+    check_file_name, ChannelNamespace, HashingStats, LoginConfig, LoginServer, ReloadReport,
+    WhenFull, PRIVATE_PREFIX,
 };
 pub use store::{PasswordParams, PostgresStorage, SqliteStorage, Storage, Store, StoreError};
 pub use tokens::{TokenClaims, TokenConfig, TokenKey};

@@ -21,6 +21,7 @@ mod offline_confirm;
 mod postgres_retry;
 mod proxy;
 mod push_during_login;
+mod reload;
 mod resume_upload;
 mod sessions;
 mod slow_reader;
