@@ -425,13 +425,17 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), BoxError> {
         }
         None => None,
     };
+    // Until Ctrl-C or SIGTERM; on Unix, each SIGHUP reloads the settings meanwhile.
     #[cfg(unix)]
-    crate::reload::on_sighup(server.clone(), crate::reload::Started::of(&args))?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    ctrlc::set_handler(move || {
-        let _ = tx.send(());
-    })?;
-    let _ = rx.recv();
+    crate::reload::until_stopped(&server, &crate::reload::Started::of(&args))?;
+    #[cfg(not(unix))]
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        ctrlc::set_handler(move || {
+            let _ = tx.send(());
+        })?;
+        let _ = rx.recv();
+    }
     eprintln!("shutting down");
     if let Some(exporter) = &exporter {
         exporter.shutting_down();

@@ -3,9 +3,8 @@
 //! connection; what needs a restart is logged.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use signal_hook::consts::SIGHUP;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use zserver_login::LoginServer;
 
@@ -31,16 +30,15 @@ impl Started {
     }
 }
 
-/// Reloads `server` on every SIGHUP, from a thread of its own.
-pub(crate) fn on_sighup(server: Arc<LoginServer>, started: Started) -> Result<(), BoxError> {
-    let mut signals = Signals::new([SIGHUP])?;
-    std::thread::Builder::new()
-        .name("sighup".into())
-        .spawn(move || {
-            for _ in signals.forever() {
-                reload(&server, &started);
-            }
-        })?;
+/// Waits for SIGINT (Ctrl-C) or SIGTERM, reloading `server` on every SIGHUP meanwhile.
+pub(crate) fn until_stopped(server: &LoginServer, started: &Started) -> Result<(), BoxError> {
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    for signal in signals.forever() {
+        match signal {
+            SIGHUP => reload(server, started),
+            _ => break,
+        }
+    }
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! TLS in the CLI tests: certificates made with rcgen, and a blocking rustls client that
 //! fetches a page over `https://` and reports the certificate the server showed.
+#![allow(dead_code)] // each test binary uses part of it
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
