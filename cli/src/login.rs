@@ -68,6 +68,13 @@ pub(crate) struct ServeArgs {
     /// gives `index.html`).
     #[arg(long, value_name = "DIR", requires = "listen_ws")]
     pub web: Option<PathBuf>,
+    /// Serve TLS on the WebSocket port (`wss://`, and `https://` for --web) with the PEM
+    /// certificate chain in this file (the server's certificate first); SIGHUP reloads it.
+    #[arg(long, value_name = "FILE", requires_all = ["listen_ws", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, RSA or EC).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// A proxy in front of the server (TLS terminator, load balancer) whose word on the
     /// client's address is believed: an address or CIDR range (`10.0.0.0/8`); repeatable.
     /// Its connections are known (limits, logs) by the address it announces: in a PROXY
@@ -309,9 +316,8 @@ pub(crate) enum ClientAction {
     },
 }
 
-pub(crate) fn serve(args: ServeArgs) -> Result<(), BoxError> {
-    init_logs(args.ops.log_format);
-    let transport = zserver::transport(&args.backend).ok_or("unknown back end")?;
+/// The login server's settings `args` ask for, with the key and certificate files read.
+pub(crate) fn login_config(args: &ServeArgs) -> Result<LoginConfig, BoxError> {
     let mut config = LoginConfig::new(&args.data);
     config.quota_bytes = args.quota_mib << 20;
     config.max_sessions = match args.single_session {
@@ -353,6 +359,9 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), BoxError> {
     config.ws_listen = args.listen_ws;
     config.ws_options.allowed_origins = args.allowed_origins.clone();
     config.ws_options.web_root = args.web.clone();
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.ws_options.tls = Some(zserver::tls::Certificates::load(cert, key)?);
+    }
     config.tokens = args.tokens()?;
     if let Some(path) = &args.ops.config {
         if let Some(channels) = crate::channel_config::from_file(path)? {
@@ -362,6 +371,13 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), BoxError> {
             config.rate = rate;
         }
     }
+    Ok(config)
+}
+
+pub(crate) fn serve(args: ServeArgs) -> Result<(), BoxError> {
+    init_logs(args.ops.log_format);
+    let transport = zserver::transport(&args.backend).ok_or("unknown back end")?;
+    let config = login_config(&args)?;
     let runtime = transport.runtime();
     let server = Arc::new(run_on(
         &runtime,
@@ -374,9 +390,13 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), BoxError> {
         args.backend
     );
     if let Some(ws) = server.ws_addr() {
-        println!("WebSocket on ws://{ws}/");
+        let (ws_scheme, http) = match &config.ws_options.tls {
+            Some(_) => ("wss", "https"),
+            None => ("ws", "http"),
+        };
+        println!("WebSocket on {ws_scheme}://{ws}/");
         if let Some(web) = &args.web {
-            println!("web page from {} on http://{ws}/", web.display());
+            println!("web page from {} on {http}://{ws}/", web.display());
         }
     }
     println!("data directory: {}", args.data.display());
@@ -412,11 +432,17 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), BoxError> {
         }
         None => None,
     };
-    let (tx, rx) = std::sync::mpsc::channel();
-    ctrlc::set_handler(move || {
-        let _ = tx.send(());
-    })?;
-    let _ = rx.recv();
+    // Until Ctrl-C or SIGTERM; on Unix, each SIGHUP reloads the settings meanwhile.
+    #[cfg(unix)]
+    crate::reload::until_stopped(&server, &crate::reload::Started::of(&args))?;
+    #[cfg(not(unix))]
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        ctrlc::set_handler(move || {
+            let _ = tx.send(());
+        })?;
+        let _ = rx.recv();
+    }
     eprintln!("shutting down");
     if let Some(exporter) = &exporter {
         exporter.shutting_down();

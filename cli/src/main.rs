@@ -45,6 +45,8 @@ mod login;
 mod metrics;
 mod options;
 mod rate_config;
+#[cfg(unix)]
+mod reload;
 mod soak;
 mod token;
 
@@ -122,6 +124,26 @@ fn parse() -> Result<ArgMatches, bench::BoxError> {
         }
     }
     Ok(matches)
+}
+
+/// `serve`'s arguments parsed again from this process's command line and config file
+/// (for a reload).
+#[cfg(unix)]
+pub(crate) fn serve_args() -> Result<login::ServeArgs, bench::BoxError> {
+    let matches = command().try_get_matches()?;
+    let matches = match matches.subcommand() {
+        Some(("serve", serve)) => match serve.get_one::<std::path::PathBuf>("config") {
+            Some(path) => config_file::apply(command(), "serve", path)?
+                .try_get_matches()
+                .map_err(|e| config_file::parse_error(e, path).render().to_string())?,
+            None => matches,
+        },
+        _ => return Err("not `zserver serve`".into()),
+    };
+    match Cli::from_arg_matches(&matches)?.command {
+        Command::Serve(args) => Ok(args),
+        _ => Err("not `zserver serve`".into()),
+    }
 }
 
 fn main() {

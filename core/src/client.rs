@@ -35,6 +35,10 @@ pub struct ClientBuilder {
     /// Carry connections in WebSocket: the request's path and `Host`.
     #[cfg(feature = "ws")]
     websocket: Option<(String, Option<String>)>,
+    /// TLS for WebSocket connections: the configuration and the server name to verify
+    /// (set by [`connect_ws`](Self::connect_ws) for a `wss://` URL).
+    #[cfg(feature = "tls")]
+    tls: (Option<Arc<rustls::ClientConfig>>, Option<String>),
 }
 
 impl ClientBuilder {
@@ -50,6 +54,8 @@ impl ClientBuilder {
             local: None,
             #[cfg(feature = "ws")]
             websocket: None,
+            #[cfg(feature = "tls")]
+            tls: (None, None),
         }
     }
 
@@ -125,8 +131,18 @@ impl ClientBuilder {
         self
     }
 
+    /// The TLS settings (the certificates to trust) for `wss://` URLs given to
+    /// [`connect_ws`](Self::connect_ws).
+    #[cfg(feature = "tls")]
+    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls.0 = Some(config);
+        self
+    }
+
     /// Connects over WebSocket to `url`, `ws://host[:port][/path]` (port 80 by default):
     /// the protocol is the same as over TCP, Noise encryption and key pinning included.
+    /// `wss://host[:port][/path]` (port 443 by default; feature `tls`) adds TLS, verified
+    /// for `host` by the configuration given to [`tls_config`](Self::tls_config).
     ///
     /// ```no_run
     /// # async fn demo(transport: std::sync::Arc<dyn zserver_core::Transport>) -> Result<(), zserver_core::Error> {
@@ -136,6 +152,16 @@ impl ClientBuilder {
     #[cfg(feature = "ws")]
     pub async fn connect_ws(mut self, url: &str) -> Result<Client, Error> {
         let target = crate::ws::WsUrl::parse(url)?;
+        #[cfg(feature = "tls")]
+        if target.tls {
+            if self.tls.0.is_none() {
+                let why = format!(
+                    "{url}: wss:// needs ClientBuilder::tls_config (the certificates to trust)"
+                );
+                return Err(Error::Io(why));
+            }
+            self.tls.1 = Some(target.host.clone());
+        }
         self.websocket = Some((target.path, Some(target.authority)));
         self.connect((target.host.as_str(), target.port)).await
     }
@@ -153,6 +179,10 @@ impl ClientBuilder {
                 .max_frame(self.config.max_frame);
             if let Some(host) = host {
                 ws = ws.host(host.clone());
+            }
+            #[cfg(feature = "tls")]
+            if let (Some(config), Some(name)) = &self.tls {
+                ws = ws.tls(config.clone(), name.clone());
             }
             Arc::new(ws) as Arc<dyn Transport>
         }) {

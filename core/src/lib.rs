@@ -18,6 +18,8 @@
 //! - [`rate`]: rate limits per connection and per user on calls and publications;
 //! - [`metrics`]: call counts, errors and a duration histogram fed by such a hook;
 //! - [`ws`] (feature `ws`): the WebSocket transport, for browsers;
+//! - [`tls`] (feature `tls`): TLS on WebSocket listeners and clients (`wss://`),
+//!   with certificates reloadable while serving;
 //! - [`reconnect`]: [`ReconnectingClient`], a client that reconnects with back-off and
 //!   re-runs its login hook.
 //!
@@ -60,6 +62,8 @@ mod signal;
 pub mod stable;
 mod stats;
 pub mod stream;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod transport;
 #[cfg(feature = "ws")]
 pub mod ws;

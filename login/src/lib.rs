@@ -39,7 +39,7 @@ pub use metrics::{LoginMetrics, LoginOutcome};
 pub use protocol::Event;
 pub use server::{
     check_file_name, Admin, AdminError, ChannelNamespace, HashingStats, LoginConfig, LoginServer,
-    ServerInfo, WhenFull, PRIVATE_PREFIX,
+    ReloadReport, ServerInfo, WhenFull, PRIVATE_PREFIX,
 };
 pub use store::{PasswordParams, PostgresStorage, SqliteStorage, Storage, Store, StoreError};
 pub use tokens::{TokenClaims, TokenConfig, TokenKey};

@@ -27,5 +27,6 @@ mod secure;
 mod services;
 mod stable;
 mod streams;
+mod tls;
 mod wire;
 mod ws;

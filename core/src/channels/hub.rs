@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -28,13 +28,20 @@ use crate::runtime::Runtime;
 /// history answer.
 const ANSWER_SLACK: usize = 1024;
 
+/// Namespaces longest prefix first: the first match is the most specific.
+fn sorted(mut namespaces: Vec<Namespace>) -> Vec<Arc<Namespace>> {
+    namespaces.sort_by_key(|n| std::cmp::Reverse(n.prefix.len()));
+    namespaces.into_iter().map(Arc::new).collect()
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The channels of one server.
 pub(crate) struct Hub {
-    namespaces: Vec<Namespace>,
+    /// Longest prefix first; replaced whole by [`Hub::set_namespaces`].
+    namespaces: RwLock<Vec<Arc<Namespace>>>,
     pub(crate) limits: Limits,
     channels: Mutex<HashMap<Arc<str>, Arc<Channel>>>,
     /// Where durable namespaces keep their history.
@@ -60,7 +67,6 @@ struct Bound {
 
 struct Channel {
     name: Arc<str>,
-    ns: usize,
     state: Mutex<ChannelState>,
 }
 
@@ -156,15 +162,13 @@ pub(crate) enum Actor<'a> {
 
 impl Hub {
     pub(crate) fn new(
-        mut namespaces: Vec<Namespace>,
+        namespaces: Vec<Namespace>,
         limits: Limits,
         store: Option<Arc<dyn HistoryStore>>,
         relay: Option<Arc<dyn Relay>>,
     ) -> Self {
-        // Longest prefix first: the first match is the most specific.
-        namespaces.sort_by_key(|n| std::cmp::Reverse(n.prefix.len()));
         Self {
-            namespaces,
+            namespaces: RwLock::new(sorted(namespaces)),
             limits,
             channels: Mutex::new(HashMap::new()),
             store,
@@ -182,6 +186,12 @@ impl Hub {
     /// Limits client publications with `rate` (once: later calls are ignored).
     pub(crate) fn bind_rate(&self, rate: RateLimiter) {
         let _ = self.rate.set(rate);
+    }
+
+    /// Replaces the namespaces: every later call finds its channel's rules here. Channels
+    /// open now keep their subscribers and history.
+    pub(crate) fn set_namespaces(&self, namespaces: Vec<Namespace>) {
+        *self.namespaces.write().unwrap_or_else(|e| e.into_inner()) = sorted(namespaces);
     }
 
     /// Ties the hub to its server's clock and frame limit (once; later calls are ignored).
@@ -212,27 +222,28 @@ impl Hub {
     }
 
     /// The namespace of `channel`, checking its name.
-    fn namespace(&self, channel: &str) -> Result<(usize, &Namespace), Error> {
+    fn namespace(&self, channel: &str) -> Result<Arc<Namespace>, Error> {
         if channel.is_empty() || channel.len() > self.limits.max_name {
             return Err(Error::BadRequest(format!(
                 "a channel name is 1 to {} bytes",
                 self.limits.max_name
             )));
         }
-        self.namespaces
+        let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
+        namespaces
             .iter()
-            .enumerate()
-            .find(|(_, ns)| channel.starts_with(ns.prefix.as_str()))
+            .find(|ns| channel.starts_with(ns.prefix.as_str()))
+            .cloned()
             .ok_or_else(|| Error::Denied(format!("no namespace for channel `{channel}`")))
     }
 
     /// The namespace of `channel`, if `actor` may subscribe to it (and so read it).
-    fn readable(&self, actor: Actor<'_>, channel: &str) -> Result<(usize, &Namespace), Error> {
-        let (i, ns) = self.namespace(channel)?;
+    fn readable(&self, actor: Actor<'_>, channel: &str) -> Result<Arc<Namespace>, Error> {
+        let ns = self.namespace(channel)?;
         if let (Actor::Client(conn), Some(check)) = (actor, &ns.subscribe_check) {
             check(conn, &identity_of(conn), channel)?;
         }
-        Ok((i, ns))
+        Ok(ns)
     }
 
     /// Whether acting on `channel` may touch the history store (blocking I/O): its
@@ -241,19 +252,23 @@ impl Hub {
         self.store.is_some()
             && self
                 .namespace(channel)
-                .is_ok_and(|(_, ns)| ns.durable && ns.keeps_history())
+                .is_ok_and(|ns| ns.durable && ns.keeps_history())
     }
 
     /// The channel named `name`, made if `create` (and within the limit); a durable one is
     /// loaded from the store, or recorded there with a new epoch.
-    fn channel(&self, name: &str, ns: usize, create: bool) -> Result<Option<Arc<Channel>>, Error> {
+    fn channel(
+        &self,
+        name: &str,
+        namespace: &Namespace,
+        create: bool,
+    ) -> Result<Option<Arc<Channel>>, Error> {
         if let Some(found) = lock(&self.channels).get(name) {
             return Ok(Some(found.clone()));
         }
         if !create {
             return Ok(None);
         }
-        let namespace = &self.namespaces[ns];
         let store = self
             .store
             .as_ref()
@@ -281,7 +296,6 @@ impl Hub {
         let name: Arc<str> = Arc::from(name);
         let channel = Arc::new(Channel {
             name: name.clone(),
-            ns,
             state: Mutex::new(ChannelState {
                 subscribers: Vec::new(),
                 history,
@@ -348,7 +362,8 @@ impl Hub {
         channel: &str,
         since: Option<Position>,
     ) -> Result<Subscribed, Error> {
-        let (ns_index, ns) = self.readable(Actor::Client(conn), channel)?;
+        let ns = self.readable(Actor::Client(conn), channel)?;
+        let ns = &*ns;
         let identity = identity_of(conn);
         let membership = conn.extension::<Membership>();
         let mut joined = lock(&membership.0);
@@ -365,7 +380,7 @@ impl Hub {
         }
         let now = self.now();
         let (name, answer) = loop {
-            let Some(ch) = self.channel(channel, ns_index, true)? else {
+            let Some(ch) = self.channel(channel, ns, true)? else {
                 continue;
             };
             let mut state = lock(&ch.state);
@@ -463,17 +478,20 @@ impl Hub {
         let Some(ch) = lock(&self.channels).get(channel).cloned() else {
             return;
         };
-        let ns = &self.namespaces[ch.ns];
+        // A namespace removed by a reload sends no more events.
+        let ns = self.namespace(&ch.name).ok();
         let now_empty = {
             let mut state = lock(&ch.state);
             let Some(at) = state.subscribers.iter().position(|s| s.conn.id() == conn) else {
                 return;
             };
             let gone = state.subscribers.swap_remove(at);
-            if ns.join_leave {
-                self.announce(&ch.name, &state, wire::LEAVE, &gone.member());
+            if let Some(ns) = &ns {
+                if ns.join_leave {
+                    self.announce(&ch.name, &state, wire::LEAVE, &gone.member());
+                }
+                self.relay_presence(ns, &ch.name, &gone, false);
             }
-            self.relay_presence(ns, &ch.name, &gone, false);
             state.subscribers.is_empty() && state.history.as_ref().is_none_or(History::is_empty)
         };
         if now_empty {
@@ -508,9 +526,10 @@ impl Hub {
     /// Applies another server's presence change: the join or leave event for this server's
     /// subscribers of the channel, if its namespace sends them.
     pub(crate) fn apply_remote_presence(&self, change: &PresenceChange) {
-        let Ok((_, ns)) = self.namespace(&change.channel) else {
+        let Ok(ns) = self.namespace(&change.channel) else {
             return;
         };
+        let ns = &*ns;
         if !ns.join_leave {
             return;
         }
@@ -555,7 +574,8 @@ impl Hub {
         channel: &str,
         data: Bytes,
     ) -> Result<Option<Position>, Error> {
-        let (ns_index, ns) = self.namespace(channel)?;
+        let ns = self.namespace(channel)?;
+        let ns = &*ns;
         let from = match actor {
             Actor::Client(conn) => {
                 let identity = identity_of(conn);
@@ -589,7 +609,7 @@ impl Hub {
             .as_ref()
             .filter(|_| !ns.keeps_history() || self.durable(ns));
         let position = loop {
-            let Some(ch) = self.channel(channel, ns_index, ns.keeps_history())? else {
+            let Some(ch) = self.channel(channel, ns, ns.keeps_history())? else {
                 // Nobody subscribed here and no history kept: only the other nodes may care.
                 if let Some(relay) = relayed {
                     relay.relay(relayed_publication(
@@ -757,14 +777,15 @@ impl Hub {
     /// held here are left alone (their history is in the store); a gap is filled from the
     /// store. May read the store: call it from a blocking thread.
     pub(crate) fn apply_remote(&self, relayed: &Relayed) -> Result<(), Error> {
-        let Ok((ns_index, ns)) = self.namespace(&relayed.channel) else {
+        let Ok(ns) = self.namespace(&relayed.channel) else {
             return Ok(());
         };
+        let ns = &*ns;
         if ns.keeps_history() && !self.durable(ns) {
             // History in each server's memory: offsets are per server, nothing is relayed.
             return Ok(());
         }
-        let Some(ch) = self.channel(&relayed.channel, ns_index, false)? else {
+        let Some(ch) = self.channel(&relayed.channel, ns, false)? else {
             return Ok(());
         };
         let mut after = AfterUnlock::default();
@@ -870,7 +891,8 @@ impl Hub {
 
     /// The members of `channel` (each subscribed connection once).
     pub(crate) fn presence(&self, actor: Actor<'_>, channel: &str) -> Result<Vec<Member>, Error> {
-        let (_, ns) = self.readable(actor, channel)?;
+        let ns = self.readable(actor, channel)?;
+        let ns = &*ns;
         if matches!(actor, Actor::Client(_)) && !ns.presence {
             return Err(Error::Denied(format!("`{channel}` has no presence")));
         }
@@ -905,12 +927,12 @@ impl Hub {
         since: Option<Position>,
         limit: usize,
     ) -> Result<HistoryPage, Error> {
-        let (_, ns) = self.readable(actor, channel)?;
+        let ns = self.readable(actor, channel)?;
+        let ns = &*ns;
         if !ns.keeps_history() {
             return Err(Error::Denied(format!("`{channel}` keeps no history")));
         }
-        let (ns_index, _) = self.namespace(channel)?;
-        let loaded = self.channel(channel, ns_index, self.is_durable(channel))?;
+        let loaded = self.channel(channel, ns, self.is_durable(channel))?;
         let Some(ch) = loaded else {
             return Ok(HistoryPage {
                 position: Position {

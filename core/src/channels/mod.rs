@@ -120,6 +120,14 @@ impl Channels {
         self.rebuilt()
     }
 
+    /// Replaces the namespaces while serving (a configuration reload): every later
+    /// subscribe, publish, presence and history call follows the new rules, a channel of a
+    /// namespace no longer listed is refused. Channels open now keep their subscribers and
+    /// history (a channel's history size is the one its namespace had when it was made).
+    pub fn set_namespaces(&self, namespaces: Vec<Namespace>) {
+        self.hub.set_namespaces(namespaces);
+    }
+
     /// Sets the limits (before the server starts: the result is a new, empty set of
     /// channels).
     pub fn limits(mut self, limits: Limits) -> Self {

@@ -38,7 +38,8 @@ use crate::transport::{
     BoxRead, BoxWrite, ClientIo, Listener, ServerIo, SplitClient, Transport, Upgrade, Upgraded,
 };
 use http::{origin_allowed, read_head, respond_text, respond_text_with, HeadError};
-use stream::{halves, io_error, Duplex};
+pub(crate) use stream::Duplex;
+use stream::{halves, io_error};
 
 pub use http::MAX_HEAD;
 
@@ -65,6 +66,10 @@ pub struct WsOptions {
     /// A directory whose files are served to plain HTTP `GET`s on the same port (a web
     /// page using the TypeScript client); `None` answers them with 426.
     pub web_root: Option<PathBuf>,
+    /// Serves TLS (`wss://`, and `https://` for the files) with these certificates
+    /// instead of plain `ws://`; the TLS handshake runs under the handshake time-out.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::Certificates>,
 }
 
 impl WsOptions {
@@ -82,6 +87,13 @@ impl WsOptions {
     /// Serves the files of `dir` to plain HTTP requests.
     pub fn web_root(mut self, dir: impl Into<PathBuf>) -> Self {
         self.web_root = Some(dir.into());
+        self
+    }
+
+    /// Serves TLS with `certificates` (see [`WsOptions::tls`]).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, certificates: crate::tls::Certificates) -> Self {
+        self.tls = Some(certificates);
         self
     }
 }
@@ -102,6 +114,9 @@ pub struct WsTransport {
     max_frame: usize,
     path: String,
     host: Option<String>,
+    /// TLS on the client side: the configuration and the server name to verify.
+    #[cfg(feature = "tls")]
+    tls: Option<(Arc<rustls::ClientConfig>, String)>,
 }
 
 impl WsTransport {
@@ -114,6 +129,8 @@ impl WsTransport {
             max_frame: DEFAULT_MAX_FRAME,
             path: "/".into(),
             host: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -138,6 +155,18 @@ impl WsTransport {
     /// The `Host` its client requests name; by default the address connected to.
     pub fn host(mut self, host: impl Into<String>) -> Self {
         self.host = Some(host.into());
+        self
+    }
+
+    /// Connects with TLS (`wss://`), verifying the server's certificate for
+    /// `server_name` (a DNS name or an IP address) by `config`.
+    #[cfg(feature = "tls")]
+    pub fn tls(
+        mut self,
+        config: Arc<rustls::ClientConfig>,
+        server_name: impl Into<String>,
+    ) -> Self {
+        self.tls = Some((config, server_name.into()));
         self
     }
 
@@ -184,12 +213,17 @@ impl Transport for WsTransport {
         }))
     }
 
-    /// Connects over TCP and upgrades to a WebSocket (`ws://` only: the protocol's own
-    /// Noise layer secures the bytes).
+    /// Connects over TCP (then TLS, if [`tls`](Self::tls) was given) and upgrades to a
+    /// WebSocket; the protocol's own Noise layer secures the bytes inside either way.
     async fn connect(&self, addr: SocketAddr) -> io::Result<Box<dyn ClientIo>> {
         let io = self.inner.connect(addr).await?;
         let (peer, local) = (io.peer_addr(), io.local_addr());
         let (read, write) = io.into_halves();
+        #[cfg(feature = "tls")]
+        let (read, write) = match &self.tls {
+            Some((config, name)) => crate::tls::connect(config.clone(), name, read, write).await?,
+            None => (read, write),
+        };
         let host = self.host.clone().unwrap_or_else(|| addr.to_string());
         let url = format!("ws://{host}{}", self.path);
         let duplex = Duplex::new(Vec::new(), read, write);
@@ -245,6 +279,10 @@ impl Upgrade for Acceptor {
         peer: SocketAddr,
         proxies: &TrustedProxies,
     ) -> io::Result<Option<Upgraded>> {
+        #[cfg(feature = "tls")]
+        if let Some(certificates) = &self.options.tls {
+            (read, write) = crate::tls::accept(certificates, read, write).await?;
+        }
         let (head, bytes) = match read_head(&mut read).await {
             Ok(read) => read,
             Err(HeadError::Io(e)) => return Err(e),
@@ -304,8 +342,10 @@ impl Upgrade for Acceptor {
 pub(crate) struct WsUrl {
     /// The host name or address (an IPv6 address without brackets).
     pub(crate) host: String,
-    /// The port (80 if the URL has none).
+    /// The port (80, or 443 for `wss://`, if the URL has none).
     pub(crate) port: u16,
+    /// Whether the URL is `wss://` (TLS).
+    pub(crate) tls: bool,
     /// `host[:port]` as written, for the `Host` header.
     pub(crate) authority: String,
     /// The path and query (`/` if the URL has none).
@@ -313,16 +353,17 @@ pub(crate) struct WsUrl {
 }
 
 impl WsUrl {
-    /// Parses `ws://host[:port][/path]`. `wss://` is refused: terminate TLS in front of
-    /// the server if a page needs it (the protocol's Noise layer already encrypts).
+    /// Parses `ws://host[:port][/path]` or `wss://...` (`wss://` needs the `tls`
+    /// feature).
     pub(crate) fn parse(url: &str) -> Result<Self, Error> {
         let bad = |why: &str| Error::Io(format!("bad WebSocket URL `{url}`: {why}"));
         let uri: Uri = url.parse().map_err(|e| bad(&format!("{e}")))?;
-        match uri.scheme_str() {
-            Some("ws") => {}
-            Some("wss") => return Err(bad("wss:// (TLS) is not supported; use ws://")),
-            _ => return Err(bad("the scheme must be ws://")),
-        }
+        let tls = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") if cfg!(feature = "tls") => true,
+            Some("wss") => return Err(bad("wss:// (TLS) needs zserver's `tls` feature")),
+            _ => return Err(bad("the scheme must be ws:// or wss://")),
+        };
         let authority = uri.authority().ok_or_else(|| bad("no host"))?;
         let host = authority.host();
         let host = host
@@ -331,7 +372,8 @@ impl WsUrl {
             .unwrap_or(host);
         Ok(Self {
             host: host.to_string(),
-            port: authority.port_u16().unwrap_or(80),
+            port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+            tls,
             authority: authority.as_str().to_string(),
             path: uri
                 .path_and_query()
@@ -360,7 +402,12 @@ mod tests {
         assert_eq!((u.host.as_str(), u.port), ("::1", 9));
         let u = WsUrl::parse("ws://example.com").unwrap();
         assert_eq!((u.port, u.path.as_str()), (80, "/"));
-        assert!(WsUrl::parse("wss://example.com/").is_err());
+        assert_eq!(
+            WsUrl::parse("wss://example.com/")
+                .map(|u| (u.tls, u.port))
+                .ok(),
+            cfg!(feature = "tls").then_some((true, 443))
+        );
         assert!(WsUrl::parse("http://example.com/").is_err());
         assert!(WsUrl::parse("127.0.0.1:7180").is_err());
     }

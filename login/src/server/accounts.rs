@@ -66,7 +66,7 @@ impl State {
 /// Starts watching `state`'s store for account changes numbered above `after`, until the
 /// server shuts down or is dropped.
 pub(super) fn watch(state: &Arc<State>, after: u64) {
-    let (runtime, every) = (state.runtime.clone(), state.config.account_watch);
+    let (runtime, every) = (state.runtime.clone(), state.config().account_watch);
     let (weak, sleeper, look) = (Arc::downgrade(state), runtime.clone(), state.look.1.clone());
     runtime.spawn(Box::pin(async move {
         watching(weak, &*sleeper, look, every, after).await;

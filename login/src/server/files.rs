@@ -57,7 +57,7 @@ impl State {
     /// The bytes `user` holds: files and partial uploads (removing those kept too long).
     fn usage(&self, user: &str) -> Result<u64, Error> {
         let files: u64 = self.list(user)?.iter().map(|f| f.size).sum();
-        let partial = partials::usage(&self.user_dir(user)?, self.config.keep_partial_uploads);
+        let partial = partials::usage(&self.user_dir(user)?, self.config().keep_partial_uploads);
         Ok(files + partial)
     }
 
@@ -69,7 +69,7 @@ impl State {
     ) -> Result<Option<PartialUpload>, Error> {
         check_file_name(name)?;
         let dir = self.user_dir(user)?;
-        partials::usage(&dir, self.config.keep_partial_uploads);
+        partials::usage(&dir, self.config().keep_partial_uploads);
         Ok(partials::status(&dir, name))
     }
 }
@@ -135,7 +135,7 @@ pub(super) async fn put(
             let replaced =
                 std::fs::metadata(&path).map_or(0, |m| m.len()) + partials::size_of(&dir, &n);
             let room = state
-                .config
+                .config()
                 .quota_bytes
                 .saturating_sub(state.usage(&user)?.saturating_sub(replaced));
             let temp = dir.join(format!(".upload-{connection}-{upload}"));

@@ -224,7 +224,7 @@ async fn bind_session(
     info: Vec<u8>,
     generation: u64,
 ) -> Result<Welcome, LoginError> {
-    let config = &state.config;
+    let config = state.config();
     let elsewhere = state
         .cluster
         .as_ref()

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use zserver::rate::RateLimiter;
 use zserver::{Error, Server, ServerBuilder, Transport};
@@ -12,7 +12,7 @@ use super::handlers::router;
 use super::hashing::{HashPool, HashingStats, PoolLimits};
 use super::limiter::Limiter;
 use super::sessions::Sessions;
-use super::{store_err, LoginConfig, State};
+use super::{store_err, LoginConfig, ReloadReport, State};
 use crate::cluster::{Cluster, LocalSessions, NodeId};
 use crate::metrics::LoginMetrics;
 use crate::store::{Store, StoreError};
@@ -95,7 +95,8 @@ impl LoginServer {
             .tokens
             .as_ref()
             .map(crate::tokens::Verifier::new)
-            .transpose()?;
+            .transpose()?
+            .map(Arc::new);
         let instance = match &cluster {
             Some(cluster) => cluster.node(),
             None => {
@@ -109,7 +110,7 @@ impl LoginServer {
             .await
             .map_err(store_err)?;
         let state = Arc::new(State {
-            tokens,
+            tokens: RwLock::new(tokens),
             runtime: transport.runtime(),
             instance,
             closing: AtomicBool::new(false),
@@ -126,7 +127,7 @@ impl LoginServer {
                 queue: config.hash_queue,
                 per_address: config.hash_per_address,
             }),
-            config: config.clone(),
+            config: RwLock::new(Arc::new(config.clone())),
             metrics: Arc::default(),
             server: Mutex::new(None),
             rates: Mutex::default(),
@@ -239,6 +240,15 @@ impl LoginServer {
     /// the admin page: publish, disconnect, push, users, figures (see [`Admin`]).
     pub fn admin(&self) -> super::Admin {
         super::Admin::new(self.state.clone())
+    }
+
+    /// Applies the settings of `config` that can change while serving (limits, channel
+    /// namespaces, token keys, the WebSocket listener's certificate read again from its
+    /// files) without dropping a connection, and reports those it could not (a restart
+    /// applies them: the data directory, the store, the listeners, ...). `config` is the
+    /// whole new configuration, as [`start`](Self::start) would take it.
+    pub fn reload(&self, config: &LoginConfig) -> ReloadReport {
+        super::reload::reload(&self.state, config)
     }
 
     /// Stops gracefully (and tells the cluster this node leaves).

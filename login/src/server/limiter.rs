@@ -102,6 +102,13 @@ impl Limiter {
         )
     }
 
+    /// Takes the window and bounds of `other` (a reload); the failures counted so far
+    /// stay, judged by the new bounds from the next attempt on.
+    pub(super) fn reconfigure(&mut self, other: Limiter) {
+        self.window = other.window;
+        self.rules = other.rules;
+    }
+
     /// The bound of `key`; `None` if no rule names it.
     fn max(&self, key: &str) -> Option<usize> {
         self.rules

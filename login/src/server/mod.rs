@@ -17,12 +17,13 @@ mod limiter;
 mod partials;
 mod passwords;
 mod push;
+mod reload;
 mod sessions;
 mod tokens;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use zserver::{Error, Runtime};
 
@@ -40,6 +41,7 @@ use hashing::HashPool;
 pub use hashing::HashingStats;
 pub use lifecycle::LoginServer;
 use limiter::Limiter;
+pub use reload::ReloadReport;
 use sessions::Sessions;
 
 struct State {
@@ -53,7 +55,8 @@ struct State {
     look: (async_channel::Sender<()>, async_channel::Receiver<()>),
     store: Arc<Store>,
     files: PathBuf,
-    config: LoginConfig,
+    /// The settings in force: replaced whole by a reload ([`reload`]).
+    config: RwLock<Arc<LoginConfig>>,
     sessions: Mutex<Sessions>,
     limiter: Mutex<Limiter>,
     /// Registrations per address.
@@ -65,7 +68,7 @@ struct State {
     /// The server's channels (identities are set at login).
     channels: zserver::channels::Channels,
     /// Checks login tokens, if the server takes them.
-    tokens: Option<crate::tokens::Verifier>,
+    tokens: RwLock<Option<Arc<crate::tokens::Verifier>>>,
     /// The zserver server, once it listens (connection counts for the server API); taken
     /// out at shutdown.
     server: Mutex<Option<zserver::Server>>,
@@ -73,6 +76,24 @@ struct State {
     rates: Mutex<admin_node::Rates>,
     /// When the server started.
     started: std::time::Instant,
+}
+
+impl State {
+    /// The settings in force now.
+    fn config(&self) -> Arc<LoginConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The login token verifier in force now, if the server takes tokens.
+    fn verifier(&self) -> Option<Arc<crate::tokens::Verifier>> {
+        self.tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 fn store_err(e: StoreError) -> Error {

@@ -38,7 +38,7 @@ impl State {
         work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, LoginError> {
         let addr = ctx.peer_addr().ip();
-        let retry_after = self.config.attempt_window;
+        let retry_after = self.config().attempt_window;
         let (limiter, keys, refusal) = match limit {
             Limit::Failures => (
                 &self.limiter,
@@ -88,7 +88,7 @@ pub(super) async fn register(
 ) -> Result<(), Error> {
     let addr = ctx.peer_addr().ip();
     if lock(&state.registrations).blocked(&registration_key(addr), Instant::now()) {
-        let retry_after = state.config.attempt_window;
+        let retry_after = state.config().attempt_window;
         return Err(LoginError::RegistrationsLimited { retry_after }.into());
     }
     // A bad, or taken, name (or a bad password) is refused before anything is hashed, and

@@ -414,7 +414,7 @@ impl LocalSessions for State {
         self.kick_all(
             &user,
             conn.into_iter().collect(),
-            &replaced(self.config.max_sessions),
+            &replaced(self.config().max_sessions),
         )
     }
 }

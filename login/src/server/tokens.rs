@@ -71,13 +71,13 @@ impl State {
         ctx: &Context,
         token: &str,
     ) -> Result<TokenClaims, LoginError> {
-        let Some(verifier) = &self.tokens else {
+        let Some(verifier) = self.verifier() else {
             return Err(LoginError::Other(Error::msg(
                 "this server takes no login tokens",
             )));
         };
         let keys = vec![super::limiter::address_key(ctx.peer_addr().ip())];
-        let retry_after = self.config.attempt_window;
+        let retry_after = self.config().attempt_window;
         let result = match Attempt::begin(&self.limiter, keys) {
             None => Err(LoginError::Limited { retry_after }),
             Some(attempt) => {
@@ -110,7 +110,7 @@ impl State {
             _cancel: cancel,
         });
         let leeway = self
-            .config
+            .config()
             .tokens
             .as_ref()
             .map_or(Duration::ZERO, |t| t.leeway);
@@ -159,7 +159,7 @@ impl State {
             return Err(LoginError::BadToken("it grants no `channels`".into()).into());
         }
         let leeway = self
-            .config
+            .config()
             .tokens
             .as_ref()
             .map_or(0, |t| t.leeway.as_secs());

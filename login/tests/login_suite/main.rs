@@ -26,6 +26,7 @@ mod postgres_retry;
 mod proxy;
 mod push_during_login;
 mod rate;
+mod reload;
 mod resume_upload;
 mod sessions;
 mod slow_reader;
