@@ -26,20 +26,28 @@ pub(crate) struct ApiArgs {
 }
 
 impl ApiArgs {
-    /// Starts the API listener for `server` on `runtime` if the flags ask for it, and says
-    /// where.
+    /// Starts the API listener for `server` on `runtime` if the flags ask for it, over TLS
+    /// with `tls` (`--tls-cert`, the WebSocket listener's), and says where.
     pub(crate) fn start(
         &self,
         server: &LoginServer,
         runtime: &Arc<dyn zserver::Runtime>,
+        tls: Option<&zserver::tls::Certificates>,
     ) -> Result<Option<ApiServer>, BoxError> {
         let (Some(addr), Some(file)) = (self.api, &self.api_key_file) else {
             return Ok(None);
         };
         let key = ApiKey::from_file(file)?;
-        let api = run_on(runtime, ApiServer::start(server.admin(), addr, key))?;
+        let admin = server.admin();
+        let (api, scheme) = match tls {
+            Some(tls) => (
+                run_on(runtime, ApiServer::start_tls(admin, addr, key, tls))?,
+                "https",
+            ),
+            None => (run_on(runtime, ApiServer::start(admin, addr, key))?, "http"),
+        };
         let at = api.local_addr();
-        println!("server API on http://{at}/api/, admin page on http://{at}/admin");
+        println!("server API on {scheme}://{at}/api/, admin page on {scheme}://{at}/admin");
         Ok(Some(api))
     }
 }

@@ -68,8 +68,10 @@ pub(crate) struct ServeArgs {
     /// gives `index.html`).
     #[arg(long, value_name = "DIR", requires = "listen_ws")]
     pub web: Option<PathBuf>,
-    /// Serve TLS on the WebSocket port (`wss://`, and `https://` for --web) with the PEM
-    /// certificate chain in this file (the server's certificate first); SIGHUP reloads it.
+
+    /// Serve TLS on the WebSocket port (`wss://`, and `https://` for --web) and on --api
+    /// (`https://`) with the PEM certificate chain in this file (the server's certificate
+    /// first); SIGHUP reloads it.
     #[arg(long, value_name = "FILE", requires_all = ["listen_ws", "tls_key"])]
     pub tls_cert: Option<PathBuf>,
     /// The PEM private key of --tls-cert (PKCS#8, RSA or EC).
@@ -416,7 +418,9 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), BoxError> {
         println!("trusted proxies: {} ({header})", ranges.join(", "));
     }
     println!("server key fingerprint: {}", server.fingerprint());
-    let api = args.api.start(&server, &runtime)?;
+    let api = args
+        .api
+        .start(&server, &runtime, config.ws_options.tls.as_ref())?;
     if let (Some(cluster), Some(node)) = (&config.cluster, server.node_id()) {
         println!(
             "cluster `{}` on {}: node {node:016x}",

@@ -118,6 +118,8 @@ impl PageSessions {
 pub(crate) struct Gate {
     pub(crate) key: ApiKey,
     pub(crate) sessions: PageSessions,
+    /// Served over TLS: the session cookie is `Secure`.
+    pub(crate) secure: bool,
 }
 
 /// The key an `Authorization` header carries (`Bearer KEY` or `apikey KEY`).

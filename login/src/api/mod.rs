@@ -61,6 +61,30 @@ impl ApiServer {
     /// through `admin` (a [`LoginServer::admin`](crate::LoginServer::admin)), every request
     /// checked against `key`.
     pub async fn start(admin: Admin, addr: SocketAddr, key: ApiKey) -> Result<Self, Error> {
+        Self::serve(admin, addr, key, None).await
+    }
+
+    /// Like [`start`](Self::start), over TLS (`https://`) with `certificates`: a
+    /// [reload](zserver::tls::Certificates::reload) of them applies to the next handshake
+    /// (the WebSocket listener's, when they are the same). The admin page's session cookie
+    /// is then `Secure`.
+    pub async fn start_tls(
+        admin: Admin,
+        addr: SocketAddr,
+        key: ApiKey,
+        certificates: &zserver::tls::Certificates,
+    ) -> Result<Self, Error> {
+        let config = certificates.server_config_with_alpn(vec![b"http/1.1".to_vec()]);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        Self::serve(admin, addr, key, Some(acceptor)).await
+    }
+
+    async fn serve(
+        admin: Admin,
+        addr: SocketAddr,
+        key: ApiKey,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Result<Self, Error> {
         let runtime = OwnedRuntime::new(1, "zserver-api")?;
         let handle = runtime.handle();
         let listener = handle
@@ -72,10 +96,11 @@ impl ApiServer {
         let gate = Arc::new(auth::Gate {
             key,
             sessions: auth::PageSessions::default(),
+            secure: tls.is_some(),
         });
         let app = routes::router(admin, gate);
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        handle.spawn(accept_loop(listener, app, stopped));
+        handle.spawn(accept_loop(listener, app, tls, stopped));
         Ok(Self {
             addr,
             stop,
@@ -99,6 +124,7 @@ impl ApiServer {
 async fn accept_loop(
     listener: TcpListener,
     app: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -118,20 +144,37 @@ async fn accept_loop(
             },
             _ = stop.changed() => return,
         };
-        // TLS hook: a TLS acceptor (tokio-rustls) would wrap `stream` here, before hyper
-        // sees it; everything below takes any `AsyncRead + AsyncWrite` stream.
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(io, service)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!("API: a connection ended: {e}");
+            match tls {
+                None => serve_connection(stream, service).await,
+                // The handshake counts against the headers' time.
+                Some(tls) => match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_connection(stream, service).await,
+                    Ok(Err(e)) => tracing::debug!("API: a TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!("API: a TLS handshake timed out"),
+                },
             }
             drop(slot);
         });
     }
 }
+
+/// Serves HTTP/1.1 on one accepted connection, plain or TLS, until it ends.
+async fn serve_connection<S>(stream: S, service: Service)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!("API: a connection ended: {e}");
+    }
+}
+
+/// The router as hyper serves it.
+type Service = hyper_util::service::TowerToHyperService<axum::Router>;

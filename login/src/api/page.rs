@@ -63,9 +63,11 @@ struct Login {
 }
 
 /// `Set-Cookie` for a session `token` (`Max-Age` 0 and an empty value end it).
-fn cookie(token: &str, max_age: u64) -> HeaderValue {
-    // Without `Secure`: the listener speaks plain HTTP (loopback, or behind a TLS proxy).
-    let text = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}");
+/// `Secure` when the listener speaks TLS (a plain one is on loopback, or behind a TLS proxy).
+fn cookie(token: &str, max_age: u64, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    let text =
+        format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{secure}");
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
@@ -77,7 +79,7 @@ async fn login(
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong API key"));
     }
     let token = gate.sessions.open();
-    let set = cookie(&token, SESSION_TTL.as_secs());
+    let set = cookie(&token, SESSION_TTL.as_secs(), gate.secure);
     Ok((
         [(header::SET_COOKIE, set)],
         Json(serde_json::json!({ "ok": true })),
@@ -89,7 +91,7 @@ async fn logout(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Response {
     if let Some(token) = session_cookie(&headers) {
         gate.sessions.close(token);
     }
-    let clear = cookie("", 0);
+    let clear = cookie("", 0, gate.secure);
     (
         [(header::SET_COOKIE, clear)],
         Json(serde_json::json!({ "ok": true })),

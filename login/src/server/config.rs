@@ -102,7 +102,7 @@ pub struct LoginConfig {
     /// disconnected (`[limits.rate]` in `zserver serve`'s config file). Its
     /// [`publications`](RateLimits::publications) come from each namespace's
     /// [`ChannelNamespace::publish_rate`] instead. Nothing limited by default;
-    /// [`LoginServer::reload_rate_limits`](super::LoginServer::reload_rate_limits) replaces
+    /// [`LoginServer::reload`](super::LoginServer::reload) (SIGHUP in `zserver serve`) replaces
     /// them while the server runs.
     pub rate: RateLimits,
 }

@@ -175,13 +175,6 @@ impl LoginServer {
         &self.rate
     }
 
-    /// Applies `config`'s rate limits ([`LoginConfig::rate`] and the namespaces'
-    /// publication limits) from now on, to every connection, without dropping any: what a
-    /// configuration reload calls. The namespaces themselves are not changed here.
-    pub fn reload_rate_limits(&self, config: &LoginConfig) {
-        self.rate.set(config.rate_limits());
-    }
-
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
@@ -248,7 +241,15 @@ impl LoginServer {
     /// applies them: the data directory, the store, the listeners, ...). `config` is the
     /// whole new configuration, as [`start`](Self::start) would take it.
     pub fn reload(&self, config: &LoginConfig) -> ReloadReport {
-        super::reload::reload(&self.state, config)
+        let before = self.state.config().rate_limits();
+        let report = super::reload::reload(&self.state, config);
+        // The rate limits (`[limits.rate]` and the namespaces' publication limits) are the
+        // server's, not the state's: applied here once the configuration in force has them.
+        let after = self.state.config().rate_limits();
+        if format!("{before:?}") != format!("{after:?}") {
+            self.rate.set(after);
+        }
+        report
     }
 
     /// Stops gracefully (and tells the cluster this node leaves).

@@ -107,6 +107,11 @@ fn settings(old: &LoginConfig, new: &LoginConfig) -> Vec<Setting> {
             How::Rebuild(copy!(channels), Part::Namespaces)
         ),
         Setting {
+            name: "limits.rate",
+            changed: debug_differs(&old.rate, &new.rate),
+            how: How::Live(copy!(rate)),
+        },
+        Setting {
             name: "token keys",
             changed: new.tokens.is_some() || old.tokens.is_some(),
             how: How::Rebuild(copy!(tokens), Part::Tokens),

@@ -15,6 +15,7 @@ mod support;
 mod accounts;
 mod api;
 mod api_cluster;
+mod api_tls;
 mod channels;
 mod cluster;
 mod e2e;

@@ -49,12 +49,28 @@ async fn scenario(backend: &'static str, dir: std::path::PathBuf) -> Result<(), 
     refused(laptop.client().publish("chat:room", "two").await);
     bob.client().publish("chat:room", "bob's").await?;
     assert!(server.rate_limiter().refused() >= 3);
-    // A reload without limits: ann's sessions carry on, no longer limited.
+    // A reload without limits (what SIGHUP does): ann's sessions carry on, no longer
+    // limited.
     config.rate = RateLimits::default();
     config.channels[0].publish_rate_per_user = None;
-    server.reload_rate_limits(&config);
+    let report = server.reload(&config);
+    assert!(report.complete(), "{report:?}");
+    for setting in ["limits.rate", "channels"] {
+        assert!(report.applied.iter().any(|s| s == setting), "{report:?}");
+    }
     phone.who().await?;
+    phone.who().await?;
+    laptop.who().await?;
+    laptop.who().await?;
     laptop.client().publish("chat:room", "three").await?;
+    phone.client().publish("chat:room", "four").await?;
+    // And a reload that limits again applies to the next call.
+    config.rate = RateLimits::default()
+        .command("who", Rule::per_user(RateLimit::new(1, 1)))
+        .strikes(0, Duration::from_secs(10));
+    assert!(server.reload(&config).complete());
+    phone.who().await?;
+    refused(laptop.who().await);
     server.shutdown().await;
     Ok(())
 }

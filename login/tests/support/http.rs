@@ -43,10 +43,27 @@ pub(crate) fn request(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Reply {
-    let mut stream = TcpStream::connect(addr).expect("the API listens");
+    request_on(connect(addr), addr, method, path, headers, body)
+}
+
+/// A loopback connection to `addr`, with a read time-out.
+pub(crate) fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("the API listens");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
+    stream
+}
+
+/// [`request`] over `stream` (plain, or TLS over a [`connect`]ed socket).
+pub(crate) fn request_on(
+    mut stream: impl Read + Write,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Reply {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
