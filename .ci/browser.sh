@@ -14,8 +14,9 @@ cd "$(dirname "$0")/.."
 browser_install() {
   exec 9>"${TMPDIR:-/tmp}/zserver-browser-install.lock"
   flock 9
-  if ! command -v chromium >/dev/null; then
-    echo "== installing chromium from Debian's packages"
+  # openssl makes the TLS test's certificate (tls.test.mjs).
+  if ! command -v chromium >/dev/null || ! command -v openssl >/dev/null; then
+    echo "== installing chromium (and openssl) from Debian's packages"
     local sudo=()
     if [ "$(id -u)" != 0 ]; then
       sudo=(sudo -n)
@@ -25,7 +26,7 @@ browser_install() {
       "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     fi
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-      apt-get install -y -qq --no-install-recommends chromium >/dev/null
+      apt-get install -y -qq --no-install-recommends chromium openssl >/dev/null
   fi
   # The demo's own tools (esbuild, playwright-core).
   [ -d clients/ts/demo/node_modules ] || (cd clients/ts/demo && npm ci --no-audit --no-fund)

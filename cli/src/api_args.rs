@@ -39,9 +39,11 @@ impl ApiArgs {
         };
         let key = ApiKey::from_file(file)?;
         let admin = server.admin();
-        let (api, scheme) = match tls {
+        let (api, scheme) = match tls.cloned() {
             Some(tls) => (
-                run_on(runtime, ApiServer::start_tls(admin, addr, key, tls))?,
+                run_on(runtime, async move {
+                    ApiServer::start_tls(admin, addr, key, &tls).await
+                })?,
                 "https",
             ),
             None => (run_on(runtime, ApiServer::start(admin, addr, key))?, "http"),

@@ -72,9 +72,9 @@ export function startServer({ web, data, tcp = "127.0.0.1:0", ws = "127.0.0.1:0"
     exited.then(({ code }) => reject(new Error(`zserver serve exited with ${code}:\n${stderr}`)));
     createInterface({ input: child.stdout }).on("line", (line) => {
       const tcpSeen = line.match(/^zserver listening on (\S+)/);
-      const wsSeen = line.match(/^WebSocket on ws:\/\/([^/\s]+)\//);
+      const wsSeen = line.match(/^WebSocket on wss?:\/\/([^/\s]+)\//);
       const pin = line.match(/^server key fingerprint: ([0-9a-f]{64})$/);
-      const apiSeen = line.match(/^server API on http:\/\/([^/\s]+)\//);
+      const apiSeen = line.match(/^server API on https?:\/\/([^/\s]+)\//);
       if (tcpSeen) seen.tcp = tcpSeen[1];
       if (wsSeen) seen.ws = wsSeen[1];
       if (pin) seen.pin = pin[1];
@@ -101,8 +101,8 @@ export function stopAll() {
   for (const child of children) child.kill("SIGINT");
 }
 
-/** Launches headless Chromium. */
-export async function launchBrowser() {
+/** Launches headless Chromium (with `extraArgs` beside the usual flags). */
+export async function launchBrowser(extraArgs = []) {
   const { chromium } = await import("playwright-core");
-  return chromium.launch({ executablePath: chromiumBin, headless: true, args: CHROMIUM_FLAGS });
+  return chromium.launch({ executablePath: chromiumBin, headless: true, args: [...CHROMIUM_FLAGS, ...extraArgs] });
 }
