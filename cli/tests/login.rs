@@ -253,6 +253,17 @@ fn an_upload_killed_midway_goes_on_with_put_resume() {
     }
     put.kill().unwrap();
     put.wait().unwrap();
+    // The server keeps the partial once it has seen the connection go and hashed what it
+    // received (a read of all of it): a resume asked before that finds none.
+    let partials = user_dir.join(".partial");
+    let kept_yet = || std::fs::read_dir(&partials).is_ok_and(|mut d| d.next().is_some());
+    while !kept_yet() {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "the server never kept the partial upload"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let out = ok(Command::new(BIN)
         .args(args(&["put", file_arg, "--resume"]))
         .output()

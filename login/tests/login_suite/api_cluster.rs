@@ -152,6 +152,20 @@ fn api_calls_on_one_node_reach_a_user_on_another() {
         until("ann offline everywhere", || a2.online().is_empty()).await;
         let none = api.call("disconnect", json!({ "user": "ann" })).await;
         assert_eq!(none.status, 404, "{none:?}");
+
+        // Deleted through a's API: her new session on b ends at once, and she is gone.
+        let third = connect().await?;
+        third.login("ann", "ann-pw").await?;
+        until("node a sees ann back on b", || a2.online() == ["ann"]).await;
+        let deleted = api.call("users/delete", json!({ "user": "ann" })).await;
+        assert_eq!(deleted.status, 200, "{deleted:?}");
+        assert_eq!(
+            next_event(&third).await,
+            Event::Kicked("account deleted".into())
+        );
+        until("ann offline everywhere, deleted", || a2.online().is_empty()).await;
+        let users = api.call("users", json!({})).await;
+        assert_eq!(users.json()["users"], json!([]), "{users:?}");
         b.shutdown().await;
         Ok::<_, Error>(())
     })
