@@ -13,7 +13,7 @@
 //!   replace the configuration while the server runs ([`RateLimiter::set`]).
 //!
 //! A request over its limit is refused before its handler runs: a call gets
-//! [`Error::RateLimited`] (`Error` code 9, `rate limited, retry after N ms`); a one-way
+//! [`Error::RateLimited`](crate::Error::RateLimited) (`Error` code 9, `rate limited, retry after N ms`); a one-way
 //! send is dropped; a publication reaches no subscriber. Every refusal counts against the
 //! connection's [`Strikes`]: the one that reaches them gets
 //! `rate limited too often (N refusals within M ms): disconnecting` and the connection is

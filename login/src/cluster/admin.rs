@@ -1,5 +1,5 @@
 //! What the server API asks of one node, wherever it was called: on `NAME.node.ID.admin`,
-//! a request ([`AdminAsk`], postcard) answered by that node ([`AdminReply`]). So every API
+//! a request (`AdminAsk`, postcard) answered by that node (`AdminReply`). So every API
 //! call works on any node: a disconnect, an unsubscribe or a look at a user's sessions
 //! reaches the nodes the user is logged in on, and server info asks every node for its
 //! figures.

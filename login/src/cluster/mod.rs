@@ -11,7 +11,7 @@
 //! | `NAME.stored` | users messages were just stored for (postcard `Vec<String>`) |
 //! | `NAME.failed` | a failed login's rate-limit keys ([`FailedLogin`]), counted by every node |
 //! | `NAME.accounts` | empty: an account was deleted or its password changed on that node; every node looks in the store now |
-//! | `NAME.node.ID.admin` | request [`AdminAsk`](admin::AdminAsk) → [`AdminReply`](admin::AdminReply): the server API's calls that act on that node |
+//! | `NAME.node.ID.admin` | request `AdminAsk` → `AdminReply`: the server API's calls that act on that node |
 //! | `NAME.channels` | every node's channel publications, applied by the others (see `channels.rs`) |
 //!
 //! The NATS client runs on a small tokio runtime of its own, so a node on any of zserver's

@@ -230,7 +230,7 @@ impl LoginServer {
     }
 
     /// The handle for operating this server from the app's own code, the server API and
-    /// the admin page: publish, disconnect, push, users, figures (see [`Admin`]).
+    /// the admin page: publish, disconnect, push, users, figures (see [`Admin`](super::Admin)).
     pub fn admin(&self) -> super::Admin {
         super::Admin::new(self.state.clone())
     }
