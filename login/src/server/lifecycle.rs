@@ -241,14 +241,11 @@ impl LoginServer {
     /// applies them: the data directory, the store, the listeners, ...). `config` is the
     /// whole new configuration, as [`start`](Self::start) would take it.
     pub fn reload(&self, config: &LoginConfig) -> ReloadReport {
-        let before = self.state.config().rate_limits();
         let report = super::reload::reload(&self.state, config);
         // The rate limits (`[limits.rate]` and the namespaces' publication limits) are the
-        // server's, not the state's: applied here once the configuration in force has them.
-        let after = self.state.config().rate_limits();
-        if format!("{before:?}") != format!("{after:?}") {
-            self.rate.set(after);
-        }
+        // server's, not the state's: set from the configuration now in force (unchanged
+        // rules keep their buckets, so setting the same limits again changes nothing).
+        self.rate.set(self.state.config().rate_limits());
         report
     }
 
